@@ -1,0 +1,101 @@
+"""Losses of the study, one function each, device-agnostic (no .cuda() inside).
+
+Score matrices are (B_images, B_texts) with the positive pairs on the diagonal. ``ignore`` masks are
+(B, B) bool, True where a pair must not serve as a negative (e.g. a caption whose text is carried by the
+anchor image too: a false negative); the diagonal is always excluded.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _neg_mask(scores: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
+    eye = torch.eye(scores.size(0), scores.size(1), dtype=torch.bool, device=scores.device)
+    return eye if ignore is None else (eye | ignore)
+
+
+def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True,
+                 ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """VSE++ hinge triplet on a square score matrix, summed over the batch (as the authors do).
+
+    ``hardest``: only the hardest in-batch negative per anchor ("max violation"); otherwise the sum of all
+    violations (VSE-infinity's warm-up epoch)."""
+    pos = scores.diag()
+    mask = _neg_mask(scores, ignore)
+    cost_t = (margin + scores - pos[:, None]).clamp(min=0).masked_fill(mask, 0)  # image anchor, caption negatives
+    cost_i = (margin + scores - pos[None, :]).clamp(min=0).masked_fill(mask, 0)  # caption anchor, image negatives
+    if hardest:
+        return cost_t.max(1).values.sum() + cost_i.max(0).values.sum()
+    return cost_t.sum() + cost_i.sum()
+
+
+def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, ignore: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (mean over both directions); ignored pairs are removed from the denominators."""
+    logits = scores / temperature
+    if ignore is not None:
+        eye = torch.eye(scores.size(0), dtype=torch.bool, device=scores.device)
+        logits = logits.masked_fill(ignore & ~eye, float("-inf"))
+    target = torch.arange(scores.size(0), device=scores.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp: (N samples, K prototypes) scores -> codes whose rows sum to 1 and whose
+    prototype masses are equalised (equipartition). Computed without gradient."""
+    q = (scores.float() - scores.max()) / eps
+    q = torch.exp(q).t()  # K x N
+    q /= q.sum()
+    k, n = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n
+    return (q * n).t()
+
+
+def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
+             codebook: torch.Tensor, eps: float = 0.05, iters: int = 3, temperature: float = 0.1,
+             return_details: bool = False):
+    """SelfAlign's Local Concept Alignment (swapped prediction of region codes from words).
+
+    regions (B, R, D), words (B, L, D): l2-normalised pre-context features; codebook (K, D) unit rows.
+    Region codes: Sinkhorn over every valid region of the batch on detached scores. Each word j is matched
+    to r*(j) = argmax_r <w_j, v_r> over the regions of its own image; loss = mean over words of
+    CE(q_{r*(j)}, softmax(<c_k, w_j> / temperature)). Only words and codebook receive gradient."""
+    with torch.no_grad():
+        v = regions.detach()
+        codes = torch.zeros(*v.shape[:2], codebook.size(0), device=v.device, dtype=torch.float32)
+        codes[region_mask] = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)
+        sim = torch.einsum("bld,brd->blr", words.detach(), v).masked_fill(~region_mask[:, None, :], float("-inf"))
+        r_star = sim.argmax(-1)  # (B, L)
+        target = torch.gather(codes, 1, r_star.unsqueeze(-1).expand(-1, -1, codes.size(-1)))  # (B, L, K)
+    logp = F.log_softmax((words @ codebook.t()) / temperature, dim=-1)
+    loss = -(target * logp).sum(-1)[word_mask].mean()
+    if return_details:
+        return loss, {"r_star": r_star, "codes": codes, "word_logp": logp.detach()}
+    return loss
+
+
+def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, temperature: float = 0.7,
+             topk: int = 512) -> torch.Tensor:
+    """SelfAlign's Contextual Relation Alignment, one direction.
+
+    query (B, D): the global of one modality; locals_ (B, N, D) with mask (B, N): the other modality's
+    locals. For query b the valid locals of item b are positives; the valid locals of the other items are
+    negatives, of which only the top-k hardest are kept (k capped by what the batch has). InfoNCE per
+    positive, averaged over all positives."""
+    b, n, _ = locals_.shape
+    s = torch.einsum("bd,cnd->bcn", query, locals_) / temperature  # (B, B, N)
+    eye = torch.eye(b, dtype=torch.bool, device=s.device)
+    pos = s[eye]  # (B, N)
+    neg_valid = (~eye)[:, :, None] & mask[None, :, :]
+    neg = s.masked_fill(~neg_valid, float("-inf")).reshape(b, b * n)
+    k = min(topk, int(neg_valid.reshape(b, -1).sum(1).min().item()))
+    if k == 0:
+        return query.sum() * 0.0
+    neg_lse = torch.logsumexp(neg.topk(k, dim=1).values, dim=1, keepdim=True)  # (B, 1)
+    per_pos = torch.logaddexp(pos, neg_lse) - pos
+    return per_pos[mask].mean()

@@ -1,0 +1,260 @@
+"""Image-text retrieval metrics: one evaluation protocol for every method.
+
+``sims`` is an ``(n_images, n_texts)`` similarity matrix (numpy or torch), higher = more similar.
+
+* i2t: each image ranks all captions; its rank is the best (smallest) rank among its own captions
+  ``img2txt[i]`` (any number per image, never assumed to be 5).
+* t2i: each caption ranks all images; its rank is that of its own image ``txt2img[j]``.
+
+Tie rule: the rank a stable descending sort gives (ties broken by candidate index, as a deterministic
+``argsort`` in the reference code does). The 0-based rank of positive p is ``#{c: s_c > s_p} +
+#{c: s_c == s_p, c < p}``; with several positives the best is the one with the highest score (the lowest
+index among equals), so only that score and index are needed. Ties therefore never favour the query:
+a collapsed model whose scores are all equal gets the rank of its first positive's index, not 100%.
+
+Ranks are counted tile by tile over ``chunk_size x chunk_size`` blocks of ``sims`` (no argsort, no
+full-size temporaries): each block updates the i2t counts of its images and the t2i counts of its
+captions, so a 5,000 x 25,000 matrix needs only ``chunk_size**2`` booleans of extra memory.
+
+Reported numbers: R@1/5/10 in percent per direction, ``medr = floor(median(rank0)) + 1``,
+``meanr = mean(rank0) + 1`` (1-based, VSE convention), ``rsum`` = sum of the six recalls, ``mr = rsum/6``.
+
+Duplicate-aware protocol (:func:`retrieval_metrics_dup`): a caption counts as a hit for every image that
+carries the same text, and vice versa. It returns the same keys as the standard protocol; results MUST be
+labelled ``"duplicate-aware"`` (:data:`PROTOCOL_DUP`) wherever they are shown or stored.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_STANDARD = "standard"
+PROTOCOL_DUP = "duplicate-aware"
+RECALL_KS = (1, 5, 10)
+METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
+               "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum", "mr")
+
+ArrayLike = Any  # numpy array or torch tensor
+PosSets = Sequence[Any]  # per query: an int or a sequence of ints (the correct candidates)
+
+
+# ----------------------------------------------------------------------------------------------------
+# input handling
+# ----------------------------------------------------------------------------------------------------
+def _as_numpy_sims(sims: ArrayLike) -> np.ndarray:
+    """2-D numpy view of ``sims`` (torch tensors are detached/moved to CPU; bfloat16 becomes float32)."""
+    if hasattr(sims, "detach") and hasattr(sims, "cpu"):  # torch tensor, without importing torch
+        t = sims.detach().cpu()
+        if str(t.dtype) == "torch.bfloat16":
+            t = t.float()
+        sims = t.numpy()
+    arr = np.asarray(sims)
+    if arr.ndim != 2:
+        raise ValueError(f"sims must be 2-D (n_images, n_texts), got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise ValueError(f"sims must be numeric, got dtype {arr.dtype}")
+    return arr
+
+
+def _to_csr(pos: PosSets, n_queries: int, n_candidates: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-query positive sets -> (offsets[n_queries+1], flat candidate indices); each set non-empty."""
+    if len(pos) != n_queries:
+        raise ValueError(f"{what}: expected {n_queries} entries (one per query), got {len(pos)}")
+    if isinstance(pos, np.ndarray) and pos.dtype.kind in "iu" and pos.ndim in (1, 2):  # fixed-size sets
+        flat = pos.astype(np.int64).ravel()
+        lengths = np.full(n_queries, 1 if pos.ndim == 1 else pos.shape[1], dtype=np.int64)
+    else:
+        items = [np.atleast_1d(np.asarray(p, dtype=np.int64)).ravel() for p in pos]
+        lengths = np.fromiter((len(p) for p in items), dtype=np.int64, count=n_queries)
+        flat = np.concatenate(items) if items else np.zeros(0, dtype=np.int64)
+    if n_queries and lengths.min() < 1:
+        bad = int(np.argmin(lengths))
+        raise ValueError(f"{what}: query {bad} has no correct candidate")
+    if flat.size and (flat.min() < 0 or flat.max() >= n_candidates):
+        raise ValueError(f"{what}: candidate index out of range [0, {n_candidates})")
+    offsets = np.zeros(n_queries + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets, flat
+
+
+def _best_positive_scores(sims: np.ndarray, offsets: np.ndarray, flat: np.ndarray,
+                          rows: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Max score over each query's positives and the lowest candidate index reaching it
+    (queries = rows of sims if ``rows`` else columns)."""
+    n_q = len(offsets) - 1
+    if n_q == 0:
+        return np.zeros(0, dtype=sims.dtype), np.zeros(0, dtype=np.int64)
+    q = np.repeat(np.arange(n_q), np.diff(offsets))
+    scores = sims[q, flat] if rows else sims[flat, q]
+    best = np.maximum.reduceat(scores, offsets[:-1])
+    if best.dtype.kind == "f" and np.isnan(best).any():
+        raise ValueError("sims has NaN at a positive (query, candidate) pair")
+    cand = np.where(scores == best[q], flat, np.iinfo(np.int64).max)
+    first = np.minimum.reduceat(cand, offsets[:-1])
+    return best, first
+
+
+# ----------------------------------------------------------------------------------------------------
+# ranks
+# ----------------------------------------------------------------------------------------------------
+def _rank_arrays_sets(sims: ArrayLike, img_pos: PosSets, txt_pos: PosSets,
+                      chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """0-based best ranks for i2t (per image) and t2i (per caption) given positive sets in both directions."""
+    s = _as_numpy_sims(sims)
+    n_img, n_txt = s.shape
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    i_off, i_flat = _to_csr(img_pos, n_img, n_txt, "img2txt")
+    t_off, t_flat = _to_csr(txt_pos, n_txt, n_img, "txt2img")
+    thr_i, first_i = _best_positive_scores(s, i_off, i_flat, rows=True)   # (n_img,)
+    thr_t, first_t = _best_positive_scores(s, t_off, t_flat, rows=False)  # (n_txt,)
+    i2t = np.zeros(n_img, dtype=np.int64)
+    t2i = np.zeros(n_txt, dtype=np.int64)
+    for a in range(0, n_img, chunk_size):
+        b = min(a + chunk_size, n_img)
+        ti, fi = thr_i[a:b, None], first_i[a:b, None]
+        rows_idx = np.arange(a, b)[:, None]
+        for c in range(0, n_txt, chunk_size):
+            d = min(c + chunk_size, n_txt)
+            block = s[a:b, c:d]
+            tt, ft = thr_t[None, c:d], first_t[None, c:d]
+            cols_idx = np.arange(c, d)[None, :]
+            i2t[a:b] += np.count_nonzero((block > ti) | ((block == ti) & (cols_idx < fi)), axis=1)
+            t2i[c:d] += np.count_nonzero((block > tt) | ((block == tt) & (rows_idx < ft)), axis=0)
+    return i2t, t2i
+
+
+def rank_arrays(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
+                chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """0-based ranks ``(i2t_ranks[n_images], t2i_ranks[n_texts])`` under the standard protocol."""
+    return _rank_arrays_sets(sims, img2txt, np.asarray(txt2img, dtype=np.int64), chunk_size)
+
+
+def metrics_from_ranks(i2t_ranks: ArrayLike, t2i_ranks: ArrayLike) -> dict[str, float]:
+    """R@1/5/10 (percent), medr, meanr per direction, rsum and mr from 0-based rank arrays."""
+    out: dict[str, float] = {}
+    rsum = 0.0
+    for name, ranks in (("i2t", i2t_ranks), ("t2i", t2i_ranks)):
+        r = np.asarray(ranks).ravel()
+        if r.size == 0:
+            raise ValueError(f"{name}: no queries")
+        for k in RECALL_KS:
+            out[f"{name}_r{k}"] = 100.0 * int(np.count_nonzero(r < k)) / r.size
+        out[f"{name}_medr"] = float(np.floor(np.median(r)) + 1)
+        out[f"{name}_meanr"] = float(r.mean() + 1)
+    for name in ("i2t", "t2i"):
+        for k in RECALL_KS:
+            rsum += out[f"{name}_r{k}"]
+    out["rsum"] = rsum
+    out["mr"] = rsum / 6
+    return {k: float(out[k]) for k in METRIC_KEYS}
+
+
+def retrieval_metrics(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
+                      chunk_size: int = 1024) -> dict[str, float]:
+    """Standard-protocol metrics (keys :data:`METRIC_KEYS`, python floats) for a similarity matrix."""
+    return metrics_from_ranks(*rank_arrays(sims, img2txt, txt2img, chunk_size))
+
+
+def retrieval_metrics_dup(sims: ArrayLike, img2txt_dup: Sequence[Sequence[int]],
+                          txt2imgs: Sequence[Sequence[int]], chunk_size: int = 1024) -> dict[str, float]:
+    """Duplicate-aware metrics: ``img2txt_dup[i]`` = all captions whose text equals one of image i's
+    captions, ``txt2imgs[j]`` = all images carrying caption j's text; the best-ranked of them counts.
+
+    Same keys as :func:`retrieval_metrics`; label the result ``"duplicate-aware"`` wherever shown.
+    """
+    return metrics_from_ranks(*_rank_arrays_sets(sims, img2txt_dup, txt2imgs, chunk_size))
+
+
+# ----------------------------------------------------------------------------------------------------
+# COCO 5-fold 1K
+# ----------------------------------------------------------------------------------------------------
+def coco_5fold_1k(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
+                  chunk_size: int = 1024, *, fold_size: int = 1000, n_folds: int = 5) -> dict[str, float]:
+    """Metrics averaged over ``n_folds`` folds of ``fold_size`` consecutive images and their captions.
+
+    A fold's captions are those whose image (``txt2img``) is in the fold, re-indexed in order; every key
+    (medr/meanr/rsum included) is the mean of the per-fold values, as in the VSE++/SCAN code.
+    """
+    s = _as_numpy_sims(sims)
+    n_img, n_txt = s.shape
+    if n_img != fold_size * n_folds:
+        raise ValueError(f"{n_folds}-fold x {fold_size} needs {fold_size * n_folds} images, got {n_img}")
+    t2i = np.asarray(txt2img, dtype=np.int64)
+    if t2i.shape != (n_txt,):
+        raise ValueError(f"txt2img must have one entry per caption ({n_txt}), got shape {t2i.shape}")
+    per_fold = []
+    for f in range(n_folds):
+        lo, hi = f * fold_size, (f + 1) * fold_size
+        caps = np.flatnonzero((t2i >= lo) & (t2i < hi))
+        remap = np.full(n_txt, -1, dtype=np.int64)
+        remap[caps] = np.arange(len(caps))
+        f_img2txt = []
+        for i in range(lo, hi):
+            new = remap[np.asarray(img2txt[i], dtype=np.int64)]
+            if (new < 0).any():
+                raise ValueError(f"img2txt[{i}] lists a caption whose txt2img is not in fold {f}")
+            f_img2txt.append(new)
+        f_sims = s[lo:hi][:, caps]
+        per_fold.append(retrieval_metrics(f_sims, f_img2txt, t2i[caps] - lo, chunk_size))
+    return {k: float(np.mean([m[k] for m in per_fold])) for k in METRIC_KEYS}
+
+
+def evaluate_split(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
+                   chunk_size: int = 1024, *, img2txt_dup: Sequence[Sequence[int]] | None = None,
+                   txt2imgs: Sequence[Sequence[int]] | None = None) -> dict[str, dict[str, float]]:
+    """``{"standard": ...}``, plus ``"coco_1k_5fold"`` when there are 5,000 images, plus
+    ``"duplicate-aware"`` when both ``img2txt_dup`` and ``txt2imgs`` are given."""
+    s = _as_numpy_sims(sims)
+    out = {PROTOCOL_STANDARD: retrieval_metrics(s, img2txt, txt2img, chunk_size)}
+    if s.shape[0] == 5000:
+        out["coco_1k_5fold"] = coco_5fold_1k(s, img2txt, txt2img, chunk_size)
+    if (img2txt_dup is None) != (txt2imgs is None):
+        raise ValueError("pass both img2txt_dup and txt2imgs for the duplicate-aware protocol, or neither")
+    if img2txt_dup is not None:
+        out[PROTOCOL_DUP] = retrieval_metrics_dup(s, img2txt_dup, txt2imgs, chunk_size)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# paired bootstrap
+# ----------------------------------------------------------------------------------------------------
+def _hits_sum(ranks: np.ndarray) -> np.ndarray:
+    """Per query: number of K in (1, 5, 10) with rank < K (0..3); its mean x 100 is that direction's R-sum."""
+    return sum((ranks < k).astype(np.int64) for k in RECALL_KS)
+
+
+def paired_bootstrap(ranks_a: tuple[ArrayLike, ArrayLike], ranks_b: tuple[ArrayLike, ArrayLike],
+                     n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
+    """Paired bootstrap of the rsum difference (B - A) on the same queries.
+
+    ``ranks_a``/``ranks_b`` are ``(i2t_ranks, t2i_ranks)`` 0-based. Image and caption queries are resampled
+    independently with replacement, with the same draws for A and B. Since rsum is a mean of per-query
+    indicators, the resampled delta only depends on how often each per-query difference value (-3..3)
+    is drawn; those counts are drawn from the equivalent multinomial (exact, O(n_boot) memory).
+    Returns ``{"delta", "lo" (2.5 pct), "hi" (97.5 pct), "n_boot"}``.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(n_boot, dtype=np.float64)
+    delta = 0.0
+    for direction in range(2):
+        ra = np.asarray(ranks_a[direction]).ravel()
+        rb = np.asarray(ranks_b[direction]).ravel()
+        if ra.shape != rb.shape or ra.size == 0:
+            raise ValueError(f"direction {direction}: ranks of A {ra.shape} and B {rb.shape} must be the same "
+                             f"non-empty queries")
+        diff = _hits_sum(rb) - _hits_sum(ra)  # per query, in -3..3
+        n = diff.size
+        values, counts = np.unique(diff, return_counts=True)
+        draws = rng.multinomial(n, counts / n, size=n_boot)  # (n_boot, n_values)
+        boot += 100.0 * (draws @ values) / n
+        delta += 100.0 * int(diff.sum()) / n
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"delta": float(delta), "lo": float(lo), "hi": float(hi), "n_boot": int(n_boot)}

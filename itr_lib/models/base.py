@@ -1,0 +1,60 @@
+"""The interface every model of the study implements, so one training loop and one evaluation serve all.
+
+A model encodes a batch of images and a batch of texts separately (``encode_images`` / ``encode_texts``,
+each returning a dict of tensors), scores any image batch against any text batch (``similarity``), and gives
+retrieval vectors (``image_vectors`` / ``text_vectors``) whose inner product is its *global* similarity
+(for independent-embedding models, the whole similarity: faiss search equals model scoring). Models whose
+full score is not one inner product (TGDT's s_global + s_local, exhaustive MrSw, cross-attention) say so with
+``exact_vectors = False``; their ``similarity`` is the exhaustive score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class Batch:
+    """One training or evaluation batch (tensors on the model's device)."""
+
+    regions: torch.Tensor                # (B, R, C) float
+    region_mask: torch.Tensor            # (B, R) bool
+    text: torch.Tensor                   # (B, L, 384) float (MiniLM) or (B, L) long (GloVe ids)
+    text_mask: torch.Tensor              # (B, L) bool: valid positions
+    word_mask: torch.Tensor              # (B, L) bool: valid word positions (MiniLM: no [CLS]/[SEP])
+    ignore: torch.Tensor | None = None   # (B, B) bool: pairs that must not be negatives (false negatives)
+
+    def to(self, device) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) if t is not None else None
+                       for t in (self.regions, self.region_mask, self.text, self.text_mask, self.word_mask,
+                                 self.ignore)))
+
+
+class RetrievalModel(nn.Module):
+    exact_vectors: bool = True
+
+    def encode_images(self, regions: torch.Tensor, region_mask: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def encode_texts(self, text: torch.Tensor, text_mask: torch.Tensor, word_mask: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def image_vectors(self, img: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def text_vectors(self, txt: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def similarity(self, img: dict, txt: dict) -> torch.Tensor:
+        return self.image_vectors(img) @ self.text_vectors(txt).t()
+
+    def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def on_step_start(self, epoch: int) -> None:
+        """Hook before each optimisation step (e.g. codebook re-normalisation)."""
+
+    def on_before_optimizer_step(self, epoch: int) -> None:
+        """Hook after backward, before the optimiser step (e.g. freezing a codebook in epoch 0)."""

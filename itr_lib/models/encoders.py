@@ -1,0 +1,164 @@
+"""Shared building blocks: region / token encoders, masked pooling (mean, max, GPO), masked batch norm.
+
+Shapes: regions (B, R, C) float, region_mask (B, R) bool; text features (B, L, 384) float (frozen MiniLM)
+or word ids (B, L) long (GloVe BiGRU), text_mask (B, L) bool. Locals come out as (B, N, D).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    return x / (x.norm(dim=dim, keepdim=True) + eps)
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).max(1).values
+
+
+class MaskedBatchNorm(nn.Module):
+    """BatchNorm1d over the valid positions of a (B, N, D) sequence; padding stays zero."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm1d(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        out[mask] = self.bn(x[mask])
+        return out
+
+
+def positional_encoding_1d(d_model: int, length: int, device=None) -> torch.Tensor:
+    pe = torch.zeros(length, d_model, device=device)
+    pos = torch.arange(length, device=device, dtype=torch.float32).unsqueeze(1)
+    div = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * -(math.log(10000.0) / d_model))
+    pe[:, 0::2] = torch.sin(pos * div)
+    pe[:, 1::2] = torch.cos(pos * div)
+    return pe
+
+
+class GPO(nn.Module):
+    """VSE-infinity's Generalized Pooling Operator.
+
+    Features are sorted per dimension in descending order; a small BiGRU over sin/cos position codes
+    scores each sorted position; pooled = sum_k softmax(score_k / 0.1) * sorted_k (valid positions only)."""
+
+    def __init__(self, d_pe: int = 32, d_hidden: int = 32):
+        super().__init__()
+        self.d_pe = d_pe
+        self.gru = nn.GRU(d_pe, d_hidden, batch_first=True, bidirectional=True)
+        self.linear = nn.Linear(d_hidden, 1, bias=False)
+
+    def weights(self, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+        pe = positional_encoding_1d(self.d_pe, max_len, lengths.device).unsqueeze(0).repeat(len(lengths), 1, 1)
+        mask = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+        pe = pe.masked_fill(~mask.unsqueeze(-1), 0)
+        packed = nn.utils.rnn.pack_padded_sequence(pe, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=max_len)
+        out = (out[..., : out.size(-1) // 2] + out[..., out.size(-1) // 2:]) / 2
+        scores = self.linear(out).masked_fill(~mask.unsqueeze(-1), -10000.0)
+        return torch.softmax(scores / 0.1, dim=1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        lengths = mask.sum(1).clamp_min(1)
+        x = x.masked_fill(~mask.unsqueeze(-1), -10000.0)
+        sorted_x = x.sort(dim=1, descending=True).values
+        sorted_x = sorted_x.masked_fill(~mask.sort(dim=1, descending=True).values.unsqueeze(-1), 0)
+        w = self.weights(lengths, x.size(1))
+        return (sorted_x * w).sum(1)
+
+
+class Pool(nn.Module):
+    """mean | max | gpo | meanmax (mean + max) over valid positions."""
+
+    def __init__(self, kind: str = "gpo"):
+        super().__init__()
+        if kind not in ("mean", "max", "gpo", "meanmax"):
+            raise ValueError(f"unknown pooling {kind!r}; choose mean, max, gpo or meanmax")
+        self.kind = kind
+        self.gpo = GPO() if kind == "gpo" else None
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.kind == "mean":
+            return masked_mean(x, mask)
+        if self.kind == "max":
+            return masked_max(x, mask)
+        if self.kind == "meanmax":
+            return masked_mean(x, mask) + masked_max(x, mask)
+        return self.gpo(x, mask)
+
+
+class ResidualMLP(nn.Module):
+    """VSE-infinity's 'basic' precomputed-feature encoder: fc(x) + MLP(x) (2 layers, BN, ReLU)."""
+
+    def __init__(self, d_in: int, d_out: int, hidden: int | None = None):
+        super().__init__()
+        hidden = hidden or d_out // 2
+        self.fc1, self.bn, self.fc2 = nn.Linear(d_in, hidden), MaskedBatchNorm(hidden), nn.Linear(hidden, d_out)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.relu(self.bn(self.fc1(x), mask)))
+
+
+class RegionEncoder(nn.Module):
+    """Regions -> locals. ``proj`` output is the pre-context feature (LCA input); locals = proj (+ MLP)."""
+
+    def __init__(self, d_in: int = 1280, dim: int = 1024, mlp: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(d_in, dim)
+        self.mlp = ResidualMLP(d_in, dim) if mlp else None
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.proj(regions)
+        locals_ = pre + self.mlp(regions, mask) if self.mlp is not None else pre
+        return pre, locals_
+
+
+class MiniLMTextEncoder(nn.Module):
+    """Frozen MiniLM token states -> trainable projection (+ residual MLP)."""
+
+    def __init__(self, d_in: int = 384, dim: int = 1024, mlp: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(d_in, dim)
+        self.mlp = ResidualMLP(d_in, dim) if mlp else None
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = self.proj(feats)
+        locals_ = pre + self.mlp(feats, mask) if self.mlp is not None else pre
+        return pre, locals_
+
+
+class GRUTextEncoder(nn.Module):
+    """Word embeddings (GloVe-initialised, trainable) -> BiGRU (directions averaged), as in VSE++/VSE-infinity.
+
+    The pre-context feature for LCA is a linear map of the word embedding."""
+
+    def __init__(self, embeddings: torch.Tensor, dim: int = 1024, layers: int = 1):
+        super().__init__()
+        self.embed = nn.Embedding.from_pretrained(embeddings.clone().float(), freeze=False, padding_idx=0)
+        d_word = embeddings.shape[1]
+        self.gru = nn.GRU(d_word, dim, num_layers=layers, batch_first=True, bidirectional=True)
+        self.word_proj = nn.Linear(d_word, dim)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(ids)
+        lengths = mask.sum(1).clamp_min(1)
+        packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+        out, _ = self.gru(packed)
+        out, _ = nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=ids.size(1))
+        half = out.size(-1) // 2
+        locals_ = (out[..., :half] + out[..., half:]) / 2
+        return self.word_proj(x), locals_

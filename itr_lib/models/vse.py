@@ -1,0 +1,154 @@
+"""Independent-embedding baseline (VSE++ / VSE-infinity) and SelfAlign (baseline + LCA + CRA).
+
+SelfAlign (Zhuang et al., IEEE TMM 2023) as specified in METHODS.md:
+- LCA on the pre-context features (region / word projections), a K-prototype codebook, Sinkhorn codes of
+  regions, word->region argmax within the pair, swapped prediction at temperature 0.1;
+- CRA on the locals after context modelling (ReLU(BN(.)), l2-normalised), guided globals, InfoNCE at 0.7
+  with top-k hard negatives, gated fusion; similarity S = S_base + 0.5 (<mean_v, f_t> + <f_v, mean_t>),
+  implemented as concatenated retrieval vectors [e, 0.5 a, 0.5 b] . [e, c, d] (one inner product).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import losses as L
+from .base import Batch, RetrievalModel
+from .encoders import GRUTextEncoder, MaskedBatchNorm, MiniLMTextEncoder, Pool, RegionEncoder, l2norm, masked_mean
+
+
+class CRABranch(nn.Module):
+    """Per-modality CRA pieces: locals ReLU(BN(h)), guided global, gated fusion."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.bn_local = MaskedBatchNorm(dim)
+        self.global_fc, self.global_bn = nn.Linear(dim, dim), nn.BatchNorm1d(dim)
+        self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict:
+        locals_ = l2norm(F.relu(self.bn_local(h, mask))) * mask.unsqueeze(-1)
+        mean_local = masked_mean(locals_, mask)
+        g = l2norm(F.relu(self.global_bn(self.global_fc(mean_local))))
+        mean_n = l2norm(mean_local)
+        gate = torch.sigmoid(self.gate(torch.cat([mean_n, g], dim=-1)))
+        fused = l2norm(gate * mean_n + (1 - gate) * g)
+        return {"cra_locals": locals_, "cra_global": g, "cra_mean": mean_n, "cra_fused": fused, "gate": gate}
+
+
+class VSEModel(RetrievalModel):
+    """Baseline when ``lca=cra=False``; SelfAlign with either or both modules on."""
+
+    def __init__(self, dim: int = 1024, text_encoder: str = "minilm", pooling: str = "gpo", mlp: bool = False,
+                 glove: torch.Tensor | None = None, lca: bool = False, cra: bool = False, codebook_size: int = 1024,
+                 base_loss: str = "triplet", margin: float = 0.2, infonce_temperature: float = 0.05,
+                 warmup_epochs: int = 1, lca_eps: float = 0.05, lca_iters: int = 3, lca_temperature: float = 0.1,
+                 lca_weight: float = 1.0, cra_temperature: float = 0.7, cra_topk: int = 512,
+                 cra_weight: float = 1.0, codebook_freeze_epochs: int = 1, region_dim: int = 1280):
+        super().__init__()
+        self.dim, self.text_kind = dim, text_encoder
+        self.img_enc = RegionEncoder(region_dim, dim, mlp)
+        if text_encoder == "minilm":
+            self.txt_enc = MiniLMTextEncoder(384, dim, mlp)
+        elif text_encoder == "gru":
+            if glove is None:
+                raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
+            self.txt_enc = GRUTextEncoder(glove, dim)
+        else:
+            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
+        self.img_pool, self.txt_pool = Pool(pooling), Pool(pooling)
+        self.use_lca, self.use_cra = lca, cra
+        if lca:
+            self.codebook = nn.Linear(dim, codebook_size, bias=False)
+            self.normalize_codebook()
+        if cra:
+            self.img_cra, self.txt_cra = CRABranch(dim), CRABranch(dim)
+        self.hp = dict(base_loss=base_loss, margin=margin, infonce_temperature=infonce_temperature,
+                       warmup_epochs=warmup_epochs, lca_eps=lca_eps, lca_iters=lca_iters,
+                       lca_temperature=lca_temperature, lca_weight=lca_weight, cra_temperature=cra_temperature,
+                       cra_topk=cra_topk, cra_weight=cra_weight, codebook_freeze_epochs=codebook_freeze_epochs)
+
+    # -------------------------------------------------------------------------------- encoding
+    def _finish(self, pre, h, mask, pool, cra_branch) -> dict:
+        out = {"emb": l2norm(pool(h, mask)), "mask": mask}
+        if self.use_lca:
+            out["pre"] = l2norm(pre)
+        if self.use_cra:
+            out.update(cra_branch(h, mask))
+        return out
+
+    def encode_images(self, regions, region_mask) -> dict:
+        pre, h = self.img_enc(regions.float(), region_mask)
+        return self._finish(pre, h, region_mask, self.img_pool, self.img_cra if self.use_cra else None)
+
+    def encode_texts(self, text, text_mask, word_mask) -> dict:
+        text = text if self.text_kind == "gru" else text.float()
+        pre, h = self.txt_enc(text, text_mask)
+        out = self._finish(pre, h, text_mask, self.txt_pool, self.txt_cra if self.use_cra else None)
+        out["word_mask"] = word_mask
+        return out
+
+    def image_vectors(self, img: dict) -> torch.Tensor:
+        if not self.use_cra:
+            return img["emb"]
+        return torch.cat([img["emb"], 0.5 * img["cra_mean"], 0.5 * img["cra_fused"]], dim=-1)
+
+    def text_vectors(self, txt: dict) -> torch.Tensor:
+        if not self.use_cra:
+            return txt["emb"]
+        return torch.cat([txt["emb"], txt["cra_fused"], txt["cra_mean"]], dim=-1)
+
+    # -------------------------------------------------------------------------------- training
+    def normalize_codebook(self) -> None:
+        with torch.no_grad():
+            self.codebook.weight.copy_(l2norm(self.codebook.weight))
+
+    def on_step_start(self, epoch: int) -> None:
+        if self.use_lca:
+            self.normalize_codebook()
+
+    def on_before_optimizer_step(self, epoch: int) -> None:
+        if self.use_lca and epoch < self.hp["codebook_freeze_epochs"]:
+            self.codebook.weight.grad = None
+
+    def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
+        hp = self.hp
+        scores = self.similarity(img, txt)
+        if hp["base_loss"] == "triplet":
+            base = L.triplet_loss(scores, hp["margin"], hardest=epoch >= hp["warmup_epochs"], ignore=batch.ignore)
+        elif hp["base_loss"] == "infonce":
+            base = L.infonce_loss(scores, hp["infonce_temperature"], ignore=batch.ignore)
+        else:
+            raise ValueError(f"unknown base_loss {hp['base_loss']!r}; choose 'triplet' or 'infonce'")
+        terms = {"base": base}
+        total = base
+        if self.use_lca:
+            lca = L.lca_loss(img["pre"], img["mask"], txt["pre"], txt["word_mask"], self.codebook.weight,
+                             hp["lca_eps"], hp["lca_iters"], hp["lca_temperature"])
+            terms["lca"] = lca
+            total = total + hp["lca_weight"] * lca
+        if self.use_cra:
+            cra = 0.5 * (L.cra_loss(txt["cra_global"], img["cra_locals"], img["mask"], hp["cra_temperature"],
+                                    hp["cra_topk"])
+                         + L.cra_loss(img["cra_global"], txt["cra_locals"], txt["mask"], hp["cra_temperature"],
+                                      hp["cra_topk"]))
+            terms["cra"] = cra
+            total = total + hp["cra_weight"] * cra
+        terms["total"] = total
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+    # -------------------------------------------------------------------------------- analysis
+    @torch.no_grad()
+    def word_region_matches(self, img: dict, txt: dict) -> dict:
+        """For paired (img[b], txt[b]): word->region similarities (B, L, R), LCA's argmax region per word,
+        and the concept (codebook entry) each word and region falls into (needs LCA)."""
+        w, v = txt.get("pre"), img.get("pre")
+        if w is None or v is None:
+            raise ValueError("word-region matching needs the LCA features: build the model with lca=True")
+        sim = torch.einsum("bld,brd->blr", w, v).masked_fill(~img["mask"][:, None, :], float("-inf"))
+        out = {"sim": sim, "r_star": sim.argmax(-1)}
+        c = self.codebook.weight
+        out["word_concept"] = (w @ c.t()).argmax(-1)
+        out["region_concept"] = (v @ c.t()).argmax(-1)
+        return out

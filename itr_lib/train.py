@@ -1,0 +1,457 @@
+"""Training on cached features: one config dataclass, Adam + step decay + clipping, augmentation,
+val rsum each epoch, best checkpoint by val rsum, exact resume, JSON-lines log, progress bar.
+
+``train(TrainConfig(...))`` runs (or resumes, or skips when finished) one run in ``cfg.run_dir`` and returns
+its metrics dict (also written to ``<run_dir>/metrics.json``). An epoch is one pass over the training
+*images*, each paired with one of its captions drawn at random (so an epoch costs the same whatever the
+number of captions per image); the number of epochs and this choice are recorded with the results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import load_dataset
+from .features import SplitFeatures, load_features, load_glove
+from .io import REPO_ROOT, git_commit, progress_enabled, read_json, resolve_device, write_json
+from .models import Batch, RetrievalModel, build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run. Defaults follow the authors (METHODS.md) except where noted."""
+
+    # what
+    method: str = "baseline"            # baseline | selfalign | tgdt | aladin | scan | ...
+    dataset: str = "rsicd"              # dataset name under the data root, or a JSON path
+    text_encoder: str = "minilm"        # minilm (frozen MiniLM + trainable layers) | gru (BiGRU over GloVe)
+    seed: int = 0
+    # architecture
+    dim: int = 1024                     # joint embedding size D (authors: 1024)
+    pooling: str = "gpo"                # mean | max | gpo | meanmax
+    mlp: bool = False                   # VSE-infinity residual MLP on the projections
+    # SelfAlign
+    lca: bool = False
+    cra: bool = False
+    codebook_size: int = 1024           # K (authors' scripts: 1024)
+    lca_eps: float = 0.05
+    lca_iters: int = 3
+    lca_temperature: float = 0.1
+    lca_weight: float = 1.0
+    codebook_freeze_epochs: int = 1
+    cra_temperature: float = 0.7
+    cra_topk: int = 512
+    cra_weight: float = 1.0
+    # loss
+    base_loss: str = "triplet"          # triplet (authors: hardest negative after warm-up) | infonce
+    margin: float = 0.2
+    warmup_epochs: int = 1              # VSE-infinity: sum of violations in epoch 0
+    infonce_temperature: float = 0.05
+    false_negatives: str = "mask"       # mask: in-batch captions whose text the anchor image carries are no
+                                        # negatives | none: the authors' behaviour
+    # optimisation
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 5e-4                    # VSE-infinity 5e-4
+    lr_decay_frac: float = 0.6          # lr x0.1 after this fraction of the epochs
+    lr_decay_gamma: float = 0.1
+    grad_clip: float = 2.0
+    weight_decay: float = 0.0
+    region_drop: float = 0.2            # VSE-infinity: drop 20% of regions
+    token_drop: float = 0.2             # and 20% of tokens
+    # method-specific extras (TGDT, ALADIN, ...)
+    extra: dict = field(default_factory=dict)
+    # data / runtime
+    data_root: str | None = None
+    cache_dir: str | None = None
+    max_train_images: int | None = None  # small subsets for tests and smoke runs
+    max_eval_images: int | None = None
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    threads: int | None = None
+    run_dir: str | None = None          # default results/runs/<run_name>
+    progress: bool | None = None
+
+    # fields that do not change the result of a run (excluded from its identity)
+    _RUNTIME = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size")
+
+    def identity(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+
+    def run_name(self) -> str:
+        h = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        variant = self.method
+        if self.method == "selfalign":
+            variant += ("-lca" if self.lca else "") + ("-cra" if self.cra else "") + f"-k{self.codebook_size}"
+        ds = Path(self.dataset).stem.replace("dataset_", "")
+        return f"{ds}-{variant}-{self.text_encoder}-s{self.seed}-{h}"
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else REPO_ROOT / "results" / "runs" / self.run_name()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------- data
+class SplitTensors:
+    """A split's features as torch tensors in memory, with the index maps and caption keys."""
+
+    def __init__(self, feats: SplitFeatures, text_encoder: str, max_images: int | None = None):
+        sp = feats.split
+        n = sp.n_images if max_images is None else min(max_images, sp.n_images)
+        caps = np.concatenate([sp.img2txt[i] for i in range(n)]).astype(np.int64)
+        self.split = sp.subset(n) if n < sp.n_images else sp
+        self.images = torch.from_numpy(np.ascontiguousarray(feats.images[:n]))
+        self.text_encoder = text_encoder
+        if text_encoder == "minilm":
+            self.text = torch.from_numpy(np.ascontiguousarray(feats.text[caps]))
+            self.lengths = torch.from_numpy(feats.text_lengths[caps].astype(np.int64))
+        else:
+            self.text = torch.from_numpy(feats.glove_ids[caps])
+            self.lengths = torch.from_numpy(feats.glove_lengths[caps].astype(np.int64))
+        self.img2txt = self.split.img2txt
+        self.txt2img = self.split.txt2img
+        keys = self.split.caption_keys()
+        uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+        self.cap_key = torch.tensor([uniq[k] for k in keys], dtype=torch.long)
+        width = max(len(c) for c in self.img2txt)
+        self.img_keys = torch.full((n, width), -1, dtype=torch.long)
+        for i, c in enumerate(self.img2txt):
+            self.img_keys[i, :len(c)] = self.cap_key[c]
+
+    @property
+    def n_images(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def n_texts(self) -> int:
+        return self.text.shape[0]
+
+    def text_batch(self, idx: torch.Tensor, token_drop: float = 0.0, gen: torch.Generator | None = None,
+                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lengths = self.lengths[idx]
+        width = int(lengths.max())
+        text = self.text[idx, :width]
+        pos = torch.arange(width)[None, :]
+        mask = pos < lengths[:, None]
+        if self.text_encoder == "minilm":
+            word = mask & (pos > 0) & (pos < (lengths[:, None] - 1))  # no [CLS] / [SEP]
+            if token_drop > 0:
+                drop = (torch.rand(mask.shape, generator=gen) < token_drop) & word
+                keep_any = (word & ~drop).any(1, keepdim=True)
+                drop = drop & keep_any  # never drop every word of a caption
+                mask, word = mask & ~drop, word & ~drop
+            return text, mask, word
+        if token_drop > 0:  # VSE-infinity's GloVe augmentation: of the 20% picked, 50% <unk>, 10% random, 40% removed
+            text = text.clone()
+            r = torch.rand(mask.shape, generator=gen)
+            picked = (r < token_drop) & mask
+            sub = r / token_drop
+            text[picked & (sub < 0.5)] = 1
+            rnd = picked & (sub >= 0.5) & (sub < 0.6)
+            text[rnd] = torch.randint(2, vocab_size or 3, (int(rnd.sum()),), generator=gen)
+            removed = picked & (sub >= 0.6)
+            rows = []
+            for t, m, rm in zip(text, mask, removed):
+                kept = t[m & ~rm] if (m & ~rm).any() else t[m][:1]
+                rows.append(kept)
+            lengths = torch.tensor([len(r_) for r_ in rows])
+            width = int(lengths.max())
+            text = torch.zeros(len(rows), width, dtype=torch.long)
+            for i, r_ in enumerate(rows):
+                text[i, :len(r_)] = r_
+            mask = torch.arange(width)[None, :] < lengths[:, None]
+        return text, mask, mask
+
+    def image_batch(self, idx: torch.Tensor, region_drop: float = 0.0, gen: torch.Generator | None = None):
+        regions = self.images[idx]
+        mask = torch.ones(regions.shape[:2], dtype=torch.bool)
+        if region_drop > 0:
+            mask = torch.rand(mask.shape, generator=gen) >= region_drop
+            mask[mask.sum(1) == 0, 0] = True
+        return regions, mask
+
+    def false_negative_mask(self, img_idx: torch.Tensor, cap_idx: torch.Tensor) -> torch.Tensor:
+        """(B, B): True where caption j's text is one of image i's captions (i != j pairs only matter)."""
+        keys = self.cap_key[cap_idx]
+        return (self.img_keys[img_idx][:, :, None] == keys[None, None, :]).any(1)
+
+
+def load_split_tensors(cfg: TrainConfig, split: str, max_images: int | None = None) -> SplitTensors:
+    ds = load_dataset(cfg.dataset, cfg.data_root)
+    feats = load_features(ds, split, root=cfg.cache_dir)
+    return SplitTensors(feats, cfg.text_encoder, max_images)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+def _cat(dicts: list[dict]) -> dict:
+    out = {}
+    for k in dicts[0]:
+        v = dicts[0][k]
+        if not torch.is_tensor(v):
+            continue
+        if v.dim() >= 2 and any(d[k].shape[1:] != v.shape[1:] for d in dicts):  # ragged text widths: pad
+            width = max(d[k].shape[1] for d in dicts)
+            parts = [torch.nn.functional.pad(d[k], (0, 0) * (v.dim() - 2) + (0, width - d[k].shape[1]))
+                     for d in dicts]
+        else:
+            parts = [d[k] for d in dicts]
+        out[k] = torch.cat(parts)
+    return out
+
+
+@torch.no_grad()
+def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256) -> tuple[dict, dict]:
+    """Encode every image and caption of a split (eval mode); returns (image outputs, text outputs) on CPU.
+
+    For models whose retrieval vectors are their score (``exact_vectors``) only the vectors are kept
+    (key ``vec``); otherwise every tensor output, for the exhaustive score."""
+    model.eval()
+    exact = model.exact_vectors
+
+    def keep(out: dict, vec_fn) -> dict:
+        if exact:
+            return {"vec": vec_fn(out).cpu()}
+        return {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)}
+    imgs, txts = [], []
+    for s in range(0, data.n_images, batch_size):
+        idx = torch.arange(s, min(s + batch_size, data.n_images))
+        regions, mask = data.image_batch(idx)
+        imgs.append(keep(model.encode_images(regions.to(device), mask.to(device)), model.image_vectors))
+    for s in range(0, data.n_texts, batch_size):
+        idx = torch.arange(s, min(s + batch_size, data.n_texts))
+        text, mask, word = data.text_batch(idx)
+        txts.append(keep(model.encode_texts(text.to(device), mask.to(device), word.to(device)), model.text_vectors))
+    return _cat(imgs), _cat(txts)
+
+
+def _slice(d: dict, sl) -> dict:
+    return {k: v[sl] for k, v in d.items()}
+
+
+@torch.no_grad()
+def score_matrix(model: RetrievalModel, img: dict, txt: dict, device: str = "cpu", chunk: int = 128) -> np.ndarray:
+    """(n_images, n_texts) model scores: one matmul of retrieval vectors, or the exhaustive score in chunks."""
+    model.eval()
+    if "vec" in img:
+        return (img["vec"] @ txt["vec"].t()).numpy()
+    n_i = next(iter(img.values())).shape[0]
+    rows = []
+    for s in range(0, n_i, chunk):
+        rows.append(model.similarity({k: v.to(device) for k, v in _slice(img, slice(s, s + chunk)).items()},
+                                     {k: v.to(device) for k, v in txt.items()}).cpu())
+    return torch.cat(rows).numpy()
+
+
+def evaluate(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256,
+             with_ranks: bool = False) -> dict:
+    """Standard-protocol metrics (and the duplicate-aware variant, labelled) of a model on a split."""
+    from .metrics import evaluate_split, rank_arrays, retrieval_metrics_dup
+    img, txt = encode_split(model, data, device, batch_size)
+    sims = score_matrix(model, img, txt, device)
+    out = evaluate_split(sims, data.img2txt, data.txt2img)
+    img2txt_dup, txt2imgs = data.split.duplicate_aware_maps()
+    out["duplicate_aware"] = retrieval_metrics_dup(sims, img2txt_dup, txt2imgs)
+    if with_ranks:
+        out["_ranks"] = rank_arrays(sims, data.img2txt, data.txt2img)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- training
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _glove_for(cfg: TrainConfig):
+    if cfg.text_encoder != "gru":
+        return None
+    _, emb = load_glove(cfg.dataset, cfg.data_root, cfg.cache_dir)
+    return torch.from_numpy(emb)
+
+
+def make_model(cfg: TrainConfig) -> RetrievalModel:
+    return build_model(cfg, _glove_for(cfg))
+
+
+def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
+    """Run, resume or skip one training run; returns its metrics (also in ``<run_dir>/metrics.json``).
+
+    ``stop_after_epochs`` stops early after that many epochs in this call (simulates an interruption;
+    the run stays resumable and returns ``{}``)."""
+    from tqdm.auto import tqdm
+    run_dir = cfg.resolved_run_dir()
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        done = read_json(metrics_path)
+        if done.get("config_identity") == cfg.identity():
+            log.info("run %s already finished: reusing %s", run_dir.name, metrics_path)
+            return done
+        raise ValueError(f"{metrics_path} belongs to another configuration (field 'config_identity' differs). "
+                         f"Fix: choose another run_dir, or delete {run_dir} to retrain.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    from .io import seed_everything
+    seed_everything(cfg.seed)
+
+    t_load = time.perf_counter()
+    tr = load_split_tensors(cfg, "train", cfg.max_train_images)
+    va = load_split_tensors(cfg, "val", cfg.max_eval_images)
+    t_load = time.perf_counter() - t_load
+    model = make_model(cfg).to(device)
+    vocab_size = model.txt_enc.embed.num_embeddings if cfg.text_encoder == "gru" and hasattr(model, "txt_enc") else None
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
+    decay_epoch = max(1, int(round(cfg.lr_decay_frac * cfg.epochs)))
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay_epoch, gamma=cfg.lr_decay_gamma)
+
+    start_epoch, best_rsum, history = 0, -1.0, []
+    last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
+    if last_path.is_file():
+        ck = torch.load(last_path, map_location=device, weights_only=False)
+        if ck["config_identity"] != cfg.identity():
+            raise ValueError(f"{last_path} was saved for another configuration (field 'config_identity'). "
+                             f"Fix: use another run_dir or delete {run_dir}.")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        start_epoch, best_rsum, history = ck["epoch"] + 1, ck["best_rsum"], ck["history"]
+        log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
+
+    n = tr.n_images
+    steps = (n + cfg.batch_size - 1) // cfg.batch_size
+    gen = torch.Generator().manual_seed(cfg.seed)
+    epochs_this_call = 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            return {}
+        rng = np.random.default_rng([cfg.seed, epoch])
+        gen.manual_seed(int(rng.integers(2 ** 62)))
+        order = rng.permutation(n)
+        cap_choice = np.array([c[rng.integers(len(c))] for c in tr.img2txt])
+        model.train()
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        bar = tqdm(range(steps), desc=f"{run_dir.name} epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not progress_enabled(cfg.progress), mininterval=2.0, leave=False)
+        for step in bar:
+            ii = torch.from_numpy(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
+            if len(ii) < 2:
+                continue
+            tt = torch.from_numpy(cap_choice[ii.numpy()])
+            regions, rmask = tr.image_batch(ii, cfg.region_drop, gen)
+            text, tmask, wmask = tr.text_batch(tt, cfg.token_drop, gen, vocab_size)
+            ignore = tr.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
+            batch = Batch(regions, rmask, text, tmask, wmask, ignore).to(device)
+            model.on_step_start(epoch)
+            img = model.encode_images(batch.regions, batch.region_mask)
+            txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)
+            loss, terms = model.compute_loss(img, txt, batch, epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            model.on_before_optimizer_step(epoch)
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{terms['total']:.3f}")
+        train_secs = time.perf_counter() - t0
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        t1 = time.perf_counter()
+        val = evaluate(model, va, device, cfg.eval_batch_size)["standard"]
+        rec = {"epoch": epoch, "lr": lr, "train_seconds": round(train_secs, 2),
+               "eval_seconds": round(time.perf_counter() - t1, 2),
+               **{f"loss_{k}": v / steps for k, v in sums.items()},
+               **{f"val_{k}": v for k, v in val.items()}}
+        history.append(rec)
+        log.info("%s epoch %d: loss %.4f val rsum %.2f", run_dir.name, epoch, rec.get("loss_total", 0), val["rsum"])
+        if val["rsum"] > best_rsum:
+            best_rsum = val["rsum"]
+            _atomic_torch_save({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch,
+                                "val_rsum": best_rsum}, best_path)
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
+                            "best_rsum": best_rsum, "history": history, "config_identity": cfg.identity()},
+                           last_path)
+        from .io import atomic_write_text
+        atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        epochs_this_call += 1
+
+    return finalize(cfg, model, history, t_load, device)
+
+
+def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: float, device: str) -> dict:
+    """Score the best checkpoint on val and test; write metrics.json, test ranks and the config."""
+    run_dir = cfg.resolved_run_dir()
+    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    model.load_state_dict(best["model"])
+    va = load_split_tensors(cfg, "val", cfg.max_eval_images)
+    te = load_split_tensors(cfg, "test", cfg.max_eval_images)
+    t0 = time.perf_counter()
+    val = evaluate(model, va, device, cfg.eval_batch_size)
+    test = evaluate(model, te, device, cfg.eval_batch_size, with_ranks=True)
+    eval_secs = time.perf_counter() - t0
+    i2t_ranks, t2i_ranks = test.pop("_ranks")
+    np.savez_compressed(run_dir / "test_ranks.npz", i2t=i2t_ranks, t2i=t2i_ranks)
+    with torch.no_grad():
+        model.eval()
+        regions, rmask = te.image_batch(torch.arange(1))
+        vec_dim = int(model.image_vectors(model.encode_images(regions.to(device), rmask.to(device))).shape[1])
+    out = {
+        "run": run_dir.name, "method": cfg.method, "dataset": Path(cfg.dataset).stem.replace("dataset_", ""),
+        "seed": cfg.seed, "config": asdict(cfg), "config_identity": cfg.identity(),
+        "best_epoch": best["epoch"], "epochs": cfg.epochs, "epoch_definition": "one pass over training images, "
+        "each with one random caption", "val": val, "test": test,
+        "history": history, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "train_seconds": round(sum(h["train_seconds"] for h in history), 2),
+        "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
+        "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),
+        "git_commit": git_commit(), "torch": torch.__version__, "device": device,
+        "threads": torch.get_num_threads(),
+    }
+    write_json(run_dir / "metrics.json", out)
+    return out
+
+
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[RetrievalModel, TrainConfig]:
+    """A trained model and its config from a ``best.pt`` / ``last.pt`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist. Fix: pass the best.pt of a finished run "
+                                f"(results/runs/<run>/best.pt).")
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if "config" not in ck:
+        cfg_path = path.parent / "metrics.json"
+        if not cfg_path.is_file():
+            raise ValueError(f"{path} has no 'config' field and no metrics.json beside it. Fix: use best.pt.")
+        ck["config"] = read_json(cfg_path)["config"]
+    cfg = TrainConfig.from_dict(ck["config"])
+    model = make_model(cfg).to(device)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    return model, cfg

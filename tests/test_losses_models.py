@@ -1,0 +1,189 @@
+"""Losses against hand-computed cases, gradient routing of LCA, CRA on tiny batches, retrieval vectors."""
+import math
+
+import pytest
+import torch
+
+from itr_lib import losses as L
+from itr_lib.models import VSEModel
+from itr_lib.models.encoders import GPO, Pool, l2norm
+
+
+def test_triplet_hardest_and_sum_match_hand_computation():
+    s = torch.tensor([[0.9, 0.5, 0.1],
+                      [0.8, 0.4, 0.2],
+                      [0.3, 0.6, 0.7]])
+    m = 0.2
+    # image anchors (rows): violations margin + s[i,j] - s[i,i]
+    # row0: j1 0.2+0.5-0.9=-0.2 -> 0; j2 -> 0.  row1: j0 0.2+0.8-0.4=0.6, j2 0.2+0.2-0.4=0.0. row2: j0 -0.2, j1 0.1
+    # caption anchors (cols): margin + s[i,j] - s[j,j]
+    # col0: i1 0.2+0.8-0.9=0.1, i2 -0.4. col1: i0 0.2+0.5-0.4=0.3, i2 0.2+0.6-0.4=0.4. col2: i0 -0.4, i1 -0.3
+    hardest = (0 + 0.6 + 0.1) + (0.1 + 0.4 + 0)
+    total = (0.6 + 0.1) + (0.1 + 0.3 + 0.4)
+    assert L.triplet_loss(s, m, hardest=True).item() == pytest.approx(hardest, abs=1e-6)
+    assert L.triplet_loss(s, m, hardest=False).item() == pytest.approx(total, abs=1e-6)
+    # ignoring pair (1, 0) (a false negative) removes 0.6 from row 1 and 0.1 from column 0
+    ignore = torch.zeros(3, 3, dtype=torch.bool)
+    ignore[1, 0] = True
+    assert L.triplet_loss(s, m, True, ignore).item() == pytest.approx(0.0 + 0.0 + 0.1 + 0.0 + 0.4 + 0.0, abs=1e-6)
+
+
+def test_infonce_matches_hand_computation_and_masking():
+    s = torch.tensor([[1.0, 0.0], [0.5, 0.2]])
+    t = 0.5
+    row = [-math.log(math.exp(2) / (math.exp(2) + 1)), -math.log(math.exp(0.4) / (math.exp(1.0) + math.exp(0.4)))]
+    col = [-math.log(math.exp(2) / (math.exp(2) + math.exp(1.0))), -math.log(math.exp(0.4) / (1 + math.exp(0.4)))]
+    expected = (sum(row) / 2 + sum(col) / 2) / 2
+    assert L.infonce_loss(s, t).item() == pytest.approx(expected, abs=1e-5)
+    ignore = torch.tensor([[False, True], [True, False]])
+    assert L.infonce_loss(s, t, ignore).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sinkhorn_rows_sum_to_one_and_prototypes_balanced():
+    torch.manual_seed(0)
+    scores = l2norm(torch.randn(600, 16)) @ l2norm(torch.randn(12, 16)).t()
+    q = L.sinkhorn(scores, eps=0.05, iters=3)
+    assert q.shape == (600, 12)
+    assert torch.allclose(q.sum(1), torch.ones(600), atol=1e-5)
+    mass = q.sum(0)
+    raw_mass = torch.softmax(scores / 0.05, dim=1).sum(0)
+    # equipartition: 3 iterations already spread mass more evenly than the plain softmax assignment
+    assert mass.std() < 0.8 * raw_mass.std()
+    q_many = L.sinkhorn(scores, eps=0.05, iters=50)
+    assert torch.allclose(q_many.sum(0), torch.full((12,), 50.0), rtol=0.02)
+    assert not q.requires_grad
+
+
+def _lca_inputs(b=4, r=6, l=5, d=8, k=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.randn(b, r, d, generator=g, requires_grad=True)
+    words = torch.randn(b, l, d, generator=g, requires_grad=True)
+    codebook = l2norm(torch.randn(k, d, generator=g)).requires_grad_(True)
+    rmask = torch.ones(b, r, dtype=torch.bool)
+    wmask = torch.ones(b, l, dtype=torch.bool)
+    wmask[0, 3:] = False
+    return regions, rmask, words, wmask, codebook
+
+
+def test_lca_gradients_reach_words_and_codebook_not_images():
+    regions, rmask, words, wmask, codebook = _lca_inputs()
+    loss = L.lca_loss(l2norm(regions), rmask, l2norm(words), wmask, codebook)
+    loss.backward()
+    assert regions.grad is None or torch.count_nonzero(regions.grad) == 0
+    assert words.grad is not None and torch.count_nonzero(words.grad) > 0
+    assert codebook.grad is not None and torch.count_nonzero(codebook.grad) > 0
+    assert torch.count_nonzero(words.grad[0, 3:]) == 0  # padding words get nothing
+
+
+def test_lca_matches_argmax_region_of_own_image():
+    regions, rmask, words, wmask, codebook = _lca_inputs()
+    v, w = l2norm(regions.detach()), l2norm(words.detach())
+    loss, det = L.lca_loss(v, rmask, w, wmask, codebook.detach(), return_details=True)
+    for b in range(4):
+        for j in range(5):
+            assert det["r_star"][b, j] == int((v[b] @ w[b, j]).argmax())
+    # hand-compute the loss from the codes it used
+    q = det["codes"]
+    logp = torch.log_softmax(w @ codebook.detach().t() / 0.1, -1)
+    per_word = [-(q[b, det["r_star"][b, j]] * logp[b, j]).sum() for b in range(4) for j in range(5) if wmask[b, j]]
+    assert loss.item() == pytest.approx(torch.stack(per_word).mean().item(), rel=1e-5)
+
+
+def test_cra_small_batch_works_and_matches_reference():
+    torch.manual_seed(1)
+    b, n, d = 4, 3, 8
+    q = l2norm(torch.randn(b, d))
+    loc = l2norm(torch.randn(b, n, d))
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[2, 2] = False
+    t = 0.7
+    got = L.cra_loss(q, loc, mask, temperature=t, topk=512).item()  # k capped at 8 or 9 negatives
+    per = []
+    for i in range(b):
+        negs = torch.cat([loc[c][mask[c]] @ q[i] for c in range(b) if c != i]) / t
+        kk = min(512, min(int(mask.sum() - mask[c].sum()) for c in range(b)))
+        negs = negs.topk(kk).values
+        for p in range(n):
+            if mask[i, p]:
+                sp = (loc[i, p] @ q[i]) / t
+                per.append(-(sp - torch.logsumexp(torch.cat([sp[None], negs]), 0)))
+    assert got == pytest.approx(torch.stack(per).mean().item(), rel=1e-5)
+    # top-k really keeps only the hardest: k=1 uses the single largest negative score
+    got1 = L.cra_loss(q, loc, mask, temperature=t, topk=1)
+    assert torch.isfinite(got1)
+    # a batch of one has no negatives: zero loss, no crash
+    assert L.cra_loss(q[:1], loc[:1], mask[:1]).item() == 0.0
+
+
+def _batch(b=4, r=7, l=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.randn(b, r, 1280, generator=g)
+    rmask = torch.ones(b, r, dtype=torch.bool)
+    rmask[1, 5:] = False
+    text = torch.randn(b, l, 384, generator=g)
+    tmask = torch.ones(b, l, dtype=torch.bool)
+    tmask[2, 4:] = False
+    wmask = tmask.clone()
+    wmask[:, 0] = False
+    return regions, rmask, text, tmask, wmask
+
+
+@pytest.mark.parametrize("lca,cra,pooling", [(False, False, "gpo"), (True, True, "gpo"), (False, True, "max"),
+                                             (True, False, "mean")])
+def test_retrieval_vectors_reproduce_pairwise_similarity(lca, cra, pooling):
+    torch.manual_seed(0)
+    m = VSEModel(dim=32, pooling=pooling, lca=lca, cra=cra, codebook_size=16).eval()
+    regions, rmask, text, tmask, wmask = _batch()
+    img, txt = m.encode_images(regions, rmask), m.encode_texts(text, tmask, wmask)
+    sims = m.image_vectors(img) @ m.text_vectors(txt).t()
+    # reference: S = S_base + 0.5 (<mean_v, f_t> + <f_v, mean_t>), computed pair by pair
+    for i in range(4):
+        for j in range(4):
+            ref = img["emb"][i] @ txt["emb"][j]
+            if cra:
+                ref = ref + 0.5 * (img["cra_mean"][i] @ txt["cra_fused"][j] + img["cra_fused"][i] @ txt["cra_mean"][j])
+            assert sims[i, j].item() == pytest.approx(ref.item(), abs=1e-5)
+    assert torch.allclose(m.similarity(img, txt), sims)
+    dim = m.image_vectors(img).shape[1]
+    assert dim == (96 if cra else 32)  # SelfAlign vectors at most 3x the baseline's
+
+
+def test_padding_does_not_change_embeddings():
+    torch.manual_seed(0)
+    m = VSEModel(dim=16, pooling="gpo", lca=True, cra=True, codebook_size=8).eval()
+    regions, rmask, text, tmask, wmask = _batch()
+    txt = m.encode_texts(text, tmask, wmask)
+    text2 = text.clone()
+    text2[2, 4:] = 123.0  # garbage in the padding of caption 2
+    txt2 = m.encode_texts(text2, tmask, wmask)
+    assert torch.allclose(m.text_vectors(txt), m.text_vectors(txt2), atol=1e-6)
+
+
+def test_selfalign_loss_backpropagates_to_every_trainable_part():
+    torch.manual_seed(0)
+    m = VSEModel(dim=16, pooling="gpo", lca=True, cra=True, codebook_size=8).train()
+    from itr_lib.models import Batch
+    regions, rmask, text, tmask, wmask = _batch()
+    batch = Batch(regions, rmask, text, tmask, wmask)
+    img, txt = m.encode_images(regions, rmask), m.encode_texts(text, tmask, wmask)
+    loss, terms = m.compute_loss(img, txt, batch, epoch=1)
+    assert set(terms) == {"base", "lca", "cra", "total"}
+    loss.backward()
+    for name in ("img_enc.proj.weight", "txt_enc.proj.weight", "codebook.weight", "img_cra.gate.0.weight",
+                 "txt_cra.global_fc.weight", "img_pool.gpo.linear.weight"):
+        p = dict(m.named_parameters())[name]
+        assert p.grad is not None and torch.count_nonzero(p.grad) > 0, name
+    m.on_before_optimizer_step(epoch=0)  # codebook frozen in the first epoch
+    assert m.codebook.weight.grad is None
+
+
+def test_gpo_weights_ignore_padding_and_max_pool_picks_maximum():
+    torch.manual_seed(0)
+    gpo = GPO()
+    w = gpo.weights(torch.tensor([3, 5]), 5)
+    assert torch.allclose(w.sum(1).squeeze(-1), torch.ones(2), atol=1e-5)
+    assert w[0, 3:].abs().max() < 1e-6
+    x = torch.randn(2, 5, 4)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.allclose(Pool("max")(x, mask)[0], x[0, :3].max(0).values)
+    assert torch.allclose(Pool("mean")(x, mask)[0], x[0, :3].mean(0))
