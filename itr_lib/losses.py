@@ -99,3 +99,35 @@ def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, tem
     neg_lse = torch.logsumexp(neg.topk(k, dim=1).values, dim=1, keepdim=True)  # (B, 1)
     per_pos = torch.logaddexp(pos, neg_lse) - pos
     return per_pos[mask].mean()
+
+
+def listnet_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, scale: float = 6.0,
+                 combine: str = "mean") -> torch.Tensor:
+    """ALADIN's ListNet distillation: cross-entropy between softmax(teacher) (detached) and softmax(scale * student),
+    over the rows (caption lists of each image) and over the columns (image lists of each caption) of the in-batch
+    score matrices; each direction is the mean over its lists.
+
+    ``combine="mean"`` averages the two directions (METHODS.md); ``"sum"`` adds them (the released ALADIN code,
+    ``im_cost + s_cost``, which also adds 1e-10 inside the log; here log-softmax is exact). The minimum over the
+    student, reached when softmax(scale * student) equals softmax(teacher) along both axes, is the teacher's mean
+    entropy."""
+    if student_scores.shape != teacher_scores.shape:
+        raise ValueError(f"student {tuple(student_scores.shape)} and teacher {tuple(teacher_scores.shape)} differ")
+    t = teacher_scores.detach()
+    s = student_scores * scale
+    rows = -(F.softmax(t, dim=1) * F.log_softmax(s, dim=1)).sum(1).mean()
+    cols = -(F.softmax(t, dim=0) * F.log_softmax(s, dim=0)).sum(0).mean()
+    if combine == "mean":
+        return (rows + cols) / 2
+    if combine == "sum":
+        return rows + cols
+    raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
+
+
+def intra_consistency_loss(s_vv: torch.Tensor, s_tt: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+    """TGDT's cross-modal consistency (part of CMC): sum_j [max_i |S_TT[i, j] - S_VV[i, j]| - margin]_+, where
+    S_VV / S_TT are the in-batch image-image / text-text global similarity matrices of the paired batch (as the
+    released code: ``((s_scores - im_scores).abs().max(0)[0] - margin).clamp(min=0).sum()``)."""
+    if s_vv.shape != s_tt.shape:
+        raise ValueError(f"S_VV {tuple(s_vv.shape)} and S_TT {tuple(s_tt.shape)} differ")
+    return ((s_tt - s_vv).abs().max(0).values - margin).clamp(min=0).sum()

@@ -118,10 +118,10 @@ class SplitTensors:
         n = sp.n_images if max_images is None else min(max_images, sp.n_images)
         caps = np.concatenate([sp.img2txt[i] for i in range(n)]).astype(np.int64)
         self.split = sp.subset(n) if n < sp.n_images else sp
-        self.images = torch.from_numpy(np.ascontiguousarray(feats.images[:n]))
+        self.images = torch.from_numpy(np.array(feats.images[:n]))  # a RAM copy of the memmap
         self.text_encoder = text_encoder
         if text_encoder == "minilm":
-            self.text = torch.from_numpy(np.ascontiguousarray(feats.text[caps]))
+            self.text = torch.from_numpy(np.array(feats.text[caps]))
             self.lengths = torch.from_numpy(feats.text_lengths[caps].astype(np.int64))
         else:
             self.text = torch.from_numpy(feats.glove_ids[caps])
@@ -194,10 +194,21 @@ class SplitTensors:
         return (self.img_keys[img_idx][:, :, None] == keys[None, None, :]).any(1)
 
 
+_TENSORS: dict = {}
+
+
 def load_split_tensors(cfg: TrainConfig, split: str, max_images: int | None = None) -> SplitTensors:
+    """A split's features in memory. Kept per process (keyed by dataset file checksum, split, cache and
+    text encoder; the cache's sidecar is re-checked on every call), so a grid of runs loads each split once."""
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    feats = load_features(ds, split, root=cfg.cache_dir)
-    return SplitTensors(feats, cfg.text_encoder, max_images)
+    feats = load_features(ds, split, root=cfg.cache_dir)  # validates the sidecars
+    key = (ds.json_sha256, split, str(feats.images.filename if hasattr(feats.images, "filename") else id(feats)),
+           cfg.text_encoder, max_images)
+    if key not in _TENSORS:
+        if len(_TENSORS) >= 6:
+            _TENSORS.pop(next(iter(_TENSORS)))
+        _TENSORS[key] = SplitTensors(feats, cfg.text_encoder, max_images)
+    return _TENSORS[key]
 
 
 # ----------------------------------------------------------------------------------------------- evaluation

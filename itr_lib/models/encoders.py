@@ -60,6 +60,12 @@ class GPO(nn.Module):
         self.linear = nn.Linear(d_hidden, 1, bias=False)
 
     def weights(self, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+        """(B, max_len, 1) pooling weights. They depend on the length only, so the BiGRU runs once per
+        distinct length in the batch (at most max_len sequences, not B) and the rows are gathered back."""
+        uniq, inverse = torch.unique(lengths, return_inverse=True)
+        return self._weights(uniq, max_len)[inverse]
+
+    def _weights(self, lengths: torch.Tensor, max_len: int) -> torch.Tensor:
         pe = positional_encoding_1d(self.d_pe, max_len, lengths.device).unsqueeze(0).repeat(len(lengths), 1, 1)
         mask = torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
         pe = pe.masked_fill(~mask.unsqueeze(-1), 0)

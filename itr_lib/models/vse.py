@@ -71,9 +71,8 @@ class VSEModel(RetrievalModel):
 
     # -------------------------------------------------------------------------------- encoding
     def _finish(self, pre, h, mask, pool, cra_branch) -> dict:
-        out = {"emb": l2norm(pool(h, mask)), "mask": mask}
-        if self.use_lca:
-            out["pre"] = l2norm(pre)
+        # "pre": l2-normalised pre-context projections, LCA's input and the word-object analysis's space
+        out = {"emb": l2norm(pool(h, mask)), "mask": mask, "pre": l2norm(pre)}
         if self.use_cra:
             out.update(cra_branch(h, mask))
         return out
@@ -141,14 +140,14 @@ class VSEModel(RetrievalModel):
     # -------------------------------------------------------------------------------- analysis
     @torch.no_grad()
     def word_region_matches(self, img: dict, txt: dict) -> dict:
-        """For paired (img[b], txt[b]): word->region similarities (B, L, R), LCA's argmax region per word,
-        and the concept (codebook entry) each word and region falls into (needs LCA)."""
-        w, v = txt.get("pre"), img.get("pre")
-        if w is None or v is None:
-            raise ValueError("word-region matching needs the LCA features: build the model with lca=True")
+        """For paired (img[b], txt[b]): word->region cosine similarities (B, L, R) of the pre-context
+        projections, the argmax region per word (what LCA trains on; for the baseline, the same readout of
+        its projections), and with LCA the concept (codebook entry) each word and region falls into."""
+        w, v = txt["pre"], img["pre"]
         sim = torch.einsum("bld,brd->blr", w, v).masked_fill(~img["mask"][:, None, :], float("-inf"))
         out = {"sim": sim, "r_star": sim.argmax(-1)}
-        c = self.codebook.weight
-        out["word_concept"] = (w @ c.t()).argmax(-1)
-        out["region_concept"] = (v @ c.t()).argmax(-1)
+        if self.use_lca:
+            c = self.codebook.weight
+            out["word_concept"] = (w @ c.t()).argmax(-1)
+            out["region_concept"] = (v @ c.t()).argmax(-1)
         return out

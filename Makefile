@@ -1,0 +1,35 @@
+# Targets a newcomer can guess. PYTHON may point at a virtual environment's interpreter.
+PYTHON ?= python3
+PROFILE ?= full
+DATASETS ?= rsicd ucm
+
+.PHONY: setup test test-fast features smoke study bench clean-smoke strip
+
+setup:            ## install the package, its dependencies and the notebook tooling
+	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m ipykernel install --sys-prefix --name python3 >/dev/null
+
+test:             ## the whole test suite (unit tests, notebook chain, nbval over the committed notebooks)
+	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q --nbval-lax notebooks/
+
+test-fast:        ## unit tests only (no notebook execution)
+	$(PYTHON) -m pytest -q -m "not slow"
+
+features:         ## build (or reuse) the frozen feature caches of every dataset
+	for d in $(DATASETS); do $(PYTHON) -m itr_lib.features --dataset $$d || exit 1; done
+
+smoke:            ## the quick profile: UCM, few epochs, one seed (results/smoke/)
+	$(PYTHON) -m itr_lib.study --profile smoke
+
+study:            ## the full profile: both datasets, all ablations and methods, 3 seeds (results/full/)
+	$(PYTHON) -m itr_lib.study --profile $(PROFILE)
+
+bench:            ## efficiency benchmarks (query cost, hardware floor, scaling) into results/
+	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 04
+
+strip:            ## strip outputs and papermill metadata from the committed notebooks
+	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb
+
+clean-smoke:
+	rm -rf results/smoke

@@ -1,0 +1,57 @@
+"""Score any saved checkpoint on any Karpathy-JSON dataset split; prints the metrics as JSON.
+
+    python -m itr_lib.evaluate --checkpoint PATH --data-root DIR --dataset NAME [--split test]
+
+Features of a dataset seen for the first time are extracted on the fly and cached (sidecar-checked).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .data import DataError, load_dataset
+from .features import SplitFeatures, ensure_features, load_features
+
+
+def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data_root: str | None = None,
+                        cache_dir: str | None = None, device: str = "cpu", progress: bool | None = None) -> dict:
+    from .train import SplitTensors, evaluate, load_checkpoint
+    model, cfg = load_checkpoint(checkpoint, device)
+    ds = load_dataset(dataset, data_root)
+    ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False)
+    feats: SplitFeatures = load_features(ds, split, root=cache_dir)
+    data = SplitTensors(feats, cfg.text_encoder)
+    if cfg.text_encoder == "gru":  # the model's vocabulary is the training dataset's, not this one's
+        from .features import glove_ids, load_glove
+        itos, _ = load_glove(cfg.dataset, cfg.data_root, cfg.cache_dir)
+        ids, lens = glove_ids(data.split.tokens, {w: i for i, w in enumerate(itos)})
+        import torch
+        data.text, data.lengths = torch.from_numpy(ids), torch.from_numpy(lens)
+    out = evaluate(model, data, device)
+    return {"checkpoint": str(checkpoint), "method": cfg.method, "trained_on": cfg.dataset, "dataset": ds.name,
+            "split": split, "n_images": data.n_images, "n_texts": data.n_texts, **out}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m itr_lib.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="best.pt of a finished run")
+    p.add_argument("--dataset", required=True, help="dataset name under the data root, or a JSON path")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--split", default="test")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        out = evaluate_checkpoint(a.checkpoint, a.dataset, a.split, a.data_root, a.cache_dir, a.device, progress=False)
+    except (DataError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Experiment grids and the tables built from them (used by 02_ablations and 05_results).
+
+Variant keys of the SelfAlign ablation: ``baseline``, ``lca``, ``cra``, ``lca+cra``. The codebook sweep
+trains ``lca+cra`` (or ``lca``) at several K. ``losses`` names base-loss settings:
+``infonce`` (symmetric InfoNCE with in-batch false negatives masked: the study's default) and
+``triplet-authors`` (hardest-negative triplet after a sum-of-violations warm-up epoch, no masking: the
+authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives masked).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .tables import (METRICS, aggregate, collect_runs, load_ranks, paired_bootstrap_seeds, published_rows,
+                     variant_name, write_table)
+from .train import TrainConfig
+
+VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
+            "lca": dict(method="selfalign", lca=True, cra=False),
+            "cra": dict(method="selfalign", lca=False, cra=True),
+            "lca+cra": dict(method="selfalign", lca=True, cra=True)}
+LOSSES = {"infonce": dict(base_loss="infonce", false_negatives="mask"),
+          "triplet-authors": dict(base_loss="triplet", false_negatives="none"),
+          "triplet-fnmask": dict(base_loss="triplet", false_negatives="mask")}
+
+
+def make_config(base: dict, **overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**base, **overrides})
+
+
+def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
+                     codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None) -> list[TrainConfig]:
+    """The ablation grid: datasets x losses x variants x seeds, plus the codebook sweep (K values, on
+    ``sweep_variant`` with the first loss) over ``sweep_seeds`` (default: ``seeds``)."""
+    base = dict(base or {})
+    cfgs, seen = [], set()
+
+    def add(cfg: TrainConfig):
+        key = cfg.run_name()
+        if key not in seen:
+            seen.add(key)
+            cfgs.append(cfg)
+
+    for ds in datasets:
+        for loss in losses:
+            for v in variants:
+                for s in seeds:
+                    add(make_config(base, dataset=ds, seed=s, **VARIANTS[v], **LOSSES[loss]))
+        for k in codebook_sizes:
+            for s in (sweep_seeds if sweep_seeds is not None else seeds):
+                add(make_config(base, dataset=ds, seed=s, codebook_size=k, **VARIANTS[sweep_variant],
+                                **LOSSES[losses[0]]))
+    return cfgs
+
+
+def runs_frame(metrics_dir: Path, protocol: str = "standard") -> pd.DataFrame:
+    df = collect_runs(sorted(Path(metrics_dir).glob("*.json")), protocol)
+    return df
+
+
+def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
+    """Mean +- std per variant, with the paired bootstrap of rsum vs the baseline of the same loss."""
+    d = df[df.dataset == dataset]
+    if d.empty:
+        return pd.DataFrame()
+    agg = aggregate(d)
+    agg["loss"] = [v.split(" | ")[1] if " | " in v else "" for v in agg.variant]
+    rows = []
+    for _, r in agg.iterrows():
+        runs = d[(d.method == r.method) & (d.variant == r.variant)]
+        base = d[(d.method == "baseline") & (d.variant.str.split(" | ").str[1] == r.loss)]
+        out = r.to_dict()
+        out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
+        if r.method != "baseline" and not base.empty:
+            pairs = [(base[base.seed == s].run.iloc[0], runs[runs.seed == s].run.iloc[0])
+                     for s in sorted(set(runs.seed) & set(base.seed))]
+            if pairs:
+                a = [load_ranks_any(metrics_dir, p[0]) for p in pairs]
+                b = [load_ranks_any(metrics_dir, p[1]) for p in pairs]
+                bs = paired_bootstrap_seeds(a, b, n_boot=n_boot)
+                out.update({"delta_rsum": bs["delta_rsum"], "ci_lo": bs["ci_lo"], "ci_hi": bs["ci_hi"]})
+        rows.append(out)
+    return pd.DataFrame(rows)
+
+
+def load_ranks_any(metrics_dir: Path, run: str):
+    z = np.load(Path(metrics_dir) / f"{run}.ranks.npz")
+    return z["i2t"], z["t2i"]
+
+
+def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -> pd.DataFrame:
+    """Every method/variant of ours (mean +- std over seeds) beside the published numbers."""
+    d = df[df.dataset == dataset]
+    ours = aggregate(d) if not d.empty else pd.DataFrame()
+    parts = [ours]
+    if include_published:
+        parts.append(published_rows(dataset))
+    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    if "source" not in out:
+        out["source"] = ""
+    out["source"] = out["source"].fillna("this study")
+    return out

@@ -1,0 +1,148 @@
+"""Study charts: dataset statistics, training curves, ablation and codebook-sweep plots, results overview.
+
+Image-based visualisations (word maps, concepts, retrieval examples) live in :mod:`itr_lib.viz`;
+every figure is saved through ``viz.save_fig`` (PNG + SVG with a fixed hash salt, atomic).
+"""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
+        try:
+            import IPython  # noqa: F401
+            if IPython.get_ipython() is None:
+                matplotlib.use("Agg")
+        except ImportError:
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save(fig, path) -> Path:
+    from .viz import save_fig
+    return save_fig(fig, path)
+
+
+def caption_stats(ds) -> "object":
+    """Caption-length histogram per split and duplicate-caption bars."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for s in ds.split_names:
+        lens = [len(t) for t in ds.split(s).tokens]
+        axes[0].hist(lens, bins=range(0, max(lens) + 2), alpha=0.5, density=True, label=f"{s} ({len(lens)})")
+    axes[0].set(xlabel="caption length (words)", ylabel="fraction", title=f"{ds.name}: caption lengths")
+    axes[0].legend()
+    st = ds.stats()
+    x = np.arange(len(st))
+    tot = st["captions"].to_numpy(float)
+    axes[1].bar(x - 0.2, 100 * st["dup_lines_within_image"] / tot, 0.4, label="repeats within an image")
+    axes[1].bar(x + 0.2, 100 * st["caption_lines_shared_across_images"] / tot, 0.4, label="shared across images")
+    axes[1].set_xticks(x, st.index)
+    axes[1].set(ylabel="% of caption lines", title=f"{ds.name}: duplicate captions")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid(split, n: int = 6, seed: int = 0, dataset: str | None = None):
+    """A grid of sample images with their captions."""
+    from .data import load_image, scene_class
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(split.n_images, size=min(n, split.n_images), replace=False))
+    cols = min(3, len(idx))
+    rows = (len(idx) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 6.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx):
+        ax.imshow(load_image(split.image_paths[i]))
+        caps = "\n".join(textwrap.fill(f"- {split.captions[j]}", 55) for j in split.img2txt[i])
+        cls = scene_class(dataset, split.filenames[i]) if dataset else None
+        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9)
+        ax.text(0, 1.0, caps, transform=ax.transAxes, fontsize=7.5, va="bottom", ha="left")
+        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9, y=-0.08)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: list[dict], title: str = ""):
+    """Loss terms per epoch (left) and val rsum per epoch (right)."""
+    plt = _plt()
+    h = pd.DataFrame(history)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for c in [c for c in h.columns if c.startswith("loss_")]:
+        axes[0].plot(h.epoch + 1, h[c], marker="o", label=c[5:])
+    axes[0].set(xlabel="epoch", ylabel="mean loss", title=f"{title} training losses")
+    axes[0].legend()
+    axes[1].plot(h.epoch + 1, h.val_rsum, marker="o", color="k")
+    best = int(h.val_rsum.idxmax())
+    axes[1].scatter([h.epoch[best] + 1], [h.val_rsum[best]], s=120, facecolors="none", edgecolors="r",
+                    label="best (kept)")
+    axes[1].set(xlabel="epoch", ylabel="val rsum", title="validation rsum (model selection)")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig
+
+
+def ablation_bars(table: pd.DataFrame, dataset: str, metric: str = "mr"):
+    """Mean +- std of a metric per variant (dots: seeds are in the CSV), and rsum gain vs baseline with CI."""
+    plt = _plt()
+    t = table.reset_index(drop=True)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 2.2))
+    y = np.arange(len(t))
+    axes[0].barh(y, t[metric], xerr=t[f"{metric}_std"], color=["#888" if m == "baseline" else "#3a7" for m in t.method])
+    axes[0].set_yticks(y, t.variant, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].set(xlabel=f"test {metric} (mean ± std over seeds)", title=f"{dataset}: SelfAlign ablation")
+    if "delta_rsum" in t:
+        d = t.delta_rsum.to_numpy(float)
+        lo, hi = t.ci_lo.to_numpy(float), t.ci_hi.to_numpy(float)
+        ok = ~np.isnan(d)
+        axes[1].errorbar(d[ok], y[ok], xerr=[d[ok] - lo[ok], hi[ok] - d[ok]], fmt="o", color="k", capsize=3)
+        axes[1].axvline(0, color="r", lw=1)
+        axes[1].set_yticks(y, t.variant, fontsize=8)
+        axes[1].invert_yaxis()
+        axes[1].set(xlabel="rsum gain over baseline (95% paired bootstrap CI)", title="paired difference")
+    fig.tight_layout()
+    return fig
+
+
+def codebook_sweep(df_runs: pd.DataFrame, dataset: str, baseline_mr: float | None = None):
+    """Test mR against codebook size K (each seed a dot, mean line)."""
+    plt = _plt()
+    d = df_runs[(df_runs.dataset == dataset) & df_runs.lca.astype(bool)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for v, g in d.groupby("variant_family"):
+        m = g.groupby("codebook_size").mr.agg(["mean", "std"]).reset_index()
+        ax.errorbar(m.codebook_size, m["mean"], yerr=m["std"].fillna(0), marker="o", capsize=3, label=v)
+        ax.scatter(g.codebook_size, g.mr, s=10, alpha=0.5)
+    if baseline_mr is not None:
+        ax.axhline(baseline_mr, color="#888", ls="--", label="baseline")
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="codebook size K", ylabel="test mR", title=f"{dataset}: codebook size")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def results_overview(main: pd.DataFrame, dataset: str):
+    """Horizontal bars of mR: ours (mean ± std) beside published rows (hatched)."""
+    plt = _plt()
+    t = main.sort_values("mr").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(t) + 1.5))
+    y = np.arange(len(t))
+    colors = ["#ddd" if p else "#3a7" for p in t.published]
+    ax.barh(y, t.mr, xerr=t.mr_std.fillna(0), color=colors, hatch=None, edgecolor="k", lw=0.5)
+    labels = [f"{m} — {v}" if not p else m for m, v, p in zip(t.method, t.variant, t.published)]
+    ax.set_yticks(y, [textwrap.shorten(s, 60) for s in labels], fontsize=8)
+    ax.set(xlabel="test mR (ours: mean ± std over seeds; grey: published)", title=f"{dataset.upper()}: results")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,279 @@
+"""Shared fine-grained pieces of the TGDT / ALADIN / interactive models.
+
+Scores (all memory-chunked, padding-safe: padded positions never influence a score, whatever they hold):
+
+- :func:`mrsw_scores` (TERAN's "MrSw"): for image i and caption t, the sum over the valid words w of t of the max
+  over the valid regions r of i of <v_ir, u_tw> (cosine when the locals are l2-normalised). (Bi, Bt) matrix.
+- :func:`mrsw_pair_scores`: the same for P aligned (image, caption) pairs (re-ranking a shortlist), (P,).
+- :func:`scan_t2i_scores`: SCAN's text-to-image cross attention (Lee et al. 2018, ``func_attention`` with
+  ``clipped_l2norm``): cosine region-word sims, LeakyReLU(0.1), l2-normalised over the words per region,
+  softmax(lambda_softmax * .) over the regions, attended region vector per word, cosine(word, attended),
+  LogSumExp pooling over the words (lambda_lse). (Bi, Bt) matrix.
+
+Chunking: a block of ``ci`` images x ``ct`` captions materialises ``ci*R*ct*L`` scores; blocks are sized so that
+this stays under ``max_elements`` (default 2**24 floats = 64 MiB, plus a few same-sized temporaries). Captions are
+processed sorted by length and every block is trimmed to its longest caption, so padding costs nothing.
+
+Building blocks: :class:`SequenceInput` (features or GloVe ids -> Linear to D + learned positions, a learned 7x7
+grid table for the region grid), :class:`CLSTransformer` (learned first slot + ``nn.TransformerEncoder``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .encoders import l2norm
+
+DEFAULT_MAX_ELEMENTS = 2 ** 24
+
+
+# ----------------------------------------------------------------------------------------------- chunking
+def _lengths_order(mask: torch.Tensor) -> torch.Tensor:
+    """Permutation sorting sequences by their last valid position (shortest first)."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    last = (mask.long() * pos).amax(1)
+    return torch.argsort(last, stable=True)
+
+
+def _trim(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the sequence dimension after the last valid position of the block (at least 1 position)."""
+    any_valid = mask.any(0)
+    n = int(any_valid.nonzero().max()) + 1 if bool(any_valid.any()) else 1
+    return x[:, :n], mask[:, :n]
+
+
+def _blocked(block_fn, img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Tensor, txt_mask: torch.Tensor,
+             max_elements: int) -> torch.Tensor:
+    """Apply ``block_fn(v, vm, u, um) -> (ci, ct)`` over image x caption blocks; returns (Bi, Bt)."""
+    bi, r = img.shape[:2]
+    bt, l = txt.shape[:2]
+    if bi == 0 or bt == 0:
+        return img.new_zeros(bi, bt)
+    per_pair = max(1, r * l)
+    ci = bi if bi * per_pair <= max_elements else max(1, max_elements // per_pair)
+    ct = max(1, max_elements // (ci * per_pair))
+    order = _lengths_order(txt_mask) if bt > ct else None  # several caption chunks: group similar lengths
+    if order is not None:
+        txt, txt_mask = txt[order], txt_mask[order]
+    rows = []
+    for a in range(0, bi, ci):
+        v, vm = _trim(img[a:a + ci], img_mask[a:a + ci])
+        cols = []
+        for c in range(0, bt, ct):
+            u, um = _trim(txt[c:c + ct], txt_mask[c:c + ct])
+            cols.append(block_fn(v, vm, u, um))
+        rows.append(torch.cat(cols, 1))
+    out = torch.cat(rows, 0)
+    if order is not None:
+        out = out[:, torch.argsort(order)]
+    return out
+
+
+def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero the padded positions (so garbage there, even NaN/inf, cannot leak into valid scores)."""
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------- MrSw
+class _MrSwBlock(torch.autograd.Function):
+    """MrSw of one block with a sparse backward.
+
+    Only the best region of each (image, caption, word) receives gradient, so the backward is two sparse-dense
+    products with ci*ct*L non-zeros instead of the dense (ci*R) x (ct*L) x D products autograd would run through
+    ``amax`` (about 50x fewer operations), and only the argmax indices are kept for it, not the score tensor.
+    Ties between regions send the whole gradient to the first of them (``amax`` would split it)."""
+
+    @staticmethod
+    def forward(ctx, v, vm, u, um):
+        # no input cleaning needed: garbage in a padded region / word only reaches its own row / column of s,
+        # which the -inf fill / the word mask discard; the backward only reads valid (word, best region) pairs
+        ci, r, d = v.shape
+        ct, l, _ = u.shape
+        s = (v.reshape(ci * r, d) @ u.reshape(ct * l, d).t()).view(ci, r, ct, l)
+        if not bool(vm.all()):
+            s.masked_fill_(~vm[:, :, None, None], float("-inf"))
+        best, arg = s.max(1)  # (ci, ct, l): best region per word
+        del s
+        valid = um[None, :, :] & vm.any(1)[:, None, None]
+        ctx.save_for_backward(v, u, arg, valid)
+        return torch.where(valid, best, best.new_zeros(())).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        v, u, arg, valid = ctx.saved_tensors
+        ci, r, d = v.shape
+        ct, l, _ = u.shape
+        gv = gu = None
+        # entry (i*R + best region, t*L + w) = dL/dS[i, t], for the valid (i, t, w) only
+        rows = (torch.arange(ci, device=v.device)[:, None, None] * r + arg)[valid]
+        cols = torch.arange(ct * l, device=v.device).view(1, ct, l).expand(ci, ct, l)[valid]
+        w = grad[:, :, None].expand(ci, ct, l)[valid]
+        a = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.to(v.dtype), (ci * r, ct * l),
+                                    check_invariants=False)
+        if ctx.needs_input_grad[0]:
+            gv = torch.sparse.mm(a, u.reshape(ct * l, d)).view(ci, r, d)
+        if ctx.needs_input_grad[2]:
+            gu = torch.sparse.mm(a.t(), v.reshape(ci * r, d)).view(ct, l, d)
+        return gv, None, gu, None
+
+
+def _mrsw_block(v, vm, u, um):
+    return _MrSwBlock.apply(v, vm, u, um)
+
+
+def mrsw_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,
+                txt_mask: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """TERAN's MrSw: S[i, t] = sum_{valid words w of t} max_{valid regions r of i} <v_ir, u_tw>.
+
+    img_locals (Bi, R, D), img_mask (Bi, R) bool; txt_locals (Bt, L, D), txt_mask (Bt, L) bool (the words to sum
+    over: exclude CLS/SEP and padding there). Pass l2-normalised locals for cosine. Returns (Bi, Bt); differentiable.
+    An image without any valid region scores 0."""
+    return _blocked(_mrsw_block, img_locals, img_mask, txt_locals, txt_mask, max_elements)
+
+
+def mrsw_pair_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,
+                     txt_mask: torch.Tensor) -> torch.Tensor:
+    """MrSw of P aligned pairs (img_locals[p], txt_locals[p]) -> (P,). Same conventions as :func:`mrsw_scores`."""
+    v, u = _clean(img_locals, img_mask), _clean(txt_locals, txt_mask)
+    s = torch.bmm(v, u.transpose(1, 2))  # (P, R, L)
+    s = s.masked_fill(~img_mask[:, :, None], float("-inf")).amax(1)
+    valid = txt_mask & img_mask.any(1)[:, None]
+    return torch.where(valid, s, s.new_zeros(())).sum(-1)
+
+
+# ----------------------------------------------------------------------------------------------- SCAN t2i
+def _scan_block(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps=1e-8):
+    ci, r, d = v.shape
+    ct, l, _ = u.shape
+    v, u = _clean(v, vm), _clean(u, um)
+    s = (v.reshape(ci * r, d) @ u.reshape(ct * l, d).t()).view(ci, r, ct, l)     # <v_r, u_w>
+    a = F.leaky_relu(s, leaky).masked_fill(~um[None, None], 0.0)
+    a = a / (a.norm(dim=-1, keepdim=True) + eps)                                   # l2 over words, per region
+    logits = (a * lambda_softmax)
+    if not bool(vm.all()):
+        logits = logits.masked_fill(~vm[:, :, None, None], float("-inf"))
+    att = torch.softmax(logits, dim=1)                                             # over regions, per word
+    num = (att * s).sum(1)                                                         # <u_w, sum_r att_r v_r>
+    gram = v @ v.transpose(1, 2)                                                   # (ci, r, r)
+    ga = torch.bmm(gram, att.reshape(ci, r, ct * l)).view(ci, r, ct, l)
+    att_norm = (att * ga).sum(1).clamp_min(0).sqrt()                               # |sum_r att_r v_r|
+    cos = num / (att_norm * u.norm(dim=-1)[None]).clamp_min(eps)                   # (ci, ct, l)
+    cos = cos.masked_fill(~um[None], float("-inf"))
+    return torch.logsumexp(lambda_lse * cos, dim=-1) / lambda_lse
+
+
+def scan_t2i_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,
+                    txt_mask: torch.Tensor, lambda_softmax: float = 9.0, lambda_lse: float = 6.0,
+                    leaky: float = 0.1, max_elements: int = DEFAULT_MAX_ELEMENTS) -> torch.Tensor:
+    """SCAN t2i (clipped_l2norm, LSE pooling) scores (Bi, Bt); locals should be l2-normalised as in SCAN.
+
+    The attended vector is never materialised: <u, sum_r a_r v_r> = sum_r a_r <u, v_r> and
+    |sum_r a_r v_r|^2 = a^T (V V^T) a, which is exact and costs R*R instead of D per word and region."""
+    def block(v, vm, u, um):
+        return _scan_block(v, vm, u, um, lambda_softmax, lambda_lse, leaky)
+    return _blocked(block, img_locals, img_mask, txt_locals, txt_mask, max_elements)
+
+
+# ----------------------------------------------------------------------------------------------- modules
+class SequenceInput(nn.Module):
+    """Token features -> Linear(d_in, D) + learned position (+ nothing else).
+
+    ``grid``: the positions are a learned grid x grid table (the 7x7 EfficientNet grid, row-major), requiring
+    exactly grid**2 tokens; otherwise a learned 1-D table of ``max_len`` positions. ``glove``: the input is word
+    ids, embedded by a trainable GloVe-initialised table (attribute ``embed``, which train.py's token-drop
+    augmentation reads for the vocabulary size) before the projection."""
+
+    def __init__(self, d_in: int, dim: int, grid: int | None = None, max_len: int = 64,
+                 glove: torch.Tensor | None = None):
+        super().__init__()
+        self.embed = None
+        if glove is not None:
+            self.embed = nn.Embedding.from_pretrained(glove.clone().float(), freeze=False, padding_idx=0)
+            d_in = glove.shape[1]
+        self.proj = nn.Linear(d_in, dim)
+        self.grid = grid
+        n_pos = grid * grid if grid else max_len
+        self.pos = nn.Parameter(torch.zeros(n_pos, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, pos_index: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, N, d_in) features or (B, N) ids; ``pos_index`` (B, N): the original position of each token when
+        the sequence was packed (:func:`pack_valid`), else positions 0..N-1."""
+        x = self.embed(x) if self.embed is not None else x.float()
+        n = x.shape[1]
+        if pos_index is None:
+            if self.grid and n != self.grid * self.grid:
+                raise ValueError(f"expected {self.grid}x{self.grid}={self.grid ** 2} grid regions, got {n}. Fix: "
+                                 f"set cfg.extra['grid'] to the side of your feature grid")
+            if n > self.pos.shape[0]:
+                raise ValueError(f"sequence of {n} tokens exceeds the {self.pos.shape[0]} learned positions. Fix: "
+                                 f"raise cfg.extra['max_len']")
+            return self.proj(x) + self.pos[:n]
+        return self.proj(x) + self.pos[pos_index]
+
+
+def pack_valid(mask: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Training-time packing of masked-out tokens (region drop / token drop): ``(order (B, M), packed mask (B, M))``
+    with each row's valid positions first, in their original order, and M = the largest valid count, so dropped
+    tokens cost no compute. ``order`` is None when there is nothing to remove."""
+    counts = mask.sum(1)
+    m = int(counts.max()) if mask.numel() else 0
+    if m == mask.shape[1]:
+        return None, mask
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :max(m, 1)]
+    packed = torch.arange(order.shape[1], device=mask.device)[None, :] < counts[:, None]
+    return order, packed
+
+
+def gather_tokens(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """x (B, N, ...) -> x[b, order[b]] (B, M, ...); identity when ``order`` is None."""
+    if order is None:
+        return x
+    idx = order.view(*order.shape, *([1] * (x.dim() - 2))).expand(*order.shape, *x.shape[2:])
+    return torch.gather(x, 1, idx)
+
+
+def transformer_encoder(dim: int, layers: int, heads: int, ff: int, dropout: float) -> nn.TransformerEncoder:
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+    layer = nn.TransformerEncoderLayer(dim, heads, ff, dropout, batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class CLSTransformer(nn.Module):
+    """A learned first slot prepended to a (B, N, D) sequence, then a transformer encoder with key padding.
+
+    Returns (first-slot output (B, D), token outputs (B, N, D)); nothing is normalised here."""
+
+    def __init__(self, dim: int, layers: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        self.encoder = transformer_encoder(dim, layers, heads, ff, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        x = torch.cat([self.cls.expand(b, -1, -1).to(x.dtype), x], 1)
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], 1)
+        h = self.encoder(x, src_key_padding_mask=pad)
+        return h[:, 0], h[:, 1:]
+
+
+def normed_locals(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """l2-normalised locals with padded positions zeroed."""
+    return l2norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
+
+
+def extra_get(extra: dict, defaults: dict) -> dict:
+    """``defaults`` overridden by ``extra``; unknown keys in ``extra`` are an error (typos must not pass)."""
+    unknown = sorted(set(extra) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown cfg.extra key(s) {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **extra}
+
+
+__all__ = ["mrsw_scores", "mrsw_pair_scores", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
+           "gather_tokens", "transformer_encoder", "normed_locals", "extra_get", "DEFAULT_MAX_ELEMENTS"]

@@ -1,0 +1,122 @@
+"""TGDT (Liu et al., IEEE TIP 2023): token-guided dual transformer, method ``"tgdt"``.
+
+Two homogeneous branches, one per modality: token features -> Linear(in, D) + learned positions (a 7x7 grid
+table for the region grid, a 1-D table for text) -> a learned CLS slot prepended -> ``nn.TransformerEncoder``.
+Global = l2norm(CLS output); locals = l2norm(the other outputs), padding zeroed and excluded.
+
+Scores: s_global = <g_v, g_t>; s_local = MrSw (TERAN): sum over the caption's valid words (MiniLM: no [CLS]/[SEP])
+of the max over the image's valid regions of the cosine. ``similarity`` = s_global + local_scale * s_local (the
+exhaustive score); ``global_similarity`` / ``local_similarity`` separately; ``image_vectors``/``text_vectors`` =
+the globals, so ``exact_vectors = False`` (faiss serves the first stage only; see :mod:`itr_lib.rerank` for the
+two-stage inference and its evaluation).
+
+Loss (CMC + local), trained end to end (the released code detaches the encoders before its second stage; here
+every term reaches both branches):
+  hardest-negative triplet(s_global, margin) + intra_consistency(S_VV, S_TT, 0.3) + triplet(local_scale * s_local).
+``batch.ignore`` (false negatives) is honoured by both triplet terms.
+
+``cfg.extra`` keys (defaults are CPU scale-downs; the released config uses D=1024, 4 image-transformer layers,
+2 text layers on a fine-tuned BERT, 4 heads (TERAN), dropout 0.1, batch 30, lr 1e-5):
+  layers=1, heads=4, ff=2*D, dropout=0.1, max_len=64 (text positions), grid=7, margin=cfg.margin (0.2),
+  consistency_margin=0.3, w_global=1, w_consistency=1, w_local=1,
+  local_scale=1.0 (the released loss multiplies its MrSw by 10 inside the local triplet only; not copied),
+  warmup_epochs=0 (hardest negative from the start, as the authors' max_violation=True),
+  k_i2t=50, k_t2i=100 (shortlists of the two-stage evaluation; read by rerank.evaluate_two_stage).
+Text encoder: 'minilm' (frozen token states, 384-d) or 'gru' (trainable GloVe word embeddings feed the text
+transformer directly; no GRU: the transformer is the context model).
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import losses as L
+from . import register
+from .base import Batch, RetrievalModel
+from .fine import (CLSTransformer, SequenceInput, extra_get, gather_tokens, mrsw_pair_scores, mrsw_scores,
+                   normed_locals, pack_valid)
+from .encoders import l2norm
+
+
+def tgdt_defaults(cfg) -> dict:
+    return dict(layers=1, heads=4, ff=cfg.dim, dropout=0.1, max_len=64, grid=7, margin=cfg.margin,
+                consistency_margin=0.3, w_global=1.0, w_consistency=1.0, w_local=1.0, local_scale=1.0,
+                warmup_epochs=0, k_i2t=50, k_t2i=100, pack=True)
+
+
+class TGDTModel(RetrievalModel):
+    exact_vectors = False
+
+    def __init__(self, dim: int = 512, text_encoder: str = "minilm", glove: torch.Tensor | None = None,
+                 region_dim: int = 1280, text_dim: int = 384, **hp):
+        super().__init__()
+        self.hp = hp
+        self.text_kind = text_encoder
+        if text_encoder == "gru" and glove is None:
+            raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
+        if text_encoder not in ("minilm", "gru"):
+            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
+        self.img_in = SequenceInput(region_dim, dim, grid=hp["grid"])
+        self.txt_enc = SequenceInput(text_dim, dim, max_len=hp["max_len"],
+                                     glove=glove if text_encoder == "gru" else None)
+        self.img_tf = CLSTransformer(dim, hp["layers"], hp["heads"], hp["ff"], hp["dropout"])
+        self.txt_tf = CLSTransformer(dim, hp["layers"], hp["heads"], hp["ff"], hp["dropout"])
+
+    # ------------------------------------------------------------------------------ encoding
+    def _pack(self, mask: torch.Tensor):
+        return pack_valid(mask) if (self.training and self.hp["pack"]) else (None, mask)
+
+    def encode_images(self, regions, region_mask) -> dict:
+        order, mask = self._pack(region_mask)
+        g, h = self.img_tf(self.img_in(gather_tokens(regions, order), order), mask)
+        return {"global": l2norm(g), "locals": normed_locals(h, mask), "mask": mask}
+
+    def encode_texts(self, text, text_mask, word_mask) -> dict:
+        order, mask = self._pack(text_mask)
+        words = gather_tokens(word_mask & text_mask, order)
+        g, h = self.txt_tf(self.txt_enc(gather_tokens(text, order), order), mask)
+        return {"global": l2norm(g), "locals": normed_locals(h, words), "mask": words}
+
+    def image_vectors(self, img: dict) -> torch.Tensor:
+        return img["global"]
+
+    def text_vectors(self, txt: dict) -> torch.Tensor:
+        return txt["global"]
+
+    # ------------------------------------------------------------------------------ scores
+    def global_similarity(self, img: dict, txt: dict) -> torch.Tensor:
+        return img["global"] @ txt["global"].t()
+
+    def local_similarity(self, img: dict, txt: dict) -> torch.Tensor:
+        """local_scale * MrSw (Bi, Bt)."""
+        return self.hp["local_scale"] * mrsw_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+
+    def similarity(self, img: dict, txt: dict) -> torch.Tensor:
+        return self.global_similarity(img, txt) + self.local_similarity(img, txt)
+
+    # the second stage of two-stage inference (rerank.py): s_global + s_local
+    def rescore_similarity(self, img: dict, txt: dict) -> torch.Tensor:
+        return self.similarity(img, txt)
+
+    def rescore_pairs(self, img: dict, txt: dict) -> torch.Tensor:
+        """s_global + s_local of aligned pairs (img[p], txt[p]) -> (P,)."""
+        g = (img["global"] * txt["global"]).sum(-1)
+        return g + self.hp["local_scale"] * mrsw_pair_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+
+    # ------------------------------------------------------------------------------ training
+    def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
+        hp = self.hp
+        hardest = epoch >= hp["warmup_epochs"]
+        gv, gt = img["global"], txt["global"]
+        s_global = gv @ gt.t()
+        l_global = L.triplet_loss(s_global, hp["margin"], hardest, batch.ignore)
+        l_cons = L.intra_consistency_loss(gv @ gv.t(), gt @ gt.t(), hp["consistency_margin"])
+        l_local = L.triplet_loss(self.local_similarity(img, txt), hp["margin"], hardest, batch.ignore)
+        total = hp["w_global"] * l_global + hp["w_consistency"] * l_cons + hp["w_local"] * l_local
+        terms = {"global": l_global, "consistency": l_cons, "local": l_local, "total": total}
+        return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+@register("tgdt")
+def _tgdt(cfg, glove):
+    hp = extra_get(cfg.extra, tgdt_defaults(cfg))
+    return TGDTModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, **hp)

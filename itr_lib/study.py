@@ -1,0 +1,178 @@
+"""The study runner: execute the numbered notebooks in order with papermill, per profile.
+
+    python -m itr_lib.study --profile smoke|full [--only 00 02 ...] [--timeout S]
+
+A profile is ``configs/<profile>.yaml``: a list of notebook executions, each with its parameters. Every
+parameter name is checked against the notebook's ``parameters`` cell (``papermill.inspect_notebook``):
+a typo is an error, not papermill's warning. Notebooks run with kernel ``python3``, the repository root as
+working directory, absolute output paths and an execution timeout; executed copies go to
+``results/<profile>/executed/``, and ``results/<profile>/study.json`` records the parameters, the git
+commit and the time of each execution. Training runs inside the notebooks are skipped when already
+finished, so rerunning an interrupted study resumes it.
+
+Also here: ``run_grid`` (the library call the ablation notebooks use to train many configurations).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .io import REPO_ROOT, git_commit, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+NOTEBOOKS = REPO_ROOT / "notebooks"
+CONFIGS = REPO_ROOT / "configs"
+
+
+class StudyError(ValueError):
+    pass
+
+
+def profile_dir(profile: str) -> Path:
+    return REPO_ROOT / "results" / profile
+
+
+def profile_name(profile: str) -> str:
+    return Path(profile).stem if profile.endswith((".yaml", ".yml")) else profile
+
+
+def load_profile(profile: str) -> dict:
+    """``configs/<profile>.yaml``, or a YAML file given by path."""
+    path = Path(profile) if profile.endswith((".yaml", ".yml")) else CONFIGS / f"{profile}.yaml"
+    if not path.is_file():
+        options = sorted(p.stem for p in CONFIGS.glob("*.yaml") if p.stem != "published")
+        raise StudyError(f"profile file {path} not found. Fix: use one of {options}, or create {path.name}.")
+    import yaml
+    prof = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(prof.get("notebooks"), list):
+        raise StudyError(f"{path}: field 'notebooks' (a list of {{notebook, parameters}}) is missing.")
+    return prof
+
+
+def notebook_path(name: str) -> Path:
+    matches = sorted(NOTEBOOKS.glob(f"{name}*.ipynb"))
+    if not matches:
+        raise StudyError(f"no notebook matches '{name}' in {NOTEBOOKS}. Fix: check the profile's 'notebook' field.")
+    return matches[0]
+
+
+def check_parameters(nb: Path, params: dict) -> None:
+    """Raise StudyError for parameter names the notebook's ``parameters`` cell does not define."""
+    import papermill as pm
+    declared = pm.inspect_notebook(str(nb))
+    if not declared:
+        raise StudyError(f"{nb} has no cell tagged 'parameters'. Fix: tag its parameter cell.")
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        raise StudyError(f"{nb.name}: unknown parameter(s) {unknown}; it takes {sorted(declared)}. "
+                         f"Fix: correct the name in the profile or the call.")
+
+
+def executions(prof: dict, out_dir: Path, only: list[str] | None = None) -> list[dict]:
+    """Expand the profile into concrete executions (notebook, output, parameters).
+
+    The profile's top-level ``parameters`` apply to every notebook that declares them; a notebook entry's
+    own ``parameters`` and ``runs`` items must all be declared by that notebook (checked later)."""
+    import papermill as pm
+    common = dict(prof.get("parameters", {}))
+    todo = []
+    for entry in prof["notebooks"]:
+        name = entry["notebook"]
+        if only and not any(name.startswith(o) for o in only):
+            continue
+        nb = notebook_path(name)
+        declared = set(pm.inspect_notebook(str(nb)))
+        shared = {k: v for k, v in {**common, "RESULTS_DIR": str(out_dir)}.items() if k in declared}
+        for i, item in enumerate(entry.get("runs") or [{}]):
+            params = {**shared, **entry.get("parameters", {}), **item}
+            suffix = item.get("_suffix") or "-".join(str(v) for v in item.values() if isinstance(v, (str, int)))
+            params.pop("_suffix", None)
+            stem = nb.stem + (f"-{suffix}" if suffix else "")
+            todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params})
+    return todo
+
+
+def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
+              results_dir: str | Path | None = None) -> dict:
+    import papermill as pm
+    prof = load_profile(profile)
+    out_dir = Path(results_dir).resolve() if results_dir else profile_dir(profile_name(profile))
+    todo = executions(prof, out_dir, only)
+    for t in todo:  # check every execution before running any
+        check_parameters(t["notebook"], t["parameters"])
+    manifest_path = out_dir / "study.json"
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {"profile": profile, "executions": {}}
+    if dry_run:
+        return {"planned": [str(t["output"]) for t in todo]}
+    timeout = timeout or prof.get("timeout", 3600)
+    t_study = time.perf_counter()
+    for t in todo:
+        t["output"].parent.mkdir(parents=True, exist_ok=True)
+        print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
+        t0 = time.perf_counter()
+        pm.execute_notebook(str(t["notebook"]), str(t["output"]), parameters=t["parameters"],
+                            kernel_name="python3", cwd=str(REPO_ROOT), execution_timeout=timeout,
+                            progress_bar=False, log_output=False)
+        secs = time.perf_counter() - t0
+        manifest["executions"][t["output"].name] = {"notebook": t["notebook"].name, "parameters": t["parameters"],
+                                                     "seconds": round(secs, 1), "git_commit": git_commit(),
+                                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json(manifest_path, manifest)
+        print(f"[study]   done in {secs:.0f}s", flush=True)
+    manifest["last_study_seconds"] = round(time.perf_counter() - t_study, 1)
+    manifest["git_commit"] = git_commit()
+    write_json(manifest_path, manifest)
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------- training grids
+def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None) -> list[dict]:
+    """Train (or reuse) every config; each run lives in ``<results_dir>/runs/<run_name>/`` and its metrics
+    (and test ranks) are copied to ``<results_dir>/metrics/``. Returns the metrics of all runs."""
+    import shutil
+    from tqdm.auto import tqdm
+    from .io import progress_enabled
+    from .train import train
+    results_dir = Path(results_dir)
+    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
+    out = []
+    for cfg in tqdm(configs, desc="runs", disable=not progress_enabled(progress)):
+        if cfg.run_dir is None:
+            cfg.run_dir = str(results_dir / "runs" / cfg.run_name())
+        m = train(cfg)
+        run = Path(cfg.run_dir)
+        for src, dst in ((run / "metrics.json", results_dir / "metrics" / f"{run.name}.json"),
+                         (run / "test_ranks.npz", results_dir / "metrics" / f"{run.name}.ranks.npz")):
+            if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
+                tmp = dst.with_name(f".{dst.name}.tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+        out.append(m)
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m itr_lib.study", description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="smoke", help="configs/<profile>.yaml (smoke | full) or a YAML path")
+    p.add_argument("--results-dir", default=None, help="output folder (default: results/<profile>)")
+    p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 02)")
+    p.add_argument("--timeout", type=int, default=None, help="per-cell execution timeout in seconds")
+    p.add_argument("--dry-run", action="store_true", help="check the profile and parameters, run nothing")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir)
+    except StudyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res if a.dry_run else {"profile": a.profile, "seconds": res.get("last_study_seconds")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Committed notebooks are clean and parameterised; the runner checks names; the chain runs end to end."""
+import ast
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from itr_lib.study import StudyError, check_parameters, run_study
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_notebooks_exist_in_order():
+    names = [p.stem[:2] for p in NOTEBOOKS]
+    assert names == sorted(names) and {"00", "01", "02", "03", "05"} <= set(names)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_notebook_is_stripped_with_python3_kernel(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "papermill" not in nb["metadata"]
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, path.name
+            assert "papermill" not in cell.get("metadata", {})
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_one_parameters_cell_of_annotated_commented_literals(path):
+    nb = json.loads(path.read_text())
+    cells = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1
+    src = "".join(cells[0]["source"])
+    tree = ast.parse(src)
+    for node in tree.body:
+        assert isinstance(node, ast.AnnAssign), ast.dump(node)
+        ast.literal_eval(node.value)  # literals only
+    for line in src.strip().splitlines():
+        assert "#" in line, f"{path.name}: parameter line without a comment: {line}"
+    names = {n.target.id for n in tree.body}
+    assert "RESULTS_DIR" in names
+    if path.stem[:2] in ("00", "01", "02", "03"):  # computing notebooks run unchanged on a GPU machine
+        assert "DEVICE" in names
+
+
+def test_unknown_parameter_is_an_error():
+    with pytest.raises(StudyError, match=r"unknown parameter\(s\) \['EPOCSH'\]"):
+        check_parameters(ROOT / "notebooks" / "01_train.ipynb", {"EPOCSH": 3})
+
+
+@pytest.mark.slow
+def test_whole_chain_through_papermill(tmp_path):
+    out = tmp_path / "study"
+    run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out)
+    executed = sorted(p.name for p in (out / "executed").glob("*.ipynb"))
+    assert executed == ["00_data_prep-mini.ipynb", "01_train.ipynb", "02_ablations.ipynb", "03_word_object.ipynb",
+                        "05_results.ipynb"]
+    manifest = json.loads((out / "study.json").read_text())
+    assert len(manifest["executions"]) == 5 and manifest["git_commit"]
+    abl = pd.read_csv(out / "tables" / "ablation_mini.csv")
+    variants = set(abl.variant)
+    assert {"baseline | infonce +FN-mask", "LCA K=16 | infonce +FN-mask", "CRA | infonce +FN-mask",
+            "LCA+CRA K=16 | infonce +FN-mask", "LCA+CRA K=8 | infonce +FN-mask"} <= variants
+    assert (abl[abl.variant != "LCA+CRA K=8 | infonce +FN-mask"].n_seeds == 2).all()
+    for d in ("i2t", "t2i"):
+        assert ((abl[f"{d}_r1"] <= abl[f"{d}_r5"]) & (abl[f"{d}_r5"] <= abl[f"{d}_r10"])).all()
+    assert abl[["i2t_r1", "t2i_r10", "mr"]].apply(lambda c: c.between(0, 100)).all().all()
+    assert abl.rsum.round(6).equals((abl.mr * 6).round(6))
+    sa = abl[abl.method != "baseline"]
+    assert sa.delta_rsum.notna().all() and (sa.ci_lo <= sa.delta_rsum + 1e-9).all()
+    main = pd.read_csv(out / "tables" / "main_mini.csv")
+    assert {"method", "variant", "n_seeds", "i2t_r1", "rsum", "mr", "mr_std", "published"} <= set(main.columns)
+    assert not main.published.any()
+    for f in ("ablation_mini.png", "main_mini.png", "data_captions_mini.png"):
+        assert (out / "figures" / f).stat().st_size > 1000
+    # a rerun skips finished training runs and keeps their metrics
+    before = {str(p): p.stat().st_mtime for p in (out / "runs").glob("*/metrics.json")}
+    run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out, only=["02"])
+    after = {str(p): p.stat().st_mtime for p in (out / "runs").glob("*/metrics.json")}
+    assert before == after
