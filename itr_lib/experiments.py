@@ -2,7 +2,8 @@
 
 Variant keys of the SelfAlign ablation: ``baseline``, ``lca``, ``cra``, ``lca+cra``. The codebook sweep
 trains ``lca+cra`` (or ``lca``) at several K. ``losses`` names base-loss settings:
-``infonce`` (symmetric InfoNCE with in-batch false negatives masked: the study's default) and
+``infonce`` (symmetric InfoNCE with in-batch false negatives masked, every caption of the batch's images
+per step: the study's default), ``infonce-1cap`` (the same with one caption per image and step) and
 ``triplet-authors`` (hardest-negative triplet after a sum-of-violations warm-up epoch, no masking: the
 authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives masked).
 """
@@ -22,9 +23,10 @@ VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
             "lca": dict(method="selfalign", lca=True, cra=False),
             "cra": dict(method="selfalign", lca=False, cra=True),
             "lca+cra": dict(method="selfalign", lca=True, cra=True)}
-LOSSES = {"infonce": dict(base_loss="infonce", false_negatives="mask"),
-          "triplet-authors": dict(base_loss="triplet", false_negatives="none"),
-          "triplet-fnmask": dict(base_loss="triplet", false_negatives="mask")}
+LOSSES = {"infonce": dict(base_loss="infonce", false_negatives="mask", captions_per_step="auto"),
+          "infonce-1cap": dict(base_loss="infonce", false_negatives="mask", captions_per_step="one"),
+          "triplet-authors": dict(base_loss="triplet", false_negatives="none", captions_per_step="one"),
+          "triplet-fnmask": dict(base_loss="triplet", false_negatives="mask", captions_per_step="one")}
 
 
 def make_config(base: dict, **overrides) -> TrainConfig:
@@ -32,9 +34,11 @@ def make_config(base: dict, **overrides) -> TrainConfig:
 
 
 def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
-                     codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None) -> list[TrainConfig]:
-    """The ablation grid: datasets x losses x variants x seeds, plus the codebook sweep (K values, on
-    ``sweep_variant`` with the first loss) over ``sweep_seeds`` (default: ``seeds``)."""
+                     codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None,
+                     loss_variants=None) -> list[TrainConfig]:
+    """The ablation grid: datasets x variants x seeds with the first loss; the other losses for the
+    ``loss_variants`` only (default: every variant); plus the codebook sweep (K values, on ``sweep_variant``
+    with the first loss) over ``sweep_seeds`` (default: ``seeds``)."""
     base = dict(base or {})
     cfgs, seen = [], set()
 
@@ -45,8 +49,10 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
             cfgs.append(cfg)
 
     for ds in datasets:
-        for loss in losses:
+        for li, loss in enumerate(losses):
             for v in variants:
+                if li > 0 and loss_variants is not None and v not in loss_variants:
+                    continue
                 for s in seeds:
                     add(make_config(base, dataset=ds, seed=s, **VARIANTS[v], **LOSSES[loss]))
         for k in codebook_sizes:

@@ -30,14 +30,22 @@ def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True
     return cost_t.sum() + cost_i.sum()
 
 
-def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, ignore: torch.Tensor | None = None) -> torch.Tensor:
-    """Symmetric InfoNCE (mean over both directions); ignored pairs are removed from the denominators."""
+def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, ignore: torch.Tensor | None = None,
+                 pos: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric InfoNCE (mean of both directions); ignored pairs are removed from the denominators.
+
+    ``scores`` (B_images, M_texts); ``pos`` (B, M) bool marks each text's image (default: the diagonal of a
+    square matrix). An image with several captions in the batch uses all of them as positives
+    (-log sum_pos / sum_all); each caption has exactly one positive image."""
+    b, m = scores.shape
+    if pos is None:
+        pos = torch.eye(b, m, dtype=torch.bool, device=scores.device)
     logits = scores / temperature
     if ignore is not None:
-        eye = torch.eye(scores.size(0), dtype=torch.bool, device=scores.device)
-        logits = logits.masked_fill(ignore & ~eye, float("-inf"))
-    target = torch.arange(scores.size(0), device=scores.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        logits = logits.masked_fill(ignore & ~pos, float("-inf"))
+    i2t = (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
+    t2i = F.cross_entropy(logits.t(), pos.float().argmax(0))
+    return (i2t + t2i) / 2
 
 
 @torch.no_grad()
@@ -58,17 +66,20 @@ def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.T
 
 def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
              codebook: torch.Tensor, eps: float = 0.05, iters: int = 3, temperature: float = 0.1,
-             return_details: bool = False):
+             return_details: bool = False, cap2img: torch.Tensor | None = None):
     """SelfAlign's Local Concept Alignment (swapped prediction of region codes from words).
 
     regions (B, R, D), words (B, L, D): l2-normalised pre-context features; codebook (K, D) unit rows.
     Region codes: Sinkhorn over every valid region of the batch on detached scores. Each word j is matched
     to r*(j) = argmax_r <w_j, v_r> over the regions of its own image; loss = mean over words of
-    CE(q_{r*(j)}, softmax(<c_k, w_j> / temperature)). Only words and codebook receive gradient."""
+    CE(q_{r*(j)}, softmax(<c_k, w_j> / temperature)). Only words and codebook receive gradient.
+    ``cap2img`` (M,): the image of each caption when a batch holds M captions of B images (default: pairs)."""
     with torch.no_grad():
         v = regions.detach()
         codes = torch.zeros(*v.shape[:2], codebook.size(0), device=v.device, dtype=torch.float32)
         codes[region_mask] = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)
+        if cap2img is not None:
+            v, codes, region_mask = v[cap2img], codes[cap2img], region_mask[cap2img]
         sim = torch.einsum("bld,brd->blr", words.detach(), v).masked_fill(~region_mask[:, None, :], float("-inf"))
         r_star = sim.argmax(-1)  # (B, L)
         target = torch.gather(codes, 1, r_star.unsqueeze(-1).expand(-1, -1, codes.size(-1)))  # (B, L, K)
@@ -80,25 +91,27 @@ def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tens
 
 
 def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, temperature: float = 0.7,
-             topk: int = 512) -> torch.Tensor:
+             topk: int = 512, pos: torch.Tensor | None = None) -> torch.Tensor:
     """SelfAlign's Contextual Relation Alignment, one direction.
 
-    query (B, D): the global of one modality; locals_ (B, N, D) with mask (B, N): the other modality's
-    locals. For query b the valid locals of item b are positives; the valid locals of the other items are
-    negatives, of which only the top-k hardest are kept (k capped by what the batch has). InfoNCE per
-    positive, averaged over all positives."""
-    b, n, _ = locals_.shape
-    s = torch.einsum("bd,cnd->bcn", query, locals_) / temperature  # (B, B, N)
-    eye = torch.eye(b, dtype=torch.bool, device=s.device)
-    pos = s[eye]  # (B, N)
-    neg_valid = (~eye)[:, :, None] & mask[None, :, :]
-    neg = s.masked_fill(~neg_valid, float("-inf")).reshape(b, b * n)
-    k = min(topk, int(neg_valid.reshape(b, -1).sum(1).min().item()))
+    query (Q, D): the globals of one modality; locals_ (C, N, D) with mask (C, N): the other modality's
+    locals; pos (Q, C) bool: which items are the query's own (default: the diagonal, Q == C). The valid
+    locals of a query's own items are positives; those of the other items are negatives, of which only the
+    top-k hardest are kept (k capped by what the batch has). InfoNCE per positive, averaged over all
+    positives."""
+    q, c = query.shape[0], locals_.shape[0]
+    if pos is None:
+        pos = torch.eye(q, c, dtype=torch.bool, device=query.device)
+    s = torch.einsum("qd,cnd->qcn", query, locals_) / temperature  # (Q, C, N)
+    pos_valid = pos[:, :, None] & mask[None, :, :]
+    neg_valid = (~pos)[:, :, None] & mask[None, :, :]
+    k = min(topk, int(neg_valid.reshape(q, -1).sum(1).min().item()))
     if k == 0:
         return query.sum() * 0.0
-    neg_lse = torch.logsumexp(neg.topk(k, dim=1).values, dim=1, keepdim=True)  # (B, 1)
-    per_pos = torch.logaddexp(pos, neg_lse) - pos
-    return per_pos[mask].mean()
+    neg = s.masked_fill(~neg_valid, float("-inf")).reshape(q, -1)
+    neg_lse = torch.logsumexp(neg.topk(k, dim=1).values, dim=1)  # (Q,)
+    per_pos = torch.logaddexp(s, neg_lse[:, None, None]) - s
+    return per_pos[pos_valid].mean()
 
 
 def listnet_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, scale: float = 6.0,

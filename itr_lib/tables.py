@@ -32,6 +32,8 @@ def variant_name(cfg: dict) -> str:
         v = m
     loss = cfg.get("base_loss", "triplet")
     v += f" | {loss}" + (" +FN-mask" if cfg.get("false_negatives") == "mask" else "")
+    if loss == "infonce" and cfg.get("captions_per_step") == "one":
+        v += " 1cap"
     if cfg.get("text_encoder", "minilm") != "minilm":
         v += f" | {cfg['text_encoder']}"
     return v

@@ -60,6 +60,10 @@ class TrainConfig:
     infonce_temperature: float = 0.05
     false_negatives: str = "mask"       # mask: in-batch captions whose text the anchor image carries are no
                                         # negatives | none: the authors' behaviour
+    captions_per_step: str = "auto"     # one: one random caption per image and step (authors) | all: every
+                                        # caption of the batch's images (multi-positive InfoNCE; more text
+                                        # supervision per image forward) | auto: all for InfoNCE on models
+                                        # that support it, else one
     # optimisation
     epochs: int = 12
     batch_size: int = 128
@@ -350,6 +354,11 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
         start_epoch, best_rsum, history = ck["epoch"] + 1, ck["best_rsum"], ck["history"]
         log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
 
+    if cfg.captions_per_step not in ("auto", "one", "all"):
+        raise ValueError(f"captions_per_step must be auto, one or all, not {cfg.captions_per_step!r}")
+    multi = multi_caption(cfg, model)
+    if multi and not model.supports_multi_caption:
+        raise ValueError(f"method {cfg.method!r} trains with one caption per image: set captions_per_step='one'")
     n = tr.n_images
     steps = (n + cfg.batch_size - 1) // cfg.batch_size
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -370,11 +379,16 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
             ii = torch.from_numpy(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
             if len(ii) < 2:
                 continue
-            tt = torch.from_numpy(cap_choice[ii.numpy()])
+            if multi:
+                caps = [tr.img2txt[i] for i in ii.tolist()]
+                tt = torch.tensor([c for cs in caps for c in cs])
+                cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
+            else:
+                tt, cap2img = torch.from_numpy(cap_choice[ii.numpy()]), None
             regions, rmask = tr.image_batch(ii, cfg.region_drop, gen)
             text, tmask, wmask = tr.text_batch(tt, cfg.token_drop, gen, vocab_size)
             ignore = tr.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
-            batch = Batch(regions, rmask, text, tmask, wmask, ignore).to(device)
+            batch = Batch(regions, rmask, text, tmask, wmask, ignore, cap2img).to(device)
             model.on_step_start(epoch)
             img = model.encode_images(batch.regions, batch.region_mask)
             txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)
@@ -415,6 +429,11 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     return finalize(cfg, model, history, t_load, device)
 
 
+def multi_caption(cfg: TrainConfig, model: RetrievalModel) -> bool:
+    return cfg.captions_per_step == "all" or (cfg.captions_per_step == "auto" and cfg.base_loss == "infonce"
+                                              and model.supports_multi_caption)
+
+
 def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: float, device: str) -> dict:
     """Score the best checkpoint on val and test; write metrics.json, test ranks and the config."""
     run_dir = cfg.resolved_run_dir()
@@ -435,8 +454,9 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     out = {
         "run": run_dir.name, "method": cfg.method, "dataset": Path(cfg.dataset).stem.replace("dataset_", ""),
         "seed": cfg.seed, "config": asdict(cfg), "config_identity": cfg.identity(),
-        "best_epoch": best["epoch"], "epochs": cfg.epochs, "epoch_definition": "one pass over training images, "
-        "each with one random caption", "val": val, "test": test,
+        "best_epoch": best["epoch"], "epochs": cfg.epochs, "epoch_definition": "one pass over the training "
+        "images; per step each image with " + ("all its captions" if multi_caption(cfg, model) else
+                                               "one random caption"), "val": val, "test": test,
         "history": history, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(sum(h["train_seconds"] for h in history), 2),

@@ -25,6 +25,7 @@ SVG_HASHSALT = "itr_lib"
 DPI = 110
 CORRECT_COLOR = "#1a9850"   # green
 WRONG_COLOR = "#d73027"     # red
+DUP_COLOR = "#7f7f00"       # olive: same caption text as a correct one (duplicate-aware match)
 CELL = 32                   # pixels per region cell (EfficientNet stride)
 
 
@@ -198,8 +199,9 @@ def _wrap(text: str, width: int = 38) -> str:
 
 def plot_retrieval_examples(examples: dict, image_paths: Sequence | None = None, title: str | None = None,
                             panel: float = 1.7):
-    """Text->image rows (query caption, top-k images; correct ones framed green) and image->text rows
-    (query image, top-k captions; correct ones in green, duplicate-text matches in olive), from
+    """Text->image rows (query caption, top-k images; correct ones framed green, images that carry the same
+    caption text framed olive, others red) and image->text rows (query image, top-k captions; correct ones in
+    green, duplicate-text matches in olive), from
     ``wordobj.retrieval_examples``."""
     image_paths = image_paths if image_paths is not None else examples["image_paths"]
     t2i, i2t = examples["t2i"], examples["i2t"]
@@ -221,10 +223,10 @@ def plot_retrieval_examples(examples: dict, image_paths: Sequence | None = None,
         for col, h in enumerate(q["hits"]):
             ax = axes[row, col + 1]
             ax.imshow(_as_image(image_paths[h["image"]], 224))
-            color = CORRECT_COLOR if h["correct"] else WRONG_COLOR
+            color = CORRECT_COLOR if h["correct"] else (DUP_COLOR if h["correct_dup"] else WRONG_COLOR)
             for s in ax.spines.values():
                 s.set_edgecolor(color)
-                s.set_linewidth(3 if h["correct"] else 1)
+                s.set_linewidth(3 if h["correct"] or h["correct_dup"] else 1)
             ax.set_title(f"#{col + 1}" + (" \u2713" if h["correct"] else ""), fontsize=8,
                          color=color if h["correct"] else "black")
     for n, q in enumerate(i2t):
@@ -234,7 +236,7 @@ def plot_retrieval_examples(examples: dict, image_paths: Sequence | None = None,
         for col, h in enumerate(q["hits"]):
             ax = axes[row, col + 1]
             ax.axis("off")
-            color = CORRECT_COLOR if h["correct"] else ("#7f7f00" if h["correct_dup"] else "black")
+            color = CORRECT_COLOR if h["correct"] else (DUP_COLOR if h["correct_dup"] else "black")
             ax.text(0.5, 0.5, f"#{col + 1} " + _wrap(h["caption"], 22), ha="center", va="center", fontsize=6.5,
                     color=color, fontweight="bold" if h["correct"] else "normal", transform=ax.transAxes)
     if title:
@@ -258,13 +260,15 @@ def plot_pointing_game(overall, per_class=None, chance: float = 0.25, title: str
     err = np.vstack([rates - overall[lo_col].to_numpy(dtype=float), overall[hi_col].to_numpy(dtype=float) - rates])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.bar(models, rates, yerr=err, capsize=4, color=colors[:len(models)])
-    ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance {chance:.0%}")
+    ax.axhline(chance, color="grey", linestyle="--", linewidth=1)
+    ax.text(len(models) - 0.55, chance, f"chance {chance:.0%}", ha="right", va="center", fontsize=7, color="dimgrey",
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1.0})
     ax.set_ylim(0, 1)
     ax.set_ylabel("pointing hit rate")
-    ax.legend(fontsize=8, loc="upper right")
-    for i, (r, n) in enumerate(zip(rates, overall.get("n_words", [None] * len(models)))):
-        ax.text(i, min(r + 0.03, 0.95), f"{r:.0%}" + (f"\nn={n}" if n is not None else ""), ha="center",
-                va="bottom", fontsize=7)
+    ns = overall["n_words"].tolist() if "n_words" in overall else [None] * len(models)
+    for i, (r, n) in enumerate(zip(rates, ns)):
+        ax.text(i, r / 2, f"{r:.1%}" + (f"\nn={n}" if n is not None else ""), ha="center", va="center",
+                fontsize=8, color="white", fontweight="bold")
     if ncols == 2:
         ax2 = axes[0, 1]
         piv = per_class.pivot(index="class", columns="model", values="hit_rate").reindex(columns=models)
@@ -278,7 +282,7 @@ def plot_pointing_game(overall, per_class=None, chance: float = 0.25, title: str
         ax2.set_xticklabels(piv.index, rotation=60, ha="right", fontsize=7)
         ax2.set_ylim(0, 1)
         ax2.set_ylabel("hit rate per class")
-        ax2.legend(fontsize=8)
+        ax2.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(models), frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

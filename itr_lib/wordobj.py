@@ -710,6 +710,29 @@ def pointing_game(model, dataset: str | Dataset, split: str = "test", n_mosaics:
     return score_pointing(model, pointing_set, n_boot, seed)
 
 
+def pointing_difference(a: dict, b: dict, n_boot: int = 1000, seed: int = 0) -> dict:
+    """Paired comparison of two :func:`pointing_game` results on the same pointing set: hit rate of ``b``
+    minus that of ``a``, with a 95% bootstrap interval resampling mosaics (both models see the same words)."""
+    ka = [(r["mosaic"], r["quadrant"], r["caption"], r["word"]) for r in a["records"]]
+    kb = [(r["mosaic"], r["quadrant"], r["caption"], r["word"]) for r in b["records"]]
+    if ka != kb:
+        raise ValueError("the two results were scored on different pointing sets (different words or mosaics). "
+                         "Fix: score both models with the same dataset, split, n_mosaics and seed.")
+    ha = np.array([r["hit"] for r in a["records"]], dtype=np.float64)
+    hb = np.array([r["hit"] for r in b["records"]], dtype=np.float64)
+    mos = np.array([r["mosaic"] for r in a["records"]], dtype=np.int64)
+    ids, inv = np.unique(mos, return_inverse=True)
+    d = np.bincount(inv, weights=hb - ha, minlength=len(ids))
+    n = np.bincount(inv, minlength=len(ids)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    draw = rng.integers(0, len(ids), size=(n_boot, len(ids)))
+    diffs = d[draw].sum(1) / np.maximum(n[draw].sum(1), 1)
+    return {"difference": float((hb - ha).mean()) if len(ha) else float("nan"),
+            "ci_lo": float(np.quantile(diffs, 0.025)), "ci_hi": float(np.quantile(diffs, 0.975)),
+            "only_a": int(((ha == 1) & (hb == 0)).sum()), "only_b": int(((ha == 0) & (hb == 1)).sum()),
+            "n_words": len(ha)}
+
+
 def pointing_table(results: dict[str, dict]):
     """(overall, per-class) DataFrames of several :func:`pointing_game` results keyed by model name."""
     import pandas as pd
@@ -792,13 +815,3 @@ def example_pairs(data, n: int = 3, seed: int = 0) -> list[tuple[int, int]]:
     rng = np.random.default_rng(seed)
     imgs = sorted(rng.choice(data.n_images, size=min(n, data.n_images), replace=False).tolist())
     return [(int(i), int(data.split.img2txt[i][0])) for i in imgs]
-
-
-def write_table(df, stem: str | os.PathLike, floatfmt: str = ".4f") -> tuple[Path, Path]:
-    """Write ``<stem>.csv`` (source of truth) and ``<stem>.md``, each atomically (temp file + os.replace)."""
-    from .io import atomic_write_text
-    stem = Path(stem)
-    csv, md = stem.with_name(stem.name + ".csv"), stem.with_name(stem.name + ".md")
-    atomic_write_text(csv, df.to_csv(index=False))
-    atomic_write_text(md, df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
-    return csv, md

@@ -187,3 +187,44 @@ def test_gpo_weights_ignore_padding_and_max_pool_picks_maximum():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
     assert torch.allclose(Pool("max")(x, mask)[0], x[0, :3].max(0).values)
     assert torch.allclose(Pool("mean")(x, mask)[0], x[0, :3].mean(0))
+
+
+def test_multi_caption_infonce_and_cra_match_references():
+    torch.manual_seed(3)
+    s = torch.randn(3, 7)
+    cap2img = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    pos = cap2img[None, :] == torch.arange(3)[:, None]
+    t = 0.5
+    lg = s / t
+    i2t = torch.stack([-(torch.logsumexp(lg[i, pos[i]], 0) - torch.logsumexp(lg[i], 0)) for i in range(3)]).mean()
+    t2i = torch.stack([-(lg[cap2img[j], j] - torch.logsumexp(lg[:, j], 0)) for j in range(7)]).mean()
+    assert L.infonce_loss(s, t, pos=pos).item() == pytest.approx(((i2t + t2i) / 2).item(), rel=1e-5)
+    # with the diagonal as positives it is the square loss
+    sq = torch.randn(4, 4)
+    assert L.infonce_loss(sq, t, pos=torch.eye(4, dtype=torch.bool)).item() == pytest.approx(L.infonce_loss(sq, t).item())
+    # CRA with an explicit diagonal equals the default
+    q, loc = l2norm(torch.randn(4, 8)), l2norm(torch.randn(4, 3, 8))
+    m = torch.ones(4, 3, dtype=torch.bool)
+    assert L.cra_loss(q, loc, m, pos=torch.eye(4, dtype=torch.bool)).item() == pytest.approx(L.cra_loss(q, loc, m).item())
+    # image globals against the locals of several captions each
+    tl = l2norm(torch.randn(7, 5, 8))
+    tm = torch.ones(7, 5, dtype=torch.bool)
+    assert torch.isfinite(L.cra_loss(l2norm(torch.randn(3, 8)), tl, tm, pos=pos))
+
+
+def test_model_loss_with_several_captions_per_image():
+    torch.manual_seed(0)
+    from itr_lib.models import Batch
+    m = VSEModel(dim=16, lca=True, cra=True, codebook_size=8, base_loss="infonce").train()
+    regions, rmask, _, _, _ = _batch(b=3)
+    text = torch.randn(7, 6, 384)
+    tmask = torch.ones(7, 6, dtype=torch.bool)
+    cap2img = torch.tensor([0, 0, 1, 1, 1, 2, 2])
+    batch = Batch(regions, rmask, text, tmask, tmask, None, cap2img)
+    img, txt = m.encode_images(regions, rmask), m.encode_texts(text, tmask, tmask)
+    loss, terms = m.compute_loss(img, txt, batch, epoch=1)
+    loss.backward()
+    assert all(math.isfinite(v) for v in terms.values())
+    trip = VSEModel(dim=16, base_loss="triplet")
+    with pytest.raises(ValueError, match="one caption per image"):
+        trip.compute_loss(trip.encode_images(regions, rmask), trip.encode_texts(text, tmask, tmask), batch, 1)

@@ -41,6 +41,8 @@ def test_one_parameters_cell_of_annotated_commented_literals(path):
     for line in src.strip().splitlines():
         assert "#" in line, f"{path.name}: parameter line without a comment: {line}"
     names = {n.target.id for n in tree.body}
+    import papermill as pm
+    assert set(pm.inspect_notebook(str(path))) == names  # papermill sees every declared parameter
     assert "RESULTS_DIR" in names
     if path.stem[:2] in ("00", "01", "02", "03"):  # computing notebooks run unchanged on a GPU machine
         assert "DEVICE" in names

@@ -177,6 +177,8 @@ def test_pointing_game_wrong_quadrant_scores_zero(pset):
     overall, per_class = wordobj.pointing_table({"flip": res, "oracle": wordobj.score_pointing(OracleModel(), pset)})
     assert overall.set_index("model").loc["oracle", "hit_rate"] == 1.0
     assert set(per_class["class"]) <= set(CLASSES)
+    diff = wordobj.pointing_difference(res, wordobj.score_pointing(OracleModel(), pset), n_boot=200)
+    assert diff["difference"] == 1.0 and diff["only_b"] == 96 and diff["only_a"] == 0
 
 
 def test_pointing_game_needs_four_classes(synth_root, tmp_path):

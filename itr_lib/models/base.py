@@ -24,16 +24,24 @@ class Batch:
     text: torch.Tensor                   # (B, L, 384) float (MiniLM) or (B, L) long (GloVe ids)
     text_mask: torch.Tensor              # (B, L) bool: valid positions
     word_mask: torch.Tensor              # (B, L) bool: valid word positions (MiniLM: no [CLS]/[SEP])
-    ignore: torch.Tensor | None = None   # (B, B) bool: pairs that must not be negatives (false negatives)
+    ignore: torch.Tensor | None = None   # (B, M) bool: pairs that must not be negatives (false negatives)
+    cap2img: torch.Tensor | None = None  # (M,) long: the batch image of each caption (None: caption b <-> image b)
 
     def to(self, device) -> "Batch":
         return Batch(*(t.to(device, non_blocking=True) if t is not None else None
                        for t in (self.regions, self.region_mask, self.text, self.text_mask, self.word_mask,
-                                 self.ignore)))
+                                 self.ignore, self.cap2img)))
+
+    def positives(self) -> torch.Tensor | None:
+        """(B, M) bool: True where caption m belongs to image b; None for one caption per image."""
+        if self.cap2img is None:
+            return None
+        return self.cap2img[None, :] == torch.arange(self.regions.shape[0], device=self.cap2img.device)[:, None]
 
 
 class RetrievalModel(nn.Module):
     exact_vectors: bool = True
+    supports_multi_caption: bool = False  # compute_loss accepts batches with several captions per image
 
     def encode_images(self, regions: torch.Tensor, region_mask: torch.Tensor) -> dict:
         raise NotImplementedError

@@ -87,17 +87,19 @@ class _MrSwBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, vm, u, um):
         # no input cleaning needed: garbage in a padded region / word only reaches its own row / column of s,
-        # which the -inf fill / the word mask discard; the backward only reads valid (word, best region) pairs
+        # which the -inf fill / the word mask discard; the backward only reads valid (word, best region) pairs.
+        # Layout (ct, L, ci*R): a caption block trimmed to its longest caption is a strided view, which a batched
+        # matmul reads in place (no copy), and the max over regions runs over the contiguous last axis.
         ci, r, d = v.shape
         ct, l, _ = u.shape
-        s = (v.reshape(ci * r, d) @ u.reshape(ct * l, d).t()).view(ci, r, ct, l)
+        s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
         if not bool(vm.all()):
-            s.masked_fill_(~vm[:, :, None, None], float("-inf"))
-        best, arg = s.max(1)  # (ci, ct, l): best region per word
+            s.masked_fill_(~vm[None, None], float("-inf"))
+        best, arg = s.max(-1)  # (ct, L, ci): best region per word
         del s
-        valid = um[None, :, :] & vm.any(1)[:, None, None]
+        valid = um[:, :, None] & vm.any(1)[None, None, :]
         ctx.save_for_backward(v, u, arg, valid)
-        return torch.where(valid, best, best.new_zeros(())).sum(-1)
+        return torch.where(valid, best, best.new_zeros(())).sum(1).t()
 
     @staticmethod
     def backward(ctx, grad):
@@ -105,10 +107,10 @@ class _MrSwBlock(torch.autograd.Function):
         ci, r, d = v.shape
         ct, l, _ = u.shape
         gv = gu = None
-        # entry (i*R + best region, t*L + w) = dL/dS[i, t], for the valid (i, t, w) only
-        rows = (torch.arange(ci, device=v.device)[:, None, None] * r + arg)[valid]
-        cols = torch.arange(ct * l, device=v.device).view(1, ct, l).expand(ci, ct, l)[valid]
-        w = grad[:, :, None].expand(ci, ct, l)[valid]
+        # entry (i*R + best region, t*L + w) = dL/dS[i, t], for the valid (t, w, i) only
+        rows = (torch.arange(ci, device=v.device)[None, None, :] * r + arg)[valid]
+        cols = torch.arange(ct * l, device=v.device).view(ct, l, 1).expand(ct, l, ci)[valid]
+        w = grad.t()[:, None, :].expand(ct, l, ci)[valid]
         a = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.to(v.dtype), (ci * r, ct * l),
                                     check_invariants=False)
         if ctx.needs_input_grad[0]:

@@ -40,6 +40,8 @@ class CRABranch(nn.Module):
 class VSEModel(RetrievalModel):
     """Baseline when ``lca=cra=False``; SelfAlign with either or both modules on."""
 
+    supports_multi_caption = True
+
     def __init__(self, dim: int = 1024, text_encoder: str = "minilm", pooling: str = "gpo", mlp: bool = False,
                  glove: torch.Tensor | None = None, lca: bool = False, cra: bool = False, codebook_size: int = 1024,
                  base_loss: str = "triplet", margin: float = 0.2, infonce_temperature: float = 0.05,
@@ -114,24 +116,27 @@ class VSEModel(RetrievalModel):
     def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
         hp = self.hp
         scores = self.similarity(img, txt)
+        pos = batch.positives()
         if hp["base_loss"] == "triplet":
+            if pos is not None:
+                raise ValueError("the triplet loss needs one caption per image and step (captions_per_step='one')")
             base = L.triplet_loss(scores, hp["margin"], hardest=epoch >= hp["warmup_epochs"], ignore=batch.ignore)
         elif hp["base_loss"] == "infonce":
-            base = L.infonce_loss(scores, hp["infonce_temperature"], ignore=batch.ignore)
+            base = L.infonce_loss(scores, hp["infonce_temperature"], ignore=batch.ignore, pos=pos)
         else:
             raise ValueError(f"unknown base_loss {hp['base_loss']!r}; choose 'triplet' or 'infonce'")
         terms = {"base": base}
         total = base
         if self.use_lca:
             lca = L.lca_loss(img["pre"], img["mask"], txt["pre"], txt["word_mask"], self.codebook.weight,
-                             hp["lca_eps"], hp["lca_iters"], hp["lca_temperature"])
+                             hp["lca_eps"], hp["lca_iters"], hp["lca_temperature"], cap2img=batch.cap2img)
             terms["lca"] = lca
             total = total + hp["lca_weight"] * lca
         if self.use_cra:
             cra = 0.5 * (L.cra_loss(txt["cra_global"], img["cra_locals"], img["mask"], hp["cra_temperature"],
-                                    hp["cra_topk"])
+                                    hp["cra_topk"], pos=None if pos is None else pos.t())
                          + L.cra_loss(img["cra_global"], txt["cra_locals"], txt["mask"], hp["cra_temperature"],
-                                      hp["cra_topk"]))
+                                      hp["cra_topk"], pos=pos))
             terms["cra"] = cra
             total = total + hp["cra_weight"] * cra
         terms["total"] = total
