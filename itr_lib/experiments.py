@@ -35,9 +35,9 @@ def make_config(base: dict, **overrides) -> TrainConfig:
 
 def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
                      codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None,
-                     loss_variants=None) -> list[TrainConfig]:
+                     loss_variants=None, loss_seeds=None) -> list[TrainConfig]:
     """The ablation grid: datasets x variants x seeds with the first loss; the other losses for the
-    ``loss_variants`` only (default: every variant); plus the codebook sweep (K values, on ``sweep_variant``
+    ``loss_variants`` only (default: every variant) and the ``loss_seeds`` only (default: ``seeds``); plus the codebook sweep (K values, on ``sweep_variant``
     with the first loss) over ``sweep_seeds`` (default: ``seeds``)."""
     base = dict(base or {})
     cfgs, seen = [], set()
@@ -48,12 +48,13 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
             seen.add(key)
             cfgs.append(cfg)
 
-    for ds in datasets:
-        for li, loss in enumerate(losses):
-            for v in variants:
-                if li > 0 and loss_variants is not None and v not in loss_variants:
-                    continue
-                for s in seeds:
+    for ds in datasets:  # seed-major within a dataset: an interrupted grid leaves whole seeds behind
+        for s in seeds:
+            for li, loss in enumerate(losses):
+                for v in variants:
+                    if li > 0 and ((loss_variants is not None and v not in loss_variants)
+                                   or (loss_seeds is not None and s not in loss_seeds)):
+                        continue
                     add(make_config(base, dataset=ds, seed=s, **VARIANTS[v], **LOSSES[loss]))
         for k in codebook_sizes:
             for s in (sweep_seeds if sweep_seeds is not None else seeds):
@@ -77,7 +78,7 @@ def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: in
     rows = []
     for _, r in agg.iterrows():
         runs = d[(d.method == r.method) & (d.variant == r.variant)]
-        base = d[(d.method == "baseline") & (d.variant.str.split(" | ").str[1] == r.loss)]
+        base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)]
         out = r.to_dict()
         out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
         if r.method != "baseline" and not base.empty:

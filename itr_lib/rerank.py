@@ -225,8 +225,8 @@ def evaluate_two_stage(model, data, device: str = "cpu", batch_size: int = 256, 
     """Metrics of a model with a global (kNN) score and a re-scoring function, on a split (``SplitTensors``).
 
     Modes: ``global`` (image_vectors . text_vectors only), ``two_stage`` (global shortlist of k_i2t captions /
-    k_t2i images per query re-scored by ``model.rescore_similarity``, grouped by image), ``exhaustive`` (``model.rescore_similarity``
-    over every pair). TGDT: global vs s_global+s_local; ALADIN: student vs student shortlist re-scored by the
+    k_t2i images per query re-scored by ``model.rescore_similarity``, grouped by image), ``exhaustive``
+    (``model.rescore_similarity`` over every pair). TGDT: global vs s_global+s_local; ALADIN: student vs student shortlist re-scored by the
     teacher vs exhaustive teacher. ``k_*`` default to the model's ``hp`` (cfg.extra) or 50 / 100.
 
     Returns ``{mode: metrics dict}`` (standard protocol); with ``return_details`` also a dict of timings, the

@@ -97,7 +97,9 @@ class TrainConfig:
         h = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
         variant = self.method
         if self.method == "selfalign":
-            variant += ("-lca" if self.lca else "") + ("-cra" if self.cra else "") + f"-k{self.codebook_size}"
+            variant += ("-lca" if self.lca else "") + ("-cra" if self.cra else "") + (f"-k{self.codebook_size}" if self.lca else "")
+        if self.base_loss != "infonce":
+            variant += f"-{self.base_loss}"
         ds = Path(self.dataset).stem.replace("dataset_", "")
         return f"{ds}-{variant}-{self.text_encoder}-s{self.seed}-{h}"
 

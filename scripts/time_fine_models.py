@@ -84,8 +84,8 @@ def scoring_costs(dim: int, n_img: int = 1093, n_txt: int = 5465, length: int = 
     model = build_model(TrainConfig(method="tgdt", dim=dim)).eval()
     lens = torch.randint(length - 8, length + 9, (n_t,), generator=g)
     tm = torch.arange(32)[None] < lens[:, None]
-    img = {"global": l2norm(torch.randn(n_i, dim, generator=g)), "locals": l2norm(torch.randn(n_i, 49, dim, generator=g)),
-           "mask": torch.ones(n_i, 49, dtype=torch.bool)}
+    img = {"global": l2norm(torch.randn(n_i, dim, generator=g)),
+           "locals": l2norm(torch.randn(n_i, 49, dim, generator=g)), "mask": torch.ones(n_i, 49, dtype=torch.bool)}
     txt = {"global": l2norm(torch.randn(n_t, dim, generator=g)),
            "locals": l2norm(torch.randn(n_t, 32, dim, generator=g)) * tm[..., None], "mask": tm}
     img2txt = [list(range(5 * i, 5 * i + 5)) for i in range(n_i)]

@@ -277,6 +277,21 @@ def test_registration_and_extra_validation():
     assert _build("tgdt", layers=2, heads=2).img_tf.encoder.num_layers == 2
 
 
+@pytest.mark.parametrize("method", ["tgdt", "aladin", "scan", "mrsw"])
+def test_glove_text_input(method):
+    glove = torch.randn(30, 50)
+    torch.manual_seed(0)
+    m = build_model(TrainConfig(method=method, dim=32, text_encoder="gru"), glove).eval()
+    assert m.txt_enc.embed.num_embeddings == 30  # train.py reads it for the token-drop vocabulary
+    ids = torch.tensor([[5, 7, 9, 0, 0], [3, 4, 0, 0, 0]])
+    mask = ids > 0
+    with torch.no_grad():
+        txt = m.encode_texts(ids, mask, mask)
+        txt_short = m.encode_texts(ids[:, :3], mask[:, :3], mask[:, :3])  # less padding, same captions
+        img = m.encode_images(torch.randn(2, 49, 1280), torch.ones(2, 49, dtype=torch.bool))
+        torch.testing.assert_close(m.similarity(img, txt), m.similarity(img, txt_short), atol=1e-5, rtol=1e-5)
+
+
 def test_tgdt_vectors_scores_and_padding():
     m = _build("tgdt").eval()
     b = _batch()

@@ -70,7 +70,7 @@ def test_whole_chain_through_papermill(tmp_path):
     for d in ("i2t", "t2i"):
         assert ((abl[f"{d}_r1"] <= abl[f"{d}_r5"]) & (abl[f"{d}_r5"] <= abl[f"{d}_r10"])).all()
     assert abl[["i2t_r1", "t2i_r10", "mr"]].apply(lambda c: c.between(0, 100)).all().all()
-    assert abl.rsum.round(6).equals((abl.mr * 6).round(6))
+    assert ((abl.rsum - abl.mr * 6).abs() < 1e-2).all()  # the CSV keeps 4 decimals
     sa = abl[abl.method != "baseline"]
     assert sa.delta_rsum.notna().all() and (sa.ci_lo <= sa.delta_rsum + 1e-9).all()
     main = pd.read_csv(out / "tables" / "main_mini.csv")

@@ -11,8 +11,9 @@ Scores (all memory-chunked, padding-safe: padded positions never influence a sco
   LogSumExp pooling over the words (lambda_lse). (Bi, Bt) matrix.
 
 Chunking: a block of ``ci`` images x ``ct`` captions materialises ``ci*R*ct*L`` scores; blocks are sized so that
-this stays under ``max_elements`` (default 2**24 floats = 64 MiB, plus a few same-sized temporaries). Captions are
-processed sorted by length and every block is trimmed to its longest caption, so padding costs nothing.
+this stays under ``max_elements`` (default 2**24 floats = 64 MiB, plus a few same-sized temporaries). When the
+captions need several blocks they are processed sorted by length, and every block is trimmed to its longest
+caption, so padding costs (almost) nothing.
 
 Building blocks: :class:`SequenceInput` (features or GloVe ids -> Linear to D + learned positions, a learned 7x7
 grid table for the region grid), :class:`CLSTransformer` (learned first slot + ``nn.TransformerEncoder``).
@@ -88,10 +89,12 @@ class _MrSwBlock(torch.autograd.Function):
     def forward(ctx, v, vm, u, um):
         # no input cleaning needed: garbage in a padded region / word only reaches its own row / column of s,
         # which the -inf fill / the word mask discard; the backward only reads valid (word, best region) pairs.
-        # Layout (ct, L, ci*R): a caption block trimmed to its longest caption is a strided view, which a batched
-        # matmul reads in place (no copy), and the max over regions runs over the contiguous last axis.
+        # Layout (ct, L, ci*R): the max over regions runs over the contiguous last axis; for one image (two-stage
+        # re-scoring) a trimmed caption block stays a strided view that the batched matmul reads without a copy.
         ci, r, d = v.shape
         ct, l, _ = u.shape
+        if ci * r >= 256 and not u.is_contiguous():
+            u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
         s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
         if not bool(vm.all()):
             s.masked_fill_(~vm[None, None], float("-inf"))
