@@ -50,9 +50,23 @@ def run_row(metrics: dict, protocol: str = "standard") -> dict:
            "train_seconds": metrics["train_seconds"], "retrieval_vector_dim": metrics["retrieval_vector_dim"],
            "lca": cfg.get("lca", False), "cra": cfg.get("cra", False), "codebook_size": cfg.get("codebook_size"),
            "base_loss": cfg.get("base_loss"), "false_negatives": cfg.get("false_negatives")}
-    for k, v in metrics.get("extra_eval", {}).items():  # e.g. TGDT two-stage / ALADIN teacher modes
-        row[f"extra::{k}"] = v
     return row
+
+
+def run_rows(metrics: dict, protocol: str = "standard") -> list[dict]:
+    """The rows of one run: one, or for models with several inference modes (TGDT global / two-stage /
+    exhaustive; ALADIN student / re-ranked / teacher; MrSw) one per mode, the mode in the variant."""
+    base = run_row(metrics, protocol)
+    modes = {k: v for k, v in (metrics.get("extra_eval") or {}).items() if k != "details"}
+    if not modes or protocol != "standard":
+        return [base]
+    rows = []
+    for mode, res in modes.items():
+        r = dict(base)
+        r["variant"] = f"{base['variant']} [{mode}]"
+        r.update({k: res["standard"][k] for k in METRICS})
+        rows.append(r)
+    return rows
 
 
 def collect_runs(paths, protocol: str = "standard") -> pd.DataFrame:
@@ -65,7 +79,7 @@ def collect_runs(paths, protocol: str = "standard") -> pd.DataFrame:
     for f in files:
         m = read_json(f)
         if "config" in m and "test" in m:
-            rows.append(run_row(m, protocol))
+            rows.extend(run_rows(m, protocol))
     return pd.DataFrame(rows)
 
 

@@ -81,6 +81,7 @@ class TrainConfig:
     cache_dir: str | None = None
     max_train_images: int | None = None  # small subsets for tests and smoke runs
     max_eval_images: int | None = None
+    val_images_per_epoch: int | None = None  # model selection on the first N val images (slow exhaustive models)
     eval_batch_size: int = 256
     device: str = "cpu"
     threads: int | None = None
@@ -277,10 +278,21 @@ def score_matrix(model: RetrievalModel, img: dict, txt: dict, device: str = "cpu
     return torch.cat(rows).numpy()
 
 
+def has_two_stage(model: RetrievalModel) -> bool:
+    """Models scored by a global search plus a re-scorer (TGDT, ALADIN's teacher, exhaustive MrSw)."""
+    return hasattr(model, "rescore_similarity")
+
+
 def evaluate(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256,
-             with_ranks: bool = False) -> dict:
-    """Standard-protocol metrics (and the duplicate-aware variant, labelled) of a model on a split."""
+             with_ranks: bool = False, selection: bool = False) -> dict:
+    """Standard-protocol metrics (and the duplicate-aware variant, labelled) of a model on a split.
+
+    ``selection``: the cheap score used for per-epoch model selection; for models with a re-scorer that
+    is their two-stage score (global shortlist re-scored), not the exhaustive one."""
     from .metrics import evaluate_split, rank_arrays, retrieval_metrics_dup
+    if selection and not model.exact_vectors and has_two_stage(model):
+        from .rerank import evaluate_two_stage
+        return {"standard": evaluate_two_stage(model, data, device, batch_size, modes=("two_stage",))["two_stage"]}
     img, txt = encode_split(model, data, device, batch_size)
     sims = score_matrix(model, img, txt, device)
     out = evaluate_split(sims, data.img2txt, data.txt2img)
@@ -334,6 +346,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     t_load = time.perf_counter()
     tr = load_split_tensors(cfg, "train", cfg.max_train_images)
     va = load_split_tensors(cfg, "val", cfg.max_eval_images)
+    va_sel = load_split_tensors(cfg, "val", cfg.val_images_per_epoch) if cfg.val_images_per_epoch else va
     t_load = time.perf_counter() - t_load
     model = make_model(cfg).to(device)
     vocab_size = model.txt_enc.embed.num_embeddings if cfg.text_encoder == "gru" and hasattr(model, "txt_enc") else None
@@ -409,7 +422,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
         lr = opt.param_groups[0]["lr"]
         sched.step()
         t1 = time.perf_counter()
-        val = evaluate(model, va, device, cfg.eval_batch_size)["standard"]
+        val = evaluate(model, va_sel, device, cfg.eval_batch_size, selection=True)["standard"]
         rec = {"epoch": epoch, "lr": lr, "train_seconds": round(train_secs, 2),
                "eval_seconds": round(time.perf_counter() - t1, 2),
                **{f"loss_{k}": v / steps for k, v in sums.items()},
@@ -448,6 +461,12 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     test = evaluate(model, te, device, cfg.eval_batch_size, with_ranks=True)
     eval_secs = time.perf_counter() - t0
     i2t_ranks, t2i_ranks = test.pop("_ranks")
+    extra_eval = {}
+    if has_two_stage(model):  # TGDT global / two-stage / exhaustive; ALADIN student / re-ranked / teacher
+        from .rerank import evaluate_two_stage
+        modes, info = evaluate_two_stage(model, te, device, cfg.eval_batch_size, return_details=True)
+        extra_eval = {m: {"standard": v} for m, v in modes.items()}
+        extra_eval["details"] = info
     np.savez_compressed(run_dir / "test_ranks.npz", i2t=i2t_ranks, t2i=t2i_ranks)
     with torch.no_grad():
         model.eval()
@@ -459,7 +478,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "best_epoch": best["epoch"], "epochs": cfg.epochs, "epoch_definition": "one pass over the training "
         "images; per step each image with " + ("all its captions" if multi_caption(cfg, model) else
                                                "one random caption"), "val": val, "test": test,
-        "history": history, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,
+        "history": history, "extra_eval": extra_eval, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(sum(h["train_seconds"] for h in history), 2),
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),

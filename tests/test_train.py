@@ -77,3 +77,19 @@ def test_faiss_search_equals_model_scoring(tmp_path, mini_cache, fixture_root):
 def test_gru_text_encoder_trains(tmp_path, mini_cache, fixture_root):
     out = train(_cfg(tmp_path, mini_cache, fixture_root, text_encoder="gru", epochs=2, token_drop=0.2))
     assert out["history"][-1]["loss_total"] > 0 and 0 <= out["test"]["standard"]["rsum"] <= 600
+
+
+@pytest.mark.parametrize("method", ["tgdt", "aladin"])
+def test_two_stage_models_record_every_inference_mode(tmp_path, mini_cache, fixture_root, method):
+    from itr_lib.tables import run_rows
+    out = train(_cfg(tmp_path, mini_cache, fixture_root, method=method, epochs=1, dim=32,
+                     extra={"heads": 2}))
+    modes = out["extra_eval"]
+    assert {"global", "two_stage", "exhaustive"} <= set(modes)
+    assert modes["details"]["k_i2t"] == 50
+    rows = run_rows(out)
+    assert sorted(r["variant"].rsplit("[", 1)[1] for r in rows) == ["exhaustive]", "global]", "two_stage]"]
+    for r in rows:
+        assert 0 <= r["mr"] <= 100
+    if method == "tgdt":  # the exhaustive mode is the model's own score
+        assert modes["exhaustive"]["standard"]["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
