@@ -460,11 +460,13 @@ def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[
 
 def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
-                    progress: bool | None = None, rebuild: bool = False, benchmark: bool = True) -> list[dict]:
+                    progress: bool | None = None, rebuild: bool = False,
+                    benchmark: bool | str | os.PathLike = True) -> list[dict]:
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON).
 
     Returns one row per cache: path, whether it was built, seconds and throughput; with ``benchmark``,
-    rows that were built are also appended to ``results/benchmarks/feature_extraction.csv``."""
+    rows that were built are also merged into ``results/benchmarks/feature_extraction.csv`` (or into the
+    CSV path given as ``benchmark``)."""
     import torch
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
@@ -480,14 +482,15 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
                          "items_per_s": round(r.items / r.seconds, 1) if r.built and r.seconds > 0 else None})
     ensure_glove_vocab(ds, root)
     if benchmark and any(r["built"] for r in rows):
-        _record_benchmark([r for r in rows if r["built"]], image_model, device)
+        path = None if benchmark is True else Path(benchmark)
+        _record_benchmark([r for r in rows if r["built"]], image_model, device, path)
     return rows
 
 
-def _record_benchmark(rows: list[dict], image_model: str, device: str) -> None:
+def _record_benchmark(rows: list[dict], image_model: str, device: str, path: Path | None = None) -> None:
     import csv
     import platform
-    path = REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv"
+    path = path or REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv"
     fields = ["dataset", "split", "kind", "items", "seconds", "items_per_s", "model", "device", "cpus", "machine"]
     old = []
     if path.is_file():
