@@ -102,3 +102,10 @@ def progress_enabled(flag: bool | None = None) -> bool:
     if flag is not None:
         return flag
     return os.environ.get("ITR_PROGRESS", "1") not in ("0", "false", "no")
+
+
+def repo_path(p: str | os.PathLike) -> Path:
+    """A path as given when absolute, else relative to the repository root (not to the kernel's working
+    directory, which is notebooks/ under nbval and JupyterLab)."""
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p

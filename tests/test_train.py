@@ -93,3 +93,18 @@ def test_two_stage_models_record_every_inference_mode(tmp_path, mini_cache, fixt
         assert 0 <= r["mr"] <= 100
     if method == "tgdt":  # the exhaustive mode is the model's own score
         assert modes["exhaustive"]["standard"]["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
+
+
+def test_evaluate_cli_scores_a_checkpoint_and_reports_bad_paths(tmp_path, mini_cache, fixture_root, capsys):
+    from itr_lib.evaluate import main
+    cfg = _cfg(tmp_path, mini_cache, fixture_root, epochs=1)
+    out = train(cfg)
+    root, _ = mini_cache
+    rc = main(["--checkpoint", str(tmp_path / "run" / "best.pt"), "--data-root", str(fixture_root),
+               "--dataset", "mini", "--split", "test", "--cache-dir", str(root)])
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["standard"] == pytest.approx(out["test"]["standard"])
+    assert printed["n_images"] == 2 and printed["n_texts"] == 10
+    rc = main(["--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "mini", "--data-root", str(fixture_root)])
+    assert rc == 2 and "does not exist" in capsys.readouterr().err
