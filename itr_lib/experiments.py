@@ -9,14 +9,12 @@ authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives ma
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .tables import (METRICS, aggregate, collect_runs, load_ranks, paired_bootstrap_seeds, published_rows,
-                     variant_name, write_table)
+from .tables import aggregate, collect_runs, paired_bootstrap_seeds, published_rows
 from .train import TrainConfig
 
 VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),

@@ -40,8 +40,8 @@ from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
 from .encoders import l2norm
-from .fine import (CLSTransformer, SequenceInput, extra_get, gather_tokens, mrsw_pair_scores, mrsw_scores,
-                   normed_locals, pack_valid, transformer_encoder)
+from .fine import (CLSTransformer, extra_get, gather_tokens, mrsw_pair_scores, mrsw_scores, normed_locals,
+                   pack_valid, sequence_inputs, transformer_encoder)
 
 
 def aladin_defaults(cfg) -> dict:
@@ -57,13 +57,7 @@ class ALADINModel(RetrievalModel):
                  region_dim: int = 1280, text_dim: int = 384, **hp):
         super().__init__()
         self.hp = hp
-        if text_encoder == "gru" and glove is None:
-            raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
-        if text_encoder not in ("minilm", "gru"):
-            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
-        self.img_in = SequenceInput(region_dim, dim, grid=hp["grid"])
-        self.txt_enc = SequenceInput(text_dim, dim, max_len=hp["max_len"],
-                                     glove=glove if text_encoder == "gru" else None)
+        self.img_in, self.txt_enc = sequence_inputs(text_encoder, dim, glove, region_dim, text_dim, hp)
         self.modality = nn.Parameter(torch.zeros(2, dim))
         nn.init.trunc_normal_(self.modality, std=0.02)
         self.backbone = transformer_encoder(dim, hp["backbone_layers"], hp["heads"], hp["ff"], hp["dropout"])

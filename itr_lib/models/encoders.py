@@ -168,3 +168,14 @@ class GRUTextEncoder(nn.Module):
         half = out.size(-1) // 2
         locals_ = (out[..., :half] + out[..., half:]) / 2
         return self.word_proj(x), locals_
+
+
+def build_text_encoder(kind: str, dim: int, glove: torch.Tensor | None = None, mlp: bool = False) -> nn.Module:
+    """'minilm': frozen MiniLM states -> projection (+ MLP); 'gru': BiGRU over GloVe-initialised words."""
+    if kind == "minilm":
+        return MiniLMTextEncoder(384, dim, mlp)
+    if kind == "gru":
+        if glove is None:
+            raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
+        return GRUTextEncoder(glove, dim)
+    raise ValueError(f"unknown text_encoder {kind!r}; choose 'minilm' or 'gru'")

@@ -282,3 +282,15 @@ def extra_get(extra: dict, defaults: dict) -> dict:
 
 __all__ = ["mrsw_scores", "mrsw_pair_scores", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
            "gather_tokens", "transformer_encoder", "normed_locals", "extra_get", "DEFAULT_MAX_ELEMENTS"]
+
+
+def sequence_inputs(text_encoder: str, dim: int, glove: torch.Tensor | None, region_dim: int, text_dim: int,
+                    hp: dict) -> tuple[SequenceInput, SequenceInput]:
+    """The image (7x7 grid positions) and text (1-D positions; GloVe ids for 'gru') input layers shared by
+    the transformer models (TGDT, ALADIN)."""
+    if text_encoder not in ("minilm", "gru"):
+        raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
+    if text_encoder == "gru" and glove is None:
+        raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
+    return (SequenceInput(region_dim, dim, grid=hp["grid"]),
+            SequenceInput(text_dim, dim, max_len=hp["max_len"], glove=glove if text_encoder == "gru" else None))

@@ -24,7 +24,7 @@ import torch
 from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
-from .encoders import GRUTextEncoder, MiniLMTextEncoder, RegionEncoder, l2norm, masked_mean
+from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean
 from .fine import extra_get, mrsw_pair_scores, mrsw_scores, normed_locals, scan_t2i_scores
 
 
@@ -37,14 +37,7 @@ class _FineModel(RetrievalModel):
         self.hp = hp
         self.text_kind = text_encoder
         self.img_enc = RegionEncoder(region_dim, dim, mlp)
-        if text_encoder == "minilm":
-            self.txt_enc = MiniLMTextEncoder(384, dim, mlp)
-        elif text_encoder == "gru":
-            if glove is None:
-                raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
-            self.txt_enc = GRUTextEncoder(glove, dim)
-        else:
-            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
+        self.txt_enc = build_text_encoder(text_encoder, dim, glove, mlp)
 
     def encode_images(self, regions, region_mask) -> dict:
         _, h = self.img_enc(regions.float(), region_mask)

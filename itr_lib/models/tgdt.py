@@ -37,8 +37,8 @@ import torch
 from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
-from .fine import (CLSTransformer, SequenceInput, extra_get, gather_tokens, mrsw_pair_scores, mrsw_scores,
-                   normed_locals, pack_valid)
+from .fine import (CLSTransformer, extra_get, gather_tokens, mrsw_pair_scores, mrsw_scores, normed_locals,
+                   pack_valid, sequence_inputs)
 from .encoders import l2norm
 
 
@@ -56,13 +56,7 @@ class TGDTModel(RetrievalModel):
         super().__init__()
         self.hp = hp
         self.text_kind = text_encoder
-        if text_encoder == "gru" and glove is None:
-            raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
-        if text_encoder not in ("minilm", "gru"):
-            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
-        self.img_in = SequenceInput(region_dim, dim, grid=hp["grid"])
-        self.txt_enc = SequenceInput(text_dim, dim, max_len=hp["max_len"],
-                                     glove=glove if text_encoder == "gru" else None)
+        self.img_in, self.txt_enc = sequence_inputs(text_encoder, dim, glove, region_dim, text_dim, hp)
         self.img_tf = CLSTransformer(dim, hp["layers"], hp["heads"], hp["ff"], hp["dropout"])
         self.txt_tf = CLSTransformer(dim, hp["layers"], hp["heads"], hp["ff"], hp["dropout"])
 

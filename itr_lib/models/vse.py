@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import losses as L
 from .base import Batch, RetrievalModel
-from .encoders import GRUTextEncoder, MaskedBatchNorm, MiniLMTextEncoder, Pool, RegionEncoder, l2norm, masked_mean
+from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, masked_mean
 
 
 class CRABranch(nn.Module):
@@ -51,14 +51,7 @@ class VSEModel(RetrievalModel):
         super().__init__()
         self.dim, self.text_kind = dim, text_encoder
         self.img_enc = RegionEncoder(region_dim, dim, mlp)
-        if text_encoder == "minilm":
-            self.txt_enc = MiniLMTextEncoder(384, dim, mlp)
-        elif text_encoder == "gru":
-            if glove is None:
-                raise ValueError("text_encoder='gru' needs the GloVe embedding matrix (glove=...)")
-            self.txt_enc = GRUTextEncoder(glove, dim)
-        else:
-            raise ValueError(f"unknown text_encoder {text_encoder!r}; choose 'minilm' or 'gru'")
+        self.txt_enc = build_text_encoder(text_encoder, dim, glove, mlp)
         self.img_pool, self.txt_pool = Pool(pooling), Pool(pooling)
         self.use_lca, self.use_cra = lca, cra
         if lca:
