@@ -7,7 +7,8 @@ parameter name is checked against the notebook's ``parameters`` cell (``papermil
 a typo is an error, not papermill's warning. Notebooks run with kernel ``python3``, the repository root as
 working directory, absolute output paths and an execution timeout; executed copies go to
 ``results/<profile>/executed/``, and ``results/<profile>/study.json`` records the parameters, the git
-commit and the time of each execution. Training runs inside the notebooks are skipped when already
+commit and the time of each execution. An entry with ``workers: N`` executes its ``runs`` N at a time
+(separate kernels; give them ``THREADS: 1`` on a small CPU). Training runs inside the notebooks are skipped when already
 finished, so rerunning an interrupted study resumes it.
 
 Also here: ``run_grid`` (the library call the ablation notebooks use to train many configurations).
@@ -18,6 +19,7 @@ import argparse
 import json
 import logging
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,7 +95,8 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None) -> list
             suffix = item.get("_suffix") or "-".join(str(v) for v in item.values() if isinstance(v, (str, int)))
             params.pop("_suffix", None)
             stem = nb.stem + (f"-{suffix}" if suffix else "")
-            todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params})
+            todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params,
+                         "group": len(todo) if i == 0 else todo[-1]["group"], "workers": int(entry.get("workers", 1))})
     return todo
 
 
@@ -111,7 +114,9 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
         return {"planned": [str(t["output"]) for t in todo]}
     timeout = timeout or prof.get("timeout", 3600)
     t_study = time.perf_counter()
-    for t in todo:
+    lock = threading.Lock()
+
+    def execute(t: dict) -> None:
         t["output"].parent.mkdir(parents=True, exist_ok=True)
         print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
         t0 = time.perf_counter()
@@ -119,11 +124,31 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
                             kernel_name="python3", cwd=str(REPO_ROOT), execution_timeout=timeout,
                             progress_bar=False, log_output=False)
         secs = time.perf_counter() - t0
-        manifest["executions"][t["output"].name] = {"notebook": t["notebook"].name, "parameters": t["parameters"],
-                                                     "seconds": round(secs, 1), "git_commit": git_commit(),
-                                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json(manifest_path, manifest)
-        print(f"[study]   done in {secs:.0f}s", flush=True)
+        with lock:  # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
+            if manifest_path.is_file():
+                manifest["executions"] = {**manifest["executions"], **read_json(manifest_path).get("executions", {})}
+            manifest["executions"][t["output"].name] = {"notebook": t["notebook"].name, "parameters": t["parameters"],
+                                                         "seconds": round(secs, 1), "git_commit": git_commit(),
+                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            write_json(manifest_path, manifest)
+        print(f"[study]   {t['output'].name} done in {secs:.0f}s", flush=True)
+
+    # the runs of one profile entry execute ``workers`` at a time (e.g. 01_train runs side by side, 1 thread each)
+    groups: dict[int, list[dict]] = {}
+    for t in todo:
+        groups.setdefault(t["group"], []).append(t)
+    for items in groups.values():
+        workers = items[0]["workers"]
+        if workers <= 1:
+            for t in items:
+                execute(t)
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for f in [pool.submit(execute, t) for t in items]:
+                    f.result()
+    if manifest_path.is_file():
+        manifest["executions"] = {**manifest["executions"], **read_json(manifest_path).get("executions", {})}
     manifest["last_study_seconds"] = round(time.perf_counter() - t_study, 1)
     manifest["git_commit"] = git_commit()
     write_json(manifest_path, manifest)

@@ -91,8 +91,13 @@ class TrainConfig:
     # fields that do not change the result of a run (excluded from its identity)
     _RUNTIME = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size")
 
+    # fields added after runs were first recorded: they enter the identity only when set, so the
+    # names (and resumability) of earlier runs stay valid
+    _ADDED_LATER = ("val_images_per_epoch",)
+
     def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in self._RUNTIME}
+        return {k: v for k, v in asdict(self).items()
+                if k not in self._RUNTIME and not (k in self._ADDED_LATER and v is None)}
 
     def run_name(self) -> str:
         h = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
@@ -454,18 +459,24 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     run_dir = cfg.resolved_run_dir()
     best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
     model.load_state_dict(best["model"])
-    va = load_split_tensors(cfg, "val", cfg.max_eval_images)
+    # val: the score that selected the checkpoint (on the val subset when val_images_per_epoch is set)
+    va = load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
     te = load_split_tensors(cfg, "test", cfg.max_eval_images)
     t0 = time.perf_counter()
-    val = evaluate(model, va, device, cfg.eval_batch_size)
+    val = evaluate(model, va, device, cfg.eval_batch_size, selection=True)
     test = evaluate(model, te, device, cfg.eval_batch_size, with_ranks=True)
     eval_secs = time.perf_counter() - t0
     i2t_ranks, t2i_ranks = test.pop("_ranks")
     extra_eval = {}
     if has_two_stage(model):  # TGDT global / two-stage / exhaustive; ALADIN student / re-ranked / teacher
         from .rerank import evaluate_two_stage
-        modes, info = evaluate_two_stage(model, te, device, cfg.eval_batch_size, return_details=True)
-        extra_eval = {m: {"standard": v} for m, v in modes.items()}
+        # a model without exact vectors was just scored exhaustively (its similarity): not computed twice
+        modes = ("global", "two_stage") + (("exhaustive",) if model.exact_vectors else ())
+        res, info = evaluate_two_stage(model, te, device, cfg.eval_batch_size, modes=modes, return_details=True)
+        extra_eval = {m: {"standard": v} for m, v in res.items()}
+        if not model.exact_vectors:
+            extra_eval["exhaustive"] = {"standard": test["standard"]}
+            info["exhaustive_seconds"] = eval_secs
         extra_eval["details"] = info
     np.savez_compressed(run_dir / "test_ranks.npz", i2t=i2t_ranks, t2i=t2i_ranks)
     with torch.no_grad():
@@ -475,7 +486,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     out = {
         "run": run_dir.name, "method": cfg.method, "dataset": Path(cfg.dataset).stem.replace("dataset_", ""),
         "seed": cfg.seed, "config": asdict(cfg), "config_identity": cfg.identity(),
-        "best_epoch": best["epoch"], "epochs": cfg.epochs, "epoch_definition": "one pass over the training "
+        "best_epoch": best["epoch"], "epochs": cfg.epochs, "val_images": va.n_images, "epoch_definition": "one pass over the training "
         "images; per step each image with " + ("all its captions" if multi_caption(cfg, model) else
                                                "one random caption"), "val": val, "test": test,
         "history": history, "extra_eval": extra_eval, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,

@@ -58,10 +58,10 @@ def test_whole_chain_through_papermill(tmp_path):
     out = tmp_path / "study"
     run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out)
     executed = sorted(p.name for p in (out / "executed").glob("*.ipynb"))
-    assert executed == ["00_data_prep-mini.ipynb", "01_train.ipynb", "02_ablations.ipynb", "03_word_object.ipynb",
-                        "05_results.ipynb"]
+    assert executed == ["00_data_prep-mini.ipynb", "01_train-selfalign.ipynb", "01_train-tgdt-2.ipynb",
+                        "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb"]
     manifest = json.loads((out / "study.json").read_text())
-    assert len(manifest["executions"]) == 5 and manifest["git_commit"]
+    assert len(manifest["executions"]) == 6 and manifest["git_commit"]  # both parallel runs recorded
     abl = pd.read_csv(out / "tables" / "ablation_mini.csv")
     variants = set(abl.variant)
     assert {"baseline | infonce +FN-mask", "LCA K=16 | infonce +FN-mask", "CRA | infonce +FN-mask",
@@ -76,6 +76,8 @@ def test_whole_chain_through_papermill(tmp_path):
     main = pd.read_csv(out / "tables" / "main_mini.csv")
     assert {"method", "variant", "n_seeds", "i2t_r1", "rsum", "mr", "mr_std", "published"} <= set(main.columns)
     assert not main.published.any()
+    tgdt = main[main.method.str.lower().str.startswith("tgdt")]  # one row per inference mode of the TGDT run
+    assert len(tgdt) >= 3 and (tgdt.n_seeds == 1).all()
     for f in ("ablation_mini.png", "main_mini.png", "data_captions_mini.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     # a rerun skips finished training runs and keeps their metrics
