@@ -794,10 +794,11 @@ def load_models(results_dir: str | os.PathLike, dataset: str, lca_checkpoint: st
                 baseline_checkpoint: str = "", device: str = "cpu") -> dict[str, tuple[Any, Any, Path]]:
     """``{"baseline": (model, cfg, path), "selfalign-lca": (...)}``: the given checkpoints, or else the newest
     matching runs under ``<results_dir>/runs`` (:func:`find_checkpoint`). Both must be ``dataset``'s."""
+    from .io import repo_path
     from .train import load_checkpoint
     out = {}
     for name, given, lca in (("baseline", baseline_checkpoint, False), ("selfalign-lca", lca_checkpoint, True)):
-        path = Path(given) if given else find_checkpoint(results_dir, dataset, lca=lca)
+        path = repo_path(given) if given else find_checkpoint(results_dir, dataset, lca=lca)
         model, cfg = load_checkpoint(path, device)
         param = "LCA_CHECKPOINT" if lca else "BASELINE_CHECKPOINT"
         if _run_dataset({"dataset": cfg.dataset}) != dataset:
