@@ -491,19 +491,21 @@ def _record_benchmark(rows: list[dict], image_model: str, device: str, path: Pat
     import csv
     import platform
     path = path or REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv"
-    fields = ["dataset", "split", "kind", "items", "seconds", "items_per_s", "model", "device", "cpus", "machine"]
+    fields = ["dataset", "split", "kind", "items", "seconds", "items_per_s", "model", "device", "cpus", "machine",
+              "load_1min"]  # the 1-minute load average when the rows were recorded: > cpus means a shared machine
     old = []
     if path.is_file():
         with open(path) as f:
             old = [r for r in csv.DictReader(f)]
     new = [{**{k: r[k] for k in ("dataset", "split", "kind", "items", "seconds", "items_per_s")},
             "model": image_model if r["kind"] == "image" else TEXT_MODEL_ID, "device": device,
-            "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine()} for r in rows]
+            "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+            "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else ""} for r in rows]
     keys = {(r["dataset"], r["split"], r["kind"], r["device"]) for r in new}
     merged = [r for r in old if (r["dataset"], r["split"], r["kind"], r["device"]) not in keys] + new
     import io
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields)
+    w = csv.DictWriter(buf, fieldnames=fields, restval="")
     w.writeheader()
     w.writerows(merged)
     from .io import atomic_write_text

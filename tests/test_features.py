@@ -117,3 +117,19 @@ def test_partial_of_another_request_is_discarded(tmp_path):
     build_array(npy, side, {"v": 2}, (6, 2), np.float32, 6, 3, ok, "t", progress=False)
     assert seen == [0, 3]
     assert np.all(np.load(npy) == 1)
+
+
+def test_benchmark_rows_merge_by_dataset_split_kind(tmp_path):
+    """A rebuilt cache replaces its own benchmark row and keeps the others; throughput and load are recorded."""
+    import csv
+    from itr_lib.features import _record_benchmark
+    path = tmp_path / "bench.csv"
+    row = lambda split, kind, items, secs: {"dataset": "d", "split": split, "kind": kind, "items": items,
+                                            "seconds": secs, "items_per_s": round(items / secs, 1)}
+    _record_benchmark([row("test", "image", 100, 10.0), row("test", "text", 500, 1.0)], "efficientnet-lite2", "cpu", path)
+    _record_benchmark([row("test", "image", 100, 5.0)], "efficientnet-lite2", "cpu", path)
+    rows = list(csv.DictReader(open(path)))
+    assert len(rows) == 2
+    img = next(r for r in rows if r["kind"] == "image")
+    assert float(img["items_per_s"]) == 20.0 and img["model"] == "efficientnet-lite2"
+    assert float(img["load_1min"]) >= 0
