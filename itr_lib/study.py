@@ -11,7 +11,10 @@ commit and the time of each execution. An entry with ``workers: N`` executes its
 (separate kernels; give them ``THREADS: 1`` on a small CPU). Training runs inside the notebooks are skipped when already
 finished, so rerunning an interrupted study resumes it.
 
-Also here: ``run_grid`` (the library call the ablation notebooks use to train many configurations).
+Also here: ``run_grid`` (the library call the ablation notebooks use to train many configurations) and
+``retrain`` (``--retrain GLOB``): checkpoints are not committed, so a fresh clone that needs them (04_efficiency
+times the lowest-seed checkpoint of each method, 03 reads two) retrains those runs from the configs recorded in
+``metrics/<run>.json`` and reports how far the new test mR lies from the recorded one.
 """
 from __future__ import annotations
 
@@ -178,13 +181,14 @@ def _publish(cfg, results_dir: Path) -> None:
 
 
 def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None, workers: int = 1,
-             threads: int | None = None) -> list[dict]:
+             threads: int | None = None, publish: bool = True) -> list[dict]:
     """Train (or reuse) every config; each run lives in ``<results_dir>/runs/<run_name>/`` and its metrics
     (and test ranks) are copied to ``<results_dir>/metrics/``. Returns the metrics of all runs, in order.
 
     ``workers`` > 1 trains that many runs at once in spawned processes with ``threads`` torch threads each
     (default 1): on a small CPU, two single-threaded runs use the cores far better than one two-threaded run
-    (small ops such as GPO's GRU stall on thread barriers). Finished runs are skipped either way."""
+    (small ops such as GPO's GRU stall on thread barriers). Finished runs are skipped either way.
+    ``publish=False`` leaves ``metrics/`` untouched (the retrained runs of ``retrain``)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing as mp
     from tqdm.auto import tqdm
@@ -203,7 +207,8 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
                 import torch
                 torch.set_num_threads(threads)
             out[i] = train(cfg)
-            _publish(cfg, results_dir)
+            if publish:
+                _publish(cfg, results_dir)
             bar.update()
     else:
         from dataclasses import asdict
@@ -212,11 +217,51 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
             for f in as_completed(futs):
                 i = futs[f]
                 out[i] = f.result()
-                _publish(configs[i], results_dir)
+                if publish:
+                    _publish(configs[i], results_dir)
                 bar.update()
                 log.info("finished %s", configs[i].run_name())
     bar.close()
     return out
+
+
+def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, threads: int | None = None,
+            dry_run: bool = False) -> list[dict]:
+    """Retrain the finished runs of ``<results_dir>/metrics/`` whose name matches one of the glob ``patterns``
+    and whose checkpoint (``runs/<run>/best.pt``) is missing, from the config each run recorded. The run name
+    is recomputed from that config and must match (else the recorded config is not the one that named the run:
+    an error). ``metrics/`` keeps the recorded metrics (the tables were built from them); the retrained run's own
+    ``runs/<run>/metrics.json`` holds its scores. Returns one row per run: run, recorded test mR, retrained test mR
+    (None in a dry run)."""
+    import fnmatch
+    from .train import TrainConfig
+    results_dir = Path(results_dir)
+    metrics = sorted((results_dir / "metrics").glob("*.json"))
+    chosen = [m for m in metrics if any(fnmatch.fnmatch(m.stem, pat) for pat in patterns)]
+    if not chosen:
+        raise StudyError(f"no run in {results_dir / 'metrics'} matches {patterns}. Fix: pass globs of run names "
+                         f"such as 'rsicd-*-s0-*' (the file names without .json).")
+    recs = {m: read_json(m) for m in chosen}
+    chosen.sort(key=lambda m: -float(recs[m].get("train_seconds") or 0))  # longest first: the pool ends together
+    rows, configs = [], []
+    for m in chosen:
+        rec = recs[m]
+        if (results_dir / "runs" / m.stem / "best.pt").is_file():
+            continue
+        d = {k: v for k, v in rec["config"].items()}
+        d.update(run_dir=str(results_dir / "runs" / m.stem), data_root=None, cache_dir=None, progress=False)
+        cfg = TrainConfig.from_dict(d)
+        if cfg.run_name() != m.stem:
+            raise StudyError(f"{m}: field 'config' names run {cfg.run_name()}, not {m.stem}. Fix: this metrics file "
+                             f"was written by another version of TrainConfig; retrain it with 01_train instead.")
+        configs.append(cfg)
+        rows.append({"run": m.stem, "recorded_mr": rec["test"]["standard"]["mr"], "retrained_mr": None})
+    if dry_run or not configs:
+        return rows
+    done = run_grid(configs, results_dir, workers=workers, threads=threads, publish=False)
+    for row, met in zip(rows, done):
+        row["retrained_mr"] = met["test"]["standard"]["mr"]
+    return rows
 
 
 def main(argv=None) -> int:
@@ -226,8 +271,24 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 02)")
     p.add_argument("--timeout", type=int, default=None, help="per-cell execution timeout in seconds")
     p.add_argument("--dry-run", action="store_true", help="check the profile and parameters, run nothing")
+    p.add_argument("--retrain", nargs="+", default=None, metavar="GLOB",
+                   help="instead of running notebooks: retrain the finished runs matching these run-name globs "
+                        "whose checkpoints are missing (e.g. 'rsicd-*-s0-*'), from their recorded configs")
+    p.add_argument("--workers", type=int, default=2, help="with --retrain: runs trained at once (1 thread each)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if a.retrain:
+        from .io import progress_enabled  # noqa: F401  (keeps the import cost out of the normal path)
+        out = Path(a.results_dir) if a.results_dir else REPO_ROOT / "results" / Path(a.profile).stem
+        try:
+            rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
+        except StudyError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for r in rows:
+            new = "-" if r["retrained_mr"] is None else f"{r['retrained_mr']:.2f}"
+            print(f"{r['run']:<55} recorded mR {r['recorded_mr']:.2f}  retrained mR {new}")
+        return 0
     try:
         res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir)
     except StudyError as err:
