@@ -249,7 +249,10 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
         if (results_dir / "runs" / m.stem / "best.pt").is_file():
             continue
         d = {k: v for k, v in rec["config"].items()}
-        d.update(run_dir=str(results_dir / "runs" / m.stem), data_root=None, cache_dir=None, progress=False)
+        for key in ("data_root", "cache_dir"):  # a path of another machine: fall back to the defaults here
+            if d.get(key) and not Path(d[key]).exists():
+                d[key] = None
+        d.update(run_dir=str(results_dir / "runs" / m.stem), progress=False)
         cfg = TrainConfig.from_dict(d)
         if cfg.run_name() != m.stem:
             raise StudyError(f"{m}: field 'config' names run {cfg.run_name()}, not {m.stem}. Fix: this metrics file "

@@ -36,6 +36,8 @@ def variant_name(cfg: dict) -> str:
         v += " 1cap"
     if cfg.get("text_encoder", "minilm") != "minilm":
         v += f" | {cfg['text_encoder']}"
+    if cfg.get("extra"):  # method hyper-parameters off their defaults: never pooled with the default runs
+        v += " | " + ",".join(f"{k}={val}" for k, val in sorted(cfg["extra"].items()))
     return v
 
 

@@ -108,3 +108,38 @@ def test_evaluate_cli_scores_a_checkpoint_and_reports_bad_paths(tmp_path, mini_c
     assert printed["n_images"] == 2 and printed["n_texts"] == 10
     rc = main(["--checkpoint", str(tmp_path / "nope.pt"), "--dataset", "mini", "--data-root", str(fixture_root)])
     assert rc == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path, mini_cache, fixture_root):
+    import shutil
+    from itr_lib.study import StudyError, retrain, run_grid
+    out = tmp_path / "results"
+    cfg = _cfg(tmp_path, mini_cache, fixture_root, epochs=2)
+    cfg.run_dir = None  # run_grid names it runs/<run_name>
+    recorded = run_grid([cfg], out, progress=False)[0]
+    name = cfg.run_name()
+    shutil.rmtree(out / "runs")  # a fresh clone: metrics/ committed, checkpoints not
+    with pytest.raises(StudyError, match="no run"):
+        retrain(out, ["nothing-*"])
+    assert retrain(out, ["*"], dry_run=True) == [{"run": name, "recorded_mr": recorded["test"]["standard"]["mr"],
+                                                   "retrained_mr": None}]
+    before = (out / "metrics" / f"{name}.json").read_bytes()
+    rows = retrain(out, ["*"])
+    assert (out / "runs" / name / "best.pt").is_file()
+    assert rows[0]["retrained_mr"] == pytest.approx(rows[0]["recorded_mr"])  # same config and seed: same scores
+    assert (out / "metrics" / f"{name}.json").read_bytes() == before  # the record is left as it was
+    assert retrain(out, ["*"]) == []  # checkpoint present: nothing to do
+    # a record whose config does not name the run is refused
+    rec = json.loads(before)
+    rec["config"]["epochs"] = 3
+    (out / "metrics" / "tampered.json").write_text(json.dumps(rec))
+    with pytest.raises(StudyError, match="field 'config'"):
+        retrain(out, ["tampered"])
+
+
+def test_variant_label_separates_method_hyper_parameters():
+    from itr_lib.tables import variant_name
+    base = {"method": "tgdt", "base_loss": "infonce", "false_negatives": "mask", "extra": {}}
+    assert variant_name(base) == "tgdt | infonce +FN-mask"
+    diag = {**base, "extra": {"warmup_epochs": 1, "margin": 0.1}}
+    assert variant_name(diag) == "tgdt | infonce +FN-mask | margin=0.1,warmup_epochs=1"
