@@ -143,3 +143,14 @@ def test_variant_label_separates_method_hyper_parameters():
     assert variant_name(base) == "tgdt | infonce +FN-mask"
     diag = {**base, "extra": {"warmup_epochs": 1, "margin": 0.1}}
     assert variant_name(diag) == "tgdt | infonce +FN-mask | margin=0.1,warmup_epochs=1"
+
+
+def test_feature_summary_totals_the_benchmark_rows(tmp_path):
+    from itr_lib.report import feature_summary
+    csv = tmp_path / "fe.csv"
+    csv.write_text("dataset,split,kind,items,seconds,items_per_s,model,device,cpus,machine,load_1min\n"
+                   "x,train,image,100,10,10,m,cpu,2,m,1.0\nx,train,text,400,2,200,m,cpu,2,m,1.0\n"
+                   "x,test,image,50,15,3.3,m,cpu,2,m,2.5\nx,test,text,100,2,50,m,cpu,2,m,2.5\n")
+    lines = feature_summary(csv)
+    assert "- X: 150 images and 500 captions in 29 s (6.0 images/s, 125 captions/s, 1-min load 2.5)" in lines
+    assert feature_summary(tmp_path / "missing.csv") == []
