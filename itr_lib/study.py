@@ -267,6 +267,27 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
     return rows
 
 
+def retrain_check(results_dir: str | Path):
+    """Recorded vs retrained test scores of every run whose folder holds a retrained ``metrics.json`` that differs
+    from its record in ``metrics/`` (a reproducibility check: same config and seed, another process and feature
+    build). Written to ``tables/retrain_check.csv`` when there is any."""
+    import pandas as pd
+    from .tables import write_table
+    results_dir = Path(results_dir)
+    rows = []
+    for new in sorted((results_dir / "runs").glob("*/metrics.json")):
+        rec_path = results_dir / "metrics" / f"{new.parent.name}.json"
+        if not rec_path.is_file() or rec_path.read_bytes() == new.read_bytes():
+            continue
+        rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
+        rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
+                     "diff_mr": ret["mr"] - rec["mr"], "recorded_rsum": rec["rsum"], "retrained_rsum": ret["rsum"]})
+    df = pd.DataFrame(rows)
+    if len(df):
+        write_table(df, "retrain_check", results_dir / "tables", floatfmt=".2f")
+    return df
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m itr_lib.study", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="smoke", help="configs/<profile>.yaml (smoke | full) or a YAML path")
@@ -291,6 +312,12 @@ def main(argv=None) -> int:
         for r in rows:
             new = "-" if r["retrained_mr"] is None else f"{r['retrained_mr']:.2f}"
             print(f"{r['run']:<55} recorded mR {r['recorded_mr']:.2f}  retrained mR {new}")
+        if not a.dry_run:
+            check = retrain_check(out)
+            if len(check):
+                print(f"retrained vs recorded test mR over {len(check)} runs: mean |diff| "
+                      f"{check.diff_mr.abs().mean():.2f}, max {check.diff_mr.abs().max():.2f} "
+                      f"-> {out / 'tables' / 'retrain_check.csv'}")
         return 0
     try:
         res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir)

@@ -112,7 +112,7 @@ def test_evaluate_cli_scores_a_checkpoint_and_reports_bad_paths(tmp_path, mini_c
 
 def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path, mini_cache, fixture_root):
     import shutil
-    from itr_lib.study import StudyError, retrain, run_grid
+    from itr_lib.study import StudyError, retrain, retrain_check, run_grid
     out = tmp_path / "results"
     cfg = _cfg(tmp_path, mini_cache, fixture_root, epochs=2)
     cfg.run_dir = None  # run_grid names it runs/<run_name>
@@ -129,6 +129,9 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
     assert rows[0]["retrained_mr"] == pytest.approx(rows[0]["recorded_mr"])  # same config and seed: same scores
     assert (out / "metrics" / f"{name}.json").read_bytes() == before  # the record is left as it was
     assert retrain(out, ["*"]) == []  # checkpoint present: nothing to do
+    check = retrain_check(out)
+    assert list(check.run) == [name] and check.diff_mr.iloc[0] == pytest.approx(0.0)
+    assert (out / "tables" / "retrain_check.csv").is_file()
     # a record whose config does not name the run is refused
     rec = json.loads(before)
     rec["config"]["epochs"] = 3
