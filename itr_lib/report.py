@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import REPO_ROOT, atomic_write_text, read_json
+from .tables import to_markdown
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 SHOW = ["method", "variant", "n_seeds", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "mr"]
@@ -25,7 +26,7 @@ def _fmt(df: pd.DataFrame, cols=SHOW) -> str:
     for c in ("delta_rsum", "ci_lo", "ci_hi"):
         if c in t:
             t[c] = [("" if pd.isna(v) else f"{v:+.1f}") for v in t[c]]
-    return t.to_markdown(index=False)
+    return to_markdown(t, index=False)
 
 
 def time_summary(results_dir: Path, rel) -> list[str]:
@@ -102,7 +103,24 @@ def results_markdown(results_dir: str | Path) -> str:
                     lines += [f"![{f}]({rel}/figures/{f})", ""]
         for extra in (f"efficiency_{ds}.csv", f"pointing_game_{ds}.csv"):
             if (tables / extra).is_file():
-                lines += [f"`{rel}/tables/{extra}`:", "", pd.read_csv(tables / extra).to_markdown(index=False, floatfmt=".3g"), ""]
+                lines += [f"`{rel}/tables/{extra}`:", "", to_markdown(pd.read_csv(tables / extra), index=False, floatfmt=".3g"), ""]
+        for f in (f"efficiency_frontier_{ds}.png", f"pointing_game_{ds}.png"):
+            if (figs / f).is_file():
+                lines += [f"![{f}]({rel}/figures/{f})", ""]
+    if (tables / "efficiency_targets.csv").is_file():
+        t = pd.read_csv(tables / "efficiency_targets.csv")
+        if "holds" in t:
+            t["holds"] = ["n/a" if pd.isna(v) else ("yes" if str(v).lower() in ("true", "1", "1.0") else "no")
+                          for v in t["holds"]]
+        lines += ["### Efficiency targets (`04_efficiency`; n/a where the size was not measured)", "",
+                  to_markdown(t, index=False, floatfmt=".3g"), ""]
+    if (figs / "efficiency_scaling.png").is_file():
+        lines += [f"![scaling]({rel}/figures/efficiency_scaling.png)", ""]
+    if (tables / "retrain_check.csv").is_file():
+        c = pd.read_csv(tables / "retrain_check.csv")
+        lines += [f"Reproducibility: {len(c)} runs retrained from their recorded configs on a fresh checkout (features "
+                  f"re-extracted) scored test mR within {c.diff_mr.abs().max():.2f} of the record (mean |difference| "
+                  f"{c.diff_mr.abs().mean():.2f}; `{rel}/tables/retrain_check.csv`).", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -30,7 +30,9 @@ def variant_name(cfg: dict) -> str:
             v += f" K={cfg.get('codebook_size')}"
     else:
         v = m
-    loss = cfg.get("base_loss", "triplet")
+    # base_loss configures the independent-embedding models only; TGDT, ALADIN, SCAN and MrSw train with their own
+    # triplet losses (hardest negative from epoch warmup_epochs on), false negatives masked the same way
+    loss = cfg.get("base_loss", "triplet") if m in ("baseline", "selfalign") else "triplet"
     v += f" | {loss}" + (" +FN-mask" if cfg.get("false_negatives") == "mask" else "")
     if loss == "infonce" and cfg.get("captions_per_step") == "one":
         v += " 1cap"
@@ -108,6 +110,15 @@ def published_rows(dataset: str, path: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def to_markdown(df: pd.DataFrame, **kw) -> str:
+    """``df.to_markdown`` with ``|`` inside text cells escaped (variant labels carry it), so no cell splits."""
+    esc = df.copy()
+    for c in esc.columns:
+        if not pd.api.types.is_numeric_dtype(esc[c]):
+            esc[c] = [v.replace("|", "\\|") if isinstance(v, str) else v for v in esc[c]]
+    return esc.to_markdown(**kw)
+
+
 def write_table(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = ".2f") -> tuple[Path, Path]:
     """Write ``<name>.csv`` and ``<name>.md`` atomically; returns both paths."""
     tables_dir = Path(tables_dir)
@@ -116,7 +127,7 @@ def write_table(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = "
     csv = tables_dir / f"{name}.csv"
     atomic_write_text(csv, buf.getvalue())
     md = tables_dir / f"{name}.md"
-    atomic_write_text(md, df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    atomic_write_text(md, to_markdown(df, index=False, floatfmt=floatfmt) + "\n")
     return csv, md
 
 

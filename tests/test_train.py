@@ -143,9 +143,10 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
 def test_variant_label_separates_method_hyper_parameters():
     from itr_lib.tables import variant_name
     base = {"method": "tgdt", "base_loss": "infonce", "false_negatives": "mask", "extra": {}}
-    assert variant_name(base) == "tgdt | infonce +FN-mask"
+    assert variant_name(base) == "tgdt | triplet +FN-mask"  # its own loss, whatever base_loss says
     diag = {**base, "extra": {"warmup_epochs": 1, "margin": 0.1}}
-    assert variant_name(diag) == "tgdt | infonce +FN-mask | margin=0.1,warmup_epochs=1"
+    assert variant_name(diag) == "tgdt | triplet +FN-mask | margin=0.1,warmup_epochs=1"
+    assert variant_name({**base, "method": "baseline"}) == "baseline | infonce +FN-mask"
 
 
 def test_feature_summary_totals_the_benchmark_rows(tmp_path):
@@ -157,3 +158,11 @@ def test_feature_summary_totals_the_benchmark_rows(tmp_path):
     lines = feature_summary(csv)
     assert "- X: 150 images and 500 captions in 29 s (6.0 images/s, 125 captions/s, 1-min load 2.5)" in lines
     assert feature_summary(tmp_path / "missing.csv") == []
+
+
+def test_markdown_tables_escape_pipes_in_labels():
+    import pandas as pd
+    from itr_lib.tables import to_markdown
+    md = to_markdown(pd.DataFrame({"variant": ["tgdt | triplet"], "mr": [1.5]}), index=False)
+    row = md.splitlines()[-1]
+    assert "tgdt \\| triplet" in row and row.count("|") - row.count("\\|") == 3  # 2 cells: 3 unescaped pipes
