@@ -262,8 +262,10 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
     if dry_run or not configs:
         return rows
     done = run_grid(configs, results_dir, workers=workers, threads=threads, publish=False)
-    for row, met in zip(rows, done):
+    for row, met, cfg in zip(rows, done, configs):
         row["retrained_mr"] = met["test"]["standard"]["mr"]
+        write_json(Path(cfg.run_dir) / "retrained.json", {"recorded": str(results_dir / "metrics" / f"{row['run']}.json"),
+                                                          "retrained": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return rows
 
 
@@ -277,7 +279,8 @@ def retrain_check(results_dir: str | Path):
     rows = []
     for new in sorted((results_dir / "runs").glob("*/metrics.json")):
         rec_path = results_dir / "metrics" / f"{new.parent.name}.json"
-        if not rec_path.is_file() or rec_path.read_bytes() == new.read_bytes():
+        marked = (new.parent / "retrained.json").is_file()  # written by retrain()
+        if not rec_path.is_file() or (not marked and rec_path.read_bytes() == new.read_bytes()):
             continue
         rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
         rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
