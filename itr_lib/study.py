@@ -248,7 +248,7 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
         rec = recs[m]
         if (results_dir / "runs" / m.stem / "best.pt").is_file():
             continue
-        d = {k: v for k, v in rec["config"].items()}
+        d = dict(rec["config"])
         for key in ("data_root", "cache_dir"):  # a path of another machine: fall back to the defaults here
             if d.get(key) and not Path(d[key]).exists():
                 d[key] = None
@@ -270,17 +270,16 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
 
 
 def retrain_check(results_dir: str | Path):
-    """Recorded vs retrained test scores of every run whose folder holds a retrained ``metrics.json`` that differs
-    from its record in ``metrics/`` (a reproducibility check: same config and seed, another process and feature
-    build). Written to ``tables/retrain_check.csv`` when there is any."""
+    """Recorded vs retrained test scores of every run ``retrain`` rebuilt (its folder holds ``retrained.json``):
+    a reproducibility check (same config and seed, another process and feature build). Written to
+    ``tables/retrain_check.csv`` when there is any."""
     import pandas as pd
     from .tables import write_table
     results_dir = Path(results_dir)
     rows = []
-    for new in sorted((results_dir / "runs").glob("*/metrics.json")):
-        rec_path = results_dir / "metrics" / f"{new.parent.name}.json"
-        marked = (new.parent / "retrained.json").is_file()  # written by retrain()
-        if not rec_path.is_file() or (not marked and rec_path.read_bytes() == new.read_bytes()):
+    for marker in sorted((results_dir / "runs").glob("*/retrained.json")):
+        new, rec_path = marker.parent / "metrics.json", results_dir / "metrics" / f"{marker.parent.name}.json"
+        if not (new.is_file() and rec_path.is_file()):
             continue
         rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
         rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
@@ -305,8 +304,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.retrain:
-        from .io import progress_enabled  # noqa: F401  (keeps the import cost out of the normal path)
-        out = Path(a.results_dir) if a.results_dir else REPO_ROOT / "results" / Path(a.profile).stem
+        out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
         try:
             rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
         except StudyError as err:
