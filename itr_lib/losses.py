@@ -51,17 +51,19 @@ def infonce_loss(scores: torch.Tensor, temperature: float = 0.05, ignore: torch.
 @torch.no_grad()
 def sinkhorn(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
     """SwAV's Sinkhorn-Knopp: (N samples, K prototypes) scores -> codes whose rows sum to 1 and whose
-    prototype masses are equalised (equipartition). Computed without gradient."""
-    q = (scores.float() - scores.max()) / eps
-    q = torch.exp(q).t()  # K x N
-    q /= q.sum()
-    k, n = q.shape
+    prototype masses are equalised (equipartition). Computed without gradient.
+
+    The same iterations as SwAV's (per iteration: every prototype's mass set to 1/K, then every sample's to
+    1/N; codes = N x the plan), carried as two scaling vectors, Q = diag(b) P diag(a), so an iteration costs
+    two matrix-vector products instead of rewriting the N x K matrix four times."""
+    p = torch.exp((scores.float() - scores.max()) / eps)  # N x K
+    n, k = p.shape
+    b = torch.ones(n, dtype=p.dtype, device=p.device)
+    a = torch.ones(k, dtype=p.dtype, device=p.device)
     for _ in range(iters):
-        q /= q.sum(dim=1, keepdim=True)
-        q /= k
-        q /= q.sum(dim=0, keepdim=True)
-        q /= n
-    return (q * n).t()
+        a = 1.0 / (k * (b @ p))   # prototype masses -> 1/K
+        b = 1.0 / (n * (p @ a))   # sample masses -> 1/N
+    return (n * b)[:, None] * p * a[None, :]
 
 
 def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_mask: torch.Tensor,
@@ -76,17 +78,22 @@ def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tens
     ``cap2img`` (M,): the image of each caption when a batch holds M captions of B images (default: pairs)."""
     with torch.no_grad():
         v = regions.detach()
-        codes = torch.zeros(*v.shape[:2], codebook.size(0), device=v.device, dtype=torch.float32)
-        codes[region_mask] = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)
+        flat = torch.full(region_mask.shape, -1, dtype=torch.long, device=v.device)
+        flat[region_mask] = torch.arange(int(region_mask.sum()), device=v.device)
+        codes = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)  # (valid regions, K)
         if cap2img is not None:
-            v, codes, region_mask = v[cap2img], codes[cap2img], region_mask[cap2img]
+            v, flat, region_mask = v[cap2img], flat[cap2img], region_mask[cap2img]
         sim = torch.einsum("bld,brd->blr", words.detach(), v).masked_fill(~region_mask[:, None, :], float("-inf"))
         r_star = sim.argmax(-1)  # (B, L)
-        target = torch.gather(codes, 1, r_star.unsqueeze(-1).expand(-1, -1, codes.size(-1)))  # (B, L, K)
-    logp = F.log_softmax((words @ codebook.t()) / temperature, dim=-1)
-    loss = -(target * logp).sum(-1)[word_mask].mean()
+        target = codes[flat.gather(1, r_star)[word_mask]]  # (valid words, K): the codes of their regions
+    # the prediction only for the valid words (padding would be masked out of the mean anyway)
+    logp = F.log_softmax((words[word_mask] @ codebook.t()) / temperature, dim=-1)
+    loss = -(target * logp).sum(-1).mean()
     if return_details:
-        return loss, {"r_star": r_star, "codes": codes, "word_logp": logp.detach()}
+        full = torch.zeros(*flat.shape, codes.size(1), device=codes.device)
+        full[region_mask] = codes[flat[region_mask]]
+        word_logp = F.log_softmax((words.detach() @ codebook.detach().t()) / temperature, dim=-1)
+        return loss, {"r_star": r_star, "codes": full, "word_logp": word_logp}
     return loss
 
 
@@ -98,20 +105,27 @@ def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, tem
     locals; pos (Q, C) bool: which items are the query's own (default: the diagonal, Q == C). The valid
     locals of a query's own items are positives; those of the other items are negatives, of which only the
     top-k hardest are kept (k capped by what the batch has). InfoNCE per positive, averaged over all
-    positives."""
-    q, c = query.shape[0], locals_.shape[0]
+    positives. (Computed on the valid locals only: ``cra_loss_packed``.)"""
+    owner = torch.arange(locals_.shape[0], device=locals_.device)[:, None].expand(mask.shape)[mask]
+    return cra_loss_packed(query, locals_[mask], owner, temperature, topk, pos)
+
+
+def cra_loss_packed(query: torch.Tensor, flat: torch.Tensor, owner: torch.Tensor, temperature: float = 0.7,
+                    topk: int = 512, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """``cra_loss`` on packed locals: flat (V, D) are the valid locals of C items, owner (V,) the item of each
+    (padding never enters the score matrix, the top-k or the gradient)."""
+    q = query.shape[0]
     if pos is None:
-        pos = torch.eye(q, c, dtype=torch.bool, device=query.device)
-    s = torch.einsum("qd,cnd->qcn", query, locals_) / temperature  # (Q, C, N)
-    pos_valid = pos[:, :, None] & mask[None, :, :]
-    neg_valid = (~pos)[:, :, None] & mask[None, :, :]
-    k = min(topk, int(neg_valid.reshape(q, -1).sum(1).min().item()))
+        pos = torch.eye(q, dtype=torch.bool, device=query.device)
+    s = (query @ flat.t()) / temperature  # (Q, V)
+    pos_tok = pos[:, owner]  # (Q, V): the query's own locals
+    k = min(topk, int((~pos_tok).sum(1).min().item()))
     if k == 0:
         return query.sum() * 0.0
-    neg = s.masked_fill(~neg_valid, float("-inf")).reshape(q, -1)
-    neg_lse = torch.logsumexp(neg.topk(k, dim=1).values, dim=1)  # (Q,)
-    per_pos = torch.logaddexp(s, neg_lse[:, None, None]) - s
-    return per_pos[pos_valid].mean()
+    neg_lse = torch.logsumexp(s.masked_fill(pos_tok, float("-inf")).topk(k, dim=1).values, dim=1)  # (Q,)
+    qi, vi = pos_tok.nonzero(as_tuple=True)
+    sp = s[qi, vi]  # the positives' scores only
+    return (torch.logaddexp(sp, neg_lse[qi]) - sp).mean()
 
 
 def listnet_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, scale: float = 6.0,

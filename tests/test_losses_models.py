@@ -228,3 +228,89 @@ def test_model_loss_with_several_captions_per_image():
     trip = VSEModel(dim=16, base_loss="triplet")
     with pytest.raises(ValueError, match="one caption per image"):
         trip.compute_loss(trip.encode_images(regions, rmask), trip.encode_texts(text, tmask, tmask), batch, 1)
+
+
+# ------------------------------------------------------------------ the fast losses equal their direct forms
+def _ref_sinkhorn(scores, eps, iters):  # SwAV's loop, rewriting the whole matrix
+    q = torch.exp((scores.float() - scores.max()) / eps).t()
+    q /= q.sum()
+    k, n = q.shape
+    for _ in range(iters):
+        q /= q.sum(dim=1, keepdim=True)
+        q /= k
+        q /= q.sum(dim=0, keepdim=True)
+        q /= n
+    return (q * n).t()
+
+
+def _ref_lca(regions, rmask, words, wmask, codebook, eps, iters, temperature, cap2img=None):
+    v = regions.detach()
+    codes = torch.zeros(*v.shape[:2], codebook.size(0))
+    codes[rmask] = _ref_sinkhorn(v[rmask] @ codebook.detach().t(), eps, iters)
+    if cap2img is not None:
+        v, codes, rmask = v[cap2img], codes[cap2img], rmask[cap2img]
+    sim = torch.einsum("bld,brd->blr", words.detach(), v).masked_fill(~rmask[:, None, :], float("-inf"))
+    target = torch.gather(codes, 1, sim.argmax(-1).unsqueeze(-1).expand(-1, -1, codes.size(-1)))
+    logp = torch.log_softmax((words @ codebook.t()) / temperature, dim=-1)
+    return -(target * logp).sum(-1)[wmask].mean()
+
+
+def _ref_cra(query, locals_, mask, temperature, topk, pos=None):
+    q, c = query.shape[0], locals_.shape[0]
+    pos = torch.eye(q, c, dtype=torch.bool) if pos is None else pos
+    s = torch.einsum("qd,cnd->qcn", query, locals_) / temperature
+    pos_valid, neg_valid = pos[:, :, None] & mask[None], (~pos)[:, :, None] & mask[None]
+    k = min(topk, int(neg_valid.reshape(q, -1).sum(1).min()))
+    neg_lse = torch.logsumexp(s.masked_fill(~neg_valid, float("-inf")).reshape(q, -1).topk(k, dim=1).values, 1)
+    return (torch.logaddexp(s, neg_lse[:, None, None]) - s)[pos_valid].mean()
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_fast_lca_and_cra_equal_direct_forms_in_value_and_gradient(multi):
+    g = torch.Generator().manual_seed(5)
+    b, r, l, d, k = 6, 9, 7, 16, 32
+    cap2img = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 5, 5]) if multi else None
+    m = len(cap2img) if multi else b
+    regions = l2norm(torch.randn(b, r, d, generator=g))
+    rmask = torch.rand(b, r, generator=g) > 0.3
+    rmask[:, 0] = True
+    words = l2norm(torch.randn(m, l, d, generator=g))
+    wmask = torch.rand(m, l, generator=g) > 0.3
+    wmask[:, 1] = True
+    cb = l2norm(torch.randn(k, d, generator=g))
+    scores = regions[rmask] @ cb.t()
+    assert torch.allclose(L.sinkhorn(scores, 0.05, 3), _ref_sinkhorn(scores, 0.05, 3), rtol=1e-4, atol=1e-6)
+    grads = []
+    for fn in (L.lca_loss, _ref_lca):
+        w, c = words.clone().requires_grad_(True), cb.clone().requires_grad_(True)
+        loss = fn(regions, rmask, w, wmask, c, 0.05, 3, 0.1, cap2img=cap2img)
+        loss.backward()
+        grads.append((loss.detach(), w.grad, c.grad))
+    for a, b_ in zip(*grads):
+        assert torch.allclose(a, b_, rtol=1e-4, atol=1e-6)
+    pos = (cap2img[None, :] == torch.arange(b)[:, None]) if multi else None
+    loc = l2norm(torch.randn(m, l, d, generator=g))
+    grads = []
+    for fn in (L.cra_loss, _ref_cra):
+        q, lo = l2norm(torch.randn(b, d, generator=torch.Generator().manual_seed(9))).requires_grad_(True), \
+            loc.clone().requires_grad_(True)
+        loss = fn(q, lo, wmask, 0.7, 5, pos=pos)
+        loss.backward()
+        grads.append((loss.detach(), q.grad, lo.grad))
+    for a, b_ in zip(*grads):
+        assert torch.allclose(a, b_, rtol=1e-4, atol=1e-6)
+
+
+def test_l2norm_gradient_matches_autograd_of_the_formula():
+    x = torch.randn(5, 7, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: l2norm(t, -1), (x,))
+    assert torch.autograd.gradcheck(lambda t: l2norm(t, 1), (x,))
+    with torch.no_grad():
+        x[0, 0] = 0.0  # a zero vector (masked padding) gets a finite gradient, as with the plain formula
+    g = torch.randn(5, 7, 6, dtype=torch.float64)
+    (l2norm(x) * g).sum().backward()
+    ref = x.detach().clone().requires_grad_(True)
+    (ref / (ref.norm(dim=-1, keepdim=True) + 1e-8) * g).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert torch.allclose(x.grad[1:], ref.grad[1:], atol=1e-12)
+    assert torch.allclose(x.grad[0, 1:], ref.grad[0, 1:], atol=1e-12)

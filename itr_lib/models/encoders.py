@@ -12,7 +12,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+class _L2Norm(torch.autograd.Function):
+    """y = x / (|x| + eps) with a hand-written backward: autograd's generic one for the broadcast division
+    reduces the divisor's gradient separately and costs ~4x more on (tokens x D) tensors on CPU."""
+
+    @staticmethod
+    def forward(ctx, x, dim, eps):
+        n = x.norm(dim=dim, keepdim=True)
+        d = n + eps
+        y = x / d
+        ctx.save_for_backward(y, n, d)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, n, d = ctx.saved_tensors
+        # dy/dx^T g = (g - y <g, y> (n + eps) / n) / (n + eps)
+        dot = (g * y).sum(ctx.dim, keepdim=True) * (d / n.clamp_min(1e-30))
+        return (g - y * dot) / d, None, None
+
+
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
+    """x / (|x| + eps) along ``dim`` (exact gradient, see _L2Norm)."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _L2Norm.apply(x, dim, eps)
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import losses as L
 from .base import Batch, RetrievalModel
-from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, masked_mean
+from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm
 
 
 class CRABranch(nn.Module):
@@ -28,13 +28,18 @@ class CRABranch(nn.Module):
         self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict:
-        locals_ = l2norm(F.relu(self.bn_local(h, mask))) * mask.unsqueeze(-1)
-        mean_local = masked_mean(locals_, mask)
+        # the locals of the valid positions only, packed (V, D), with the item each belongs to: the
+        # padded (B, N, D) form would cost every elementwise op and the CRA scores twice on short captions
+        owner = torch.arange(h.shape[0], device=h.device)[:, None].expand(mask.shape)[mask]
+        flat = l2norm(F.relu(self.bn_local.bn(h[mask])))
+        counts = mask.sum(1, keepdim=True).clamp_min(1).to(flat.dtype)
+        mean_local = torch.zeros(h.shape[0], h.shape[-1], dtype=flat.dtype, device=h.device).index_add(0, owner, flat) / counts
         g = l2norm(F.relu(self.global_bn(self.global_fc(mean_local))))
         mean_n = l2norm(mean_local)
         gate = torch.sigmoid(self.gate(torch.cat([mean_n, g], dim=-1)))
         fused = l2norm(gate * mean_n + (1 - gate) * g)
-        return {"cra_locals": locals_, "cra_global": g, "cra_mean": mean_n, "cra_fused": fused, "gate": gate}
+        return {"cra_flat": flat, "cra_owner": owner, "cra_global": g, "cra_mean": mean_n, "cra_fused": fused,
+                "gate": gate}
 
 
 class VSEModel(RetrievalModel):
@@ -126,10 +131,10 @@ class VSEModel(RetrievalModel):
             terms["lca"] = lca
             total = total + hp["lca_weight"] * lca
         if self.use_cra:
-            cra = 0.5 * (L.cra_loss(txt["cra_global"], img["cra_locals"], img["mask"], hp["cra_temperature"],
-                                    hp["cra_topk"], pos=None if pos is None else pos.t())
-                         + L.cra_loss(img["cra_global"], txt["cra_locals"], txt["mask"], hp["cra_temperature"],
-                                      hp["cra_topk"], pos=pos))
+            cra = 0.5 * (L.cra_loss_packed(txt["cra_global"], img["cra_flat"], img["cra_owner"],
+                                           hp["cra_temperature"], hp["cra_topk"], pos=None if pos is None else pos.t())
+                         + L.cra_loss_packed(img["cra_global"], txt["cra_flat"], txt["cra_owner"],
+                                             hp["cra_temperature"], hp["cra_topk"], pos=pos))
             terms["cra"] = cra
             total = total + hp["cra_weight"] * cra
         terms["total"] = total
