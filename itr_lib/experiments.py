@@ -33,11 +33,13 @@ def make_config(base: dict, **overrides) -> TrainConfig:
 
 def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
                      codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None,
-                     loss_variants=None, loss_seeds=None) -> list[TrainConfig]:
+                     loss_variants=None, loss_seeds=None, sweep_epochs: int | None = None) -> list[TrainConfig]:
     """The ablation grid: datasets x variants x seeds with the first loss; the other losses for the
     ``loss_variants`` only (default: every variant) and the ``loss_seeds`` only (default: ``seeds``); plus the codebook sweep (K values, on ``sweep_variant``
-    with the first loss) over ``sweep_seeds`` (default: ``seeds``)."""
+    with the first loss) over ``sweep_seeds`` (default: ``seeds``). ``sweep_epochs`` trains the sweep on a schedule
+    of its own (default: the grid's), then with the baseline of that schedule beside it so its rows have a reference."""
     base = dict(base or {})
+    sweep_base = dict(base, epochs=sweep_epochs) if sweep_epochs else base
     cfgs, seen = [], set()
 
     def add(cfg: TrainConfig):
@@ -56,7 +58,9 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
                     add(make_config(base, dataset=ds, seed=s, **VARIANTS[v], **LOSSES[loss]))
         for k in codebook_sizes:
             for s in (sweep_seeds if sweep_seeds is not None else seeds):
-                add(make_config(base, dataset=ds, seed=s, codebook_size=k, **VARIANTS[sweep_variant],
+                if sweep_base is not base:
+                    add(make_config(sweep_base, dataset=ds, seed=s, **VARIANTS["baseline"], **LOSSES[losses[0]]))
+                add(make_config(sweep_base, dataset=ds, seed=s, codebook_size=k, **VARIANTS[sweep_variant],
                                 **LOSSES[losses[0]]))
     return cfgs
 
@@ -76,7 +80,9 @@ def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: in
     rows = []
     for _, r in agg.iterrows():
         runs = d[(d.method == r.method) & (d.variant == r.variant)]
-        base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)]
+        runs_epochs = set(d[(d.method == r.method) & (d.variant == r.variant)].epochs)
+        base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)
+                 & d.epochs.isin(runs_epochs)]
         out = r.to_dict()
         out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
         if r.method != "baseline" and not base.empty:

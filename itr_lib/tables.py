@@ -36,6 +36,8 @@ def variant_name(cfg: dict) -> str:
     v += f" | {loss}" + (" +FN-mask" if cfg.get("false_negatives") == "mask" else "")
     if loss == "infonce" and cfg.get("captions_per_step") == "one":
         v += " 1cap"
+    if cfg.get("epochs"):  # the schedule differs between methods and between runs of one method
+        v += f" | {cfg['epochs']} ep"
     if cfg.get("text_encoder", "minilm") != "minilm":
         v += f" | {cfg['text_encoder']}"
     if cfg.get("extra"):  # method hyper-parameters off their defaults: never pooled with the default runs

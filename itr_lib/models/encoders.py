@@ -40,6 +40,17 @@ def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 
+def masked_linear(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``layer`` applied to the valid positions of (B, N, C) only; padded / dropped positions come out zero
+    (every consumer masks them). Short captions leave over half of a batch's token slots empty."""
+    if bool(mask.all()):
+        return layer(x)
+    flat = layer(x[mask])
+    out = flat.new_zeros(*mask.shape, flat.shape[-1])
+    out[mask] = flat
+    return out
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -152,7 +163,7 @@ class RegionEncoder(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.proj(regions)
+        pre = masked_linear(self.proj, regions, mask)
         locals_ = pre + self.mlp(regions, mask) if self.mlp is not None else pre
         return pre, locals_
 
@@ -166,7 +177,7 @@ class MiniLMTextEncoder(nn.Module):
         self.mlp = ResidualMLP(d_in, dim) if mlp else None
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = self.proj(feats)
+        pre = masked_linear(self.proj, feats, mask)
         locals_ = pre + self.mlp(feats, mask) if self.mlp is not None else pre
         return pre, locals_
 
