@@ -114,3 +114,21 @@ def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -
         out["source"] = ""
     out["source"] = out["source"].fillna("this study")
     return out
+
+
+def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", loss: str = "infonce") -> pd.DataFrame:
+    """How the number of epochs was chosen: per schedule (epochs) of ``method`` with ``loss``, the val mR of the
+    selected checkpoint (what the choice is made on), the test mR (reported, not used to choose), the seeds, and the
+    training minutes per run. Only seeds trained on every schedule are compared."""
+    d = df[(df.dataset == dataset) & (df.method == method) & (df.base_loss == loss)]
+    if d.empty or d.epochs.nunique() < 2:
+        return pd.DataFrame()
+    common = set.intersection(*(set(g.seed) for _, g in d.groupby("epochs")))
+    d = d[d.seed.isin(common)]
+    if d.empty:
+        return pd.DataFrame()
+    g = d.groupby("epochs")
+    return pd.DataFrame({"epochs": list(g.groups), "seeds": [",".join(map(str, sorted(x.seed))) for _, x in g],
+                         "best_epoch": [",".join(str(int(b) + 1) for b in x.sort_values("seed").best_epoch) for _, x in g],
+                         "val_mr": (g.val_rsum.mean() / 6).round(2).values, "test_mr": g.mr.mean().round(2).values,
+                         "train_min_per_run": (g.train_seconds.mean() / 60).round(1).values}).reset_index(drop=True)

@@ -147,6 +147,9 @@ def test_variant_label_separates_method_hyper_parameters():
     diag = {**base, "extra": {"warmup_epochs": 1, "margin": 0.1}}
     assert variant_name(diag) == "tgdt | triplet +FN-mask | margin=0.1,warmup_epochs=1"
     assert variant_name({**base, "method": "baseline"}) == "baseline | infonce +FN-mask"
+    # the schedule is part of the label: runs of 3 and 6 epochs are never pooled
+    assert variant_name({**base, "method": "baseline", "epochs": 6}) == "baseline | infonce +FN-mask | 6 ep"
+    assert variant_name({**diag, "epochs": 3}) == "tgdt | triplet +FN-mask | 3 ep | margin=0.1,warmup_epochs=1"
 
 
 def test_feature_summary_totals_the_benchmark_rows(tmp_path):
@@ -166,3 +169,30 @@ def test_markdown_tables_escape_pipes_in_labels():
     md = to_markdown(pd.DataFrame({"variant": ["tgdt | triplet"], "mr": [1.5]}), index=False)
     row = md.splitlines()[-1]
     assert "tgdt \\| triplet" in row and row.count("|") - row.count("\\|") == 3  # 2 cells: 3 unescaped pipes
+
+
+def test_schedule_table_compares_common_seeds_on_val():
+    import pandas as pd
+    from itr_lib.experiments import schedule_table
+    rows = [dict(dataset="x", method="baseline", base_loss="infonce", epochs=e, seed=s, val_rsum=v, mr=m,
+                 best_epoch=b, train_seconds=t)
+            for e, s, v, m, b, t in [(3, 0, 60.0, 10.0, 2, 60), (6, 0, 72.0, 11.0, 5, 120), (6, 1, 90.0, 15.0, 4, 120),
+                                     (3, 1, 66.0, 12.0, 2, 60)]]
+    rows.append(dict(rows[0], method="selfalign", val_rsum=600.0))  # another method: ignored
+    rows.append(dict(rows[0], epochs=10, seed=2))  # a schedule no seed shares: leaves no common seed -> empty
+    t = schedule_table(pd.DataFrame(rows[:5]), "x")
+    assert list(t.epochs) == [3, 6] and list(t.seeds) == ["0,1", "0,1"]
+    assert list(t.val_mr) == [10.5, 13.5]  # mean val rsum / 6
+    assert list(t.test_mr) == [11.0, 13.0] and list(t.best_epoch) == ["3,3", "6,5"]
+    assert schedule_table(pd.DataFrame(rows), "x").empty
+
+
+def test_step_cost_summary_tabulates_the_benchmark(tmp_path):
+    from itr_lib.report import step_cost_summary
+    csv = tmp_path / "ts.csv"
+    csv.write_text("variant,threads,texts_per_step,batch_s,encode_s,loss_s,backward_s,optimizer_s,step_s,"
+                   "steps_per_epoch,train_s_per_epoch,load_1min\nlca+cra,1,640,0.01,0.2,0.4,0.5,0.01,1.12,62,69.4,1.0\n")
+    lines = step_cost_summary(csv)
+    row = [ln for ln in "\n".join(lines).splitlines() if ln.startswith("| lca+cra")][0]
+    assert "1.12" in row and "69.4" in row and "62" in row
+    assert step_cost_summary(tmp_path / "missing.csv") == []
