@@ -180,10 +180,24 @@ def _publish(cfg, results_dir: Path) -> None:
             tmp.replace(dst)
 
 
+def _recorded(cfg, results_dir: Path) -> dict | None:
+    """The published metrics of ``cfg``'s run (``<results_dir>/metrics/<run>.json``), or None when not recorded."""
+    path = Path(results_dir) / "metrics" / f"{Path(cfg.run_dir).name}.json"
+    if not path.is_file():
+        return None
+    rec = read_json(path)
+    if rec.get("config_identity") != cfg.identity():
+        raise StudyError(f"{path} records another configuration (field 'config_identity' differs from run "
+                         f"{Path(cfg.run_dir).name}). Fix: delete {path} (and runs/{Path(cfg.run_dir).name}) to retrain it.")
+    return rec
+
+
 def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None, workers: int = 1,
              threads: int | None = None, publish: bool = True) -> list[dict]:
     """Train (or reuse) every config; each run lives in ``<results_dir>/runs/<run_name>/`` and its metrics
     (and test ranks) are copied to ``<results_dir>/metrics/``. Returns the metrics of all runs, in order.
+    A run recorded in ``metrics/`` is reused as recorded, whether or not its run folder exists (checkpoints are
+    not committed; ``retrain`` rebuilds them), so a study rerun on a fresh clone trains only what is missing.
 
     ``workers`` > 1 trains that many runs at once in spawned processes with ``threads`` torch threads each
     (default 1): on a small CPU, two single-threaded runs use the cores far better than one two-threaded run
@@ -200,9 +214,14 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
         if cfg.run_dir is None:
             cfg.run_dir = str(results_dir / "runs" / cfg.run_name())
     out: list[dict | None] = [None] * len(configs)
-    bar = tqdm(total=len(configs), desc="runs", disable=not progress_enabled(progress))
-    if workers <= 1:
+    if publish:  # a run already recorded in metrics/ is finished, even where its checkpoint is gone (fresh clone)
         for i, cfg in enumerate(configs):
+            out[i] = _recorded(cfg, results_dir)
+    todo = [i for i in range(len(configs)) if out[i] is None]
+    bar = tqdm(total=len(todo), desc="runs", disable=not progress_enabled(progress))
+    if workers <= 1:
+        for i in todo:
+            cfg = configs[i]
             if threads:
                 import torch
                 torch.set_num_threads(threads)
@@ -213,7 +232,7 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     else:
         from dataclasses import asdict
         with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_train_one, asdict(cfg), threads or 1): i for i, cfg in enumerate(configs)}
+            futs = {pool.submit(_train_one, asdict(configs[i]), threads or 1): i for i in todo}
             for f in as_completed(futs):
                 i = futs[f]
                 out[i] = f.result()

@@ -119,6 +119,11 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
     recorded = run_grid([cfg], out, progress=False)[0]
     name = cfg.run_name()
     shutil.rmtree(out / "runs")  # a fresh clone: metrics/ committed, checkpoints not
+    # rerunning the grid reuses the record instead of training the run again
+    cfg2 = _cfg(tmp_path, mini_cache, fixture_root, epochs=2)
+    cfg2.run_dir = None
+    again = run_grid([cfg2], out, progress=False)[0]
+    assert again == recorded and not (out / "runs").exists()
     with pytest.raises(StudyError, match="no run"):
         retrain(out, ["nothing-*"])
     assert retrain(out, ["*"], dry_run=True) == [{"run": name, "recorded_mr": recorded["test"]["standard"]["mr"],
