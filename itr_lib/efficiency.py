@@ -502,7 +502,8 @@ def select_runs(runs: pd.DataFrame, spec: MethodSpec, dataset: str) -> tuple[pd.
     """The run whose checkpoint is timed (lowest seed) and every run of its configuration (all seeds, for mR).
 
     Among several trained configurations of the method: those matching ``spec.prefer``, then the one with a
-    checkpoint and the most seeds, then text encoder MiniLM, then the variant name."""
+    checkpoint and the most seeds, then the longest schedule (the ablation's chosen one over the 3-epoch sweep's),
+    then text encoder MiniLM, then the variant name."""
     d = runs[(runs.method == spec.method) & (runs.dataset == dataset)]
     if d.empty:
         return None, d
@@ -513,7 +514,9 @@ def select_runs(runs: pd.DataFrame, spec: MethodSpec, dataset: str) -> tuple[pd.
     groups = []
     for g, gd in d.groupby("group"):
         with_ck = gd[gd.checkpoint.notna()]
-        groups.append((with_ck.empty, -gd.seed.nunique(), gd.text_encoder.iloc[0] != "minilm", gd.variant.iloc[0], g))
+        epochs = -max(int(e) for e in gd.epochs_run) if "epochs_run" in gd and gd.epochs_run.notna().all() else 0
+        groups.append((with_ck.empty, -gd.seed.nunique(), epochs, gd.text_encoder.iloc[0] != "minilm",
+                       gd.variant.iloc[0], g))
     groups.sort()
     best = groups[0]
     gd = d[d.group == best[-1]].sort_values("seed")

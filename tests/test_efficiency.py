@@ -249,13 +249,13 @@ def test_check_targets_pass_fail_and_na():
 
 
 # ----------------------------------------------------------------------------------------------- runs on disk
-def _fake_run(root, name, method, seed, mr, extra_eval=None, dataset="ucm", ckpt=True, **cfg_kw):
-    cfg = TrainConfig(method=method, dataset=dataset, seed=seed, dim=DIM, **cfg_kw)
+def _fake_run(root, name, method, seed, mr, extra_eval=None, dataset="ucm", ckpt=True, n_epochs=2, **cfg_kw):
+    cfg = TrainConfig(method=method, dataset=dataset, seed=seed, dim=DIM, epochs=n_epochs, **cfg_kw)
     run = root / "runs" / name
     run.mkdir(parents=True)
     m = {"run": name, "method": method, "dataset": dataset, "seed": seed,
          "config": {**cfg.__dict__}, "test": {"standard": {"mr": mr}}, "val": {"standard": {"rsum": 0}},
-         "history": [{"train_seconds": 2.0}, {"train_seconds": 4.0}], "device": "cpu"}
+         "history": [{"train_seconds": 2.0 * (e + 1)} for e in range(n_epochs)], "device": "cpu"}
     if extra_eval:
         m["extra_eval"] = extra_eval
     (run / "metrics.json").write_text(json.dumps(m))
@@ -278,6 +278,11 @@ def test_find_and_select_runs(tmp_path):
     timed, group = eff.select_runs(runs, eff.spec_by_label("SelfAlign"), "ucm")
     assert timed.run == "b0" and sorted(group.run) == ["b0", "b1"]  # LCA+CRA preferred; seeds of its config
     assert eff.select_runs(runs, eff.spec_by_label("baseline"), "ucm")[0] is None
+    # two schedules of one method with as many seeds: the longer one (the ablation's) is timed
+    for name, seed, ep in (("s3a", 0, 3), ("s3b", 1, 3), ("s6a", 0, 6), ("s6b", 1, 6)):
+        _fake_run(tmp_path, name, "baseline", seed, 10.0 + ep, n_epochs=ep)
+    timed, group = eff.select_runs(eff.find_runs(tmp_path), eff.spec_by_label("baseline"), "ucm")
+    assert timed.run == "s6a" and sorted(group.run) == ["s6a", "s6b"]
     m = json.loads((tmp_path / "runs" / "t0" / "metrics.json").read_text())
     assert eff.mode_mr(m, "test") == 30.0
     assert eff.mode_mr(m, "global") == 25.0 and eff.mode_mr(m, "two_stage") == 29.0
