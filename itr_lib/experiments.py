@@ -33,11 +33,14 @@ def make_config(base: dict, **overrides) -> TrainConfig:
 
 def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
                      codebook_sizes=(), sweep_variant: str = "lca+cra", sweep_seeds=None, base: dict | None = None,
-                     loss_variants=None, loss_seeds=None, sweep_epochs: int | None = None) -> list[TrainConfig]:
+                     loss_variants=None, loss_seeds=None, sweep_epochs: int | None = None,
+                     lca_weights=(), weight_variant: str = "lca") -> list[TrainConfig]:
     """The ablation grid: datasets x variants x seeds with the first loss; the other losses for the
     ``loss_variants`` only (default: every variant) and the ``loss_seeds`` only (default: ``seeds``); plus the codebook sweep (K values, on ``sweep_variant``
     with the first loss) over ``sweep_seeds`` (default: ``seeds``). ``sweep_epochs`` trains the sweep on a schedule
-    of its own (default: the grid's), then with the baseline of that schedule beside it so its rows have a reference."""
+    of its own (default: the grid's), then with the baseline of that schedule beside it so its rows have a reference.
+    ``lca_weights``: the LCA loss weight's sensitivity, ``weight_variant`` trained at each weight (the grid's schedule,
+    first loss, ``sweep_seeds``)."""
     base = dict(base or {})
     sweep_base = dict(base, epochs=sweep_epochs) if sweep_epochs else base
     cfgs, seen = [], set()
@@ -61,6 +64,10 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
                 if sweep_base is not base:
                     add(make_config(sweep_base, dataset=ds, seed=s, **VARIANTS["baseline"], **LOSSES[losses[0]]))
                 add(make_config(sweep_base, dataset=ds, seed=s, codebook_size=k, **VARIANTS[sweep_variant],
+                                **LOSSES[losses[0]]))
+        for w in lca_weights:
+            for s in (sweep_seeds if sweep_seeds is not None else seeds):
+                add(make_config(base, dataset=ds, seed=s, lca_weight=float(w), **VARIANTS[weight_variant],
                                 **LOSSES[losses[0]]))
     return cfgs
 

@@ -28,6 +28,9 @@ def variant_name(cfg: dict) -> str:
         v = "+".join(parts)
         if cfg.get("lca"):
             v += f" K={cfg.get('codebook_size')}"
+        for key, short, on in (("lca_weight", "w_lca", cfg.get("lca")), ("cra_weight", "w_cra", cfg.get("cra"))):
+            if on and cfg.get(key, 1.0) != 1.0:  # loss weights off the authors' 1.0 (sensitivity runs)
+                v += f" {short}={cfg[key]:g}"
     else:
         v = m
     # base_loss configures the independent-embedding models only; TGDT, ALADIN, SCAN and MrSw train with their own

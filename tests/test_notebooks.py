@@ -69,7 +69,8 @@ def test_whole_chain_through_papermill(tmp_path):
     # the codebook sweep (SWEEP_EPOCHS: 1) with the baseline of its own schedule, never pooled with the 2-epoch rows
     assert {"LCA+CRA K=8 | infonce +FN-mask | 1 ep", "LCA+CRA K=16 | infonce +FN-mask | 1 ep",
             "baseline | infonce +FN-mask | 1 ep"} <= variants
-    assert (abl[abl.variant.str.endswith("2 ep")].n_seeds == 2).all()
+    assert "LCA K=16 w_lca=0.5 | infonce +FN-mask | 2 ep" in variants  # the LCA weight's sensitivity, 1 seed
+    assert (abl[abl.variant.str.endswith("2 ep") & ~abl.variant.str.contains("w_lca")].n_seeds == 2).all()
     assert (abl[abl.variant.str.endswith("1 ep")].n_seeds == 1).all()
     for d in ("i2t", "t2i"):
         assert ((abl[f"{d}_r1"] <= abl[f"{d}_r5"]) & (abl[f"{d}_r5"] <= abl[f"{d}_r10"])).all()

@@ -155,6 +155,9 @@ def test_variant_label_separates_method_hyper_parameters():
     # the schedule is part of the label: runs of 3 and 6 epochs are never pooled
     assert variant_name({**base, "method": "baseline", "epochs": 6}) == "baseline | infonce +FN-mask | 6 ep"
     assert variant_name({**diag, "epochs": 3}) == "tgdt | triplet +FN-mask | 3 ep | margin=0.1,warmup_epochs=1"
+    sa = {**base, "method": "selfalign", "lca": True, "cra": False, "codebook_size": 64, "epochs": 6}
+    assert variant_name({**sa, "lca_weight": 1.0, "cra_weight": 0.5}) == "LCA K=64 | infonce +FN-mask | 6 ep"
+    assert variant_name({**sa, "lca_weight": 0.3}) == "LCA K=64 w_lca=0.3 | infonce +FN-mask | 6 ep"
 
 
 def test_feature_summary_totals_the_benchmark_rows(tmp_path):
