@@ -88,6 +88,19 @@ def step_cost_summary(csv_path: Path) -> list[str]:
             to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".3g"), ""]
 
 
+def run_time_summary(csv_path: Path) -> list[str]:
+    """Whole training runs timed by scripts/bench_train_run.py (wall seconds and where they went)."""
+    if not Path(csv_path).is_file():
+        return []
+    df = pd.read_csv(csv_path)
+    cols = ["variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s", "test_mr",
+            "load_1min"]
+    return ["Whole RSICD training runs, one at a time on the idle machine (`results/benchmarks/train_run_rsicd.csv`, "
+            "scripts/bench_train_run.py; train = the epochs' steps, val_select = per-epoch val scoring, final_eval = "
+            "val + test scoring of the chosen checkpoint):", "",
+            to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".1f"), ""]
+
+
 def results_markdown(results_dir: str | Path) -> str:
     results_dir = Path(results_dir)
     rel = results_dir.relative_to(REPO_ROOT) if results_dir.is_absolute() and REPO_ROOT in results_dir.parents else results_dir
@@ -96,6 +109,7 @@ def results_markdown(results_dir: str | Path) -> str:
     lines += time_summary(results_dir, rel)
     lines += feature_summary(REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv")
     lines += step_cost_summary(REPO_ROOT / "results" / "benchmarks" / "train_step_rsicd.csv")
+    lines += run_time_summary(REPO_ROOT / "results" / "benchmarks" / "train_run_rsicd.csv")
     lines += ["All numbers: test split, standard protocol (a caption counts only for its own image), checkpoint chosen "
               "on val rsum, mean ± std over seeds. Rows marked *published* are copied from the papers "
               "(METHODS.md), not rerun. A variant label ending in `| key=value` sets a method hyper-parameter off its "

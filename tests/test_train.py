@@ -204,3 +204,14 @@ def test_step_cost_summary_tabulates_the_benchmark(tmp_path):
     row = [ln for ln in "\n".join(lines).splitlines() if ln.startswith("| lca+cra")][0]
     assert "1.12" in row and "69.4" in row and "62" in row
     assert step_cost_summary(tmp_path / "missing.csv") == []
+
+
+def test_run_time_summary_tabulates_the_benchmark(tmp_path):
+    from itr_lib.report import run_time_summary
+    csv = tmp_path / "tr.csv"
+    csv.write_text("dataset,variant,epochs,threads,wall_s,train_s,val_select_s,final_eval_s,load_s,test_mr,load_1min\n"
+                   "rsicd,lca+cra,6,2,263.5,240.1,15.2,6.1,2.0,20.9,1.0\n")
+    table = "\n".join(run_time_summary(csv))
+    row = [ln for ln in table.splitlines() if ln.startswith("| lca+cra")][0]
+    assert "263.5" in row and "240.1" in row and "20.9" in row
+    assert run_time_summary(tmp_path / "missing.csv") == []
