@@ -514,9 +514,8 @@ def select_runs(runs: pd.DataFrame, spec: MethodSpec, dataset: str) -> tuple[pd.
     groups = []
     for g, gd in d.groupby("group"):
         with_ck = gd[gd.checkpoint.notna()]
-        epochs = -max(int(e) for e in gd.epochs_run) if "epochs_run" in gd and gd.epochs_run.notna().all() else 0
-        groups.append((with_ck.empty, -gd.seed.nunique(), epochs, gd.text_encoder.iloc[0] != "minilm",
-                       gd.variant.iloc[0], g))
+        groups.append((with_ck.empty, -gd.seed.nunique(), -int(gd.epochs_run.max()),
+                       gd.text_encoder.iloc[0] != "minilm", gd.variant.iloc[0], g))
     groups.sort()
     best = groups[0]
     gd = d[d.group == best[-1]].sort_values("seed")

@@ -87,9 +87,8 @@ def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: in
     rows = []
     for _, r in agg.iterrows():
         runs = d[(d.method == r.method) & (d.variant == r.variant)]
-        runs_epochs = set(d[(d.method == r.method) & (d.variant == r.variant)].epochs)
         base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)
-                 & d.epochs.isin(runs_epochs)]
+                 & d.epochs.isin(set(runs.epochs))]
         out = r.to_dict()
         out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
         if r.method != "baseline" and not base.empty:

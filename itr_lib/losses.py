@@ -106,8 +106,7 @@ def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, tem
     locals of a query's own items are positives; those of the other items are negatives, of which only the
     top-k hardest are kept (k capped by what the batch has). InfoNCE per positive, averaged over all
     positives. (Computed on the valid locals only: ``cra_loss_packed``.)"""
-    owner = torch.arange(locals_.shape[0], device=locals_.device)[:, None].expand(mask.shape)[mask]
-    return cra_loss_packed(query, locals_[mask], owner, temperature, topk, pos)
+    return cra_loss_packed(query, locals_[mask], mask.nonzero(as_tuple=True)[0], temperature, topk, pos)
 
 
 def cra_loss_packed(query: torch.Tensor, flat: torch.Tensor, owner: torch.Tensor, temperature: float = 0.7,

@@ -182,13 +182,14 @@ def _publish(cfg, results_dir: Path) -> None:
 
 def _recorded(cfg, results_dir: Path) -> dict | None:
     """The published metrics of ``cfg``'s run (``<results_dir>/metrics/<run>.json``), or None when not recorded."""
-    path = Path(results_dir) / "metrics" / f"{Path(cfg.run_dir).name}.json"
+    run = Path(cfg.run_dir).name
+    path = Path(results_dir) / "metrics" / f"{run}.json"
     if not path.is_file():
         return None
     rec = read_json(path)
     if rec.get("config_identity") != cfg.identity():
         raise StudyError(f"{path} records another configuration (field 'config_identity' differs from run "
-                         f"{Path(cfg.run_dir).name}). Fix: delete {path} (and runs/{Path(cfg.run_dir).name}) to retrain it.")
+                         f"{run}). Fix: delete {path} (and runs/{run}) to retrain it.")
     return rec
 
 

@@ -200,6 +200,22 @@ class SplitTensors:
             mask[mask.sum(1) == 0, 0] = True
         return regions, mask
 
+    def train_batch(self, ii: torch.Tensor, cfg: "TrainConfig", multi: bool, one_caption: np.ndarray,
+                    gen: torch.Generator | None = None, vocab_size: int | None = None) -> Batch:
+        """The training batch of images ``ii``: with ``multi`` every caption of each image (and ``cap2img``), else
+        the caption ``one_caption[i]`` of each image i; with the config's region / token drop and, when
+        ``cfg.false_negatives == "mask"``, the false-negative mask."""
+        if multi:
+            caps = [self.img2txt[i] for i in ii.tolist()]
+            tt = torch.tensor([c for cs in caps for c in cs])
+            cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
+        else:
+            tt, cap2img = torch.from_numpy(one_caption[ii.numpy()]), None
+        regions, rmask = self.image_batch(ii, cfg.region_drop, gen)
+        text, tmask, wmask = self.text_batch(tt, cfg.token_drop, gen, vocab_size)
+        ignore = self.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
+        return Batch(regions, rmask, text, tmask, wmask, ignore, cap2img)
+
     def false_negative_mask(self, img_idx: torch.Tensor, cap_idx: torch.Tensor) -> torch.Tensor:
         """(B, B): True where caption j's text is one of image i's captions (i != j pairs only matter)."""
         keys = self.cap_key[cap_idx]
@@ -399,16 +415,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
             ii = torch.from_numpy(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
             if len(ii) < 2:
                 continue
-            if multi:
-                caps = [tr.img2txt[i] for i in ii.tolist()]
-                tt = torch.tensor([c for cs in caps for c in cs])
-                cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
-            else:
-                tt, cap2img = torch.from_numpy(cap_choice[ii.numpy()]), None
-            regions, rmask = tr.image_batch(ii, cfg.region_drop, gen)
-            text, tmask, wmask = tr.text_batch(tt, cfg.token_drop, gen, vocab_size)
-            ignore = tr.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
-            batch = Batch(regions, rmask, text, tmask, wmask, ignore, cap2img).to(device)
+            batch = tr.train_batch(ii, cfg, multi, cap_choice, gen, vocab_size).to(device)
             model.on_step_start(epoch)
             img = model.encode_images(batch.regions, batch.region_mask)
             txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)

@@ -19,7 +19,6 @@ import torch
 
 from itr_lib.experiments import LOSSES, VARIANTS, make_config
 from itr_lib.io import REPO_ROOT, atomic_write_text
-from itr_lib.models import Batch
 from itr_lib.train import load_split_tensors, make_model, multi_caption
 
 PARTS = ("batch", "encode", "loss", "backward", "optimizer")
@@ -39,20 +38,13 @@ def time_variant(variant: str, dataset: str, threads: int, steps: int, dim: int,
     multi = multi_caption(cfg, model)
     gen = torch.Generator().manual_seed(0)
     order = np.random.default_rng(0).permutation(tr.n_images)
+    first_caption = np.array([c[0] for c in tr.img2txt])  # one-caption methods: each image's first caption
     sums = dict.fromkeys(PARTS, 0.0)
     n_texts = []
     for s in range(steps + 2):  # two warm-up steps
         t = [time.perf_counter()]
-        ii = torch.from_numpy(order[s * cfg.batch_size:(s + 1) * cfg.batch_size])
-        if multi:
-            caps = [tr.img2txt[i] for i in ii.tolist()]
-            tt = torch.tensor([c for cs in caps for c in cs])
-            cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
-        else:
-            tt, cap2img = torch.from_numpy(np.array([tr.img2txt[i][0] for i in ii.tolist()])), None
-        regions, rmask = tr.image_batch(ii, cfg.region_drop, gen)
-        text, tmask, wmask = tr.text_batch(tt, cfg.token_drop, gen)
-        batch = Batch(regions, rmask, text, tmask, wmask, tr.false_negative_mask(ii, tt), cap2img)
+        batch = tr.train_batch(torch.from_numpy(order[s * cfg.batch_size:(s + 1) * cfg.batch_size]), cfg, multi,
+                               first_caption, gen)
         t.append(time.perf_counter())
         model.on_step_start(1)
         img = model.encode_images(batch.regions, batch.region_mask)
@@ -69,7 +61,7 @@ def time_variant(variant: str, dataset: str, threads: int, steps: int, dim: int,
         if s >= 2:
             for p, a, b in zip(PARTS, t[:-1], t[1:]):
                 sums[p] += (b - a) / steps
-            n_texts.append(len(tt))
+            n_texts.append(batch.text.shape[0])
     step = sum(sums.values())
     n_steps = (tr.n_images + cfg.batch_size - 1) // cfg.batch_size
     return {"dataset": dataset, "variant": variant, "threads": threads, "batch_images": cfg.batch_size,

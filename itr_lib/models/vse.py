@@ -30,7 +30,7 @@ class CRABranch(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict:
         # the locals of the valid positions only, packed (V, D), with the item each belongs to: the
         # padded (B, N, D) form would cost every elementwise op and the CRA scores twice on short captions
-        owner = torch.arange(h.shape[0], device=h.device)[:, None].expand(mask.shape)[mask]
+        owner = mask.nonzero(as_tuple=True)[0]  # the item of each valid position, in the order of h[mask]
         flat = l2norm(F.relu(self.bn_local.bn(h[mask])))
         counts = mask.sum(1, keepdim=True).clamp_min(1).to(flat.dtype)
         mean_local = torch.zeros(h.shape[0], h.shape[-1], dtype=flat.dtype, device=h.device).index_add(0, owner, flat) / counts
