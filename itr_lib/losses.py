@@ -71,30 +71,59 @@ def lca_loss(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tens
              return_details: bool = False, cap2img: torch.Tensor | None = None):
     """SelfAlign's Local Concept Alignment (swapped prediction of region codes from words).
 
-    regions (B, R, D), words (B, L, D): l2-normalised pre-context features; codebook (K, D) unit rows.
+    regions (B, R, D), words (M, L, D): l2-normalised pre-context features; codebook (K, D) unit rows.
     Region codes: Sinkhorn over every valid region of the batch on detached scores. Each word j is matched
     to r*(j) = argmax_r <w_j, v_r> over the regions of its own image; loss = mean over words of
     CE(q_{r*(j)}, softmax(<c_k, w_j> / temperature)). Only words and codebook receive gradient.
-    ``cap2img`` (M,): the image of each caption when a batch holds M captions of B images (default: pairs)."""
+    ``cap2img`` (M,): the image of each caption when a batch holds M captions of B images (default: M = B
+    pairs). Computed on the valid words only: :func:`lca_loss_packed`."""
+    img_of = cap2img if cap2img is not None else torch.arange(words.shape[0], device=words.device)
+    word_img = img_of[word_mask.nonzero(as_tuple=True)[0]]
+    loss = lca_loss_packed(regions[region_mask], region_mask, words[word_mask], word_img, codebook, eps, iters,
+                           temperature)
+    if not return_details:
+        return loss
+    with torch.no_grad():  # the analysis readout, on the padded layout
+        v = regions.detach()
+        codes = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)
+        full = torch.zeros(*region_mask.shape, codes.size(1), device=codes.device)
+        full[region_mask] = codes
+        sim = torch.einsum("bld,brd->blr", words.detach(), v[img_of]).masked_fill(
+            ~region_mask[img_of][:, None, :], float("-inf"))
+        word_logp = F.log_softmax((words.detach() @ codebook.detach().t()) / temperature, dim=-1)
+    # per caption (M, ...): its words' best regions, its image's region codes, its words' concept log-probs
+    return loss, {"r_star": sim.argmax(-1), "codes": full[img_of], "word_logp": word_logp}
+
+
+def lca_loss_packed(regions: torch.Tensor, region_mask: torch.Tensor, words: torch.Tensor, word_img: torch.Tensor,
+                    codebook: torch.Tensor, eps: float = 0.05, iters: int = 3,
+                    temperature: float = 0.1) -> torch.Tensor:
+    """``lca_loss`` on packed inputs: regions (V, D) = the valid regions of B images (padded[region_mask],
+    region_mask (B, R)), words (W, D) the valid words, word_img (W,) the batch image of each word.
+
+    The word->region argmax runs per image on a (B, words of the image, R) block: no per-caption copy of the
+    regions and no padded caption positions."""
+    b = region_mask.shape[0]
     with torch.no_grad():
         v = regions.detach()
+        codes = sinkhorn(v @ codebook.detach().t(), eps, iters)  # (valid regions, K)
         flat = torch.full(region_mask.shape, -1, dtype=torch.long, device=v.device)
-        flat[region_mask] = torch.arange(int(region_mask.sum()), device=v.device)
-        codes = sinkhorn(v[region_mask] @ codebook.detach().t(), eps, iters)  # (valid regions, K)
-        if cap2img is not None:
-            v, flat, region_mask = v[cap2img], flat[cap2img], region_mask[cap2img]
-        sim = torch.einsum("bld,brd->blr", words.detach(), v).masked_fill(~region_mask[:, None, :], float("-inf"))
-        r_star = sim.argmax(-1)  # (B, L)
-        target = codes[flat.gather(1, r_star)[word_mask]]  # (valid words, K): the codes of their regions
-    # the prediction only for the valid words (padding would be masked out of the mean anyway)
-    logp = F.log_softmax((words[word_mask] @ codebook.t()) / temperature, dim=-1)
-    loss = -(target * logp).sum(-1).mean()
-    if return_details:
-        full = torch.zeros(*flat.shape, codes.size(1), device=codes.device)
-        full[region_mask] = codes[flat[region_mask]]
-        word_logp = F.log_softmax((words.detach() @ codebook.detach().t()) / temperature, dim=-1)
-        return loss, {"r_star": r_star, "codes": full, "word_logp": word_logp}
-    return loss
+        flat[region_mask] = torch.arange(v.shape[0], device=v.device)
+        vpad = v.new_zeros(*region_mask.shape, v.shape[-1])
+        vpad[region_mask] = v
+        # the words grouped by image: slot = rank of the word among its image's words
+        order = torch.argsort(word_img, stable=True)
+        img_sorted = word_img[order]
+        counts = torch.bincount(word_img, minlength=b)
+        slot = torch.arange(len(order), device=v.device) - (torch.cumsum(counts, 0) - counts)[img_sorted]
+        wpad = v.new_zeros(b, int(counts.max()) if len(order) else 0, v.shape[-1])
+        wpad[img_sorted, slot] = words.detach()[order]
+        sim = torch.bmm(wpad, vpad.transpose(1, 2)).masked_fill_(~region_mask[:, None, :], float("-inf"))
+        r_star = torch.empty_like(word_img)
+        r_star[order] = sim.argmax(-1)[img_sorted, slot]
+        target = codes[flat[word_img, r_star]]  # (words, K): the codes of their regions
+    logp = F.log_softmax((words @ codebook.t()) / temperature, dim=-1)
+    return -(target * logp).sum(-1).mean()
 
 
 def cra_loss(query: torch.Tensor, locals_: torch.Tensor, mask: torch.Tensor, temperature: float = 0.7,

@@ -314,3 +314,47 @@ def test_l2norm_gradient_matches_autograd_of_the_formula():
     assert torch.isfinite(x.grad).all()
     assert torch.allclose(x.grad[1:], ref.grad[1:], atol=1e-12)
     assert torch.allclose(x.grad[0, 1:], ref.grad[0, 1:], atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["mean", "max", "meanmax", "gpo"])
+def test_packed_pooling_equals_padded_pooling_in_value_and_gradient(kind):
+    torch.manual_seed(4)
+    pool = Pool(kind)
+    x = torch.randn(5, 7, 6)
+    mask = torch.rand(5, 7) > 0.4
+    mask[:, 0] = True
+    mask[3] = True  # one full row
+    grads = []
+    for packed in (False, True):
+        xx = x.clone().requires_grad_(True)
+        out = pool.packed(xx[mask], mask.nonzero(as_tuple=True)[0], mask) if packed else pool(xx, mask)
+        (out * torch.arange(6.0)).sum().backward()
+        grads.append((out.detach(), xx.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    assert torch.count_nonzero(grads[1][1][~mask]) == 0  # padding gets no gradient
+
+
+def test_model_lca_and_cra_terms_equal_the_direct_forms_on_a_multi_caption_batch():
+    """The model's packed wiring (valid tokens, word selection, caption -> image) gives the same LCA and CRA
+    terms as the padded reference losses on a batch with dropped regions, dropped words and 1-3 captions
+    per image."""
+    from itr_lib.models import Batch
+    from itr_lib.models.encoders import unpack
+    torch.manual_seed(6)
+    m = VSEModel(dim=16, lca=True, cra=True, codebook_size=8, base_loss="infonce", pooling="meanmax").train()
+    regions, rmask, _, _, _ = _batch(b=3)
+    cap2img = torch.tensor([0, 1, 1, 1, 2, 2])
+    text = torch.randn(6, 8, 384)
+    tmask = torch.arange(8)[None, :] < torch.tensor([8, 5, 6, 4, 7, 3])[:, None]
+    wmask = tmask & (torch.arange(8)[None, :] > 0)
+    wmask[0, 3] = tmask[0, 3] = False  # a dropped word
+    img, txt = m.encode_images(regions, rmask), m.encode_texts(text, tmask, wmask)
+    _, terms = m.compute_loss(img, txt, Batch(regions, rmask, text, tmask, wmask, None, cap2img), epoch=1)
+    v, w = unpack(img["pre_flat"], rmask), unpack(txt["pre_flat"], tmask)
+    ref_lca = _ref_lca(v, rmask, w, wmask, m.codebook.weight, 0.05, 3, 0.1, cap2img=cap2img)
+    assert terms["lca"] == pytest.approx(ref_lca.item(), rel=1e-5)
+    pos = cap2img[None, :] == torch.arange(3)[:, None]
+    ref_cra = 0.5 * (_ref_cra(txt["cra_global"], unpack(img["cra_flat"], rmask), rmask, 0.7, 512, pos.t())
+                     + _ref_cra(img["cra_global"], unpack(txt["cra_flat"], tmask), tmask, 0.7, 512, pos))
+    assert terms["cra"] == pytest.approx(ref_cra.item(), rel=1e-5)

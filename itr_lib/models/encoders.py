@@ -40,13 +40,19 @@ def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + eps)
 
 
-def masked_linear(layer: nn.Module, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``layer`` applied to the valid positions of (B, N, C) only; padded / dropped positions come out zero
-    (every consumer masks them). Short captions leave over half of a batch's token slots empty."""
+def valid_rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The valid positions of (B, N, ...) as (V, ...), row-major (the order of ``mask.nonzero()``); a view when
+    every position is valid."""
     if bool(mask.all()):
-        return layer(x)
-    flat = layer(x[mask])
-    out = flat.new_zeros(*mask.shape, flat.shape[-1])
+        return x.reshape(-1, *x.shape[2:])
+    return x[mask]
+
+
+def unpack(flat: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Inverse of :func:`valid_rows`: (V, D) valid rows -> (B, N, D) with ``fill`` at the other positions."""
+    if bool(mask.all()):
+        return flat.reshape(*mask.shape, flat.shape[-1])
+    out = flat.new_full((*mask.shape, flat.shape[-1]), fill)
     out[mask] = flat
     return out
 
@@ -139,6 +145,19 @@ class Pool(nn.Module):
             return masked_mean(x, mask) + masked_max(x, mask)
         return self.gpo(x, mask)
 
+    def packed(self, flat: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The same pooling of packed valid positions: flat (V, D) = x[mask], owner (V,) the row of each.
+        Mean pooling sums the packed rows (no padded tensor); max and GPO read a padded view."""
+        if self.kind in ("mean", "meanmax"):
+            counts = mask.sum(1, keepdim=True).clamp_min(1).to(flat.dtype)
+            mean = flat.new_zeros(mask.shape[0], flat.shape[-1]).index_add(0, owner, flat) / counts
+            if self.kind == "mean":
+                return mean
+        if self.kind in ("max", "meanmax"):
+            mx = unpack(flat, mask, float("-inf")).max(1).values
+            return mx if self.kind == "max" else mean + mx
+        return self.gpo(unpack(flat, mask), mask)
+
 
 class ResidualMLP(nn.Module):
     """VSE-infinity's 'basic' precomputed-feature encoder: fc(x) + MLP(x) (2 layers, BN, ReLU)."""
@@ -148,8 +167,9 @@ class ResidualMLP(nn.Module):
         hidden = hidden or d_out // 2
         self.fc1, self.bn, self.fc2 = nn.Linear(d_in, hidden), MaskedBatchNorm(hidden), nn.Linear(hidden, d_out)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.relu(self.bn(self.fc1(x), mask)))
+    def forward_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """The map on packed valid positions (V, C) (batch statistics over exactly those positions)."""
+        return self.fc2(F.relu(self.bn.bn(self.fc1(x))))
 
 
 class RegionEncoder(nn.Module):
@@ -163,9 +183,14 @@ class RegionEncoder(nn.Module):
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = masked_linear(self.proj, regions, mask)
-        locals_ = pre + self.mlp(regions, mask) if self.mlp is not None else pre
-        return pre, locals_
+        """(B, R, C) -> padded (pre, locals), each (B, R, D); invalid positions come out zero."""
+        pre, locals_ = self.forward_flat(valid_rows(regions, mask))
+        return unpack(pre, mask), unpack(locals_, mask)
+
+    def forward_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` on the packed valid regions (V, C) -> packed (pre, locals), each (V, D)."""
+        pre = self.proj(x)
+        return pre, (pre + self.mlp.forward_flat(x) if self.mlp is not None else pre)
 
 
 class MiniLMTextEncoder(nn.Module):
@@ -177,9 +202,14 @@ class MiniLMTextEncoder(nn.Module):
         self.mlp = ResidualMLP(d_in, dim) if mlp else None
 
     def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        pre = masked_linear(self.proj, feats, mask)
-        locals_ = pre + self.mlp(feats, mask) if self.mlp is not None else pre
-        return pre, locals_
+        """(B, L, 384) -> padded (pre, locals), each (B, L, D); invalid positions come out zero."""
+        pre, locals_ = self.forward_flat(valid_rows(feats, mask))
+        return unpack(pre, mask), unpack(locals_, mask)
+
+    def forward_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` on the packed valid tokens (V, 384) -> packed (pre, locals), each (V, D)."""
+        pre = self.proj(x)
+        return pre, (pre + self.mlp.forward_flat(x) if self.mlp is not None else pre)
 
 
 class GRUTextEncoder(nn.Module):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import losses as L
 from .base import Batch, RetrievalModel
-from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm
+from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, unpack, valid_rows
 
 
 class CRABranch(nn.Module):
@@ -27,19 +27,17 @@ class CRABranch(nn.Module):
         self.global_fc, self.global_bn = nn.Linear(dim, dim), nn.BatchNorm1d(dim)
         self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.ReLU(), nn.Linear(dim, 1))
 
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> dict:
-        # the locals of the valid positions only, packed (V, D), with the item each belongs to: the
-        # padded (B, N, D) form would cost every elementwise op and the CRA scores twice on short captions
-        owner = mask.nonzero(as_tuple=True)[0]  # the item of each valid position, in the order of h[mask]
-        flat = l2norm(F.relu(self.bn_local.bn(h[mask])))
-        counts = mask.sum(1, keepdim=True).clamp_min(1).to(flat.dtype)
-        mean_local = torch.zeros(h.shape[0], h.shape[-1], dtype=flat.dtype, device=h.device).index_add(0, owner, flat) / counts
+    def forward(self, h: torch.Tensor, owner: torch.Tensor, n: int) -> dict:
+        """h (V, D): the packed valid locals of n items, owner (V,) the item of each (the padded (B, N, D) form
+        would cost every elementwise op and the CRA scores twice on short captions)."""
+        flat = l2norm(F.relu(self.bn_local.bn(h)))
+        counts = torch.bincount(owner, minlength=n).clamp_min(1).to(flat.dtype)[:, None]
+        mean_local = flat.new_zeros(n, flat.shape[-1]).index_add(0, owner, flat) / counts
         g = l2norm(F.relu(self.global_bn(self.global_fc(mean_local))))
         mean_n = l2norm(mean_local)
         gate = torch.sigmoid(self.gate(torch.cat([mean_n, g], dim=-1)))
         fused = l2norm(gate * mean_n + (1 - gate) * g)
-        return {"cra_flat": flat, "cra_owner": owner, "cra_global": g, "cra_mean": mean_n, "cra_fused": fused,
-                "gate": gate}
+        return {"cra_flat": flat, "cra_global": g, "cra_mean": mean_n, "cra_fused": fused, "gate": gate}
 
 
 class VSEModel(RetrievalModel):
@@ -71,19 +69,30 @@ class VSEModel(RetrievalModel):
 
     # -------------------------------------------------------------------------------- encoding
     def _finish(self, pre, h, mask, pool, cra_branch) -> dict:
-        # "pre": l2-normalised pre-context projections, LCA's input and the word-object analysis's space
-        out = {"emb": l2norm(pool(h, mask)), "mask": mask, "pre": l2norm(pre)}
+        """pre, h (V, D): the packed valid positions (``mask``'s row-major order) before / after context.
+
+        Outputs: "emb" (pooled, l2), "pre_flat" (l2-normalised pre-context projections, LCA's input) with
+        "owner" (the row of each), and in eval mode "pre", the same padded (B, N, D) with zeros, the
+        word-object analysis's space; with CRA its locals, globals and fused vectors."""
+        owner = mask.nonzero(as_tuple=True)[0]
+        pre = l2norm(pre)
+        out = {"emb": l2norm(pool.packed(h, owner, mask)), "mask": mask, "pre_flat": pre, "owner": owner}
+        if not self.training:
+            out["pre"] = unpack(pre, mask)
         if self.use_cra:
-            out.update(cra_branch(h, mask))
+            out.update(cra_branch(h, owner, mask.shape[0]))
         return out
 
     def encode_images(self, regions, region_mask) -> dict:
-        pre, h = self.img_enc(regions.float(), region_mask)
+        pre, h = self.img_enc.forward_flat(valid_rows(regions, region_mask).float())
         return self._finish(pre, h, region_mask, self.img_pool, self.img_cra if self.use_cra else None)
 
     def encode_texts(self, text, text_mask, word_mask) -> dict:
-        text = text if self.text_kind == "gru" else text.float()
-        pre, h = self.txt_enc(text, text_mask)
+        if self.text_kind == "gru":  # the BiGRU reads the padded sequence
+            pre, h = self.txt_enc(text, text_mask)
+            pre, h = pre[text_mask], h[text_mask]
+        else:
+            pre, h = self.txt_enc.forward_flat(valid_rows(text, text_mask).float())
         out = self._finish(pre, h, text_mask, self.txt_pool, self.txt_cra if self.use_cra else None)
         out["word_mask"] = word_mask
         return out
@@ -126,14 +135,17 @@ class VSEModel(RetrievalModel):
         terms = {"base": base}
         total = base
         if self.use_lca:
-            lca = L.lca_loss(img["pre"], img["mask"], txt["pre"], txt["word_mask"], self.codebook.weight,
-                             hp["lca_eps"], hp["lca_iters"], hp["lca_temperature"], cap2img=batch.cap2img)
+            sel = txt["word_mask"][txt["mask"]]  # the words among the packed valid tokens
+            owner = txt["owner"][sel]
+            lca = L.lca_loss_packed(img["pre_flat"], img["mask"], txt["pre_flat"][sel],
+                                    owner if batch.cap2img is None else batch.cap2img[owner], self.codebook.weight,
+                                    hp["lca_eps"], hp["lca_iters"], hp["lca_temperature"])
             terms["lca"] = lca
             total = total + hp["lca_weight"] * lca
         if self.use_cra:
-            cra = 0.5 * (L.cra_loss_packed(txt["cra_global"], img["cra_flat"], img["cra_owner"],
+            cra = 0.5 * (L.cra_loss_packed(txt["cra_global"], img["cra_flat"], img["owner"],
                                            hp["cra_temperature"], hp["cra_topk"], pos=None if pos is None else pos.t())
-                         + L.cra_loss_packed(img["cra_global"], txt["cra_flat"], txt["cra_owner"],
+                         + L.cra_loss_packed(img["cra_global"], txt["cra_flat"], txt["owner"],
                                              hp["cra_temperature"], hp["cra_topk"], pos=pos))
             terms["cra"] = cra
             total = total + hp["cra_weight"] * cra
@@ -146,7 +158,7 @@ class VSEModel(RetrievalModel):
         """For paired (img[b], txt[b]): word->region cosine similarities (B, L, R) of the pre-context
         projections, the argmax region per word (what LCA trains on; for the baseline, the same readout of
         its projections), and with LCA the concept (codebook entry) each word and region falls into."""
-        w, v = txt["pre"], img["pre"]
+        w, v = unpack(txt["pre_flat"], txt["mask"]), unpack(img["pre_flat"], img["mask"])
         sim = torch.einsum("bld,brd->blr", w, v).masked_fill(~img["mask"][:, None, :], float("-inf"))
         out = {"sim": sim, "r_star": sim.argmax(-1)}
         if self.use_lca:
