@@ -138,3 +138,45 @@ def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", los
                          "best_epoch": [",".join(str(int(b) + 1) for b in x.sort_values("seed").best_epoch) for _, x in g],
                          "val_mr": (g.val_rsum.mean() / 6).round(2).values, "test_mr": g.mr.mean().round(2).values,
                          "train_min_per_run": (g.train_seconds.mean() / 60).round(1).values}).reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------- capacity probe
+# scripts/probe_capacity.py: the ablation's setting (configs/full.yaml: 02_ablations) and one-knob changes of it
+# (the authors' values where the study scaled them down)
+PROBE_BASE = dict(dim=512, pooling="meanmax", mlp=False, lr=5e-4, epochs=6, codebook_size=1024)
+PROBES = [("ablation setting", {}),
+          ("D = 1024 (authors)", {"dim": 1024}),
+          ("GPO pooling (authors)", {"pooling": "gpo"}),
+          ("residual MLP encoders (VSE-inf basic)", {"mlp": True}),
+          ("lr 2e-4 (authors' alternative)", {"lr": 2e-4}),
+          ("10 epochs", {"epochs": 10})]
+
+
+def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tuple[str, dict, TrainConfig]]:
+    """(probe name, its change, config) for every probe (or those in ``names``): ``variant`` with the default loss,
+    PROBE_BASE with the probe's change."""
+    out = []
+    for name, change in PROBES:
+        if names and name not in names:
+            continue
+        cfg = make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=seed, progress=False), **VARIANTS[variant],
+                          **LOSSES["infonce"])
+        out.append((name, change, cfg))
+    return out
+
+
+def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
+    """One row per probe from (name, change, run metrics), the first row the reference: the change, val mR and its
+    gain over the reference (what the choice is made on), test mR (reported, not used), best epoch, training
+    minutes, retrieval-vector size."""
+    recs = []
+    for name, change, m in rows:
+        recs.append({"probe": name, "change": ", ".join(f"{k}={v}" for k, v in change.items()) or "-",
+                     "val_mr": round(m["val"]["standard"]["rsum"] / 6, 2), "test_mr": round(m["test"]["standard"]["mr"], 2),
+                     "best_epoch": m["best_epoch"] + 1, "train_min": round(m["train_seconds"] / 60, 1),
+                     "vector_dim": m["retrieval_vector_dim"], "run": m["run"]})
+    df = pd.DataFrame(recs)
+    ref = df.val_mr.iloc[0]
+    df.insert(3, "val_gain", (df.val_mr - ref).round(2))
+    df["chosen_on_val"] = df.val_mr == df.val_mr.max()
+    return df

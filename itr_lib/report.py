@@ -99,11 +99,13 @@ def run_time_summary(csv_path: Path) -> list[str]:
     if not Path(csv_path).is_file():
         return []
     df = pd.read_csv(csv_path)
-    cols = ["variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s", "test_mr",
-            "load_1min"]
+    if "git_commit" in df:  # the code each row timed (rows accumulate as the code changes)
+        df["commit"] = "`" + df.git_commit.astype(str).str[:7] + "`"  # quoted: an all-digit hash is not a number
+    cols = ["commit", "variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s",
+            "test_mr", "load_1min"]
     return [f"Whole training runs, one at a time on the idle machine (`{_rel(csv_path)}`, "
-            "scripts/bench_train_run.py; train = the epochs' steps, val_select = per-epoch val scoring, final_eval = "
-            "val + test scoring of the chosen checkpoint):", "",
+            "scripts/bench_train_run.py, oldest first; train = the epochs' steps, val_select = per-epoch val scoring, "
+            "final_eval = val + test scoring of the chosen checkpoint):", "",
             to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".1f"), ""]
 
 
@@ -141,6 +143,11 @@ def results_markdown(results_dir: str | Path) -> str:
             for f in (f"ablation_{ds}.png", f"codebook_{ds}.png"):
                 if (figs / f).is_file():
                     lines += [f"![{f}]({rel}/figures/{f})", ""]
+        probe = tables / f"probe_{ds}.csv"
+        if probe.is_file():
+            lines += [f"### {ds.upper()}: capacity probe (scripts/probe_capacity.py: LCA+CRA seed 0, one knob changed from "
+                      f"the ablation's setting at a time, compared on val mR; test mR shown, not used to choose)", "",
+                      to_markdown(pd.read_csv(probe).drop(columns=["run"], errors="ignore"), index=False), ""]
         for extra in (f"efficiency_{ds}.csv", f"pointing_game_{ds}.csv"):
             if (tables / extra).is_file():
                 lines += [f"`{rel}/tables/{extra}`:", "", to_markdown(pd.read_csv(tables / extra), index=False, floatfmt=".3g"), ""]

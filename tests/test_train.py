@@ -209,9 +209,29 @@ def test_step_cost_summary_tabulates_the_benchmark(tmp_path):
 def test_run_time_summary_tabulates_the_benchmark(tmp_path):
     from itr_lib.report import run_time_summary
     csv = tmp_path / "tr.csv"
-    csv.write_text("dataset,variant,epochs,threads,wall_s,train_s,val_select_s,final_eval_s,load_s,test_mr,load_1min\n"
-                   "rsicd,lca+cra,6,2,263.5,240.1,15.2,6.1,2.0,20.9,1.0\n")
+    csv.write_text("dataset,variant,epochs,threads,wall_s,train_s,val_select_s,final_eval_s,load_s,test_mr,load_1min,"
+                   "git_commit\nrsicd,lca+cra,6,2,263.5,240.1,15.2,6.1,2.0,20.9,1.0,1274858bc793a9af-dirty\n")
     table = "\n".join(run_time_summary(csv))
-    row = [ln for ln in table.splitlines() if ln.startswith("| lca+cra")][0]
+    row = [ln for ln in table.splitlines() if "lca+cra" in ln][0]
+    assert row.startswith("| `1274858` ")  # the code each row timed
     assert "263.5" in row and "240.1" in row and "20.9" in row
     assert run_time_summary(tmp_path / "missing.csv") == []
+
+
+def test_capacity_probe_changes_one_knob_at_a_time_and_tables_val_gain():
+    from itr_lib.experiments import PROBE_BASE, probe_configs, probe_table
+    cfgs = probe_configs("rsicd", 0, "lca+cra")
+    assert cfgs[0][1] == {} and len({c.run_name() for _, _, c in cfgs}) == len(cfgs)  # distinct runs
+    ref = cfgs[0][2]
+    for name, change, cfg in cfgs[1:]:
+        diff = {k for k in PROBE_BASE if getattr(cfg, k) != getattr(ref, k)}
+        assert diff == set(change), name
+    assert ref.lca and ref.cra and ref.base_loss == "infonce" and ref.dim == PROBE_BASE["dim"]
+
+    def metrics(val_rsum, mr):
+        return {"val": {"standard": {"rsum": val_rsum}}, "test": {"standard": {"mr": mr}}, "best_epoch": 5,
+                "train_seconds": 120.0, "retrieval_vector_dim": 1536, "run": "r"}
+    df = probe_table([("a", {}, metrics(60.0, 20.0)), ("b", {"dim": 1024}, metrics(66.0, 19.0))])
+    assert list(df.val_mr) == [10.0, 11.0] and list(df.val_gain) == [0.0, 1.0]
+    assert list(df.chosen_on_val) == [False, True]  # chosen on val, whatever test says
+    assert list(df.change) == ["-", "dim=1024"] and list(df.best_epoch) == [6, 6]
