@@ -152,6 +152,14 @@ PROBES = [("ablation setting", {}),
           ("10 epochs", {"epochs": 10})]
 
 
+def probe_confirm_configs(dataset: str, seeds, variant: str, name: str) -> list[TrainConfig]:
+    """The follow-up of the probe ``name`` chosen on val: ``variant`` and the baseline, both with its change, over
+    ``seeds`` (so the gain is measured against a baseline of the same capacity)."""
+    change = dict(PROBES)[name]
+    return [make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=s, progress=False), **VARIANTS[v],
+                        **LOSSES["infonce"]) for s in seeds for v in ("baseline", variant)]
+
+
 def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tuple[str, dict, TrainConfig]]:
     """(probe name, its change, config) for every probe (or those in ``names``): ``variant`` with the default loss,
     PROBE_BASE with the probe's change."""

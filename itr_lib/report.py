@@ -148,6 +148,11 @@ def results_markdown(results_dir: str | Path) -> str:
             lines += [f"### {ds.upper()}: capacity probe (scripts/probe_capacity.py: LCA+CRA seed 0, one knob changed from "
                       f"the ablation's setting at a time, compared on val mR; test mR shown, not used to choose)", "",
                       to_markdown(pd.read_csv(probe).drop(columns=["run"], errors="ignore"), index=False), ""]
+        confirm = tables / f"probe_confirm_{ds}.csv"
+        if confirm.is_file():
+            lines += [f"### {ds.upper()}: the probe chosen on val, over seeds (its baseline has the same change; gain = "
+                      f"rsum difference, 95% paired bootstrap CI over test queries)", "",
+                      _fmt(pd.read_csv(confirm), ["probe"] + SHOW), ""]
         for extra in (f"efficiency_{ds}.csv", f"pointing_game_{ds}.csv"):
             if (tables / extra).is_file():
                 lines += [f"`{rel}/tables/{extra}`:", "", to_markdown(pd.read_csv(tables / extra), index=False, floatfmt=".3g"), ""]

@@ -5,12 +5,21 @@ it, not used to choose. Runs live in ``results/<profile>/probe/`` (metrics commi
 ``results/<profile>/tables/probe_<dataset>.csv``; runs already recorded are reused.
 
     python scripts/probe_capacity.py --dataset rsicd --workers 2
+    python scripts/probe_capacity.py --dataset rsicd --confirm "D = 1024 (authors)" --seeds 0 1 2
+
+``--confirm NAME`` follows up the probe chosen on val: the variant and the baseline, both with that change, over
+``--seeds``, in ``results/<profile>/probe/confirm-<slug>/``; the ablation table of those runs (mean +- std, paired
+bootstrap rsum gain over the baseline of the same capacity) goes to ``tables/probe_confirm_<dataset>.csv``.
 """
 from __future__ import annotations
 
 import argparse
 
-from itr_lib.experiments import VARIANTS, probe_configs, probe_table
+import re
+import shutil
+
+from itr_lib.experiments import (PROBES, VARIANTS, ablation_table, probe_configs, probe_confirm_configs, probe_table,
+                                 runs_frame)
 from itr_lib.io import REPO_ROOT, atomic_write_text
 from itr_lib.study import run_grid
 
@@ -23,8 +32,28 @@ def main() -> None:
     ap.add_argument("--profile", default="full")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="probe names to run (default: all)")
+    ap.add_argument("--confirm", default=None, choices=[n for n, _ in PROBES],
+                    help="train this probe's change over --seeds, with its baseline")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a = ap.parse_args()
     res = REPO_ROOT / "results" / a.profile
+    if a.confirm:
+        cdir = res / "probe" / ("confirm-" + re.sub(r"[^a-z0-9]+", "-", a.confirm.lower()).strip("-"))
+        cfgs = probe_confirm_configs(a.dataset, a.seeds, a.variant, a.confirm)
+        (cdir / "metrics").mkdir(parents=True, exist_ok=True)
+        for c in cfgs:  # the probe's own run of this config (same name, same identity) is reused, not retrained
+            for suffix in (".json", ".ranks.npz"):
+                src, dst = res / "probe" / "metrics" / f"{c.run_name()}{suffix}", cdir / "metrics" / f"{c.run_name()}{suffix}"
+                if src.is_file() and not dst.is_file():
+                    shutil.copyfile(src, dst)
+        run_grid(cfgs, cdir, workers=a.workers, threads=1)
+        df = ablation_table(runs_frame(cdir / "metrics"), a.dataset, cdir / "metrics")
+        df.insert(0, "probe", a.confirm)
+        out = res / "tables" / f"probe_confirm_{a.dataset}.csv"
+        atomic_write_text(out, df.to_csv(index=False))
+        print(df.to_string(index=False))
+        print("->", out)
+        return
     cfgs = probe_configs(a.dataset, a.seed, a.variant, a.only)
     metrics = run_grid([c for _, _, c in cfgs], res / "probe", workers=a.workers, threads=1)
     df = probe_table([(n, ch, m) for (n, ch, _), m in zip(cfgs, metrics)])

@@ -235,3 +235,9 @@ def test_capacity_probe_changes_one_knob_at_a_time_and_tables_val_gain():
     assert list(df.val_mr) == [10.0, 11.0] and list(df.val_gain) == [0.0, 1.0]
     assert list(df.chosen_on_val) == [False, True]  # chosen on val, whatever test says
     assert list(df.change) == ["-", "dim=1024"] and list(df.best_epoch) == [6, 6]
+    from itr_lib.experiments import probe_confirm_configs
+    conf = probe_confirm_configs("rsicd", [0, 1], "lca+cra", "D = 1024 (authors)")
+    assert [(c.seed, c.method, c.dim) for c in conf] == [(0, "baseline", 1024), (0, "selfalign", 1024),
+                                                         (1, "baseline", 1024), (1, "selfalign", 1024)]
+    probe_d1024 = [c for n, _, c in cfgs if n == "D = 1024 (authors)"][0]
+    assert conf[1].run_name() == probe_d1024.run_name()  # the probe's seed-0 run is the follow-up's, not retrained
