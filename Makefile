@@ -3,7 +3,7 @@ PYTHON ?= python3
 PROFILE ?= full
 DATASETS ?= rsicd ucm
 
-.PHONY: setup test test-fast features smoke study bench clean-smoke strip
+.PHONY: setup test test-fast features smoke study bench bench-train probe clean-smoke strip
 
 setup:            ## install the package, its dependencies and the notebook tooling
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -27,6 +27,14 @@ study:            ## the full profile: both datasets, all ablations and methods,
 
 bench:            ## efficiency benchmarks (query cost, hardware floor, scaling) into results/
 	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 04
+
+bench-train:      ## training cost: seconds per step by variant, and whole 6-epoch runs (run on an idle machine)
+	$(PYTHON) scripts/bench_train_step.py --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra --append
+	$(PYTHON) scripts/bench_train_run.py --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
+
+probe:            ## capacity probe of LCA+CRA on RSICD (seed 0, chosen on val), then the choice over 3 seeds
+	$(PYTHON) scripts/probe_capacity.py --dataset rsicd --workers 2
+	$(PYTHON) scripts/probe_capacity.py --dataset rsicd --confirm chosen --seeds 0 1 2 --workers 2
 
 strip:            ## strip outputs and papermill metadata from the committed notebooks
 	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb

@@ -161,11 +161,14 @@ def probe_confirm_configs(dataset: str, seeds, variant: str, name: str) -> list[
 
 
 def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tuple[str, dict, TrainConfig]]:
-    """(probe name, its change, config) for every probe (or those in ``names``): ``variant`` with the default loss,
-    PROBE_BASE with the probe's change."""
+    """(probe name, its change, config) for every probe (or those in ``names``, always after the reference, the
+    first probe): ``variant`` with the default loss, PROBE_BASE with the probe's change."""
+    unknown = sorted(set(names or ()) - {n for n, _ in PROBES})
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; choose from {[n for n, _ in PROBES]}")
     out = []
-    for name, change in PROBES:
-        if names and name not in names:
+    for i, (name, change) in enumerate(PROBES):
+        if names and i > 0 and name not in names:
             continue
         cfg = make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=seed, progress=False), **VARIANTS[variant],
                           **LOSSES["infonce"])

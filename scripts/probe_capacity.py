@@ -5,7 +5,7 @@ it, not used to choose. Runs live in ``results/<profile>/probe/`` (metrics commi
 ``results/<profile>/tables/probe_<dataset>.csv``; runs already recorded are reused.
 
     python scripts/probe_capacity.py --dataset rsicd --workers 2
-    python scripts/probe_capacity.py --dataset rsicd --confirm "D = 1024 (authors)" --seeds 0 1 2
+    python scripts/probe_capacity.py --dataset rsicd --confirm chosen --seeds 0 1 2     # or --confirm "<probe name>"
 
 ``--confirm NAME`` follows up the probe chosen on val: the variant and the baseline, both with that change, over
 ``--seeds``, in ``results/<profile>/probe/confirm-<slug>/``; the ablation table of those runs (mean +- std, paired
@@ -17,6 +17,8 @@ import argparse
 
 import re
 import shutil
+
+import pandas as pd
 
 from itr_lib.experiments import (PROBES, VARIANTS, ablation_table, probe_configs, probe_confirm_configs, probe_table,
                                  runs_frame)
@@ -32,11 +34,19 @@ def main() -> None:
     ap.add_argument("--profile", default="full")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", default=None, help="probe names to run (default: all)")
-    ap.add_argument("--confirm", default=None, choices=[n for n, _ in PROBES],
-                    help="train this probe's change over --seeds, with its baseline")
+    ap.add_argument("--confirm", default=None, choices=[n for n, _ in PROBES] + ["chosen"],
+                    help="train this probe's change over --seeds, with its baseline ('chosen': the probe table's "
+                         "choice on val)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     a = ap.parse_args()
     res = REPO_ROOT / "results" / a.profile
+    if a.confirm == "chosen":
+        table = res / "tables" / f"probe_{a.dataset}.csv"
+        if not table.is_file():
+            raise SystemExit(f"{table} not found. Fix: run the probe first (without --confirm).")
+        t = pd.read_csv(table)
+        a.confirm = t.loc[t.val_mr.idxmax(), "probe"]
+        print("chosen on val:", a.confirm)
     if a.confirm:
         cdir = res / "probe" / ("confirm-" + re.sub(r"[^a-z0-9]+", "-", a.confirm.lower()).strip("-"))
         cfgs = probe_confirm_configs(a.dataset, a.seeds, a.variant, a.confirm)

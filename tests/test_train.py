@@ -241,3 +241,7 @@ def test_capacity_probe_changes_one_knob_at_a_time_and_tables_val_gain():
                                                          (1, "baseline", 1024), (1, "selfalign", 1024)]
     probe_d1024 = [c for n, _, c in cfgs if n == "D = 1024 (authors)"][0]
     assert conf[1].run_name() == probe_d1024.run_name()  # the probe's seed-0 run is the follow-up's, not retrained
+    only = probe_configs("rsicd", 0, "lca+cra", ["10 epochs"])
+    assert [n for n, _, _ in only] == ["ablation setting", "10 epochs"]  # the reference row always comes first
+    with pytest.raises(ValueError, match="unknown probe"):
+        probe_configs("rsicd", 0, "lca+cra", ["20 epochs"])
