@@ -183,7 +183,8 @@ def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
     recs = []
     for name, change, m in rows:
         recs.append({"probe": name, "change": ", ".join(f"{k}={v}" for k, v in change.items()) or "-",
-                     "val_mr": round(m["val"]["standard"]["rsum"] / 6, 2), "test_mr": round(m["test"]["standard"]["mr"], 2),
+                     "val_mr": round(m["val"]["standard"]["rsum"] / 6, 2),
+                     "test_mr": round(m["test"]["standard"]["mr"], 2),
                      "best_epoch": m["best_epoch"] + 1, "train_min": round(m["train_seconds"] / 60, 1),
                      "vector_dim": m["retrieval_vector_dim"], "run": m["run"]})
     df = pd.DataFrame(recs)

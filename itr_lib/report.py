@@ -145,9 +145,9 @@ def results_markdown(results_dir: str | Path) -> str:
                     lines += [f"![{f}]({rel}/figures/{f})", ""]
         probe = tables / f"probe_{ds}.csv"
         if probe.is_file():
-            lines += [f"### {ds.upper()}: capacity probe (scripts/probe_capacity.py: LCA+CRA seed 0, one knob changed from "
-                      f"the ablation's setting at a time, compared on val mR; test mR shown, not used to choose; train_min per run, "
-                      f"two runs side by side at 1 thread each)", "",
+            lines += [f"### {ds.upper()}: capacity probe (scripts/probe_capacity.py: LCA+CRA seed 0, one knob changed "
+                      f"from the ablation's setting at a time, compared on val mR; test mR shown, not used to choose; "
+                      f"train_min per run, two runs side by side at 1 thread each)", "",
                       to_markdown(pd.read_csv(probe).drop(columns=["run"], errors="ignore"), index=False), ""]
         confirm = tables / f"probe_confirm_{ds}.csv"
         if confirm.is_file():

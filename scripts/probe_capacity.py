@@ -55,7 +55,9 @@ def main() -> None:
             for suffix in (".json", ".ranks.npz"):
                 src, dst = res / "probe" / "metrics" / f"{c.run_name()}{suffix}", cdir / "metrics" / f"{c.run_name()}{suffix}"
                 if src.is_file() and not dst.is_file():
-                    shutil.copyfile(src, dst)
+                    tmp = dst.with_name(f".{dst.name}.tmp")
+                    shutil.copyfile(src, tmp)
+                    tmp.replace(dst)  # atomic: an interrupted copy never looks like a recorded run
         run_grid(cfgs, cdir, workers=a.workers, threads=1)
         df = ablation_table(runs_frame(cdir / "metrics"), a.dataset, cdir / "metrics")
         df.insert(0, "probe", a.confirm)

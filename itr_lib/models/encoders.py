@@ -67,16 +67,15 @@ def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class MaskedBatchNorm(nn.Module):
-    """BatchNorm1d over the valid positions of a (B, N, D) sequence; padding stays zero."""
+    """BatchNorm1d over the valid positions of a batch of sequences, given packed (V, D) (``valid_rows``), so
+    padding never enters the statistics. A wrapper (attribute ``bn``) so that checkpoint keys stay as trained."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.bn = nn.BatchNorm1d(dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros_like(x)
-        out[mask] = self.bn(x[mask])
-        return out
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x)
 
 
 def positional_encoding_1d(d_model: int, length: int, device=None) -> torch.Tensor:
@@ -169,7 +168,7 @@ class ResidualMLP(nn.Module):
 
     def forward_flat(self, x: torch.Tensor) -> torch.Tensor:
         """The map on packed valid positions (V, C) (batch statistics over exactly those positions)."""
-        return self.fc2(F.relu(self.bn.bn(self.fc1(x))))
+        return self.fc2(F.relu(self.bn(self.fc1(x))))
 
 
 class RegionEncoder(nn.Module):

@@ -30,7 +30,7 @@ class CRABranch(nn.Module):
     def forward(self, h: torch.Tensor, owner: torch.Tensor, n: int) -> dict:
         """h (V, D): the packed valid locals of n items, owner (V,) the item of each (the padded (B, N, D) form
         would cost every elementwise op and the CRA scores twice on short captions)."""
-        flat = l2norm(F.relu(self.bn_local.bn(h)))
+        flat = l2norm(F.relu(self.bn_local(h)))
         counts = torch.bincount(owner, minlength=n).clamp_min(1).to(flat.dtype)[:, None]
         mean_local = flat.new_zeros(n, flat.shape[-1]).index_add(0, owner, flat) / counts
         g = l2norm(F.relu(self.global_bn(self.global_fc(mean_local))))
