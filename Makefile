@@ -28,9 +28,10 @@ study:            ## the full profile: both datasets, all ablations and methods,
 bench:            ## efficiency benchmarks (query cost, hardware floor, scaling) into results/
 	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 04
 
-bench-train:      ## training cost: seconds per step by variant, and whole 6-epoch runs (run on an idle machine)
+bench-train:      ## training and encoding cost: seconds per step by variant, whole 6-epoch runs, whole-split encoding (idle machine)
 	$(PYTHON) scripts/bench_train_step.py --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra --append
 	$(PYTHON) scripts/bench_train_run.py --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
+	$(PYTHON) scripts/bench_encode.py --dataset rsicd --split test --threads 1 2
 
 probe:            ## capacity probe of LCA+CRA on RSICD (seed 0, chosen on val), then the choice over 3 seeds
 	$(PYTHON) scripts/probe_capacity.py --dataset rsicd --workers 2

@@ -109,6 +109,18 @@ def run_time_summary(csv_path: Path) -> list[str]:
             to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".1f"), ""]
 
 
+def encode_summary(csv_path: Path) -> list[str]:
+    """Whole-split encoding times (scripts/bench_encode.py): cached features -> retrieval vectors, per model."""
+    if not Path(csv_path).is_file():
+        return []
+    df = pd.read_csv(csv_path)
+    cols = ["variant", "dim", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median", "encode_s_min",
+            "repeats"]
+    return [f"Encoding a whole split with a trained model, cached features to retrieval vectors (`{_rel(csv_path)}`, "
+            "scripts/bench_encode.py, median of the repeats):", "",
+            to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".3g"), ""]
+
+
 def results_markdown(results_dir: str | Path) -> str:
     results_dir = Path(results_dir)
     rel = _rel(results_dir)
@@ -118,6 +130,7 @@ def results_markdown(results_dir: str | Path) -> str:
     lines += feature_summary(REPO_ROOT / "results" / "benchmarks" / "feature_extraction.csv")
     lines += step_cost_summary(REPO_ROOT / "results" / "benchmarks" / "train_step_rsicd.csv")
     lines += run_time_summary(REPO_ROOT / "results" / "benchmarks" / "train_run_rsicd.csv")
+    lines += encode_summary(REPO_ROOT / "results" / "benchmarks" / "encode_split_rsicd.csv")
     lines += ["All numbers: test split, standard protocol (a caption counts only for its own image), checkpoint chosen "
               "on val rsum, mean ± std over seeds. Rows marked *published* are copied from the papers "
               "(METHODS.md), not rerun. A variant label ending in `| key=value` sets a method hyper-parameter off its "

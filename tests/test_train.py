@@ -245,3 +245,13 @@ def test_capacity_probe_changes_one_knob_at_a_time_and_tables_val_gain():
     assert [n for n, _, _ in only] == ["ablation setting", "10 epochs"]  # the reference row always comes first
     with pytest.raises(ValueError, match="unknown probe"):
         probe_configs("rsicd", 0, "lca+cra", ["20 epochs"])
+
+
+def test_encode_summary_tabulates_the_benchmark(tmp_path):
+    from itr_lib.report import encode_summary
+    csv = tmp_path / "enc.csv"
+    csv.write_text("dataset,split,variant,dim,threads,n_images,n_texts,vector_dim,encode_s_median,encode_s_min,repeats\n"
+                   "rsicd,test,baseline | infonce,512,2,1093,5465,512,0.734,0.712,5\n")
+    row = [ln for ln in "\n".join(encode_summary(csv)).splitlines() if "1093" in ln][0]
+    assert "5465" in row and "0.734" in row and "0.712" in row
+    assert encode_summary(tmp_path / "missing.csv") == []
