@@ -149,7 +149,10 @@ PROBES = [("ablation setting", {}),
           ("GPO pooling (authors)", {"pooling": "gpo"}),
           ("residual MLP encoders (VSE-inf basic)", {"mlp": True}),
           ("lr 2e-4 (authors' alternative)", {"lr": 2e-4}),
-          ("10 epochs", {"epochs": 10})]
+          ("10 epochs", {"epochs": 10}),
+          # second round, greedy: the first round's val winner (D = 1024) with the next-best knobs on top
+          ("D = 1024 + residual MLP", {"dim": 1024, "mlp": True}),
+          ("D = 1024 + 10 epochs", {"dim": 1024, "epochs": 10})]
 
 
 def probe_confirm_configs(dataset: str, seeds, variant: str, name: str) -> list[TrainConfig]:

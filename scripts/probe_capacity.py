@@ -9,7 +9,8 @@ it, not used to choose. Runs live in ``results/<profile>/probe/`` (metrics commi
 
 ``--confirm NAME`` follows up the probe chosen on val: the variant and the baseline, both with that change, over
 ``--seeds``, in ``results/<profile>/probe/confirm-<slug>/``; the ablation table of those runs (mean +- std, paired
-bootstrap rsum gain over the baseline of the same capacity) goes to ``tables/probe_confirm_<dataset>.csv``.
+bootstrap rsum gain over the baseline of the same capacity) of every follow-up done so far goes to
+``tables/probe_confirm_<dataset>.csv``.
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ from itr_lib.experiments import (PROBES, VARIANTS, ablation_table, probe_configs
                                  runs_frame)
 from itr_lib.io import REPO_ROOT, atomic_write_text
 from itr_lib.study import run_grid
+
+
+def _slug(probe: str) -> str:
+    """The follow-up folder of a probe: 'D = 1024 (authors)' -> 'confirm-d-1024-authors'."""
+    return "confirm-" + re.sub(r"[^a-z0-9]+", "-", probe.lower()).strip("-")
 
 
 def main() -> None:
@@ -48,7 +54,7 @@ def main() -> None:
         a.confirm = t.loc[t.val_mr.idxmax(), "probe"]
         print("chosen on val:", a.confirm)
     if a.confirm:
-        cdir = res / "probe" / ("confirm-" + re.sub(r"[^a-z0-9]+", "-", a.confirm.lower()).strip("-"))
+        cdir = res / "probe" / _slug(a.confirm)
         cfgs = probe_confirm_configs(a.dataset, a.seeds, a.variant, a.confirm)
         (cdir / "metrics").mkdir(parents=True, exist_ok=True)
         for c in cfgs:  # the probe's own run of this config (same name, same identity) is reused, not retrained
@@ -59,8 +65,14 @@ def main() -> None:
                     shutil.copyfile(src, tmp)
                     tmp.replace(dst)  # atomic: an interrupted copy never looks like a recorded run
         run_grid(cfgs, cdir, workers=a.workers, threads=1)
-        df = ablation_table(runs_frame(cdir / "metrics"), a.dataset, cdir / "metrics")
-        df.insert(0, "probe", a.confirm)
+        parts = []  # every follow-up done so far (one folder each), in probe order
+        for name, _ in PROBES:
+            d = res / "probe" / _slug(name)
+            if (d / "metrics").is_dir():
+                t = ablation_table(runs_frame(d / "metrics"), a.dataset, d / "metrics")
+                t.insert(0, "probe", name)
+                parts.append(t)
+        df = pd.concat(parts, ignore_index=True)
         out = res / "tables" / f"probe_confirm_{a.dataset}.csv"
         atomic_write_text(out, df.to_csv(index=False))
         print(df.to_string(index=False))
