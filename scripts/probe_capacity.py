@@ -1,7 +1,7 @@
 """Capacity probe for the best SelfAlign configuration: does any one of the knobs the study scaled down (joint size D,
 pooling, encoder MLP, learning rate, epochs) move LCA+CRA's *val* mR enough to matter (the issue's goal: RSICD test
-mR > 24.46, PIR)? One change at a time from the ablation's setting, seed 0, chosen on val; test mR is reported beside
-it, not used to choose. Runs live in ``results/<profile>/probe/`` (metrics committed, checkpoints not), the table in
+mR > 24.46, PIR)? One change at a time from the ablation's setting, then (second round, greedy) the next-best knobs on
+top of the first round's winner; seed 0, chosen on val; test mR is reported beside it, not used to choose. Runs live in ``results/<profile>/probe/`` (metrics committed, checkpoints not), the table in
 ``results/<profile>/tables/probe_<dataset>.csv``; runs already recorded are reused.
 
     python scripts/probe_capacity.py --dataset rsicd --workers 2
