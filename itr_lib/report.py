@@ -164,7 +164,8 @@ def results_markdown(results_dir: str | Path) -> str:
                       to_markdown(pd.read_csv(probe).drop(columns=["run"], errors="ignore"), index=False), ""]
         confirm = tables / f"probe_confirm_{ds}.csv"
         if confirm.is_file():
-            lines += [f"### {ds.upper()}: the probes chosen on val (each round), over seeds (each baseline has the same change; gain = "
+            lines += [f"### {ds.upper()}: the probes chosen on val (each round), over seeds (each baseline has the same "
+                      f"change; gain = "
                       f"rsum difference, 95% paired bootstrap CI over test queries)", "",
                       _fmt(pd.read_csv(confirm), ["probe"] + SHOW), ""]
         for extra in (f"efficiency_{ds}.csv", f"pointing_game_{ds}.csv"):
