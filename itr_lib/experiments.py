@@ -155,12 +155,17 @@ PROBES = [("ablation setting", {}),
           ("D = 1024 + 10 epochs", {"dim": 1024, "epochs": 10})]
 
 
+def _probe_config(change: dict, dataset: str, seed: int, variant: str) -> TrainConfig:
+    """``variant`` with the default loss on PROBE_BASE with ``change``."""
+    return make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=seed, progress=False), **VARIANTS[variant],
+                       **LOSSES["infonce"])
+
+
 def probe_confirm_configs(dataset: str, seeds, variant: str, name: str) -> list[TrainConfig]:
     """The follow-up of the probe ``name`` chosen on val: ``variant`` and the baseline, both with its change, over
     ``seeds`` (so the gain is measured against a baseline of the same capacity)."""
     change = dict(PROBES)[name]
-    return [make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=s, progress=False), **VARIANTS[v],
-                        **LOSSES["infonce"]) for s in seeds for v in ("baseline", variant)]
+    return [_probe_config(change, dataset, s, v) for s in seeds for v in ("baseline", variant)]
 
 
 def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tuple[str, dict, TrainConfig]]:
@@ -173,9 +178,7 @@ def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tup
     for i, (name, change) in enumerate(PROBES):
         if names and i > 0 and name not in names:
             continue
-        cfg = make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=seed, progress=False), **VARIANTS[variant],
-                          **LOSSES["infonce"])
-        out.append((name, change, cfg))
+        out.append((name, change, _probe_config(change, dataset, seed, variant)))
     return out
 
 

@@ -80,18 +80,23 @@ def feature_summary(csv_path: Path) -> list[str]:
             f"{df.cpus.iloc[0]} CPU cores):", ""] + lines + [""]
 
 
+def _benchmark_table(df: pd.DataFrame, caption: str, cols: list[str], floatfmt: str) -> list[str]:
+    """A benchmark CSV's chosen columns (those present) as a Markdown table under a one-line caption."""
+    return [caption, "", to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=floatfmt), ""]
+
+
 def step_cost_summary(csv_path: Path) -> list[str]:
     """The training-step benchmark (scripts/bench_train_step.py) as a table: where a step's time goes, per variant."""
     if not Path(csv_path).is_file():
         return []
     df = pd.read_csv(csv_path)
-    cols = ["variant", "threads", "texts_per_step", "batch_s", "encode_s", "loss_s", "backward_s", "optimizer_s",
-            "step_s", "steps_per_epoch", "train_s_per_epoch"]
     load = f", 1-min load {df.load_1min.min():.1f}-{df.load_1min.max():.1f}" if "load_1min" in df else ""
-    return [f"Seconds per training step on real batches (`{_rel(csv_path)}`, "
-            f"scripts/bench_train_step.py; B = 128 images; the ablation variants with all their captions, the other "
-            f"methods with one caption per image{load}):", "",
-            to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".3g"), ""]
+    return _benchmark_table(
+        df, f"Seconds per training step on real batches (`{_rel(csv_path)}`, scripts/bench_train_step.py; B = 128 "
+            f"images; the ablation variants with all their captions, the other methods with one caption per "
+            f"image{load}):",
+        ["variant", "threads", "texts_per_step", "batch_s", "encode_s", "loss_s", "backward_s", "optimizer_s",
+         "step_s", "steps_per_epoch", "train_s_per_epoch"], ".3g")
 
 
 def run_time_summary(csv_path: Path) -> list[str]:
@@ -101,24 +106,23 @@ def run_time_summary(csv_path: Path) -> list[str]:
     df = pd.read_csv(csv_path)
     if "git_commit" in df:  # the code each row timed (rows accumulate as the code changes)
         df["commit"] = "`" + df.git_commit.astype(str).str[:7] + "`"  # quoted: an all-digit hash is not a number
-    cols = ["commit", "variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s",
-            "test_mr", "load_1min"]
-    return [f"Whole training runs, one at a time on the idle machine (`{_rel(csv_path)}`, "
-            "scripts/bench_train_run.py, oldest first; train = the epochs' steps, val_select = per-epoch val scoring, "
-            "final_eval = val + test scoring of the chosen checkpoint):", "",
-            to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".1f"), ""]
+    return _benchmark_table(
+        df, f"Whole training runs, one at a time on the idle machine (`{_rel(csv_path)}`, scripts/bench_train_run.py, "
+            "oldest first; train = the epochs' steps, val_select = per-epoch val scoring, final_eval = val + test "
+            "scoring of the chosen checkpoint):",
+        ["commit", "variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s",
+         "test_mr", "load_1min"], ".1f")
 
 
 def encode_summary(csv_path: Path) -> list[str]:
     """Whole-split encoding times (scripts/bench_encode.py): cached features -> retrieval vectors, per model."""
     if not Path(csv_path).is_file():
         return []
-    df = pd.read_csv(csv_path)
-    cols = ["variant", "dim", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median", "encode_s_min",
-            "repeats"]
-    return [f"Encoding a whole split with a trained model, cached features to retrieval vectors (`{_rel(csv_path)}`, "
-            "scripts/bench_encode.py, median of the repeats):", "",
-            to_markdown(df[[c for c in cols if c in df]], index=False, floatfmt=".3g"), ""]
+    return _benchmark_table(
+        pd.read_csv(csv_path), f"Encoding a whole split with a trained model, cached features to retrieval vectors "
+                               f"(`{_rel(csv_path)}`, scripts/bench_encode.py, median of the repeats):",
+        ["variant", "dim", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median", "encode_s_min",
+         "repeats"], ".3g")
 
 
 def results_markdown(results_dir: str | Path) -> str:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from itr_lib.io import REPO_ROOT, atomic_write_text, git_commit
+from itr_lib.io import REPO_ROOT, atomic_write_text, git_commit, repo_path
 from itr_lib.tables import variant_name
 from itr_lib.train import encode_split, load_checkpoint, load_split_tensors
 
@@ -30,13 +31,12 @@ def time_encode(path: Path, split: str, threads: int, repeats: int) -> dict:
     model, cfg = load_checkpoint(path)
     data = load_split_tensors(cfg, split)
     encode_split(model, data, batch_size=cfg.eval_batch_size)  # warm-up
-    times, vec_dim = [], None
+    times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        img, txt = encode_split(model, data, batch_size=cfg.eval_batch_size)
+        img, _ = encode_split(model, data, batch_size=cfg.eval_batch_size)
         times.append(time.perf_counter() - t)
-        vec_dim = img["vec"].shape[1] if "vec" in img else None
-    from dataclasses import asdict
+    vec_dim = img["vec"].shape[1] if "vec" in img else None
     return {"dataset": cfg.dataset, "split": split, "variant": variant_name(asdict(cfg)), "dim": cfg.dim,
             "threads": threads, "n_images": data.n_images, "n_texts": data.n_texts, "vector_dim": vec_dim,
             "encode_s_median": round(float(np.median(times)), 3), "encode_s_min": round(min(times), 3),
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--checkpoints", nargs="+", default=DEFAULT)
     a = ap.parse_args()
-    paths = [REPO_ROOT / p if not Path(p).is_absolute() else Path(p) for p in a.checkpoints]
+    paths = [repo_path(p) for p in a.checkpoints]
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise SystemExit(f"checkpoint(s) not found: {missing}. Fix: retrain them "

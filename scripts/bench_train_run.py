@@ -1,5 +1,5 @@
 """Wall time of whole training runs (train + per-epoch val selection + final val/test scoring) of the ablation's
-configurations, each in a temporary folder (nothing is kept but the timing). Appends one row per run to
+configurations (``experiments.PROBE_BASE``: D, pooling, MLP, lr), each in a temporary folder (nothing is kept but the timing). Appends one row per run to
 ``results/benchmarks/train_run_<dataset>.csv``. Run on an idle machine:
 
     python scripts/bench_train_run.py --dataset rsicd --variants baseline lca+cra --epochs 6 --threads 2
@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from itr_lib.experiments import LOSSES, VARIANTS, make_config
+from itr_lib.experiments import LOSSES, PROBE_BASE, VARIANTS, make_config
 from itr_lib.io import REPO_ROOT, atomic_write_text
 from itr_lib.train import train
 
@@ -33,7 +33,7 @@ def main() -> None:
     rows = []
     for v in a.variants:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = make_config(dict(dataset=a.dataset, dim=512, pooling="meanmax", epochs=a.epochs, seed=a.seed,
+            cfg = make_config(dict(PROBE_BASE, dataset=a.dataset, epochs=a.epochs, seed=a.seed,
                                    codebook_size=a.codebook_size, threads=a.threads, run_dir=str(Path(tmp) / "run"),
                                    progress=False), **VARIANTS[v], **LOSSES["infonce"])
             t0 = time.perf_counter()

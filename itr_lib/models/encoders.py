@@ -57,6 +57,13 @@ def unpack(flat: torch.Tensor, mask: torch.Tensor, fill: float = 0.0) -> torch.T
     return out
 
 
+def packed_mean(flat: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-item mean of packed rows: flat (V, D), owner (V,) the item (0..n-1) of each row -> (n, D); an item
+    without rows gets zeros."""
+    counts = torch.bincount(owner, minlength=n).clamp_min(1).to(flat.dtype)[:, None]
+    return flat.new_zeros(n, flat.shape[-1]).index_add(0, owner, flat) / counts
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -148,8 +155,7 @@ class Pool(nn.Module):
         """The same pooling of packed valid positions: flat (V, D) = x[mask], owner (V,) the row of each.
         Mean pooling sums the packed rows (no padded tensor); max and GPO read a padded view."""
         if self.kind in ("mean", "meanmax"):
-            counts = mask.sum(1, keepdim=True).clamp_min(1).to(flat.dtype)
-            mean = flat.new_zeros(mask.shape[0], flat.shape[-1]).index_add(0, owner, flat) / counts
+            mean = packed_mean(flat, owner, mask.shape[0])
             if self.kind == "mean":
                 return mean
         if self.kind in ("max", "meanmax"):
@@ -171,44 +177,41 @@ class ResidualMLP(nn.Module):
         return self.fc2(F.relu(self.bn(self.fc1(x))))
 
 
-class RegionEncoder(nn.Module):
-    """Regions -> locals. ``proj`` output is the pre-context feature (LCA input); locals = proj (+ MLP)."""
+class ProjectionEncoder(nn.Module):
+    """Features -> locals by a trainable projection. ``proj`` output is the pre-context feature (LCA input);
+    locals = proj (+ residual MLP). ``xavier``: Xavier-uniform weight and zero bias (else PyTorch's default)."""
 
-    def __init__(self, d_in: int = 1280, dim: int = 1024, mlp: bool = False):
+    def __init__(self, d_in: int, dim: int, mlp: bool = False, xavier: bool = False):
         super().__init__()
         self.proj = nn.Linear(d_in, dim)
         self.mlp = ResidualMLP(d_in, dim) if mlp else None
-        nn.init.xavier_uniform_(self.proj.weight)
-        nn.init.zeros_(self.proj.bias)
+        if xavier:
+            nn.init.xavier_uniform_(self.proj.weight)
+            nn.init.zeros_(self.proj.bias)
 
-    def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, R, C) -> padded (pre, locals), each (B, R, D); invalid positions come out zero."""
-        pre, locals_ = self.forward_flat(valid_rows(regions, mask))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, N, C) -> padded (pre, locals), each (B, N, D); invalid positions come out zero."""
+        pre, locals_ = self.forward_flat(valid_rows(x, mask))
         return unpack(pre, mask), unpack(locals_, mask)
 
     def forward_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward`` on the packed valid regions (V, C) -> packed (pre, locals), each (V, D)."""
+        """``forward`` on the packed valid positions (V, C) -> packed (pre, locals), each (V, D)."""
         pre = self.proj(x)
         return pre, (pre + self.mlp.forward_flat(x) if self.mlp is not None else pre)
 
 
-class MiniLMTextEncoder(nn.Module):
+class RegionEncoder(ProjectionEncoder):
+    """Grid regions (1280-d EfficientNet cells) -> locals (Xavier-initialised projection)."""
+
+    def __init__(self, d_in: int = 1280, dim: int = 1024, mlp: bool = False):
+        super().__init__(d_in, dim, mlp, xavier=True)
+
+
+class MiniLMTextEncoder(ProjectionEncoder):
     """Frozen MiniLM token states -> trainable projection (+ residual MLP)."""
 
     def __init__(self, d_in: int = 384, dim: int = 1024, mlp: bool = False):
-        super().__init__()
-        self.proj = nn.Linear(d_in, dim)
-        self.mlp = ResidualMLP(d_in, dim) if mlp else None
-
-    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, 384) -> padded (pre, locals), each (B, L, D); invalid positions come out zero."""
-        pre, locals_ = self.forward_flat(valid_rows(feats, mask))
-        return unpack(pre, mask), unpack(locals_, mask)
-
-    def forward_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``forward`` on the packed valid tokens (V, 384) -> packed (pre, locals), each (V, D)."""
-        pre = self.proj(x)
-        return pre, (pre + self.mlp.forward_flat(x) if self.mlp is not None else pre)
+        super().__init__(d_in, dim, mlp)
 
 
 class GRUTextEncoder(nn.Module):

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from .. import losses as L
 from .base import Batch, RetrievalModel
-from .encoders import MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, unpack, valid_rows
+from .encoders import (MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, packed_mean, unpack,
+                       valid_rows)
 
 
 class CRABranch(nn.Module):
@@ -31,8 +32,7 @@ class CRABranch(nn.Module):
         """h (V, D): the packed valid locals of n items, owner (V,) the item of each (the padded (B, N, D) form
         would cost every elementwise op and the CRA scores twice on short captions)."""
         flat = l2norm(F.relu(self.bn_local(h)))
-        counts = torch.bincount(owner, minlength=n).clamp_min(1).to(flat.dtype)[:, None]
-        mean_local = flat.new_zeros(n, flat.shape[-1]).index_add(0, owner, flat) / counts
+        mean_local = packed_mean(flat, owner, n)
         g = l2norm(F.relu(self.global_bn(self.global_fc(mean_local))))
         mean_n = l2norm(mean_local)
         gate = torch.sigmoid(self.gate(torch.cat([mean_n, g], dim=-1)))
