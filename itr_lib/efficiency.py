@@ -312,9 +312,8 @@ def _rescore_topk(model, q: dict, gal: dict, ids: torch.Tensor, direction: str) 
 @torch.no_grad()
 def encode_gallery(model, data, device: str = "cpu", batch_size: int = 256) -> tuple[dict, dict]:
     """Every tensor output of the model on all images and captions of a split (CPU), for any mode."""
-    from .rerank import encode_all
-    model.eval()
-    return encode_all(model, data, device, batch_size)
+    from .scoring import encode_split
+    return encode_split(model, data, device, batch_size, outputs="all")
 
 
 @torch.no_grad()
@@ -559,14 +558,14 @@ def evaluate_modes(checkpoint: str, modes: Sequence[str], cache_path: Path, devi
                    data_root: str | None = None, cache_dir: str | None = None) -> dict:
     """Test metrics of a checkpoint in the given :func:`itr_lib.rerank.evaluate_two_stage` modes (``global``,
     ``two_stage``, ``exhaustive``), cached as JSON at ``cache_path`` (recomputed only for missing modes)."""
-    from .rerank import evaluate_two_stage
+    from .scoring import evaluate_two_stage
     cache = read_json(cache_path) if Path(cache_path).is_file() else {}
     todo = [m for m in modes if m not in cache]
     if todo:
         model, cfg = load_run_model(checkpoint, device, data_root, cache_dir)
         data = load_test_split(cfg)
         out = evaluate_two_stage(model, data, device, modes=tuple(todo))
-        cache.update({k: {"standard": v} for k, v in out.items()})
+        cache.update(out)
         write_json(cache_path, cache)
     return cache
 

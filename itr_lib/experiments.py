@@ -23,8 +23,25 @@ VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
             "lca+cra": dict(method="selfalign", lca=True, cra=True)}
 LOSSES = {"infonce": dict(base_loss="infonce", false_negatives="mask", captions_per_step="auto"),
           "infonce-1cap": dict(base_loss="infonce", false_negatives="mask", captions_per_step="one"),
+          "infonce-nomask": dict(base_loss="infonce", false_negatives="none", captions_per_step="all"),
+          "triplet-all": dict(base_loss="triplet", false_negatives="mask", captions_per_step="all"),
           "triplet-authors": dict(base_loss="triplet", false_negatives="none", captions_per_step="one"),
           "triplet-fnmask": dict(base_loss="triplet", false_negatives="mask", captions_per_step="one")}
+
+# The fair comparison (METHODS.md, "Comparing methods on equal terms"): every method under the study loss
+# (LOSSES["infonce"]: FN-masked InfoNCE, all captions of the batch's images per step) and under its authors' loss
+# (hardest-negative triplet, one caption per image and step, no masking; the warm-up epoch of summed hinges is
+# VSE-infinity's, the other authors start with the hardest negative), with one optimiser, lr rule, batch,
+# augmentation, schedule and val set for all (COMPARISON_BASE; the VSE models add their pooling).
+STUDY_LOSS = dict(base_loss="infonce", false_negatives="mask", captions_per_step="all")
+METHOD_VARIANTS = {**VARIANTS, **{m: dict(method=m) for m in ("tgdt", "aladin", "scan", "mrsw")}}
+AUTHORS_LOSS = {"baseline": dict(LOSSES["triplet-authors"], warmup_epochs=1),
+                **{v: dict(LOSSES["triplet-authors"], warmup_epochs=1) for v in ("lca", "cra", "lca+cra")},
+                **{m: dict(LOSSES["triplet-authors"], warmup_epochs=0) for m in ("tgdt", "aladin", "scan", "mrsw")}}
+COMPARISON_BASE = dict(dim=512, epochs=6, lr=5e-4, batch_size=128, val_images_per_epoch=1000)
+VSE_BASE = dict(pooling="meanmax", codebook_size=1024)
+# the loss ablation: each knob of the study loss changed alone, on the baseline
+LOSS_ABLATION = ("triplet-all", "infonce-nomask", "infonce-1cap")  # the reference is the STUDY_LOSS baseline
 
 
 def make_config(base: dict, **overrides) -> TrainConfig:
@@ -69,6 +86,38 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
             for s in (sweep_seeds if sweep_seeds is not None else seeds):
                 add(make_config(base, dataset=ds, seed=s, lca_weight=float(w), **VARIANTS[weight_variant],
                                 **LOSSES[losses[0]]))
+    return cfgs
+
+
+def comparison_configs(datasets, seeds, methods, authors_seeds=(), loss_ablation_seeds=(), loss_ablation_datasets=(),
+                       base: dict | None = None) -> list[TrainConfig]:
+    """The fair-comparison grid, most informative runs first (so an interrupted grid leaves whole seeds): per seed,
+    every method of ``methods`` (keys of :data:`METHOD_VARIANTS`) under the study loss on every dataset; then the
+    authors' losses on ``authors_seeds``; then the loss ablation (:data:`LOSS_ABLATION` on the baseline) on
+    ``loss_ablation_datasets`` x ``loss_ablation_seeds``. ``base`` (runtime fields, overrides) is applied last."""
+    base = dict(base or {})
+    cfgs, seen = [], set()
+
+    def add(variant: str, ds: str, seed: int, loss: dict) -> None:
+        kw = dict(COMPARISON_BASE, **METHOD_VARIANTS[variant], **loss)
+        if kw["method"] in ("baseline", "selfalign"):
+            kw.update(VSE_BASE)
+        cfg = make_config(kw, **base, dataset=ds, seed=seed)
+        if cfg.run_name() not in seen:
+            seen.add(cfg.run_name())
+            cfgs.append(cfg)
+    for s in seeds:
+        for ds in datasets:
+            for v in methods:
+                add(v, ds, s, STUDY_LOSS)
+    for s in authors_seeds:
+        for ds in datasets:
+            for v in methods:
+                add(v, ds, s, AUTHORS_LOSS[v])
+    for s in loss_ablation_seeds:
+        for ds in loss_ablation_datasets:
+            for loss in LOSS_ABLATION:
+                add("baseline", ds, s, LOSSES[loss])
     return cfgs
 
 

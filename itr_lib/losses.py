@@ -16,17 +16,34 @@ def _neg_mask(scores: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor
 
 
 def triplet_loss(scores: torch.Tensor, margin: float = 0.2, hardest: bool = True,
-                 ignore: torch.Tensor | None = None) -> torch.Tensor:
-    """VSE++ hinge triplet on a square score matrix, summed over the batch (as the authors do).
+                 ignore: torch.Tensor | None = None, pos: torch.Tensor | None = None) -> torch.Tensor:
+    """VSE++ hinge triplet, summed over the batch (as the authors do).
 
     ``hardest``: only the hardest in-batch negative per anchor ("max violation"); otherwise the sum of all
-    violations (VSE-infinity's warm-up epoch)."""
-    pos = scores.diag()
-    mask = _neg_mask(scores, ignore)
-    cost_t = (margin + scores - pos[:, None]).clamp(min=0).masked_fill(mask, 0)  # image anchor, caption negatives
-    cost_i = (margin + scores - pos[None, :]).clamp(min=0).masked_fill(mask, 0)  # caption anchor, image negatives
+    violations (VSE-infinity's warm-up epoch). ``pos`` (B, M) bool marks each caption's image when a batch holds
+    several captions per image (default: the diagonal of a square matrix); then every caption is an anchor
+    against the other images, and every (image, own caption) pair is an anchor against the captions of other
+    images (those the image does not own and that ``ignore`` does not exclude)."""
+    if pos is None:
+        pos_s = scores.diag()
+        mask = _neg_mask(scores, ignore)
+        cost_t = (margin + scores - pos_s[:, None]).clamp(min=0).masked_fill(mask, 0)  # image anchor, caption negs
+        cost_i = (margin + scores - pos_s[None, :]).clamp(min=0).masked_fill(mask, 0)  # caption anchor, image negs
+        if hardest:
+            return cost_t.max(1).values.sum() + cost_i.max(0).values.sum()
+        return cost_t.sum() + cost_i.sum()
+    not_neg = pos if ignore is None else (pos | ignore)
+    cap_img = pos.float().argmax(0)  # (M,) each caption's image
+    p_cap = scores.gather(0, cap_img[None, :])[0]  # (M,) the positive score of each caption
+    cost_i = (margin + scores - p_cap[None, :]).clamp(min=0).masked_fill(not_neg, 0)  # caption anchors
+    pi, pm = pos.nonzero(as_tuple=True)  # (image, own caption) pairs
+    p_pair = scores[pi, pm]
     if hardest:
-        return cost_t.max(1).values.sum() + cost_i.max(0).values.sum()
+        neg_best = scores.masked_fill(not_neg, float("-inf")).max(1).values  # (B,) hardest caption per image
+        cost_t = (margin + neg_best[pi] - p_pair).clamp(min=0)
+        cost_t = torch.where(torch.isinf(neg_best[pi]), torch.zeros_like(cost_t), cost_t)  # no negative at all
+        return cost_t.sum() + cost_i.max(0).values.sum()
+    cost_t = (margin + scores[pi] - p_pair[:, None]).clamp(min=0).masked_fill(not_neg[pi], 0)
     return cost_t.sum() + cost_i.sum()
 
 
@@ -179,10 +196,34 @@ def listnet_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, sca
     raise ValueError(f"combine must be 'mean' or 'sum', got {combine!r}")
 
 
-def intra_consistency_loss(s_vv: torch.Tensor, s_tt: torch.Tensor, margin: float = 0.3) -> torch.Tensor:
+def intra_consistency_loss(s_vv: torch.Tensor, s_tt: torch.Tensor, margin: float = 0.3,
+                           cap2img: torch.Tensor | None = None, reduce: str = "sum") -> torch.Tensor:
     """TGDT's cross-modal consistency (part of CMC): sum_j [max_i |S_TT[i, j] - S_VV[i, j]| - margin]_+, where
     S_VV / S_TT are the in-batch image-image / text-text global similarity matrices of the paired batch (as the
-    released code: ``((s_scores - im_scores).abs().max(0)[0] - margin).clamp(min=0).sum()``)."""
+    released code: ``((s_scores - im_scores).abs().max(0)[0] - margin).clamp(min=0).sum()``).
+
+    ``cap2img`` (M,): with several captions per image, S_TT is (M, M) and each caption pair is compared with the
+    similarity of their images, S_VV[cap2img[i], cap2img[j]]. ``reduce``: "sum" over the columns (the authors)
+    or "mean" (the study loss, whose contrastive terms are means: the same per-query scale)."""
+    if cap2img is not None:
+        s_vv = s_vv[cap2img][:, cap2img]
     if s_vv.shape != s_tt.shape:
         raise ValueError(f"S_VV {tuple(s_vv.shape)} and S_TT {tuple(s_tt.shape)} differ")
-    return ((s_tt - s_vv).abs().max(0).values - margin).clamp(min=0).sum()
+    per_col = ((s_tt - s_vv).abs().max(0).values - margin).clamp(min=0)
+    if reduce == "sum":
+        return per_col.sum()
+    if reduce == "mean":
+        return per_col.mean()
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+
+
+def contrastive_loss(kind: str, scores: torch.Tensor, *, margin: float = 0.2, hardest: bool = True,
+                     temperature: float = 0.05, ignore: torch.Tensor | None = None,
+                     pos: torch.Tensor | None = None) -> torch.Tensor:
+    """The study's two base losses behind one name: ``"triplet"`` (:func:`triplet_loss`, summed, the authors')
+    or ``"infonce"`` (:func:`infonce_loss`, mean of both directions, the study loss)."""
+    if kind == "triplet":
+        return triplet_loss(scores, margin, hardest, ignore, pos)
+    if kind == "infonce":
+        return infonce_loss(scores, temperature, ignore=ignore, pos=pos)
+    raise ValueError(f"unknown base_loss {kind!r}; choose 'triplet' or 'infonce'")

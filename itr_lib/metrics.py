@@ -6,11 +6,20 @@
   ``img2txt[i]`` (any number per image, never assumed to be 5).
 * t2i: each caption ranks all images; its rank is that of its own image ``txt2img[j]``.
 
-Tie rule: the rank a stable descending sort gives (ties broken by candidate index, as a deterministic
-``argsort`` in the reference code does). The 0-based rank of positive p is ``#{c: s_c > s_p} +
-#{c: s_c == s_p, c < p}``; with several positives the best is the one with the highest score (the lowest
-index among equals), so only that score and index are needed. Ties therefore never favour the query:
-a collapsed model whose scores are all equal gets the rank of its first positive's index, not 100%.
+Tie rules. Identical caption strings get identical scores (evaluation encodes each distinct caption input
+once), so an image query often ties its own caption with another image's copy of the same text, and the
+rank depends on how ties are broken. Every rank is therefore kept as three counts per query (:class:`Ties`):
+``above`` (candidates scoring strictly above the best positive), ``tied`` (non-positive candidates scoring
+exactly as it does) and ``tpos`` (positives at that score, >= 1). The rules read from them:
+
+* ``"expected"`` (the study's rule, :data:`STUDY_TIE_RULE`): ties broken uniformly at random, and every
+  number is its expectation: R@K = P(rank0 < K) = 1 - C(tied, K-above) / C(tied+tpos, K-above) for
+  0 <= K-above <= tied; expected rank0 = above + tied / (tpos + 1) (medr / meanr read these).
+* ``"optimistic"`` (ties broken for the query: rank0 = above) and ``"pessimistic"`` (against it:
+  rank0 = above + tied), the bounds any tie rule falls between.
+* ``"index"``: the rank a stable descending sort gives (ties broken by candidate index, as a deterministic
+  ``argsort`` in the reference code does; :func:`rank_arrays`). The rule of the records made before the
+  tie rule was stated (their ``tie_rule`` field is absent).
 
 Ranks are counted tile by tile over ``chunk_size x chunk_size`` blocks of ``sims`` (no argsort, no
 full-size temporaries): each block updates the i2t counts of its images and the t2i counts of its
@@ -27,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -38,6 +47,9 @@ PROTOCOL_DUP = "duplicate-aware"
 RECALL_KS = (1, 5, 10)
 METRIC_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "i2t_meanr",
                "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "t2i_meanr", "rsum", "mr")
+
+TIE_RULES = ("expected", "optimistic", "pessimistic", "index")
+STUDY_TIE_RULE = "expected"
 
 ArrayLike = Any  # numpy array or torch tensor
 PosSets = Sequence[Any]  # per query: an int or a sequence of ints (the correct candidates)
@@ -83,38 +95,83 @@ def _to_csr(pos: PosSets, n_queries: int, n_candidates: int, what: str) -> tuple
 
 
 def _best_positive_scores(sims: np.ndarray, offsets: np.ndarray, flat: np.ndarray,
-                          rows: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Max score over each query's positives and the lowest candidate index reaching it
-    (queries = rows of sims if ``rows`` else columns)."""
+                          rows: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Max score over each query's positives, the lowest candidate index reaching it and how many positives
+    reach it (queries = rows of sims if ``rows`` else columns)."""
     n_q = len(offsets) - 1
     if n_q == 0:
-        return np.zeros(0, dtype=sims.dtype), np.zeros(0, dtype=np.int64)
+        return np.zeros(0, dtype=sims.dtype), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     q = np.repeat(np.arange(n_q), np.diff(offsets))
     scores = sims[q, flat] if rows else sims[flat, q]
     best = np.maximum.reduceat(scores, offsets[:-1])
     if best.dtype.kind == "f" and np.isnan(best).any():
         raise ValueError("sims has NaN at a positive (query, candidate) pair")
-    cand = np.where(scores == best[q], flat, np.iinfo(np.int64).max)
+    at_best = scores == best[q]
+    cand = np.where(at_best, flat, np.iinfo(np.int64).max)
     first = np.minimum.reduceat(cand, offsets[:-1])
-    return best, first
+    n_best = np.add.reduceat(at_best.astype(np.int64), offsets[:-1])
+    return best, first, n_best
 
 
 # ----------------------------------------------------------------------------------------------------
 # ranks
 # ----------------------------------------------------------------------------------------------------
-def _rank_arrays_sets(sims: ArrayLike, img_pos: PosSets, txt_pos: PosSets,
-                      chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """0-based best ranks for i2t (per image) and t2i (per caption) given positive sets in both directions."""
+class Ties(NamedTuple):
+    """Per-query rank counts of one direction (numpy int64 arrays of the same length); see the tie rules."""
+
+    above: np.ndarray  # candidates scoring strictly above the best positive
+    tied: np.ndarray   # non-positive candidates scoring exactly as the best positive
+    tpos: np.ndarray   # positives at the best positive's score (>= 1)
+
+    def ranks(self, rule: str = STUDY_TIE_RULE) -> np.ndarray:
+        """0-based rank per query under ``rule`` (float for "expected": the expectation)."""
+        if rule == "optimistic":
+            return self.above
+        if rule == "pessimistic":
+            return self.above + self.tied
+        if rule == "expected":
+            return self.above + self.tied / (self.tpos + 1.0)
+        raise ValueError(f"unknown tie rule {rule!r}; choose one of {TIE_RULES[:3]} (or 'index' from sims)")
+
+    def hits(self, ks: Sequence[int] = RECALL_KS, rule: str = STUDY_TIE_RULE) -> np.ndarray:
+        """(n_queries, len(ks)) float: P(rank0 < K) under ``rule`` (0/1 for the optimistic / pessimistic ones)."""
+        if rule != "expected":
+            r = self.ranks(rule)
+            return np.stack([r < k for k in ks], axis=1).astype(np.float64)
+        above, tied, n = self.above, self.tied, self.tied + self.tpos
+        out = np.empty((len(above), len(ks)), dtype=np.float64)
+        for col, k in enumerate(ks):
+            j = k - above  # tie slots that fall inside the top K
+            # P(the first j drawn of the tie group are all negatives) = prod_{i<j} (tied - i) / (n - i)
+            miss = np.ones(len(above), dtype=np.float64)
+            for i in range(int(max(0, min(k, int(j.max()) if len(j) else 0)))):
+                step = np.where(i < j, np.clip(tied - i, 0, None) / np.maximum(n - i, 1), 1.0)
+                miss *= step
+            out[:, col] = np.where(j <= 0, 0.0, 1.0 - miss)
+        return out
+
+    def to_arrays(self, prefix: str) -> dict[str, np.ndarray]:
+        return {f"{prefix}_{f}": np.asarray(getattr(self, f), dtype=np.int64) for f in self._fields}
+
+    @classmethod
+    def from_arrays(cls, z, prefix: str) -> "Ties":
+        return cls(*(np.asarray(z[f"{prefix}_{f}"], dtype=np.int64) for f in cls._fields))
+
+
+def _tie_counts_sets(sims: ArrayLike, img_pos: PosSets, txt_pos: PosSets,
+                     chunk_size: int = 1024) -> tuple[Ties, Ties, np.ndarray, np.ndarray]:
+    """Tie counts of both directions and the index-rule ranks (``above`` + the ties with a lower candidate index
+    than the first best positive), for positive sets in both directions, in one pass over ``sims``."""
     s = _as_numpy_sims(sims)
     n_img, n_txt = s.shape
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     i_off, i_flat = _to_csr(img_pos, n_img, n_txt, "img2txt")
     t_off, t_flat = _to_csr(txt_pos, n_txt, n_img, "txt2img")
-    thr_i, first_i = _best_positive_scores(s, i_off, i_flat, rows=True)   # (n_img,)
-    thr_t, first_t = _best_positive_scores(s, t_off, t_flat, rows=False)  # (n_txt,)
-    i2t = np.zeros(n_img, dtype=np.int64)
-    t2i = np.zeros(n_txt, dtype=np.int64)
+    thr_i, first_i, tpos_i = _best_positive_scores(s, i_off, i_flat, rows=True)   # (n_img,)
+    thr_t, first_t, tpos_t = _best_positive_scores(s, t_off, t_flat, rows=False)  # (n_txt,)
+    above_i, eq_i, before_i = (np.zeros(n_img, dtype=np.int64) for _ in range(3))
+    above_t, eq_t, before_t = (np.zeros(n_txt, dtype=np.int64) for _ in range(3))
     for a in range(0, n_img, chunk_size):
         b = min(a + chunk_size, n_img)
         ti, fi = thr_i[a:b, None], first_i[a:b, None]
@@ -124,9 +181,43 @@ def _rank_arrays_sets(sims: ArrayLike, img_pos: PosSets, txt_pos: PosSets,
             block = s[a:b, c:d]
             tt, ft = thr_t[None, c:d], first_t[None, c:d]
             cols_idx = np.arange(c, d)[None, :]
-            i2t[a:b] += np.count_nonzero((block > ti) | ((block == ti) & (cols_idx < fi)), axis=1)
-            t2i[c:d] += np.count_nonzero((block > tt) | ((block == tt) & (rows_idx < ft)), axis=0)
-    return i2t, t2i
+            gt, eq = block > ti, block == ti
+            above_i[a:b] += np.count_nonzero(gt, axis=1)
+            eq_i[a:b] += np.count_nonzero(eq, axis=1)
+            before_i[a:b] += np.count_nonzero(eq & (cols_idx < fi), axis=1)
+            gt, eq = block > tt, block == tt
+            above_t[c:d] += np.count_nonzero(gt, axis=0)
+            eq_t[c:d] += np.count_nonzero(eq, axis=0)
+            before_t[c:d] += np.count_nonzero(eq & (rows_idx < ft), axis=0)
+    ties_i = Ties(above_i, eq_i - tpos_i, tpos_i)
+    ties_t = Ties(above_t, eq_t - tpos_t, tpos_t)
+    return ties_i, ties_t, above_i + before_i, above_t + before_t
+
+
+def _rank_arrays_sets(sims: ArrayLike, img_pos: PosSets, txt_pos: PosSets,
+                      chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """0-based index-rule ranks for i2t (per image) and t2i (per caption) given positive sets in both directions."""
+    return _tie_counts_sets(sims, img_pos, txt_pos, chunk_size)[2:]
+
+
+def tie_counts(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
+               chunk_size: int = 1024) -> tuple[Ties, Ties]:
+    """``(i2t Ties, t2i Ties)`` under the standard protocol (see the tie rules)."""
+    return _tie_counts_sets(sims, img2txt, np.asarray(txt2img, dtype=np.int64), chunk_size)[:2]
+
+
+def metrics_from_ties(i2t: Ties, t2i: Ties, rule: str = STUDY_TIE_RULE) -> dict[str, float]:
+    """The metrics of :func:`metrics_from_ranks` under a tie rule ("expected": recalls are expectations)."""
+    if rule != "expected":
+        return metrics_from_ranks(i2t.ranks(rule), t2i.ranks(rule))
+    out = metrics_from_ranks(i2t.ranks(rule), t2i.ranks(rule))  # medr / meanr of the expected ranks
+    for name, t in (("i2t", i2t), ("t2i", t2i)):
+        h = t.hits(RECALL_KS, rule)
+        for k, v in zip(RECALL_KS, h.sum(0)):
+            out[f"{name}_r{k}"] = float(100.0 * v / len(h))  # as metrics_from_ranks: exact for 0/1 hits
+    out["rsum"] = float(sum(out[f"{d}_r{k}"] for d in ("i2t", "t2i") for k in RECALL_KS))
+    out["mr"] = out["rsum"] / 6
+    return {k: float(out[k]) for k in METRIC_KEYS}
 
 
 def rank_arrays(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
@@ -156,26 +247,38 @@ def metrics_from_ranks(i2t_ranks: ArrayLike, t2i_ranks: ArrayLike) -> dict[str, 
 
 
 def retrieval_metrics(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
-                      chunk_size: int = 1024) -> dict[str, float]:
-    """Standard-protocol metrics (keys :data:`METRIC_KEYS`, python floats) for a similarity matrix."""
-    return metrics_from_ranks(*rank_arrays(sims, img2txt, txt2img, chunk_size))
+                      chunk_size: int = 1024, tie_rule: str = STUDY_TIE_RULE) -> dict[str, float]:
+    """Standard-protocol metrics (keys :data:`METRIC_KEYS`, python floats) for a similarity matrix, ties
+    resolved by ``tie_rule`` (see the module docstring; the study's rule by default)."""
+    return _metrics_sets(sims, img2txt, np.asarray(txt2img, dtype=np.int64), chunk_size, tie_rule)
 
 
 def retrieval_metrics_dup(sims: ArrayLike, img2txt_dup: Sequence[Sequence[int]],
-                          txt2imgs: Sequence[Sequence[int]], chunk_size: int = 1024) -> dict[str, float]:
+                          txt2imgs: Sequence[Sequence[int]], chunk_size: int = 1024,
+                          tie_rule: str = STUDY_TIE_RULE) -> dict[str, float]:
     """Duplicate-aware metrics: ``img2txt_dup[i]`` = all captions whose text equals one of image i's
     captions, ``txt2imgs[j]`` = all images carrying caption j's text; the best-ranked of them counts.
 
     Same keys as :func:`retrieval_metrics`; label the result ``"duplicate-aware"`` wherever shown.
     """
-    return metrics_from_ranks(*_rank_arrays_sets(sims, img2txt_dup, txt2imgs, chunk_size))
+    return _metrics_sets(sims, img2txt_dup, txt2imgs, chunk_size, tie_rule)
+
+
+def _metrics_sets(sims, img_pos, txt_pos, chunk_size: int, tie_rule: str) -> dict[str, float]:
+    if tie_rule not in TIE_RULES:
+        raise ValueError(f"unknown tie rule {tie_rule!r}; choose one of {TIE_RULES}")
+    i2t, t2i, idx_i2t, idx_t2i = _tie_counts_sets(sims, img_pos, txt_pos, chunk_size)
+    if tie_rule == "index":
+        return metrics_from_ranks(idx_i2t, idx_t2i)
+    return metrics_from_ties(i2t, t2i, tie_rule)
 
 
 # ----------------------------------------------------------------------------------------------------
 # COCO 5-fold 1K
 # ----------------------------------------------------------------------------------------------------
 def coco_5fold_1k(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
-                  chunk_size: int = 1024, *, fold_size: int = 1000, n_folds: int = 5) -> dict[str, float]:
+                  chunk_size: int = 1024, *, fold_size: int = 1000, n_folds: int = 5,
+                  tie_rule: str = STUDY_TIE_RULE) -> dict[str, float]:
     """Metrics averaged over ``n_folds`` folds of ``fold_size`` consecutive images and their captions.
 
     A fold's captions are those whose image (``txt2img``) is in the fold, re-indexed in order; every key
@@ -201,24 +304,35 @@ def coco_5fold_1k(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Se
                 raise ValueError(f"img2txt[{i}] lists a caption whose txt2img is not in fold {f}")
             f_img2txt.append(new)
         f_sims = s[lo:hi][:, caps]
-        per_fold.append(retrieval_metrics(f_sims, f_img2txt, t2i[caps] - lo, chunk_size))
+        per_fold.append(retrieval_metrics(f_sims, f_img2txt, t2i[caps] - lo, chunk_size, tie_rule))
     return {k: float(np.mean([m[k] for m in per_fold])) for k in METRIC_KEYS}
+
+
+def protocol_metrics(i2t: Ties, t2i: Ties) -> dict[str, dict[str, float]]:
+    """``{"standard": the study's tie rule, "standard_optimistic": ..., "standard_pessimistic": ...}``."""
+    out = {PROTOCOL_STANDARD: metrics_from_ties(i2t, t2i, STUDY_TIE_RULE)}
+    for rule in ("optimistic", "pessimistic"):
+        out[f"{PROTOCOL_STANDARD}_{rule}"] = metrics_from_ties(i2t, t2i, rule)
+    return out
 
 
 def evaluate_split(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: Sequence[int],
                    chunk_size: int = 1024, *, img2txt_dup: Sequence[Sequence[int]] | None = None,
-                   txt2imgs: Sequence[Sequence[int]] | None = None) -> dict[str, dict[str, float]]:
-    """``{"standard": ...}``, plus ``"coco_1k_5fold"`` when there are 5,000 images, plus
-    ``"duplicate-aware"`` when both ``img2txt_dup`` and ``txt2imgs`` are given."""
+                   txt2imgs: Sequence[Sequence[int]] | None = None,
+                   return_ties: bool = False):
+    """``{"standard": ..., "standard_optimistic": ..., "standard_pessimistic": ...}`` (:func:`protocol_metrics`),
+    plus ``"coco_1k_5fold"`` when there are 5,000 images, plus ``"duplicate-aware"`` when both ``img2txt_dup``
+    and ``txt2imgs`` are given. ``return_ties``: also the standard protocol's ``(i2t Ties, t2i Ties)``."""
     s = _as_numpy_sims(sims)
-    out = {PROTOCOL_STANDARD: retrieval_metrics(s, img2txt, txt2img, chunk_size)}
+    ties = tie_counts(s, img2txt, txt2img, chunk_size)
+    out = protocol_metrics(*ties)
     if s.shape[0] == 5000:
         out["coco_1k_5fold"] = coco_5fold_1k(s, img2txt, txt2img, chunk_size)
     if (img2txt_dup is None) != (txt2imgs is None):
         raise ValueError("pass both img2txt_dup and txt2imgs for the duplicate-aware protocol, or neither")
     if img2txt_dup is not None:
         out[PROTOCOL_DUP] = retrieval_metrics_dup(s, img2txt_dup, txt2imgs, chunk_size)
-    return out
+    return (out, ties) if return_ties else out
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .metrics import metrics_from_ranks, rank_arrays
+from .metrics import Ties
 
 log = logging.getLogger(__name__)
 
@@ -101,12 +101,17 @@ def _csr(pos: Sequence, n_q: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _direction_ranks(global_rows: Callable[[int, int], np.ndarray], n_q: int, n_c: int, shortlist: np.ndarray,
-                     rescored: np.ndarray, positives: Sequence, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Ranks of one direction and the per-query 'ground truth missed the shortlist' flags."""
+                     rescored: np.ndarray, positives: Sequence,
+                     block: int = 1024) -> tuple[np.ndarray, np.ndarray, Ties]:
+    """Index-rule ranks of one direction, the per-query 'ground truth missed the shortlist' flags, and the tie
+    counts (:class:`itr_lib.metrics.Ties`) that the other tie rules read: inside the shortlist, the candidates
+    re-scored above / level with the best positive; beyond it, k + the non-shortlisted ones above / level by
+    global score."""
     off, flat = _csr(positives, n_q)
     k = shortlist.shape[1]
     ranks = np.zeros(n_q, dtype=np.int64)
     missed = np.zeros(n_q, dtype=bool)
+    above, tied, tpos = (np.zeros(n_q, dtype=np.int64) for _ in range(3))
     cand = np.arange(n_c, dtype=np.int64)[None, :]
     for a in range(0, n_q, block):
         b = min(a + block, n_q)
@@ -121,6 +126,9 @@ def _direction_ranks(global_rows: Callable[[int, int], np.ndarray], n_q: int, n_
         best_r = np.where(sl_pos, r, -np.inf).max(1, keepdims=True)
         best_id = np.where(sl_pos & (r == best_r), sl, _BIG).min(1, keepdims=True)
         rank_in = np.count_nonzero((r > best_r) | ((r == best_r) & (sl < best_id)), axis=1)
+        level_in = r == best_r
+        above_in, tpos_in = np.count_nonzero(r > best_r, axis=1), np.count_nonzero(level_in & sl_pos, axis=1)
+        tied_in = np.count_nonzero(level_in & ~sl_pos, axis=1)
         # missed: k + rank among the non-shortlisted candidates by global score
         g = global_rows(a, b).astype(np.float64)
         in_sl = np.zeros((nb, n_c), dtype=bool)
@@ -129,9 +137,15 @@ def _direction_ranks(global_rows: Callable[[int, int], np.ndarray], n_q: int, n_
         first = np.where(pos & (g == best_g), cand, _BIG).min(1, keepdims=True)
         beats = ((g > best_g) | ((g == best_g) & (cand < first))) & ~in_sl
         rank_out = k + np.count_nonzero(beats, axis=1)
+        level_out = (g == best_g) & ~in_sl
+        above_out = k + np.count_nonzero((g > best_g) & ~in_sl, axis=1)
+        tpos_out, tied_out = np.count_nonzero(level_out & pos, axis=1), np.count_nonzero(level_out & ~pos, axis=1)
         ranks[a:b] = np.where(hit, rank_in, rank_out)
         missed[a:b] = ~hit
-    return ranks, missed
+        above[a:b] = np.where(hit, above_in, above_out)
+        tied[a:b] = np.where(hit, tied_in, tied_out)
+        tpos[a:b] = np.where(hit, tpos_in, tpos_out)
+    return ranks, missed, Ties(above, tied, tpos)
 
 
 def two_stage_ranks(global_sims_or_vectors, rescore_fn: RescoreFn, img2txt: Sequence[Sequence[int]],
@@ -171,14 +185,15 @@ def two_stage_ranks(global_sims_or_vectors, rescore_fn: RescoreFn, img2txt: Sequ
     r_i2t, r_t2i = rescored[:n_i * k1].reshape(n_i, k1), rescored[n_i * k1:].reshape(n_t, k2)
     t_rescore = time.perf_counter() - t0
     t2i_pos = [[int(j)] for j in np.asarray(txt2img)]
-    i2t, miss_i = _direction_ranks(lambda a, b: g[a:b], n_i, n_t, sl_i2t, r_i2t, img2txt)
-    t2i, miss_t = _direction_ranks(lambda a, b: g[:, a:b].T, n_t, n_i, sl_t2i, r_t2i, t2i_pos)
+    i2t, miss_i, ties_i = _direction_ranks(lambda a, b: g[a:b], n_i, n_t, sl_i2t, r_i2t, img2txt)
+    t2i, miss_t, ties_t = _direction_ranks(lambda a, b: g[:, a:b].T, n_t, n_i, sl_t2i, r_t2i, t2i_pos)
     if miss_as_hit:
         i2t, t2i = np.where(miss_i, 0, i2t), np.where(miss_t, 0, t2i)
     if not return_details:
         return i2t, t2i
     details = {"shortlist_i2t": sl_i2t, "shortlist_t2i": sl_t2i, "rescored_i2t": r_i2t, "rescored_t2i": r_t2i,
-               "missed_i2t": miss_i, "missed_t2i": miss_t, "search_seconds": t_search,
+               "missed_i2t": miss_i, "missed_t2i": miss_t, "ties_i2t": ties_i, "ties_t2i": ties_t,
+               "search_seconds": t_search,
                "rescore_seconds": t_rescore, "pairs_rescored": int(n_i * k1 + n_t * k2)}
     return i2t, t2i, details
 
@@ -187,88 +202,3 @@ def _np(x) -> np.ndarray:
     if torch.is_tensor(x):
         return x.detach().cpu().float().numpy()
     return np.asarray(x)
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def encode_all(model, data, device: str = "cpu", batch_size: int = 256) -> tuple[dict, dict]:
-    """Every tensor output of the model on a split, via :func:`itr_lib.train.encode_split` (for models with
-    ``exact_vectors = True`` too, e.g. ALADIN, whose teacher needs the token outputs)."""
-    from .train import encode_split
-    had = "exact_vectors" in vars(model)
-    old = model.exact_vectors
-    model.exact_vectors = False
-    try:
-        return encode_split(model, data, device, batch_size)
-    finally:
-        if had:
-            model.exact_vectors = old
-        else:
-            del model.exact_vectors
-
-
-@torch.no_grad()
-def exhaustive_scores(model, img: dict, txt: dict, device: str = "cpu", chunk: int = 128) -> np.ndarray:
-    """(n_images, n_texts) ``model.rescore_similarity`` over every pair, in image chunks."""
-    model.eval()
-    n_i = next(iter(img.values())).shape[0]
-    rows = []
-    for s in range(0, n_i, chunk):
-        sub = {k: v[s:s + chunk].to(device) for k, v in img.items()}
-        rows.append(model.rescore_similarity(sub, {k: v.to(device) for k, v in txt.items()}).float().cpu())
-    return torch.cat(rows).numpy()
-
-
-def evaluate_two_stage(model, data, device: str = "cpu", batch_size: int = 256, k_i2t: int | None = None,
-                       k_t2i: int | None = None, modes: Sequence[str] = ("global", "two_stage", "exhaustive"),
-                       use_faiss: bool = True, return_details: bool = False):
-    """Metrics of a model with a global (kNN) score and a re-scoring function, on a split (``SplitTensors``).
-
-    Modes: ``global`` (image_vectors . text_vectors only), ``two_stage`` (global shortlist of k_i2t captions /
-    k_t2i images per query re-scored by ``model.rescore_similarity``, grouped by image), ``exhaustive``
-    (``model.rescore_similarity`` over every pair). TGDT: global vs s_global+s_local; ALADIN: student vs student shortlist re-scored by the
-    teacher vs exhaustive teacher. ``k_*`` default to the model's ``hp`` (cfg.extra) or 50 / 100.
-
-    Returns ``{mode: metrics dict}`` (standard protocol); with ``return_details`` also a dict of timings, the
-    shortlist-miss rates and the metrics the released TGDT evaluation would report (misses counted as hits)."""
-    unknown = set(modes) - {"global", "two_stage", "exhaustive"}
-    if unknown:
-        raise ValueError(f"unknown mode(s) {sorted(unknown)}")
-    hp = getattr(model, "hp", {})
-    k_i2t = k_i2t or hp.get("k_i2t", 50)
-    k_t2i = k_t2i or hp.get("k_t2i", 100)
-    model.eval()
-    t0 = time.perf_counter()
-    img, txt = encode_all(model, data, device, batch_size)
-    info: dict = {"encode_seconds": time.perf_counter() - t0, "k_i2t": k_i2t, "k_t2i": k_t2i}
-    iv, tv = model.image_vectors(img).float(), model.text_vectors(txt).float()
-    out = {}
-    if "global" in modes:
-        t0 = time.perf_counter()
-        out["global"] = metrics_from_ranks(*rank_arrays((iv @ tv.t()).numpy(), data.img2txt, data.txt2img))
-        info["global_seconds"] = time.perf_counter() - t0
-    if "two_stage" in modes:
-        t0 = time.perf_counter()
-        first = (iv.numpy(), tv.numpy()) if use_faiss else (iv @ tv.t()).numpy()
-        i2t, t2i, det = two_stage_ranks(first, model_rescorer(model, img, txt, device), data.img2txt,
-                                        data.txt2img, k_i2t, k_t2i, return_details=True)
-        out["two_stage"] = metrics_from_ranks(i2t, t2i)
-        info["two_stage_seconds"] = time.perf_counter() - t0
-        info["two_stage_rescore_seconds"] = det["rescore_seconds"]
-        info["pairs_rescored"] = det["pairs_rescored"]
-        info["shortlist_miss_rate_i2t"] = float(det["missed_i2t"].mean())
-        info["shortlist_miss_rate_t2i"] = float(det["missed_t2i"].mean())
-        info["two_stage_released_bug"] = metrics_from_ranks(np.where(det["missed_i2t"], 0, i2t),
-                                                            np.where(det["missed_t2i"], 0, t2i))
-    if "exhaustive" in modes:
-        t0 = time.perf_counter()
-        out["exhaustive"] = metrics_from_ranks(*rank_arrays(exhaustive_scores(model, img, txt, device),
-                                                            data.img2txt, data.txt2img))
-        info["exhaustive_seconds"] = time.perf_counter() - t0
-    return (out, info) if return_details else out
-
-
-def evaluate_tgdt(model, data, device: str = "cpu", batch_size: int = 256, k_i2t: int | None = None,
-                  k_t2i: int | None = None, **kw):
-    """TGDT's three evaluation modes: ``{"global", "two_stage", "exhaustive"}`` metric dicts."""
-    return evaluate_two_stage(model, data, device, batch_size, k_i2t, k_t2i, **kw)

@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import load_dataset
-from .features import SplitFeatures, load_features, load_glove
+from .features import load_glove
 from .io import REPO_ROOT, git_commit, progress_enabled, read_json, resolve_device, write_json
-from .models import Batch, RetrievalModel, build_model
+from .metrics import STUDY_TIE_RULE
+from .models import RetrievalModel, build_model
+from .scoring import encode_split, evaluate, evaluate_two_stage, has_two_stage, load_ties, score_matrix, ties_arrays
+from .splits import SplitTensors, load_split_tensors
 
 log = logging.getLogger(__name__)
 
@@ -119,209 +121,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
         return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------------- data
-class SplitTensors:
-    """A split's features as torch tensors in memory, with the index maps and caption keys."""
-
-    def __init__(self, feats: SplitFeatures, text_encoder: str, max_images: int | None = None):
-        sp = feats.split
-        n = sp.n_images if max_images is None else min(max_images, sp.n_images)
-        caps = np.concatenate([sp.img2txt[i] for i in range(n)]).astype(np.int64)
-        self.split = sp.subset(n) if n < sp.n_images else sp
-        self.images = torch.from_numpy(np.array(feats.images[:n]))  # a RAM copy of the memmap
-        self.text_encoder = text_encoder
-        if text_encoder == "minilm":
-            self.text = torch.from_numpy(np.array(feats.text[caps]))
-            self.lengths = torch.from_numpy(feats.text_lengths[caps].astype(np.int64))
-        else:
-            self.text = torch.from_numpy(feats.glove_ids[caps])
-            self.lengths = torch.from_numpy(feats.glove_lengths[caps].astype(np.int64))
-        self.img2txt = self.split.img2txt
-        self.txt2img = self.split.txt2img
-        keys = self.split.caption_keys()
-        uniq = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-        self.cap_key = torch.tensor([uniq[k] for k in keys], dtype=torch.long)
-        width = max(len(c) for c in self.img2txt)
-        self.img_keys = torch.full((n, width), -1, dtype=torch.long)
-        for i, c in enumerate(self.img2txt):
-            self.img_keys[i, :len(c)] = self.cap_key[c]
-
-    @property
-    def n_images(self) -> int:
-        return self.images.shape[0]
-
-    @property
-    def n_texts(self) -> int:
-        return self.text.shape[0]
-
-    def text_batch(self, idx: torch.Tensor, token_drop: float = 0.0, gen: torch.Generator | None = None,
-                   vocab_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lengths = self.lengths[idx]
-        width = int(lengths.max())
-        text = self.text[idx, :width]
-        pos = torch.arange(width)[None, :]
-        mask = pos < lengths[:, None]
-        if self.text_encoder == "minilm":
-            word = mask & (pos > 0) & (pos < (lengths[:, None] - 1))  # no [CLS] / [SEP]
-            if token_drop > 0:
-                drop = (torch.rand(mask.shape, generator=gen) < token_drop) & word
-                keep_any = (word & ~drop).any(1, keepdim=True)
-                drop = drop & keep_any  # never drop every word of a caption
-                mask, word = mask & ~drop, word & ~drop
-            return text, mask, word
-        if token_drop > 0:  # VSE-infinity's GloVe augmentation: of the 20% picked, 50% <unk>, 10% random, 40% removed
-            text = text.clone()
-            r = torch.rand(mask.shape, generator=gen)
-            picked = (r < token_drop) & mask
-            sub = r / token_drop
-            text[picked & (sub < 0.5)] = 1
-            rnd = picked & (sub >= 0.5) & (sub < 0.6)
-            text[rnd] = torch.randint(2, vocab_size or 3, (int(rnd.sum()),), generator=gen)
-            removed = picked & (sub >= 0.6)
-            rows = []
-            for t, m, rm in zip(text, mask, removed):
-                kept = t[m & ~rm] if (m & ~rm).any() else t[m][:1]
-                rows.append(kept)
-            lengths = torch.tensor([len(r_) for r_ in rows])
-            width = int(lengths.max())
-            text = torch.zeros(len(rows), width, dtype=torch.long)
-            for i, r_ in enumerate(rows):
-                text[i, :len(r_)] = r_
-            mask = torch.arange(width)[None, :] < lengths[:, None]
-        return text, mask, mask
-
-    def image_batch(self, idx: torch.Tensor, region_drop: float = 0.0, gen: torch.Generator | None = None):
-        regions = self.images[idx]
-        mask = torch.ones(regions.shape[:2], dtype=torch.bool)
-        if region_drop > 0:
-            mask = torch.rand(mask.shape, generator=gen) >= region_drop
-            mask[mask.sum(1) == 0, 0] = True
-        return regions, mask
-
-    def train_batch(self, ii: torch.Tensor, cfg: "TrainConfig", multi: bool, one_caption: np.ndarray,
-                    gen: torch.Generator | None = None, vocab_size: int | None = None) -> Batch:
-        """The training batch of images ``ii``: with ``multi`` every caption of each image (and ``cap2img``), else
-        the caption ``one_caption[i]`` of each image i; with the config's region / token drop and, when
-        ``cfg.false_negatives == "mask"``, the false-negative mask."""
-        if multi:
-            caps = [self.img2txt[i] for i in ii.tolist()]
-            tt = torch.tensor([c for cs in caps for c in cs])
-            cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
-        else:
-            tt, cap2img = torch.from_numpy(one_caption[ii.numpy()]), None
-        regions, rmask = self.image_batch(ii, cfg.region_drop, gen)
-        text, tmask, wmask = self.text_batch(tt, cfg.token_drop, gen, vocab_size)
-        ignore = self.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
-        return Batch(regions, rmask, text, tmask, wmask, ignore, cap2img)
-
-    def false_negative_mask(self, img_idx: torch.Tensor, cap_idx: torch.Tensor) -> torch.Tensor:
-        """(B, B): True where caption j's text is one of image i's captions (i != j pairs only matter)."""
-        keys = self.cap_key[cap_idx]
-        return (self.img_keys[img_idx][:, :, None] == keys[None, None, :]).any(1)
-
-
-_TENSORS: dict = {}
-
-
-def load_split_tensors(cfg: TrainConfig, split: str, max_images: int | None = None) -> SplitTensors:
-    """A split's features in memory. Kept per process (keyed by dataset file checksum, split, cache and
-    text encoder; the cache's sidecar is re-checked on every call), so a grid of runs loads each split once."""
-    ds = load_dataset(cfg.dataset, cfg.data_root)
-    feats = load_features(ds, split, root=cfg.cache_dir)  # validates the sidecars
-    key = (ds.json_sha256, split, str(feats.images.filename if hasattr(feats.images, "filename") else id(feats)),
-           cfg.text_encoder, max_images)
-    if key not in _TENSORS:
-        if len(_TENSORS) >= 6:
-            _TENSORS.pop(next(iter(_TENSORS)))
-        _TENSORS[key] = SplitTensors(feats, cfg.text_encoder, max_images)
-    return _TENSORS[key]
-
-
-# ----------------------------------------------------------------------------------------------- evaluation
-def _cat(dicts: list[dict]) -> dict:
-    out = {}
-    for k in dicts[0]:
-        v = dicts[0][k]
-        if not torch.is_tensor(v):
-            continue
-        if v.dim() >= 2 and any(d[k].shape[1:] != v.shape[1:] for d in dicts):  # ragged text widths: pad
-            width = max(d[k].shape[1] for d in dicts)
-            parts = [torch.nn.functional.pad(d[k], (0, 0) * (v.dim() - 2) + (0, width - d[k].shape[1]))
-                     for d in dicts]
-        else:
-            parts = [d[k] for d in dicts]
-        out[k] = torch.cat(parts)
-    return out
-
-
-@torch.no_grad()
-def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256) -> tuple[dict, dict]:
-    """Encode every image and caption of a split (eval mode); returns (image outputs, text outputs) on CPU.
-
-    For models whose retrieval vectors are their score (``exact_vectors``) only the vectors are kept
-    (key ``vec``); otherwise every tensor output, for the exhaustive score."""
-    model.eval()
-    exact = model.exact_vectors
-
-    def keep(out: dict, vec_fn) -> dict:
-        if exact:
-            return {"vec": vec_fn(out).cpu()}
-        return {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)}
-    imgs, txts = [], []
-    for s in range(0, data.n_images, batch_size):
-        idx = torch.arange(s, min(s + batch_size, data.n_images))
-        regions, mask = data.image_batch(idx)
-        imgs.append(keep(model.encode_images(regions.to(device), mask.to(device)), model.image_vectors))
-    for s in range(0, data.n_texts, batch_size):
-        idx = torch.arange(s, min(s + batch_size, data.n_texts))
-        text, mask, word = data.text_batch(idx)
-        txts.append(keep(model.encode_texts(text.to(device), mask.to(device), word.to(device)), model.text_vectors))
-    return _cat(imgs), _cat(txts)
-
-
-def _slice(d: dict, sl) -> dict:
-    return {k: v[sl] for k, v in d.items()}
-
-
-@torch.no_grad()
-def score_matrix(model: RetrievalModel, img: dict, txt: dict, device: str = "cpu", chunk: int = 128) -> np.ndarray:
-    """(n_images, n_texts) model scores: one matmul of retrieval vectors, or the exhaustive score in chunks."""
-    model.eval()
-    if "vec" in img:
-        return (img["vec"] @ txt["vec"].t()).numpy()
-    n_i = next(iter(img.values())).shape[0]
-    rows = []
-    for s in range(0, n_i, chunk):
-        rows.append(model.similarity({k: v.to(device) for k, v in _slice(img, slice(s, s + chunk)).items()},
-                                     {k: v.to(device) for k, v in txt.items()}).cpu())
-    return torch.cat(rows).numpy()
-
-
-def has_two_stage(model: RetrievalModel) -> bool:
-    """Models scored by a global search plus a re-scorer (TGDT, ALADIN's teacher, exhaustive MrSw)."""
-    return hasattr(model, "rescore_similarity")
-
-
-def evaluate(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256,
-             with_ranks: bool = False, selection: bool = False) -> dict:
-    """Standard-protocol metrics (and the duplicate-aware variant, labelled) of a model on a split.
-
-    ``selection``: the cheap score used for per-epoch model selection; for models with a re-scorer that
-    is their two-stage score (global shortlist re-scored), not the exhaustive one."""
-    from .metrics import evaluate_split, rank_arrays, retrieval_metrics_dup
-    if selection and not model.exact_vectors and has_two_stage(model):
-        from .rerank import evaluate_two_stage
-        return {"standard": evaluate_two_stage(model, data, device, batch_size, modes=("two_stage",))["two_stage"]}
-    img, txt = encode_split(model, data, device, batch_size)
-    sims = score_matrix(model, img, txt, device)
-    out = evaluate_split(sims, data.img2txt, data.txt2img)
-    img2txt_dup, txt2imgs = data.split.duplicate_aware_maps()
-    out["duplicate_aware"] = retrieval_metrics_dup(sims, img2txt_dup, txt2imgs)
-    if with_ranks:
-        out["_ranks"] = rank_arrays(sims, data.img2txt, data.txt2img)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -474,18 +273,22 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     test = evaluate(model, te, device, cfg.eval_batch_size, with_ranks=True)
     eval_secs = time.perf_counter() - t0
     i2t_ranks, t2i_ranks = test.pop("_ranks")
+    arrays = {"i2t": i2t_ranks, "t2i": t2i_ranks, **ties_arrays(test.pop("_ties"))}
     extra_eval = {}
     if has_two_stage(model):  # TGDT global / two-stage / exhaustive; ALADIN student / re-ranked / teacher
-        from .rerank import evaluate_two_stage
         # a model without exact vectors was just scored exhaustively (its similarity): not computed twice
         modes = ("global", "two_stage") + (("exhaustive",) if model.exact_vectors else ())
         res, info = evaluate_two_stage(model, te, device, cfg.eval_batch_size, modes=modes, return_details=True)
-        extra_eval = {m: {"standard": v} for m, v in res.items()}
+        for mode, ties in info.pop("ties").items():
+            arrays.update(ties_arrays(ties, f"{mode}/"))
+        extra_eval = dict(res)
         if not model.exact_vectors:
-            extra_eval["exhaustive"] = {"standard": test["standard"]}
+            extra_eval["exhaustive"] = {k: v for k, v in test.items() if k.startswith("standard")}
+            arrays.update({k.replace("i2t_", "exhaustive/i2t_", 1).replace("t2i_", "exhaustive/t2i_", 1): v
+                           for k, v in arrays.items() if k.endswith(("_above", "_tied", "_tpos")) and "/" not in k})
             info["exhaustive_seconds"] = eval_secs
         extra_eval["details"] = info
-    np.savez_compressed(run_dir / "test_ranks.npz", i2t=i2t_ranks, t2i=t2i_ranks)
+    np.savez_compressed(run_dir / "test_ranks.npz", **arrays)
     with torch.no_grad():
         model.eval()
         regions, rmask = te.image_batch(torch.arange(1))
@@ -497,6 +300,8 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "images; per step each image with " + ("all its captions" if multi_caption(cfg, model) else
                                                "one random caption"), "val": val, "test": test,
         "history": history, "extra_eval": extra_eval, "retrieval_vector_dim": vec_dim, "exact_vectors": model.exact_vectors,
+        "tie_rule": STUDY_TIE_RULE, "method_hp": dict(getattr(model, "hp", {})),
+        "captions_per_step": "all" if multi_caption(cfg, model) else "one",
         "n_params": sum(p.numel() for p in model.parameters()),
         "train_seconds": round(sum(h["train_seconds"] for h in history), 2),
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),

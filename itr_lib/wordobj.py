@@ -391,7 +391,7 @@ def retrieval_examples(model, data, n_queries: int = 3, k: int = 5, seed: int = 
     standard protocol (``correct``: the caption's own image / the image's own captions) and duplicate-aware
     (``correct_dup``: the same caption text belongs to that image). ``sims`` (images x captions) is computed
     with ``train.encode_split`` / ``score_matrix`` when not given."""
-    from .train import encode_split, score_matrix
+    from .scoring import encode_split, score_matrix
     if sims is None:
         device = device or str(_model_device(model))
         img, txt = encode_split(model, data, device)

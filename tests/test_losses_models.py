@@ -225,9 +225,62 @@ def test_model_loss_with_several_captions_per_image():
     loss, terms = m.compute_loss(img, txt, batch, epoch=1)
     loss.backward()
     assert all(math.isfinite(v) for v in terms.values())
-    trip = VSEModel(dim=16, base_loss="triplet")
-    with pytest.raises(ValueError, match="one caption per image"):
-        trip.compute_loss(trip.encode_images(regions, rmask), trip.encode_texts(text, tmask, tmask), batch, 1)
+    trip = VSEModel(dim=16, base_loss="triplet")  # the triplet takes several captions per image too
+    t_img, t_txt = trip.encode_images(regions, rmask), trip.encode_texts(text, tmask, tmask)
+    loss, _ = trip.compute_loss(t_img, t_txt, batch, 1)
+    ref = _ref_multi_triplet(trip.similarity(t_img, t_txt), batch.positives(), None, 0.2, True)
+    assert torch.allclose(loss, ref)
+
+
+def _ref_multi_triplet(s, pos, ignore, margin, hardest):
+    """Multi-positive hinge triplet by loops: each caption against the other images, each (image, own caption)
+    pair against the captions the image does not own (``ignore`` removes negatives)."""
+    b, m = s.shape
+    ign = torch.zeros_like(pos) if ignore is None else ignore
+    total = s.new_zeros(())
+    for j in range(m):  # caption anchors
+        i0 = int(pos[:, j].nonzero()[0])
+        costs = [torch.clamp(margin + s[i, j] - s[i0, j], min=0) for i in range(b) if not pos[i, j] and not ign[i, j]]
+        if costs:
+            total = total + (max(costs) if hardest else sum(costs))
+    for i in range(b):  # (image, own caption) anchors
+        for j in pos[i].nonzero()[:, 0].tolist():
+            costs = [torch.clamp(margin + s[i, n] - s[i, j], min=0) for n in range(m) if not pos[i, n] and not ign[i, n]]
+            if costs:
+                total = total + (max(costs) if hardest else sum(costs))
+    return total
+
+
+@pytest.mark.parametrize("hardest", [True, False])
+def test_multi_positive_triplet_matches_loops(hardest):
+    torch.manual_seed(3)
+    cap2img = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    pos = cap2img[None, :] == torch.arange(4)[:, None]
+    s = torch.randn(4, 7, requires_grad=True)
+    ignore = torch.zeros(4, 7, dtype=torch.bool)
+    ignore[1, 0] = ignore[3, 4] = True  # two false negatives
+    for ig in (None, ignore):
+        got = L.triplet_loss(s, 0.2, hardest, ig, pos)
+        ref = _ref_multi_triplet(s, pos, ig, 0.2, hardest)
+        assert torch.allclose(got, ref)
+        g1, = torch.autograd.grad(got, s)
+        g2, = torch.autograd.grad(ref, s)
+        assert torch.allclose(g1, g2)
+    # one caption per image: the multi-positive form is the square (diagonal) loss
+    sq = torch.randn(5, 5)
+    assert torch.allclose(L.triplet_loss(sq, 0.2, hardest, None, torch.eye(5, dtype=torch.bool)),
+                          L.triplet_loss(sq, 0.2, hardest))
+
+
+def test_consistency_with_several_captions_per_image():
+    torch.manual_seed(4)
+    s_vv, cap2img = torch.randn(3, 3), torch.tensor([0, 0, 1, 2, 2])
+    s_tt = torch.randn(5, 5)
+    got = L.intra_consistency_loss(s_vv, s_tt, 0.3, cap2img, reduce="sum")
+    ref = sum(max(0.0, max(abs(float(s_tt[i, j] - s_vv[cap2img[i], cap2img[j]])) for i in range(5)) - 0.3)
+              for j in range(5))
+    assert float(got) == pytest.approx(ref, rel=1e-6)
+    assert float(L.intra_consistency_loss(s_vv, s_tt, 0.3, cap2img, reduce="mean")) == pytest.approx(ref / 5, rel=1e-6)
 
 
 # ------------------------------------------------------------------ the fast losses equal their direct forms

@@ -94,6 +94,48 @@ def test_tie_rule_matches_count_reference():
     assert retrieval_metrics(const, [[0], [1, 2], [3], [4, 5]], [0, 1, 1, 2, 3, 3])["rsum"] < 600.0
 
 
+def _enumerated_tie_reference(sims, img_pos, txt_pos):
+    """Expected R@1/5/10 and rank0 per query by enumerating every order of the tie group at the best positive's
+    score (ties broken uniformly at random), with the optimistic and pessimistic ranks."""
+    import itertools
+    sims = np.asarray(sims)
+
+    def one(scores, pos):
+        best = max(scores[p] for p in pos)
+        above = int((scores > best).sum())
+        group = [c for c in range(len(scores)) if scores[c] == best]
+        perms = list(itertools.permutations(group))
+        ranks = [above + min(order.index(p) for p in pos if p in group) for order in perms]
+        hits = [np.mean([r < k for r in ranks]) for k in (1, 5, 10)]
+        n_neg = sum(1 for c in group if c not in pos)
+        return hits, float(np.mean(ranks)), above, above + n_neg
+
+    i2t = [one(sims[i], set(img_pos[i])) for i in range(sims.shape[0])]
+    t2i = [one(sims[:, j], {int(txt_pos[j])}) for j in range(sims.shape[1])]
+    return i2t, t2i
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tie_rules_match_enumeration(seed):
+    from itr_lib.metrics import tie_counts
+    rng = np.random.default_rng(seed)
+    sims, img2txt, txt2img = random_problem(5, seed, max_caps=3)
+    sims = rng.integers(0, 3, size=sims.shape).astype(np.float32)  # tie groups of several candidates
+    ti, tt = tie_counts(sims, img2txt, txt2img, chunk_size=2)
+    ref_i, ref_t = _enumerated_tie_reference(sims, img2txt, txt2img)
+    for ties, ref in ((ti, ref_i), (tt, ref_t)):
+        np.testing.assert_allclose(ties.hits(), [r[0] for r in ref], atol=1e-12)
+        np.testing.assert_allclose(ties.ranks("expected"), [r[1] for r in ref], atol=1e-12)
+        assert ties.ranks("optimistic").tolist() == [r[2] for r in ref]
+        assert ties.ranks("pessimistic").tolist() == [r[3] for r in ref]
+    m = retrieval_metrics(sims, img2txt, txt2img)
+    assert m["i2t_r5"] == pytest.approx(100 * np.mean([r[0][1] for r in ref_i]))
+    assert m["t2i_meanr"] == pytest.approx(np.mean([r[1] for r in ref_t]) + 1)
+    lo = retrieval_metrics(sims, img2txt, txt2img, tie_rule="pessimistic")["rsum"]
+    hi = retrieval_metrics(sims, img2txt, txt2img, tie_rule="optimistic")["rsum"]
+    assert lo <= m["rsum"] <= hi and lo < hi  # the bounds differ on this tie-heavy matrix
+
+
 # ---------------------------------------------------------------------------------------------------- hand-made
 def test_hand_made_ranks():
     # 3 images, 5 captions. img2txt: 0 -> {0, 1}, 1 -> {2}, 2 -> {3, 4}.
@@ -110,7 +152,12 @@ def test_hand_made_ranks():
     i2t, t2i = rank_arrays(sims, img2txt, txt2img, chunk_size=2)
     assert i2t.tolist() == [0, 2, 3]
     assert t2i.tolist() == [0, 2, 1, 0, 1]
-    m = retrieval_metrics(sims, img2txt, txt2img, chunk_size=2)
+    m = retrieval_metrics(sims, img2txt, txt2img, chunk_size=2, tie_rule="index")
+    # c0 ties img0 with img2: under the study's rule (random tie-breaking) its R@1 is 1/2, so t2i R@1 = 1.5 / 5;
+    # the optimistic and pessimistic bounds count it as a hit / a miss
+    assert retrieval_metrics(sims, img2txt, txt2img, chunk_size=2)["t2i_r1"] == pytest.approx(30.0)
+    assert retrieval_metrics(sims, img2txt, txt2img, tie_rule="optimistic")["t2i_r1"] == pytest.approx(40.0)
+    assert retrieval_metrics(sims, img2txt, txt2img, tie_rule="pessimistic")["t2i_r1"] == pytest.approx(20.0)
     assert m["i2t_r1"] == pytest.approx(100 / 3)
     assert m["i2t_r5"] == 100.0 and m["i2t_r10"] == 100.0
     assert m["i2t_medr"] == 3.0          # median(0, 2, 3) = 2 -> 3
@@ -241,7 +288,7 @@ def test_evaluate_split_5000_images_has_1k_folds():
     sims[txt2img, txt2img] += 3.0
     img2txt = [[i] for i in range(n)]
     out = evaluate_split(sims, img2txt, txt2img)
-    assert set(out) == {"standard", "coco_1k_5fold"}
+    assert set(out) == {"standard", "standard_optimistic", "standard_pessimistic", "coco_1k_5fold"}
     assert out["coco_1k_5fold"] == coco_5fold_1k(sims, img2txt, txt2img)
     assert out["coco_1k_5fold"]["rsum"] > out["standard"]["rsum"]  # 1K candidates is easier than 5K
 

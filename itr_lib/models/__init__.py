@@ -11,13 +11,44 @@ from .base import Batch, RetrievalModel
 from .vse import VSEModel
 
 BUILDERS: dict[str, Callable] = {}
+USES: dict[str, Callable] = {}  # method -> cfg -> the method-specific TrainConfig fields it reads
+
+# TrainConfig fields every method reads (or that only steer the run, not the model)
+COMMON_FIELDS = frozenset({
+    "method", "dataset", "text_encoder", "seed", "dim", "base_loss", "false_negatives", "captions_per_step",
+    "epochs", "batch_size", "lr", "lr_decay_frac", "lr_decay_gamma", "grad_clip", "weight_decay", "region_drop",
+    "token_drop", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images", "val_images_per_epoch",
+    "eval_batch_size", "device", "threads", "run_dir", "progress"})
+LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
 
-def register(name: str):
+def register(name: str, uses: Callable | tuple = ()):
+    """Register a builder ``fn(cfg, glove) -> RetrievalModel`` under ``name``; ``uses`` names the TrainConfig
+    fields beyond :data:`COMMON_FIELDS` and the loss's own that the method reads (a tuple, or a function of the
+    config); any other field set off its default is an error (:func:`check_config`)."""
     def deco(fn):
         BUILDERS[name] = fn
+        USES[name] = uses if callable(uses) else (lambda cfg, _u=tuple(uses): _u)
         return fn
     return deco
+
+
+def check_config(cfg) -> None:
+    """A TrainConfig field the method cannot honour, set off its default, is an error (never silently ignored)."""
+    import dataclasses
+    if cfg.base_loss not in LOSS_FIELDS:
+        raise ValueError(f"unknown base_loss {cfg.base_loss!r}; choose one of {sorted(LOSS_FIELDS)}")
+    used = COMMON_FIELDS | set(LOSS_FIELDS[cfg.base_loss]) | set(USES[cfg.method](cfg))
+    bad = [(f.name, getattr(cfg, f.name), f.default) for f in dataclasses.fields(cfg)
+           if f.name not in used and f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default]
+    if bad:
+        desc = ", ".join(f"{n}={v!r} (default {d!r})" for n, v, d in bad)
+        raise ValueError(f"method {cfg.method!r} with base_loss {cfg.base_loss!r} does not use {desc}. Fix: leave "
+                         f"these at their defaults (they would be recorded but have no effect).")
+
+
+_LCA_FIELDS = ("codebook_size", "lca_eps", "lca_iters", "lca_temperature", "lca_weight", "codebook_freeze_epochs")
+_CRA_FIELDS = ("cra_temperature", "cra_topk", "cra_weight")
 
 
 def _vse_kwargs(cfg, glove):
@@ -26,12 +57,13 @@ def _vse_kwargs(cfg, glove):
                 warmup_epochs=cfg.warmup_epochs)
 
 
-@register("baseline")
+@register("baseline", uses=("pooling", "mlp"))
 def _baseline(cfg, glove):
     return VSEModel(**_vse_kwargs(cfg, glove))
 
 
-@register("selfalign")
+@register("selfalign", uses=lambda cfg: ("pooling", "mlp", "lca", "cra") + (_LCA_FIELDS if cfg.lca else ())
+          + (_CRA_FIELDS if cfg.cra else ()))
 def _selfalign(cfg, glove):
     if not (cfg.lca or cfg.cra):
         raise ValueError("method 'selfalign' needs lca=True and/or cra=True (use method 'baseline' for neither)")
@@ -45,6 +77,7 @@ def build_model(cfg, glove=None) -> RetrievalModel:
     _load_plugins()
     if cfg.method not in BUILDERS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(BUILDERS)}")
+    check_config(cfg)
     return BUILDERS[cfg.method](cfg, glove)
 
 
@@ -59,4 +92,4 @@ def _load_plugins() -> None:
                 raise
 
 
-__all__ = ["Batch", "RetrievalModel", "VSEModel", "build_model", "register", "BUILDERS"]
+__all__ = ["Batch", "RetrievalModel", "VSEModel", "build_model", "check_config", "register", "BUILDERS"]

@@ -137,6 +137,18 @@ def mrsw_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: to
     return _blocked(_mrsw_block, img_locals, img_mask, txt_locals, txt_mask, max_elements)
 
 
+def per_word(scores: torch.Tensor, txt_mask: torch.Tensor, reduce: str) -> torch.Tensor:
+    """A word-summed score, (Bi, Bt) for all pairs or (P,) for aligned pairs, as it is ("sum", TERAN's MrSw) or
+    divided by each caption's number of valid words ("mean": the mean over words, on the cosine scale, so one
+    temperature serves short and long captions)."""
+    if reduce == "sum":
+        return scores
+    if reduce == "mean":
+        n = txt_mask.sum(1).clamp_min(1).to(scores.dtype)
+        return scores / (n[None, :] if scores.dim() == 2 else n)
+    raise ValueError(f"local_score must be 'sum' or 'mean', got {reduce!r}")
+
+
 def mrsw_pair_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,
                      txt_mask: torch.Tensor) -> torch.Tensor:
     """MrSw of P aligned pairs (img_locals[p], txt_locals[p]) -> (P,). Same conventions as :func:`mrsw_scores`."""
@@ -272,6 +284,23 @@ def normed_locals(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return l2norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
+def loss_defaults(cfg) -> dict:
+    """The loss settings every model reads from its TrainConfig: the base loss (``"triplet"``: the authors',
+    summed, hardest negative from epoch ``warmup_epochs`` on; ``"infonce"``: the study loss, at
+    ``infonce_temperature``), and how word-summed local scores enter it (``local_score``: "sum" with the triplet,
+    as the authors; "mean" over the words with InfoNCE, so the local logits share the global temperature)."""
+    return dict(base_loss=cfg.base_loss, margin=cfg.margin, warmup_epochs=cfg.warmup_epochs,
+                temperature=cfg.infonce_temperature, local_score="mean" if cfg.base_loss == "infonce" else "sum")
+
+
+def loss_on(kind_hp: dict, scores: torch.Tensor, batch, epoch: int) -> torch.Tensor:
+    """The configured base loss (:func:`itr_lib.losses.contrastive_loss`) on a score matrix of ``batch``."""
+    from .. import losses as L
+    return L.contrastive_loss(kind_hp["base_loss"], scores, margin=kind_hp["margin"],
+                              hardest=epoch >= kind_hp["warmup_epochs"], temperature=kind_hp["temperature"],
+                              ignore=batch.ignore, pos=batch.positives())
+
+
 def extra_get(extra: dict, defaults: dict) -> dict:
     """``defaults`` overridden by ``extra``; unknown keys in ``extra`` are an error (typos must not pass)."""
     unknown = sorted(set(extra) - set(defaults))
@@ -280,7 +309,7 @@ def extra_get(extra: dict, defaults: dict) -> dict:
     return {**defaults, **extra}
 
 
-__all__ = ["mrsw_scores", "mrsw_pair_scores", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
+__all__ = ["mrsw_scores", "mrsw_pair_scores", "per_word", "loss_defaults", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
            "gather_tokens", "transformer_encoder", "normed_locals", "extra_get", "DEFAULT_MAX_ELEMENTS"]
 
 

@@ -4,32 +4,34 @@
   projection, or the BiGRU over GloVe as SCAN itself), both l2-normalised; each word attends over the regions
   (cosine, LeakyReLU(0.1), l2-normalised over the words per region, softmax(lambda_softmax=9 * .) over the regions),
   cosine(word, attended region vector), LogSumExp pooling over the words (lambda_lse=6)
-  (:func:`itr_lib.models.fine.scan_t2i_scores`). Hardest-negative triplet, margin 0.2 (SCAN's max_violation).
+  (:func:`itr_lib.models.fine.scan_t2i_scores`).
 - ``"mrsw"``: exhaustive fine-grained matching without cross attention: the same projections, MrSw (sum over words
-  of the max over regions of the cosine) on all pairs, hardest-negative triplet.
+  of the max over regions of the cosine; its mean over the words under InfoNCE, ``local_score``) on all pairs.
+Both train with the TrainConfig's base loss: the authors' hardest-negative triplet (margin 0.2, SCAN's
+max_violation; ``warmup_epochs=0``) or the study's InfoNCE.
 
 Both have ``exact_vectors = False`` and ``similarity`` = the exhaustive, memory-chunked score over images x texts.
 Their ``image_vectors`` / ``text_vectors`` are l2-normalised MEAN-POOLED locals: NOT the model's score (nothing
 was trained for them); they exist only to satisfy the interface (e.g. the retrieval-vector size in metrics.json),
 never use them as this model's retrieval result.
 
-``cfg.extra`` keys: margin=cfg.margin (0.2), warmup_epochs=0, and for scan lambda_softmax=9.0, lambda_lse=6.0,
-leaky=0.1 (SCAN t2i defaults for Flickr30K/COCO: lambda_softmax 9 / 4, lambda_lse 6). ``cfg.mlp`` adds the
+``cfg.extra`` keys: for scan lambda_softmax=9.0, lambda_lse=6.0, leaky=0.1; for mrsw local_score (SCAN t2i defaults for Flickr30K/COCO: lambda_softmax 9 / 4, lambda_lse 6). ``cfg.mlp`` adds the
 VSE-infinity residual MLP to the projections.
 """
 from __future__ import annotations
 
 import torch
 
-from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
 from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean
-from .fine import extra_get, mrsw_pair_scores, mrsw_scores, normed_locals, scan_t2i_scores
+from .fine import (extra_get, loss_defaults, loss_on, mrsw_pair_scores, mrsw_scores, normed_locals, per_word,
+                   scan_t2i_scores)
 
 
 class _FineModel(RetrievalModel):
     exact_vectors = False
+    supports_multi_caption = True
 
     def __init__(self, dim: int = 1024, text_encoder: str = "minilm", glove: torch.Tensor | None = None,
                  mlp: bool = False, region_dim: int = 1280, **hp):
@@ -60,8 +62,7 @@ class _FineModel(RetrievalModel):
         return txt["mean"]
 
     def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
-        loss = L.triplet_loss(self.similarity(img, txt), self.hp["margin"], epoch >= self.hp["warmup_epochs"],
-                              batch.ignore)
+        loss = loss_on(self.hp, self.similarity(img, txt), batch, epoch)
         return loss, {"base": float(loss.detach()), "total": float(loss.detach())}
 
 
@@ -74,23 +75,25 @@ class SCANModel(_FineModel):
 
 class MrSwModel(_FineModel):
     def similarity(self, img: dict, txt: dict) -> torch.Tensor:
-        return mrsw_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+        s = mrsw_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+        return per_word(s, txt["mask"], self.hp["local_score"])
 
     def rescore_similarity(self, img: dict, txt: dict) -> torch.Tensor:
         return self.similarity(img, txt)
 
     def rescore_pairs(self, img: dict, txt: dict) -> torch.Tensor:
-        return mrsw_pair_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+        s = mrsw_pair_scores(img["locals"], img["mask"], txt["locals"], txt["mask"])
+        return per_word(s, txt["mask"], self.hp["local_score"])
 
 
-@register("scan")
+@register("scan", uses=("mlp",))
 def _scan(cfg, glove):
-    hp = extra_get(cfg.extra, dict(margin=cfg.margin, warmup_epochs=0, lambda_softmax=9.0, lambda_lse=6.0,
-                                   leaky=0.1))
+    hp = {**loss_defaults(cfg), **extra_get(cfg.extra, dict(lambda_softmax=9.0, lambda_lse=6.0, leaky=0.1))}
+    hp.pop("local_score")  # SCAN pools its words by LogSumExp, on the cosine scale already
     return SCANModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, mlp=cfg.mlp, **hp)
 
 
-@register("mrsw")
+@register("mrsw", uses=("mlp",))
 def _mrsw(cfg, glove):
-    hp = extra_get(cfg.extra, dict(margin=cfg.margin, warmup_epochs=0))
+    hp = {**loss_defaults(cfg), **extra_get(cfg.extra, dict(local_score=loss_defaults(cfg)["local_score"]))}
     return MrSwModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, mlp=cfg.mlp, **hp)

@@ -124,14 +124,8 @@ class VSEModel(RetrievalModel):
         hp = self.hp
         scores = self.similarity(img, txt)
         pos = batch.positives()
-        if hp["base_loss"] == "triplet":
-            if pos is not None:
-                raise ValueError("the triplet loss needs one caption per image and step (captions_per_step='one')")
-            base = L.triplet_loss(scores, hp["margin"], hardest=epoch >= hp["warmup_epochs"], ignore=batch.ignore)
-        elif hp["base_loss"] == "infonce":
-            base = L.infonce_loss(scores, hp["infonce_temperature"], ignore=batch.ignore, pos=pos)
-        else:
-            raise ValueError(f"unknown base_loss {hp['base_loss']!r}; choose 'triplet' or 'infonce'")
+        base = L.contrastive_loss(hp["base_loss"], scores, margin=hp["margin"], hardest=epoch >= hp["warmup_epochs"],
+                                  temperature=hp["infonce_temperature"], ignore=batch.ignore, pos=pos)
         terms = {"base": base}
         total = base
         if self.use_lca:
