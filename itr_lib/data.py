@@ -205,15 +205,22 @@ class Dataset:
         import pandas as pd
         return pd.DataFrame([self.splits[s].stats() for s in self.split_names]).set_index("split")
 
-    def check_images(self, splits: list[str] | None = None, decode: bool = False) -> None:
-        """Raise :class:`DataError` on the first image that is missing (or, with ``decode``, not decodable)."""
+    def check_images(self, splits: list[str] | None = None, decode: bool = True, max_listed: int = 20) -> None:
+        """Check every image of the splits up front and raise one :class:`DataError` naming all the bad files (a
+        missing file; with ``decode``, a file whose header or data does not decode: checked with a reduced-size
+        JPEG draft decode, a few ms per image, so a corrupt file is found before any feature is extracted)."""
+        bad = []
         for s in splits or self.split_names:
-            for path in self.splits[s].image_paths:
+            for i, path in enumerate(self.splits[s].image_paths):
                 if not path.is_file():
-                    raise DataError(f"{self.json_path}: image file {path} (field 'filename', split '{s}') is "
-                                    f"missing. Fix: restore the file under {self.image_dir}, or remove its record.")
-                if decode:
-                    load_image(path)
+                    bad.append(f"{path} (split '{s}', field 'filename' of image {i}): missing")
+                elif decode and (err := _decode_error(path)):
+                    bad.append(f"{path} (split '{s}', image {i}): cannot be decoded ({err})")
+        if bad:
+            shown = "\n  ".join(bad[:max_listed]) + (f"\n  ... and {len(bad) - max_listed} more" if len(bad) >
+                                                        max_listed else "")
+            raise DataError(f"{self.json_path}: {len(bad)} bad image file(s):\n  {shown}\nFix: restore or replace "
+                            f"these files under {self.image_dir}, or remove their records from the JSON.")
 
     def __repr__(self) -> str:
         parts = ", ".join(f"{s}={self.splits[s].n_images}/{self.splits[s].n_texts}" for s in self.split_names)
@@ -232,6 +239,18 @@ def load_image(path: str | os.PathLike):
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(f"image file {path} cannot be decoded ({err}). Fix: replace it with a valid image "
                         f"file, or remove its record from the dataset JSON.") from err
+
+
+def _decode_error(path: Path) -> str | None:
+    """Why an image file does not decode, or None (a draft decode at reduced size: reads the whole file)."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
+            im.load()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        return str(err) or type(err).__name__
+    return None
 
 
 def _image_dir_for(json_path: Path) -> Path:

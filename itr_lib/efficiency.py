@@ -42,8 +42,6 @@ budget; the remaining sizes are extrapolated with the log-log slope fitted to th
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import os
@@ -59,6 +57,7 @@ import pandas as pd
 import torch
 
 from .io import read_json, write_json
+from .runs import find_runs, mode_mr, select_runs  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -450,110 +449,6 @@ def _search_floor(mode: str, gal_all: dict, qry_all: dict, gvec, store_keys, n: 
     return {"floor_bytes": b, "floor_flops": f, "floor_ms": roofline_ms(b, f, hw, batch)}
 
 
-# ----------------------------------------------------------------------------------------------- runs on disk
-def _group_key(cfg: dict) -> str:
-    ident = {k: v for k, v in cfg.items()
-             if k not in ("seed", "data_root", "cache_dir", "device", "threads", "run_dir", "progress",
-                          "eval_batch_size")}
-    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def find_runs(results_dir: str | os.PathLike) -> pd.DataFrame:
-    """Every finished run under ``results_dir``: ``runs/<run>/best.pt`` with ``metrics.json`` beside it (a run
-    without metrics.json is unfinished and ignored), plus finished runs whose checkpoint is gone (``metrics/<run>.json``
-    or ``runs/<run>/metrics.json`` alone: usable for mR only). The metrics are read from ``metrics/<run>.json``
-    when present, else from the run folder. One row per run: run, method, dataset, seed, variant, group (config
-    without the seed), checkpoint (or None), metrics_path, train_s_per_epoch (mean of the history's
-    ``train_seconds``)."""
-    from .tables import variant_name
-    results_dir = Path(results_dir)
-    candidates: dict[str, tuple[Path, str | None]] = {}
-    for ck in sorted((results_dir / "runs").glob("*/best.pt")):
-        if (ck.parent / "metrics.json").is_file():
-            copy = results_dir / "metrics" / f"{ck.parent.name}.json"
-            candidates[ck.parent.name] = (copy if copy.is_file() else ck.parent / "metrics.json", str(ck))
-    alone = sorted((results_dir / "metrics").glob("*.json")) + sorted((results_dir / "runs").glob("*/metrics.json"))
-    for mpath in alone:
-        candidates.setdefault(mpath.parent.name if mpath.name == "metrics.json" else mpath.stem, (mpath, None))
-    rows = []
-    for run, (mpath, ck) in sorted(candidates.items()):
-        try:
-            m = read_json(mpath)
-        except (OSError, ValueError) as err:
-            log.warning("skipping unreadable %s: %s", mpath, err)
-            continue
-        if not isinstance(m, dict) or "config" not in m or "test" not in m:
-            continue
-        cfg = m["config"]
-        hist = [h["train_seconds"] for h in m.get("history", []) if "train_seconds" in h]
-        rows.append({"run": run, "method": m.get("method", cfg.get("method")), "dataset": m.get("dataset"),
-                     "seed": m.get("seed", cfg.get("seed")), "variant": variant_name(cfg), "group": _group_key(cfg),
-                     "text_encoder": cfg.get("text_encoder"), "lca": cfg.get("lca"), "cra": cfg.get("cra"),
-                     "checkpoint": ck, "metrics_path": str(mpath),
-                     "train_s_per_epoch": float(np.mean(hist)) if hist else np.nan,
-                     "epochs_run": len(hist), "train_device": m.get("device")})
-    cols = ["run", "method", "dataset", "seed", "variant", "group", "text_encoder", "lca", "cra", "checkpoint",
-            "metrics_path", "train_s_per_epoch", "epochs_run", "train_device"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-def select_runs(runs: pd.DataFrame, spec: MethodSpec, dataset: str) -> tuple[pd.Series | None, pd.DataFrame]:
-    """The run whose checkpoint is timed (lowest seed) and every run of its configuration (all seeds, for mR).
-
-    Among several trained configurations of the method: those matching ``spec.prefer``, then the one with a
-    checkpoint and the most seeds, then the longest schedule (the ablation's chosen one over the 3-epoch sweep's),
-    then text encoder MiniLM, then the variant name."""
-    d = runs[(runs.method == spec.method) & (runs.dataset == dataset)]
-    if d.empty:
-        return None, d
-    for key, val in spec.prefer.items():
-        sel = d[d[key] == val]
-        if not sel.empty:
-            d = sel
-    groups = []
-    for g, gd in d.groupby("group"):
-        with_ck = gd[gd.checkpoint.notna()]
-        groups.append((with_ck.empty, -gd.seed.nunique(), -int(gd.epochs_run.max()),
-                       gd.text_encoder.iloc[0] != "minilm", gd.variant.iloc[0], g))
-    groups.sort()
-    best = groups[0]
-    gd = d[d.group == best[-1]].sort_values("seed")
-    with_ck = gd[gd.checkpoint.notna()]
-    return (with_ck.iloc[0] if not with_ck.empty else None), gd
-
-
-def _find_mr(v, protocol: str = "standard"):
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, dict):
-        if "mr" in v:
-            return float(v["mr"])
-        for key in (protocol, "test"):
-            if key in v:
-                r = _find_mr(v[key], protocol)
-                if r is not None:
-                    return r
-    return None
-
-
-def mode_mr(metrics: dict, key: str = "test", protocol: str = "standard", extra: dict | None = None) -> float | None:
-    """Test mR of a run for a retrieval mode: ``"test"`` is the run's own test score (the model's ``similarity``:
-    exhaustive for TGDT / MrSw / SCAN, the student for ALADIN); other keys (``global``, ``two_stage``,
-    ``exhaustive``) are looked up in ``metrics['extra_eval']``, ``metrics['test']`` and ``extra`` (a cache of
-    :func:`evaluate_modes`), as a number, ``{'mr': ...}`` or ``{'standard': {'mr': ...}}``; None when absent."""
-    if key == "test":
-        return _find_mr(metrics.get("test", {}), protocol)
-    names = [key, key.replace("_", "-"), key.replace("-", "_")]
-    for src in (metrics.get("extra_eval") or {}, metrics.get("test") or {}, extra or {}):
-        for nm in names:
-            for cand in (nm, f"{nm}_mr"):
-                if cand in src:
-                    r = _find_mr(src[cand], protocol)
-                    if r is not None:
-                        return r
-    return None
-
-
 def evaluate_modes(checkpoint: str, modes: Sequence[str], cache_path: Path, device: str = "cpu",
                    data_root: str | None = None, cache_dir: str | None = None) -> dict:
     """Test metrics of a checkpoint in the given :func:`itr_lib.rerank.evaluate_two_stage` modes (``global``,
@@ -609,7 +504,7 @@ def benchmark_dataset(runs: pd.DataFrame, dataset: str, results_dir: str | os.Pa
     notes, details, rows = [], [], []
     loaded: dict[str, tuple] = {}
     for spec in specs:
-        timed, group = select_runs(runs, spec, dataset)
+        timed, group = select_runs(runs, spec.method, dataset, spec.prefer)
         if timed is None:
             notes.append(f"{dataset}: {spec.label}: skipped, no trained run of method '{spec.method}' with a "
                          f"checkpoint under {results_dir / 'runs'}")
@@ -652,7 +547,7 @@ def benchmark_dataset(runs: pd.DataFrame, dataset: str, results_dir: str | os.Pa
     result = DatasetResult(table, pd.concat(details, ignore_index=True) if details else pd.DataFrame(), notes)
     if keep_models:
         for spec in specs:
-            timed, _ = select_runs(runs, spec, dataset)
+            timed, _ = select_runs(runs, spec.method, dataset, spec.prefer)
             if timed is not None and timed.run in loaded:
                 result.models[spec.label] = loaded[timed.run]
     return result
@@ -727,33 +622,6 @@ def pareto_front(latency: Sequence[float], score: Sequence[float]) -> np.ndarray
         dominated = ok & (x <= x[i]) & (y >= y[i]) & ((x < x[i]) | (y > y[i]))
         front[i] = not dominated.any()
     return front
-
-
-def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query"):
-    """mR (mean +- std over seeds) against per-query latency (log scale), every method, the Pareto front drawn."""
-    from .figures import _plt
-    plt = _plt()
-    ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
-    t = table[ok].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
-              "cross-attention": "#e76f51"}
-    for _, r in t.iterrows():
-        ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
-                    color=colors.get(r.family, "#555"), mec="k", mew=0.5)
-        ax.annotate(r.method, (r[latency_col], r.mr), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    if not t.empty:
-        f = pareto_front(t[latency_col], t.mr)
-        p = t[f].sort_values(latency_col)
-        ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--", label="Pareto front")
-        ax.legend(fontsize=8, loc="lower right")
-    ax.set_xscale("log")
-    dev = t.device.iloc[0] if "device" in t and len(t) else ""
-    ax.set(xlabel=f"ms per query (batch 1, mean of t2i and i2t; {dev})",
-           ylabel="test mR (mean ± std over seeds)", title=f"{dataset.upper()}: accuracy vs query latency")
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------------------------- scaling
@@ -1114,42 +982,6 @@ def _available_memory() -> float:
         return 8 * 2 ** 30
 
 
-def scaling_figure(df: pd.DataFrame):
-    """Log-log latency against gallery size, one line per index / scoring; extrapolated parts dashed, flat-search
-    floor dotted; recall@10 of the approximate indexes on a second panel."""
-    from .figures import _plt
-    plt = _plt()
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2, 1]})
-    cmap = plt.get_cmap("tab10")
-    for i, (name, g) in enumerate(df.groupby("index", sort=False)):
-        g = g.sort_values("n_items")
-        c = cmap(i % 10)
-        meas, ext = g[~g.extrapolated.astype(bool)], g[g.extrapolated.astype(bool)]
-        ax.plot(meas.n_items, meas.ms_per_query, "o-", color=c, label=name)
-        if not ext.empty:
-            join = pd.concat([meas.tail(1), ext])
-            ax.plot(join.n_items, join.ms_per_query, "--", color=c, alpha=0.8)
-            ax.plot(ext.n_items, ext.ms_per_query, "x", color=c)
-        if name == "flat":
-            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (bandwidth)")
-        if g.recall_at_10.notna().any() and name != "flat":
-            ax2.plot(meas.n_items, meas.recall_at_10, "o-", color=c, label=name)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set(xlabel="gallery items", ylabel="ms per query (batch 1)",
-           title="latency vs gallery size (x, dashed: extrapolated)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    ax2.set_xscale("log")
-    ax2.axhline(0.95, color="r", lw=0.8, ls=":")
-    ax2.set(xlabel="gallery items", ylabel="recall@10 vs exact", title="approximate indexes", ylim=(0, 1.02))
-    ax2.grid(True, which="both", alpha=0.3)
-    if ax2.lines:
-        ax2.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
-
-
 # ----------------------------------------------------------------------------------------------- targets
 def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_items: int = 1_000_000) -> pd.DataFrame:
     """The issue's targets, evaluated on the measurements (``holds`` True / False, or None when not measured):
@@ -1232,6 +1064,6 @@ def format_targets(targets: pd.DataFrame) -> str:
 
 __all__ = ["MethodSpec", "METHODS", "measure_hardware", "roofline_ms", "flat_floor_ms", "bytes_per_item",
            "measure_method", "encode_gallery", "find_runs", "select_runs", "mode_mr", "benchmark_dataset",
-           "speedup_table", "pareto_front", "frontier_figure", "scaling_sizes", "grow_gallery", "fit_loglog",
-           "extrapolate", "run_series", "build_faiss", "scaling_study", "scaling_figure", "check_targets",
+           "speedup_table", "pareto_front", "scaling_sizes", "grow_gallery", "fit_loglog",
+           "extrapolate", "run_series", "build_faiss", "scaling_study", "check_targets",
            "format_targets", "set_threads", "time_phases", "scaling_entries", "DatasetResult"]

@@ -9,13 +9,9 @@ authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives ma
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-import numpy as np
-import pandas as pd
 
-from .tables import aggregate, collect_runs, paired_bootstrap_seeds, published_rows
-from .train import TrainConfig
+from .config import TrainConfig
 
 VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
             "lca": dict(method="selfalign", lca=True, cra=False),
@@ -121,74 +117,6 @@ def comparison_configs(datasets, seeds, methods, authors_seeds=(), loss_ablation
     return cfgs
 
 
-def runs_frame(metrics_dir: Path, protocol: str = "standard") -> pd.DataFrame:
-    df = collect_runs(sorted(Path(metrics_dir).glob("*.json")), protocol)
-    return df
-
-
-def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
-    """Mean +- std per variant, with the paired bootstrap of rsum vs the baseline of the same loss."""
-    d = df[df.dataset == dataset]
-    if d.empty:
-        return pd.DataFrame()
-    agg = aggregate(d)
-    agg["loss"] = [v.split(" | ")[1] if " | " in v else "" for v in agg.variant]
-    rows = []
-    for _, r in agg.iterrows():
-        runs = d[(d.method == r.method) & (d.variant == r.variant)]
-        base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)
-                 & d.epochs.isin(set(runs.epochs))]
-        out = r.to_dict()
-        out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
-        if r.method != "baseline" and not base.empty:
-            pairs = [(base[base.seed == s].run.iloc[0], runs[runs.seed == s].run.iloc[0])
-                     for s in sorted(set(runs.seed) & set(base.seed))]
-            if pairs:
-                a = [load_ranks_any(metrics_dir, p[0]) for p in pairs]
-                b = [load_ranks_any(metrics_dir, p[1]) for p in pairs]
-                bs = paired_bootstrap_seeds(a, b, n_boot=n_boot)
-                out.update({"delta_rsum": bs["delta_rsum"], "ci_lo": bs["ci_lo"], "ci_hi": bs["ci_hi"]})
-        rows.append(out)
-    return pd.DataFrame(rows)
-
-
-def load_ranks_any(metrics_dir: Path, run: str):
-    z = np.load(Path(metrics_dir) / f"{run}.ranks.npz")
-    return z["i2t"], z["t2i"]
-
-
-def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -> pd.DataFrame:
-    """Every method/variant of ours (mean +- std over seeds) beside the published numbers."""
-    d = df[df.dataset == dataset]
-    ours = aggregate(d) if not d.empty else pd.DataFrame()
-    parts = [ours]
-    if include_published:
-        parts.append(published_rows(dataset))
-    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    if "source" not in out:
-        out["source"] = ""
-    out["source"] = out["source"].fillna("this study")
-    return out
-
-
-def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", loss: str = "infonce") -> pd.DataFrame:
-    """How the number of epochs was chosen: per schedule (epochs) of ``method`` with ``loss``, the val mR of the
-    selected checkpoint (what the choice is made on), the test mR (reported, not used to choose), the seeds, and the
-    training minutes per run. Only seeds trained on every schedule are compared."""
-    d = df[(df.dataset == dataset) & (df.method == method) & (df.base_loss == loss)]
-    if d.empty or d.epochs.nunique() < 2:
-        return pd.DataFrame()
-    common = set.intersection(*(set(g.seed) for _, g in d.groupby("epochs")))
-    d = d[d.seed.isin(common)]
-    if d.empty:
-        return pd.DataFrame()
-    g = d.groupby("epochs")
-    return pd.DataFrame({"epochs": list(g.groups), "seeds": [",".join(map(str, sorted(x.seed))) for _, x in g],
-                         "best_epoch": [",".join(str(int(b) + 1) for b in x.sort_values("seed").best_epoch) for _, x in g],
-                         "val_mr": (g.val_rsum.mean() / 6).round(2).values, "test_mr": g.mr.mean().round(2).values,
-                         "train_min_per_run": (g.train_seconds.mean() / 60).round(1).values}).reset_index(drop=True)
-
-
 # ----------------------------------------------------------------------------------------------- capacity probe
 # scripts/probe_capacity.py: the ablation's setting (configs/full.yaml: 02_ablations) and one-knob changes of it
 # (the authors' values where the study scaled them down)
@@ -229,21 +157,3 @@ def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tup
             continue
         out.append((name, change, _probe_config(change, dataset, seed, variant)))
     return out
-
-
-def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
-    """One row per probe from (name, change, run metrics), the first row the reference: the change, val mR and its
-    gain over the reference (what the choice is made on), test mR (reported, not used), best epoch, training
-    minutes, retrieval-vector size."""
-    recs = []
-    for name, change, m in rows:
-        recs.append({"probe": name, "change": ", ".join(f"{k}={v}" for k, v in change.items()) or "-",
-                     "val_mr": round(m["val"]["standard"]["rsum"] / 6, 2),
-                     "test_mr": round(m["test"]["standard"]["mr"], 2),
-                     "best_epoch": m["best_epoch"] + 1, "train_min": round(m["train_seconds"] / 60, 1),
-                     "vector_dim": m["retrieval_vector_dim"], "run": m["run"]})
-    df = pd.DataFrame(recs)
-    ref = df.val_mr.iloc[0]
-    df.insert(3, "val_gain", (df.val_mr - ref).round(2))
-    df["chosen_on_val"] = df.val_mr == df.val_mr.max()
-    return df

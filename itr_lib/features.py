@@ -297,7 +297,6 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
     if status not in ("ok", "missing"):
         log.warning("rebuilding %s: %s", npy, status)
     sp_paths = sp.image_paths
-    ds.check_images([split])  # fail early, naming the first missing file
     enc = ImageEncoder(model, device)
     grid = (size // 32) ** 2
     pool = ThreadPoolExecutor(max_workers=1)
@@ -461,7 +460,7 @@ def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[
 def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
                     progress: bool | None = None, rebuild: bool = False,
-                    benchmark: bool | str | os.PathLike = True) -> list[dict]:
+                    benchmark: bool | str | os.PathLike = False) -> list[dict]:
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON).
 
     Returns one row per cache: path, whether it was built, seconds and throughput; with ``benchmark``,
@@ -470,8 +469,13 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
     import torch
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    splits = splits or ds.split_names
+    todo = [s for s in splits if rebuild or cache_status(*_paths(ds.name, s, "image", f"{image_model}-{size}", root),
+                                                          image_sidecar(ds, ds.split(s), image_model, size)) != "ok"]
+    if todo:  # every image of every split to extract, checked before any is extracted (all bad files at once)
+        ds.check_images(todo)
     rows = []
-    for s in splits or ds.split_names:
+    for s in splits:
         for kind, fn in (("image", lambda: ensure_image_features(ds, s, image_model, size, root, device,
                                                                   progress=progress, rebuild=rebuild)),
                          ("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
@@ -523,7 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-model", default="efficientnet-lite2", choices=IMAGE_MODELS)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    p.add_argument("--benchmark", default=None, metavar="CSV",
+                   help="also merge the build times into this CSV (the feature benchmark: `make bench-features` "
+                        "writes results/benchmarks/feature_extraction.csv); default: record nothing")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -531,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cache directory: {cache_root(a.cache_dir) / ds.name}", flush=True)
         t0 = time.perf_counter()
         rows = ensure_features(ds, a.splits, root=a.cache_dir, image_model=a.image_model, device=a.device,
-                               progress=not a.no_progress, rebuild=a.rebuild)
+                               progress=not a.no_progress, rebuild=a.rebuild, benchmark=a.benchmark or False)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -338,37 +338,33 @@ def evaluate_split(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: S
 # ----------------------------------------------------------------------------------------------------
 # paired bootstrap
 # ----------------------------------------------------------------------------------------------------
-def _hits_sum(ranks: np.ndarray) -> np.ndarray:
-    """Per query: number of K in (1, 5, 10) with rank < K (0..3); its mean x 100 is that direction's R-sum."""
-    return sum((ranks < k).astype(np.int64) for k in RECALL_KS)
+def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Sequence[tuple[np.ndarray, np.ndarray]],
+                     n_boot: int = 2000, seed: int = 0) -> dict:
+    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over test queries.
 
-
-def paired_bootstrap(ranks_a: tuple[ArrayLike, ArrayLike], ranks_b: tuple[ArrayLike, ArrayLike],
-                     n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Paired bootstrap of the rsum difference (B - A) on the same queries.
-
-    ``ranks_a``/``ranks_b`` are ``(i2t_ranks, t2i_ranks)`` 0-based. Image and caption queries are resampled
-    independently with replacement, with the same draws for A and B. Since rsum is a mean of per-query
-    indicators, the resampled delta only depends on how often each per-query difference value (-3..3)
-    is drawn; those counts are drawn from the equivalent multinomial (exact, O(n_boot) memory).
-    Returns ``{"delta", "lo" (2.5 pct), "hi" (97.5 pct), "n_boot"}``.
-    """
+    Each system is a list, one entry per seed (seed-matched between A and B), of per-query hits
+    ``(i2t (n_images, 3), t2i (n_texts, 3))`` at K = 1, 5, 10: 0/1 indicators or, under the study's tie rule,
+    probabilities (:meth:`Ties.hits`). The per-query differences are averaged over seeds, then image queries and
+    caption queries are resampled with replacement, the same draws for A and B. Returns ``{"delta_rsum",
+    "ci_lo", "ci_hi" (2.5 / 97.5 percentiles), "n_boot", "n_seeds"}``."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if len(hits_a) != len(hits_b) or not hits_a:
+        raise ValueError(f"A and B need the same non-zero number of seeds, got {len(hits_a)} and {len(hits_b)}")
     rng = np.random.default_rng(seed)
-    boot = np.zeros(n_boot, dtype=np.float64)
-    delta = 0.0
-    for direction in range(2):
-        ra = np.asarray(ranks_a[direction]).ravel()
-        rb = np.asarray(ranks_b[direction]).ravel()
-        if ra.shape != rb.shape or ra.size == 0:
-            raise ValueError(f"direction {direction}: ranks of A {ra.shape} and B {rb.shape} must be the same "
-                             f"non-empty queries")
-        diff = _hits_sum(rb) - _hits_sum(ra)  # per query, in -3..3
-        n = diff.size
-        values, counts = np.unique(diff, return_counts=True)
-        draws = rng.multinomial(n, counts / n, size=n_boot)  # (n_boot, n_values)
-        boot += 100.0 * (draws @ values) / n
-        delta += 100.0 * int(diff.sum()) / n
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"delta": float(delta), "lo": float(lo), "hi": float(hi), "n_boot": int(n_boot)}
+    diffs = []
+    for d in range(2):
+        shapes = {np.shape(h[d]) for h in (*hits_a, *hits_b)}
+        if len(shapes) != 1 or 0 in next(iter(shapes)):
+            raise ValueError(f"direction {d}: every seed of A and B must score the same non-empty queries, got "
+                             f"shapes {sorted(shapes)}")
+        diffs.append(np.mean([np.asarray(b[d], dtype=np.float64) - np.asarray(a[d], dtype=np.float64)
+                              for a, b in zip(hits_a, hits_b)], axis=0).sum(1))  # (n_queries,)
+    d_i, d_t = diffs
+    point = 100 * (d_i.mean() + d_t.mean())
+    ii = rng.integers(0, len(d_i), size=(n_boot, len(d_i)))
+    tt = rng.integers(0, len(d_t), size=(n_boot, len(d_t)))
+    boots = 100 * (d_i[ii].mean(1) + d_t[tt].mean(1))
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"delta_rsum": float(point), "ci_lo": float(lo), "ci_hi": float(hi), "n_boot": int(n_boot),
+            "n_seeds": len(hits_a)}

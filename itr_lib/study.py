@@ -11,10 +11,9 @@ commit and the time of each execution. An entry with ``workers: N`` executes its
 (separate kernels; give them ``THREADS: 1`` on a small CPU). Training runs inside the notebooks are skipped when already
 finished, so rerunning an interrupted study resumes it.
 
-Also here: ``run_grid`` (the library call the ablation notebooks use to train many configurations) and
-``retrain`` (``--retrain GLOB``): checkpoints are not committed, so a fresh clone that needs them (04_efficiency
-times the lowest-seed checkpoint of each method, 03 reads two) retrains those runs from the configs recorded in
-``metrics/<run>.json`` and reports how far the new test mR lies from the recorded one.
+``--retrain GLOB`` calls :func:`itr_lib.runs.retrain`: checkpoints are not committed, so a fresh clone that needs
+them (04_efficiency times the lowest-seed checkpoint of each method, 03 reads two) retrains those runs from the
+configs recorded in ``metrics/<run>.json`` and reports how far the new test mR lies from the recorded one.
 """
 from __future__ import annotations
 
@@ -158,158 +157,6 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     return manifest
 
 
-# ----------------------------------------------------------------------------------------------- training grids
-def _train_one(cfg_dict: dict, threads: int | None) -> dict:
-    """Worker entry point (importable, so spawned processes can run it)."""
-    import torch
-    from .train import TrainConfig, train
-    if threads:
-        torch.set_num_threads(threads)
-    return train(TrainConfig.from_dict(cfg_dict))
-
-
-def _publish(cfg, results_dir: Path) -> None:
-    """Copy a finished run's metrics.json and test ranks into ``<results_dir>/metrics/`` (atomically)."""
-    import shutil
-    run = Path(cfg.run_dir)
-    for src, dst in ((run / "metrics.json", results_dir / "metrics" / f"{run.name}.json"),
-                     (run / "test_ranks.npz", results_dir / "metrics" / f"{run.name}.ranks.npz")):
-        if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
-            tmp = dst.with_name(f".{dst.name}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
-
-
-def _recorded(cfg, results_dir: Path) -> dict | None:
-    """The published metrics of ``cfg``'s run (``<results_dir>/metrics/<run>.json``), or None when not recorded."""
-    run = Path(cfg.run_dir).name
-    path = Path(results_dir) / "metrics" / f"{run}.json"
-    if not path.is_file():
-        return None
-    rec = read_json(path)
-    if rec.get("config_identity") != cfg.identity():
-        raise StudyError(f"{path} records another configuration (field 'config_identity' differs from run "
-                         f"{run}). Fix: delete {path} (and runs/{run}) to retrain it.")
-    return rec
-
-
-def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None, workers: int = 1,
-             threads: int | None = None, publish: bool = True) -> list[dict]:
-    """Train (or reuse) every config; each run lives in ``<results_dir>/runs/<run_name>/`` and its metrics
-    (and test ranks) are copied to ``<results_dir>/metrics/``. Returns the metrics of all runs, in order.
-    A run recorded in ``metrics/`` is reused as recorded, whether or not its run folder exists (checkpoints are
-    not committed; ``retrain`` rebuilds them), so a study rerun on a fresh clone trains only what is missing.
-
-    ``workers`` > 1 trains that many runs at once in spawned processes with ``threads`` torch threads each
-    (default 1): on a small CPU, two single-threaded runs use the cores far better than one two-threaded run
-    (small ops such as GPO's GRU stall on thread barriers). Finished runs are skipped either way.
-    ``publish=False`` leaves ``metrics/`` untouched (the retrained runs of ``retrain``)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
-    from tqdm.auto import tqdm
-    from .io import progress_enabled
-    from .train import train
-    results_dir = Path(results_dir)
-    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    for cfg in configs:
-        if cfg.run_dir is None:
-            cfg.run_dir = str(results_dir / "runs" / cfg.run_name())
-    out: list[dict | None] = [None] * len(configs)
-    if publish:  # a run already recorded in metrics/ is finished, even where its checkpoint is gone (fresh clone)
-        for i, cfg in enumerate(configs):
-            out[i] = _recorded(cfg, results_dir)
-    todo = [i for i in range(len(configs)) if out[i] is None]
-    bar = tqdm(total=len(todo), desc="runs", disable=not progress_enabled(progress))
-    if workers <= 1:
-        for i in todo:
-            cfg = configs[i]
-            if threads:
-                import torch
-                torch.set_num_threads(threads)
-            out[i] = train(cfg)
-            if publish:
-                _publish(cfg, results_dir)
-            bar.update()
-    else:
-        from dataclasses import asdict
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_train_one, asdict(configs[i]), threads or 1): i for i in todo}
-            for f in as_completed(futs):
-                i = futs[f]
-                out[i] = f.result()
-                if publish:
-                    _publish(configs[i], results_dir)
-                bar.update()
-                log.info("finished %s", configs[i].run_name())
-    bar.close()
-    return out
-
-
-def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, threads: int | None = None,
-            dry_run: bool = False) -> list[dict]:
-    """Retrain the finished runs of ``<results_dir>/metrics/`` whose name matches one of the glob ``patterns``
-    and whose checkpoint (``runs/<run>/best.pt``) is missing, from the config each run recorded. The run name
-    is recomputed from that config and must match (else the recorded config is not the one that named the run:
-    an error). ``metrics/`` keeps the recorded metrics (the tables were built from them); the retrained run's own
-    ``runs/<run>/metrics.json`` holds its scores. Returns one row per run: run, recorded test mR, retrained test mR
-    (None in a dry run)."""
-    import fnmatch
-    from .train import TrainConfig
-    results_dir = Path(results_dir)
-    metrics = sorted((results_dir / "metrics").glob("*.json"))
-    chosen = [m for m in metrics if any(fnmatch.fnmatch(m.stem, pat) for pat in patterns)]
-    if not chosen:
-        raise StudyError(f"no run in {results_dir / 'metrics'} matches {patterns}. Fix: pass globs of run names "
-                         f"such as 'rsicd-*-s0-*' (the file names without .json).")
-    recs = {m: read_json(m) for m in chosen}
-    chosen.sort(key=lambda m: -float(recs[m].get("train_seconds") or 0))  # longest first: the pool ends together
-    rows, configs = [], []
-    for m in chosen:
-        rec = recs[m]
-        if (results_dir / "runs" / m.stem / "best.pt").is_file():
-            continue
-        d = dict(rec["config"])
-        for key in ("data_root", "cache_dir"):  # a path of another machine: fall back to the defaults here
-            if d.get(key) and not Path(d[key]).exists():
-                d[key] = None
-        d.update(run_dir=str(results_dir / "runs" / m.stem), progress=False)
-        cfg = TrainConfig.from_dict(d)
-        if cfg.run_name() != m.stem:
-            raise StudyError(f"{m}: field 'config' names run {cfg.run_name()}, not {m.stem}. Fix: this metrics file "
-                             f"was written by another version of TrainConfig; retrain it with 01_train instead.")
-        configs.append(cfg)
-        rows.append({"run": m.stem, "recorded_mr": rec["test"]["standard"]["mr"], "retrained_mr": None})
-    if dry_run or not configs:
-        return rows
-    done = run_grid(configs, results_dir, workers=workers, threads=threads, publish=False)
-    for row, met, cfg in zip(rows, done, configs):
-        row["retrained_mr"] = met["test"]["standard"]["mr"]
-        write_json(Path(cfg.run_dir) / "retrained.json", {"recorded": str(results_dir / "metrics" / f"{row['run']}.json"),
-                                                          "retrained": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return rows
-
-
-def retrain_check(results_dir: str | Path):
-    """Recorded vs retrained test scores of every run ``retrain`` rebuilt (its folder holds ``retrained.json``):
-    a reproducibility check (same config and seed, another process and feature build). Written to
-    ``tables/retrain_check.csv`` when there is any."""
-    import pandas as pd
-    from .tables import write_table
-    results_dir = Path(results_dir)
-    rows = []
-    for marker in sorted((results_dir / "runs").glob("*/retrained.json")):
-        new, rec_path = marker.parent / "metrics.json", results_dir / "metrics" / f"{marker.parent.name}.json"
-        if not (new.is_file() and rec_path.is_file()):
-            continue
-        rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
-        rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
-                     "diff_mr": ret["mr"] - rec["mr"], "recorded_rsum": rec["rsum"], "retrained_rsum": ret["rsum"]})
-    df = pd.DataFrame(rows)
-    if len(df):
-        write_table(df, "retrain_check", results_dir / "tables", floatfmt=".2f")
-    return df
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m itr_lib.study", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="smoke", help="configs/<profile>.yaml (smoke | full) or a YAML path")
@@ -325,9 +172,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if a.retrain:
         out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
+        from .runs import RunStoreError, retrain, retrain_check
         try:
             rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
-        except StudyError as err:
+        except RunStoreError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for r in rows:

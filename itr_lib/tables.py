@@ -1,6 +1,7 @@
-"""Results tables: one row per run from its metrics.json, mean +- std over seeds, published rows, bootstrap.
+"""Results tables: mean +- std over seeds of the run rows (:func:`itr_lib.runs.runs_frame`), published rows, the
+study's tables (ablation, main, schedule, probe, comparison, claims, ceilings) and their writing.
 
-Tables are written as CSV (the source of truth) and Markdown, atomically.
+Tables are written as CSV (the source of truth, every column) and Markdown (a reader's selection), atomically.
 """
 from __future__ import annotations
 
@@ -11,94 +12,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import REPO_ROOT, atomic_write_text, read_json
+from .io import REPO_ROOT, atomic_write_text
+from .metrics import paired_bootstrap
+from .runs import load_hits
 
 log = logging.getLogger(__name__)
 
 RECALLS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"]
 METRICS = RECALLS + ["rsum", "mr"]
-TABLE_COLUMNS = ["method", "variant", "n_seeds"] + METRICS + ["mr_std", "rsum_std", "published"]
-
-
-def variant_name(cfg: dict) -> str:
-    """Human-readable variant of a run's config (the ablation's row label)."""
-    m = cfg["method"]
-    if m == "selfalign":
-        parts = [p for p, on in (("LCA", cfg.get("lca")), ("CRA", cfg.get("cra"))) if on]
-        v = "+".join(parts)
-        if cfg.get("lca"):
-            v += f" K={cfg.get('codebook_size')}"
-        for key, short, on in (("lca_weight", "w_lca", cfg.get("lca")), ("cra_weight", "w_cra", cfg.get("cra"))):
-            if on and cfg.get(key, 1.0) != 1.0:  # loss weights off the authors' 1.0 (sensitivity runs)
-                v += f" {short}={cfg[key]:g}"
-    else:
-        v = m
-    # base_loss configures the independent-embedding models only; TGDT, ALADIN, SCAN and MrSw train with their own
-    # triplet losses (hardest negative from epoch warmup_epochs on), false negatives masked the same way
-    loss = cfg.get("base_loss", "triplet") if m in ("baseline", "selfalign") else "triplet"
-    v += f" | {loss}" + (" +FN-mask" if cfg.get("false_negatives") == "mask" else "")
-    if loss == "infonce" and cfg.get("captions_per_step") == "one":
-        v += " 1cap"
-    if cfg.get("epochs"):  # the schedule differs between methods and between runs of one method
-        v += f" | {cfg['epochs']} ep"
-    if cfg.get("text_encoder", "minilm") != "minilm":
-        v += f" | {cfg['text_encoder']}"
-    if cfg.get("extra"):  # method hyper-parameters off their defaults: never pooled with the default runs
-        v += " | " + ",".join(f"{k}={val}" for k, val in sorted(cfg["extra"].items()))
-    return v
-
-
-def run_row(metrics: dict, protocol: str = "standard") -> dict:
-    """One flat row of a finished run: config summary, test metrics (by protocol), val rsum, costs."""
-    cfg = metrics["config"]
-    test = metrics["test"][protocol] if protocol in metrics["test"] else metrics["test"]["standard"]
-    row = {"dataset": metrics["dataset"], "method": cfg["method"], "variant": variant_name(cfg),
-           "seed": cfg["seed"], "run": metrics["run"], "protocol": protocol,
-           **{k: test[k] for k in METRICS}, "val_rsum": metrics["val"]["standard"]["rsum"],
-           "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"],
-           "train_seconds": metrics["train_seconds"], "retrieval_vector_dim": metrics["retrieval_vector_dim"],
-           "lca": cfg.get("lca", False), "cra": cfg.get("cra", False), "codebook_size": cfg.get("codebook_size"),
-           "base_loss": cfg.get("base_loss"), "false_negatives": cfg.get("false_negatives")}
-    return row
-
-
-def run_rows(metrics: dict, protocol: str = "standard") -> list[dict]:
-    """The rows of one run: one, or for models with several inference modes (TGDT global / two-stage /
-    exhaustive; ALADIN student / re-ranked / teacher; MrSw) one per mode, the mode in the variant."""
-    base = run_row(metrics, protocol)
-    modes = {k: v for k, v in (metrics.get("extra_eval") or {}).items() if k != "details"}
-    if not modes or protocol != "standard":
-        return [base]
-    rows = []
-    for mode, res in modes.items():
-        r = dict(base)
-        r["variant"] = f"{base['variant']} [{mode}]"
-        r.update({k: res["standard"][k] for k in METRICS})
-        rows.append(r)
-    return rows
-
-
-def collect_runs(paths, protocol: str = "standard") -> pd.DataFrame:
-    """Rows of every finished run: ``paths`` is a folder (searched for */metrics.json) or a list of files."""
-    if isinstance(paths, (str, Path)):
-        files = sorted(Path(paths).glob("*/metrics.json")) + sorted(Path(paths).glob("*.json"))
-    else:
-        files = [Path(p) for p in paths]
-    rows = []
-    for f in files:
-        m = read_json(f)
-        if "config" in m and "test" in m:
-            rows.extend(run_rows(m, protocol))
-    return pd.DataFrame(rows)
 
 
 def aggregate(df: pd.DataFrame, by=("dataset", "method", "variant")) -> pd.DataFrame:
-    """Mean over seeds of every metric, with ``n_seeds`` and ``<metric>_std`` (sample std, ddof=1)."""
-    by = list(by)
-    g = df.groupby(by, sort=False)
-    mean = g[METRICS].mean()
+    """Mean over seeds of every metric (and of the tie bounds ``mr_optimistic`` / ``mr_pessimistic`` where the
+    rows have them), with ``n_seeds``, ``seeds`` and ``<metric>_std`` (sample std, ddof=1). Rows scored under
+    different tie rules are never pooled (``tie_rule`` joins the grouping when present)."""
+    by = list(by) + (["tie_rule"] if "tie_rule" in df and "tie_rule" not in by else [])
+    cols = METRICS + [c for c in ("mr_optimistic", "mr_pessimistic") if c in df]
+    g = df.groupby(by, sort=False, dropna=False)
+    mean = g[cols].mean()
     std = g[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std")
-    out = pd.concat([g.size().rename("n_seeds"), mean, std], axis=1).reset_index()
+    seeds = g["seed"].agg(lambda s: ",".join(str(int(x)) for x in sorted(s))).rename("seeds") if "seed" in df else None
+    parts = [g.size().rename("n_seeds"), seeds, mean, std]
+    out = pd.concat([p for p in parts if p is not None], axis=1).reset_index()
     out["published"] = False
     return out
 
@@ -146,30 +81,78 @@ def format_mean_std(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     return out.drop(columns=[c for c in out.columns if c.endswith("_std") and c[:-4] in metrics and c != "mr_std"])
 
 
-# ----------------------------------------------------------------------------------------------- bootstrap
-def _hits(ranks: np.ndarray) -> np.ndarray:
-    return np.stack([ranks < k for k in (1, 5, 10)], axis=1).astype(np.float64)  # (n, 3)
+# ----------------------------------------------------------------------------------------------- tables of the study
+def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
+    """Mean +- std per variant, with the paired bootstrap of rsum vs the baseline of the same loss."""
+    d = df[df.dataset == dataset]
+    if d.empty:
+        return pd.DataFrame()
+    agg = aggregate(d)
+    agg["loss"] = [v.split(" | ")[1] if " | " in v else "" for v in agg.variant]
+    rows = []
+    for _, r in agg.iterrows():
+        runs = d[(d.method == r.method) & (d.variant == r.variant)]
+        base = d[(d.method == "baseline") & (d.variant.str.split(" | ", regex=False).str[1] == r.loss)
+                 & d.epochs.isin(set(runs.epochs))]
+        out = r.to_dict()
+        out.update({"delta_rsum": np.nan, "ci_lo": np.nan, "ci_hi": np.nan, "seeds": ",".join(map(str, sorted(runs.seed)))})
+        if r.method != "baseline" and not base.empty:
+            pairs = [(base[base.seed == s].run.iloc[0], runs[runs.seed == s].run.iloc[0])
+                     for s in sorted(set(runs.seed) & set(base.seed))]
+            if pairs:
+                a = [load_hits(metrics_dir, p[0]) for p in pairs]
+                b = [load_hits(metrics_dir, p[1]) for p in pairs]
+                bs = paired_bootstrap(a, b, n_boot=n_boot)
+                out.update({"delta_rsum": bs["delta_rsum"], "ci_lo": bs["ci_lo"], "ci_hi": bs["ci_hi"]})
+        rows.append(out)
+    return pd.DataFrame(rows)
 
 
-def paired_bootstrap_seeds(ranks_a: list[tuple[np.ndarray, np.ndarray]], ranks_b: list[tuple[np.ndarray, np.ndarray]],
-                           n_boot: int = 2000, seed: int = 0) -> dict:
-    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over test queries.
-
-    Each system is a list of (i2t_ranks, t2i_ranks), one per seed; hit indicators are averaged over seeds
-    (seed-matched), then image queries and caption queries are resampled with replacement, the same indices
-    for A and B."""
-    rng = np.random.default_rng(seed)
-    d_i = np.mean([_hits(b[0]) - _hits(a[0]) for a, b in zip(ranks_a, ranks_b)], axis=0)  # (n_img, 3)
-    d_t = np.mean([_hits(b[1]) - _hits(a[1]) for a, b in zip(ranks_a, ranks_b)], axis=0)  # (n_txt, 3)
-    point = 100 * (d_i.mean(0).sum() + d_t.mean(0).sum())
-    ii = rng.integers(0, len(d_i), size=(n_boot, len(d_i)))
-    tt = rng.integers(0, len(d_t), size=(n_boot, len(d_t)))
-    boots = 100 * (d_i.sum(1)[ii].mean(1) + d_t.sum(1)[tt].mean(1))
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"delta_rsum": float(point), "ci_lo": float(lo), "ci_hi": float(hi), "n_boot": n_boot,
-            "n_seeds": len(ranks_a)}
+def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -> pd.DataFrame:
+    """Every method/variant of ours (mean +- std over seeds) beside the published numbers."""
+    d = df[df.dataset == dataset]
+    ours = aggregate(d) if not d.empty else pd.DataFrame()
+    parts = [ours]
+    if include_published:
+        parts.append(published_rows(dataset))
+    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    if "source" not in out:
+        out["source"] = ""
+    out["source"] = out["source"].fillna("this study")
+    return out
 
 
-def load_ranks(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    z = np.load(Path(run_dir) / "test_ranks.npz")
-    return z["i2t"], z["t2i"]
+def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", loss: str = "infonce") -> pd.DataFrame:
+    """How the number of epochs was chosen: per schedule (epochs) of ``method`` with ``loss``, the val mR of the
+    selected checkpoint (what the choice is made on), the test mR (reported, not used to choose), the seeds, and the
+    training minutes per run. Only seeds trained on every schedule are compared."""
+    d = df[(df.dataset == dataset) & (df.method == method) & (df.base_loss == loss)]
+    if d.empty or d.epochs.nunique() < 2:
+        return pd.DataFrame()
+    common = set.intersection(*(set(g.seed) for _, g in d.groupby("epochs")))
+    d = d[d.seed.isin(common)]
+    if d.empty:
+        return pd.DataFrame()
+    g = d.groupby("epochs")
+    return pd.DataFrame({"epochs": list(g.groups), "seeds": [",".join(map(str, sorted(x.seed))) for _, x in g],
+                         "best_epoch": [",".join(str(int(b) + 1) for b in x.sort_values("seed").best_epoch) for _, x in g],
+                         "val_mr": (g.val_rsum.mean() / 6).round(2).values, "test_mr": g.mr.mean().round(2).values,
+                         "train_min_per_run": (g.train_seconds.mean() / 60).round(1).values}).reset_index(drop=True)
+
+
+def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
+    """One row per probe from (name, change, run metrics), the first row the reference: the change, val mR and its
+    gain over the reference (what the choice is made on), test mR (reported, not used), best epoch, training
+    minutes, retrieval-vector size."""
+    recs = []
+    for name, change, m in rows:
+        recs.append({"probe": name, "change": ", ".join(f"{k}={v}" for k, v in change.items()) or "-",
+                     "val_mr": round(m["val"]["standard"]["rsum"] / 6, 2),
+                     "test_mr": round(m["test"]["standard"]["mr"], 2),
+                     "best_epoch": m["best_epoch"] + 1, "train_min": round(m["train_seconds"] / 60, 1),
+                     "vector_dim": m["retrieval_vector_dim"], "run": m["run"]})
+    df = pd.DataFrame(recs)
+    ref = df.val_mr.iloc[0]
+    df.insert(3, "val_gain", (df.val_mr - ref).round(2))
+    df["chosen_on_val"] = df.val_mr == df.val_mr.max()
+    return df

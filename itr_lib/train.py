@@ -1,129 +1,36 @@
-"""Training on cached features: one config dataclass, Adam + step decay + clipping, augmentation,
-val rsum each epoch, best checkpoint by val rsum, exact resume, JSON-lines log, progress bar.
+"""Training on cached features: Adam + step decay + clipping, augmentation, val rsum each epoch, best
+checkpoint by val rsum, exact resume, JSON-lines log, progress bar.
 
 ``train(TrainConfig(...))`` runs (or resumes, or skips when finished) one run in ``cfg.run_dir`` and returns
 its metrics dict (also written to ``<run_dir>/metrics.json``). An epoch is one pass over the training
-*images*, each paired with one of its captions drawn at random (so an epoch costs the same whatever the
-number of captions per image); the number of epochs and this choice are recorded with the results.
+*images*; per step each image comes with all its captions (``captions_per_step`` all; the default with InfoNCE)
+or one drawn at random (``one``; the default with the triplet). What the run did (the resolved caption rule, the
+method's hyper-parameters, the tie rule of its metrics) is recorded with its results. :func:`train_step` is the
+one optimisation step, shared with the step benchmark (:mod:`itr_lib.bench`).
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import TrainConfig, dataset_name
 from .features import load_glove
-from .io import REPO_ROOT, git_commit, progress_enabled, read_json, resolve_device, write_json
+from .io import atomic_write_text, git_commit, progress_enabled, read_json, resolve_device, seed_everything, write_json
 from .metrics import STUDY_TIE_RULE
 from .models import RetrievalModel, build_model
-from .scoring import encode_split, evaluate, evaluate_two_stage, has_two_stage, load_ties, score_matrix, ties_arrays
-from .splits import SplitTensors, load_split_tensors
+from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
+from .splits import load_split_tensors
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of a run. Defaults follow the authors (METHODS.md) except where noted."""
-
-    # what
-    method: str = "baseline"            # baseline | selfalign | tgdt | aladin | scan | ...
-    dataset: str = "rsicd"              # dataset name under the data root, or a JSON path
-    text_encoder: str = "minilm"        # minilm (frozen MiniLM + trainable layers) | gru (BiGRU over GloVe)
-    seed: int = 0
-    # architecture
-    dim: int = 1024                     # joint embedding size D (authors: 1024)
-    pooling: str = "gpo"                # mean | max | gpo | meanmax
-    mlp: bool = False                   # VSE-infinity residual MLP on the projections
-    # SelfAlign
-    lca: bool = False
-    cra: bool = False
-    codebook_size: int = 1024           # K (authors' scripts: 1024)
-    lca_eps: float = 0.05
-    lca_iters: int = 3
-    lca_temperature: float = 0.1
-    lca_weight: float = 1.0
-    codebook_freeze_epochs: int = 1
-    cra_temperature: float = 0.7
-    cra_topk: int = 512
-    cra_weight: float = 1.0
-    # loss
-    base_loss: str = "triplet"          # triplet (authors: hardest negative after warm-up) | infonce
-    margin: float = 0.2
-    warmup_epochs: int = 1              # VSE-infinity: sum of violations in epoch 0
-    infonce_temperature: float = 0.05
-    false_negatives: str = "mask"       # mask: in-batch captions whose text the anchor image carries are no
-                                        # negatives | none: the authors' behaviour
-    captions_per_step: str = "auto"     # one: one random caption per image and step (authors) | all: every
-                                        # caption of the batch's images (multi-positive InfoNCE; more text
-                                        # supervision per image forward) | auto: all for InfoNCE on models
-                                        # that support it, else one
-    # optimisation
-    epochs: int = 12
-    batch_size: int = 128
-    lr: float = 5e-4                    # VSE-infinity 5e-4
-    lr_decay_frac: float = 0.6          # lr x0.1 after this fraction of the epochs
-    lr_decay_gamma: float = 0.1
-    grad_clip: float = 2.0
-    weight_decay: float = 0.0
-    region_drop: float = 0.2            # VSE-infinity: drop 20% of regions
-    token_drop: float = 0.2             # and 20% of tokens
-    # method-specific extras (TGDT, ALADIN, ...)
-    extra: dict = field(default_factory=dict)
-    # data / runtime
-    data_root: str | None = None
-    cache_dir: str | None = None
-    max_train_images: int | None = None  # small subsets for tests and smoke runs
-    max_eval_images: int | None = None
-    val_images_per_epoch: int | None = None  # model selection on the first N val images (slow exhaustive models)
-    eval_batch_size: int = 256
-    device: str = "cpu"
-    threads: int | None = None
-    run_dir: str | None = None          # default results/runs/<run_name>
-    progress: bool | None = None
-
-    # fields that do not change the result of a run (excluded from its identity)
-    _RUNTIME = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size")
-
-    # fields added after runs were first recorded: they enter the identity only when set, so the
-    # names (and resumability) of earlier runs stay valid
-    _ADDED_LATER = ("val_images_per_epoch",)
-
-    def identity(self) -> dict:
-        return {k: v for k, v in asdict(self).items()
-                if k not in self._RUNTIME and not (k in self._ADDED_LATER and v is None)}
-
-    def run_name(self) -> str:
-        h = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
-        variant = self.method
-        if self.method == "selfalign":
-            variant += ("-lca" if self.lca else "") + ("-cra" if self.cra else "") + (f"-k{self.codebook_size}" if self.lca else "")
-        if self.base_loss != "infonce":
-            variant += f"-{self.base_loss}"
-        ds = Path(self.dataset).stem.replace("dataset_", "")
-        return f"{ds}-{variant}-{self.text_encoder}-s{self.seed}-{h}"
-
-    def resolved_run_dir(self) -> Path:
-        return Path(self.run_dir) if self.run_dir else REPO_ROOT / "results" / "runs" / self.run_name()
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
-        return cls(**d)
-
-
-# ----------------------------------------------------------------------------------------------- training
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(obj, tmp)
@@ -139,6 +46,37 @@ def _glove_for(cfg: TrainConfig):
 
 def make_model(cfg: TrainConfig) -> RetrievalModel:
     return build_model(cfg, _glove_for(cfg))
+
+
+def train_step(model: RetrievalModel, opt: torch.optim.Optimizer, batch, epoch: int, grad_clip: float,
+               lap=None) -> dict:
+    """One optimisation step on ``batch`` (the training loop's and the step benchmark's): encode both sides,
+    the model's loss, backward, gradient clipping, the optimiser. Returns the loss terms (floats). ``lap(name)``,
+    when given, is called after each phase ("encode", "loss", "backward", "optimizer") for timing."""
+    lap = lap or (lambda name: None)
+    model.on_step_start(epoch)
+    img = model.encode_images(batch.regions, batch.region_mask)
+    txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)
+    lap("encode")
+    loss, terms = model.compute_loss(img, txt, batch, epoch)
+    lap("loss")
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    lap("backward")
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    model.on_before_optimizer_step(epoch)
+    opt.step()
+    lap("optimizer")
+    return terms
+
+
+def make_optimizer(cfg: TrainConfig, model: RetrievalModel):
+    """Adam over the trainable parameters and the step decay (lr x gamma after ``lr_decay_frac`` of the epochs)."""
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                           weight_decay=cfg.weight_decay)
+    decay_epoch = max(1, int(round(cfg.lr_decay_frac * cfg.epochs)))
+    return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=decay_epoch, gamma=cfg.lr_decay_gamma)
 
 
 def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
@@ -160,7 +98,6 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    from .io import seed_everything
     seed_everything(cfg.seed)
 
     t_load = time.perf_counter()
@@ -170,10 +107,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     t_load = time.perf_counter() - t_load
     model = make_model(cfg).to(device)
     vocab_size = model.txt_enc.embed.num_embeddings if cfg.text_encoder == "gru" and hasattr(model, "txt_enc") else None
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
-    decay_epoch = max(1, int(round(cfg.lr_decay_frac * cfg.epochs)))
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay_epoch, gamma=cfg.lr_decay_gamma)
+    opt, sched = make_optimizer(cfg, model)
 
     start_epoch, best_rsum, history = 0, -1.0, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
@@ -215,16 +149,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
             if len(ii) < 2:
                 continue
             batch = tr.train_batch(ii, cfg, multi, cap_choice, gen, vocab_size).to(device)
-            model.on_step_start(epoch)
-            img = model.encode_images(batch.regions, batch.region_mask)
-            txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)
-            loss, terms = model.compute_loss(img, txt, batch, epoch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            model.on_before_optimizer_step(epoch)
-            opt.step()
+            terms = train_step(model, opt, batch, epoch, cfg.grad_clip)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             if step % 20 == 0:
@@ -248,7 +173,6 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
                             "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
                             "best_rsum": best_rsum, "history": history, "config_identity": cfg.identity()},
                            last_path)
-        from .io import atomic_write_text
         atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         epochs_this_call += 1
 
@@ -294,7 +218,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         regions, rmask = te.image_batch(torch.arange(1))
         vec_dim = int(model.image_vectors(model.encode_images(regions.to(device), rmask.to(device))).shape[1])
     out = {
-        "run": run_dir.name, "method": cfg.method, "dataset": Path(cfg.dataset).stem.replace("dataset_", ""),
+        "run": run_dir.name, "method": cfg.method, "dataset": dataset_name(cfg.dataset),
         "seed": cfg.seed, "config": asdict(cfg), "config_identity": cfg.identity(),
         "best_epoch": best["epoch"], "epochs": cfg.epochs, "val_images": va.n_images, "epoch_definition": "one pass over the training "
         "images; per step each image with " + ("all its captions" if multi_caption(cfg, model) else

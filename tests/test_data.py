@@ -101,12 +101,35 @@ def test_empty_caption_is_dropped_with_warning_or_raises(tmp_path, caplog):
 def test_missing_and_corrupt_images(tmp_path):
     path = _write(tmp_path, [_rec("gone.jpg", "test", ["a b"])])
     ds = load_dataset(path)
-    with pytest.raises(DataError, match=r"gone\.jpg .*field 'filename'.*missing\. Fix"):
+    with pytest.raises(DataError, match=r"(?s)1 bad image.*gone\.jpg .*field 'filename'.*missing.*Fix"):
         ds.check_images()
     corrupt = tmp_path / "toy" / "images" / "gone.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
     with pytest.raises(DataError, match=r"gone\.jpg cannot be decoded .*Fix"):
         load_image(corrupt)
+
+
+def test_check_images_reports_every_bad_file_at_once(tmp_path):
+    from PIL import Image
+    recs = [_rec(f"{n}.jpg", split, ["a b"]) for n, split in (("ok", "train"), ("trunc", "val"), ("gone", "test"),
+                                                              ("junk", "test"))]
+    path = _write(tmp_path, recs)
+    img_dir = tmp_path / "toy" / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(img_dir / "ok.jpg")
+    Image.new("RGB", (64, 64), (20, 100, 10)).save(img_dir / "trunc.jpg")
+    data = (img_dir / "trunc.jpg").read_bytes()
+    (img_dir / "trunc.jpg").write_bytes(data[: len(data) // 2])  # a truncated JPEG: the header alone is fine
+    (img_dir / "junk.jpg").write_bytes(b"not an image at all")
+    ds = load_dataset(path)
+    with pytest.raises(DataError) as err:
+        ds.check_images()
+    msg = str(err.value)
+    assert "3 bad image file(s)" in msg
+    for name, why in (("trunc.jpg", "cannot be decoded"), ("gone.jpg", "missing"), ("junk.jpg", "cannot be decoded")):
+        assert any(name in line and why in line for line in msg.splitlines()), (name, msg)
+    assert "ok.jpg" not in msg
+    ds.check_images(["train"])  # the good split alone passes
 
 
 def test_duplicate_aware_maps_and_stats(tmp_path):

@@ -11,7 +11,8 @@ import torch
 
 from itr_lib import efficiency as eff
 from itr_lib.models import build_model
-from itr_lib.train import SplitTensors, TrainConfig
+from itr_lib.config import TrainConfig
+from itr_lib.splits import SplitTensors
 
 DIM = 32
 

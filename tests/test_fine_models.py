@@ -13,7 +13,9 @@ from itr_lib.models.encoders import l2norm
 from itr_lib.models.fine import mrsw_pair_scores, mrsw_scores, scan_t2i_scores
 from itr_lib.rerank import matrix_rescorer, two_stage_ranks
 from itr_lib.scoring import evaluate_two_stage
-from itr_lib.train import SplitTensors, TrainConfig, encode_split, score_matrix
+from itr_lib.config import TrainConfig
+from itr_lib.scoring import encode_split, score_matrix
+from itr_lib.splits import SplitTensors
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -294,32 +294,50 @@ def test_evaluate_split_5000_images_has_1k_folds():
 
 
 # ---------------------------------------------------------------------------------------------------- bootstrap
+def _hits(ranks):
+    return np.stack([ranks < k for k in (1, 5, 10)], axis=1).astype(np.float64)
+
+
 def test_paired_bootstrap():
     rng = np.random.default_rng(3)
     a = (rng.integers(0, 30, 200), rng.integers(0, 30, 900))
-    same = paired_bootstrap(a, (a[0].copy(), a[1].copy()), n_boot=500, seed=1)
-    assert same == {"delta": 0.0, "lo": 0.0, "hi": 0.0, "n_boot": 500}
+    ha = [(_hits(a[0]), _hits(a[1]))]
+    same = paired_bootstrap(ha, [(ha[0][0].copy(), ha[0][1].copy())], n_boot=500, seed=1)
+    assert same == {"delta_rsum": 0.0, "ci_lo": 0.0, "ci_hi": 0.0, "n_boot": 500, "n_seeds": 1}
     b = (a[0] // 3, a[1] // 3)  # every rank at least as good, many strictly better
-    res = paired_bootstrap(a, b, n_boot=500, seed=1)
+    hb = [(_hits(b[0]), _hits(b[1]))]
+    res = paired_bootstrap(ha, hb, n_boot=500, seed=1)
     expected = metrics_from_ranks(*b)["rsum"] - metrics_from_ranks(*a)["rsum"]
-    assert res["delta"] == pytest.approx(expected) and res["delta"] > 0
-    assert 0 < res["lo"] <= res["delta"] <= res["hi"]
-    assert paired_bootstrap(a, b, n_boot=500, seed=1) == res      # seeded
-    rev = paired_bootstrap(b, a, n_boot=500, seed=1)
-    assert rev["delta"] == pytest.approx(-res["delta"]) and rev["hi"] < 0
+    assert res["delta_rsum"] == pytest.approx(expected) and res["delta_rsum"] > 0
+    assert 0 < res["ci_lo"] <= res["delta_rsum"] <= res["ci_hi"]
+    assert paired_bootstrap(ha, hb, n_boot=500, seed=1) == res      # seeded
+    rev = paired_bootstrap(hb, ha, n_boot=500, seed=1)
+    assert rev["delta_rsum"] == pytest.approx(-res["delta_rsum"]) and rev["ci_hi"] < 0
+    with pytest.raises(ValueError, match="same non-zero number of seeds"):
+        paired_bootstrap(ha, hb + hb)
+    with pytest.raises(ValueError, match="same non-empty queries"):
+        paired_bootstrap(ha, [(hb[0][0][:-1], hb[0][1])])
 
 
-def test_paired_bootstrap_matches_index_resampling():
-    """The multinomial shortcut has the same distribution as resampling query indices."""
+def test_paired_bootstrap_averages_seeds_and_takes_probabilities():
+    """Seeds are averaged per query before resampling (two seeds that cancel give a zero difference); fractional
+    hits (the expected-rank tie rule) enter as they are."""
     rng = np.random.default_rng(5)
     a = (rng.integers(0, 12, 150), rng.integers(0, 12, 400))
-    b = (np.maximum(a[0] - rng.integers(-2, 4, 150), 0), np.maximum(a[1] - rng.integers(-2, 4, 400), 0))
-    res = paired_bootstrap(a, b, n_boot=4000, seed=0)
+    b = (np.maximum(a[0] - 3, 0), np.maximum(a[1] - 3, 0))
+    ha, hb = (_hits(a[0]), _hits(a[1])), (_hits(b[0]), _hits(b[1]))
+    cancel = paired_bootstrap([ha, hb], [hb, ha], n_boot=200)
+    assert cancel["delta_rsum"] == 0.0 and cancel["ci_lo"] == cancel["ci_hi"] == 0.0
+    half = (0.5 * (ha[0] + hb[0]), 0.5 * (ha[1] + hb[1]))
+    res = paired_bootstrap([ha], [half], n_boot=200)
+    full = paired_bootstrap([ha], [hb], n_boot=200)
+    assert res["delta_rsum"] == pytest.approx(full["delta_rsum"] / 2)
+    # the interval matches resampling query indices by hand with the same generator draws
     boots = []
-    for _ in range(4000):
-        ii = rng.integers(0, 150, 150)
-        tt = rng.integers(0, 400, 400)
-        boots.append(metrics_from_ranks(b[0][ii], b[1][tt])["rsum"] - metrics_from_ranks(a[0][ii], a[1][tt])["rsum"])
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    width = hi - lo
-    assert abs(res["lo"] - lo) < 0.1 * width and abs(res["hi"] - hi) < 0.1 * width
+    r = np.random.default_rng(0)
+    ii = r.integers(0, 150, size=(200, 150))
+    tt = r.integers(0, 400, size=(200, 400))
+    d_i, d_t = (hb[0] - ha[0]).sum(1), (hb[1] - ha[1]).sum(1)
+    boots = 100 * (d_i[ii].mean(1) + d_t[tt].mean(1))
+    assert full["ci_lo"] == pytest.approx(np.percentile(boots, 2.5))
+    assert full["ci_hi"] == pytest.approx(np.percentile(boots, 97.5))

@@ -5,7 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from itr_lib.train import TrainConfig, encode_split, evaluate, load_checkpoint, load_split_tensors, score_matrix, train
+from itr_lib.config import TrainConfig
+from itr_lib.scoring import encode_split, evaluate, score_matrix
+from itr_lib.splits import load_split_tensors
+from itr_lib.train import load_checkpoint, train
 
 
 def _cfg(tmp_path, mini_cache, fixture_root, **kw):
@@ -81,7 +84,7 @@ def test_gru_text_encoder_trains(tmp_path, mini_cache, fixture_root):
 
 @pytest.mark.parametrize("method", ["tgdt", "aladin"])
 def test_two_stage_models_record_every_inference_mode(tmp_path, mini_cache, fixture_root, method):
-    from itr_lib.tables import run_rows
+    from itr_lib.runs import run_rows
     out = train(_cfg(tmp_path, mini_cache, fixture_root, method=method, epochs=1, dim=32,
                      extra={"heads": 2}))
     modes = out["extra_eval"]
@@ -112,7 +115,7 @@ def test_evaluate_cli_scores_a_checkpoint_and_reports_bad_paths(tmp_path, mini_c
 
 def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path, mini_cache, fixture_root):
     import shutil
-    from itr_lib.study import StudyError, retrain, retrain_check, run_grid
+    from itr_lib.runs import RunStoreError as StudyError, retrain, retrain_check, run_grid
     out = tmp_path / "results"
     cfg = _cfg(tmp_path, mini_cache, fixture_root, epochs=2)
     cfg.run_dir = None  # run_grid names it runs/<run_name>
@@ -146,7 +149,7 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
 
 
 def test_variant_label_separates_method_hyper_parameters():
-    from itr_lib.tables import variant_name
+    from itr_lib.config import variant_label as variant_name
     base = {"method": "tgdt", "base_loss": "infonce", "false_negatives": "mask", "extra": {}}
     assert variant_name(base) == "tgdt | triplet +FN-mask"  # its own loss, whatever base_loss says
     diag = {**base, "extra": {"warmup_epochs": 1, "margin": 0.1}}
@@ -181,7 +184,7 @@ def test_markdown_tables_escape_pipes_in_labels():
 
 def test_schedule_table_compares_common_seeds_on_val():
     import pandas as pd
-    from itr_lib.experiments import schedule_table
+    from itr_lib.tables import schedule_table
     rows = [dict(dataset="x", method="baseline", base_loss="infonce", epochs=e, seed=s, val_rsum=v, mr=m,
                  best_epoch=b, train_seconds=t)
             for e, s, v, m, b, t in [(3, 0, 60.0, 10.0, 2, 60), (6, 0, 72.0, 11.0, 5, 120), (6, 1, 90.0, 15.0, 4, 120),
@@ -219,7 +222,8 @@ def test_run_time_summary_tabulates_the_benchmark(tmp_path):
 
 
 def test_capacity_probe_changes_one_knob_at_a_time_and_tables_val_gain():
-    from itr_lib.experiments import PROBE_BASE, probe_configs, probe_table
+    from itr_lib.experiments import PROBE_BASE, probe_configs
+    from itr_lib.tables import probe_table
     cfgs = probe_configs("rsicd", 0, "lca+cra")
     assert cfgs[0][1] == {} and len({c.run_name() for _, _, c in cfgs}) == len(cfgs)  # distinct runs
     ref = cfgs[0][2]

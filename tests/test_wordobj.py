@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from itr_lib import viz, wordobj
+from itr_lib import plots as viz, wordobj
+from itr_lib.data import DataError
 from itr_lib.wordobj import make_mosaic, quadrant_regions, region_quadrant
 
 # ----------------------------------------------------------------------------------------------- fakes
@@ -188,7 +189,7 @@ def test_pointing_game_needs_four_classes(synth_root, tmp_path):
     for im in data["images"]:
         os.symlink(synth_root / "synth" / "images" / im["filename"], tmp_path / "few" / "images" / im["filename"])
     (tmp_path / "few" / "dataset_few.json").write_text(json.dumps({**data, "dataset": "few"}))
-    with pytest.raises(wordobj.DataError, match="needs 4"):
+    with pytest.raises(DataError, match="needs 4"):
         wordobj.build_pointing_set("few", n_mosaics=2, data_root=tmp_path, image_encoder=ColourImageEncoder(),
                                    text_encoder=ColourTextEncoder())
 
@@ -298,39 +299,18 @@ def test_retrieval_examples_marks_correct():
     assert len(df) == 6 and set(df["direction"]) == {"t2i", "i2t"}
 
 
-# ----------------------------------------------------------------------------------------------- runs
-def test_find_checkpoint(tmp_path):
-    def run(name, mtime, **cfg):
-        d = tmp_path / "runs" / name
-        d.mkdir(parents=True)
-        (d / "metrics.json").write_text(json.dumps({"config": {"text_encoder": "minilm", **cfg}}))
-        (d / "best.pt").write_bytes(b"")
-        os.utime(d / "best.pt", (mtime, mtime))
-        return d / "best.pt"
-    old = run("a", 1000, dataset="ucm", method="selfalign", lca=True)
-    new = run("b", 2000, dataset="ucm", method="selfalign", lca=True, cra=True)
-    run("c", 3000, dataset="rsicd", method="selfalign", lca=True)
-    run("d", 4000, dataset="ucm", method="selfalign", lca=False, cra=True)
-    base = run("e", 500, dataset="ucm", method="baseline")
-    run("f", 5000, dataset="ucm", method="baseline", text_encoder="gru")
-    assert wordobj.find_checkpoint(tmp_path, "ucm", lca=True) == new != old
-    assert wordobj.find_checkpoint(tmp_path, "ucm", lca=False) == base
-    with pytest.raises(FileNotFoundError, match="BASELINE_CHECKPOINT"):
-        wordobj.find_checkpoint(tmp_path, "rsicd", lca=False)
-
-
 # ----------------------------------------------------------------------------------------------- figures
 def test_save_fig_writes_png_and_svg_atomically(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(2, 2))
     ax.plot([0, 1], [1, 0])
-    written = viz.save_fig(fig, tmp_path / "figs" / "line.png")
+    written = viz.save(fig, tmp_path / "figs" / "line.png")
     assert [p.name for p in written] == ["line.png", "line.svg"]
     png, svg = written
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"<svg" in svg.read_bytes()
     first = svg.read_bytes()
-    viz.save_fig(fig, tmp_path / "figs" / "line")
+    viz.save(fig, tmp_path / "figs" / "line")
     assert svg.read_bytes() == first                    # fixed hash salt, no date: identical bytes
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["line.png", "line.svg"]
 
@@ -338,7 +318,7 @@ def test_save_fig_writes_png_and_svg_atomically(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
     monkeypatch.setattr(fig, "savefig", boom)
     with pytest.raises(RuntimeError):
-        viz.save_fig(fig, tmp_path / "figs" / "line")
+        viz.save(fig, tmp_path / "figs" / "line")
     assert svg.read_bytes() == first                    # the old file survives a failed write
     assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == ["line.png", "line.svg"]  # no temp left
     plt.close(fig)
@@ -359,6 +339,6 @@ def test_plot_helpers_run(tmp_path, pset):
     figs.append(viz.plot_pointing_game(overall, per_class))
     assert viz.crop_region(img, 48).shape == (32, 32, 3)
     for n, f in enumerate(figs):
-        viz.save_fig(f, tmp_path / f"f{n}")
+        viz.save(f, tmp_path / f"f{n}")
         plt.close(f)
     assert len(list(tmp_path.glob("*.png"))) == len(figs)

@@ -1,58 +1,40 @@
-"""Figures of the study. Each plotting function is self-contained (takes plain data, returns a Figure);
-:func:`save_fig` writes PNG + SVG atomically with a fixed SVG hash salt, so reruns diff cleanly.
-
-Without a display (tests, papermill on a server) matplotlib is switched to Agg on import, unless a backend
-was chosen already (``MPLBACKEND``, or a Jupyter kernel's inline backend).
-"""
+"""Image figures: sample grids, word -> region maps, concept patches, codebook usage, retrieval examples (with a
+legend for the borders), the pointing game. Saved with :func:`itr_lib.plots.save`."""
 from __future__ import annotations
 
-import os
-import sys
-import tempfile
-from pathlib import Path
+import textwrap
 from typing import Sequence
 
-import matplotlib
 import numpy as np
 
-if ("ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND")
-        and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY")):
-    matplotlib.use("Agg")
+from . import plt
 
-import matplotlib.pyplot as plt  # noqa: E402
-
-SVG_HASHSALT = "itr_lib"
-DPI = 110
 CORRECT_COLOR = "#1a9850"   # green
 WRONG_COLOR = "#d73027"     # red
 DUP_COLOR = "#7f7f00"       # olive: same caption text as a correct one (duplicate-aware match)
 CELL = 32                   # pixels per region cell (EfficientNet stride)
 
 
-# ----------------------------------------------------------------------------------------------- saving
-def save_fig(fig, path: str | os.PathLike, dpi: int = DPI, formats: Sequence[str] = ("png", "svg")) -> list[Path]:
-    """Write ``fig`` as ``<path>.png`` and ``<path>.svg`` (a suffix on ``path`` is replaced), each through a
-    temp file in the same folder and an atomic rename. SVG ids use a fixed hash salt and no date, so the same
-    figure gives the same bytes. Returns the written paths."""
-    path = Path(path)
-    stem = path.with_suffix("") if path.suffix.lower() in (".png", ".svg", ".pdf") else path
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = []
-    with plt.rc_context({"svg.hashsalt": SVG_HASHSALT}):
-        for fmt in formats:
-            out = stem.with_name(f"{stem.name}.{fmt}")
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    meta = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
-                    fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-                os.replace(tmp, out)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
-            written.append(out)
-    return written
+def sample_grid(split, n: int = 6, seed: int = 0, dataset: str | None = None):
+    """A grid of sample images with their captions."""
+    from .data import load_image, scene_class
+    rng = np.random.default_rng(seed)
+    idx = sorted(rng.choice(split.n_images, size=min(n, split.n_images), replace=False))
+    cols = min(3, len(idx))
+    rows = (len(idx) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 6.2 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, idx):
+        ax.imshow(load_image(split.image_paths[i]))
+        caps = "\n".join(textwrap.fill(f"- {split.captions[j]}", 55) for j in split.img2txt[i])
+        cls = scene_class(dataset, split.filenames[i]) if dataset else None
+        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9)
+        ax.text(0, 1.0, caps, transform=ax.transAxes, fontsize=7.5, va="bottom", ha="left")
+        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9, y=-0.08)
+    fig.tight_layout()
+    return fig
+
 
 
 # ----------------------------------------------------------------------------------------------- word maps
@@ -193,7 +175,6 @@ def plot_codebook_usage(word_usage: np.ndarray, region_usage: np.ndarray, title:
 
 # ----------------------------------------------------------------------------------------------- retrieval
 def _wrap(text: str, width: int = 38) -> str:
-    import textwrap
     return "\n".join(textwrap.wrap(text, width))
 
 

@@ -1,38 +1,17 @@
-"""Study charts: dataset statistics, training curves, ablation and codebook-sweep plots, results overview.
-
-Image-based visualisations (word maps, concepts, retrieval examples) live in :mod:`itr_lib.viz`;
-every figure is saved through ``viz.save_fig`` (PNG + SVG with a fixed hash salt, atomic).
-"""
+"""Data and results charts: caption statistics, training curves, ablation and codebook-sweep bars, results
+overview. Saved with :func:`itr_lib.plots.save`."""
 from __future__ import annotations
 
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-
-def _plt():
-    import matplotlib
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            import IPython  # noqa: F401
-            if IPython.get_ipython() is None:
-                matplotlib.use("Agg")
-        except ImportError:
-            matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def save(fig, path) -> Path:
-    from .viz import save_fig
-    return save_fig(fig, path)
+from . import plt
 
 
 def caption_stats(ds) -> "object":
     """Caption-length histogram per split and duplicate-caption bars."""
-    plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for s in ds.split_names:
         lens = [len(t) for t in ds.split(s).tokens]
@@ -51,31 +30,8 @@ def caption_stats(ds) -> "object":
     return fig
 
 
-def sample_grid(split, n: int = 6, seed: int = 0, dataset: str | None = None):
-    """A grid of sample images with their captions."""
-    from .data import load_image, scene_class
-    plt = _plt()
-    rng = np.random.default_rng(seed)
-    idx = sorted(rng.choice(split.n_images, size=min(n, split.n_images), replace=False))
-    cols = min(3, len(idx))
-    rows = (len(idx) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 6.2 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, idx):
-        ax.imshow(load_image(split.image_paths[i]))
-        caps = "\n".join(textwrap.fill(f"- {split.captions[j]}", 55) for j in split.img2txt[i])
-        cls = scene_class(dataset, split.filenames[i]) if dataset else None
-        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9)
-        ax.text(0, 1.0, caps, transform=ax.transAxes, fontsize=7.5, va="bottom", ha="left")
-        ax.set_title(f"{split.filenames[i]}" + (f" [{cls}]" if cls else ""), fontsize=9, y=-0.08)
-    fig.tight_layout()
-    return fig
-
-
 def training_curves(history: list[dict], title: str = ""):
     """Loss terms per epoch (left) and val rsum per epoch (right)."""
-    plt = _plt()
     h = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for c in [c for c in h.columns if c.startswith("loss_")]:
@@ -94,7 +50,6 @@ def training_curves(history: list[dict], title: str = ""):
 
 def ablation_bars(table: pd.DataFrame, dataset: str, metric: str = "mr"):
     """Mean +- std of a metric per variant (dots: seeds are in the CSV), and rsum gain vs baseline with CI."""
-    plt = _plt()
     t = table.reset_index(drop=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 2.2))
     y = np.arange(len(t))
@@ -117,7 +72,6 @@ def ablation_bars(table: pd.DataFrame, dataset: str, metric: str = "mr"):
 
 def codebook_sweep(df_runs: pd.DataFrame, dataset: str, baseline_mr: float | None = None):
     """Test mR against codebook size K (each seed a dot, mean line)."""
-    plt = _plt()
     d = df_runs[(df_runs.dataset == dataset) & df_runs.lca.astype(bool)]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for v, g in d.groupby("variant_family"):
@@ -135,7 +89,6 @@ def codebook_sweep(df_runs: pd.DataFrame, dataset: str, baseline_mr: float | Non
 
 def results_overview(main: pd.DataFrame, dataset: str):
     """Horizontal bars of mR: ours (mean ± std) beside published rows (hatched)."""
-    plt = _plt()
     t = main.sort_values("mr").reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(8, 0.38 * len(t) + 1.5))
     y = np.arange(len(t))

@@ -1,0 +1,164 @@
+"""Run configuration: :class:`TrainConfig` (every hyper-parameter of a run), its identity and name, the one
+list of runtime-only fields, and the human-readable variant label of a recorded config.
+
+A run's *identity* is its config without the fields that cannot change its result (:data:`RUNTIME_FIELDS`);
+the run name is ``<dataset>-<variant>-<text encoder>-s<seed>-<hash of the identity>``, so a recorded run is found
+again by its config (never by a name typed anywhere) and a changed config never reuses a stale run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .io import REPO_ROOT
+
+# fields that do not change the result of a run (excluded from its identity)
+RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size")
+# fields added after runs were first recorded: they enter the identity only when set, so the names (and
+# resumability) of earlier runs stay valid
+ADDED_LATER = ("val_images_per_epoch",)
+
+
+def config_identity(cfg: dict) -> dict:
+    """The identity of a config given as a dict (a recorded ``metrics.json['config']`` or ``asdict(cfg)``)."""
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_FIELDS and not (k in ADDED_LATER and v is None)}
+
+
+def group_key(cfg: dict) -> str:
+    """The identity without the seed, hashed: runs that differ only in their seed share it."""
+    ident = {k: v for k, v in config_identity(cfg).items() if k != "seed"}
+    return hashlib.sha1(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def dataset_name(dataset: str) -> str:
+    """The dataset's short name from a config's ``dataset`` (a name, or a path to ``dataset_<name>.json``)."""
+    return Path(str(dataset)).stem.replace("dataset_", "")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a run. Defaults follow the authors (METHODS.md) except where noted."""
+
+    # what
+    method: str = "baseline"            # baseline | selfalign | tgdt | aladin | scan | ...
+    dataset: str = "rsicd"              # dataset name under the data root, or a JSON path
+    text_encoder: str = "minilm"        # minilm (frozen MiniLM + trainable layers) | gru (BiGRU over GloVe)
+    seed: int = 0
+    # architecture
+    dim: int = 1024                     # joint embedding size D (authors: 1024)
+    pooling: str = "gpo"                # mean | max | gpo | meanmax
+    mlp: bool = False                   # VSE-infinity residual MLP on the projections
+    # SelfAlign
+    lca: bool = False
+    cra: bool = False
+    codebook_size: int = 1024           # K (authors' scripts: 1024)
+    lca_eps: float = 0.05
+    lca_iters: int = 3
+    lca_temperature: float = 0.1
+    lca_weight: float = 1.0
+    codebook_freeze_epochs: int = 1
+    cra_temperature: float = 0.7
+    cra_topk: int = 512
+    cra_weight: float = 1.0
+    # loss
+    base_loss: str = "triplet"          # triplet (authors: hardest negative after warm-up) | infonce
+    margin: float = 0.2
+    warmup_epochs: int = 1              # VSE-infinity: sum of violations in epoch 0
+    infonce_temperature: float = 0.05
+    false_negatives: str = "mask"       # mask: in-batch captions whose text the anchor image carries are no
+                                        # negatives | none: the authors' behaviour
+    captions_per_step: str = "auto"     # one: one random caption per image and step (authors) | all: every
+                                        # caption of the batch's images (multi-positive InfoNCE; more text
+                                        # supervision per image forward) | auto: all for InfoNCE on models
+                                        # that support it, else one
+    # optimisation
+    epochs: int = 12
+    batch_size: int = 128
+    lr: float = 5e-4                    # VSE-infinity 5e-4
+    lr_decay_frac: float = 0.6          # lr x0.1 after this fraction of the epochs
+    lr_decay_gamma: float = 0.1
+    grad_clip: float = 2.0
+    weight_decay: float = 0.0
+    region_drop: float = 0.2            # VSE-infinity: drop 20% of regions
+    token_drop: float = 0.2             # and 20% of tokens
+    # method-specific extras (TGDT, ALADIN, ...)
+    extra: dict = field(default_factory=dict)
+    # data / runtime
+    data_root: str | None = None
+    cache_dir: str | None = None
+    max_train_images: int | None = None  # small subsets for tests and smoke runs
+    max_eval_images: int | None = None
+    val_images_per_epoch: int | None = None  # model selection on the first N val images (slow exhaustive models)
+    eval_batch_size: int = 256
+    device: str = "cpu"
+    threads: int | None = None
+    run_dir: str | None = None          # default results/runs/<run_name>
+    progress: bool | None = None
+
+    def identity(self) -> dict:
+        return config_identity(asdict(self))
+
+    def run_name(self) -> str:
+        h = hashlib.sha1(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:8]
+        variant = self.method
+        if self.method == "selfalign":
+            variant += ("-lca" if self.lca else "") + ("-cra" if self.cra else "") + (f"-k{self.codebook_size}" if self.lca else "")
+        if self.base_loss != "infonce":
+            variant += f"-{self.base_loss}"
+        return f"{dataset_name(self.dataset)}-{variant}-{self.text_encoder}-s{self.seed}-{h}"
+
+    def resolved_run_dir(self) -> Path:
+        return Path(self.run_dir) if self.run_dir else REPO_ROOT / "results" / "adhoc" / "runs" / self.run_name()
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+
+def variant_label(cfg: dict) -> str:
+    """Human-readable variant of a run's config (a table's row label): the method's own settings, the loss (as it
+    was trained: ``| infonce +FN-mask`` ...), the schedule (``| 6 ep``), and every setting off its default, so runs
+    with different settings are never pooled into one row."""
+    m = cfg["method"]
+    if m == "selfalign":
+        parts = [p for p, on in (("LCA", cfg.get("lca")), ("CRA", cfg.get("cra"))) if on]
+        v = "+".join(parts)
+        if cfg.get("lca"):
+            v += f" K={cfg.get('codebook_size')}"
+        for key, short, on in (("lca_weight", "w_lca", cfg.get("lca")), ("cra_weight", "w_cra", cfg.get("cra"))):
+            if on and cfg.get(key, 1.0) != 1.0:  # loss weights off the authors' 1.0 (sensitivity runs)
+                v += f" {short}={cfg[key]:g}"
+    else:
+        v = m
+    loss = cfg.get("base_loss", "triplet")
+    v += f" | {loss}" + (" +FN-mask" if cfg.get("false_negatives") == "mask" else "")
+    caps = cfg.get("captions_per_step", "auto")
+    if caps == "one" and loss == "infonce":
+        v += " 1cap"
+    elif caps == "all" and loss == "triplet":
+        v += " allcap"
+    if cfg.get("epochs"):  # the schedule differs between methods and between runs of one method
+        v += f" | {cfg['epochs']} ep"
+    if cfg.get("dim") and cfg["dim"] != 512:
+        v += f" | D={cfg['dim']}"
+    if cfg.get("mlp"):
+        v += " | MLP"
+    if cfg.get("text_encoder", "minilm") != "minilm":
+        v += f" | {cfg['text_encoder']}"
+    if cfg.get("val_images_per_epoch"):  # model selection on the first N val images
+        v += f" | val {cfg['val_images_per_epoch']}"
+    if m not in ("baseline", "selfalign") and cfg.get("base_loss") == "triplet" and cfg.get("warmup_epochs", 0):
+        v += f" | warmup_epochs={cfg['warmup_epochs']}"
+    if cfg.get("extra"):  # method hyper-parameters off their defaults: never pooled with the default runs
+        v += " | " + ",".join(f"{k}={val}" for k, val in sorted(cfg["extra"].items()))
+    return v

@@ -1,0 +1,71 @@
+"""Efficiency figures: the accuracy / latency frontier and the gallery-size scaling curves."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import plt
+
+
+def _pareto(latency, score):
+    from ..efficiency import pareto_front
+    return pareto_front(latency, score)
+
+
+def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query"):
+    """mR (mean +- std over seeds) against per-query latency (log scale), every method, the Pareto front drawn."""
+    ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
+    t = table[ok].reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
+              "cross-attention": "#e76f51"}
+    for _, r in t.iterrows():
+        ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
+                    color=colors.get(r.family, "#555"), mec="k", mew=0.5)
+        ax.annotate(r.method, (r[latency_col], r.mr), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    if not t.empty:
+        f = _pareto(t[latency_col], t.mr)
+        p = t[f].sort_values(latency_col)
+        ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--", label="Pareto front")
+        ax.legend(fontsize=8, loc="lower right")
+    ax.set_xscale("log")
+    dev = t.device.iloc[0] if "device" in t and len(t) else ""
+    ax.set(xlabel=f"ms per query (batch 1, mean of t2i and i2t; {dev})",
+           ylabel="test mR (mean ± std over seeds)", title=f"{dataset.upper()}: accuracy vs query latency")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def scaling_figure(df: pd.DataFrame):
+    """Log-log latency against gallery size, one line per index / scoring; extrapolated parts dashed, flat-search
+    floor dotted; recall@10 of the approximate indexes on a second panel."""
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2, 1]})
+    cmap = plt.get_cmap("tab10")
+    for i, (name, g) in enumerate(df.groupby("index", sort=False)):
+        g = g.sort_values("n_items")
+        c = cmap(i % 10)
+        meas, ext = g[~g.extrapolated.astype(bool)], g[g.extrapolated.astype(bool)]
+        ax.plot(meas.n_items, meas.ms_per_query, "o-", color=c, label=name)
+        if not ext.empty:
+            join = pd.concat([meas.tail(1), ext])
+            ax.plot(join.n_items, join.ms_per_query, "--", color=c, alpha=0.8)
+            ax.plot(ext.n_items, ext.ms_per_query, "x", color=c)
+        if name == "flat":
+            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (bandwidth)")
+        if g.recall_at_10.notna().any() and name != "flat":
+            ax2.plot(meas.n_items, meas.recall_at_10, "o-", color=c, label=name)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set(xlabel="gallery items", ylabel="ms per query (batch 1)",
+           title="latency vs gallery size (x, dashed: extrapolated)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax2.set_xscale("log")
+    ax2.axhline(0.95, color="r", lw=0.8, ls=":")
+    ax2.set(xlabel="gallery items", ylabel="recall@10 vs exact", title="approximate indexes", ylim=(0, 1.02))
+    ax2.grid(True, which="both", alpha=0.3)
+    if ax2.lines:
+        ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

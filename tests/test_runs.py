@@ -1,0 +1,111 @@
+"""The run store: finding runs and checkpoints by config, rows per inference mode, hits, relabelling records."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from itr_lib import runs
+from itr_lib.metrics import Ties
+
+
+def _record(tmp_path, name, mtime=None, checkpoint=True, **cfg):
+    d = tmp_path / "runs" / name
+    d.mkdir(parents=True)
+    cfg = {"text_encoder": "minilm", "seed": 0, **cfg}
+    (d / "metrics.json").write_text(json.dumps({"config": cfg, "test": {}, "run": name}))
+    if checkpoint:
+        (d / "best.pt").write_bytes(b"")
+        if mtime:
+            os.utime(d / "best.pt", (mtime, mtime))
+        return d / "best.pt"
+    return d
+
+
+def test_find_checkpoint_by_query(tmp_path):
+    old = _record(tmp_path, "a", 1000, dataset="ucm", method="selfalign", lca=True, cra=False)
+    new = _record(tmp_path, "b", 2000, dataset="ucm", method="selfalign", lca=True, cra=True)
+    s1 = _record(tmp_path, "b1", 3000, dataset="ucm", method="selfalign", lca=True, cra=True, seed=1)
+    _record(tmp_path, "c", 3000, dataset="rsicd", method="selfalign", lca=True)
+    base = _record(tmp_path, "e", 500, dataset="ucm", method="baseline")
+    _record(tmp_path, "f", 5000, dataset="ucm", method="baseline", text_encoder="gru")
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="selfalign", lca=True, cra=False) == old
+    # among matching runs: the lowest seed, then the newest
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="selfalign", cra=True) == new != s1
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="selfalign", seed=1) == s1
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="baseline", text_encoder="minilm") == base
+    with pytest.raises(FileNotFoundError, match=r"no finished run matching .*'rsicd'.*Fix: train it first"):
+        runs.find_checkpoint(tmp_path, dataset="rsicd", method="baseline")
+    # a run recorded in metrics/ without its checkpoint: the error says how to retrain it
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "rsicd-baseline-x.json").write_text(json.dumps(
+        {"config": {"dataset": "rsicd", "method": "baseline", "seed": 0}, "test": {}}))
+    with pytest.raises(FileNotFoundError, match=r"--retrain 'rsicd-baseline-x'"):
+        runs.find_checkpoint(tmp_path, dataset="rsicd", method="baseline")
+
+
+def _metrics(run, **extra):
+    cfg = {"method": "tgdt", "dataset": "ucm", "seed": 0, "base_loss": "infonce", "false_negatives": "mask",
+           "captions_per_step": "all", "epochs": 6, "extra": {}}
+    bundle = {k: float(v) for k, v in zip(runs.METRICS, range(1, 9))}
+    return {"run": run, "dataset": "ucm", "config": cfg, "test": {"standard": bundle,
+            "standard_optimistic": {**bundle, "mr": 9.0}, "standard_pessimistic": {**bundle, "mr": 7.0}},
+            "val": {"standard": bundle}, "best_epoch": 1, "epochs": 6, "train_seconds": 1.0,
+            "retrieval_vector_dim": 8, "tie_rule": "expected", **extra}
+
+
+def test_run_rows_one_per_mode_with_tie_bounds():
+    m = _metrics("r", extra_eval={"global": {"standard": {k: 0.0 for k in runs.METRICS},
+                                             "standard_optimistic": {"mr": 1.0}, "standard_pessimistic": {"mr": 0.0}},
+                                  "details": {"k_i2t": 50}})
+    rows = runs.run_rows(m)
+    assert [r["mode"] for r in rows] == ["global"] and rows[0]["variant"].endswith("[global]")
+    assert rows[0]["mr"] == 0.0 and rows[0]["mr_optimistic"] == 1.0 and rows[0]["tie_rule"] == "expected"
+    plain = runs.run_rows(_metrics("p"))
+    assert len(plain) == 1 and plain[0]["mr_pessimistic"] == 7.0 and plain[0]["captions_per_step"] == "all"
+    old = _metrics("o", tie_rule="index")
+    old.pop("tie_rule")
+    del old["test"]["standard_optimistic"]
+    row = runs.run_rows(old)[0]
+    assert row["tie_rule"] == "index" and np.isnan(row["mr_optimistic"])
+
+
+def test_load_hits_reads_ties_and_legacy_ranks(tmp_path):
+    d = tmp_path / "metrics"
+    d.mkdir()
+    ti = Ties(np.array([0, 3]), np.array([1, 0]), np.array([1, 1]))
+    tt = Ties(np.array([0, 0, 9]), np.array([0, 0, 0]), np.array([1, 1, 1]))
+    np.savez(d / "new.ranks.npz", i2t=np.array([0, 3]), t2i=np.array([0, 0, 9]), **ti.to_arrays("i2t"),
+             **tt.to_arrays("t2i"), **ti.to_arrays("global/i2t"), **tt.to_arrays("global/t2i"))
+    hi, ht = runs.load_hits(tmp_path, "new")
+    assert hi.tolist() == [[0.5, 1.0, 1.0], [0.0, 1.0, 1.0]]  # a tie of 2 at the top: R@1 is 1/2
+    assert ht[:, 0].tolist() == [1.0, 1.0, 0.0]
+    assert runs.load_hits(tmp_path, "new", rule="optimistic")[0][0, 0] == 1.0
+    assert runs.load_hits(tmp_path, "new", mode="global")[0][0, 0] == 0.5
+    np.savez(d / "old.ranks.npz", i2t=np.array([0, 3]), t2i=np.array([0, 12, 1]))
+    oi, ot = runs.load_hits(tmp_path, "old")
+    assert oi.tolist() == [[1, 1, 1], [0, 1, 1]] and ot[:, 2].tolist() == [1, 0, 1]
+    with pytest.raises(KeyError, match="mode 'global'"):
+        runs.load_hits(tmp_path, "old", mode="global")
+
+
+def test_relabel_fine_records_says_what_they_ran(tmp_path):
+    d = tmp_path / "metrics"
+    d.mkdir()
+    fine = {"config": {"method": "tgdt", "base_loss": "infonce", "captions_per_step": "auto", "warmup_epochs": 1,
+                       "extra": {"warmup_epochs": 1, "layers": 1}, "seed": 0}, "test": {}}
+    plain = {"config": {"method": "tgdt", "base_loss": "infonce", "captions_per_step": "auto", "warmup_epochs": 1,
+                        "extra": {}, "seed": 0}, "test": {}}
+    vse = {"config": {"method": "baseline", "base_loss": "infonce", "captions_per_step": "auto"}, "test": {}}
+    for name, rec in (("diag", fine), ("plain", plain), ("vse", vse)):
+        (d / f"{name}.json").write_text(json.dumps(rec))
+    assert runs.relabel_fine_records(tmp_path) == ["diag", "plain"]
+    diag = json.loads((d / "diag.json").read_text())
+    assert diag["config"]["base_loss"] == "triplet" and diag["config"]["captions_per_step"] == "one"
+    assert diag["config"]["warmup_epochs"] == 1 and diag["config"]["extra"] == {"layers": 1}
+    assert diag["config_identity"]["base_loss"] == "triplet" and diag["relabelled"]["before"]["base_loss"] == "infonce"
+    assert json.loads((d / "plain.json").read_text())["config"]["warmup_epochs"] == 0  # the authors' default it ran
+    assert json.loads((d / "vse.json").read_text()) == vse  # the VSE models always read base_loss
+    assert runs.relabel_fine_records(tmp_path) == []  # idempotent
