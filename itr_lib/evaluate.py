@@ -17,7 +17,9 @@ from .features import SplitFeatures, ensure_features, load_features
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data_root: str | None = None,
                         cache_dir: str | None = None, device: str = "cpu", progress: bool | None = None) -> dict:
-    from .train import SplitTensors, evaluate, load_checkpoint
+    from .scoring import evaluate
+    from .splits import SplitTensors
+    from .train import load_checkpoint
     model, cfg = load_checkpoint(checkpoint, device)
     ds = load_dataset(dataset, data_root)
     ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False)

@@ -412,24 +412,30 @@ def relabel_fine_records(results_dir: str | Path) -> list[str]:
     """Make the records of TGDT / ALADIN / SCAN / MrSw runs trained before those models read the base loss say
     what they ran, without retraining them: their models trained with the hardest-negative triplet on one caption
     per image and step whatever ``base_loss`` said, and took the warm-up from ``extra['warmup_epochs']`` (default
-    0), not from ``warmup_epochs``. The record's ``config`` becomes ``base_loss="triplet"``,
-    ``captions_per_step="one"``, ``warmup_epochs`` = the warm-up it ran; ``config_identity`` follows; the run name
-    (the file name) stays, and ``relabelled`` notes the change. Idempotent; returns the relabelled runs."""
+    0), not from ``warmup_epochs``; fields they never read (pooling, codebook size, ...) held whatever the notebook
+    passed. The record's ``config`` becomes ``base_loss="triplet"``, ``captions_per_step="one"``,
+    ``warmup_epochs`` = the warm-up it ran, every unread field back at its default; ``config_identity`` follows;
+    the run name (the file name) stays, and ``relabelled`` keeps the fields as they were. Idempotent; returns the
+    relabelled runs."""
+    from .models import unused_fields
     done = []
     for path in sorted((Path(results_dir) / "metrics").glob("*.json")):
         rec = read_json(path)
-        cfg = rec.get("config") or {}
+        cfg = dict(rec.get("config") or {})
         if cfg.get("method") not in FINE_METHODS or "relabelled" in rec or "method_hp" in rec:
             continue
         extra = dict(cfg.get("extra") or {})
-        before = {k: cfg.get(k) for k in ("base_loss", "captions_per_step", "warmup_epochs", "extra")}
         cfg.update(base_loss="triplet", captions_per_step="one", warmup_epochs=int(extra.pop("warmup_epochs", 0)),
                    extra=extra)
+        unread = {n: d for n, _, d in unused_fields(TrainConfig.from_dict(cfg))}
+        before = {k: rec["config"].get(k) for k in ("base_loss", "captions_per_step", "warmup_epochs", "extra")}
+        before.update({k: rec["config"][k] for k in unread})
+        cfg.update(unread)
         rec["config"], rec["config_identity"] = cfg, config_identity(cfg)
         rec["captions_per_step"] = "one"
         rec["relabelled"] = {"before": before, "why": "the model trained with its own hardest-negative triplet on "
-                             "one caption per image and step, whatever base_loss said (itr_lib.runs."
-                             "relabel_fine_records)"}
+                             "one caption per image and step, whatever base_loss said, and read none of the other "
+                             "fields listed (itr_lib.runs.relabel_fine_records)"}
         write_json(path, rec)
         done.append(path.stem)
     return done

@@ -266,6 +266,7 @@ def _fake_run(root, name, method, seed, mr, extra_eval=None, dataset="ucm", ckpt
 
 
 def test_find_and_select_runs(tmp_path):
+    from itr_lib.runs import find_runs, mode_mr, select_runs
     _fake_run(tmp_path, "a0", "selfalign", 0, 20.0, lca=True, cra=False)
     _fake_run(tmp_path, "b0", "selfalign", 0, 22.0, lca=True, cra=True)
     _fake_run(tmp_path, "b1", "selfalign", 1, 24.0, lca=True, cra=True, ckpt=False)
@@ -273,22 +274,22 @@ def test_find_and_select_runs(tmp_path):
               extra_eval={"global": {"mr": 25.0}, "two_stage": {"standard": {"mr": 29.0}}})
     (tmp_path / "runs" / "unfinished").mkdir()
     (tmp_path / "runs" / "unfinished" / "best.pt").write_bytes(b"")
-    runs = eff.find_runs(tmp_path)
+    runs = find_runs(tmp_path)
     assert set(runs.run) == {"a0", "b0", "b1", "t0"}
     assert runs.set_index("run").train_s_per_epoch["a0"] == 3.0
-    timed, group = eff.select_runs(runs, eff.spec_by_label("SelfAlign"), "ucm")
+    timed, group = select_runs(runs, "selfalign", "ucm", {"lca": True, "cra": True})
     assert timed.run == "b0" and sorted(group.run) == ["b0", "b1"]  # LCA+CRA preferred; seeds of its config
-    assert eff.select_runs(runs, eff.spec_by_label("baseline"), "ucm")[0] is None
+    assert select_runs(runs, "baseline", "ucm")[0] is None
     # two schedules of one method with as many seeds: the longer one (the ablation's) is timed
     for name, seed, ep in (("s3a", 0, 3), ("s3b", 1, 3), ("s6a", 0, 6), ("s6b", 1, 6)):
         _fake_run(tmp_path, name, "baseline", seed, 10.0 + ep, n_epochs=ep)
-    timed, group = eff.select_runs(eff.find_runs(tmp_path), eff.spec_by_label("baseline"), "ucm")
+    timed, group = select_runs(find_runs(tmp_path), "baseline", "ucm")
     assert timed.run == "s6a" and sorted(group.run) == ["s6a", "s6b"]
     m = json.loads((tmp_path / "runs" / "t0" / "metrics.json").read_text())
-    assert eff.mode_mr(m, "test") == 30.0
-    assert eff.mode_mr(m, "global") == 25.0 and eff.mode_mr(m, "two_stage") == 29.0
-    assert eff.mode_mr(m, "exhaustive") is None
-    assert eff.mode_mr(m, "exhaustive", extra={"exhaustive": {"standard": {"mr": 31.0}}}) == 31.0
+    assert mode_mr(m, "test") == 30.0
+    assert mode_mr(m, "global") == 25.0 and mode_mr(m, "two_stage") == 29.0
+    assert mode_mr(m, "exhaustive") is None
+    assert mode_mr(m, "exhaustive", extra={"exhaustive": {"standard": {"mr": 31.0}}}) == 31.0
 
 
 def test_negative_fitted_slope_holds_last_value():

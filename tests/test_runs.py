@@ -95,7 +95,8 @@ def test_relabel_fine_records_says_what_they_ran(tmp_path):
     d = tmp_path / "metrics"
     d.mkdir()
     fine = {"config": {"method": "tgdt", "base_loss": "infonce", "captions_per_step": "auto", "warmup_epochs": 1,
-                       "extra": {"warmup_epochs": 1, "layers": 1}, "seed": 0}, "test": {}}
+                       "extra": {"warmup_epochs": 1, "layers": 1}, "seed": 0, "codebook_size": 256,
+                       "pooling": "meanmax"}, "test": {}}
     plain = {"config": {"method": "tgdt", "base_loss": "infonce", "captions_per_step": "auto", "warmup_epochs": 1,
                         "extra": {}, "seed": 0}, "test": {}}
     vse = {"config": {"method": "baseline", "base_loss": "infonce", "captions_per_step": "auto"}, "test": {}}
@@ -106,6 +107,9 @@ def test_relabel_fine_records_says_what_they_ran(tmp_path):
     assert diag["config"]["base_loss"] == "triplet" and diag["config"]["captions_per_step"] == "one"
     assert diag["config"]["warmup_epochs"] == 1 and diag["config"]["extra"] == {"layers": 1}
     assert diag["config_identity"]["base_loss"] == "triplet" and diag["relabelled"]["before"]["base_loss"] == "infonce"
+    # fields TGDT never read go back to their defaults; the record keeps what they held
+    assert diag["config"]["codebook_size"] == 1024 and diag["config"]["pooling"] == "gpo"
+    assert diag["relabelled"]["before"]["codebook_size"] == 256
     assert json.loads((d / "plain.json").read_text())["config"]["warmup_epochs"] == 0  # the authors' default it ran
     assert json.loads((d / "vse.json").read_text()) == vse  # the VSE models always read base_loss
     assert runs.relabel_fine_records(tmp_path) == []  # idempotent

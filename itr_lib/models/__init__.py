@@ -33,14 +33,23 @@ def register(name: str, uses: Callable | tuple = ()):
     return deco
 
 
-def check_config(cfg) -> None:
-    """A TrainConfig field the method cannot honour, set off its default, is an error (never silently ignored)."""
+def unused_fields(cfg) -> list[tuple[str, object, object]]:
+    """``(name, value, default)`` of every TrainConfig field set off its default that the method (with its base
+    loss) does not read."""
     import dataclasses
+    _load_plugins()
     if cfg.base_loss not in LOSS_FIELDS:
         raise ValueError(f"unknown base_loss {cfg.base_loss!r}; choose one of {sorted(LOSS_FIELDS)}")
+    if cfg.method not in USES:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(BUILDERS)}")
     used = COMMON_FIELDS | set(LOSS_FIELDS[cfg.base_loss]) | set(USES[cfg.method](cfg))
-    bad = [(f.name, getattr(cfg, f.name), f.default) for f in dataclasses.fields(cfg)
-           if f.name not in used and f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default]
+    return [(f.name, getattr(cfg, f.name), f.default) for f in dataclasses.fields(cfg)
+            if f.name not in used and f.default is not dataclasses.MISSING and getattr(cfg, f.name) != f.default]
+
+
+def check_config(cfg) -> None:
+    """A TrainConfig field the method cannot honour, set off its default, is an error (never silently ignored)."""
+    bad = unused_fields(cfg)
     if bad:
         desc = ", ".join(f"{n}={v!r} (default {d!r})" for n, v, d in bad)
         raise ValueError(f"method {cfg.method!r} with base_loss {cfg.base_loss!r} does not use {desc}. Fix: leave "
@@ -92,4 +101,4 @@ def _load_plugins() -> None:
                 raise
 
 
-__all__ = ["Batch", "RetrievalModel", "VSEModel", "build_model", "check_config", "register", "BUILDERS"]
+__all__ = ["Batch", "RetrievalModel", "VSEModel", "build_model", "check_config", "unused_fields", "register", "BUILDERS"]

@@ -17,7 +17,7 @@ CELL = 32                   # pixels per region cell (EfficientNet stride)
 
 def sample_grid(split, n: int = 6, seed: int = 0, dataset: str | None = None):
     """A grid of sample images with their captions."""
-    from .data import load_image, scene_class
+    from ..data import load_image, scene_class
     rng = np.random.default_rng(seed)
     idx = sorted(rng.choice(split.n_images, size=min(n, split.n_images), replace=False))
     cols = min(3, len(idx))
