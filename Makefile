@@ -1,20 +1,33 @@
-# Targets a newcomer can guess. PYTHON may point at a virtual environment's interpreter.
-PYTHON ?= python3
+# Targets a newcomer can guess. `make setup` creates .venv and installs into it; PYTHON may point elsewhere.
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
 PROFILE ?= full
 DATASETS ?= rsicd ucm
+# torch first, pinned: this project's machines carry the CPU wheel of 2.13.0. On a machine with internet and no GPU,
+# `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` avoids pulling the large CUDA build.
+TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 
-.PHONY: setup test test-fast features smoke study bench bench-train probe clean-smoke strip
+.PHONY: setup test test-fast nbval features smoke study bench bench-train probe clean-smoke strip
 
-setup:            ## install the package, its dependencies and the notebook tooling
-	$(PYTHON) -m pip install -e ".[dev]"
+setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@echo "ready: . $(VENV)/bin/activate (or prefix commands with $(PYTHON))"
 
-test:             ## the whole test suite (unit tests, notebook chain, nbval over the committed notebooks)
-	$(PYTHON) -m pytest -q
-	$(PYTHON) -m pytest -q --nbval-lax notebooks/
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+test:             ## the README's test command: unit tests and the whole notebook chain on the 12-image fixture (temp folders only)
+	ITR_PROGRESS=0 $(PYTHON) -m pytest -q
 
 test-fast:        ## unit tests only (no notebook execution)
 	$(PYTHON) -m pytest -q -m "not slow"
+
+nbval:            ## execute the committed notebooks with their defaults under nbval (slow: UCM; writes results/adhoc, cache/)
+	$(PYTHON) -m pytest -q --nbval-lax notebooks/
 
 features:         ## build (or reuse) the frozen feature caches of every dataset
 	for d in $(DATASETS); do $(PYTHON) -m itr_lib.features --dataset $$d || exit 1; done

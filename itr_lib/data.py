@@ -61,10 +61,19 @@ def resolve_json(json_path_or_name: str | os.PathLike, root: str | os.PathLike |
     name = str(json_path_or_name)
     path = data_root(root) / name / f"dataset_{name}.json"
     if not path.is_file():
+        found = available_datasets(data_root(root))
         raise DataError(
-            f"dataset JSON {path} not found for dataset '{name}'. Fix: put the Karpathy-format file there, "
+            f"dataset JSON {path} not found for dataset '{name}' (datasets under {data_root(root)}: "
+            f"{', '.join(found) or 'none'}). Fix: pick one of those, put the Karpathy-format file there, "
             f"or pass the JSON's path directly, or point the data root elsewhere ({DATA_ROOT_ENV}).")
     return path
+
+
+def available_datasets(root: str | os.PathLike) -> list[str]:
+    """Names NAME with a ``NAME/dataset_NAME.json`` under ``root``."""
+    root = Path(root)
+    return sorted(p.parent.name for p in root.glob("*/dataset_*.json") if p.stem == f"dataset_{p.parent.name}") \
+        if root.is_dir() else []
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -294,7 +303,8 @@ def load_dataset(json_path_or_name: str | os.PathLike, root: str | os.PathLike |
             raise DataError(f"{where} is not an object. Fix: each entry of 'images' must be a record.")
         for key in ("filename", "sentences"):
             if key not in rec:
-                raise DataError(f"{where} has no field '{key}'. Fix: every image record needs 'filename' "
+                named = f" ('{rec['filename']}')" if "filename" in rec else ""
+                raise DataError(f"{where}{named} has no field '{key}'. Fix: every image record needs 'filename' "
                                 f"and 'sentences' (a list of {{'raw', 'tokens'}}).")
         split = rec.get("split", "test")
         if split == "restval":

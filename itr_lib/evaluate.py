@@ -22,6 +22,8 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data
     from .train import load_checkpoint
     model, cfg = load_checkpoint(checkpoint, device)
     ds = load_dataset(dataset, data_root)
+    print(f"scoring {checkpoint} ({cfg.method}) on {ds.name}/{split}; features are extracted first when not cached "
+          f"(a minute or more per thousand images on a CPU)", file=sys.stderr, flush=True)
     ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False)
     feats: SplitFeatures = load_features(ds, split, root=cache_dir)
     data = SplitTensors(feats, cfg.text_encoder)
@@ -40,14 +42,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m itr_lib.evaluate", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="best.pt of a finished run")
     p.add_argument("--dataset", required=True, help="dataset name under the data root, or a JSON path")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--split", default="test")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", default=None, help="folder holding NAME/dataset_NAME.json "
+                   "(default: $ITR_DATA_ROOT, else ../shared/data)")
+    p.add_argument("--cache-dir", default=None, help="feature cache root (default: $ITR_CACHE_DIR, else ./cache/features)")
+    p.add_argument("--split", default="test", help="split to score: train | val | test (default test)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        out = evaluate_checkpoint(a.checkpoint, a.dataset, a.split, a.data_root, a.cache_dir, a.device, progress=False)
+        out = evaluate_checkpoint(a.checkpoint, a.dataset, a.split, a.data_root, a.cache_dir, a.device, progress=None)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

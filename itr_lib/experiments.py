@@ -1,4 +1,4 @@
-"""Experiment grids and the tables built from them (used by 02_ablations and 05_results).
+"""Experiment grids (used by 02_ablations; their tables are :mod:`itr_lib.tables`).
 
 Variant keys of the SelfAlign ablation: ``baseline``, ``lca``, ``cra``, ``lca+cra``. The codebook sweep
 trains ``lca+cra`` (or ``lca``) at several K. ``losses`` names base-loss settings:
@@ -8,8 +8,6 @@ per step: the study's default), ``infonce-1cap`` (the same with one caption per 
 authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives masked).
 """
 from __future__ import annotations
-
-
 
 from .config import TrainConfig
 
@@ -41,7 +39,14 @@ LOSS_ABLATION = ("triplet-all", "infonce-nomask", "infonce-1cap")  # the referen
 
 
 def make_config(base: dict, **overrides) -> TrainConfig:
-    return TrainConfig.from_dict({**base, **overrides})
+    """A grid's config: ``base`` (shared by every variant of the grid) with the variant's ``overrides``. A field of
+    ``base`` the variant's method does not read (the LCA rows' K on the baseline) stays at its default, so the
+    record says what the run did; an override the method cannot use remains an error when the run starts."""
+    import dataclasses
+    from .models import unused_fields
+    cfg = TrainConfig.from_dict({**base, **overrides})
+    reset = {name: default for name, _, default in unused_fields(cfg) if name not in overrides}
+    return dataclasses.replace(cfg, **reset) if reset else cfg
 
 
 def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+cra"), losses=("infonce",),
@@ -85,36 +90,59 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
     return cfgs
 
 
-def comparison_configs(datasets, seeds, methods, authors_seeds=(), loss_ablation_seeds=(), loss_ablation_datasets=(),
-                       base: dict | None = None) -> list[TrainConfig]:
-    """The fair-comparison grid, most informative runs first (so an interrupted grid leaves whole seeds): per seed,
-    every method of ``methods`` (keys of :data:`METHOD_VARIANTS`) under the study loss on every dataset; then the
-    authors' losses on ``authors_seeds``; then the loss ablation (:data:`LOSS_ABLATION` on the baseline) on
-    ``loss_ablation_datasets`` x ``loss_ablation_seeds``. ``base`` (runtime fields, overrides) is applied last."""
-    base = dict(base or {})
-    cfgs, seen = [], set()
+STUDY_SETTING, AUTHORS_SETTING = "study loss", "authors' loss"
 
-    def add(variant: str, ds: str, seed: int, loss: dict) -> None:
+
+def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_seeds=(), loss_ablation_datasets=(),
+                    base: dict | None = None) -> list[tuple[str, str, TrainConfig]]:
+    """The fair-comparison grid as ``(setting, variant key, config)``, most informative runs first (so an
+    interrupted grid leaves whole seeds): per seed, every method of ``methods`` (keys of :data:`METHOD_VARIANTS`)
+    under the study loss on every dataset (setting :data:`STUDY_SETTING`); then the authors' losses on
+    ``authors_seeds`` (:data:`AUTHORS_SETTING`); then the loss ablation (:data:`LOSS_ABLATION` on the baseline,
+    setting ``"loss ablation: <loss>"``) on ``loss_ablation_datasets`` x ``loss_ablation_seeds``. ``base``
+    (runtime fields, overrides such as a shorter schedule for tests) is applied last and recorded in each config."""
+    unknown = sorted(set(methods) - set(METHOD_VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown comparison method(s) {unknown}; choose from {sorted(METHOD_VARIANTS)}")
+    base = dict(base or {})
+    plan, seen = [], set()
+
+    def add(setting: str, variant: str, ds: str, seed: int, loss: dict) -> None:
         kw = dict(COMPARISON_BASE, **METHOD_VARIANTS[variant], **loss)
         if kw["method"] in ("baseline", "selfalign"):
             kw.update(VSE_BASE)
+            if not kw.get("lca"):
+                kw.pop("codebook_size")
         cfg = make_config(kw, **base, dataset=ds, seed=seed)
         if cfg.run_name() not in seen:
             seen.add(cfg.run_name())
-            cfgs.append(cfg)
+            plan.append((setting, variant, cfg))
     for s in seeds:
         for ds in datasets:
             for v in methods:
-                add(v, ds, s, STUDY_LOSS)
+                add(STUDY_SETTING, v, ds, s, STUDY_LOSS)
     for s in authors_seeds:
         for ds in datasets:
             for v in methods:
-                add(v, ds, s, AUTHORS_LOSS[v])
+                add(AUTHORS_SETTING, v, ds, s, AUTHORS_LOSS[v])
     for s in loss_ablation_seeds:
         for ds in loss_ablation_datasets:
             for loss in LOSS_ABLATION:
-                add("baseline", ds, s, LOSSES[loss])
-    return cfgs
+                add(f"loss ablation: {loss}", "baseline", ds, s, LOSSES[loss])
+    return plan
+
+
+def comparison_configs(*args, **kw) -> list[TrainConfig]:
+    """The configs of :func:`comparison_plan`, in its order."""
+    return [c for _, _, c in comparison_plan(*args, **kw)]
+
+
+def plan_frame(plan: list[tuple[str, str, TrainConfig]]) -> "pd.DataFrame":
+    """One row per planned run: setting, variant key, dataset, method, seed, run name (the join key with
+    :func:`itr_lib.runs.runs_frame`)."""
+    import pandas as pd
+    return pd.DataFrame([{"setting": st, "key": v, "dataset": c.dataset, "method": c.method, "seed": c.seed,
+                          "run": c.run_name()} for st, v, c in plan])
 
 
 # ----------------------------------------------------------------------------------------------- capacity probe

@@ -14,6 +14,13 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+def _umask_mode(base: int = 0o666) -> int:
+    """The mode a plain ``open()`` would give a new file (mkstemp's temp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
     path = Path(path)
@@ -24,6 +31,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -63,6 +71,7 @@ def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
     os.close(fd)
     try:
         np.save(tmp, arr)
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

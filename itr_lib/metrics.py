@@ -335,17 +335,44 @@ def evaluate_split(sims: ArrayLike, img2txt: Sequence[Sequence[int]], txt2img: S
     return (out, ties) if return_ties else out
 
 
+def caption_groups(captions: Sequence[str]) -> np.ndarray:
+    """Per caption, the index of its distinct text (lower-cased, whitespace-normalised): identical strings become
+    identical model inputs and so score identically under every model."""
+    keys: dict[str, int] = {}
+    return np.array([keys.setdefault(" ".join(c.lower().split()), len(keys)) for c in captions], dtype=np.int64)
+
+
+def duplicate_ceiling(img2txt: Sequence[Sequence[int]], txt2img: Sequence[int], groups: Sequence[int],
+                      rule: str = STUDY_TIE_RULE) -> dict[str, float]:
+    """The best scores any model can reach on a split when captions with the same text (``groups``, e.g. from
+    :func:`caption_groups`) score identically: the standard metrics, under ``rule``, of an oracle similarity
+    ``S[i, j] = c(i, g) / n(g)`` (``c``: copies of caption j's text among image i's captions, ``n``: copies in
+    the split). Text -> image: identical queries share one ranking, and ranking images by ``c`` hits the most of
+    them (exact). Image -> text: an image's own strings are ranked by their share of own copies, the rest tie
+    below; the ties are scored by ``rule`` (the greedy order is optimal at K = 1, a close bound at K = 5, 10)."""
+    groups = np.asarray(groups, dtype=np.int64)
+    n_img, n_grp = len(img2txt), int(groups.max()) + 1
+    counts = np.zeros((n_img, n_grp), dtype=np.float64)
+    np.add.at(counts, (np.asarray(txt2img, dtype=np.int64), groups), 1.0)
+    size = np.bincount(groups, minlength=n_grp).astype(np.float64)
+    sims = (counts / size[None, :])[:, groups]
+    i2t, t2i = tie_counts(sims, img2txt, txt2img)
+    return metrics_from_ties(i2t, t2i, rule)
+
+
 # ----------------------------------------------------------------------------------------------------
 # paired bootstrap
 # ----------------------------------------------------------------------------------------------------
 def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Sequence[tuple[np.ndarray, np.ndarray]],
-                     n_boot: int = 2000, seed: int = 0) -> dict:
-    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over test queries.
+                     n_boot: int = 2000, seed: int = 0, resample_seeds: bool = False) -> dict:
+    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over test queries (and seeds).
 
     Each system is a list, one entry per seed (seed-matched between A and B), of per-query hits
     ``(i2t (n_images, 3), t2i (n_texts, 3))`` at K = 1, 5, 10: 0/1 indicators or, under the study's tie rule,
     probabilities (:meth:`Ties.hits`). The per-query differences are averaged over seeds, then image queries and
-    caption queries are resampled with replacement, the same draws for A and B. Returns ``{"delta_rsum",
+    caption queries are resampled with replacement, the same draws for A and B. ``resample_seeds``: each draw
+    first resamples the seed pairs with replacement (a two-level bootstrap, so run-to-run noise widens the
+    interval; needs 2+ seeds to matter). Returns ``{"delta_rsum",
     "ci_lo", "ci_hi" (2.5 / 97.5 percentiles), "n_boot", "n_seeds"}``."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
@@ -358,13 +385,21 @@ def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Se
         if len(shapes) != 1 or 0 in next(iter(shapes)):
             raise ValueError(f"direction {d}: every seed of A and B must score the same non-empty queries, got "
                              f"shapes {sorted(shapes)}")
-        diffs.append(np.mean([np.asarray(b[d], dtype=np.float64) - np.asarray(a[d], dtype=np.float64)
-                              for a, b in zip(hits_a, hits_b)], axis=0).sum(1))  # (n_queries,)
+        diffs.append(np.stack([np.asarray(b[d], dtype=np.float64) - np.asarray(a[d], dtype=np.float64)
+                               for a, b in zip(hits_a, hits_b)]).sum(2))  # (n_seeds, n_queries)
     d_i, d_t = diffs
     point = 100 * (d_i.mean() + d_t.mean())
-    ii = rng.integers(0, len(d_i), size=(n_boot, len(d_i)))
-    tt = rng.integers(0, len(d_t), size=(n_boot, len(d_t)))
-    boots = 100 * (d_i[ii].mean(1) + d_t[tt].mean(1))
+    n_s = len(hits_a)
+    ii = rng.integers(0, d_i.shape[1], size=(n_boot, d_i.shape[1]))
+    tt = rng.integers(0, d_t.shape[1], size=(n_boot, d_t.shape[1]))
+    if resample_seeds and n_s > 1:
+        ss = rng.integers(0, n_s, size=(n_boot, n_s))
+        per_i = np.stack([d_i[:, ii[b]].mean(1) for b in range(n_boot)])  # (n_boot, n_seeds)
+        per_t = np.stack([d_t[:, tt[b]].mean(1) for b in range(n_boot)])
+        boots = 100 * (np.take_along_axis(per_i, ss, 1).mean(1) + np.take_along_axis(per_t, ss, 1).mean(1))
+    else:
+        m_i, m_t = d_i.mean(0), d_t.mean(0)
+        boots = 100 * (m_i[ii].mean(1) + m_t[tt].mean(1))
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {"delta_rsum": float(point), "ci_lo": float(lo), "ci_hi": float(hi), "n_boot": int(n_boot),
-            "n_seeds": len(hits_a)}
+            "n_seeds": n_s}

@@ -1,6 +1,6 @@
 """The study runner: execute the numbered notebooks in order with papermill, per profile.
 
-    python -m itr_lib.study --profile smoke|full [--only 00 02 ...] [--timeout S]
+    python -m itr_lib.study --profile smoke|full [--only 00 02 ...] [-p NAME VALUE ...] [--timeout S]
 
 A profile is ``configs/<profile>.yaml``: a list of notebook executions, each with its parameters. Every
 parameter name is checked against the notebook's ``parameters`` cell (``papermill.inspect_notebook``):
@@ -77,11 +77,13 @@ def check_parameters(nb: Path, params: dict) -> None:
                          f"Fix: correct the name in the profile or the call.")
 
 
-def executions(prof: dict, out_dir: Path, only: list[str] | None = None) -> list[dict]:
+def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
+               overrides: dict | None = None) -> list[dict]:
     """Expand the profile into concrete executions (notebook, output, parameters).
 
     The profile's top-level ``parameters`` apply to every notebook that declares them; a notebook entry's
-    own ``parameters`` and ``runs`` items must all be declared by that notebook (checked later)."""
+    own ``parameters`` and ``runs`` items must all be declared by that notebook (checked later). ``overrides``
+    (``-p NAME VALUE`` on the command line) apply last to every selected execution."""
     import papermill as pm
     common = dict(prof.get("parameters", {}))
     todo = []
@@ -93,7 +95,7 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None) -> list
         declared = set(pm.inspect_notebook(str(nb)))
         shared = {k: v for k, v in {**common, "RESULTS_DIR": str(out_dir)}.items() if k in declared}
         for i, item in enumerate(entry.get("runs") or [{}]):
-            params = {**shared, **entry.get("parameters", {}), **item}
+            params = {**shared, **entry.get("parameters", {}), **item, **(overrides or {})}
             suffix = item.get("_suffix") or "-".join(str(v) for v in item.values() if isinstance(v, (str, int)))
             params.pop("_suffix", None)
             stem = nb.stem + (f"-{suffix}" if suffix else "")
@@ -103,11 +105,11 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None) -> list
 
 
 def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
-              results_dir: str | Path | None = None) -> dict:
+              results_dir: str | Path | None = None, overrides: dict | None = None) -> dict:
     import papermill as pm
     prof = load_profile(profile)
     out_dir = Path(results_dir).resolve() if results_dir else profile_dir(profile_name(profile))
-    todo = executions(prof, out_dir, only)
+    todo = executions(prof, out_dir, only, overrides)
     for t in todo:  # check every execution before running any
         check_parameters(t["notebook"], t["parameters"])
     manifest_path = out_dir / "study.json"
@@ -162,6 +164,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile", default="smoke", help="configs/<profile>.yaml (smoke | full) or a YAML path")
     p.add_argument("--results-dir", default=None, help="output folder (default: results/<profile>)")
     p.add_argument("--only", nargs="*", default=None, help="notebook name prefixes to run (e.g. 00 02)")
+    p.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="override a notebook parameter for every selected execution, VALUE read as YAML "
+                        "(e.g. --only 01 -p DATASET ucm -p EPOCHS 1); a name the notebook lacks is an error")
     p.add_argument("--timeout", type=int, default=None, help="per-cell execution timeout in seconds")
     p.add_argument("--dry-run", action="store_true", help="check the profile and parameters, run nothing")
     p.add_argument("--retrain", nargs="+", default=None, metavar="GLOB",
@@ -188,13 +193,39 @@ def main(argv=None) -> int:
                       f"{check.diff_mr.abs().mean():.2f}, max {check.diff_mr.abs().max():.2f} "
                       f"-> {out / 'tables' / 'retrain_check.csv'}")
         return 0
+    import yaml
+    overrides = {name: yaml.safe_load(value) for name, value in a.param}
     try:
-        res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir)
+        res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir, overrides)
     except StudyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(res if a.dry_run else {"profile": a.profile, "seconds": res.get("last_study_seconds")}, indent=2))
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished runs and notebooks are kept; rerun the same command to resume.",
+              file=sys.stderr)
+        return 130
+    if a.dry_run:
+        print(json.dumps(res, indent=2))
+        return 0
+    out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
+    print(summary(out, res.get("last_study_seconds")))
     return 0
+
+
+def summary(out: Path, seconds: float | None) -> str:
+    """What a finished study prints: where its results are and the headline numbers."""
+    import pandas as pd
+    lines = [f"study finished in {(seconds or 0) / 60:.1f} min; results in {out}/ (tables/, figures/, "
+             f"executed/{', RESULTS.md' if (out / 'RESULTS.md').is_file() else ''})"]
+    for f in sorted((out / "tables").glob("comparison_*.csv")) or sorted((out / "tables").glob("main_*.csv")):
+        t = pd.read_csv(f)
+        if "setting" in t:
+            t = t[t.setting.isin(["study loss", "comparison"]) | ~t.setting.isin(["history"])]
+        t = t[~t.get("published", pd.Series(False, index=t.index)).astype(bool)]
+        top = t.sort_values("mr", ascending=False).head(8)
+        lines.append(f"\n{f.stem} (test mR, mean over seeds):")
+        lines += [f"  {r.variant[:70]:<70} {r.mr:6.2f}  (n={int(r.n_seeds)})" for r in top.itertuples()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

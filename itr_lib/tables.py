@@ -59,15 +59,41 @@ def to_markdown(df: pd.DataFrame, **kw) -> str:
     return esc.to_markdown(**kw)
 
 
-def write_table(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = ".2f") -> tuple[Path, Path]:
-    """Write ``<name>.csv`` and ``<name>.md`` atomically; returns both paths."""
+MD_HIDDEN = {"run", "protocol", "val_rsum", "threads", "retrieval_vector_dim", "tie_rule", "key", "n_boot"}
+MD_IF_VARYING = {"dataset", "published", "source", "mode", "setting", "epochs", "seed"}
+MD_MAX_COLUMNS = 14
+
+
+def reader_view(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
+    """The Markdown copy of a table: ``mean ± std`` cells where seeds were pooled (no std column beside a single
+    seed), ``columns`` when given, else without bookkeeping columns, columns that are empty everywhere, and
+    columns that hold one value for every row (dataset, published, ...); at most :data:`MD_MAX_COLUMNS`."""
+    t = format_mean_std(df) if "n_seeds" in df and any(c.endswith("_std") for c in df) else df.copy()
+    if columns:
+        return t[[c for c in columns if c in t]]
+    keep = []
+    for c in t.columns:
+        col = t[c]
+        if c in MD_HIDDEN or c.endswith("_std") or col.isna().all() or (col.astype(str) == "").all():
+            continue
+        if c in MD_IF_VARYING and col.astype(str).nunique() <= 1:
+            continue
+        keep.append(c)
+    return t[keep[:MD_MAX_COLUMNS]]
+
+
+def write_table(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = ".2f",
+                md_columns: list[str] | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.csv`` (every column, the source of truth) and ``<name>.md`` (:func:`reader_view`)
+    atomically; returns both paths."""
     tables_dir = Path(tables_dir)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.4f")
     csv = tables_dir / f"{name}.csv"
     atomic_write_text(csv, buf.getvalue())
     md = tables_dir / f"{name}.md"
-    atomic_write_text(md, to_markdown(df, index=False, floatfmt=floatfmt) + "\n")
+    view = reader_view(df, md_columns) if len(df) else df
+    atomic_write_text(md, to_markdown(view, index=False, floatfmt=floatfmt) + "\n")
     return csv, md
 
 
@@ -76,7 +102,7 @@ def format_mean_std(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
     out = df.copy()
     for m in metrics:
         if f"{m}_std" in df:
-            out[m] = [("" if pd.isna(v) else (f"{v:.2f}" if pd.isna(s) or n == 0 else f"{v:.2f} ± {s:.2f}"))
+            out[m] = [("" if pd.isna(v) else (f"{v:.2f}" if pd.isna(s) or n <= 1 else f"{v:.2f} ± {s:.2f}"))
                       for v, s, n in zip(df[m], df[f"{m}_std"], df["n_seeds"])]
     return out.drop(columns=[c for c in out.columns if c.endswith("_std") and c[:-4] in metrics and c != "mr_std"])
 
@@ -108,10 +134,27 @@ def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: in
     return pd.DataFrame(rows)
 
 
+def label_settings(df: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
+    """``setting`` and ``key`` columns for run rows: the comparison plan's (``tables/comparison_plan.csv``) where
+    the run is planned; ``history`` for the fine-grained methods' earlier runs, relabelled by what they trained
+    with (the authors' triplet, one caption per step, 3 epochs, selected on 300 val images); ``ablation`` for the
+    rest (the SelfAlign ablation, probes, ad-hoc runs)."""
+    out = df.drop(columns=[c for c in ("setting", "key") if c in df])
+    if plan is not None and len(plan):
+        out = out.merge(plan[["run", "setting", "key"]], on="run", how="left")
+    else:
+        out["setting"], out["key"] = np.nan, np.nan
+    old = out["relabelled"].astype(bool) if "relabelled" in out else pd.Series(False, index=out.index)
+    out["setting"] = out.setting.where(out.setting.notna(), np.where(old, "history", "ablation"))
+    return out
+
+
 def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -> pd.DataFrame:
-    """Every method/variant of ours (mean +- std over seeds) beside the published numbers."""
+    """Every method/variant of ours (mean +- std over seeds; grouped by ``setting`` when the rows carry one, see
+    :func:`label_settings`) beside the published numbers."""
     d = df[df.dataset == dataset]
-    ours = aggregate(d) if not d.empty else pd.DataFrame()
+    by = ("dataset", "setting", "method", "variant") if "setting" in d else ("dataset", "method", "variant")
+    ours = aggregate(d, by=by) if not d.empty else pd.DataFrame()
     parts = [ours]
     if include_published:
         parts.append(published_rows(dataset))
@@ -156,3 +199,148 @@ def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
     df.insert(3, "val_gain", (df.val_mr - ref).round(2))
     df["chosen_on_val"] = df.val_mr == df.val_mr.max()
     return df
+
+
+# ----------------------------------------------------------------------------------------------- the fair comparison
+def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Mean +- std over seeds per (setting, method, variant) of the comparison's runs (rows of
+    :func:`itr_lib.runs.runs_frame` merged with the plan's ``setting`` and ``key``), with the optimistic and
+    pessimistic tie bounds of mR and the mean training minutes per run; the study loss first."""
+    d = df[df.dataset == dataset]
+    if d.empty:
+        return pd.DataFrame()
+    out = aggregate(d, by=("dataset", "setting", "key", "mode", "method", "variant"))
+    mins = d.groupby(["setting", "variant"], sort=False).train_seconds.mean().div(60).rename("train_min")
+    out = out.merge(mins.reset_index(), on=["setting", "variant"], how="left")
+    order = {s: i for i, s in enumerate(sorted(out.setting.unique(), key=lambda s: (s != "study loss", s)))}
+    return out.sort_values(["setting", "mr"], key=lambda c: c.map(order) if c.name == "setting" else -c,
+                           kind="stable").reset_index(drop=True)
+
+
+# (id, statement, A (variant key, mode), B (key, mode), kind, tolerance in mR, efficiency labels of A and B)
+# kind "better": B beats A; "not_worse": B is at most `tolerance` mR below A.
+CLAIMS = [
+    ("selfalign_vs_baseline", "SelfAlign (LCA+CRA) beats its baseline at equal capacity",
+     ("baseline", ""), ("lca+cra", ""), "better", 0.0, ("baseline", "SelfAlign")),
+    ("lca_vs_baseline", "LCA alone beats the baseline", ("baseline", ""), ("lca", ""), "better", 0.0, None),
+    ("cra_vs_baseline", "CRA alone beats the baseline", ("baseline", ""), ("cra", ""), "better", 0.0, None),
+    ("tgdt_two_stage_vs_exhaustive", "TGDT two-stage keeps TGDT exhaustive's accuracy (within 1 mR)",
+     ("tgdt", "exhaustive"), ("tgdt", "two_stage"), "not_worse", 1.0, ("TGDT exhaustive", "TGDT two-stage")),
+    ("tgdt_two_stage_vs_global", "TGDT two-stage beats TGDT global retrieval",
+     ("tgdt", "global"), ("tgdt", "two_stage"), "better", 0.0, ("TGDT global", "TGDT two-stage")),
+    ("aladin_matching_vs_alignment", "ALADIN matching (kNN student) keeps the alignment teacher's accuracy "
+     "(within 1 mR)", ("aladin", "exhaustive"), ("aladin", "global"), "not_worse", 1.0,
+     ("ALADIN alignment", "ALADIN matching")),
+    ("tgdt_vs_baseline", "TGDT (two-stage) beats the baseline", ("baseline", ""), ("tgdt", "two_stage"), "better",
+     0.0, ("baseline", "TGDT two-stage")),
+    ("aladin_vs_baseline", "ALADIN (matching) beats the baseline", ("baseline", ""), ("aladin", "global"), "better",
+     0.0, ("baseline", "ALADIN matching")),
+    ("scan_vs_baseline", "SCAN (cross-attention) beats the baseline", ("baseline", ""), ("scan", ""), "better", 0.0,
+     ("baseline", "SCAN (cross-attention)")),
+    ("mrsw_vs_baseline", "MrSw (exhaustive) beats the baseline", ("baseline", ""), ("mrsw", "exhaustive"), "better",
+     0.0, ("baseline", "MrSw exhaustive")),
+    ("scan_vs_mrsw", "Cross-attention (SCAN) beats exhaustive MrSw", ("mrsw", "exhaustive"), ("scan", ""), "better",
+     0.0, ("MrSw exhaustive", "SCAN (cross-attention)")),
+]
+
+
+def _runs_of(d: pd.DataFrame, key: str, mode: str) -> pd.DataFrame:
+    return d[(d.key == key) & (d["mode"] == mode)]
+
+
+def _verdict(lo: float, hi: float, kind: str, tol: float, margin: float) -> str:
+    """holds / does not hold / inconclusive from a CI of B - A in mR; ``margin``: extra run-to-run noise a
+    one-seed comparison must clear (0 when seeds were resampled)."""
+    bar = 0.0 if kind == "better" else -tol
+    if lo > bar + margin:
+        return "holds"
+    if hi < bar - margin:
+        return "does not hold"
+    return "inconclusive"
+
+
+def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.DataFrame | None = None,
+                 n_boot: int = 2000, setting: str = "study loss") -> pd.DataFrame:
+    """The study's claims under one ``setting`` (default the study loss): per claim the two mR compared (means
+    over the seeds both have), their difference, a 95% paired bootstrap CI over seeds and test queries
+    (:func:`itr_lib.metrics.paired_bootstrap` with ``resample_seeds``), the latency ratio A/B from ``latency``
+    (the efficiency table: ``method``, ``ms_per_query``) and a verdict. With one seed the CI covers query
+    sampling only, so the verdict must clear twice the largest seed std of mR among this dataset's rows with 2+
+    seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. The last claim names the strongest
+    row (highest mean mR) and tests it against the runner-up."""
+    d = df[(df.dataset == dataset) & (df.setting == setting)]
+    if d.empty:
+        return pd.DataFrame()
+    agg = aggregate(d, by=("key", "mode", "variant"))
+    multi = agg[agg.n_seeds >= 2]
+    noise = float(multi.mr_std.max()) if len(multi) else np.nan
+    lat = {} if latency is None or latency.empty else dict(zip(latency.method, latency.ms_per_query))
+    claims = list(CLAIMS)
+    ranked = agg.sort_values("mr", ascending=False)
+    if len(ranked) >= 2:
+        top, second = ranked.iloc[0], ranked.iloc[1]
+        claims.append(("strongest", f"{top.variant} is the strongest model (vs runner-up {second.variant})",
+                       (second.key, second["mode"]), (top.key, top["mode"]), "better", 0.0, None))
+    rows = []
+    for cid, text, (ka, ma), (kb, mb), kind, tol, labels in claims:
+        a, b = _runs_of(d, ka, ma), _runs_of(d, kb, mb)
+        seeds = sorted(set(a.seed) & set(b.seed))
+        row = {"dataset": dataset, "claim": cid, "statement": text, "setting": setting,
+               "a": a.variant.iloc[0] if len(a) else f"{ka} {ma}".strip(),
+               "b": b.variant.iloc[0] if len(b) else f"{kb} {mb}".strip(), "seeds": ",".join(map(str, seeds)),
+               "n_seeds": len(seeds)}
+        ms_a, ms_b = (lat.get(labels[0]), lat.get(labels[1])) if labels else (None, None)
+        row["latency_ratio_a_over_b"] = ms_a / ms_b if ms_a and ms_b else np.nan
+        if not seeds:
+            rows.append({**row, "verdict": "not run", "note": "no seed has both runs recorded"})
+            continue
+        a, b = a[a.seed.isin(seeds)].sort_values("seed"), b[b.seed.isin(seeds)].sort_values("seed")
+        ha = [load_hits(results_dir, r, ma) for r in a.run]
+        hb = [load_hits(results_dir, r, mb) for r in b.run]
+        bs = paired_bootstrap(ha, hb, n_boot=n_boot, resample_seeds=True)
+        lo, hi, delta = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
+        margin = 0.0 if len(seeds) >= 2 else (2 * noise if np.isfinite(noise) else np.inf)
+        verdict = _verdict(lo, hi, kind, tol, margin)
+        note = "" if len(seeds) >= 2 else (f"one seed: must clear 2 x seed std {noise:.2f} mR" if np.isfinite(noise)
+                                           else "one seed and no seed spread measured")
+        rows.append({**row, "mr_a": a.mr.mean(), "mr_b": b.mr.mean(), "delta_mr": delta, "ci_lo_mr": lo,
+                     "ci_hi_mr": hi, "kind": kind, "tolerance_mr": tol, "verdict": verdict, "note": note})
+    return pd.DataFrame(rows)
+
+
+def ceilings_table(datasets: dict) -> pd.DataFrame:
+    """The best scores any model can reach when identical caption strings score identically
+    (:func:`itr_lib.metrics.duplicate_ceiling`, study tie rule), per ``{name: test Split}``."""
+    from .metrics import caption_groups, duplicate_ceiling
+    rows = []
+    for name, split in datasets.items():
+        groups = caption_groups(split.captions)
+        m = duplicate_ceiling(split.img2txt, split.txt2img, groups)
+        rows.append({"dataset": name, "n_captions": split.n_texts, "distinct_captions": int(groups.max()) + 1,
+                     **{k: m[k] for k in METRICS}})
+    return pd.DataFrame(rows)
+
+
+def loss_ablation_table(df: pd.DataFrame, dataset: str, results_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
+    """The baseline under the study loss beside each ``loss ablation: <loss>`` setting (one knob changed), mean
+    +- std over seeds, and the mR difference to the study-loss baseline with a 95% paired bootstrap CI over seeds
+    and test queries (seed-matched)."""
+    d = df[(df.dataset == dataset) & (df.key == "baseline") & (df["mode"] == "")]
+    ref = d[d.setting == "study loss"]
+    abl = d[d.setting.str.startswith("loss ablation")]
+    if ref.empty or abl.empty:
+        return pd.DataFrame()
+    out = aggregate(pd.concat([ref, abl]), by=("dataset", "setting", "variant"))
+    rows = []
+    for _, r in out.iterrows():
+        row = r.to_dict()
+        runs = d[d.setting == r.setting]
+        seeds = sorted(set(runs.seed) & set(ref.seed))
+        if r.setting != "study loss" and seeds:
+            ha = [load_hits(results_dir, x) for x in ref[ref.seed.isin(seeds)].sort_values("seed").run]
+            hb = [load_hits(results_dir, x) for x in runs[runs.seed.isin(seeds)].sort_values("seed").run]
+            bs = paired_bootstrap(ha, hb, n_boot=n_boot, resample_seeds=True)
+            row.update(delta_mr=bs["delta_rsum"] / 6, ci_lo_mr=bs["ci_lo"] / 6, ci_hi_mr=bs["ci_hi"] / 6,
+                       paired_seeds=",".join(map(str, seeds)))
+        rows.append(row)
+    return pd.DataFrame(rows)

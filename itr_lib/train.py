@@ -121,7 +121,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["torch_rng"])
         start_epoch, best_rsum, history = ck["epoch"] + 1, ck["best_rsum"], ck["history"]
-        log.info("resuming %s at epoch %d", run_dir.name, start_epoch)
+        print(f"{run_dir.name}: resumed after epoch {start_epoch} of {cfg.epochs} (from last.pt)", flush=True)
 
     if cfg.captions_per_step not in ("auto", "one", "all"):
         raise ValueError(f"captions_per_step must be auto, one or all, not {cfg.captions_per_step!r}")
@@ -242,8 +242,16 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[Retri
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist. Fix: pass the best.pt of a finished run "
-                                f"(results/runs/<run>/best.pt).")
-    ck = torch.load(path, map_location=device, weights_only=False)
+                                f"(results/<profile>/runs/<run>/best.pt, e.g. results/smoke/runs/...; "
+                                f"`python -m itr_lib.study --retrain GLOB` rebuilds a recorded run's checkpoint).")
+    try:
+        ck = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:  # not a torch file (a JSON, a truncated download, ...)
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:120]}). "
+                         f"Fix: pass the best.pt or last.pt written by a training run.") from None
+    if not isinstance(ck, dict) or "model" not in ck:
+        raise ValueError(f"{path} is a torch file but not a checkpoint of this study (no field 'model'). "
+                         f"Fix: pass the best.pt or last.pt written by a training run.")
     if "config" not in ck:
         cfg_path = path.parent / "metrics.json"
         if not cfg_path.is_file():

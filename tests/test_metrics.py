@@ -341,3 +341,47 @@ def test_paired_bootstrap_averages_seeds_and_takes_probabilities():
     boots = 100 * (d_i[ii].mean(1) + d_t[tt].mean(1))
     assert full["ci_lo"] == pytest.approx(np.percentile(boots, 2.5))
     assert full["ci_hi"] == pytest.approx(np.percentile(boots, 97.5))
+
+
+def test_duplicate_ceiling_hand_computed():
+    from itr_lib.metrics import caption_groups, duplicate_ceiling
+    # image 0: "a", "b"; image 1: "a", "c"; image 2: "a", "A " (the same text twice)
+    caps = ["a", "b", "a", "c", "a", "A "]
+    img2txt, txt2img = [[0, 1], [2, 3], [4, 5]], [0, 0, 1, 1, 2, 2]
+    groups = caption_groups(caps)
+    assert list(groups) == [0, 1, 0, 2, 0, 0]
+    m = duplicate_ceiling(img2txt, txt2img, groups)
+    # t2i: the four "a" queries share one ranking: image 2 first hits 2 of them; "b" and "c" hit -> 4/6
+    assert m["t2i_r1"] == pytest.approx(100 * 4 / 6)
+    # i2t: images 0 and 1 put their unique string first; image 2's two own "a" tie with two foreign ones -> 1/2
+    assert m["i2t_r1"] == pytest.approx(100 * 2.5 / 3)
+    assert m["i2t_r5"] == pytest.approx(100.0) and m["t2i_r5"] == pytest.approx(100.0)
+    # without duplicates the ceiling is perfect
+    m = duplicate_ceiling([[0], [1]], [0, 1], caption_groups(["x", "y"]))
+    assert m["rsum"] == pytest.approx(600.0)
+
+
+def test_paired_bootstrap_resampling_seeds_widens_for_seed_noise():
+    from itr_lib.metrics import paired_bootstrap
+    rng = np.random.default_rng(0)
+    n_i, n_t = 200, 1000
+    a = [(rng.random((n_i, 3)) < 0.3, rng.random((n_t, 3)) < 0.3) for _ in range(3)]
+    # B: seed 0 far better, seeds 1-2 equal to A -> large seed-to-seed spread of the difference
+    b = [(np.ones((n_i, 3)), np.ones((n_t, 3))), a[1], a[2]]
+    q = paired_bootstrap(a, b, n_boot=300)
+    s = paired_bootstrap(a, b, n_boot=300, resample_seeds=True)
+    assert s["delta_rsum"] == pytest.approx(q["delta_rsum"])
+    assert (s["ci_hi"] - s["ci_lo"]) > 3 * (q["ci_hi"] - q["ci_lo"])
+    assert s["ci_lo"] == pytest.approx(0.0, abs=1e-9)  # draws of seeds 1-2 only give exactly no difference
+
+
+def test_markdown_tables_are_short_and_pool_std():
+    import pandas as pd
+    from itr_lib.tables import MD_MAX_COLUMNS, reader_view
+    df = pd.DataFrame({"dataset": ["ucm", "ucm"], "variant": ["a", "b"], "n_seeds": [3, 1], "run": ["r1", "r2"],
+                       "mr": [20.0, 21.0], "mr_std": [0.5, 0.0], "empty": [float("nan")] * 2,
+                       **{f"x{i}": [1.0, 2.0] for i in range(20)}})
+    v = reader_view(df)
+    assert "run" not in v and "dataset" not in v and "empty" not in v and "mr_std" not in v
+    assert list(v.mr) == ["20.00 ± 0.50", "21.00"]  # no ± beside a single seed
+    assert len(v.columns) == MD_MAX_COLUMNS

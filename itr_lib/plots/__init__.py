@@ -58,13 +58,13 @@ def save(fig, path: str | os.PathLike, dpi: int = DPI, formats: Sequence[str] = 
     return written
 
 
-from .charts import (ablation_bars, caption_stats, codebook_sweep, results_overview,  # noqa: E402
+from .charts import (ablation_bars, caption_stats, codebook_sweep, comparison_bars, results_overview,  # noqa: E402
                      training_curves)
 from .images import (crop_region, overlay_word_map, plot_caption_word_maps, plot_codebook_usage,  # noqa: E402
                      plot_concept_patches, plot_pointing_game, plot_retrieval_examples, plot_word_maps_compare,
                      sample_grid)
 
-__all__ = ["plt", "save", "ablation_bars", "caption_stats", "codebook_sweep", "results_overview",
+__all__ = ["plt", "save", "ablation_bars", "caption_stats", "codebook_sweep", "comparison_bars", "results_overview",
            "training_curves", "crop_region", "overlay_word_map", "plot_caption_word_maps", "plot_codebook_usage",
            "plot_concept_patches", "plot_pointing_game", "plot_retrieval_examples", "plot_word_maps_compare",
            "sample_grid"]

@@ -99,3 +99,25 @@ def results_overview(main: pd.DataFrame, dataset: str):
     ax.set(xlabel="test mR (ours: mean ± std over seeds; grey: published)", title=f"{dataset.upper()}: results")
     fig.tight_layout()
     return fig
+
+
+def comparison_bars(table: pd.DataFrame, dataset: str, published: pd.DataFrame | None = None):
+    """Test mR per method under the study loss (mean ± std over seeds, the optimistic / pessimistic tie bounds
+    as a thin line), published numbers as grey marks; the caption states seeds per row."""
+    t = table[table.setting == "study loss"].sort_values("mr").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(t) + 1.6))
+    y = np.arange(len(t))
+    ax.barh(y, t.mr, xerr=t.mr_std.fillna(0), color="#3a7", edgecolor="k", lw=0.5, capsize=2, label="ours")
+    if {"mr_optimistic", "mr_pessimistic"} <= set(t):
+        ax.hlines(y, t.mr_pessimistic, t.mr_optimistic, color="k", lw=2.5, label="tie bounds")
+    labels = [f"{v} (n={n})" for v, n in zip(t.variant, t.n_seeds)]
+    ax.set_yticks(y, [textwrap.shorten(s, 70) for s in labels], fontsize=8)
+    if published is not None and len(published):
+        for x in published.mr:
+            ax.axvline(x, color="#999", lw=0.8, ls="--")
+        ax.plot([], [], color="#999", ls="--", lw=0.8, label="published (other setups)")
+    ax.set(xlabel="test mR (study loss, one protocol; mean ± std over n seeds)",
+           title=f"{dataset.upper()}: every method under one protocol")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
