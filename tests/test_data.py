@@ -82,7 +82,7 @@ def test_malformed_json_and_records(tmp_path):
     with pytest.raises(DataError, match=r"images\[0\] has no field 'filename'"):
         load_dataset(path)
     path = _write(tmp_path, [{"filename": "a.jpg", "split": "test"}], "nosent")
-    with pytest.raises(DataError, match=r"images\[0\] has no field 'sentences'"):
+    with pytest.raises(DataError, match=r"images\[0\] \('a\.jpg'\) has no field 'sentences'"):
         load_dataset(path)
 
 
