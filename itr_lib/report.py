@@ -258,6 +258,11 @@ def headline_markdown(results_dir: str | Path) -> str:
              "captions score identically) are the expected rank under random tie-breaking; the bracket gives mR with "
              "ties resolved against (pessimistic) and for (optimistic) the query.", ""]
     lines += comparison_sections(results_dir, rel, full=False)
+    figs = [f for f in ("efficiency_frontier_rsicd.png", "efficiency_frontier_ucm.png")
+            if (results_dir / "figures" / f).is_file()]
+    if figs:
+        lines += ["### Accuracy against query latency (`04_efficiency`; every method's best row, Pareto front dashed)", ""]
+        lines += [f"![{f[:-4]}]({rel}/figures/{f})" for f in figs] + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -83,9 +83,11 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
 
     The profile's top-level ``parameters`` apply to every notebook that declares them; a notebook entry's
     own ``parameters`` and ``runs`` items must all be declared by that notebook (checked later). ``overrides``
-    (``-p NAME VALUE`` on the command line) apply last to every selected execution."""
+    (``-p NAME VALUE`` on the command line) apply last to every selected execution whose notebook declares them;
+    an override that no selected notebook declares is an error."""
     import papermill as pm
     common = dict(prof.get("parameters", {}))
+    overrides, used, selected = dict(overrides or {}), set(), []
     todo = []
     for entry in prof["notebooks"]:
         name = entry["notebook"]
@@ -93,15 +95,37 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
             continue
         nb = notebook_path(name)
         declared = set(pm.inspect_notebook(str(nb)))
+        selected.append(nb.name)
+        mine = {k: v for k, v in overrides.items() if k in declared}
+        used |= set(mine)
         shared = {k: v for k, v in {**common, "RESULTS_DIR": str(out_dir)}.items() if k in declared}
         for i, item in enumerate(entry.get("runs") or [{}]):
-            params = {**shared, **entry.get("parameters", {}), **item, **(overrides or {})}
+            params = {**shared, **entry.get("parameters", {}), **item, **mine}
             suffix = item.get("_suffix") or "-".join(str(v) for v in item.values() if isinstance(v, (str, int)))
             params.pop("_suffix", None)
             stem = nb.stem + (f"-{suffix}" if suffix else "")
             todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params,
                          "group": len(todo) if i == 0 else todo[-1]["group"], "workers": int(entry.get("workers", 1))})
+    unknown = sorted(set(overrides) - used)
+    if unknown:
+        raise StudyError(f"-p {', '.join(unknown)}: no selected notebook takes {'it' if len(unknown) == 1 else 'them'} "
+                         f"(selected: {', '.join(selected) or 'none'}). Fix: check the name, or select the notebook "
+                         f"that declares it with --only.")
     return todo
+
+
+def encrypted_kernel_manager():
+    """A kernel manager that provisions CurveZMQ keys when pyzmq and the kernelspec support them (ipykernel >= 7.3
+    otherwise warns on every start that the kernel runs over TCP without encryption); plain TCP where they do not."""
+    import zmq
+    from jupyter_client.manager import KernelManager
+
+    class EncryptedKernelManager(KernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            if zmq.has("curve"):
+                self.transport_encryption = "auto"
+    return EncryptedKernelManager
 
 
 def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
@@ -126,7 +150,7 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
         t0 = time.perf_counter()
         pm.execute_notebook(str(t["notebook"]), str(t["output"]), parameters=t["parameters"],
                             kernel_name="python3", cwd=str(REPO_ROOT), execution_timeout=timeout,
-                            progress_bar=False, log_output=False)
+                            progress_bar=False, log_output=False, kernel_manager_class=encrypted_kernel_manager())
         secs = time.perf_counter() - t0
         with lock:  # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
             if manifest_path.is_file():

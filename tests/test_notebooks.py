@@ -110,3 +110,34 @@ def test_whole_chain_through_papermill(tmp_path):
     run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out, only=["02"])
     after = {str(p): p.stat().st_mtime for p in (out / "runs").glob("*/metrics.json")}
     assert before == after
+
+
+def test_runner_kernel_starts_without_the_unencrypted_tcp_warning(tmp_path, capfd):
+    """ipykernel >= 7.3 warns on every start that the kernel runs over TCP without encryption; the runner's kernel
+    manager provisions CurveZMQ keys, so an executed notebook starts quietly (and still runs)."""
+    import nbformat
+    import papermill as pm
+    from itr_lib.study import encrypted_kernel_manager
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("print(6 * 7)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src, dst = tmp_path / "a.ipynb", tmp_path / "b.ipynb"
+    nbformat.write(nb, src)
+    pm.execute_notebook(str(src), str(dst), kernel_name="python3", progress_bar=False,
+                        kernel_manager_class=encrypted_kernel_manager())
+    out = nbformat.read(dst, as_version=4).cells[0].outputs[0]["text"]
+    assert out.strip() == "42"
+    assert "without encryption" not in capfd.readouterr().err
+
+
+def test_command_line_overrides_go_to_the_notebooks_that_declare_them(tmp_path):
+    from itr_lib.study import executions, load_profile
+    prof = load_profile("smoke")
+    todo = executions(prof, tmp_path, only=["01", "05"], overrides={"EPOCHS": 1, "N_BOOT": 7})
+    by_nb = {}
+    for t in todo:
+        by_nb.setdefault(t["notebook"].name, []).append(t["parameters"])
+    assert by_nb["01_train.ipynb"] and all(p["EPOCHS"] == 1 and "N_BOOT" not in p for p in by_nb["01_train.ipynb"])
+    assert all(p["N_BOOT"] == 7 and "EPOCHS" not in p for p in by_nb["05_results.ipynb"])
+    with pytest.raises(StudyError, match=r"-p EPOCSH: no selected notebook takes it \(selected: 01_train.ipynb"):
+        executions(prof, tmp_path, only=["01"], overrides={"EPOCSH": 1})

@@ -12,6 +12,13 @@ def _pareto(latency, score):
     return pareto_front(latency, score)
 
 
+def _plain_log_ticks(axis):
+    """Label a log axis with plain numbers (0.5, 2, 50) instead of 5x10^-1, and leave minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query"):
     """mR (mean +- std over seeds) against per-query latency (log scale), every method, the Pareto front drawn."""
     ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
@@ -29,6 +36,7 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
         ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--", label="Pareto front")
         ax.legend(fontsize=8, loc="lower right")
     ax.set_xscale("log")
+    _plain_log_ticks(ax.xaxis)
     dev = t.device.iloc[0] if "device" in t and len(t) else ""
     ax.set(xlabel=f"ms per query (batch 1, mean of t2i and i2t; {dev})",
            ylabel="test mR (mean ± std over seeds)", title=f"{dataset.upper()}: accuracy vs query latency")
