@@ -200,12 +200,22 @@ def _ci(v, lo, hi) -> str:
     return "" if pd.isna(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
+    """Variant labels without the ``|``-separated parts every label shares (said once above the table)."""
+    split = [re.match(r"^(.*?)(\s*\[[^\]]*\])?$", str(v)).groups() for v in labels]  # "... [two_stage]": the mode
+    parts = [[p.strip() for p in body.split("|")] for body, _ in split]
+    shared = [p for p in parts[0][1:] if all(p in q[1:] for q in parts)] if parts else []
+    short = [" | ".join([q[0]] + [p for p in q[1:] if p not in shared]) + (mode or "")
+             for q, (_, mode) in zip(parts, split)]
+    return pd.Series(short, index=labels.index), shared
+
+
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
-    from .tables import format_mean_std
+    from .tables import format_mean_std, published_rows
     tables, figs = Path(results_dir) / "tables", Path(results_dir) / "figures"
-    lines = []
+    lines, shared, shared_all = [], [], set()
     for ds in ("rsicd", "ucm"):
         f = tables / f"comparison_{ds}.csv"
         if not f.is_file():
@@ -213,20 +223,35 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         t = pd.read_csv(f)
         t = t[t.setting == "study loss"] if not full else t
         t = format_mean_std(t)
+        if not full:
+            t["variant"], shared = _drop_shared_parts(t.variant)
+            shared_all |= set(shared)
         t["ties [pess., opt.]"] = [f"[{a:.2f}, {b:.2f}]" for a, b in zip(t.mr_pessimistic, t.mr_optimistic)]
         cols = (["setting"] if full else []) + ["variant", "n_seeds", "seeds"] + \
             (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"]
-        lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), "",
-                  to_markdown(t[cols], index=False, floatfmt=".1f"), ""]
+        lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), ""]
+        if not full and shared:
+            lines += [f"Every row: `{' | '.join(shared)}`.", ""]
+        lines += [
+                  to_markdown(t[cols], index=False, floatfmt=".1f", compact=not full), ""]
+        if not full:
+            pub = published_rows(ds)
+            if len(pub):
+                lines += ["Published (test mR, their backbones; `configs/published.yaml`): " + "; ".join(
+                    f"{m.replace(' (published)', '')} ({v}) {mr:.2f}" for m, v, mr in
+                    zip(pub.method, pub.variant.str.replace(r" \(best.*\)", "", regex=True), pub.mr)) + ".", ""]
         if (figs / f"comparison_{ds}.png").is_file():
             lines += [f"![{ds} comparison]({rel}/figures/comparison_{ds}.png)", ""]
     if (tables / "claims.csv").is_file():
         c = pd.read_csv(tables / "claims.csv")
         c["B - A mR [95% CI]"] = [_ci(v, lo, hi) for v, lo, hi in zip(c.delta_mr, c.ci_lo_mr, c.ci_hi_mr)]
+        if not full:
+            for part in shared_all:
+                c["statement"] = c.statement.str.replace(f" | {part}", "", regex=False)
         c["latency A/B"] = ["" if pd.isna(v) else f"{v:.2g}x" for v in c.latency_ratio_a_over_b]
         lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", "",
                   to_markdown(c[["dataset", "statement", "n_seeds", "B - A mR [95% CI]", "latency A/B", "verdict"]],
-                              index=False), ""]
+                              index=False, compact=not full), ""]
     if full:
         for ds in ("rsicd", "ucm"):
             f = tables / f"loss_ablation_{ds}.csv"
@@ -244,7 +269,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         c = pd.read_csv(tables / "ceilings.csv")
         lines += ["Ceilings from duplicate captions (identical strings score identically, so no model exceeds these; "
                   f"`{rel}/tables/ceilings.csv`):", "",
-                  to_markdown(c, index=False, floatfmt=".1f"), ""]
+                  to_markdown(c, index=False, floatfmt=".1f", compact=not full), ""]
     return lines
 
 

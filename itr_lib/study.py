@@ -241,10 +241,13 @@ def summary(out: Path, seconds: float | None) -> str:
     import pandas as pd
     lines = [f"study finished in {(seconds or 0) / 60:.1f} min; results in {out}/ (tables/, figures/, "
              f"executed/{', RESULTS.md' if (out / 'RESULTS.md').is_file() else ''})"]
-    for f in sorted((out / "tables").glob("comparison_*.csv")) or sorted((out / "tables").glob("main_*.csv")):
+    comparison = [f for f in sorted((out / "tables").glob("comparison_*.csv")) if f.stem != "comparison_plan"]
+    for f in comparison or sorted((out / "tables").glob("main_*.csv")):
         t = pd.read_csv(f)
+        if "mr" not in t:
+            continue
         if "setting" in t:
-            t = t[t.setting.isin(["study loss", "comparison"]) | ~t.setting.isin(["history"])]
+            t = t[t.setting == "study loss"] if comparison else t[t.setting != "history"]
         t = t[~t.get("published", pd.Series(False, index=t.index)).astype(bool)]
         top = t.sort_values("mr", ascending=False).head(8)
         lines.append(f"\n{f.stem} (test mR, mean over seeds):")

@@ -141,3 +141,15 @@ def test_command_line_overrides_go_to_the_notebooks_that_declare_them(tmp_path):
     assert all(p["N_BOOT"] == 7 and "EPOCHS" not in p for p in by_nb["05_results.ipynb"])
     with pytest.raises(StudyError, match=r"-p EPOCSH: no selected notebook takes it \(selected: 01_train.ipynb"):
         executions(prof, tmp_path, only=["01"], overrides={"EPOCSH": 1})
+
+
+def test_end_of_run_summary_shows_the_study_loss_comparison(tmp_path):
+    from itr_lib.study import summary
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    pd.DataFrame({"run": ["a"], "setting": ["study loss"]}).to_csv(tables / "comparison_plan.csv", index=False)
+    pd.DataFrame({"setting": ["study loss", "authors' loss", "study loss"], "variant": ["baseline", "tgdt", "cra"],
+                  "mr": [19.4, 25.0, 20.4], "n_seeds": [3, 1, 2]}).to_csv(tables / "comparison_rsicd.csv", index=False)
+    text = summary(tmp_path, 90)
+    assert "1.5 min" in text and "comparison_plan" not in text and "tgdt" not in text
+    assert text.index("cra") < text.index("baseline") and "20.40  (n=2)" in text
