@@ -1,5 +1,8 @@
 """Frozen pretrained features, extracted once and cached with a JSON sidecar.
 
+Why one module of ~550 lines: the image, text and GloVe caches share one cache / sidecar / chunked-resume
+machinery; splitting by modality would split that machinery or import it back.
+
 Per split of a dataset, under ``<cache root>/<dataset>/``:
 
 - ``{split}.image.{model}-{size}.npy``: (N, G*G, C) float16 grid features (EfficientNet-Lite2: 49 x 1280 at 224),

@@ -1,5 +1,8 @@
 """Image-text retrieval metrics: one evaluation protocol for every method.
 
+Why one module of ~400 lines: ranks, tie rules, recall / mR and the paired bootstrap over those ranks are one
+evaluation protocol; every method is scored by exactly this code.
+
 ``sims`` is an ``(n_images, n_texts)`` similarity matrix (numpy or torch), higher = more similar.
 
 * i2t: each image ranks all captions; its rank is the best (smallest) rank among its own captions
