@@ -201,7 +201,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if a.retrain:
         out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
-        from .runs import RunStoreError, retrain, retrain_check
+        from .runs import RunStoreError, retrain
+        from .tables import retrain_check
         try:
             rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
         except RunStoreError as err:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import REPO_ROOT, atomic_write_text
+from .io import REPO_ROOT, atomic_write_text, read_json
 from .metrics import paired_bootstrap
 from .runs import load_hits
 
@@ -357,3 +357,22 @@ def loss_ablation_table(df: pd.DataFrame, dataset: str, results_dir: Path, n_boo
                        paired_seeds=",".join(map(str, seeds)))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def retrain_check(results_dir: str | Path):
+    """Recorded vs retrained test scores of every run :func:`retrain` rebuilt (its folder holds ``retrained.json``):
+    a reproducibility check (same config and seed, another process and feature build). Written to
+    ``tables/retrain_check.csv`` when there is any."""
+    results_dir = Path(results_dir)
+    rows = []
+    for marker in sorted((results_dir / "runs").glob("*/retrained.json")):
+        new, rec_path = marker.parent / "metrics.json", results_dir / "metrics" / f"{marker.parent.name}.json"
+        if not (new.is_file() and rec_path.is_file()):
+            continue
+        rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
+        rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
+                     "diff_mr": ret["mr"] - rec["mr"], "recorded_rsum": rec["rsum"], "retrained_rsum": ret["rsum"]})
+    df = pd.DataFrame(rows)
+    if len(df):
+        write_table(df, "retrain_check", results_dir / "tables", floatfmt=".2f")
+    return df

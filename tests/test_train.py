@@ -124,7 +124,8 @@ def test_evaluate_cli_scores_a_checkpoint_and_reports_bad_paths(tmp_path, mini_c
 
 def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path, mini_cache, fixture_root):
     import shutil
-    from itr_lib.runs import RunStoreError as StudyError, retrain, retrain_check, run_grid
+    from itr_lib.runs import RunStoreError as StudyError, retrain, run_grid
+    from itr_lib.tables import retrain_check
     out = tmp_path / "results"
     cfg = _cfg(tmp_path, mini_cache, fixture_root, epochs=2)
     cfg.run_dir = None  # run_grid names it runs/<run_name>
