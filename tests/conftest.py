@@ -30,3 +30,17 @@ def shared_data_or_skip() -> Path:
     if not (SHARED_DATA / "rsicd" / "dataset_rsicd.json").is_file():
         pytest.skip("../shared/data is not beside the repository")
     return SHARED_DATA
+
+
+@pytest.fixture
+def mini_cfg(tmp_path, mini_cache, fixture_root):
+    """A factory of small TrainConfigs on the mini fixture's cached features (run folder ``tmp_path/run``)."""
+    from itr_lib.config import TrainConfig
+    root, _ = mini_cache
+
+    def make(**kw):
+        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=64, batch_size=8,
+                    epochs=3, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="gpo")
+        base.update(kw)
+        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
+    return make

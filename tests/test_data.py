@@ -1,8 +1,6 @@
 """Loader round-trip on the committed fixture, index maps, statistics, and every bad input's error."""
 import json
-import shutil
 
-import numpy as np
 import pytest
 
 from conftest import shared_data_or_skip

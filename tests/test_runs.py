@@ -113,3 +113,39 @@ def test_relabel_fine_records_says_what_they_ran(tmp_path):
     assert json.loads((d / "plain.json").read_text())["config"]["warmup_epochs"] == 0  # the authors' default it ran
     assert json.loads((d / "vse.json").read_text()) == vse  # the VSE models always read base_loss
     assert runs.relabel_fine_records(tmp_path) == []  # idempotent
+
+
+def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path, mini_cache, fixture_root, mini_cfg):
+    import shutil
+    from itr_lib.runs import RunStoreError as StudyError, retrain, run_grid
+    from itr_lib.tables import retrain_check
+    out = tmp_path / "results"
+    cfg = mini_cfg(epochs=2)
+    cfg.run_dir = None  # run_grid names it runs/<run_name>
+    recorded = run_grid([cfg], out, progress=False)[0]
+    name = cfg.run_name()
+    shutil.rmtree(out / "runs")  # a fresh clone: metrics/ committed, checkpoints not
+    # rerunning the grid reuses the record instead of training the run again
+    cfg2 = mini_cfg(epochs=2)
+    cfg2.run_dir = None
+    again = run_grid([cfg2], out, progress=False)[0]
+    assert again == recorded and not (out / "runs").exists()
+    with pytest.raises(StudyError, match="no run"):
+        retrain(out, ["nothing-*"])
+    assert retrain(out, ["*"], dry_run=True) == [{"run": name, "recorded_mr": recorded["test"]["standard"]["mr"],
+                                                   "retrained_mr": None}]
+    before = (out / "metrics" / f"{name}.json").read_bytes()
+    rows = retrain(out, ["*"])
+    assert (out / "runs" / name / "best.pt").is_file()
+    assert rows[0]["retrained_mr"] == pytest.approx(rows[0]["recorded_mr"])  # same config and seed: same scores
+    assert (out / "metrics" / f"{name}.json").read_bytes() == before  # the record is left as it was
+    assert retrain(out, ["*"]) == []  # checkpoint present: nothing to do
+    check = retrain_check(out)
+    assert list(check.run) == [name] and check.diff_mr.iloc[0] == pytest.approx(0.0)
+    assert (out / "tables" / "retrain_check.csv").is_file()
+    # a record whose config does not name the run is refused
+    rec = json.loads(before)
+    rec["config"]["epochs"] = 3
+    (out / "metrics" / "tampered.json").write_text(json.dumps(rec))
+    with pytest.raises(StudyError, match="field 'config'"):
+        retrain(out, ["tampered"])
