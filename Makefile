@@ -8,7 +8,8 @@ DATASETS ?= rsicd ucm
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast nbval features smoke study bench bench-train probe clean-smoke strip
+.PHONY: setup test test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
+	clean-smoke strip
 
 setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
 	$(PYTHON) -m pip install -q --upgrade pip
@@ -41,14 +42,17 @@ study:            ## the full profile: both datasets, all ablations and methods,
 bench:            ## efficiency benchmarks (query cost, hardware floor, scaling) into results/
 	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 04
 
-bench-train:      ## training and encoding cost: seconds per step by variant, whole 6-epoch runs, whole-split encoding (idle machine)
-	$(PYTHON) scripts/bench_train_step.py --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra --append
-	$(PYTHON) scripts/bench_train_run.py --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
-	$(PYTHON) scripts/bench_encode.py --dataset rsicd --split test --threads 1 2
+bench-train-step: ## seconds per training step by phase (itr_lib.train's own step), per variant, 1 and 2 threads (idle machine)
+	$(PYTHON) -m itr_lib.bench train-step --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra
 
-probe:            ## capacity probe of LCA+CRA on RSICD (seed 0, chosen on val), then the choice over 3 seeds
-	$(PYTHON) scripts/probe_capacity.py --dataset rsicd --workers 2
-	$(PYTHON) scripts/probe_capacity.py --dataset rsicd --confirm chosen --seeds 0 1 2 --workers 2
+bench-train:      ## whole training runs of the study's configs (6 epochs, temporary folders) (idle machine)
+	$(PYTHON) -m itr_lib.bench train-run --dataset rsicd --variants lca+cra baseline --threads 2
+
+bench-encode:     ## encoding a whole split with the study's trained checkpoints (looked up by config in results/$(PROFILE))
+	$(PYTHON) -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2 --profile $(PROFILE)
+
+probe:            ## capacity probe of LCA+CRA on RSICD and the follow-ups (02_ablations; recorded runs are reused)
+	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 02
 
 strip:            ## strip outputs and papermill metadata from the committed notebooks
 	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb

@@ -146,7 +146,7 @@ def plan_frame(plan: list[tuple[str, str, TrainConfig]]) -> "pd.DataFrame":
 
 
 # ----------------------------------------------------------------------------------------------- capacity probe
-# scripts/probe_capacity.py: the ablation's setting (configs/full.yaml: 02_ablations) and one-knob changes of it
+# itr_lib.probe (02_ablations): the ablation's setting (configs/full.yaml: 02_ablations) and one-knob changes of it
 # (the authors' values where the study scaled them down)
 PROBE_BASE = dict(dim=512, pooling="meanmax", mlp=False, lr=5e-4, epochs=6, codebook_size=1024)
 PROBES = [("ablation setting", {}),
@@ -158,22 +158,24 @@ PROBES = [("ablation setting", {}),
           # second round, greedy: the first round's val winner (D = 1024) with the next-best knobs on top
           ("D = 1024 + residual MLP", {"dim": 1024, "mlp": True}),
           ("D = 1024 + 10 epochs", {"dim": 1024, "epochs": 10})]
+PROBE_SECOND_ROUND = ("D = 1024 + residual MLP", "D = 1024 + 10 epochs")
 
 
-def _probe_config(change: dict, dataset: str, seed: int, variant: str) -> TrainConfig:
-    """``variant`` with the default loss on PROBE_BASE with ``change``."""
-    return make_config(dict(PROBE_BASE, **change, dataset=dataset, seed=seed, progress=False), **VARIANTS[variant],
-                       **LOSSES["infonce"])
+def _probe_config(change: dict, dataset: str, seed: int, variant: str, base: dict | None = None) -> TrainConfig:
+    """``variant`` with the default loss on PROBE_BASE with ``change`` (``base``: runtime fields, not identity)."""
+    return make_config({**PROBE_BASE, **change, "progress": False, **(base or {}), "dataset": dataset, "seed": seed},
+                       **VARIANTS[variant], **LOSSES["infonce"])
 
 
-def probe_confirm_configs(dataset: str, seeds, variant: str, name: str) -> list[TrainConfig]:
+def probe_confirm_configs(dataset: str, seeds, variant: str, name: str, base: dict | None = None) -> list[TrainConfig]:
     """The follow-up of the probe ``name`` chosen on val: ``variant`` and the baseline, both with its change, over
     ``seeds`` (so the gain is measured against a baseline of the same capacity)."""
     change = dict(PROBES)[name]
-    return [_probe_config(change, dataset, s, v) for s in seeds for v in ("baseline", variant)]
+    return [_probe_config(change, dataset, s, v, base) for s in seeds for v in ("baseline", variant)]
 
 
-def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tuple[str, dict, TrainConfig]]:
+def probe_configs(dataset: str, seed: int, variant: str, names=None,
+                  base: dict | None = None) -> list[tuple[str, dict, TrainConfig]]:
     """(probe name, its change, config) for every probe (or those in ``names``, always after the reference, the
     first probe): ``variant`` with the default loss, PROBE_BASE with the probe's change."""
     unknown = sorted(set(names or ()) - {n for n, _ in PROBES})
@@ -183,5 +185,5 @@ def probe_configs(dataset: str, seed: int, variant: str, names=None) -> list[tup
     for i, (name, change) in enumerate(PROBES):
         if names and i > 0 and name not in names:
             continue
-        out.append((name, change, _probe_config(change, dataset, seed, variant)))
+        out.append((name, change, _probe_config(change, dataset, seed, variant, base)))
     return out

@@ -86,28 +86,28 @@ def _benchmark_table(df: pd.DataFrame, caption: str, cols: list[str], floatfmt: 
 
 
 def step_cost_summary(csv_path: Path) -> list[str]:
-    """The training-step benchmark (scripts/bench_train_step.py) as a table: where a step's time goes, per variant."""
+    """The training-step benchmark (`make bench-train-step`) as a table: where a step's time goes, per variant."""
     if not Path(csv_path).is_file():
         return []
     df = pd.read_csv(csv_path)
     load = f", 1-min load {df.load_1min.min():.1f}-{df.load_1min.max():.1f}" if "load_1min" in df else ""
     return _benchmark_table(
-        df, f"Seconds per training step on real batches (`{_rel(csv_path)}`, scripts/bench_train_step.py; B = 128 "
-            f"images; the ablation variants with all their captions, the other methods with one caption per "
-            f"image{load}):",
+        df, f"Seconds per training step on real batches (`{_rel(csv_path)}`, `make bench-train-step`; B = 128 "
+            f"images; the ablation variants with all their captions; the other methods' rows, timed before the fair "
+            f"comparison, with one caption per image{load}):",
         ["variant", "threads", "texts_per_step", "batch_s", "encode_s", "loss_s", "backward_s", "optimizer_s",
          "step_s", "steps_per_epoch", "train_s_per_epoch"], ".3g")
 
 
 def run_time_summary(csv_path: Path) -> list[str]:
-    """Whole training runs timed by scripts/bench_train_run.py (wall seconds and where they went)."""
+    """Whole training runs timed by `make bench-train` (wall seconds and where they went)."""
     if not Path(csv_path).is_file():
         return []
     df = pd.read_csv(csv_path)
     if "git_commit" in df:  # the code each row timed (rows accumulate as the code changes)
         df["commit"] = "`" + df.git_commit.astype(str).str[:7] + "`"  # quoted: an all-digit hash is not a number
     return _benchmark_table(
-        df, f"Whole training runs, one at a time on the idle machine (`{_rel(csv_path)}`, scripts/bench_train_run.py, "
+        df, f"Whole training runs, one at a time on the idle machine (`{_rel(csv_path)}`, `make bench-train`, "
             "oldest first; train = the epochs' steps, val_select = per-epoch val scoring, final_eval = val + test "
             "scoring of the chosen checkpoint):",
         ["commit", "variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "load_s",
@@ -115,12 +115,12 @@ def run_time_summary(csv_path: Path) -> list[str]:
 
 
 def encode_summary(csv_path: Path) -> list[str]:
-    """Whole-split encoding times (scripts/bench_encode.py): cached features -> retrieval vectors, per model."""
+    """Whole-split encoding times (`make bench-encode`): cached features -> retrieval vectors, per model."""
     if not Path(csv_path).is_file():
         return []
     return _benchmark_table(
         pd.read_csv(csv_path), f"Encoding a whole split with a trained model, cached features to retrieval vectors "
-                               f"(`{_rel(csv_path)}`, scripts/bench_encode.py, median of the repeats):",
+                               f"(`{_rel(csv_path)}`, `make bench-encode`, median of the repeats):",
         ["variant", "dim", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median", "encode_s_min",
          "repeats"], ".3g")
 
@@ -163,8 +163,8 @@ def results_markdown(results_dir: str | Path) -> str:
                     lines += [f"![{f}]({rel}/figures/{f})", ""]
         probe = tables / f"probe_{ds}.csv"
         if probe.is_file():
-            lines += [f"### {ds.upper()}: capacity probe (scripts/probe_capacity.py: LCA+CRA seed 0, one knob changed "
-                      f"from the ablation's setting at a time, compared on val mR; test mR shown, not used to choose; "
+            lines += [f"### {ds.upper()}: capacity probe (02_ablations, `itr_lib.probe`: LCA+CRA seed 0, one knob "
+                      f"changed from the ablation's setting at a time, compared on val mR; test mR shown, not used to choose; "
                       f"train_min per run, two runs side by side at 1 thread each)", "",
                       to_markdown(pd.read_csv(probe).drop(columns=["run"], errors="ignore"), index=False), ""]
         confirm = tables / f"probe_confirm_{ds}.csv"

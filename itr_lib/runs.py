@@ -322,6 +322,8 @@ def runs_frame(results_dir: str | Path, protocol: str = "standard") -> pd.DataFr
         m = _read_record(f)
         if m is not None:
             rows.extend(run_rows(m, protocol))
+    if not rows:  # nothing recorded yet: the columns a caller filters on, no rows
+        return pd.DataFrame(columns=["dataset", "method", "variant", "seed", "run", "mode", *METRICS, "train_seconds"])
     return pd.DataFrame(rows)
 
 

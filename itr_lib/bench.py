@@ -1,0 +1,216 @@
+"""What training and encoding cost: seconds per training step (split into its phases), whole training runs, and
+encoding a whole split with a trained model. Query-side costs (search, floors, scaling) are :mod:`itr_lib.efficiency`.
+
+    python -m itr_lib.bench train-step --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra
+    python -m itr_lib.bench train-run --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
+    python -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2
+
+(``make bench-train-step``, ``make bench-train``, ``make bench-encode``.) Every configuration is the one the study
+trains: the fair comparison's (:func:`itr_lib.experiments.comparison_plan`, study loss, ``COMPARISON_BASE``), keyed
+by the comparison's variant names (``baseline``, ``lca``, ``cra``, ``lca+cra``, ``tgdt``, ``aladin``, ``scan``,
+``mrsw``). A step is timed through :func:`itr_lib.train.train_step`, the training loop's own step; a checkpoint is
+looked up by its config (:func:`itr_lib.runs.find_checkpoint`), never by a typed run name.
+
+Each command writes ``results/benchmarks/<kind>_<dataset>.csv`` (atomically): ``train_step`` and ``encode_split``
+replace the rows of the same key (variant, threads[, split]) and keep the others; ``train_run`` appends (rows
+accumulate as the code changes; each row carries its git commit). Run on an idle machine: every row records the
+1-minute load average beside its times.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import TrainConfig, variant_label
+from .experiments import METHOD_VARIANTS, comparison_configs
+from .io import REPO_ROOT, atomic_write_text, git_commit
+
+PARTS = ("batch", "encode", "loss", "backward", "optimizer")
+BENCH_DIR = REPO_ROOT / "results" / "benchmarks"
+
+
+def study_config(variant: str, dataset: str, seed: int = 0, **overrides) -> TrainConfig:
+    """The config the study trains for ``variant`` on ``dataset`` (the fair comparison under the study loss), with
+    ``overrides`` (runtime fields, a shorter schedule for tests) recorded in it."""
+    if variant not in METHOD_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(METHOD_VARIANTS)}")
+    return comparison_configs([dataset], [seed], [variant], base=overrides)[0]
+
+
+def _machine() -> dict:
+    return {"load_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine()}
+
+
+def time_train_step(cfg: TrainConfig, threads: int, steps: int = 8, warmup: int = 2, name: str | None = None) -> dict:
+    """Mean seconds per training step of ``cfg``'s model on real batches of its cached training features (a fresh
+    model, the run's optimiser), split into batch assembly and the phases of :func:`itr_lib.train.train_step`
+    (encode, loss, backward, optimizer); ``warmup`` untimed steps first. ``name``: the row's variant (default the
+    config's label, also in column ``config``)."""
+    from .splits import load_split_tensors
+    from .train import make_model, make_optimizer, multi_caption, train_step
+    torch.set_num_threads(threads)
+    tr = load_split_tensors(cfg, "train", cfg.max_train_images)
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg).train()
+    opt, _ = make_optimizer(cfg, model)
+    multi = multi_caption(cfg, model)
+    gen = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(tr.n_images)
+    cap_choice = np.array([c[rng.integers(len(c))] for c in tr.img2txt])
+    n_batches = max(1, tr.n_images // cfg.batch_size)
+    sums = dict.fromkeys(PARTS, 0.0)
+    n_texts = []
+    for s in range(warmup + steps):
+        b = s % n_batches
+        stamps = {"start": time.perf_counter()}
+        ii = torch.from_numpy(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
+        batch = tr.train_batch(ii, cfg, multi, cap_choice, gen)
+        stamps["batch"] = time.perf_counter()
+        train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip,
+                   lap=lambda phase: stamps.__setitem__(phase, time.perf_counter()))
+        if s >= warmup:
+            t = [stamps[k] for k in ("start",) + PARTS]
+            for p, a, c in zip(PARTS, t[:-1], t[1:]):
+                sums[p] += (c - a) / steps
+            n_texts.append(batch.text.shape[0])
+    step = sum(sums.values())
+    per_epoch = (tr.n_images + cfg.batch_size - 1) // cfg.batch_size
+    return {"dataset": cfg.dataset, "variant": name or variant_label(cfg.__dict__), "threads": threads,
+            "batch_images": cfg.batch_size, "texts_per_step": float(np.mean(n_texts)),
+            "codebook_size": cfg.codebook_size if cfg.lca else None, "dim": cfg.dim,
+            **{f"{p}_s": round(v, 4) for p, v in sums.items()}, "step_s": round(step, 4),
+            "steps_per_epoch": per_epoch, "train_s_per_epoch": round(step * per_epoch, 1), **_machine(),
+            "config": variant_label(cfg.__dict__)}
+
+
+def time_train_run(cfg: TrainConfig, threads: int, name: str | None = None) -> dict:
+    """Wall time of one whole training run of ``cfg`` (train, per-epoch val selection, final val / test scoring) in a
+    temporary folder (nothing is kept but the timing). ``name``: the row's variant (default the config's label)."""
+    import dataclasses
+    from .train import train
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dataclasses.replace(cfg, threads=threads, run_dir=str(Path(tmp) / "run"), progress=False)
+        t0 = time.perf_counter()
+        m = train(cfg)
+        wall = time.perf_counter() - t0
+    return {"dataset": cfg.dataset, "variant": name or variant_label(cfg.__dict__), "epochs": cfg.epochs,
+            "threads": torch.get_num_threads(), "wall_s": round(wall, 1), "train_s": m["train_seconds"],
+            "val_select_s": m["val_eval_seconds"], "final_eval_s": m["test_eval_seconds"], "load_s": m["load_seconds"],
+            "test_mr": round(m["test"]["standard"]["mr"], 2), "load_1min": os.getloadavg()[0], "cpus": os.cpu_count(),
+            "git_commit": m["git_commit"], "config": variant_label(cfg.__dict__)}
+
+
+def time_encode(checkpoint: str | os.PathLike, split: str, threads: int, repeats: int = 5) -> dict:
+    """Seconds to encode every image and caption of ``split`` with a trained model, from the cached frozen features
+    to the retrieval vectors (what indexing a gallery or scoring a split costs): median and min of ``repeats``
+    after one untimed pass."""
+    from .scoring import encode_split
+    from .splits import load_split_tensors
+    from .train import load_checkpoint
+    torch.set_num_threads(threads)
+    model, cfg = load_checkpoint(checkpoint)
+    data = load_split_tensors(cfg, split)
+    encode_split(model, data, batch_size=cfg.eval_batch_size, outputs="vectors")  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        img, _ = encode_split(model, data, batch_size=cfg.eval_batch_size, outputs="vectors")
+        times.append(time.perf_counter() - t0)
+    return {"dataset": cfg.dataset, "split": split, "variant": variant_label(cfg.__dict__), "dim": cfg.dim,
+            "threads": threads, "n_images": data.n_images, "n_texts": data.n_texts,
+            "vector_dim": int(img["vec"].shape[1]), "encode_s_median": round(float(np.median(times)), 3),
+            "encode_s_min": round(min(times), 3), "repeats": repeats, "checkpoint": Path(checkpoint).parent.name,
+            "load_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "git_commit": git_commit()}
+
+
+def checkpoint_for(cfg: TrainConfig, results_dir: str | os.PathLike) -> Path:
+    """The ``best.pt`` of the finished run of ``cfg`` under ``<results_dir>/runs`` (looked up by its identity)."""
+    from .runs import find_checkpoint
+    return find_checkpoint(results_dir, **cfg.identity())
+
+
+def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str] | None) -> pd.DataFrame:
+    """``new`` merged into the CSV at ``path``: old rows whose ``key`` columns match a new row are replaced, the rest
+    kept (``key`` None: appended)."""
+    if not path.is_file():
+        return new
+    old = pd.read_csv(path)
+    if key is not None and set(key) <= set(old.columns):
+        keep = ~old.set_index(list(key)).index.isin(new.set_index(list(key)).index)
+        old = old[keep]
+    return pd.concat([old, new], ignore_index=True)
+
+
+def write_benchmark(rows: list[dict], kind: str, dataset: str, key: Sequence[str] | None,
+                    out_dir: str | os.PathLike = BENCH_DIR) -> Path:
+    """Write ``rows`` to ``<out_dir>/<kind>_<dataset>.csv`` (:func:`merge_rows`, atomic); returns the path."""
+    path = Path(out_dir) / f"{kind}_{dataset}.csv"
+    df = merge_rows(pd.DataFrame(rows), path, key)
+    atomic_write_text(path, df.to_csv(index=False))
+    return path
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m itr_lib.bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="kind", required=True)
+    step = sub.add_parser("train-step", help="seconds per training step by phase, per variant and thread count")
+    step.add_argument("--variants", nargs="+", default=["baseline", "lca", "cra", "lca+cra"],
+                      choices=sorted(METHOD_VARIANTS))
+    step.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    step.add_argument("--steps", type=int, default=8)
+    run = sub.add_parser("train-run", help="wall time of whole training runs (temporary folders)")
+    run.add_argument("--variants", nargs="+", default=["baseline", "lca+cra"], choices=sorted(METHOD_VARIANTS))
+    run.add_argument("--epochs", type=int, default=None, help="default: the study's schedule")
+    run.add_argument("--threads", type=int, default=2)
+    enc = sub.add_parser("encode", help="seconds to encode a whole split with the study's trained checkpoints")
+    enc.add_argument("--variants", nargs="+", default=["baseline", "lca+cra"], choices=sorted(METHOD_VARIANTS))
+    enc.add_argument("--split", default="test")
+    enc.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    enc.add_argument("--repeats", type=int, default=5)
+    enc.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
+    for s in (step, run, enc):
+        s.add_argument("--dataset", default="rsicd")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
+    a = p.parse_args(argv)
+    if a.kind == "train-step":
+        rows = [time_train_step(study_config(v, a.dataset, a.seed), th, a.steps, name=v) for th in a.threads
+                for v in a.variants]
+        path = write_benchmark(rows, "train_step", a.dataset, ["variant", "threads"], a.out_dir)
+        cols = ["variant", "threads", "texts_per_step"] + [f"{x}_s" for x in PARTS] + ["step_s", "train_s_per_epoch"]
+    elif a.kind == "train-run":
+        rows = []
+        for v in a.variants:
+            cfg = study_config(v, a.dataset, a.seed, **({"epochs": a.epochs} if a.epochs else {}))
+            rows.append(time_train_run(cfg, a.threads, name=v))
+            print(rows[-1], flush=True)
+        path = write_benchmark(rows, "train_run", a.dataset, None, a.out_dir)
+        cols = ["variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "test_mr"]
+    else:
+        results_dir = REPO_ROOT / "results" / a.profile
+        try:
+            cks = [checkpoint_for(study_config(v, a.dataset, a.seed), results_dir) for v in a.variants]
+        except FileNotFoundError as err:
+            print(f"error: {err}", flush=True)
+            return 2
+        rows = [time_encode(ck, a.split, th, a.repeats) for th in a.threads for ck in cks]
+        path = write_benchmark(rows, "encode_split", a.dataset, ["variant", "threads", "split"], a.out_dir)
+        cols = ["variant", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median"]
+    print(pd.DataFrame(rows)[cols].to_string(index=False))
+    print("->", path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
