@@ -213,7 +213,7 @@ def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
-    from .tables import format_mean_std, published_rows
+    from .tables import DEPLOYED_MODES, format_mean_std, published_rows
     tables, figs = Path(results_dir) / "tables", Path(results_dir) / "figures"
     lines, shared, shared_all = [], [], set()
     for ds in ("rsicd", "ucm"):
@@ -221,7 +221,10 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         if not f.is_file():
             continue
         t = pd.read_csv(f)
-        t = t[t.setting == "study loss"] if not full else t
+        if not full:  # the study loss, one row per method: its deployed inference mode
+            mode = t["mode"].fillna("").astype(str)
+            deployed = pd.Series([m == DEPLOYED_MODES.get(k, m) for k, m in zip(t.key, mode)], index=t.index)
+            t = t[(t.setting == "study loss") & deployed]
         t = format_mean_std(t)
         if not full:
             t["variant"], shared = _drop_shared_parts(t.variant)
@@ -231,7 +234,8 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"]
         lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), ""]
         if not full and shared:
-            lines += [f"Every row: `{' | '.join(shared)}`.", ""]
+            lines += [f"Every row: `{' | '.join(shared)}`; fine-grained methods in their deployed inference mode "
+                      "(every mode in RESULTS.md).", ""]
         lines += [
                   to_markdown(t[cols], index=False, floatfmt=".1f", compact=not full), ""]
         if not full:

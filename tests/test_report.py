@@ -18,3 +18,23 @@ def test_compact_markdown_escapes_pipes_aligns_numbers_and_leaves_nan_blank():
     df = pd.DataFrame({"variant": ["a | b", "c"], "mr": [19.534, float("nan")], "n": [3, 1]})
     assert to_markdown(df, compact=True, floatfmt=".2f", index=False).splitlines() == [
         "| variant | mr | n |", "|:---|---:|---:|", "| a \\| b | 19.53 | 3 |", "| c |  | 1 |"]
+
+
+def test_readme_block_shows_each_method_once_in_its_deployed_mode_and_results_md_every_mode(tmp_path):
+    from itr_lib.report import comparison_sections
+    rows = []
+    for key, method, mode, mr in [("baseline", "baseline", "", 19.5), ("tgdt", "tgdt", "global", 19.0),
+                                  ("tgdt", "tgdt", "two_stage", 19.8), ("tgdt", "tgdt", "exhaustive", 19.9),
+                                  ("aladin", "aladin", "global", 20.3), ("aladin", "aladin", "exhaustive", 20.1)]:
+        label = f"{method} | infonce | 6 ep" + (f" [{mode}]" if mode else "")
+        for setting in ("study loss", "authors' loss"):
+            rows.append(dict(dataset="rsicd", setting=setting, key=key, mode=mode or None, method=method,
+                             variant=label, n_seeds=1, seeds="0", i2t_r1=1.0, t2i_r1=1.0, rsum=100.0, mr=mr,
+                             mr_std=0.0, mr_optimistic=mr + 1, mr_pessimistic=mr - 1, train_min=1.0))
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "comparison_rsicd.csv", index=False)
+    short = "\n".join(comparison_sections(tmp_path, "r", full=False))
+    table = [ln for ln in short.splitlines() if ln.startswith("| ") and "variant" not in ln]
+    assert sorted(ln.split(" | ")[0] for ln in table) == ["| aladin [global]", "| baseline", "| tgdt [two_stage]"]
+    full = "\n".join(comparison_sections(tmp_path, "r", full=True))
+    assert sum(ln.startswith("| ") and "variant" not in ln for ln in full.splitlines()) == 12
