@@ -155,3 +155,33 @@ def test_missing_image_file_is_a_message(tmp_path, trained):
     ex.image_path(0).unlink()
     with pytest.raises(ExploreError, match=f"image file .*{ex.image_path(0).name} is missing"):
         ex.thumbnail(0)
+
+
+def _find(widget, cls):
+    """Every descendant widget carrying CSS class ``cls``."""
+    out = [widget] if cls in getattr(widget, "_dom_classes", ()) else []
+    for child in getattr(widget, "children", ()):
+        out += _find(child, cls)
+    return out
+
+
+def test_app_search_shows_k_cards_and_the_truth_marker(trained):
+    from itr_lib.explore_app import ExplorerApp
+    out, data_root, cache = trained
+    app = ExplorerApp(out, ["mini", "ucm"], data_root=data_root, cache_dir=cache, k=2)
+    ex = app.explorer()
+    assert app.query.value == ex.split.captions[0]                  # the default query: a test caption
+    app.search.click()
+    cards = _find(app.t2i_out, "itr-result")
+    assert len(cards) == 2 and len(_find(app.t2i_out, "itr-score")) == 2
+    truth = _find(app.t2i_out, "itr-truth")
+    assert len(truth) == len(ex.truth_images(ex.split.captions[0])) >= 1
+    app.query.value = ""
+    app.search.click()
+    assert "empty" in _find(app.t2i_out, "itr-message")[0].value and not _find(app.t2i_out, "itr-result")
+    app.side_go.click()
+    assert len(app.side_out.children) == 1 and "empty" in app.side_out.children[0].value
+    app.dataset.value = "ucm"                                        # no run of ucm: a message, no exception
+    assert "No trained run of dataset &#x27;ucm&#x27;" in _find(app.status, "itr-message")[0].value
+    app.search.click()
+    assert "No trained run" in _find(app.t2i_out, "itr-message")[0].value
