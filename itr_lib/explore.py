@@ -395,10 +395,11 @@ class Explorer:
 def parameterised_notebook(out_dir: Path, params: dict) -> Path:
     """``notebooks/06_explore.ipynb`` with ``params`` injected (papermill's own parameterisation), in ``out_dir``."""
     import nbformat
+    from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
     from .io import REPO_ROOT, atomic_write_text
     src = REPO_ROOT / "notebooks" / "06_explore.ipynb"
-    nb = parameterize_notebook(nbformat.read(src, as_version=4), params)
+    nb = parameterize_notebook(load_notebook_node(str(src)), params)
     out = Path(out_dir) / src.name
     atomic_write_text(out, nbformat.writes(nb))
     return out
@@ -442,17 +443,20 @@ def main(argv: list[str] | None = None) -> int:
         except RunStoreError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    usable = 0
+    usable, suggest = 0, None
     for d in a.datasets:
         avail, missing = trained_methods(results, d)
         print(f"{d}: {len(avail)} method(s) with a checkpoint" + (f": {', '.join(avail.label)}" if len(avail) else ""))
         for lab, run in zip(missing.label, missing.run):
             print(f"  missing checkpoint: {lab}. Fix: {retrain_hint(results, run)}")
         usable += len(avail) > 0
+        base = missing[missing.method == "baseline"].sort_values("epochs_run")
+        if len(base) and (suggest is None or d == "ucm"):  # UCM's is the smallest: about a minute to retrain
+            suggest = base.run.iloc[0]
     if not usable:
         print(f"error: no dataset of {a.datasets} has a trained checkpoint under {results / 'runs'}. Fix: retrain "
-              f"one (commands above; `make explore RETRAIN='ucm-baseline-*-s0-*'` retrains UCM's baseline), or run "
-              f"`make smoke` and use `make explore PROFILE=smoke`.", file=sys.stderr)
+              f"one (commands above{f'; `make explore RETRAIN={suggest}` retrains a baseline, then serves' if suggest else ''}"
+              f"), or run `make smoke` and use `make explore PROFILE=smoke`.", file=sys.stderr)
         return 2
     if a.check:
         return 0

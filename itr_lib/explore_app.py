@@ -22,10 +22,10 @@ TRUTH = "&#10004; ground truth"
 OWN = "&#10004; own caption"
 
 
-def _msg(text: str, kind: str = "warn") -> W.HTML:
+def _msg(text: str, kind: str = "warn", cls: str = "itr-message") -> W.HTML:
     color = {"warn": "#a61", "info": "#333", "error": "#b00"}[kind]
     w = W.HTML(f"<div style='color:{color};white-space:pre-wrap'>{html.escape(text)}</div>")
-    w.add_class("itr-message")
+    w.add_class(cls)
     return w
 
 
@@ -46,6 +46,7 @@ class ExplorerApp:
         self.search = W.Button(description="Search", button_style="primary")
         self.search.add_class("itr-search")
         self.t2i_out = W.VBox()
+        self.t2i_out.add_class("itr-t2i")
         self.image = W.Dropdown(description="image", layout=W.Layout(width="60%"))
         self.i2t_method = W.Dropdown(description="method", layout=W.Layout(width="60%"))
         self.i2t_go = W.Button(description="Top captions")
@@ -150,7 +151,7 @@ class ExplorerApp:
     # ------------------------------------------------------------------------------------------- actions
     def run_search(self) -> None:
         ex = self.explorer()
-        self.t2i_out.children = [_msg("searching ...", "info")]
+        self.t2i_out.children = [_msg("searching ...", "info", "itr-busy")]
         res = ex.text_to_image(self.query.value, self.method.value, self.k.value)
         self.t2i_out.children = [self._results(ex, res)]
         self.why_image.options = [(f"#{r + 1}: {ex.split.filenames[h.index]}", h.index)
