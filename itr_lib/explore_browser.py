@@ -70,7 +70,7 @@ def _answers(url: str) -> bool:
 
 @contextlib.contextmanager
 def voila_server(results_dir, datasets: list[str], data_root: str = "", cache_dir: str = "", query: str = "",
-                 search: bool = False, timeout: float = 120.0):
+                 search: bool = False, timeout: float = 300.0):
     """Serve 06_explore for these runs on a free localhost port; yields the URL; stops the server on exit."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="itr-voila-") as tmp:
