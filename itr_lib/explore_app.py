@@ -149,6 +149,10 @@ class ExplorerApp:
         return W.VBox([head, W.Box(cards, layout=W.Layout(flex_flow="row wrap"))])
 
     # ------------------------------------------------------------------------------------------- actions
+    def search_now(self) -> None:
+        """Run the query in the box as the Search button does (a problem becomes the page's message)."""
+        self._guard(self.t2i_out, self.run_search)
+
     def run_search(self) -> None:
         ex = self.explorer()
         self.t2i_out.children = [_msg("searching ...", "info", "itr-busy")]
