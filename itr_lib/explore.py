@@ -102,8 +102,8 @@ def trained_methods(results_dir: str | Path, dataset: str):
 
     def frame(rows):
         f = pd.DataFrame(rows, columns=d.columns) if rows else pd.DataFrame(columns=d.columns)
-        f["label"] = [v if v.split(" |")[0] == m or m == "selfalign" else f"{m}: {v}"
-                      for m, v in zip(f.method, f.variant)] if len(f) else []
+        labels = [v if v.split(" |")[0] == m or m == "selfalign" else f"{m}: {v}" for m, v in zip(f.method, f.variant)]
+        f["label"] = [lab if labels.count(lab) == 1 else f"{lab} ({run})" for lab, run in zip(labels, f.run)]
         return f.sort_values(["method", "label"]).reset_index(drop=True)[cols]
     return frame(avail), frame(missing)
 
@@ -467,9 +467,14 @@ def main(argv: list[str] | None = None) -> int:
         nb = parameterised_notebook(Path(tmp), {"RESULTS_DIR": str(results), "DATASETS": list(a.datasets),
                                                 "DATA_ROOT": a.data_root, "CACHE_DIR": a.cache_dir})
         print(f"explorer: http://127.0.0.1:{port}/  (Ctrl-C stops it)", flush=True)
+        import signal
+        proc = subprocess.Popen(voila_command(nb, port))
+        signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a stopped `make explore` stops Voila too
         try:
-            return subprocess.call(voila_command(nb, port))
+            return proc.wait()
         except KeyboardInterrupt:
+            proc.terminate()
+            proc.wait()
             return 0
 
 
