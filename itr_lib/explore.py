@@ -199,7 +199,7 @@ class Explorer:
             raise ExploreError(f"{e.label}: {err}") from None
         data = self._data(cfg.text_encoder)
         if cfg.text_encoder == "gru":  # the model's vocabulary is its training dataset's
-            from .features import glove_ids, load_glove
+            from .features import load_glove
             itos, _ = load_glove(cfg.dataset, self.data_root, self.cache_dir)
             e.gallery["stoi"] = {w: i for i, w in enumerate(itos)}
         two = has_two_stage(model)

@@ -185,3 +185,18 @@ def test_app_search_shows_k_cards_and_the_truth_marker(trained):
     assert "No trained run of dataset &#x27;ucm&#x27;" in _find(app.status, "itr-message")[0].value
     app.search.click()
     assert "No trained run" in _find(app.t2i_out, "itr-message")[0].value
+
+
+def test_serve_command_names_missing_checkpoints_and_retrains_them(tmp_path, trained, capsys):
+    from itr_lib.explore import main
+    out, data_root, cache = trained
+    fresh = tmp_path / "full"
+    shutil.copytree(out / "metrics", fresh / "metrics")             # a fresh clone: records, no checkpoints
+    assert main(["--results-dir", str(fresh), "--datasets", "mini", "--check"]) == 2
+    cap = capsys.readouterr()
+    assert "mini: 0 method(s) with a checkpoint" in cap.out
+    assert "--profile full --retrain 'mini-tgdt-" in cap.out and "make explore RETRAIN=mini-baseline-" in cap.err
+    assert main(["--results-dir", str(fresh), "--datasets", "mini", "--check", "--retrain", "mini-baseline-*"]) == 0
+    cap = capsys.readouterr()
+    assert "mini: 1 method(s) with a checkpoint: baseline" in cap.out
+    assert (fresh / "runs").is_dir() and len(list((fresh / "runs").glob("mini-baseline-*/best.pt"))) == 1
