@@ -9,7 +9,7 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
 .PHONY: setup test test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
-	clean-smoke strip
+	clean-smoke strip explore explore-check explore-screenshot
 
 setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
 	$(PYTHON) -m pip install -q --upgrade pip
@@ -53,6 +53,15 @@ bench-encode:     ## encoding a whole split with the study's trained checkpoints
 
 probe:            ## capacity probe of LCA+CRA on RSICD and the follow-ups (02_ablations; recorded runs are reused)
 	$(PYTHON) -m itr_lib.study --profile $(PROFILE) --only 02
+
+explore:          ## serve the explorer (06_explore) with Voila on localhost, prints the URL; RETRAIN='GLOB' retrains missing checkpoints first
+	$(PYTHON) -m itr_lib.explore --profile $(PROFILE) --datasets $(DATASETS) $(if $(RETRAIN),--retrain '$(RETRAIN)') $(if $(PORT),--port $(PORT))
+
+explore-check:    ## the methods the explorer offers per dataset of results/$(PROFILE) (missing checkpoints with the retrain command)
+	$(PYTHON) -m itr_lib.explore --profile $(PROFILE) --datasets $(DATASETS) --check
+
+explore-screenshot: ## results/figures/explore.png: the page on runs trained on the fixture, in headless chromium (the README's image)
+	ITR_PROGRESS=0 $(PYTHON) -m itr_lib.explore_browser --screenshot results/figures/explore.png
 
 strip:            ## strip outputs and papermill metadata from the committed notebooks
 	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb

@@ -59,9 +59,9 @@ def test_whole_chain_through_papermill(tmp_path):
     run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out)
     executed = sorted(p.name for p in (out / "executed").glob("*.ipynb"))
     assert executed == ["00_data_prep-mini.ipynb", "01_train-selfalign.ipynb", "01_train-tgdt-2.ipynb",
-                        "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb"]
+                        "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb", "06_explore.ipynb"]
     manifest = json.loads((out / "study.json").read_text())
-    assert len(manifest["executions"]) == 6 and manifest["git_commit"]  # both parallel runs recorded
+    assert len(manifest["executions"]) == 7 and manifest["git_commit"]  # both parallel runs recorded
     abl = pd.read_csv(out / "tables" / "ablation_mini.csv")
     variants = set(abl.variant)
     assert {"baseline | infonce +FN-mask | 2 ep | D=32", "LCA K=16 | infonce +FN-mask | 2 ep | D=32", "CRA | infonce +FN-mask | 2 ep | D=32",
