@@ -98,14 +98,54 @@ class Cluster:
         self.close()
 
 
+def slurm_cluster(jobs: int = 1, cores: int | None = None, memory: str | None = None, walltime: str | None = None,
+                  queue: str | None = None, account: str | None = None, threads: int = 1, **kw):
+    """A dask-jobqueue ``SLURMCluster`` whose jobs each run ``cores`` single-threaded worker processes with this
+    repository's Python, from the repository root, torch and BLAS on ``threads`` thread(s); ``jobs`` jobs are
+    requested. A field left None comes from dask-jobqueue's configuration (``~/.config/dask/jobqueue.yaml``,
+    section ``jobqueue.slurm``), else: 4 cores, 16GB, 08:00:00. Needs the optional extra ``cluster``
+    (``pip install -e '.[cluster]'``). ``cluster.job_script()`` shows the batch script sbatch receives."""
+    import sys
+    import dask.config
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as err:
+        raise ClusterError("dask-jobqueue is not installed. Fix: pip install -e '.[cluster]'.") from err
+    from .io import REPO_ROOT
+
+    def conf(name, value, default):
+        return value if value is not None else dask.config.get(f"jobqueue.slurm.{name}", None) or default
+    cores = int(conf("cores", cores, 4))
+    prologue = [f"cd {REPO_ROOT}", f"export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"]
+    for var in ("ITR_DATA_ROOT", "ITR_CACHE_DIR", "HF_HUB_OFFLINE"):
+        if os.environ.get(var):
+            prologue.append(f"export {var}={os.environ[var]}")
+    cluster = SLURMCluster(cores=cores, processes=max(1, cores // threads), memory=conf("memory", memory, "16GB"),
+                           walltime=conf("walltime", walltime, "08:00:00"), queue=queue, account=account,
+                           python=sys.executable, job_name="itr-study", job_script_prologue=prologue, **kw)
+    if jobs:
+        cluster.scale(jobs=jobs)
+    return cluster
+
+
 def connect(scheduler: str | None = None, n_workers: int | None = None, threads: int = 1,
-            timeout: float = CONNECT_TIMEOUT_S, dashboard_address: str | None = ":0") -> Cluster:
-    """A client on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``), else on a new local cluster of ``n_workers``
-    worker processes (default: one per core) with ``threads`` thread(s) each. Torch uses ``threads`` threads on every
-    worker. An unreachable scheduler raises :class:`ClusterError` after ``timeout`` seconds."""
+            timeout: float | None = None, dashboard_address: str | None = ":0",
+            jobqueue: str | None = None, jobs: int = 1) -> Cluster:
+    """A client on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``); else, with ``jobqueue="slurm"``, on a Slurm
+    cluster of ``jobs`` batch jobs (:func:`slurm_cluster`); else on a new local cluster of ``n_workers`` worker
+    processes (default: one per core) with ``threads`` thread(s) each. Torch uses ``threads`` threads on every
+    worker. An unreachable scheduler raises :class:`ClusterError` after ``timeout`` seconds (default
+    ``CONNECT_TIMEOUT_S``)."""
     from distributed import Client, LocalCluster
+    timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     address = scheduler_address(scheduler)
-    if address:
+    if jobqueue and not address:
+        if jobqueue != "slurm":
+            raise ClusterError(f"--jobqueue {jobqueue!r} is not supported. Fix: use --jobqueue slurm, or start the "
+                               f"cluster yourself and pass --scheduler ADDRESS (docs/cluster.md).")
+        local = slurm_cluster(jobs=jobs, threads=threads)
+        client = Client(local, set_as_default=False)
+    elif address:
         try:
             client = Client(address, timeout=f"{timeout}s", set_as_default=False)
         except (OSError, TimeoutError) as err:

@@ -158,3 +158,39 @@ def test_a_dead_holders_lock_is_taken_over(tmp_path):
     os.utime(far.path, (time.time() - 120, time.time() - 120))
     assert far.try_acquire()
     far.release()
+
+
+def test_the_study_runner_names_an_unreachable_scheduler(tmp_path, capsys, monkeypatch):
+    from itr_lib import cluster as cluster_mod
+    from itr_lib.study import main
+    monkeypatch.setattr(cluster_mod, "CONNECT_TIMEOUT_S", 2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    profile = str(Path(__file__).parent / "fixtures" / "profile_mini.yaml")
+    rc = main(["--profile", profile, "--only", "05", "--results-dir", str(tmp_path), "--scheduler",
+               f"tcp://127.0.0.1:{port}"])
+    assert rc == 2
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in capsys.readouterr().err
+    assert not (tmp_path / "executed").exists()  # nothing ran
+
+
+def test_slurm_recipe_builds_the_job_script_of_docs_cluster_md(monkeypatch):
+    """The Slurm recipe of docs/cluster.md up to the batch script (no Slurm here): one job of 4 single-threaded
+    workers running this repository's Python from the repository root."""
+    pytest.importorskip("dask_jobqueue")
+    from itr_lib.cluster import slurm_cluster
+    from itr_lib.io import REPO_ROOT
+    monkeypatch.setenv("ITR_DATA_ROOT", "/shared/data")
+    cluster = slurm_cluster(jobs=0, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p cpu", "#SBATCH -A lab", "#SBATCH --cpus-per-task=4", "#SBATCH -t 08:00:00",
+                 f"cd {REPO_ROOT}", "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1", "export ITR_DATA_ROOT=/shared/data"):
+        assert line in script.splitlines(), line
+    assert f"{sys.executable} -m distributed.cli.dask_worker tcp://" in script
+    assert "--nthreads 1" in script and "--nworkers 4" in script
+    doc = (REPO_ROOT / "docs" / "cluster.md").read_text()
+    assert 'slurm_cluster(jobs=2, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab")' in doc
