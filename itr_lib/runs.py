@@ -95,7 +95,8 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     ``$DASK_SCHEDULER_ADDRESS`` (the study runner sets it for its notebooks), else on a local Dask cluster of
     ``workers`` processes (default: one per core) with ``threads`` torch threads each (default 1): on a small CPU,
     two single-threaded runs use the cores far better than one two-threaded run. ``workers=1`` trains in this
-    process, one run after the other (tests, debugging). Every run trains under its lock file
+    process, one run after the other (tests, debugging), and so does a single run to train when no scheduler is
+    given (starting a local cluster for it would only add its start-up). Every run trains under its lock file
     (:class:`itr_lib.cluster.RunLock`), so two runners on one results folder never train the same run at once;
     a run whose worker died is rescheduled on another worker and resumes from its ``last.pt``.
     ``publish_runs=False`` leaves ``metrics/`` untouched (the retrained runs of :func:`retrain`)."""
@@ -116,7 +117,11 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     dest = str(results_dir) if publish_runs else None
     bar = tqdm(total=len(todo), desc="runs", disable=not progress_enabled(progress))
     try:
-        if workers == 1 and client is None and not scheduler:
+        from .cluster import scheduler_address
+        on_cluster = client is not None or scheduler_address(scheduler) is not None
+        in_process = (workers == 1 and client is None and not scheduler) or \
+            (workers is None and len(todo) == 1 and not on_cluster)
+        if in_process:
             for i in todo:
                 out[i] = _train_one(asdict(configs[i]), threads, dest)
                 bar.update()
