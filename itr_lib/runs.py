@@ -62,6 +62,7 @@ def _train_one(cfg_dict: dict, threads: int | None, results_dir: str | None = No
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
     """Copy a finished run's metrics.json and test ranks into ``<results_dir>/metrics/`` (atomically)."""
     run = Path(cfg.run_dir)
+    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
     for src, dst in ((run / "metrics.json", results_dir / "metrics" / f"{run.name}.json"),
                      (run / "test_ranks.npz", results_dir / "metrics" / f"{run.name}.ranks.npz")):
         if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
