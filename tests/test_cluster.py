@@ -89,8 +89,14 @@ def test_a_worker_killed_mid_run_loses_nothing(cluster, serial, tmp_path, mini_c
 
     t = threading.Thread(target=killer)
     t.start()
-    got = run_grid(cfgs, tmp_path, progress=False, client=cluster.client)
+    result: list = []  # in a thread, so that a retried task stuck on the dead holder's lock fails instead of hanging
+    grid = threading.Thread(target=lambda: result.append(run_grid(cfgs, tmp_path, progress=False,
+                                                                  client=cluster.client)), daemon=True)
+    grid.start()
+    grid.join(300)
     t.join()
+    assert result, "the grid did not finish within 300 s after the worker was killed"
+    got = result[0]
     assert killed, "no run was caught between two epochs: the grid finished before the kill"
     with pytest.raises(ProcessLookupError):
         os.kill(killed["pid"], 0)
