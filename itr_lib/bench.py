@@ -4,6 +4,7 @@ encoding a whole split with a trained model. Query-side costs (search, floors, s
     python -m itr_lib.bench train-step --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra
     python -m itr_lib.bench train-run --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
     python -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2
+    python -m itr_lib.bench dask --dataset ucm --variants baseline --seeds 0 1 2 3 --epochs 2 --workers 1 2
 
 (``make bench-train-step``, ``make bench-train``, ``make bench-encode``.) Every configuration is the one the study
 trains: the fair comparison's (:func:`itr_lib.experiments.comparison_plan`, study loss, ``COMPARISON_BASE``), keyed
@@ -140,6 +141,62 @@ def checkpoint_for(cfg: TrainConfig, results_dir: str | os.PathLike) -> Path:
     return find_checkpoint(results_dir, **cfg.identity())
 
 
+def _noop(i: int) -> int:
+    return i
+
+
+def time_dask_grid(configs: list[TrainConfig], workers: Sequence[int] = (1, 2), pool: int = 2,
+                   overhead_tasks: int = 200) -> list[dict]:
+    """Wall time of training ``configs`` (fresh temporary results folders, nothing kept): serially in this process
+    (1 torch thread), in a spawn process pool of ``pool`` processes (the runner's pools before Dask), and on a local
+    Dask cluster of each of ``workers`` processes (cluster start included and also reported apart). Each row: mode,
+    workers, runs, wall_s, speedup over serial, efficiency (speedup / workers); the Dask rows add the cluster start
+    and the scheduler's overhead per task (round trip of ``overhead_tasks`` no-op tasks, divided by their number)."""
+    import dataclasses
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from .cluster import connect
+    from .runs import _train_one, run_grid
+
+    def fresh(tmp):
+        return [dataclasses.replace(c, run_dir=None, progress=False) for c in configs], Path(tmp)
+
+    rows, machine = [], _machine()
+    with tempfile.TemporaryDirectory() as tmp:
+        cfgs, out = fresh(tmp)
+        t0 = time.perf_counter()
+        run_grid(cfgs, out, progress=False, workers=1, threads=1)
+        serial = time.perf_counter() - t0
+    rows.append({"mode": "serial", "workers": 1, "wall_s": serial})
+    if pool > 1:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfgs, out = fresh(tmp)
+            for c in cfgs:
+                c.run_dir = str(out / "runs" / c.run_name())
+            t0 = time.perf_counter()
+            with ProcessPoolExecutor(max_workers=pool, mp_context=mp.get_context("spawn")) as ex:
+                list(ex.map(_train_one, [dataclasses.asdict(c) for c in cfgs], [1] * len(cfgs), [str(out)] * len(cfgs)))
+            rows.append({"mode": "process pool", "workers": pool, "wall_s": time.perf_counter() - t0})
+    for n in workers:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfgs, out = fresh(tmp)
+            t0 = time.perf_counter()
+            with connect(n_workers=n, threads=1) as cluster:
+                start = time.perf_counter() - t0
+                run_grid(cfgs, out, progress=False, client=cluster.client)
+                wall = time.perf_counter() - t0
+                t1 = time.perf_counter()
+                cluster.client.gather(cluster.client.map(_noop, range(overhead_tasks), pure=False))
+                per_task = (time.perf_counter() - t1) / overhead_tasks
+        rows.append({"mode": "dask local", "workers": n, "wall_s": wall, "cluster_start_s": start,
+                     "overhead_per_task_ms": 1000 * per_task})
+    for r in rows:
+        r.update(runs=len(configs), speedup=serial / r["wall_s"], efficiency=serial / r["wall_s"] / r["workers"],
+                 epochs=configs[0].epochs if configs else None, git_commit=git_commit(), **machine)
+        r["wall_s"] = round(r["wall_s"], 2)
+    return rows
+
+
 def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str] | None) -> pd.DataFrame:
     """``new`` merged into the CSV at ``path``: old rows whose ``key`` columns match a new row are replaced, the rest
     kept (``key`` None: appended)."""
@@ -173,13 +230,21 @@ def main(argv=None) -> int:
     run.add_argument("--variants", nargs="+", default=["baseline", "lca+cra"], choices=sorted(METHOD_VARIANTS))
     run.add_argument("--epochs", type=int, default=None, help="default: the study's schedule")
     run.add_argument("--threads", type=int, default=2)
+    dk = sub.add_parser("dask", help="a small grid serially, in a process pool and on 1 / 2 local Dask workers")
+    dk.add_argument("--variants", nargs="+", default=["baseline"], choices=sorted(METHOD_VARIANTS))
+    dk.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
+    dk.add_argument("--epochs", type=int, default=2)
+    dk.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    dk.add_argument("--pool", type=int, default=2, help="processes of the process-pool row (0: none)")
+    dk.add_argument("--data-root", default=None, help="data root (default: $ITR_DATA_ROOT or ../shared/data)")
+    dk.add_argument("--cache-dir", default=None, help="feature cache (default: $ITR_CACHE_DIR or cache/features)")
     enc = sub.add_parser("encode", help="seconds to encode a whole split with the study's trained checkpoints")
     enc.add_argument("--variants", nargs="+", default=["baseline", "lca+cra"], choices=sorted(METHOD_VARIANTS))
     enc.add_argument("--split", default="test")
     enc.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     enc.add_argument("--repeats", type=int, default=5)
     enc.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc):
+    for s in (step, run, enc, dk):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -197,6 +262,13 @@ def main(argv=None) -> int:
             print(rows[-1], flush=True)
         path = write_benchmark(rows, "train_run", a.dataset, None, a.out_dir)
         cols = ["variant", "epochs", "threads", "wall_s", "train_s", "val_select_s", "final_eval_s", "test_mr"]
+    elif a.kind == "dask":
+        paths = {k: v for k, v in (("data_root", a.data_root), ("cache_dir", a.cache_dir)) if v}
+        cfgs = [study_config(v, a.dataset, s, epochs=a.epochs, **paths) for v in a.variants for s in a.seeds]
+        rows = time_dask_grid(cfgs, a.workers, a.pool)
+        path = write_benchmark(rows, "dask_grid", a.dataset, None, a.out_dir)
+        cols = ["mode", "workers", "runs", "wall_s", "speedup", "efficiency", "cluster_start_s", "overhead_per_task_ms",
+                "load_1min"]
     else:
         results_dir = REPO_ROOT / "results" / a.profile
         try:

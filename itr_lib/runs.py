@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -41,22 +42,31 @@ class RunStoreError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------------- training grids
-def _train_one(cfg_dict: dict, threads: int | None) -> dict:
-    """Worker entry point (importable, so spawned processes can run it)."""
+def _train_one(cfg_dict: dict, threads: int | None, results_dir: str | None = None) -> dict:
+    """Train (or resume, or reuse) one run under its lock file and publish it; the task a Dask worker executes
+    (importable, so any worker process can run it). Publishing here, on the worker, records a finished run even when
+    the runner that asked for it has gone (Ctrl-C with a remote cluster)."""
     import torch
+    from .cluster import RunLock
     from .train import train
     if threads:
         torch.set_num_threads(threads)
-    return train(TrainConfig.from_dict(cfg_dict))
+    cfg = TrainConfig.from_dict(cfg_dict)
+    with RunLock(cfg.run_dir):
+        out = train(cfg)
+        if results_dir is not None:
+            publish(cfg, Path(results_dir))
+    return out
 
 
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
     """Copy a finished run's metrics.json and test ranks into ``<results_dir>/metrics/`` (atomically)."""
     run = Path(cfg.run_dir)
+    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
     for src, dst in ((run / "metrics.json", results_dir / "metrics" / f"{run.name}.json"),
                      (run / "test_ranks.npz", results_dir / "metrics" / f"{run.name}.ranks.npz")):
         if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
-            tmp = dst.with_name(f".{dst.name}.tmp")
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
             shutil.copyfile(src, tmp)
             tmp.replace(dst)
 
@@ -74,23 +84,26 @@ def recorded(cfg: TrainConfig, results_dir: Path) -> dict | None:
     return rec
 
 
-def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None, workers: int = 1,
-             threads: int | None = None, publish_runs: bool = True) -> list[dict]:
+def run_grid(configs: list, results_dir: str | Path, progress: bool | None = None, workers: int | None = None,
+             threads: int | None = None, publish_runs: bool = True, scheduler: str | None = None,
+             client=None, retries: int = 2) -> list[dict]:
     """Train (or reuse) every config; each run lives in ``<results_dir>/runs/<run_name>/`` and its metrics
     (and test ranks) are copied to ``<results_dir>/metrics/``. Returns the metrics of all runs, in order.
     A run recorded in ``metrics/`` is reused as recorded, whether or not its run folder exists (checkpoints are
     not committed; :func:`retrain` rebuilds them), so a study rerun on a fresh clone trains only what is missing.
 
-    ``workers`` > 1 trains that many runs at once in spawned processes with ``threads`` torch threads each
-    (default 1): on a small CPU, two single-threaded runs use the cores far better than one two-threaded run
-    (small ops such as GPO's GRU stall on thread barriers). Finished runs are skipped either way.
+    Where the runs train (:mod:`itr_lib.cluster`): on ``client``, else on the Dask scheduler ``scheduler`` or
+    ``$DASK_SCHEDULER_ADDRESS`` (the study runner sets it for its notebooks), else on a local Dask cluster of
+    ``workers`` processes (default: one per core) with ``threads`` torch threads each (default 1): on a small CPU,
+    two single-threaded runs use the cores far better than one two-threaded run. ``workers=1`` trains in this
+    process, one run after the other (tests, debugging), and so does a single run to train when no scheduler is
+    given (starting a local cluster for it would only add its start-up). Every run trains under its lock file
+    (:class:`itr_lib.cluster.RunLock`), so two runners on one results folder never train the same run at once;
+    a run whose worker died is rescheduled on another worker and resumes from its ``last.pt``.
     ``publish_runs=False`` leaves ``metrics/`` untouched (the retrained runs of :func:`retrain`)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing as mp
     from tqdm.auto import tqdm
     from .io import progress_enabled
-    from .train import train
-    results_dir = Path(results_dir)
+    results_dir = Path(results_dir).resolve()
     (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
     for cfg in configs:
         if cfg.run_dir is None:
@@ -100,29 +113,70 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
         for i, cfg in enumerate(configs):
             out[i] = recorded(cfg, results_dir)
     todo = [i for i in range(len(configs)) if out[i] is None]
+    if not todo:
+        return out
+    dest = str(results_dir) if publish_runs else None
     bar = tqdm(total=len(todo), desc="runs", disable=not progress_enabled(progress))
-    if workers <= 1:
-        for i in todo:
-            cfg = configs[i]
-            if threads:
-                import torch
-                torch.set_num_threads(threads)
-            out[i] = train(cfg)
-            if publish_runs:
-                publish(cfg, results_dir)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_train_one, asdict(configs[i]), threads or 1): i for i in todo}
-            for f in as_completed(futs):
-                i = futs[f]
-                out[i] = f.result()
-                if publish_runs:
-                    publish(configs[i], results_dir)
+    try:
+        from .cluster import scheduler_address
+        on_cluster = client is not None or scheduler_address(scheduler) is not None
+        in_process = (workers == 1 and client is None and not scheduler) or \
+            (workers is None and len(todo) == 1 and not on_cluster)
+        if in_process:
+            for i in todo:
+                out[i] = _train_one(asdict(configs[i]), threads, dest)
                 bar.update()
-                log.info("finished %s", configs[i].run_name())
-    bar.close()
+        else:
+            _grid_on_dask(configs, todo, out, dest, bar, workers, threads or 1, scheduler, client, retries)
+    finally:
+        bar.close()
     return out
+
+
+def _grid_on_dask(configs, todo, out, dest, bar, workers, threads, scheduler, client, retries) -> None:
+    from distributed import as_completed
+    from .cluster import check_workers, connect
+    own = None
+    if client is None:
+        own = connect(scheduler, n_workers=workers, threads=threads)
+        client = own.client
+        if own.local is not None:
+            log.info("local Dask cluster of %d workers; dashboard %s", own.n_workers(), own.dashboard)
+    futs = {}
+    try:
+        readable = {p for i in todo for p in (configs[i].data_root, configs[i].cache_dir) if p}
+        writable = {str(Path(configs[i].run_dir).parent) for i in todo} | ({dest} if dest else set())
+        check_workers(client, readable, writable)
+        # the key is the run's folder, so two runners on one scheduler share one task instead of training it twice
+        futs = {client.submit(_train_one, asdict(configs[i]), threads, dest, retries=retries,
+                              key=_task_key(configs[i].run_dir)): i
+                for i in todo}
+        for f in as_completed(list(futs), loop=client.loop):
+            i = futs[f]
+            out[i] = f.result()
+            bar.update()
+            left = sum(not g.done() for g in futs)
+            bar.set_postfix(running=min(left, _n_running(client)), left=left, refresh=False)
+            log.info("finished %s (%d left)", configs[i].run_name(), left)
+    except BaseException:  # Ctrl-C, an error: drop what has not run; finished runs are published already
+        if futs:
+            client.cancel(list(futs), force=True)
+        raise
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _task_key(run_dir: str) -> str:
+    import hashlib
+    return f"train-{Path(run_dir).name}-{hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]}"
+
+
+def _n_running(client) -> int:
+    try:
+        return sum(len(v) for v in client.processing().values())
+    except Exception:  # noqa: BLE001 - progress only
+        return 0
 
 
 # ----------------------------------------------------------------------------------------------- reading runs

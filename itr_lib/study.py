@@ -1,6 +1,7 @@
 """The study runner: execute the numbered notebooks in order with papermill, per profile.
 
     python -m itr_lib.study --profile smoke|full [--only 00 02 ...] [-p NAME VALUE ...] [--timeout S]
+                            [--scheduler tcp://HOST:8786] [--workers N]
 
 A profile is ``configs/<profile>.yaml``: a list of notebook executions, each with its parameters. Every
 parameter name is checked against the notebook's ``parameters`` cell (``papermill.inspect_notebook``):
@@ -11,6 +12,11 @@ commit and the time of each execution. An entry with ``workers: N`` executes its
 (separate kernels; give them ``THREADS: 1`` on a small CPU). Training runs inside the notebooks are skipped when already
 finished, so rerunning an interrupted study resumes it.
 
+Everything executes on one Dask cluster (:mod:`itr_lib.cluster`, ``docs/cluster.md``): the notebook executions are
+tasks, and the kernels send their training runs to the same scheduler (``$DASK_SCHEDULER_ADDRESS``). By default a local
+cluster (one worker process per core, one thread each); ``--scheduler ADDRESS`` (or ``$DASK_SCHEDULER_ADDRESS``) runs
+on an existing cluster whose workers share the repository, the data root and the results folder.
+
 ``--retrain GLOB`` calls :func:`itr_lib.runs.retrain`: checkpoints are not committed, so a fresh clone that needs
 them (04_efficiency times the lowest-seed checkpoint of each method, 03 reads two) retrains those runs from the
 configs recorded in ``metrics/<run>.json`` and reports how far the new test mR lies from the recorded one.
@@ -20,8 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -128,9 +134,49 @@ def encrypted_kernel_manager():
     return EncryptedKernelManager
 
 
-def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
-              results_dir: str | Path | None = None, overrides: dict | None = None) -> dict:
+def _execute_notebook(notebook: str, output: str, parameters: dict, timeout: int, scheduler: str) -> float:
+    """Execute one notebook with papermill; the task a Dask worker runs (importable by any worker). The kernel
+    inherits ``$DASK_SCHEDULER_ADDRESS``, so the notebook's training runs go to the same cluster; the task secedes
+    from the worker's thread pool while the notebook runs, so those runs can use every worker."""
+    import os
     import papermill as pm
+    from .cluster import SCHEDULER_ENV
+    os.environ[SCHEDULER_ENV] = scheduler
+    try:
+        from distributed import secede
+        secede()
+    except ValueError:  # not inside a Dask task (called directly)
+        pass
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    pm.execute_notebook(notebook, output, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
+                        execution_timeout=timeout, progress_bar=False, log_output=False,
+                        kernel_manager_class=encrypted_kernel_manager())
+    return time.perf_counter() - t0
+
+
+def shared_paths(todo: list[dict]) -> list[Path]:
+    """The folders every worker must read: the repository and each data root the executions name."""
+    from .data import data_root
+    roots = {REPO_ROOT}
+    for t in todo:
+        root = t["parameters"].get("DATA_ROOT")
+        try:
+            roots.add(data_root(REPO_ROOT / root if root else None))
+        except ValueError:  # missing here too: the notebook reports it with its own fix
+            pass
+    return sorted(roots)
+
+
+def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
+              results_dir: str | Path | None = None, overrides: dict | None = None, scheduler: str | None = None,
+              n_workers: int | None = None, jobqueue: str | None = None, jobs: int = 1) -> dict:
+    """Execute the profile's notebooks on a Dask cluster (:mod:`itr_lib.cluster`): a local one of ``n_workers``
+    processes (default: one per core), the scheduler ``scheduler`` / ``$DASK_SCHEDULER_ADDRESS``, or ``jobs`` Slurm
+    jobs (``jobqueue="slurm"``, :func:`itr_lib.cluster.slurm_cluster`). Before any
+    execution, every worker must see the repository and the data root and be able to write the results folder."""
+    from distributed import as_completed
+    from .cluster import check_workers, connect
     prof = load_profile(profile)
     out_dir = Path(results_dir).resolve() if results_dir else profile_dir(profile_name(profile))
     todo = executions(prof, out_dir, only, overrides)
@@ -142,39 +188,56 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
         return {"planned": [str(t["output"]) for t in todo]}
     timeout = timeout or prof.get("timeout", 3600)
     t_study = time.perf_counter()
-    lock = threading.Lock()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cluster = connect(scheduler, n_workers=n_workers, jobqueue=jobqueue, jobs=jobs)
+    if jobqueue:
+        cluster.client.wait_for_workers(1)
+    try:
+        n = check_workers(cluster.client, readable=shared_paths(todo), writable=[out_dir])
+        where = "local cluster" if cluster.local is not None else f"scheduler {cluster.address}"
+        print(f"[study] {where}: {n} workers; dashboard {cluster.dashboard}", flush=True)
 
-    def execute(t: dict) -> None:
-        t["output"].parent.mkdir(parents=True, exist_ok=True)
-        print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
-        t0 = time.perf_counter()
-        pm.execute_notebook(str(t["notebook"]), str(t["output"]), parameters=t["parameters"],
-                            kernel_name="python3", cwd=str(REPO_ROOT), execution_timeout=timeout,
-                            progress_bar=False, log_output=False, kernel_manager_class=encrypted_kernel_manager())
-        secs = time.perf_counter() - t0
-        with lock:  # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
+        def record(t: dict, secs: float) -> None:
+            # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
             if manifest_path.is_file():
                 manifest["executions"] = {**manifest["executions"], **read_json(manifest_path).get("executions", {})}
             manifest["executions"][t["output"].name] = {"notebook": t["notebook"].name, "parameters": t["parameters"],
                                                          "seconds": round(secs, 1), "git_commit": git_commit(),
                                                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
             write_json(manifest_path, manifest)
-        print(f"[study]   {t['output'].name} done in {secs:.0f}s", flush=True)
+            print(f"[study]   {t['output'].name} done in {secs:.0f}s", flush=True)
 
-    # the runs of one profile entry execute ``workers`` at a time (e.g. 01_train runs side by side, 1 thread each)
-    groups: dict[int, list[dict]] = {}
-    for t in todo:
-        groups.setdefault(t["group"], []).append(t)
-    for items in groups.values():
-        workers = items[0]["workers"]
-        if workers <= 1:
-            for t in items:
-                execute(t)
-        else:
-            from concurrent.futures import ThreadPoolExecutor
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                for f in [pool.submit(execute, t) for t in items]:
-                    f.result()
+        # the executions of one profile entry run ``workers`` at a time (e.g. 01_train runs side by side); entries
+        # run in order, each after the previous one finished (notebooks talk through files)
+        groups: dict[int, list[dict]] = {}
+        for t in todo:
+            groups.setdefault(t["group"], []).append(t)
+        client, futs = cluster.client, {}
+        try:
+            for items in groups.values():
+                queue, window = list(items), max(1, items[0]["workers"])
+                running = as_completed(loop=client.loop)
+
+                def submit() -> None:
+                    t = queue.pop(0)
+                    print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
+                    f = client.submit(_execute_notebook, str(t["notebook"]), str(t["output"]), t["parameters"],
+                                      timeout, cluster.address, key=f"notebook-{t['output'].stem}-{time.time_ns()}",
+                                      retries=1)
+                    futs[f] = t
+                    running.add(f)
+                while queue and running.count() < window:
+                    submit()
+                for f in running:
+                    record(futs.pop(f), f.result())
+                    if queue:
+                        submit()
+        except BaseException:  # Ctrl-C or a failed notebook: cancel what is queued or running
+            if futs:
+                client.cancel(list(futs), force=True)
+            raise
+    finally:
+        cluster.close()
     if manifest_path.is_file():
         manifest["executions"] = {**manifest["executions"], **read_json(manifest_path).get("executions", {})}
     manifest["last_study_seconds"] = round(time.perf_counter() - t_study, 1)
@@ -196,16 +259,28 @@ def main(argv=None) -> int:
     p.add_argument("--retrain", nargs="+", default=None, metavar="GLOB",
                    help="instead of running notebooks: retrain the finished runs matching these run-name globs "
                         "whose checkpoints are missing (e.g. 'rsicd-*-s0-*'), from their recorded configs")
-    p.add_argument("--workers", type=int, default=2, help="with --retrain: runs trained at once (1 thread each)")
+    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on this Dask scheduler (e.g. tcp://host:8786; default: $DASK_SCHEDULER_ADDRESS, else a "
+                        "local cluster); workers must share the repository, data root and results folder "
+                        "(docs/cluster.md)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local cluster: worker processes, 1 thread each (default: one per core)")
+    p.add_argument("--jobqueue", choices=["slurm"], default=None,
+                   help="start the cluster as Slurm jobs through dask-jobqueue (extra 'cluster'; docs/cluster.md)")
+    p.add_argument("--jobs", type=int, default=1, help="with --jobqueue: batch jobs to request")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler's INFO lines drown the study's
+    from .cluster import SCHEDULER_ENV, ClusterError
+    if a.scheduler:  # the notebooks' kernels and --retrain's run_grid find the cluster through the environment
+        os.environ[SCHEDULER_ENV] = a.scheduler
     if a.retrain:
         out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
         from .runs import RunStoreError, retrain
         from .tables import retrain_check
         try:
             rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
-        except RunStoreError as err:
+        except (RunStoreError, ClusterError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         for r in rows:
@@ -221,8 +296,9 @@ def main(argv=None) -> int:
     import yaml
     overrides = {name: yaml.safe_load(value) for name, value in a.param}
     try:
-        res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir, overrides)
-    except StudyError as err:
+        res = run_study(a.profile, a.only, a.timeout, a.dry_run, a.results_dir, overrides, a.scheduler, a.workers,
+                        a.jobqueue, a.jobs)
+    except (StudyError, ClusterError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
