@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plt
+from .backend import plt
 
 
 def _pareto(latency, score):
-    from ..efficiency import pareto_front
+    from ..efficiency.pareto import pareto_front
     return pareto_front(latency, score)
 
 

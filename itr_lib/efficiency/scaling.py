@@ -1,0 +1,251 @@
+"""The scaling study (``scaling.csv``): faiss flat / IVF / HNSW latency and recall@10 against the gallery size on
+grown galleries (:mod:`~itr_lib.efficiency.gallery`), and fine-grained two-stage / exhaustive scoring on galleries
+that repeat the real test gallery (every copy is scored, none skipped). Queries are real caption vectors
+(text-to-image). Each series stops when the next size is predicted to exceed its time budget
+(:func:`~itr_lib.efficiency.series.run_series`)."""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import faiss
+import numpy as np
+import pandas as pd
+import torch
+
+from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery
+from .hardware import flat_floor_ms, roofline_ms
+from .memory import _local_stats, bytes_per_item
+from .methods import _rescore_topk, _score_fn, _take, _to
+from .series import run_series, scaling_sizes
+from .specs import spec_by_label
+from .timing import _median_ms, _sync
+
+
+def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
+                ef_search: int = 128, ef_construction: int = 40, ivf_train_per_list: int = 40, ivf_niter: int = 10,
+                seed: int = 0) -> faiss.Index:
+    """A faiss inner-product index over ``x`` (float32, used as is): ``flat``, ``ivf`` (IndexIVFFlat with
+    :func:`itr_lib.index.default_nlist` lists, ``ivf_niter`` k-means iterations on at most
+    ``ivf_train_per_list * nlist`` sampled points) or ``hnsw`` (IndexHNSWFlat, ``ef_construction``)."""
+    from ..index import default_nlist
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    if kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif kind == "ivf":
+        nlist = nlist or default_nlist(n)
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.max_points_per_centroid = ivf_train_per_list
+        index.cp.niter = ivf_niter
+        index.cp.seed = seed
+        index.train(x)
+        index.nprobe = min(nprobe, nlist)  # (faiss's constructor wrapper keeps the quantizer referenced)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = ef_construction
+        index.hnsw.efSearch = ef_search
+    else:
+        raise ValueError(f"kind must be flat, ivf or hnsw, got {kind!r}")
+    index.add(x)
+    return index
+
+
+def index_series_measure(kind: str, gallery: GrowingGallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
+                         warmup: int = 3, max_seconds: float | None = 30.0, hw: dict | None = None,
+                         index_params: dict | None = None, gt_cache: dict | None = None) -> Callable[[int], dict]:
+    """``measure(n)`` for :func:`run_series`: build a ``kind`` index over ``n`` grown items, time batch-1 searches
+    (median) and one batched search of every query (per query), recall@k of the batched result against exact
+    search (faiss.knn, cached per n in ``gt_cache``)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    params = dict(index_params or {})
+    gt_cache = {} if gt_cache is None else gt_cache
+
+    def measure(n: int) -> dict:
+        x = gallery.get(n)
+        t0 = time.perf_counter()
+        index = build_faiss(kind, x, **params)
+        build_s = time.perf_counter() - t0
+        nq = len(queries)
+        ms, reps = _median_ms(lambda r: index.search(queries[r % nq:r % nq + 1], k), repeats, warmup, max_seconds)
+        t0 = time.perf_counter()
+        _, ids = index.search(queries, k)
+        batched_ms = 1e3 * (time.perf_counter() - t0) / nq
+        if kind == "flat":
+            recall = 1.0
+            gt_cache[n] = ids
+        else:
+            if n not in gt_cache:
+                gt_cache[n] = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+            gt = gt_cache[n]
+            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, gt)]))
+        d = x.shape[1]
+        out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall, "build_s": build_s,
+               "n_repeats": reps, "dim": d, "n_queries_batched": nq}
+        if kind == "ivf":
+            out["params"] = f"nlist={index.nlist} nprobe={index.nprobe}"
+        elif kind == "hnsw":
+            out["params"] = (f"M={params.get('hnsw_m', 32)} efSearch={index.hnsw.efSearch} "
+                             f"efConstruction={index.hnsw.efConstruction}")
+        else:
+            out["params"] = "exact"
+        del index
+        return out
+    return measure
+
+
+@torch.no_grad()
+def fine_series_measure(model, mode: str, img: dict, txt: dict, *, device: str = "cpu", k: int = 10,
+                        k_shortlist: int | None = None, repeats: int = 20, warmup: int = 1,
+                        max_seconds: float | None = 30.0, noise: float = 0.25, seed: int = 0,
+                        n_queries: int = 64, chunk_items: int = 2048) -> Callable[[int], dict]:
+    """``measure(n)`` for fine-grained scoring (text-to-image) over an n-image gallery grown from the real one.
+
+    ``two_stage``: faiss flat over the grown global image vectors (:func:`grow_gallery`), the shortlist's ids map
+    to real items (``id % n0``) whose stored features are re-scored. ``exhaustive``: the query scored against the
+    real gallery repeated to n items (streamed in chunks of ``chunk_items`` = the real gallery tiled), top-k merged.
+    Times are search + re-ranking per query (query encoding excluded: constant in n)."""
+    model.eval()
+    sync = _sync(device)
+    n0 = next(iter(img.values())).shape[0]
+    gal = _to(img, device)
+    nq = min(n_queries, next(iter(txt.values())).shape[0])
+    qs = [_to(_take(txt, torch.tensor([i])), device) for i in range(nq)]
+    score = _score_fn(model)
+    hp = getattr(model, "hp", {}) or {}
+    k_short = int(k_shortlist or hp.get("k_t2i", 100))
+    grower = GrowingGallery(model.image_vectors(img).float().numpy(), noise, seed) if mode == "two_stage" else None
+
+    @torch.no_grad()
+    def measure(n: int) -> dict:
+        if mode == "two_stage":
+            index = build_faiss("flat", grower.get(n))
+            qv = [model.text_vectors(q).float().cpu().numpy() for q in qs]
+
+            def one(r):
+                ids = index.search(qv[r % nq], min(k_short, n))[1]
+                ids = torch.from_numpy(ids % n0).to(device)
+                return _rescore_topk(model, qs[r % nq], gal, ids, "t2i")
+        elif mode == "exhaustive":
+            # stream the gallery in chunks of the real gallery tiled to >= chunk_items (so per-call overhead does not
+            # dominate when the real gallery is small), plus a prefix of the chunk
+            c = min(n, max(n0, chunk_items))
+            chunk = _take(gal, torch.arange(c, device=device) % n0)
+            full, part = divmod(n, c)
+            prefix = _take(chunk, torch.arange(part, device=device)) if part else None
+
+            def one(r):
+                q = qs[r % nq]
+                best = []
+                for _ in range(full):
+                    best.append(torch.topk(score(chunk, q)[:, 0], min(k, c)).values)
+                if prefix is not None:
+                    best.append(torch.topk(score(prefix, q)[:, 0], min(k, part)).values)
+                return torch.topk(torch.cat(best), min(k, n)).values
+        else:
+            raise ValueError(f"mode must be two_stage or exhaustive, got {mode!r}")
+        ms, reps = _median_ms(one, repeats, warmup, max_seconds, sync)
+        return {"ms_per_query": ms, "ms_per_query_batched": np.nan, "recall_at_10": np.nan, "build_s": np.nan,
+                "n_repeats": reps, "params": f"k_shortlist={k_short}" if mode == "two_stage" else "exhaustive"}
+    return measure
+
+
+@torch.no_grad()
+def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple], *, hw: dict,
+                  min_items: int = 1000, max_items: int = 100_000, per_decade: int = 2,
+                  kinds: Sequence[str] = ("flat", "ivf", "hnsw"), budget_s: float = 60.0, repeats: int = 20,
+                  warmup: int = 3, max_seconds: float | None = 30.0, noise: float = 0.25, seed: int = 0,
+                  n_queries: int = 100, index_params: dict | None = None, device: str = "cpu",
+                  max_memory_gb: float | None = None, k: int = 10) -> pd.DataFrame:
+    """The scaling table (``scaling.csv``): latency (and recall@10 of approximate indexes) against gallery size.
+
+    ``vec_model_entry``: ``(label, model, (img, txt))`` of a vector model whose image vectors seed the grown
+    galleries and whose caption vectors are the queries; ``fine_entries``: ``{series name: (mode, model,
+    (img, txt), stored keys)}`` for fine-grained two-stage / exhaustive series (:func:`fine_entries_from`).
+    Each series has ``budget_s`` seconds."""
+    sizes = scaling_sizes(min_items, max_items, per_decade)
+    mem_limit = (max_memory_gb * 2 ** 30) if max_memory_gb else _available_memory() * 0.6
+    parts = []
+    if vec_model_entry is not None:
+        label, model, (img, txt) = vec_model_entry
+        base = model.image_vectors(img).float().numpy()
+        queries = model.text_vectors(txt).float().numpy()
+        rng = np.random.default_rng(seed)
+        queries = queries[np.sort(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False))]
+        gallery = GrowingGallery(base, noise, seed)
+        d = base.shape[1]
+        gt: dict = {}
+        copies = {"flat": 3, "ivf": 3, "hnsw": 3.5}  # gallery + index (+ graph) + growth temporaries
+        for kind in kinds:
+            meas = index_series_measure(kind, gallery, queries, k=k, repeats=repeats, warmup=warmup,
+                                        max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt)
+            s = run_series(kind, sizes, meas, budget_s=budget_s,
+                           fits=lambda n, kind=kind: n * d * 4 * copies[kind] < mem_limit)
+            if s.empty:
+                continue
+            s["dim"] = d
+            s["floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
+            s["floor_ms_batched"] = [flat_floor_ms(n, d, hw, len(queries)) for n in s.n_items]
+            s["embeddings"] = label
+            s["gallery"] = SCALING_GALLERY_METHOD.format(noise=noise, seed=seed)
+            parts.append(s)
+    for name, (mode, model, (img, txt), stored) in fine_entries.items():
+        meas = fine_series_measure(model, mode, img, txt, device=device, k=k, repeats=repeats, warmup=min(warmup, 1),
+                                   max_seconds=max_seconds, noise=noise, seed=seed)
+        s = run_series(name, sizes, meas, budget_s=budget_s)
+        if s.empty:
+            continue
+        positions, dim = _local_stats(img, stored)
+        words, _ = _local_stats(txt, stored)
+        per_item = bytes_per_item(img, stored)
+        if mode == "exhaustive":
+            s["floor_ms"] = [roofline_ms(n * per_item, n * 2.0 * positions * words * dim, hw) for n in s.n_items]
+        else:
+            gd = model.image_vectors(img).shape[1]
+            ks = int((getattr(model, "hp", {}) or {}).get("k_t2i", 100))
+            s["floor_ms"] = [roofline_ms(n * gd * 4.0 + ks * per_item,
+                                         2.0 * n * gd + ks * 2.0 * positions * words * dim, hw) for n in s.n_items]
+        s["dim"] = dim
+        s["embeddings"] = name
+        s["gallery"] = FINE_GALLERY_METHOD + ("" if mode == "exhaustive" else
+                                               "; global vectors grown as " +
+                                               SCALING_GALLERY_METHOD.format(noise=noise, seed=seed))
+        parts.append(s)
+    if not parts:
+        return pd.DataFrame(columns=["index", "n_items", "ms_per_query", "recall_at_10", "floor_ms", "extrapolated"])
+    out = pd.concat(parts, ignore_index=True)
+    out["vs_floor"] = out.ms_per_query / out.floor_ms
+    first = ["index", "n_items", "ms_per_query", "recall_at_10", "floor_ms", "extrapolated"]
+    return out[first + [c for c in out.columns if c not in first]]
+
+
+VECTOR_SEED_ORDER = ("baseline", "SelfAlign", "ALADIN matching", "TGDT global")
+FINE_SERIES = ("TGDT two-stage", "MrSw exhaustive", "SCAN (cross-attention)")
+
+
+def scaling_entries(models: dict, fine: Sequence[str] = FINE_SERIES,
+                    vector_order: Sequence[str] = VECTOR_SEED_ORDER) -> tuple[tuple | None, dict]:
+    """From :attr:`DatasetResult.models` (label -> (model, cfg, data, encoded)): the vector model seeding the
+    grown galleries (first of ``vector_order`` that was measured) and the fine-grained series of ``fine``
+    (labels of :data:`METHODS` in two_stage or exhaustive mode) that have a model."""
+    vec = next(((lab, models[lab][0], models[lab][3]) for lab in vector_order if lab in models), None)
+    fine_entries = {}
+    for lab in fine:
+        spec = spec_by_label(lab)
+        if spec.mode == "vector":
+            raise ValueError(f"{lab!r} is a vector method; the fine-grained series take two_stage/exhaustive ones")
+        if lab in models:
+            model, _, _, enc = models[lab]
+            fine_entries[lab] = (spec.mode, model, enc, spec.stored)
+    return vec, fine_entries
+
+
+def _available_memory() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+

@@ -1,0 +1,86 @@
+"""The issue's efficiency targets, checked against the measurements (``efficiency_targets.csv``)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_items: int = 1_000_000) -> pd.DataFrame:
+    """The issue's targets, evaluated on the measurements (``holds`` True / False, or None when not measured):
+    independent embeddings >= 100x faster than exhaustive fine-grained scoring and >= 1000x faster than cross
+    attention (per query, batch 1, mean of both directions); exact flat search within 2x of the bandwidth floor at
+    ``at_items``; an approximate index at ``at_items`` >= 10x faster than flat with recall@10 >= 0.95; TGDT
+    two-stage within 5x of global-only latency."""
+    rows = []
+
+    def add(target, holds, value, detail):
+        rows.append({"target": target, "holds": holds, "value": value, "detail": detail})
+    t = table if table is not None else pd.DataFrame(columns=["method", "family", "ms_per_query"])
+    indep = t[t.family == "independent"] if "family" in t else t.iloc[0:0]
+    for ref_family, factor, name in (("exhaustive", 100, "exhaustive fine-grained scoring (MrSw)"),
+                                     ("cross-attention", 1000, "cross-attention (SCAN)")):
+        ref = t[t.family == ref_family] if "family" in t else t.iloc[0:0]
+        if ref_family == "exhaustive" and (ref.method == "MrSw exhaustive").any():
+            ref = ref[ref.method == "MrSw exhaustive"]  # METHODS.md's exhaustive reference; else any exhaustive row
+        target = f"independent embeddings >= {factor}x faster per query than {name}"
+        if indep.empty or ref.empty:
+            add(target, None, np.nan, "not measured (missing runs)")
+            continue
+        pairs = []
+        for _, a in indep.iterrows():
+            for _, b in ref.iterrows():
+                search_only = np.nan
+                if {"search_ms_t2i", "search_ms_i2t"} <= set(t.columns):
+                    search_only = _search_rerank_ms(b) / _search_rerank_ms(a)
+                pairs.append((a.method, b.method, b.ms_per_query / a.ms_per_query, search_only))
+        worst = min(pairs, key=lambda p: p[2])
+        add(target, bool(worst[2] >= factor), worst[2],
+            "; ".join(f"{a} vs {b}: {s:.0f}x" + (f" (search alone {so:.0f}x)" if np.isfinite(so) else "")
+                      for a, b, s, so in pairs))
+    s = scaling if scaling is not None else pd.DataFrame(columns=["index", "n_items", "extrapolated"])
+    big = s[(s.n_items >= at_items) & ~s.extrapolated.astype(bool)] if not s.empty else s
+    flat = big[big["index"] == "flat"]
+    target = f"exact flat search within 2x of the bandwidth floor at {at_items:,} items"
+    if flat.empty:
+        add(target, None, np.nan, f"flat not measured at {at_items:,} items")
+    else:
+        r = flat.iloc[0]
+        add(target, bool(r.ms_per_query <= 2 * r.floor_ms), r.ms_per_query / r.floor_ms,
+            f"{r.ms_per_query:.2f} ms vs floor {r.floor_ms:.2f} ms")
+    target = f"approximate index at {at_items:,} items >= 10x faster than flat with recall@10 >= 0.95"
+    approx = big[big["index"].isin(["ivf", "hnsw"])]
+    if flat.empty or approx.empty:
+        add(target, None, np.nan, "flat or approximate index not measured at that size")
+    else:
+        f_ms = flat.iloc[0].ms_per_query
+        res = [(r["index"], f_ms / r.ms_per_query, r.recall_at_10) for _, r in approx.iterrows()]
+        ok = [x for x in res if x[1] >= 10 and x[2] >= 0.95]
+        best = max(res, key=lambda x: (x[1] >= 10 and x[2] >= 0.95, x[1]))
+        add(target, bool(ok), best[1], "; ".join(f"{i}: {sp:.1f}x faster, recall@10 {rc:.3f}" for i, sp, rc in res))
+    target = "TGDT two-stage within 5x of global-only latency"
+    two, glob = t[t.method == "TGDT two-stage"], t[t.method == "TGDT global"]
+    if two.empty or glob.empty:
+        add(target, None, np.nan, "TGDT not measured")
+    else:
+        ratio = float(two.ms_per_query.iloc[0] / glob.ms_per_query.iloc[0])
+        add(target, bool(ratio <= 5), ratio,
+            f"{two.ms_per_query.iloc[0]:.3f} vs {glob.ms_per_query.iloc[0]:.3f} ms/query")
+    return pd.DataFrame(rows)
+
+
+def _search_rerank_ms(row) -> float:
+    """Search + re-ranking ms per query (batch 1), mean of both directions (query encoding left out)."""
+    return float(np.nanmean([row.search_ms_t2i + row.get("rerank_ms_t2i", 0),
+                             row.search_ms_i2t + row.get("rerank_ms_i2t", 0)]))
+
+
+def format_targets(targets: pd.DataFrame) -> str:
+    """One line per target: PASS / FAIL / N/A, the target, the evidence."""
+    lines = []
+    for _, r in targets.iterrows():
+        tag = "N/A " if r.holds is None or (isinstance(r.holds, float) and np.isnan(r.holds)) else \
+            ("PASS" if r.holds else "FAIL")
+        lines.append(f"{tag}  {r.target}: {r.detail}")
+    return "\n".join(lines)
+
+
