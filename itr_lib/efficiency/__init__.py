@@ -23,13 +23,12 @@ Memory per gallery item (``bytes_per_item``): what a deployment keeps for each g
 one retrieval vector (4 * dim bytes) for vector search; every valid region / word feature for fine-grained scoring
 (4 * 49 * dim for a 7x7-region image), plus the global vector for TGDT. Masks (one length per item) are ignored.
 
-The floor (``measure_hardware``, ``roofline_ms``): the memory bandwidth of a large single-threaded numpy copy
-((bytes read + bytes written) / time, best of repeats; batch 1, where faiss reads the gallery on one thread; the
-same copy on all threads for batches) and the float32 GEMM rate (best of torch and numpy). Galleries that fit in
-the last-level cache can be searched faster than this DRAM floor (small galleries, repeated queries).
-The lowest possible time of a search that reads ``B`` gallery bytes and does ``F`` FLOPs per query, for a batch of
-``q`` queries sharing one pass over the gallery, is ``max(B / bandwidth / q, F / rate)`` per query; for an exact
-flat search ``B = 4 N d`` and ``F = 2 N d``. Every measured search is reported as a multiple of its floor.
+The floor (:mod:`.hardware`): bytes read / the read bandwidth of a streaming reduction over an array of the same
+size (a gallery in cache is held to the cache's bandwidth, a large one to DRAM's; one thread for batch 1, all threads
+for a batch), or FLOPs / the float32 GEMM rate, whichever is larger: ``max(B / bandwidth(B) / q, F / rate)`` per
+query for ``q`` queries sharing one pass. Exact flat search: ``B = 4 N d``, ``F = 2 N d``; IVF / HNSW: the vectors
+the search compared (faiss's statistics) instead of ``N``. Every measured search is reported as a multiple of its
+floor, and ``check_targets`` reports any that ran below it.
 
 Scaling (``scaling_study``): galleries from ``min`` to ``max`` items grown from the real test embeddings: the first
 ``n0`` rows are the real vectors, every further row a copy of real row ``j % n0`` plus Gaussian noise of norm

@@ -110,7 +110,8 @@ def benchmark_dataset(runs: pd.DataFrame, dataset: str, results_dir: str | os.Pa
         if not below.empty:
             notes.append(f"{dataset}: {len(below)} measured searches ran faster than their floor "
                          f"({', '.join(sorted(set(below.method)))}): the hardware measurement underestimates this "
-                         f"machine (a loaded machine, or copy / GEMM sizes too small); rerun on a quiet machine")
+                         f"machine (read bandwidth or GEMM rate measured while the machine was loaded); "
+                         f"rerun on a quiet machine")
     result = DatasetResult(table, pd.concat(details, ignore_index=True) if details else pd.DataFrame(), notes)
     if keep_models:
         for spec in specs:

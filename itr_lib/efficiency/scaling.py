@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery
-from .hardware import flat_floor_ms, roofline_ms
+from .hardware import ensure_read_bandwidth, flat_floor_ms, read_bandwidth, roofline_ms
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _take, _to
 from .series import run_series, scaling_sizes
@@ -53,6 +53,27 @@ def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: i
     return index
 
 
+def _distances_per_query(kind: str, index, n: int, nq: int) -> float:
+    """Gallery vectors a search compared each query with (read from faiss's statistics after a search of ``nq``
+    queries): all ``n`` for flat, the probed lists' items plus the ``nlist`` centroids for IVF, the visited graph
+    nodes for HNSW. The floor of an index reads at least these vectors."""
+    if kind == "flat":
+        return float(n)
+    if kind == "hnsw":
+        return faiss.cvar.hnsw_stats.ndis / nq
+    return faiss.cvar.indexIVF_stats.ndis / nq + faiss.extract_index_ivf(index).nlist
+
+
+def index_floor_ms(row, hw: dict, batch: int = 1) -> float:
+    """Floor of one row of an index series: ``dist_per_query`` vectors of ``dim`` float32 read (at the read
+    bandwidth of that many bytes) and multiplied, per query (:func:`~itr_lib.efficiency.hardware.flat_floor_ms`);
+    extrapolated flat rows use ``n_items``, extrapolated approximate rows have none (NaN)."""
+    items = row.get("dist_per_query", np.nan)
+    if not np.isfinite(items) and row["index"] == "flat":
+        items = row["n_items"]
+    return flat_floor_ms(items, int(row["dim"]), hw, batch) if np.isfinite(items) else np.nan
+
+
 def index_series_measure(kind: str, gallery: GrowingGallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
                          warmup: int = 3, max_seconds: float | None = 30.0, hw: dict | None = None,
                          index_params: dict | None = None, gt_cache: dict | None = None) -> Callable[[int], dict]:
@@ -70,9 +91,12 @@ def index_series_measure(kind: str, gallery: GrowingGallery, queries: np.ndarray
         build_s = time.perf_counter() - t0
         nq = len(queries)
         ms, reps = _median_ms(lambda r: index.search(queries[r % nq:r % nq + 1], k), repeats, warmup, max_seconds)
+        faiss.cvar.indexIVF_stats.reset()
+        faiss.cvar.hnsw_stats.reset()
         t0 = time.perf_counter()
         _, ids = index.search(queries, k)
         batched_ms = 1e3 * (time.perf_counter() - t0) / nq
+        dist = _distances_per_query(kind, index, n, nq)
         if kind == "flat":
             recall = 1.0
             gt_cache[n] = ids
@@ -83,7 +107,7 @@ def index_series_measure(kind: str, gallery: GrowingGallery, queries: np.ndarray
             recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, gt)]))
         d = x.shape[1]
         out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall, "build_s": build_s,
-               "n_repeats": reps, "dim": d, "n_queries_batched": nq}
+               "n_repeats": reps, "dim": d, "n_queries_batched": nq, "dist_per_query": dist}
         if kind == "ivf":
             out["params"] = f"nlist={index.nlist} nprobe={index.nprobe}"
         elif kind == "hnsw":
@@ -186,8 +210,11 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
             if s.empty:
                 continue
             s["dim"] = d
-            s["floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
-            s["floor_ms_batched"] = [flat_floor_ms(n, d, hw, len(queries)) for n in s.n_items]
+            ensure_read_bandwidth(hw, [n * d * 4 for n in s.n_items[~s.extrapolated.astype(bool)]])
+            s["floor_ms"] = [index_floor_ms(r, hw, 1) for _, r in s.iterrows()]
+            s["floor_ms_batched"] = [index_floor_ms(r, hw, len(queries)) for _, r in s.iterrows()]
+            s["flat_floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
+            s["read_gb_s"] = [read_bandwidth(hw, n * d * 4, 1) / 1e9 for n in s.n_items]
             s["embeddings"] = label
             s["gallery"] = SCALING_GALLERY_METHOD.format(noise=noise, seed=seed)
             parts.append(s)
@@ -200,6 +227,7 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
         positions, dim = _local_stats(img, stored)
         words, _ = _local_stats(txt, stored)
         per_item = bytes_per_item(img, stored)
+        ensure_read_bandwidth(hw, [n * per_item for n in s.n_items[~s.extrapolated.astype(bool)]])
         if mode == "exhaustive":
             s["floor_ms"] = [roofline_ms(n * per_item, n * 2.0 * positions * words * dim, hw) for n in s.n_items]
         else:

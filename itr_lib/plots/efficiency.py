@@ -60,7 +60,7 @@ def scaling_figure(df: pd.DataFrame):
             ax.plot(join.n_items, join.ms_per_query, "--", color=c, alpha=0.8)
             ax.plot(ext.n_items, ext.ms_per_query, "x", color=c)
         if name == "flat":
-            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (bandwidth)")
+            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (read bandwidth)")
         if g.recall_at_10.notna().any() and name != "flat":
             ax2.plot(meas.n_items, meas.recall_at_10, "o-", color=c, label=name)
     ax.set_xscale("log")
