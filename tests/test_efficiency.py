@@ -363,7 +363,8 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
             "DATASETS": ["mini"], "SCALING_DATASET": "mini", "REPEATS": 2, "WARMUP": 0, "BATCH_SIZE": 4,
             "BANDWIDTH_MB": 16, "GEMM_N": 128, "MIN_GALLERY": 500, "MAX_GALLERY": 4000, "SIZES_PER_DECADE": 1,
             "SCALING_BUDGET_S": 2.0, "RECALL_QUERIES": 5, "MAX_MEASURE_S": 1.0, "EVAL_MISSING_MR": True,
-            "SCALING_FINE": ["TGDT two-stage", "MrSw exhaustive"]}}]}))
+            "SCALING_FINE": ["TGDT two-stage", "MrSw exhaustive"], "FIT_DATASETS": ["mini"],
+            "FIT_SPLITS": ["train", "val", "test"]}}]}))
     run_study(str(profile), results_dir=out)
     t = pd.read_csv(out / "tables" / "efficiency_mini.csv")
     assert list(t.columns[:6]) == ["method", "ms_per_query_t2i", "ms_per_query_i2t", "bytes_per_item",
@@ -379,6 +380,11 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     assert list(s.columns[:6]) == ["index", "n_items", "ms_per_query", "recall_at_10", "floor_ms", "extrapolated"]
     assert {"flat", "ivf", "hnsw", "TGDT two-stage", "MrSw exhaustive"} <= set(s["index"])
     assert set(s.n_items) == {500, 4000} or set(s.n_items) >= {500, 4000}
-    for f in ("efficiency_frontier_mini.png", "efficiency_scaling.png"):
+    assert set(s.gallery_kind.dropna()) == {"synthetic", "tiled"}
+    assert s[s.gallery_kind == "synthetic"].gallery.str.contains("mini/train").all()  # fitted on the listed splits
+    check = pd.read_csv(out / "tables" / "synthetic_gallery_check.csv")
+    assert set(zip(check["sample"], check.kind)) == {(a, b) for a in ("synthetic", "tiled") for b in ("to_real", "within")}
+    assert check.ks_statistic.between(0, 1).all()
+    for f in ("efficiency_frontier_mini.png", "efficiency_scaling.png", "efficiency_synthetic_gallery.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     assert (out / "tables" / "efficiency_targets.csv").is_file()

@@ -49,9 +49,10 @@ from __future__ import annotations
 
 from ..runs import find_runs, mode_mr, select_runs
 from .benchmark import (TABLE_COLUMNS, DatasetResult, benchmark_dataset, evaluate_modes, load_run_model,
-                        load_test_split, speedup_table)
+                        load_test_split, real_image_vectors, speedup_table)
 from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery, grow_gallery
-from .hardware import flat_floor_ms, measure_hardware, roofline_ms, set_threads
+from .hardware import (ensure_read_bandwidth, flat_floor_ms, measure_hardware, measure_read_bandwidth, read_bandwidth,
+                       roofline_ms, set_threads)
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _search_floor, _take, _to, encode_gallery, measure_method
 from .pareto import pareto_front
@@ -59,7 +60,8 @@ from .scaling import (FINE_SERIES, VECTOR_SEED_ORDER, build_faiss, fine_series_m
                       scaling_entries, scaling_study)
 from .series import extrapolate, fit_loglog, run_series, scaling_sizes
 from .specs import DIRECTIONS, METHODS, MODES, MethodSpec, spec_by_label
-from .targets import check_targets, format_targets
+from .synthetic import EmbeddingMixture, SyntheticGallery, nn_distance_check, nn_distances
+from .targets import check_targets, format_targets, primary_gallery
 from .timing import _median_ms, _sync, time_phases
 
 __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "measure_hardware", "roofline_ms",
@@ -68,4 +70,6 @@ __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "mea
            "TABLE_COLUMNS", "pareto_front", "scaling_sizes", "grow_gallery", "GrowingGallery", "fit_loglog",
            "extrapolate", "run_series", "build_faiss", "index_series_measure", "fine_series_measure",
            "scaling_study", "check_targets", "format_targets", "set_threads", "time_phases", "scaling_entries",
-           "DatasetResult", "SCALING_GALLERY_METHOD", "FINE_GALLERY_METHOD", "VECTOR_SEED_ORDER", "FINE_SERIES"]
+           "DatasetResult", "SCALING_GALLERY_METHOD", "FINE_GALLERY_METHOD", "VECTOR_SEED_ORDER", "FINE_SERIES",
+           "real_image_vectors", "EmbeddingMixture", "SyntheticGallery", "nn_distance_check", "nn_distances",
+           "primary_gallery", "ensure_read_bandwidth", "read_bandwidth", "measure_read_bandwidth"]

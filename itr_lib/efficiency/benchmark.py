@@ -3,6 +3,8 @@
 reference."""
 from __future__ import annotations
 
+import copy
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,11 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from ..io import read_json, write_json
 from ..runs import mode_mr, select_runs
 from .methods import encode_gallery, measure_method
 from .specs import DIRECTIONS, METHODS, MethodSpec
+
+log = logging.getLogger(__name__)
 
 
 def evaluate_modes(checkpoint: str, modes: Sequence[str], cache_path: Path, device: str = "cpu",
@@ -43,6 +48,33 @@ def load_run_model(checkpoint: str, device: str = "cpu", data_root: str | None =
     if cache_dir:
         cfg.cache_dir = cache_dir
     return model, cfg
+
+
+@torch.no_grad()
+def real_image_vectors(model, cfg, datasets: Sequence[str], splits: Sequence[str] = ("train", "test"),
+                       device: str = "cpu", batch_size: int = 256) -> tuple[np.ndarray | None, list[str]]:
+    """The retrieval vectors ``model`` gives every image of ``splits`` of ``datasets`` (their cached frozen
+    features, through the run's config with the dataset swapped): the real embeddings a synthetic gallery is fitted
+    on. A dataset / split whose data or features are missing is skipped (logged). Returns (vectors or None when
+    nothing was found, the ``dataset/split (n)`` parts used)."""
+    from ..splits import load_split_tensors
+    model.eval()
+    parts, used = [], []
+    for ds in datasets:
+        for split in splits:
+            c = copy.copy(cfg)
+            c.dataset = ds
+            try:
+                data = load_split_tensors(c, split)
+            except (OSError, ValueError) as e:  # DataError / CacheError are ValueErrors
+                log.warning("real embeddings: %s/%s skipped (%s)", ds, split, str(e).splitlines()[0])
+                continue
+            for a in range(0, data.n_images, batch_size):
+                regions, mask = data.image_batch(torch.arange(a, min(a + batch_size, data.n_images)))
+                out = model.encode_images(regions.to(device), mask.to(device))
+                parts.append(model.image_vectors(out).float().cpu().numpy())
+            used.append(f"{ds}/{split} ({data.n_images})")
+    return (np.concatenate(parts) if parts else None), used
 
 
 def load_test_split(cfg, split: str = "test"):

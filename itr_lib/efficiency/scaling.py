@@ -20,6 +20,7 @@ from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _take, _to
 from .series import run_series, scaling_sizes
 from .specs import spec_by_label
+from .synthetic import EmbeddingMixture, SyntheticGallery
 from .timing import _median_ms, _sync
 
 
@@ -74,7 +75,7 @@ def index_floor_ms(row, hw: dict, batch: int = 1) -> float:
     return flat_floor_ms(items, int(row["dim"]), hw, batch) if np.isfinite(items) else np.nan
 
 
-def index_series_measure(kind: str, gallery: GrowingGallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
+def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
                          warmup: int = 3, max_seconds: float | None = 30.0, hw: dict | None = None,
                          index_params: dict | None = None, gt_cache: dict | None = None) -> Callable[[int], dict]:
     """``measure(n)`` for :func:`run_series`: build a ``kind`` index over ``n`` grown items, time batch-1 searches
@@ -182,27 +183,46 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                   kinds: Sequence[str] = ("flat", "ivf", "hnsw"), budget_s: float = 60.0, repeats: int = 20,
                   warmup: int = 3, max_seconds: float | None = 30.0, noise: float = 0.25, seed: int = 0,
                   n_queries: int = 100, index_params: dict | None = None, device: str = "cpu",
-                  max_memory_gb: float | None = None, k: int = 10) -> pd.DataFrame:
+                  max_memory_gb: float | None = None, k: int = 10, galleries: Sequence[str] = ("synthetic",),
+                  fit_vectors: np.ndarray | None = None, fit_source: str = "the seed vectors",
+                  mixture_kw: dict | None = None) -> pd.DataFrame:
     """The scaling table (``scaling.csv``): latency (and recall@10 of approximate indexes) against gallery size.
 
     ``vec_model_entry``: ``(label, model, (img, txt))`` of a vector model whose image vectors seed the grown
     galleries and whose caption vectors are the queries; ``fine_entries``: ``{series name: (mode, model,
     (img, txt), stored keys)}`` for fine-grained two-stage / exhaustive series (:func:`fine_entries_from`).
-    Each series has ``budget_s`` seconds."""
+    Each series has ``budget_s`` seconds.
+
+    ``galleries``: how the vector galleries grow past the real items, each a labelled set of series (column
+    ``gallery_kind``; the first is the one the targets read): ``"synthetic"`` samples a mixture fitted to
+    ``fit_vectors`` (default: the seed vectors; :class:`~itr_lib.efficiency.synthetic.SyntheticGallery`),
+    ``"tiled"`` adds noisy copies of the seed vectors (:func:`~itr_lib.efficiency.gallery.grow_gallery`, the
+    pre-issue-18 gallery, kept as a comparison)."""
+    bad = set(galleries) - {"synthetic", "tiled"}
+    if bad or not galleries:
+        raise ValueError(f"galleries must name 'synthetic' and/or 'tiled', got {list(galleries)}")
     sizes = scaling_sizes(min_items, max_items, per_decade)
     mem_limit = (max_memory_gb * 2 ** 30) if max_memory_gb else _available_memory() * 0.6
-    parts = []
+    parts, grown = [], {}
     if vec_model_entry is not None:
         label, model, (img, txt) = vec_model_entry
         base = model.image_vectors(img).float().numpy()
         queries = model.text_vectors(txt).float().numpy()
         rng = np.random.default_rng(seed)
         queries = queries[np.sort(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False))]
-        gallery = GrowingGallery(base, noise, seed)
         d = base.shape[1]
-        gt: dict = {}
-        copies = {"flat": 3, "ivf": 3, "hnsw": 3.5}  # gallery + index (+ graph) + growth temporaries
-        for kind in kinds:
+        copies = {"flat": 3, "ivf": 3, "ivfpq": 2.5, "hnsw": 3.5}  # gallery + index (+ graph) + growth temporaries
+        for gkind, kind in [(g, kk) for g in galleries for kk in kinds]:
+            if gkind not in grown:
+                grown.clear()  # one grown gallery in memory at a time
+                if gkind == "synthetic":
+                    mix = EmbeddingMixture(base if fit_vectors is None else fit_vectors, seed=seed,
+                                           **(mixture_kw or {}))
+                    grown[gkind] = (SyntheticGallery(base, mix, seed), mix.describe(fit_source), {})
+                else:
+                    grown[gkind] = (GrowingGallery(base, noise, seed),
+                                    SCALING_GALLERY_METHOD.format(noise=noise, seed=seed), {})
+            gallery, described, gt = grown[gkind]
             meas = index_series_measure(kind, gallery, queries, k=k, repeats=repeats, warmup=warmup,
                                         max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt)
             s = run_series(kind, sizes, meas, budget_s=budget_s,
@@ -216,7 +236,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
             s["flat_floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
             s["read_gb_s"] = [read_bandwidth(hw, n * d * 4, 1) / 1e9 for n in s.n_items]
             s["embeddings"] = label
-            s["gallery"] = SCALING_GALLERY_METHOD.format(noise=noise, seed=seed)
+            s["gallery_kind"] = gkind
+            s["gallery"] = described
             parts.append(s)
     for name, (mode, model, (img, txt), stored) in fine_entries.items():
         meas = fine_series_measure(model, mode, img, txt, device=device, k=k, repeats=repeats, warmup=min(warmup, 1),
