@@ -260,7 +260,8 @@ def test_check_targets_pass_fail_and_na():
     t = eff.check_targets(table, scaling).set_index("target")
     holds = list(t.holds)
     # 500x, 2000x, 1.5x floor, ivf 30x @ .97, 10x > 5x, ivf and hnsw below the flat floor they were given
-    assert holds == [True, True, True, True, False, False]
+    assert holds[:5] == [True, True, True, True, False] and holds[5] is None and holds[6] is False
+    assert "not both measured at 10,000,000" in t.detail.iloc[5]
     assert t.value.iloc[-1] == 1  # hnsw is extrapolated: not a measured search
     scaling["floor_ms"] = [200.0, 5.0, 5.0]
     t = eff.check_targets(table, scaling)
@@ -381,6 +382,9 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     assert {"flat", "ivf", "hnsw", "TGDT two-stage", "MrSw exhaustive"} <= set(s["index"])
     assert set(s.n_items) == {500, 4000} or set(s.n_items) >= {500, 4000}
     assert set(s.gallery_kind.dropna()) == {"synthetic", "tiled"}
+    assert {"ivfpq", "tuned_value", "bytes_per_item", "floor_bytes"} <= set(s["index"]) | set(s.columns)
+    sw = pd.read_csv(out / "tables" / "scaling_sweeps.csv")
+    assert set(sw["index"]) <= {"ivf", "ivfpq", "hnsw"} and sw.recall_at_10.between(0, 1).all() and len(sw) > 0
     assert s[s.gallery_kind == "synthetic"].gallery.str.contains("mini/train").all()  # fitted on the listed splits
     check = pd.read_csv(out / "tables" / "synthetic_gallery_check.csv")
     assert set(zip(check["sample"], check.kind)) == {(a, b) for a in ("synthetic", "tiled") for b in ("to_real", "within")}

@@ -1,7 +1,11 @@
 """The synthetic gallery (itr_lib.efficiency.synthetic): sampled items have the real data's nearest-neighbour
 distances (two-sample KS statistic on held-out data) where the tiled gallery's do not, galleries are prefixes of
 larger ones, and bad input is refused with a clear message."""
+import io
+
+import faiss
 import numpy as np
+import pandas as pd
 import pytest
 
 from itr_lib import efficiency as eff
@@ -98,3 +102,60 @@ def test_scaling_study_grows_a_synthetic_gallery_and_labels_the_tiled_comparison
     assert len(eff.primary_gallery(s)) == len(s) // 2 and set(eff.primary_gallery(s).gallery_kind) == {"synthetic"}
     with pytest.raises(ValueError, match="galleries"):
         eff.scaling_study(None, {}, hw=hw, galleries=("copies",))
+
+
+# ----------------------------------------------------------------------------------------------- tuning sweep
+def _naive_topk(q: np.ndarray, x: np.ndarray, k: int = 10) -> np.ndarray:
+    return np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
+def test_sweep_picks_the_smallest_parameter_reaching_the_target(kind):
+    from itr_lib.efficiency import indexes
+    x = mixture_data(n=6000, d=32, k=20)
+    q = mixture_data(n=60, d=32, k=20, seed=5)
+    gt = _naive_topk(q, x)
+    index = eff.build_faiss(kind, x, nlist=64, hnsw_m=8, ef_construction=20, pq_m=16)
+    chosen, curve = eff.tune_search_param(kind, index, q, gt, target=0.9)
+    left = faiss.extract_index_ivf(index).nprobe if kind != "hnsw" else index.hnsw.efSearch
+    assert left == chosen                                  # the index is left at the chosen value
+    # naive reference: recall of every value, computed independently of the sweep
+    values = indexes.default_sweep(kind, index)
+    ref = {}
+    for v in values:
+        indexes.set_search_param(kind, index, v)
+        ids = index.search(q, 10)[1]
+        ref[v] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, gt)])
+    reaching = [v for v in values if ref[v] >= 0.9]
+    if reaching:
+        assert chosen == reaching[0]
+        assert curve.value.max() == chosen                 # the sweep stops at the first value reaching it
+    else:
+        assert chosen == max(ref, key=ref.get)
+    for _, r in curve.iterrows():
+        assert r.recall_at_10 == pytest.approx(ref[int(r.value)])
+
+
+def test_index_series_tunes_and_reports_floor_work_and_bytes():
+    from itr_lib.efficiency import indexes
+    x = mixture_data(n=300, d=32, k=10)
+    gal = eff.GrowingGallery(x, noise=0.3)
+    q = mixture_data(n=30, d=32, k=10, seed=3)
+    hw = {"gemm_flops_per_s": 1e12, "read_bandwidth": [{"bytes": 1, "bw_1t": 1e10, "bw_mt": 1e10}]}
+    gt = {}
+    rows = {kind: eff.index_series_measure(kind, gal, q, repeats=2, warmup=0, gt_cache=gt, target_recall=0.95,
+                                           index_params={"nlist": 32, "pq_m": 8})(4000)
+            for kind in ("flat", "ivf", "ivfpq", "hnsw")}
+    assert rows["flat"]["dist_per_query"] == 4000 and rows["flat"]["floor_bytes"] == 4000 * 32 * 4
+    assert rows["flat"]["bytes_per_item"] == 128 and rows["ivfpq"]["bytes_per_item"] < 128 / 4 + 8 + 1
+    assert rows["hnsw"]["bytes_per_item"] > 128
+    for kind in ("ivf", "ivfpq", "hnsw"):
+        r = rows[kind]
+        curve = pd.read_json(io.StringIO(r["sweep"]))
+        if curve.recall_at_10.max() >= 0.95:
+            assert r["tuned_value"] == curve.value.iloc[-1] and r["recall_at_10"] >= 0.95 - 1e-9
+        else:
+            assert r["tuned_value"] == curve.value[curve.recall_at_10.idxmax()]
+        assert 0 < r["dist_per_query"] < 4000 + 32 + 1
+        floor = indexes.index_floor_ms({"index": kind, **r, "n_items": 4000}, hw)
+        assert floor == pytest.approx(1e3 * max(r["floor_bytes"] / 1e10, r["floor_flops"] / 1e12))

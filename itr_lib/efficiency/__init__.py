@@ -41,7 +41,9 @@ budget; the remaining sizes are extrapolated with the log-log slope fitted to th
 
 Modules (one concern each; imports run one way, leaves first): :mod:`.specs` (the methods), :mod:`.hardware`
 (bandwidth, GEMM rate, floors), :mod:`.memory` (bytes per item), :mod:`.timing` (phase timers), :mod:`.gallery`
-(grown galleries), :mod:`.series` (sizes, budgets, extrapolation), :mod:`.pareto`; then :mod:`.methods` (per-query
+(grown galleries), :mod:`.series` (sizes, budgets, extrapolation), :mod:`.pareto`, :mod:`.synthetic` (the fitted
+synthetic
+gallery), :mod:`.indexes` (faiss indexes, their floors and tuning); then :mod:`.methods` (per-query
 cost of one method), :mod:`.benchmark` (a dataset's table), :mod:`.scaling` (``scaling.csv``) and :mod:`.targets`.
 Figures are in :mod:`itr_lib.plots.efficiency`. Everything notebooks and tests use is re-exported here.
 """
@@ -56,8 +58,10 @@ from .hardware import (ensure_read_bandwidth, flat_floor_ms, measure_hardware, m
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _search_floor, _take, _to, encode_gallery, measure_method
 from .pareto import pareto_front
-from .scaling import (FINE_SERIES, VECTOR_SEED_ORDER, build_faiss, fine_series_measure, index_series_measure,
-                      scaling_entries, scaling_study)
+from .indexes import (KINDS, build_faiss, index_bytes_per_item, index_floor_ms, recall_at_k, search_work,
+                      sweep_table, tune_search_param)
+from .scaling import (FINE_SERIES, VECTOR_SEED_ORDER, fine_series_measure, index_series_measure, scaling_entries,
+                      scaling_study)
 from .series import extrapolate, fit_loglog, run_series, scaling_sizes
 from .specs import DIRECTIONS, METHODS, MODES, MethodSpec, spec_by_label
 from .synthetic import EmbeddingMixture, SyntheticGallery, nn_distance_check, nn_distances
@@ -72,4 +76,5 @@ __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "mea
            "scaling_study", "check_targets", "format_targets", "set_threads", "time_phases", "scaling_entries",
            "DatasetResult", "SCALING_GALLERY_METHOD", "FINE_GALLERY_METHOD", "VECTOR_SEED_ORDER", "FINE_SERIES",
            "real_image_vectors", "EmbeddingMixture", "SyntheticGallery", "nn_distance_check", "nn_distances",
-           "primary_gallery", "ensure_read_bandwidth", "read_bandwidth", "measure_read_bandwidth"]
+           "primary_gallery", "ensure_read_bandwidth", "read_bandwidth", "measure_read_bandwidth", "KINDS",
+           "index_bytes_per_item", "index_floor_ms", "recall_at_k", "search_work", "tune_search_param", "sweep_table"]

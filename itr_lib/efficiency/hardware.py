@@ -62,38 +62,40 @@ def _threads(n: int):
     return ctx()
 
 
-def measure_read_bandwidth(nbytes: float, threads: int = 1, repeats: int = 5, min_seconds: float = 0.002,
+def measure_read_bandwidth(nbytes: float, threads: int = 1, repeats: int = 15, min_seconds: float = 0.005,
                            row: int = 256) -> dict:
     """Bytes per second of the fastest streaming reduction over a float32 array of about ``nbytes`` bytes (rows of
     ``row`` values), best of ``repeats`` trials, torch on ``threads`` threads (numpy's reductions run on one).
     Each trial repeats the kernel for at least ``min_seconds`` (a small, cache-resident array is read many times,
-    as a search over a small gallery is). Returns ``{"bytes", "threads", "read_bytes_per_s", "kernel", "rates"}``."""
+    as a search over a small gallery is). The kernels take turns, trial by trial, so a burst of load from other
+    processes does not spoil every trial of one kernel (on a machine shared with training runs, a best of 3 trials
+    once measured half the bandwidth a flat search then reached). Returns ``{"bytes", "threads", "read_bytes_per_s", "kernel", "rates"}``."""
     n_rows = max(1, int(nbytes) // (4 * row))
     x = np.ones((n_rows, row), dtype=np.float32)  # written once: no page faults inside the timed reads
     t, flat = torch.from_numpy(x), torch.from_numpy(x.reshape(-1))
     v, vn = torch.ones(row), np.ones(row, dtype=np.float32)
     kernels = {"numpy_sum": lambda: x.sum(), "torch_sum": lambda: flat.sum(), "torch_mv": lambda: torch.mv(t, v),
                "numpy_matvec": lambda: x @ vn}
-    rates = {}
     with _threads(threads):
+        calls = {}
         for name, fn in kernels.items():
             t0 = time.perf_counter()
             fn()  # warm-up, and the call count per trial
-            one = max(time.perf_counter() - t0, 1e-7)
-            calls = max(1, int(math.ceil(min_seconds / one)))
-            best = math.inf
-            for _ in range(max(1, repeats)):
+            calls[name] = max(1, int(math.ceil(min_seconds / max(time.perf_counter() - t0, 1e-7))))
+        best = dict.fromkeys(kernels, math.inf)
+        for _ in range(max(1, repeats)):
+            for name, fn in kernels.items():
                 t0 = time.perf_counter()
-                for _ in range(calls):
+                for _ in range(calls[name]):
                     fn()
-                best = min(best, (time.perf_counter() - t0) / calls)
-            rates[name] = x.nbytes / best
+                best[name] = min(best[name], (time.perf_counter() - t0) / calls[name])
+    rates = {name: x.nbytes / b for name, b in best.items()}
     kernel = max(rates, key=rates.get)
     return {"bytes": int(x.nbytes), "threads": int(threads), "read_bytes_per_s": rates[kernel], "kernel": kernel,
             "rates": rates}
 
 
-def ensure_read_bandwidth(hw: dict, sizes_bytes, repeats: int = 5, max_bytes: float = 2 ** 31) -> dict:
+def ensure_read_bandwidth(hw: dict, sizes_bytes, repeats: int = 15, max_bytes: float = 2 ** 31) -> dict:
     """Add to ``hw["read_bandwidth"]`` (a list of ``{"bytes", "bw_1t", "bw_mt", ...}``) every size of ``sizes_bytes``
     not measured yet, on one thread and on all torch threads; returns ``hw`` (changed in place). Sizes above
     ``max_bytes`` are measured at ``max_bytes`` (far past every cache: DRAM's bandwidth holds beyond it)."""
@@ -188,7 +190,7 @@ def measure_hardware(bandwidth_mb: int = 512, gemm_n: int = 2048, repeats: int =
                       "threads (batched floors); bandwidth / bandwidth_mt: numpy / torch copy, (read + written "
                       "bytes) / best time, for comparison only; GEMM: float32 square matmul, best of torch (all "
                       "threads, one thread) and numpy"}
-    return ensure_read_bandwidth(out, [m * 2 ** 20 for m in read_sizes_mib], repeats)
+    return ensure_read_bandwidth(out, [m * 2 ** 20 for m in read_sizes_mib], max(15, repeats))
 
 
 def roofline_ms(bytes_read: float, flops: float, hw: dict, batch: int = 1, footprint: float | None = None) -> float:

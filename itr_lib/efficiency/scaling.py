@@ -16,6 +16,8 @@ import torch
 
 from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery
 from .hardware import ensure_read_bandwidth, flat_floor_ms, read_bandwidth, roofline_ms
+from .indexes import (build_faiss, index_bytes_per_item, index_floor_ms, recall_at_k, reset_stats, search_work,
+                      tune_search_param)
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _take, _to
 from .series import run_series, scaling_sizes
@@ -24,66 +26,23 @@ from .synthetic import EmbeddingMixture, SyntheticGallery
 from .timing import _median_ms, _sync
 
 
-def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
-                ef_search: int = 128, ef_construction: int = 40, ivf_train_per_list: int = 40, ivf_niter: int = 10,
-                seed: int = 0) -> faiss.Index:
-    """A faiss inner-product index over ``x`` (float32, used as is): ``flat``, ``ivf`` (IndexIVFFlat with
-    :func:`itr_lib.index.default_nlist` lists, ``ivf_niter`` k-means iterations on at most
-    ``ivf_train_per_list * nlist`` sampled points) or ``hnsw`` (IndexHNSWFlat, ``ef_construction``)."""
-    from ..index import default_nlist
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
-    if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind == "ivf":
-        nlist = nlist or default_nlist(n)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.max_points_per_centroid = ivf_train_per_list
-        index.cp.niter = ivf_niter
-        index.cp.seed = seed
-        index.train(x)
-        index.nprobe = min(nprobe, nlist)  # (faiss's constructor wrapper keeps the quantizer referenced)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
-    else:
-        raise ValueError(f"kind must be flat, ivf or hnsw, got {kind!r}")
-    index.add(x)
-    return index
-
-
-def _distances_per_query(kind: str, index, n: int, nq: int) -> float:
-    """Gallery vectors a search compared each query with (read from faiss's statistics after a search of ``nq``
-    queries): all ``n`` for flat, the probed lists' items plus the ``nlist`` centroids for IVF, the visited graph
-    nodes for HNSW. The floor of an index reads at least these vectors."""
-    if kind == "flat":
-        return float(n)
-    if kind == "hnsw":
-        return faiss.cvar.hnsw_stats.ndis / nq
-    return faiss.cvar.indexIVF_stats.ndis / nq + faiss.extract_index_ivf(index).nlist
-
-
-def index_floor_ms(row, hw: dict, batch: int = 1) -> float:
-    """Floor of one row of an index series: ``dist_per_query`` vectors of ``dim`` float32 read (at the read
-    bandwidth of that many bytes) and multiplied, per query (:func:`~itr_lib.efficiency.hardware.flat_floor_ms`);
-    extrapolated flat rows use ``n_items``, extrapolated approximate rows have none (NaN)."""
-    items = row.get("dist_per_query", np.nan)
-    if not np.isfinite(items) and row["index"] == "flat":
-        items = row["n_items"]
-    return flat_floor_ms(items, int(row["dim"]), hw, batch) if np.isfinite(items) else np.nan
-
-
 def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
                          warmup: int = 3, max_seconds: float | None = 30.0, hw: dict | None = None,
-                         index_params: dict | None = None, gt_cache: dict | None = None) -> Callable[[int], dict]:
+                         index_params: dict | None = None, gt_cache: dict | None = None,
+                         target_recall: float | None = None,
+                         sweep_values: dict | None = None) -> Callable[[int], dict]:
     """``measure(n)`` for :func:`run_series`: build a ``kind`` index over ``n`` grown items, time batch-1 searches
     (median) and one batched search of every query (per query), recall@k of the batched result against exact
-    search (faiss.knn, cached per n in ``gt_cache``)."""
+    search (faiss.knn, cached per n in ``gt_cache``).
+
+    ``target_recall``: before timing, tune ``nprobe`` / ``efSearch`` at this size to the smallest value with
+    recall@k >= the target (:func:`~itr_lib.efficiency.indexes.tune_search_param`, values from ``sweep_values[kind]``
+    or the default powers of two); the curve is kept as JSON in column ``sweep``. Also recorded: build time, bytes
+    per item, and what one search read and computed (``floor_bytes``, ``floor_flops``, from faiss's statistics)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     params = dict(index_params or {})
     gt_cache = {} if gt_cache is None else gt_cache
+    sweep_values = sweep_values or {}
 
     def measure(n: int) -> dict:
         x = gallery.get(n)
@@ -91,26 +50,33 @@ def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10
         index = build_faiss(kind, x, **params)
         build_s = time.perf_counter() - t0
         nq = len(queries)
+        if kind != "flat" and n not in gt_cache:
+            gt_cache[n] = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
+        tuned = {}
+        if target_recall is not None and kind != "flat":
+            value, curve = tune_search_param(kind, index, queries, gt_cache[n], k=k, target=target_recall,
+                                             values=sweep_values.get(kind))
+            tuned = {"tuned_param": curve.param.iloc[0], "tuned_value": value,
+                     "sweep": curve[["value", "recall_at_10", "ms_per_query_batched"]].to_json(orient="records")}
         ms, reps = _median_ms(lambda r: index.search(queries[r % nq:r % nq + 1], k), repeats, warmup, max_seconds)
-        faiss.cvar.indexIVF_stats.reset()
-        faiss.cvar.hnsw_stats.reset()
+        reset_stats()
         t0 = time.perf_counter()
         _, ids = index.search(queries, k)
         batched_ms = 1e3 * (time.perf_counter() - t0) / nq
-        dist = _distances_per_query(kind, index, n, nq)
+        work = search_work(kind, index, n, nq)
         if kind == "flat":
             recall = 1.0
-            gt_cache[n] = ids
+            gt_cache.setdefault(n, ids)
         else:
-            if n not in gt_cache:
-                gt_cache[n] = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
-            gt = gt_cache[n]
-            recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(ids, gt)]))
+            recall = recall_at_k(ids, gt_cache[n], k)
         d = x.shape[1]
         out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall, "build_s": build_s,
-               "n_repeats": reps, "dim": d, "n_queries_batched": nq, "dist_per_query": dist}
-        if kind == "ivf":
-            out["params"] = f"nlist={index.nlist} nprobe={index.nprobe}"
+               "n_repeats": reps, "dim": d, "n_queries_batched": nq, **work,
+               "bytes_per_item": index_bytes_per_item(kind, index, n), **tuned}
+        if kind in ("ivf", "ivfpq"):
+            ivf = faiss.extract_index_ivf(index)
+            out["params"] = f"nlist={ivf.nlist} nprobe={ivf.nprobe}" + (
+                f" pq_m={index.pq.M} bits={index.pq.nbits}" if kind == "ivfpq" else "")
         elif kind == "hnsw":
             out["params"] = (f"M={params.get('hnsw_m', 32)} efSearch={index.hnsw.efSearch} "
                              f"efConstruction={index.hnsw.efConstruction}")
@@ -180,12 +146,13 @@ def fine_series_measure(model, mode: str, img: dict, txt: dict, *, device: str =
 @torch.no_grad()
 def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple], *, hw: dict,
                   min_items: int = 1000, max_items: int = 100_000, per_decade: int = 2,
-                  kinds: Sequence[str] = ("flat", "ivf", "hnsw"), budget_s: float = 60.0, repeats: int = 20,
+                  kinds: Sequence[str] = ("flat", "ivf", "ivfpq", "hnsw"), budget_s: float = 60.0, repeats: int = 20,
                   warmup: int = 3, max_seconds: float | None = 30.0, noise: float = 0.25, seed: int = 0,
                   n_queries: int = 100, index_params: dict | None = None, device: str = "cpu",
                   max_memory_gb: float | None = None, k: int = 10, galleries: Sequence[str] = ("synthetic",),
                   fit_vectors: np.ndarray | None = None, fit_source: str = "the seed vectors",
-                  mixture_kw: dict | None = None) -> pd.DataFrame:
+                  mixture_kw: dict | None = None, target_recall: float | None = 0.95,
+                  sweep_values: dict | None = None) -> pd.DataFrame:
     """The scaling table (``scaling.csv``): latency (and recall@10 of approximate indexes) against gallery size.
 
     ``vec_model_entry``: ``(label, model, (img, txt))`` of a vector model whose image vectors seed the grown
@@ -197,7 +164,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
     ``gallery_kind``; the first is the one the targets read): ``"synthetic"`` samples a mixture fitted to
     ``fit_vectors`` (default: the seed vectors; :class:`~itr_lib.efficiency.synthetic.SyntheticGallery`),
     ``"tiled"`` adds noisy copies of the seed vectors (:func:`~itr_lib.efficiency.gallery.grow_gallery`, the
-    pre-issue-18 gallery, kept as a comparison)."""
+    pre-issue-18 gallery, kept as a comparison). ``target_recall``: approximate indexes are tuned at every size
+    to the smallest ``nprobe`` / ``efSearch`` reaching it (None: the fixed ``index_params``)."""
     bad = set(galleries) - {"synthetic", "tiled"}
     if bad or not galleries:
         raise ValueError(f"galleries must name 'synthetic' and/or 'tiled', got {list(galleries)}")
@@ -224,7 +192,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                                     SCALING_GALLERY_METHOD.format(noise=noise, seed=seed), {})
             gallery, described, gt = grown[gkind]
             meas = index_series_measure(kind, gallery, queries, k=k, repeats=repeats, warmup=warmup,
-                                        max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt)
+                                        max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt,
+                                        target_recall=target_recall, sweep_values=sweep_values)
             s = run_series(kind, sizes, meas, budget_s=budget_s,
                            fits=lambda n, kind=kind: n * d * 4 * copies[kind] < mem_limit)
             if s.empty:

@@ -67,6 +67,19 @@ def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_i
         ratio = float(two.ms_per_query.iloc[0] / glob.ms_per_query.iloc[0])
         add(target, bool(ratio <= 5), ratio,
             f"{two.ms_per_query.iloc[0]:.3f} vs {glob.ms_per_query.iloc[0]:.3f} ms/query")
+    huge = 10 * at_items
+    target = f"compressed index (IVF-PQ) at {huge:,} items >= 10x faster than flat with recall@10 >= 0.95"
+    pq = s[(s["index"] == "ivfpq") & (s.n_items >= huge) & ~s.extrapolated.astype(bool)] if not s.empty else s
+    flat_huge = s[(s["index"] == "flat") & (s.n_items >= huge) & ~s.extrapolated.astype(bool)] if not s.empty else s
+    if pq.empty or flat_huge.empty:
+        why = sorted({str(r) for r in s.get("stop_reason", pd.Series(dtype=object)).dropna() if str(r)}) \
+            if not s.empty else []
+        add(target, None, np.nan, f"ivfpq and flat not both measured at {huge:,} items"
+            + (f" (series stopped: {'; '.join(why)})" if why else ""))
+    else:
+        sp = float(flat_huge.ms_per_query.iloc[0] / pq.ms_per_query.iloc[0])
+        rc = float(pq.recall_at_10.iloc[0])
+        add(target, bool(sp >= 10 and rc >= 0.95), sp, f"ivfpq: {sp:.1f}x faster, recall@10 {rc:.3f}")
     target = "every measured search at or above its floor"
     below, n_checked = _below_floor(t, s)
     if n_checked == 0:
