@@ -383,6 +383,8 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     assert set(s.n_items) == {500, 4000} or set(s.n_items) >= {500, 4000}
     assert set(s.gallery_kind.dropna()) == {"synthetic", "tiled"}
     assert {"ivfpq", "tuned_value", "bytes_per_item", "floor_bytes"} <= set(s["index"]) | set(s.columns)
+    qs = pd.read_csv(out / "tables" / "query_side.csv")
+    assert set(qs.dominant) <= {"encode", "search"} and (qs.encode_ms > 0).all()
     sw = pd.read_csv(out / "tables" / "scaling_sweeps.csv")
     assert set(sw["index"]) <= {"ivf", "ivfpq", "hnsw"} and sw.recall_at_10.between(0, 1).all() and len(sw) > 0
     assert s[s.gallery_kind == "synthetic"].gallery.str.contains("mini/train").all()  # fitted on the listed splits

@@ -159,3 +159,37 @@ def test_index_series_tunes_and_reports_floor_work_and_bytes():
         assert 0 < r["dist_per_query"] < 4000 + 32 + 1
         floor = indexes.index_floor_ms({"index": kind, **r, "n_items": 4000}, hw)
         assert floor == pytest.approx(1e3 * max(r["floor_bytes"] / 1e10, r["floor_flops"] / 1e12))
+
+
+def test_atscale_measures_every_kind_at_or_above_its_floor(tmp_path):
+    from itr_lib.efficiency import atscale
+    code = atscale.main(["--n", "20000", "--dim", "32", "--kinds", "flat", "ivf", "--nlist", "64",
+                         "--repeats", "5", "--out", str(tmp_path / "s.csv")])
+    assert code == 0
+    df = pd.read_csv(tmp_path / "s.csv")
+    assert list(df.columns[:6]) == ["index", "n_items", "ms_per_query", "recall_at_10", "floor_ms", "extrapolated"]
+    assert list(df["index"]) == ["flat", "ivf"] and (df.n_items == 20000).all() and not df.extrapolated.any()
+    assert df.set_index("index").recall_at_10["flat"] == 1.0
+    assert (df.floor_ms > 0).all() and (df.bytes_per_item > 0).all()
+    assert (tmp_path / "s.hardware.json").is_file()
+
+
+def test_query_side_table_says_which_part_dominates(tmp_path):
+    from itr_lib.efficiency.query_cost import minilm_ms_per_caption, query_side_table
+    f = tmp_path / "feature_extraction.csv"
+    pd.DataFrame({"kind": ["text", "image", "text"], "items": [1000, 10, 3000], "seconds": [1.0, 5.0, 3.0]}).to_csv(f)
+    assert minilm_ms_per_caption(f) == pytest.approx(1.0)          # 4 s / 4000 captions
+    assert np.isnan(minilm_ms_per_caption(tmp_path / "missing.csv"))
+    table = pd.DataFrame({"method": ["baseline", "MrSw exhaustive"], "mode": ["vector", "exhaustive"],
+                          "encode_ms_t2i": [0.5, 2.0]})
+    scaling = pd.DataFrame({"index": ["flat"] * 3 + ["MrSw exhaustive"] * 2,
+                            "n_items": [1000, 100_000, 1_000_000, 1000, 100_000],
+                            "ms_per_query": [0.1, 10.0, 100.0, 50.0, 5000.0],
+                            "extrapolated": [False, False, False, False, True]})
+    q = query_side_table(table, scaling, minilm_ms=1.0).set_index(["method", "search", "n_items"])
+    assert q.loc[("baseline", "flat", 1000)].dominant == "encode"      # 1.5 ms encode vs 0.1 ms search
+    assert q.loc[("baseline", "flat", 1000)].total_ms == pytest.approx(1.6)
+    assert q.loc[("baseline", "flat", 100_000)].dominant == "search"
+    assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].n_items_used == 100_000  # nearest measured
+    assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].extrapolated
+    assert ("MrSw exhaustive", "flat", 1000) not in q.index             # a fine-grained method keeps its own search

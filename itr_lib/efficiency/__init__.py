@@ -44,7 +44,8 @@ Modules (one concern each; imports run one way, leaves first): :mod:`.specs` (th
 (grown galleries), :mod:`.series` (sizes, budgets, extrapolation), :mod:`.pareto`, :mod:`.synthetic` (the fitted
 synthetic
 gallery), :mod:`.indexes` (faiss indexes, their floors and tuning); then :mod:`.methods` (per-query
-cost of one method), :mod:`.benchmark` (a dataset's table), :mod:`.scaling` (``scaling.csv``) and :mod:`.targets`.
+cost of one method), :mod:`.benchmark` (a dataset's table), :mod:`.scaling` (``scaling.csv``), :mod:`.targets` and
+:mod:`.query_cost` (encode vs search by gallery size); :mod:`.atscale` (one large size, no checkpoint) is a CLI.
 Figures are in :mod:`itr_lib.plots.efficiency`. Everything notebooks and tests use is re-exported here.
 """
 from __future__ import annotations
@@ -60,6 +61,7 @@ from .methods import _rescore_topk, _score_fn, _search_floor, _take, _to, encode
 from .pareto import pareto_front
 from .indexes import (KINDS, build_faiss, index_bytes_per_item, index_floor_ms, recall_at_k, search_work,
                       sweep_table, tune_search_param)
+from .query_cost import minilm_ms_per_caption, query_side_table
 from .scaling import (FINE_SERIES, VECTOR_SEED_ORDER, fine_series_measure, index_series_measure, scaling_entries,
                       scaling_study)
 from .series import extrapolate, fit_loglog, run_series, scaling_sizes
@@ -77,4 +79,5 @@ __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "mea
            "DatasetResult", "SCALING_GALLERY_METHOD", "FINE_GALLERY_METHOD", "VECTOR_SEED_ORDER", "FINE_SERIES",
            "real_image_vectors", "EmbeddingMixture", "SyntheticGallery", "nn_distance_check", "nn_distances",
            "primary_gallery", "ensure_read_bandwidth", "read_bandwidth", "measure_read_bandwidth", "KINDS",
-           "index_bytes_per_item", "index_floor_ms", "recall_at_k", "search_work", "tune_search_param", "sweep_table"]
+           "index_bytes_per_item", "index_floor_ms", "recall_at_k", "search_work", "tune_search_param", "sweep_table",
+           "minilm_ms_per_caption", "query_side_table"]
