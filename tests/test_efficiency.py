@@ -389,7 +389,8 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     assert set(sw["index"]) <= {"ivf", "ivfpq", "hnsw"} and sw.recall_at_10.between(0, 1).all() and len(sw) > 0
     assert s[s.gallery_kind == "synthetic"].gallery.str.contains("mini/train").all()  # fitted on the listed splits
     check = pd.read_csv(out / "tables" / "synthetic_gallery_check.csv")
-    assert set(zip(check["sample"], check.kind)) == {(a, b) for a in ("synthetic", "tiled") for b in ("to_real", "within")}
+    assert set(zip(check["sample"], check.kind)) == {(a, b) for a in ("synthetic", "tiled")
+                                                     for b in ("to_real", "within")}
     assert check.ks_statistic.between(0, 1).all()
     for f in ("efficiency_frontier_mini.png", "efficiency_scaling.png", "efficiency_synthetic_gallery.png"):
         assert (out / "figures" / f).stat().st_size > 1000

@@ -69,7 +69,8 @@ def measure_read_bandwidth(nbytes: float, threads: int = 1, repeats: int = 15, m
     Each trial repeats the kernel for at least ``min_seconds`` (a small, cache-resident array is read many times,
     as a search over a small gallery is). The kernels take turns, trial by trial, so a burst of load from other
     processes does not spoil every trial of one kernel (on a machine shared with training runs, a best of 3 trials
-    once measured half the bandwidth a flat search then reached). Returns ``{"bytes", "threads", "read_bytes_per_s", "kernel", "rates"}``."""
+    once measured half the bandwidth a flat search then reached).
+    Returns ``{"bytes", "threads", "read_bytes_per_s", "kernel", "rates"}``."""
     n_rows = max(1, int(nbytes) // (4 * row))
     x = np.ones((n_rows, row), dtype=np.float32)  # written once: no page faults inside the timed reads
     t, flat = torch.from_numpy(x), torch.from_numpy(x.reshape(-1))
