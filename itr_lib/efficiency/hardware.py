@@ -121,7 +121,8 @@ def ensure_read_bandwidth(hw: dict, sizes_bytes, repeats: int = 15, max_bytes: f
 def read_bandwidth(hw: dict, nbytes: float, batch: int = 1) -> float:
     """The read bandwidth (bytes/s) that bounds a scan of ``nbytes`` bytes: measured at the largest size not above
     ``nbytes`` (bandwidth falls as an array leaves each cache level, so that is an upper bound; all sizes above
-    ``nbytes``: the highest measured); single-thread for batch 1, all threads for a batch. Without a read
+    ``nbytes``: the highest measured, which is NOT a bound: measure at the footprint, :func:`ensure_read_bandwidth`,
+    as the scaling study does for every search's ``floor_bytes``); single-thread for batch 1, all threads for a batch. Without a read
     measurement in ``hw``, the copy bandwidth of the old floor (``bandwidth_bytes_per_s``)."""
     rows = hw.get("read_bandwidth") or []
     col = "bw_1t" if batch <= 1 else "bw_mt"
