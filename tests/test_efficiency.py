@@ -159,6 +159,11 @@ def test_floor_holds_against_a_measured_flat_search(n):
     q = np.random.default_rng(1).standard_normal((nq, d), dtype=np.float32)
     t1 = eff.time_phases(lambda r: r, [lambda r: index.search(q[r % nq:r % nq + 1], 10)], 15, 2)[:, 0]
     tb = eff.time_phases(lambda r: r, [lambda r: index.search(q, 10)], 5, 1)[:, 0] / nq
+    # bandwidth and GEMM rate before AND after the searches, the higher figures kept (as the scaling study does): on
+    # a machine shared with training runs one measurement alone can catch a burst of load and overstate the floor
+    eff.hardware.ensure_read_bandwidth(hw, [n * d * 4], refresh=True)
+    again = eff.measure_hardware(bandwidth_mb=8, gemm_n=512, repeats=3, read_sizes_mib=())
+    hw["gemm_flops_per_s"] = max(hw["gemm_flops_per_s"], again["gemm_flops_per_s"])
     floor1, floorb = eff.flat_floor_ms(n, d, hw, 1), eff.flat_floor_ms(n, d, hw, nq)
     assert 0 < floor1 <= 1e3 * t1.min(), (floor1, 1e3 * t1.min(), hw["read_bandwidth"])
     assert 0 < floorb <= 1e3 * tb.min(), (floorb, 1e3 * tb.min())

@@ -200,7 +200,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                 continue
             s["dim"] = d
             measured = s[~s.extrapolated.astype(bool)]
-            ensure_read_bandwidth(hw, [n * d * 4 for n in measured.n_items] + list(measured.floor_bytes.dropna()))
+            ensure_read_bandwidth(hw, [n * d * 4 for n in measured.n_items] + list(measured.floor_bytes.dropna()),
+                                  refresh=True)  # after each series too: the best figure of a shared machine
             s["floor_ms"] = [index_floor_ms(r, hw, 1) for _, r in s.iterrows()]
             s["floor_ms_batched"] = [index_floor_ms(r, hw, len(queries)) for _, r in s.iterrows()]
             s["flat_floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
