@@ -1,8 +1,8 @@
 """The hardware floor: read bandwidth and GEMM rate of this machine, and the lowest possible time of a search.
 
 Read bandwidth (``measure_read_bandwidth``) is measured the way a scan uses memory: a streaming reduction (the
-fastest of a numpy sum, a torch sum, a torch and a numpy matrix-vector product, a BLAS dot) over a float32 array of a given
-size, bytes read / best time, on one thread and on all threads. It is measured at the size of each gallery it
+fastest of a numpy sum, a torch sum, a torch and a numpy matrix-vector product, a BLAS dot) over a float32 array
+of a given size, bytes read / best time, on one thread and on all threads. It is measured at the size of each gallery it
 bounds (``ensure_read_bandwidth``), so a gallery that fits in a cache is held to that cache's bandwidth and a large
 one to DRAM's. The GEMM rate is the best float32 square matmul (torch on all threads, on one thread, numpy).
 
@@ -130,7 +130,8 @@ def read_bandwidth(hw: dict, nbytes: float, batch: int = 1) -> float:
     """The read bandwidth (bytes/s) that bounds a scan of ``nbytes`` bytes: measured at the largest size not above
     ``nbytes`` (bandwidth falls as an array leaves each cache level, so that is an upper bound; all sizes above
     ``nbytes``: the highest measured, which is NOT a bound: measure at the footprint, :func:`ensure_read_bandwidth`,
-    as the scaling study does for every search's ``floor_bytes``); single-thread for batch 1, all threads for a batch. Without a read
+    as the scaling study does for every search's ``floor_bytes``); single-thread for batch 1, all threads for a
+    batch. Without a read
     measurement in ``hw``, the copy bandwidth of the old floor (``bandwidth_bytes_per_s``)."""
     rows = hw.get("read_bandwidth") or []
     col = "bw_1t" if batch <= 1 else "bw_mt"
