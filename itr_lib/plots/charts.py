@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from . import plt
+from .backend import plt
 
 
 def caption_stats(ds) -> "object":

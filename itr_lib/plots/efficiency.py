@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import plt
+from .backend import plt
 
 
 def _pareto(latency, score):
-    from ..efficiency import pareto_front
+    from ..efficiency.pareto import pareto_front
     return pareto_front(latency, score)
 
 
@@ -50,19 +50,27 @@ def scaling_figure(df: pd.DataFrame):
     floor dotted; recall@10 of the approximate indexes on a second panel."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [2, 1]})
     cmap = plt.get_cmap("tab10")
-    for i, (name, g) in enumerate(df.groupby("index", sort=False)):
+    df = df.copy()
+    kinds = df["gallery_kind"].dropna() if "gallery_kind" in df else pd.Series(dtype=object)
+    primary = kinds.iloc[0] if not kinds.empty else None
+    comparison = [not (pd.isna(g) or g == primary) for g in df.get("gallery_kind", pd.Series([None] * len(df)))]
+    df["_label"] = [f"{i} ({g})" if cmp else i for i, g, cmp in
+                    zip(df["index"], df.get("gallery_kind", [None] * len(df)), comparison)]
+    df["_comparison"] = comparison
+    for i, (name, g) in enumerate(df.groupby("_label", sort=False)):
         g = g.sort_values("n_items")
         c = cmap(i % 10)
+        style = "s-." if g._comparison.iloc[0] else "o-"  # comparison galleries (tiled): dash-dot, squares
         meas, ext = g[~g.extrapolated.astype(bool)], g[g.extrapolated.astype(bool)]
-        ax.plot(meas.n_items, meas.ms_per_query, "o-", color=c, label=name)
+        ax.plot(meas.n_items, meas.ms_per_query, style, color=c, label=name)
         if not ext.empty:
             join = pd.concat([meas.tail(1), ext])
             ax.plot(join.n_items, join.ms_per_query, "--", color=c, alpha=0.8)
             ax.plot(ext.n_items, ext.ms_per_query, "x", color=c)
         if name == "flat":
-            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (bandwidth)")
-        if g.recall_at_10.notna().any() and name != "flat":
-            ax2.plot(meas.n_items, meas.recall_at_10, "o-", color=c, label=name)
+            ax.plot(g.n_items, g.floor_ms, ":", color="k", label="flat floor (read bandwidth)")
+        if g.recall_at_10.notna().any() and g["index"].iloc[0] != "flat":
+            ax2.plot(meas.n_items, meas.recall_at_10, style, color=c, label=name)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set(xlabel="gallery items", ylabel="ms per query (batch 1)",
@@ -75,5 +83,26 @@ def scaling_figure(df: pd.DataFrame):
     ax2.grid(True, which="both", alpha=0.3)
     if ax2.lines:
         ax2.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def nn_distance_figure(dist: pd.DataFrame, stats: pd.DataFrame):
+    """Cumulative distributions of nearest-neighbour distances (``nn_distance_check``): to the nearest real item
+    the mixture was fitted on (left) and to the nearest other item of the same sample (right), for held-out real
+    items, synthetic and tiled samples; the legend gives each sample's two-sample KS statistic against the real."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.0))
+    colors = {"real (held out)": "k", "synthetic": "#2a9d8f", "tiled": "#e76f51"}
+    titles = {"to_real": "distance to the nearest fitted real item",
+              "within": "distance to the nearest item of the same sample"}
+    for ax, kind in zip(axes, ("to_real", "within")):
+        for name, g in dist[dist.kind == kind].groupby("sample", sort=False):
+            x = np.sort(g.distance.to_numpy())
+            st = stats[(stats["sample"] == name) & (stats.kind == kind)]
+            label = name if st.empty else f"{name} (KS {st.ks_statistic.iloc[0]:.3f})"
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), color=colors.get(name), label=label)
+        ax.set(xlabel="Euclidean distance", ylabel="fraction of items", title=titles[kind])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from . import plt
+from .backend import plt
 
 CORRECT_COLOR = "#1a9850"   # green
 WRONG_COLOR = "#d73027"     # red

@@ -1,0 +1,45 @@
+"""The methods the efficiency study times (one :class:`MethodSpec` per row of the efficiency table) and the
+retrieval modes / directions."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MODES = ("vector", "two_stage", "exhaustive")
+DIRECTIONS = ("t2i", "i2t")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One row of the efficiency table: a trained method and the way it retrieves."""
+
+    label: str                       # row label
+    method: str                      # TrainConfig.method of the run
+    mode: str                        # vector | two_stage | exhaustive
+    family: str                      # independent | global | two-stage | exhaustive | cross-attention
+    stored: tuple[str, ...] | None = None   # gallery tensors a deployment keeps (None: the retrieval vector)
+    mr_key: str = "test"             # "test": the run's test mR; else a mode key (global, two_stage, exhaustive)
+    prefer: dict = field(default_factory=dict)  # config fields preferred when several variants were trained
+    interactive: bool = False        # the interactive reference the speed-ups are relative to
+
+
+METHODS: tuple[MethodSpec, ...] = (
+    MethodSpec("baseline", "baseline", "vector", "independent"),
+    MethodSpec("SelfAlign", "selfalign", "vector", "independent", prefer={"lca": True, "cra": True}),
+    MethodSpec("TGDT global", "tgdt", "vector", "global", stored=("global",), mr_key="global"),
+    MethodSpec("TGDT two-stage", "tgdt", "two_stage", "two-stage", stored=("global", "locals"), mr_key="two_stage"),
+    MethodSpec("TGDT exhaustive", "tgdt", "exhaustive", "exhaustive", stored=("global", "locals")),
+    MethodSpec("ALADIN matching", "aladin", "vector", "independent"),
+    MethodSpec("ALADIN two-stage", "aladin", "two_stage", "two-stage", stored=("emb", "tokens"), mr_key="two_stage"),
+    MethodSpec("ALADIN alignment", "aladin", "exhaustive", "exhaustive", stored=("tokens",), mr_key="exhaustive"),
+    MethodSpec("MrSw exhaustive", "mrsw", "exhaustive", "exhaustive", stored=("locals",)),
+    MethodSpec("SCAN (cross-attention)", "scan", "exhaustive", "cross-attention", stored=("locals",),
+               interactive=True),
+)
+
+
+def spec_by_label(label: str) -> MethodSpec:
+    for s in METHODS:
+        if s.label == label:
+            return s
+    raise KeyError(f"no method labelled {label!r}; choose one of {[s.label for s in METHODS]}")
+
