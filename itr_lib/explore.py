@@ -1,5 +1,9 @@
 """The explorer's logic: search a dataset's test images by text with the study's trained checkpoints.
 
+Why one module of ~480 lines: every panel of the page (text -> image, image -> text, why, side by side) goes through
+one :class:`Explorer` holding the loaded models, gallery vectors and indexes of a dataset; the widgets
+(:mod:`itr_lib.explore_app`) and the browser driver (:mod:`itr_lib.explore_browser`) are already apart.
+
 :class:`Explorer` loads every method trained on a dataset whose checkpoint is present under
 ``<results_dir>/runs/`` (one entry per trained configuration, its lowest seed; looked up through
 :func:`itr_lib.runs.find_runs`, never by a typed name) and serves:

@@ -1,6 +1,6 @@
 """The run store: where training runs live, how they are trained (or reused), found, read and re-trained.
 
-Why one module of ~450 lines: it is the single home of everything that reads or writes runs (one run store);
+Why one module of ~480 lines: it is the single home of everything that reads or writes runs (one run store);
 splitting it would bring back the several places that each globbed runs their own way.
 
 Layout of a results folder (``results/<profile>/``):
