@@ -8,7 +8,7 @@ DATASETS ?= rsicd ucm
 TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
-.PHONY: setup test test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
+.PHONY: setup test test-timing test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
 	clean-smoke strip explore explore-check explore-screenshot
 
 setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
@@ -23,6 +23,9 @@ $(VENV)/bin/python:
 
 test:             ## the README's test command: unit tests and the whole notebook chain on the 12-image fixture (temp folders only)
 	ITR_PROGRESS=0 $(PYTHON) -m pytest -q
+
+test-timing:      ## the timing checks (measured search times vs the read-bandwidth floor); run on an idle machine
+	$(PYTHON) -m pytest -q -m timing
 
 test-fast:        ## unit tests only (no notebook execution)
 	$(PYTHON) -m pytest -q -m "not slow"

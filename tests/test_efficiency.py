@@ -146,6 +146,7 @@ def test_read_bandwidth_is_taken_at_the_scanned_size():
     assert eff.flat_floor_ms(1000, 1000, hw) == pytest.approx(1e3 * 4e6 / 20.0)
 
 
+@pytest.mark.timing  # compares two timings: meaningful on an idle machine only (`make test-timing`), not in `make test`
 @pytest.mark.parametrize("n", [2_000, 40_000, 400_000])  # 0.5 MB (L2), 10 MB (L3), 100 MB (DRAM) of float32
 def test_floor_holds_against_a_measured_flat_search(n):
     """The floor code never exceeds a measured search, for a gallery in cache and one in DRAM, at batch 1 (one
