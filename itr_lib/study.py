@@ -141,18 +141,27 @@ def _execute_notebook(notebook: str, output: str, parameters: dict, timeout: int
     import os
     import papermill as pm
     from .cluster import SCHEDULER_ENV
+    # set for the kernel this task starts, then put back: an in-process cluster shares os.environ with the caller,
+    # which must not keep pointing at a scheduler that closes with the study
+    previous = os.environ.get(SCHEDULER_ENV)
     os.environ[SCHEDULER_ENV] = scheduler
     try:
-        from distributed import secede
-        secede()
-    except ValueError:  # not inside a Dask task (called directly)
-        pass
-    Path(output).parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    pm.execute_notebook(notebook, output, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
-                        execution_timeout=timeout, progress_bar=False, log_output=False,
-                        kernel_manager_class=encrypted_kernel_manager())
-    return time.perf_counter() - t0
+        try:
+            from distributed import secede
+            secede()
+        except ValueError:  # not inside a Dask task (called directly)
+            pass
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        pm.execute_notebook(notebook, output, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
+                            execution_timeout=timeout, progress_bar=False, log_output=False,
+                            kernel_manager_class=encrypted_kernel_manager())
+        return time.perf_counter() - t0
+    finally:
+        if previous is None:
+            os.environ.pop(SCHEDULER_ENV, None)
+        else:
+            os.environ[SCHEDULER_ENV] = previous
 
 
 def shared_paths(todo: list[dict]) -> list[Path]:
