@@ -38,3 +38,21 @@ def test_readme_block_shows_each_method_once_in_its_deployed_mode_and_results_md
     assert sorted(ln.split(" | ")[0] for ln in table) == ["| aladin [global]", "| baseline", "| tgdt [two_stage]"]
     full = "\n".join(comparison_sections(tmp_path, "r", full=True))
     assert sum(ln.startswith("| ") and "variant" not in ln for ln in full.splitlines()) == 12
+
+
+def test_claims_become_one_row_per_claim_with_a_column_per_dataset():
+    from itr_lib.report import claims_by_dataset
+    c = pd.DataFrame({"dataset": ["rsicd", "rsicd", "ucm", "ucm"],
+                      "claim": ["x_vs_baseline", "strongest", "x_vs_baseline", "strongest"],
+                      "statement": ["X beats the baseline", "CRA | 6 ep is the strongest model (vs runner-up B)",
+                                    "X beats the baseline", "scan | 6 ep is the strongest model (vs runner-up CRA)"],
+                      "a": ["baseline | 6 ep", "B | 6 ep", "baseline | 6 ep", "CRA | 6 ep"],
+                      "b": ["X | 6 ep", "CRA | 6 ep", "X | 6 ep", "scan | 6 ep"],
+                      "n_seeds": [3, 3, 2, 3], "verdict": ["holds", "inconclusive", "inconclusive", "holds"],
+                      "B - A mR [95% CI]": ["+1.00 [+0.10, +2.00]", "+0.03 [-0.5, +0.6]", "+0.50 [-1.00, +2.00]",
+                                            "+2.00 [+1.00, +3.00]"]})
+    w = claims_by_dataset(c)
+    assert list(w.columns) == ["statement", "RSICD", "UCM"]
+    assert w.statement.tolist() == ["X beats the baseline", "The top model beats the runner-up"]
+    assert w.RSICD.tolist() == ["+1.00 [+0.10, +2.00] (3) holds", "CRA vs B: +0.03 [-0.5, +0.6] (3) inconclusive"]
+    assert w.UCM.tolist() == ["+0.50 [-1.00, +2.00] (2) inconclusive", "scan vs CRA: +2.00 [+1.00, +3.00] (3) holds"]
