@@ -197,6 +197,29 @@ def time_dask_grid(configs: list[TrainConfig], workers: Sequence[int] = (1, 2), 
     return rows
 
 
+def time_explore(results_dir: str | os.PathLike, dataset: str, n_queries: int = 20, k: int = 8,
+                 threads: int = 1, data_root: str | None = None, cache_dir: str | None = None) -> list[dict]:
+    """The explorer's text -> image answer (query encoding + search + re-scoring) per method whose checkpoint is
+    present under ``results_dir``: the split's first test captions as queries (every other one), after one warm-up
+    query that loads the model and the gallery. One row per method: median / max ms, and how many queries found
+    an image of theirs in the top ``k``."""
+    import torch
+    from .explore import Explorer
+    torch.set_num_threads(threads)
+    ex = Explorer(results_dir, dataset, data_root=data_root, cache_dir=cache_dir)
+    queries = [" ".join(t) for t in ex.split.tokens[:2 * n_queries:2]]
+    rows = []
+    for label in ex.labels():
+        ex.text_to_image(queries[0], label, k=k)
+        res = [ex.text_to_image(q, label, k=k) for q in queries]
+        ms = np.array([1e3 * r.seconds for r in res])
+        rows.append({"method": label, "search": res[0].search, "gallery_images": len(ex.split.filenames),
+                     "queries": len(queries), "k": k, "threads": threads, "ms_median": round(float(np.median(ms)), 2),
+                     "ms_max": round(float(ms.max()), 2), "queries_with_truth_in_top_k": sum(
+                         any(h.truth for h in r.hits) for r in res), **_machine()})
+    return rows
+
+
 def merge_rows(new: pd.DataFrame, path: Path, key: Sequence[str] | None) -> pd.DataFrame:
     """``new`` merged into the CSV at ``path``: old rows whose ``key`` columns match a new row are replaced, the rest
     kept (``key`` None: appended)."""
@@ -244,7 +267,11 @@ def main(argv=None) -> int:
     enc.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     enc.add_argument("--repeats", type=int, default=5)
     enc.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk):
+    exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
+    exp.add_argument("--queries", type=int, default=20)
+    exp.add_argument("--threads", type=int, default=1)
+    exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
+    for s in (step, run, enc, dk, exp):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -269,6 +296,15 @@ def main(argv=None) -> int:
         path = write_benchmark(rows, "dask_grid", a.dataset, None, a.out_dir)
         cols = ["mode", "workers", "runs", "wall_s", "speedup", "efficiency", "cluster_start_s", "overhead_per_task_ms",
                 "load_1min"]
+    elif a.kind == "explore":
+        from .explore import ExploreError
+        try:
+            rows = time_explore(REPO_ROOT / "results" / a.profile, a.dataset, a.queries, threads=a.threads)
+        except ExploreError as err:
+            print(f"error: {err}", flush=True)
+            return 2
+        path = write_benchmark(rows, "explore_latency", a.dataset, ["method", "threads"], a.out_dir)
+        cols = ["method", "search", "gallery_images", "ms_median", "ms_max", "queries_with_truth_in_top_k"]
     else:
         results_dir = REPO_ROOT / "results" / a.profile
         try:

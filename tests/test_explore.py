@@ -200,3 +200,16 @@ def test_serve_command_names_missing_checkpoints_and_retrains_them(tmp_path, tra
     cap = capsys.readouterr()
     assert "mini: 1 method(s) with a checkpoint: baseline" in cap.out
     assert (fresh / "runs").is_dir() and len(list((fresh / "runs").glob("mini-baseline-*/best.pt"))) == 1
+
+
+def test_explore_benchmark_times_every_method_and_counts_ground_truth(trained):
+    from itr_lib.bench import time_explore
+    out, data_root, cache = trained
+    rows = time_explore(out, "mini", n_queries=3, k=1, data_root=data_root, cache_dir=cache)
+    assert sorted(r["method"].split(" | ")[0] for r in rows) == ["baseline", "tgdt"]
+    ex = Explorer(out, "mini", data_root=data_root, cache_dir=cache)
+    queries = [" ".join(t) for t in ex.split.tokens[:6:2]]
+    for r in rows:
+        assert r["queries"] == 3 and r["gallery_images"] == 2 and 0 < r["ms_median"] <= r["ms_max"]
+        top1 = [ex.text_to_image(q, r["method"], k=1).hits[0].truth for q in queries]
+        assert r["queries_with_truth_in_top_k"] == sum(top1)
