@@ -279,7 +279,9 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="with --jobqueue: batch jobs to request")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("distributed").setLevel(logging.WARNING)  # the scheduler's INFO lines drown the study's
+    import distributed  # noqa: F401  (its import configures its own loggers, some at INFO: quiet them after it)
+    for name in ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]:
+        logging.getLogger(name).setLevel(logging.WARNING)  # the scheduler's INFO lines drown the study's
     from .cluster import SCHEDULER_ENV, ClusterError
     if a.scheduler:  # the notebooks' kernels and --retrain's run_grid find the cluster through the environment
         os.environ[SCHEDULER_ENV] = a.scheduler
