@@ -402,7 +402,7 @@ def load_hits(results_dir: str | Path, run: str, mode: str = "", rule: str | Non
 
 # ----------------------------------------------------------------------------------------------- retraining
 def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, threads: int | None = None,
-            dry_run: bool = False) -> list[dict]:
+            dry_run: bool = False, scheduler: str | None = None) -> list[dict]:
     """Retrain the finished runs of ``<results_dir>/metrics/`` whose name matches one of the glob ``patterns``
     and whose checkpoint (``runs/<run>/best.pt``) is missing, from the config each run recorded. The run name
     is recomputed from that config and must match (else the recorded config is not the one that named the run:
@@ -436,7 +436,7 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
         rows.append({"run": m.stem, "recorded_mr": rec["test"]["standard"]["mr"], "retrained_mr": None})
     if dry_run or not configs:
         return rows
-    done = run_grid(configs, results_dir, workers=workers, threads=threads, publish_runs=False)
+    done = run_grid(configs, results_dir, workers=workers, threads=threads, publish_runs=False, scheduler=scheduler)
     for row, met, cfg in zip(rows, done, configs):
         row["retrained_mr"] = met["test"]["standard"]["mr"]
         write_json(Path(cfg.run_dir) / "retrained.json", {"recorded": str(results_dir / "metrics" / f"{row['run']}.json"),

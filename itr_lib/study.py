@@ -138,7 +138,6 @@ def _execute_notebook(notebook: str, output: str, parameters: dict, timeout: int
     """Execute one notebook with papermill; the task a Dask worker runs (importable by any worker). The kernel
     inherits ``$DASK_SCHEDULER_ADDRESS``, so the notebook's training runs go to the same cluster; the task secedes
     from the worker's thread pool while the notebook runs, so those runs can use every worker."""
-    import os
     import papermill as pm
     from .cluster import SCHEDULER_ENV
     # set for the kernel this task starts, then put back: an in-process cluster shares os.environ with the caller,
@@ -282,15 +281,13 @@ def main(argv=None) -> int:
     import distributed  # noqa: F401  (its import configures its own loggers, some at INFO: quiet them after it)
     for name in ["distributed"] + [n for n in logging.root.manager.loggerDict if n.startswith("distributed.")]:
         logging.getLogger(name).setLevel(logging.WARNING)  # the scheduler's INFO lines drown the study's
-    from .cluster import SCHEDULER_ENV, ClusterError
-    if a.scheduler:  # the notebooks' kernels and --retrain's run_grid find the cluster through the environment
-        os.environ[SCHEDULER_ENV] = a.scheduler
+    from .cluster import ClusterError
     if a.retrain:
         out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
         from .runs import RunStoreError, retrain
         from .tables import retrain_check
         try:
-            rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run)
+            rows = retrain(out, a.retrain, workers=a.workers, dry_run=a.dry_run, scheduler=a.scheduler)
         except (RunStoreError, ClusterError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

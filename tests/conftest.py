@@ -45,14 +45,3 @@ def mini_cfg(tmp_path, mini_cache, fixture_root):
         return TrainConfig(**base, run_dir=str(tmp_path / "run"))
     return make
 
-
-@pytest.fixture(autouse=True)
-def _no_scheduler_address_leaks():
-    """`python -m itr_lib.study --scheduler` sets $DASK_SCHEDULER_ADDRESS for its kernels; a test calling it
-    in-process must not leave later tests pointing at a scheduler that is gone."""
-    before = os.environ.get("DASK_SCHEDULER_ADDRESS")
-    yield
-    if before is None:
-        os.environ.pop("DASK_SCHEDULER_ADDRESS", None)
-    else:
-        os.environ["DASK_SCHEDULER_ADDRESS"] = before
