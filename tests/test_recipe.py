@@ -1,0 +1,127 @@
+"""The recipe search (itr_lib.recipe): the greedy rule on val, lever conflicts, reuse of recorded runs, the tables."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from itr_lib import recipe
+from itr_lib.config import TrainConfig
+from itr_lib.runs import METRICS
+
+
+def _record(folder, cfg: TrainConfig, val_mr: float, hits_seed: int) -> dict:
+    (folder / "metrics").mkdir(parents=True, exist_ok=True)
+    name = cfg.run_name()
+    bundle = {k: 10.0 for k in METRICS}
+    rec = {"run": name, "dataset": "rsicd", "method": cfg.method, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
+           "config_identity": cfg.identity(), "val": {"standard": {**bundle, "rsum": 6 * val_mr}},
+           "test": {"standard": {**bundle, "mr": val_mr - 1}}, "best_epoch": 2, "epochs": cfg.epochs,
+           "train_seconds": 60.0, "retrieval_vector_dim": cfg.dim}
+    (folder / "metrics" / f"{name}.json").write_text(json.dumps(rec))
+    rng = np.random.default_rng(hits_seed)
+    np.savez(folder / "metrics" / f"{name}.ranks.npz", i2t=rng.integers(0, 20, 30), t2i=rng.integers(0, 20, 150))
+    return rec
+
+
+def test_combine_refuses_two_levers_of_one_group():
+    assert recipe.combine([{"epochs": 10}, {"region_drop": 0.1}]) == {"epochs": 10, "region_drop": 0.1}
+    with pytest.raises(ValueError, match="infonce_temperature"):
+        recipe.combine([{"infonce_temperature": 0.03}, {"infonce_temperature": 0.07}])
+
+
+def test_best_per_group_keeps_positive_gains_best_first_one_per_group():
+    gains = [("a", "g1", 0.5), ("b", "g1", 0.9), ("c", "g2", 0.7), ("d", "g3", -0.2), ("e", "g4", 0.0),
+             ("f", "g5", float("nan"))]
+    assert recipe.best_per_group(gains) == ["b", "c"]
+
+
+def test_greedy_keeps_a_lever_only_when_the_combination_beats_the_recipe_so_far():
+    # val mR of a combination: additive gains, except that "c" hurts once "a" is in
+    gain = {"a": 1.0, "b": 0.5, "c": 0.4}
+
+    def fake(change):
+        names = change["levers"]
+        v = 20 + sum(gain[n] for n in names) - (2.0 if {"a", "c"} <= set(names) else 0)
+        return {"val": {"standard": {"rsum": 6 * v}}, "test": {"standard": {"mr": v - 1}}, "run": "+".join(names)}
+    changes = {n: {"levers": [n]} for n in gain}
+
+    def train_fn(change):  # combine() would refuse the shared key: merge the lists here
+        return fake(change)
+    ref = {"val": {"standard": {"rsum": 6 * 20.0}}, "test": {"standard": {"mr": 19.0}}}
+    orig = recipe.combine
+    try:
+        recipe.combine = lambda chs: {"levers": [n for ch in chs for n in ch["levers"]]}
+        trace = recipe.greedy_train(["a", "b", "c"], ref, train_fn, changes)
+    finally:
+        recipe.combine = orig
+    assert trace.chosen == ["a", "b"]
+    assert [s["kept"] for s in trace.steps] == [True, True, False]
+    assert [s["levers"] for s in trace.steps] == ["a", "a + b", "a + b + c"]
+    assert trace.steps[1]["val_mr"] == 21.5
+
+
+def test_reference_is_the_probes_d1024_mlp_baseline():
+    from itr_lib.experiments import probe_confirm_configs
+    ref = recipe.lever_config({}, "rsicd", 1)
+    probe_base = [c for c in probe_confirm_configs("rsicd", [1], "lca+cra", "D = 1024 + residual MLP")
+                  if c.method == "baseline"][0]
+    assert ref.run_name() == probe_base.run_name()  # its records are reused, never retrained
+
+
+def test_training_levers_reuse_the_probe_reference_and_choose_on_val(tmp_path, monkeypatch):
+    levers = [("10 epochs", "schedule", {"epochs": 10}),
+              ("temperature 0.03", "temperature", {"infonce_temperature": 0.03}),
+              ("temperature 0.07", "temperature", {"infonce_temperature": 0.07}),
+              ("drop 0.3", "dropout", {"region_drop": 0.3, "token_drop": 0.3})]
+    single_val = {(): 21.0, ("epochs",): 21.6, ("t0.03",): 20.5, ("t0.07",): 21.3, ("drop",): 20.9}
+    ref_cfg = recipe.lever_config({}, "rsicd", 0)
+    _record(tmp_path / "probe" / "confirm-d-1024-residual-mlp", ref_cfg, 21.0, 0)
+    trained = []
+
+    def key(cfg):
+        k = []
+        if cfg.epochs == 10:
+            k.append("epochs")
+        if cfg.infonce_temperature == 0.03:
+            k.append("t0.03")
+        if cfg.infonce_temperature == 0.07:
+            k.append("t0.07")
+        if cfg.region_drop == 0.3:
+            k.append("drop")
+        return tuple(k)
+
+    def fake_run_grid(cfgs, rdir, workers=1, threads=1):
+        out = []
+        for i, c in enumerate(cfgs):
+            path = rdir / "metrics" / f"{c.run_name()}.json"
+            if path.is_file():
+                out.append(json.loads(path.read_text()))
+                continue
+            trained.append(key(c))
+            v = single_val.get(key(c), 21.0 + 0.6 + 0.3 - (0.5 if "drop" in key(c) else 0))
+            out.append(_record(rdir, c, v, len(trained)))
+        return out
+    monkeypatch.setattr("itr_lib.runs.run_grid", fake_run_grid)
+    table, trace, change = recipe.training_levers("rsicd", tmp_path, levers=levers, n_boot=100)
+    assert () not in trained  # the reference came from the probe's record
+    assert list(table.lever) == ["reference"] + [n for n, _, _ in levers]
+    assert table.val_gain.tolist() == [0.0, 0.6, -0.5, 0.3, -0.1]
+    # greedy: 10 epochs (+0.6), then temperature 0.07 (+0.3, the better of its group); dropout never tried
+    assert trace.chosen == ["10 epochs", "temperature 0.07"]
+    assert change == {"epochs": 10, "infonce_temperature": 0.07}
+    assert table.chosen.tolist() == [False, True, False, True, False]
+    assert table.delta_rsum.notna().tolist() == [False, True, True, True, True]
+
+
+def test_inference_spec_merge_and_slug():
+    a = recipe.InferenceSpec(tta=recipe.ROT4)
+    b = recipe.InferenceSpec(hubness="qbnorm", beta=20.0)
+    m = a.merged(b)
+    assert m == recipe.InferenceSpec(tta=recipe.ROT4, ensemble=1, hubness="qbnorm", beta=20.0)
+    assert m.slug() == "tta-r0-r90-r180-r270+qbnorm-b20"
+    assert recipe.InferenceSpec().slug() == "plain" and not m.transductive
+    assert recipe.InferenceSpec(hubness="dual_softmax").transductive
