@@ -65,6 +65,30 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
     return scheduler or os.environ.get(SCHEDULER_ENV) or None
 
 
+class sigint_deferred:
+    """Within this block, Ctrl-C (SIGINT) prints ``message`` instead of raising KeyboardInterrupt; the previous
+    handler comes back on exit. Only the main thread can set signal handlers: elsewhere this does nothing."""
+
+    def __init__(self, message: str):
+        self.message, self.previous, self.received = message, None, 0
+
+    def _handler(self, signum, frame) -> None:
+        self.received += 1
+        import sys
+        print(f"\n{self.message}", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        import signal
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
 class Cluster:
     """A connected client, and the local cluster it owns (None when connected to an existing scheduler).
     A context manager: leaving it closes the client and a local cluster (killing its workers)."""
@@ -87,9 +111,13 @@ class Cluster:
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def close(self) -> None:
-        self.client.close()
-        if self.local is not None:
-            self.local.close()
+        """Close the client and the local cluster. A Ctrl-C while closing (the second one of an interrupted study)
+        does not break the shutdown half-way (which printed tracebacks and could leave worker processes behind): it
+        is reported and the shutdown finishes."""
+        with sigint_deferred("the Dask cluster is shutting down; its worker processes stop in a few seconds"):
+            self.client.close()
+            if self.local is not None:
+                self.local.close()
 
     def __enter__(self):
         return self

@@ -200,3 +200,29 @@ def test_slurm_recipe_builds_the_job_script_of_docs_cluster_md(monkeypatch):
     assert "--nthreads 1" in script and "--nworkers 4" in script
     doc = (REPO_ROOT / "docs" / "cluster.md").read_text()
     assert 'slurm_cluster(jobs=2, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab")' in doc
+
+
+def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
+    import os
+    import signal
+    from itr_lib.cluster import Cluster
+
+    closed = []
+
+    class FakeClient:
+        def close(self):
+            os.kill(os.getpid(), signal.SIGINT)  # the user's second Ctrl-C, during the shutdown
+            closed.append("client")
+
+    class FakeLocal:
+        def close(self):
+            closed.append("local")
+    before = signal.getsignal(signal.SIGINT)
+    Cluster(FakeClient(), FakeLocal()).close()  # no KeyboardInterrupt escapes
+    assert closed == ["client", "local"]  # the shutdown finished
+    assert "shutting down" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C works again afterwards
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        import time
+        time.sleep(1)
