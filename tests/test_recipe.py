@@ -119,9 +119,9 @@ def test_training_levers_reuse_the_probe_reference_and_choose_on_val(tmp_path, m
 
 def test_inference_spec_merge_and_slug():
     a = recipe.InferenceSpec(tta=recipe.ROT4)
-    b = recipe.InferenceSpec(hubness="qbnorm", beta=20.0)
+    b = recipe.InferenceSpec(hubness="qb_norm", beta=20.0)
     m = a.merged(b)
-    assert m == recipe.InferenceSpec(tta=recipe.ROT4, ensemble=1, hubness="qbnorm", beta=20.0)
-    assert m.slug() == "tta-r0-r90-r180-r270+qbnorm-b20"
+    assert m == recipe.InferenceSpec(tta=recipe.ROT4, ensemble=1, hubness="qb_norm", beta=20.0)
+    assert m.slug() == "tta-r0-r90-r180-r270+qb_norm-b20"
     assert recipe.InferenceSpec().slug() == "plain" and not m.transductive
-    assert recipe.InferenceSpec(hubness="dual_softmax").transductive
+    assert recipe.InferenceSpec(hubness="dual_softmax_transductive").transductive

@@ -121,3 +121,25 @@ def comparison_bars(table: pd.DataFrame, dataset: str, published: pd.DataFrame |
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
+
+
+def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = None):
+    """The recipe's levers (``tables/recipe_<ds>.csv``): left, each lever's val mR gain over its reference (what the
+    greedy rule chooses on; chosen levers filled); right, the test rsum gain with its 95% paired bootstrap interval
+    (reported, never used to choose). ``published``: {name: test mR} drawn nowhere here but named in the title."""
+    t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")].reset_index(drop=True)
+    y = np.arange(len(t))[::-1]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 1.6), sharey=True)
+    colors = ["C2" if c else ("C7" if "transductive" in s else "C0") for c, s in zip(t.chosen.astype(bool), t.stage)]
+    axes[0].barh(y, t.val_gain, color=colors)
+    axes[0].axvline(0, color="k", lw=0.8)
+    axes[0].set_yticks(y, [textwrap.shorten(f"{lv}", 48) for lv in t.lever])
+    axes[0].set(xlabel="val mR gain over the reference (decides)", title=f"{dataset}: levers, one at a time")
+    err = np.vstack([t.delta_rsum - t.ci_lo, t.ci_hi - t.delta_rsum]).astype(float)
+    axes[1].barh(y, t.delta_rsum, xerr=np.nan_to_num(err), color=colors, alpha=0.8, capsize=3)
+    axes[1].axvline(0, color="k", lw=0.8)
+    axes[1].set(xlabel="test rsum gain, 95% paired bootstrap CI (reported)", title="green: chosen; grey: transductive")
+    if published:
+        fig.suptitle("published: " + ", ".join(f"{k} {v:.2f} mR" for k, v in published.items()), fontsize=9)
+    fig.tight_layout()
+    return fig
