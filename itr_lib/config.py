@@ -13,13 +13,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import dihedral
 from .io import REPO_ROOT
 
 # fields that do not change the result of a run (excluded from its identity)
 RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size")
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
-ADDED_LATER = ("val_images_per_epoch",)
+ADDED_LATER = ("val_images_per_epoch", "image_transforms")
 
 
 def config_identity(cfg: dict) -> dict:
@@ -84,6 +85,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     region_drop: float = 0.2            # VSE-infinity: drop 20% of regions
     token_drop: float = 0.2             # and 20% of tokens
+    image_transforms: list[str] | None = None  # per image and step, the grid of one of these transforms of the
+                                        # pixels, drawn uniformly (itr_lib.dihedral: r0 r90 r180 r270 f0 ...;
+                                        # their train caches must exist); None: the images as they are
     # method-specific extras (TGDT, ALADIN, ...)
     extra: dict = field(default_factory=dict)
     # data / runtime
@@ -97,6 +101,10 @@ class TrainConfig:
     threads: int | None = None
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
+
+    def __post_init__(self):
+        if self.image_transforms is not None:
+            self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
 
     def identity(self) -> dict:
         return config_identity(asdict(self))
@@ -153,6 +161,8 @@ def variant_label(cfg: dict) -> str:
         v += f" | D={cfg['dim']}"
     if cfg.get("mlp"):
         v += " | MLP"
+    if cfg.get("image_transforms"):  # trained on rotated / mirrored grids
+        v += f" | {dihedral.label(cfg['image_transforms'])}"
     if cfg.get("text_encoder", "minilm") != "minilm":
         v += f" | {cfg['text_encoder']}"
     if cfg.get("val_images_per_epoch"):  # model selection on the first N val images

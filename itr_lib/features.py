@@ -1,11 +1,13 @@
 """Frozen pretrained features, extracted once and cached with a JSON sidecar.
 
-Why one module of ~550 lines: the image, text and GloVe caches share one cache / sidecar / chunked-resume
-machinery; splitting by modality would split that machinery or import it back.
+Why one module of ~600 lines: the image (one cache per transform), text and GloVe caches share one cache /
+sidecar / chunked-resume machinery; splitting by modality would split that machinery or import it back.
 
 Per split of a dataset, under ``<cache root>/<dataset>/``:
 
 - ``{split}.image.{model}-{size}.npy``: (N, G*G, C) float16 grid features (EfficientNet-Lite2: 49 x 1280 at 224),
+  and ``{split}.image.{model}-{size}.{transform}.npy`` the same of each rotated / mirrored image
+  (:mod:`itr_lib.dihedral`; the transform is named in the sidecar; the identity ``r0`` is the plain file),
 - ``{split}.text.minilm-{L}.npy``: (M, L, 384) float16 all-MiniLM-L6-v2 token states (padding rows are zero),
   with ``.lengths.npy`` (M,) and ``.ids.npy`` (M, L) word-piece ids beside it,
 - ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split,
@@ -16,7 +18,7 @@ writes into ``*.partial.npy`` in chunks and records progress after each chunk, s
 where it stopped; the final file appears by atomic rename, and its sidecar is written last, so nothing
 half-written is ever read back as complete.
 
-CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...]``.
+CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...] [--transforms r0 r90 ...]``.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import dihedral
 from .data import DataError, Dataset, Split, load_dataset, load_image, sha256_file
 from .io import REPO_ROOT, atomic_save_npy, progress_enabled, read_json, resolve_device, write_json
 
@@ -172,9 +175,10 @@ def _row_order_sha(items: list) -> str:
     return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
 
 
-def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", size: int = 224) -> dict:
+def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", size: int = 224,
+                  transform: str = dihedral.IDENTITY) -> dict:
     grid = size // 32
-    return {
+    return {**dihedral.sidecar_fields(transform),
         "format_version": FORMAT_VERSION, "kind": "image", "model_id": model,
         "weights_sha256": _weights_sha256(str(_image_weights_path(model))),
         "input_size": size, "grid": [grid, grid], "dim": 1280, "dtype": "float16",
@@ -196,6 +200,10 @@ def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> d
         "n_rows": split.n_texts, "row_order": "captions of the split, image by image in JSON order (Split.captions)",
         "row_order_sha256": _row_order_sha(split.captions),
     }
+
+
+def _image_tag(model: str, size: int, transform: str = dihedral.IDENTITY) -> str:
+    return f"{model}-{size}{dihedral.cache_suffix(transform)}"
 
 
 def _paths(ds_name: str, split: str, kind: str, tag: str, root=None) -> tuple[Path, Path]:
@@ -290,10 +298,11 @@ class BuildReport:
 
 def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-lite2", size: int = 224,
                           root=None, device: str = "cpu", batch_size: int = 32, progress: bool | None = None,
-                          rebuild: bool = False) -> BuildReport:
+                          rebuild: bool = False, transform: str = dihedral.IDENTITY) -> BuildReport:
+    """The split's grid features of each image after ``transform`` (:mod:`itr_lib.dihedral`; default: as is)."""
     sp = ds.split(split)
-    npy, side = _paths(ds.name, split, "image", f"{model}-{size}", root)
-    expected = image_sidecar(ds, sp, model, size)
+    npy, side = _paths(ds.name, split, "image", _image_tag(model, size, transform), root)
+    expected = image_sidecar(ds, sp, model, size, transform)
     if not rebuild and cache_status(npy, side, expected) == "ok":
         return BuildReport(npy, False, 0.0, sp.n_images)
     status = cache_status(npy, side, expected)
@@ -305,7 +314,7 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
     pool = ThreadPoolExecutor(max_workers=1)
 
     def load_batch(start, stop):
-        return [load_image(p) for p in sp_paths[start:stop]]
+        return [dihedral.apply_pil(load_image(p), transform) for p in sp_paths[start:stop]]
 
     chunk = batch_size * 8
     pending: dict[int, object] = {}
@@ -320,7 +329,7 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
         return out, slice(start, stop)
 
     secs = build_array(npy, side, expected, (sp.n_images, grid, 1280), np.float16, sp.n_images, chunk, compute,
-                       desc=f"{ds.name}/{split} images", progress=progress)
+                       desc=f"{ds.name}/{split} images{dihedral.cache_suffix(transform)}", progress=progress)
     pool.shutdown()
     return BuildReport(npy, True, secs, sp.n_images)
 
@@ -437,8 +446,8 @@ def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
     """Open a split's caches; raises :class:`CacheError` (with the command to fix it) if any is missing or stale."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     sp = ds.split(split)
-    hint = f"python -m itr_lib.features --data-root {ds.json_path.parent.parent} --dataset {ds.name}"
-    inpy, iside = _paths(ds.name, split, "image", f"{image_model}-{size}", root)
+    hint = _build_hint(ds)
+    inpy, iside = _paths(ds.name, split, "image", _image_tag(image_model, size), root)
     _check(inpy, iside, image_sidecar(ds, sp, image_model, size), hint)
     tnpy, tside = _paths(ds.name, split, "text", f"minilm-{max_length}", root)
     _check(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
@@ -454,6 +463,26 @@ def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
                          np.load(tnpy.with_suffix(".ids.npy")), g_ids, g_len)
 
 
+def _build_hint(ds: Dataset) -> str:
+    return f"python -m itr_lib.features --data-root {ds.json_path.parent.parent} --dataset {ds.name}"
+
+
+def load_image_grid(dataset: str | Dataset, split: str, transform: str, data_root=None, root=None,
+                    image_model: str = "efficientnet-lite2", size: int = 224, mmap: bool = True) -> np.ndarray:
+    """The (N, R, 1280) grid cache of a split's images after ``transform``; raises :class:`CacheError` naming
+    the command that builds it when it is missing or was built for another request (e.g. another transform)."""
+    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
+    sp = ds.split(split)
+    npy, side = _paths(ds.name, split, "image", _image_tag(image_model, size, transform), root)
+    hint = f"{_build_hint(ds)} --splits {split} --transforms {transform}"
+    _check(npy, side, image_sidecar(ds, sp, image_model, size, transform), hint)
+    grid = np.load(npy, mmap_mode="r" if mmap else None)
+    if grid.shape[0] != sp.n_images:
+        raise CacheError(f"feature cache {npy} has {grid.shape[0]} rows, the split has {sp.n_images}. Fix: "
+                         f"rebuild with `{hint} --rebuild`.")
+    return grid
+
+
 def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[str], np.ndarray]:
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     vocab_json, emb_npy = ensure_glove_vocab(ds, root)
@@ -463,26 +492,30 @@ def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[
 def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
                     progress: bool | None = None, rebuild: bool = False,
-                    benchmark: bool | str | os.PathLike = False) -> list[dict]:
-    """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON).
+                    benchmark: bool | str | os.PathLike = False, transforms: list[str] | None = None) -> list[dict]:
+    """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON),
+    the image caches once per transform in ``transforms`` (default ``["r0"]``, the images as they are).
 
-    Returns one row per cache: path, whether it was built, seconds and throughput; with ``benchmark``,
-    rows that were built are also merged into ``results/benchmarks/feature_extraction.csv`` (or into the
-    CSV path given as ``benchmark``)."""
+    Returns one row per cache: path, whether it was built, seconds and throughput (``kind`` is ``image`` for
+    ``r0``, ``image.<transform>`` for the others); with ``benchmark``, rows that were built are also merged into
+    ``results/benchmarks/feature_extraction.csv`` (or into the CSV path given as ``benchmark``)."""
     import torch
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     splits = splits or ds.split_names
-    todo = [s for s in splits if rebuild or cache_status(*_paths(ds.name, s, "image", f"{image_model}-{size}", root),
-                                                          image_sidecar(ds, ds.split(s), image_model, size)) != "ok"]
+    transforms = dihedral.validate(transforms or [dihedral.IDENTITY], "--transforms")
+    todo = [s for s in splits if rebuild or any(
+        cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t), root),
+                     image_sidecar(ds, ds.split(s), image_model, size, t)) != "ok" for t in transforms)]
     if todo:  # every image of every split to extract, checked before any is extracted (all bad files at once)
         ds.check_images(todo)
     rows = []
     for s in splits:
-        for kind, fn in (("image", lambda: ensure_image_features(ds, s, image_model, size, root, device,
-                                                                  progress=progress, rebuild=rebuild)),
-                         ("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
-                                                               rebuild=rebuild))):
+        image_jobs = [(f"image{dihedral.cache_suffix(t)}",
+                       functools.partial(ensure_image_features, ds, s, image_model, size, root, device,
+                                         progress=progress, rebuild=rebuild, transform=t)) for t in transforms]
+        for kind, fn in image_jobs + [("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
+                                                                          rebuild=rebuild))]:
             r = fn()
             rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(r.path), "built": r.built,
                          "items": r.items, "seconds": round(r.seconds, 2),
@@ -505,7 +538,7 @@ def _record_benchmark(rows: list[dict], image_model: str, device: str, path: Pat
         with open(path) as f:
             old = [r for r in csv.DictReader(f)]
     new = [{**{k: r[k] for k in ("dataset", "split", "kind", "items", "seconds", "items_per_s")},
-            "model": image_model if r["kind"] == "image" else TEXT_MODEL_ID, "device": device,
+            "model": image_model if r["kind"].startswith("image") else TEXT_MODEL_ID, "device": device,
             "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
             "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else ""} for r in rows]
     keys = {(r["dataset"], r["split"], r["kind"], r["device"]) for r in new}
@@ -528,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="feature cache root (default: $ITR_CACHE_DIR or ./cache/features)")
     p.add_argument("--splits", nargs="*", default=None, help="splits to build (default: every split in the JSON)")
     p.add_argument("--image-model", default="efficientnet-lite2", choices=IMAGE_MODELS)
+    p.add_argument("--transforms", nargs="+", default=["r0"], metavar="T",
+                   help="image caches to build, one per transform of the pixels (itr_lib.dihedral): "
+                        f"{' '.join(dihedral.TRANSFORMS)}; default: r0 (the images as they are)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
@@ -541,13 +577,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cache directory: {cache_root(a.cache_dir) / ds.name}", flush=True)
         t0 = time.perf_counter()
         rows = ensure_features(ds, a.splits, root=a.cache_dir, image_model=a.image_model, device=a.device,
-                               progress=not a.no_progress, rebuild=a.rebuild, benchmark=a.benchmark or False)
-    except DataError as err:
+                               progress=not a.no_progress, rebuild=a.rebuild, benchmark=a.benchmark or False,
+                               transforms=a.transforms)
+    except ValueError as err:  # DataError / CacheError, or an unknown transform name
         print(f"error: {err}", file=sys.stderr)
         return 2
     for r in rows:
         state = f"built in {r['seconds']:.1f}s ({r['items_per_s']}/s)" if r["built"] else "reused"
-        print(f"  {r['split']:>5} {r['kind']:<5} {r['items']:>6} rows  {state}  {r['path']}")
+        print(f"  {r['split']:>5} {r['kind']:<10} {r['items']:>6} rows  {state}  {r['path']}")
     print(f"done in {time.perf_counter() - t0:.1f}s")
     return 0
 

@@ -13,6 +13,9 @@ One evaluation for every method (METHODS.md, "Evaluation protocol"):
 - Models with a re-scorer (``rescore_similarity``: TGDT, ALADIN's teacher, exhaustive MrSw) are also scored
   in the modes ``global`` (retrieval vectors only), ``two_stage`` (global shortlist re-scored, see
   :mod:`itr_lib.rerank`) and ``exhaustive`` (the re-scorer over every pair).
+- Test-time augmentation (:func:`evaluate_tta`, models whose score is an inner product of retrieval vectors):
+  each image's vector is the mean of its vectors over rotated / mirrored copies (:mod:`itr_lib.dihedral`),
+  re-normalised; the same metrics bundle, at ``len(transforms)`` image encodes per image.
 """
 from __future__ import annotations
 
@@ -48,13 +51,14 @@ def _cat(dicts: list[dict]) -> dict:
 
 @torch.no_grad()
 def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256,
-                 texts: np.ndarray | None = None, outputs: str = "auto") -> tuple[dict, dict]:
+                 texts: np.ndarray | None = None, outputs: str = "auto", view: str | None = None) -> tuple[dict, dict]:
     """Encode every image and the captions ``texts`` (default: all, in order) of a split in eval mode; returns
     (image outputs, text outputs) on CPU.
 
     ``outputs``: ``"vectors"`` keeps only the retrieval vectors (key ``vec``), ``"all"`` every tensor output
     (what an exhaustive score or a re-scorer reads), ``"auto"`` vectors for models whose retrieval vectors are
-    their score (``exact_vectors``), else all."""
+    their score (``exact_vectors``), else all. ``view``: encode the images of that transform (a view the split was
+    loaded with, :meth:`SplitTensors.image_batch <itr_lib.splits.SplitTensors.image_batch>`)."""
     if outputs not in ("auto", "vectors", "all"):
         raise ValueError(f"outputs must be 'auto', 'vectors' or 'all', not {outputs!r}")
     model.eval()
@@ -68,7 +72,7 @@ def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu",
     imgs, txts = [], []
     for s in range(0, data.n_images, batch_size):
         idx = torch.arange(s, min(s + batch_size, data.n_images))
-        regions, mask = data.image_batch(idx)
+        regions, mask = data.image_batch(idx, view=view)
         imgs.append(keep(model.encode_images(regions.to(device), mask.to(device)), model.image_vectors))
     for s in range(0, len(text_idx), batch_size):
         text, mask, word = data.text_batch(text_idx[s:s + batch_size])
@@ -121,7 +125,11 @@ def evaluate(model: RetrievalModel, data: SplitTensors, device: str = "cpu", bat
         return {**res["two_stage"], **({"_ties": info["ties"]["two_stage"]} if with_ranks else {})}
     uniq, inverse = data.text_groups()
     img, txt = encode_split(model, data, device, batch_size, texts=uniq)
-    sims = score_matrix(model, img, txt, device)[:, inverse]
+    return _metrics(score_matrix(model, img, txt, device)[:, inverse], data, with_ranks)
+
+
+def _metrics(sims: np.ndarray, data: SplitTensors, with_ranks: bool) -> dict:
+    """The bundle of :func:`evaluate` from the (n_images, n_captions) score matrix."""
     out, ties = evaluate_split(sims, data.img2txt, data.txt2img, return_ties=True)
     img2txt_dup, txt2imgs = data.split.duplicate_aware_maps()
     out["duplicate_aware"] = retrieval_metrics_dup(sims, img2txt_dup, txt2imgs)  # the key of every record
@@ -130,6 +138,79 @@ def evaluate(model: RetrievalModel, data: SplitTensors, device: str = "cpu", bat
         out["_ties"] = ties
         out["_ranks"] = rank_arrays(sims, data.img2txt, data.txt2img)
     return out
+
+
+@torch.no_grad()
+def tta_image_vectors(model: RetrievalModel, data: SplitTensors, transforms: Sequence[str], device: str = "cpu",
+                      batch_size: int = 256) -> tuple[torch.Tensor, dict]:
+    """Each image's retrieval vector averaged over its ``transforms`` views, rescaled to the mean norm of the
+    vectors averaged (unit for unit vectors; SelfAlign-CRA's concatenation keeps its own fixed norm), and the
+    seconds each view's encoding took. With one transform the vectors are exactly the model's own."""
+    from . import dihedral
+    transforms = dihedral.validate(transforms, "transforms")
+    if not model.exact_vectors:
+        raise ValueError(f"test-time augmentation averages retrieval vectors, but {type(model).__name__} scores "
+                         f"pairs with a function that is not an inner product of them (exact_vectors is False; "
+                         f"TGDT, MrSw, SCAN). Fix: score it with evaluate / evaluate_two_stage, without tta.")
+    total, norms, seconds = None, None, {}
+    for name in transforms:
+        t0 = time.perf_counter()
+        vec = encode_images(model, data, device, batch_size, view=name).float()
+        seconds[name] = time.perf_counter() - t0
+        n = vec.norm(dim=1, keepdim=True)
+        total, norms = (vec, n) if total is None else (total + vec, norms + n)
+    mean = total / len(transforms)
+    return mean * ((norms / len(transforms)) / mean.norm(dim=1, keepdim=True)), seconds
+
+
+@torch.no_grad()
+def encode_images(model: RetrievalModel, data: SplitTensors, device: str = "cpu", batch_size: int = 256,
+                  view: str | None = None) -> torch.Tensor:
+    """The (n_images, d) retrieval vectors of a split's images (of one ``view``), in eval mode, on CPU."""
+    model.eval()
+    rows = []
+    for s in range(0, data.n_images, batch_size):
+        regions, mask = data.image_batch(torch.arange(s, min(s + batch_size, data.n_images)), view=view)
+        rows.append(model.image_vectors(model.encode_images(regions.to(device), mask.to(device))).cpu())
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def evaluate_tta(model: RetrievalModel, data: SplitTensors, transforms: Sequence[str], device: str = "cpu",
+                 batch_size: int = 256, with_ranks: bool = False, return_details: bool = False):
+    """:func:`evaluate`'s bundle with test-time augmentation of the images: each image's retrieval vector is the
+    re-normalised mean of its vectors over ``transforms`` (:func:`tta_image_vectors`); captions as in
+    :func:`evaluate`. ``data`` must hold those views (``load_split_tensors(cfg, split, transforms=...)``).
+    Only for models whose score is an inner product of retrieval vectors (``exact_vectors``: baseline, SelfAlign,
+    ALADIN's student); others raise ValueError.
+
+    The cost: an image *query* (or an indexed image) is encoded ``len(transforms)`` times. With
+    ``return_details`` also ``{"transforms", "image_encodes_per_image", "image_encode_seconds" (per
+    transform), "image_encode_seconds_per_image" (all transforms), "text_encode_seconds"}``."""
+    vec, secs = tta_image_vectors(model, data, transforms, device, batch_size)
+    uniq, inverse = data.text_groups()
+    t0 = time.perf_counter()
+    txt = _encode_texts(model, data, uniq, device, batch_size)
+    t_text = time.perf_counter() - t0
+    out = _metrics((vec @ txt.t()).numpy()[:, inverse], data, with_ranks)
+    if not return_details:
+        return out
+    info = {"transforms": list(transforms), "image_encodes_per_image": len(transforms),
+            "image_encode_seconds": {k: round(v, 4) for k, v in secs.items()},
+            "image_encode_seconds_per_image": sum(secs.values()) / max(1, data.n_images),
+            "text_encode_seconds": t_text}
+    return out, info
+
+
+def _encode_texts(model: RetrievalModel, data: SplitTensors, texts: np.ndarray, device: str,
+                  batch_size: int) -> torch.Tensor:
+    model.eval()
+    idx = torch.as_tensor(np.asarray(texts), dtype=torch.long)
+    rows = []
+    for s in range(0, len(idx), batch_size):
+        text, mask, word = data.text_batch(idx[s:s + batch_size])
+        rows.append(model.text_vectors(model.encode_texts(text.to(device), mask.to(device), word.to(device))).cpu())
+    return torch.cat(rows)
 
 
 @torch.no_grad()

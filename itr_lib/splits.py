@@ -1,27 +1,40 @@
 """A split's cached features as torch tensors in memory: training batches (augmentation, all or one caption per
 image, the false-negative mask) and evaluation batches; the groups of identical caption inputs.
 
-``load_split_tensors(cfg, split)`` keeps one copy per process (keyed by dataset checksum, split, cache and text
-encoder), so a grid of runs loads each split once.
+``load_split_tensors(cfg, split)`` keeps one copy per process (keyed by dataset checksum, split, cache, text
+encoder and image transforms), so a grid of runs loads each split once. With ``transforms`` it also holds the grids
+of the rotated / mirrored images (:mod:`itr_lib.dihedral`), one *view* per transform: training draws one per image
+and step, test-time augmentation encodes each.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from . import dihedral
 from .data import load_dataset
-from .features import SplitFeatures, load_features
+from .features import SplitFeatures, load_features, load_image_grid
 from .models import Batch
 
 class SplitTensors:
-    """A split's features as torch tensors in memory, with the index maps and caption keys."""
+    """A split's features as torch tensors in memory, with the index maps and caption keys.
 
-    def __init__(self, feats: SplitFeatures, text_encoder: str, max_images: int | None = None):
+    ``views``: transform name -> that transform's (N, R, C) grid cache (``r0``, the images as they are, is
+    ``feats.images`` and need not be given); ``view_names`` lists the views held, in the order given."""
+
+    def __init__(self, feats: SplitFeatures, text_encoder: str, max_images: int | None = None,
+                 views: dict[str, np.ndarray] | None = None):
         sp = feats.split
         n = sp.n_images if max_images is None else min(max_images, sp.n_images)
         caps = np.concatenate([sp.img2txt[i] for i in range(n)]).astype(np.int64)
         self.split = sp.subset(n) if n < sp.n_images else sp
         self.images = torch.from_numpy(np.array(feats.images[:n]))  # a RAM copy of the memmap
+        self.views = {dihedral.IDENTITY: self.images}
+        for name, grid in (views or {}).items():
+            dihedral.parse(name)
+            if name != dihedral.IDENTITY:
+                self.views[name] = torch.from_numpy(np.array(grid[:n]))
+        self.view_names = list(views) if views else [dihedral.IDENTITY]
         self.text_encoder = text_encoder
         if text_encoder == "minilm":
             self.text = torch.from_numpy(np.array(feats.text[caps]))
@@ -83,26 +96,51 @@ class SplitTensors:
             mask = torch.arange(width)[None, :] < lengths[:, None]
         return text, mask, mask
 
-    def image_batch(self, idx: torch.Tensor, region_drop: float = 0.0, gen: torch.Generator | None = None):
-        regions = self.images[idx]
+    def image_batch(self, idx: torch.Tensor, region_drop: float = 0.0, gen: torch.Generator | None = None,
+                    view: str | torch.Tensor | None = None):
+        """Grids and region masks of images ``idx``. ``view``: a transform name (every image in that view), or per
+        image an index into ``view_names`` (a tensor like ``idx``), or None (the images as they are)."""
+        regions = self._view_rows(idx, view)
         mask = torch.ones(regions.shape[:2], dtype=torch.bool)
         if region_drop > 0:
             mask = torch.rand(mask.shape, generator=gen) >= region_drop
             mask[mask.sum(1) == 0, 0] = True
         return regions, mask
 
+    def _view_rows(self, idx: torch.Tensor, view: str | torch.Tensor | None) -> torch.Tensor:
+        if view is None:
+            return self.images[idx]
+        if isinstance(view, str):
+            if view not in self.views:
+                raise ValueError(f"split {self.split.name!r} is loaded with the views {self.view_names}, not "
+                                 f"{view!r}. Fix: load it with load_split_tensors(cfg, {self.split.name!r}, "
+                                 f"transforms=[..., {view!r}]).")
+            return self.views[view][idx]
+        view = torch.as_tensor(view, dtype=torch.long)
+        if view.shape != idx.shape or (len(view) and int(view.max()) >= len(self.view_names)):
+            raise ValueError(f"per-image view indices must match idx {tuple(idx.shape)} and index view_names "
+                             f"{self.view_names}; got shape {tuple(view.shape)}")
+        rows = torch.empty((len(idx),) + tuple(self.images.shape[1:]), dtype=self.images.dtype)
+        for v, name in enumerate(self.view_names):
+            sel = view == v
+            if sel.any():
+                rows[sel] = self.views[name][idx[sel]]
+        return rows
+
     def train_batch(self, ii: torch.Tensor, cfg, multi: bool, one_caption: np.ndarray,
-                    gen: torch.Generator | None = None, vocab_size: int | None = None) -> Batch:
+                    gen: torch.Generator | None = None, vocab_size: int | None = None,
+                    view: torch.Tensor | None = None) -> Batch:
         """The training batch of images ``ii``: with ``multi`` every caption of each image (and ``cap2img``), else
         the caption ``one_caption[i]`` of each image i; with the config's region / token drop and, when
-        ``cfg.false_negatives == "mask"``, the false-negative mask."""
+        ``cfg.false_negatives == "mask"``, the false-negative mask. ``view``: per image, the index into
+        ``view_names`` of the transform whose grid it gets (None: the images as they are)."""
         if multi:
             caps = [self.img2txt[i] for i in ii.tolist()]
             tt = torch.tensor([c for cs in caps for c in cs])
             cap2img = torch.repeat_interleave(torch.arange(len(ii)), torch.tensor([len(c) for c in caps]))
         else:
             tt, cap2img = torch.from_numpy(one_caption[ii.numpy()]), None
-        regions, rmask = self.image_batch(ii, cfg.region_drop, gen)
+        regions, rmask = self.image_batch(ii, cfg.region_drop, gen, view)
         text, tmask, wmask = self.text_batch(tt, cfg.token_drop, gen, vocab_size)
         ignore = self.false_negative_mask(ii, tt) if cfg.false_negatives == "mask" else None
         return Batch(regions, rmask, text, tmask, wmask, ignore, cap2img)
@@ -137,17 +175,24 @@ class SplitTensors:
 _TENSORS: dict = {}
 
 
-def load_split_tensors(cfg, split: str, max_images: int | None = None) -> SplitTensors:
-    """A split's features in memory. Kept per process (keyed by dataset file checksum, split, cache and
-    text encoder; the cache's sidecar is re-checked on every call), so a grid of runs loads each split once."""
+def load_split_tensors(cfg, split: str, max_images: int | None = None,
+                       transforms: list[str] | None = None) -> SplitTensors:
+    """A split's features in memory. Kept per process (keyed by dataset file checksum, split, cache, text
+    encoder and transforms; the caches' sidecars are re-checked on every call), so a grid of runs loads each
+    split once. ``transforms``: also hold these transforms' grids as views (each cache must exist: a
+    :class:`~itr_lib.features.CacheError` names the command that builds it)."""
     ds = load_dataset(cfg.dataset, cfg.data_root)
     feats = load_features(ds, split, root=cfg.cache_dir)  # validates the sidecars
+    names = dihedral.validate(transforms, "transforms") if transforms is not None else None
+    grids = {t: load_image_grid(ds, split, t, root=cfg.cache_dir) for t in names if t != dihedral.IDENTITY} \
+        if names else {}
     key = (ds.json_sha256, split, str(feats.images.filename if hasattr(feats.images, "filename") else id(feats)),
-           cfg.text_encoder, max_images)
+           cfg.text_encoder, max_images) + ((tuple(names),) if names else ())
     if key not in _TENSORS:
         if len(_TENSORS) >= 6:
             _TENSORS.pop(next(iter(_TENSORS)))
-        _TENSORS[key] = SplitTensors(feats, cfg.text_encoder, max_images)
+        views = {t: grids.get(t, feats.images) for t in names} if names else None
+        _TENSORS[key] = SplitTensors(feats, cfg.text_encoder, max_images, views)
     return _TENSORS[key]
 
 

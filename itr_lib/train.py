@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     seed_everything(cfg.seed)
 
     t_load = time.perf_counter()
-    tr = load_split_tensors(cfg, "train", cfg.max_train_images)
+    tr = load_split_tensors(cfg, "train", cfg.max_train_images, transforms=cfg.image_transforms)
     va = load_split_tensors(cfg, "val", cfg.max_eval_images)
     va_sel = load_split_tensors(cfg, "val", cfg.val_images_per_epoch) if cfg.val_images_per_epoch else va
     t_load = time.perf_counter() - t_load
@@ -139,6 +139,9 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
         gen.manual_seed(int(rng.integers(2 ** 62)))
         order = rng.permutation(n)
         cap_choice = np.array([c[rng.integers(len(c))] for c in tr.img2txt])
+        # image_transforms: a stream of its own per epoch, so the other draws stay those of a run without it
+        view_gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, epoch, 1]).integers(2 ** 62))) \
+            if cfg.image_transforms else None
         model.train()
         sums: dict[str, float] = {}
         t0 = time.perf_counter()
@@ -148,7 +151,8 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
             ii = torch.from_numpy(order[step * cfg.batch_size:(step + 1) * cfg.batch_size])
             if len(ii) < 2:
                 continue
-            batch = tr.train_batch(ii, cfg, multi, cap_choice, gen, vocab_size).to(device)
+            view = torch.randint(len(tr.view_names), (len(ii),), generator=view_gen) if view_gen else None
+            batch = tr.train_batch(ii, cfg, multi, cap_choice, gen, vocab_size, view).to(device)
             terms = train_step(model, opt, batch, epoch, cfg.grad_clip)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
