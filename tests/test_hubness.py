@@ -203,3 +203,51 @@ def test_choose_beta_reads_val_and_returns_the_table(splits):
     assert table["method"].iloc[0] == "none"
     with pytest.raises(ValueError, match="not test"):
         H.choose_beta(model, test, train, "qb_norm", [1.0])
+
+
+def test_a_model_without_exact_vectors_is_corrected_on_its_own_score(splits):
+    """exact_vectors = False (TGDT, SCAN): the correction acts on model.similarity, here a cubed inner product (same
+    raw ranking as the vectors, different corrected one), on the test scores and the bank scores alike."""
+    import torch
+
+    from itr_lib.metrics import retrieval_metrics
+    from itr_lib.models import RetrievalModel
+    train, _, test = splits
+    base = tiny_model(seed=5)
+
+    class Cubed(RetrievalModel):
+        exact_vectors = False
+
+        def __init__(self):
+            super().__init__()
+            self.base = base
+
+        def encode_images(self, regions, mask):
+            return {"emb": self.base.image_vectors(self.base.encode_images(regions, mask))}
+
+        def encode_texts(self, text, mask, word):
+            return {"emb": self.base.text_vectors(self.base.encode_texts(text, mask, word))}
+
+        def image_vectors(self, img):
+            return img["emb"]
+
+        def text_vectors(self, txt):
+            return txt["emb"]
+
+        def similarity(self, img, txt):
+            return (img["emb"] @ txt["emb"].T) ** 3
+    model, beta = Cubed().eval(), 8.0
+    with torch.no_grad():
+        iv = base.image_vectors(base.encode_images(*test.image_batch(torch.arange(test.n_images)))).double()
+        tv = base.text_vectors(base.encode_texts(*test.text_batch(torch.arange(test.n_texts)))).double()
+        bi = base.image_vectors(base.encode_images(*train.image_batch(torch.arange(train.n_images)))).double()
+        bt = base.text_vectors(base.encode_texts(*train.text_batch(torch.arange(train.n_texts)))).double()
+    s = ((iv @ tv.T) ** 3).numpy()
+    i2t = np.log(_direct_inverted(s, ((bi @ tv.T) ** 3).numpy(), beta))
+    t2i = np.log(_direct_inverted(s.T, ((bt @ iv.T) ** 3).numpy(), beta)).T
+    got = H.evaluate_hubness(model, test, train, "inverted_softmax", beta)
+    assert got["_hubness"]["score"] == "model.similarity (exhaustive)"
+    assert got["standard"]["i2t_r1"] == pytest.approx(retrieval_metrics(i2t, test.img2txt, test.txt2img)["i2t_r1"])
+    assert got["standard"]["t2i_r5"] == pytest.approx(retrieval_metrics(t2i, test.img2txt, test.txt2img)["t2i_r5"])
+    lin = np.log(_direct_inverted(np.cbrt(s), (bi @ tv.T).numpy(), beta))  # the vectors' correction differs
+    assert not np.array_equal(np.argsort(-lin, 1), np.argsort(-i2t, 1))
