@@ -108,8 +108,9 @@ TRANSDUCTIVE_LEVERS = [("dual softmax (transductive: whole test query set)", "tr
 
 def lever_config(change: dict, dataset: str, seed: int, variant: str = "baseline", base: dict | None = None
                  ) -> TrainConfig:
-    """The reference with ``change`` for ``variant`` under the study loss (``base``: runtime fields)."""
-    return make_config({**REFERENCE, **change, "progress": False, **(base or {}), "dataset": dataset, "seed": seed},
+    """The reference with ``change`` for ``variant`` under the study loss (``base``: runtime fields and overrides
+    of the reference, e.g. a shorter schedule in tests; the lever's ``change`` wins over them)."""
+    return make_config({**REFERENCE, "progress": False, **(base or {}), **change, "dataset": dataset, "seed": seed},
                        **VARIANTS[variant], **LOSSES["infonce"])
 
 

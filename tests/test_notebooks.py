@@ -59,9 +59,10 @@ def test_whole_chain_through_papermill(tmp_path):
     run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out)
     executed = sorted(p.name for p in (out / "executed").glob("*.ipynb"))
     assert executed == ["00_data_prep-mini.ipynb", "01_train-selfalign.ipynb", "01_train-tgdt-2.ipynb",
-                        "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb", "06_explore.ipynb"]
+                        "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb", "06_explore.ipynb",
+                        "07_recipe.ipynb"]
     manifest = json.loads((out / "study.json").read_text())
-    assert len(manifest["executions"]) == 7 and manifest["git_commit"]  # both parallel runs recorded
+    assert len(manifest["executions"]) == 8 and manifest["git_commit"]  # both parallel runs recorded
     abl = pd.read_csv(out / "tables" / "ablation_mini.csv")
     variants = set(abl.variant)
     assert {"baseline | infonce +FN-mask | 2 ep | D=32", "LCA K=16 | infonce +FN-mask | 2 ep | D=32", "CRA | infonce +FN-mask | 2 ep | D=32",
@@ -103,7 +104,12 @@ def test_whole_chain_through_papermill(tmp_path):
     assert len(loss) == 4 and loss.delta_mr.notna().sum() == 3
     ceil = pd.read_csv(out / "tables" / "ceilings.csv")
     assert ceil.set_index("dataset").loc["mini", "mr"] <= 100.0
-    for f in ("ablation_mini.png", "main_mini.png", "data_captions_mini.png", "comparison_mini.png"):
+    # the recipe (07): its lever table, and its rows in the main table (05 runs after it)
+    levers = pd.read_csv(out / "tables" / "recipe_mini.csv")
+    assert levers.lever.tolist()[:2] == ["reference", "InfoNCE temperature 0.07"]
+    assert (main.setting == "recipe").sum() == 2  # baseline and LCA+CRA under the chosen recipe
+    for f in ("ablation_mini.png", "main_mini.png", "data_captions_mini.png", "comparison_mini.png",
+              "recipe_levers_mini.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     # a rerun skips finished training runs and keeps their metrics
     before = {str(p): p.stat().st_mtime for p in (out / "runs").glob("*/metrics.json")}
