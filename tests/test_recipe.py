@@ -52,12 +52,13 @@ def test_greedy_keeps_a_lever_only_when_the_combination_beats_the_recipe_so_far(
     def train_fn(change):  # combine() would refuse the shared key: merge the lists here
         return fake(change)
     ref = {"val": {"standard": {"rsum": 6 * 20.0}}, "test": {"standard": {"mr": 19.0}}}
-    orig = recipe.combine
+    from itr_lib.recipe import levers as levers_mod
+    orig = levers_mod.combine
     try:
-        recipe.combine = lambda chs: {"levers": [n for ch in chs for n in ch["levers"]]}
+        levers_mod.combine = lambda chs: {"levers": [n for ch in chs for n in ch["levers"]]}
         trace = recipe.greedy_train(["a", "b", "c"], ref, train_fn, changes)
     finally:
-        recipe.combine = orig
+        levers_mod.combine = orig
     assert trace.chosen == ["a", "b"]
     assert [s["kept"] for s in trace.steps] == [True, True, False]
     assert [s["levers"] for s in trace.steps] == ["a", "a + b", "a + b + c"]

@@ -1,0 +1,192 @@
+"""Scoring trained recipe models under an :class:`~itr_lib.recipe.levers.InferenceSpec`: TTA, seed ensembles and
+querybank corrections on their vectors, cached as inference records."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import TrainConfig
+from .levers import BETAS, InferenceSpec, recipe_dir
+from .records import read_record, write_record
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- inference levers
+def checkpoints(cfgs: Sequence[TrainConfig], results_dir: str | Path, workers: int = 1) -> list[Path]:
+    """The ``best.pt`` of each recipe run, retrained from its recorded config where it is missing (checkpoints
+    are not committed; :func:`itr_lib.runs.retrain`). An inference lever is always compared with the plain score of
+    the same checkpoint, so a retrained checkpoint's small difference from the record cannot enter a gain."""
+    from ..runs import retrain
+    rdir = recipe_dir(results_dir)
+    paths = [rdir / "runs" / c.run_name() / "best.pt" for c in cfgs]
+    missing = [c.run_name() for c, p in zip(cfgs, paths) if not p.is_file()]
+    if missing:
+        log.info("retraining %d recipe checkpoint(s): %s", len(missing), missing)
+        retrain(rdir, missing, workers=workers)
+    return paths
+
+
+def _vectors(models: Sequence, data, transforms: Sequence[str], device: str, batch_size: int,
+             texts: np.ndarray | None = None, image_idx: np.ndarray | None = None):
+    """(image vectors, text vectors of ``texts``) of one model or a seed ensemble: each model's vectors (images
+    averaged over ``transforms`` when given: :func:`itr_lib.scoring.tta_image_vectors`), concatenated and scaled by
+    1/sqrt(m), so one inner product is the mean of the models' similarities. Also the image-encode seconds."""
+    import time
+    import torch
+    from ..scoring import encode_split, tta_image_vectors
+    imgs, txts, secs = [], [], 0.0
+    for model in models:
+        t0 = time.perf_counter()
+        img, txt = encode_split(model, data, device, batch_size, texts=texts, outputs="vectors")
+        iv = img["vec"].float()
+        if transforms and tuple(transforms) != ("r0",):
+            t0 = time.perf_counter()
+            iv, _ = tta_image_vectors(model, data, transforms, device, batch_size)
+        secs += time.perf_counter() - t0
+        imgs.append(iv if image_idx is None else iv[torch.as_tensor(image_idx)])
+        txts.append(txt["vec"].float())
+    scale = 1.0 / np.sqrt(len(models))
+    return (torch.cat(imgs, 1) * scale).numpy(), (torch.cat(txts, 1) * scale).numpy(), secs
+
+
+def prepare_vectors(models: Sequence, data, bank, transforms: Sequence[str] = (), device: str = "cpu",
+                    batch_size: int = 256, bank_size: int | None = None, seed: int = 0):
+    """A :class:`itr_lib.hubness.Prepared` (the split's scores and the querybank's) for one model or an ensemble,
+    images averaged over ``transforms``; ``bank``: the training split (None: no bank)."""
+    from ..hubness import Prepared, check_bank
+    uniq, inverse = data.text_groups()
+    iv, tv, secs = _vectors(models, data, transforms, device, batch_size, texts=uniq)
+    prep = Prepared(sims=iv @ tv.T, inverse=inverse, text_counts=np.bincount(inverse, minlength=len(uniq)))
+    prep.info.update(score="inner product of retrieval vectors", image_encode_seconds=secs,
+                     models=len(models), transforms=list(transforms) or ["r0"])
+    if bank is None:
+        return prep
+    check_bank(data, bank)
+    rng = np.random.default_rng(seed)
+    b_uniq, b_inv = bank.text_groups()
+    caps, imgs = np.arange(bank.n_texts), None
+    if bank_size is not None:
+        caps = np.sort(rng.choice(bank.n_texts, min(bank_size, bank.n_texts), replace=False))
+        imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
+    counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
+    groups = np.flatnonzero(counts)
+    # the bank's images are encoded untransformed (the training split's transform caches are not needed; stated)
+    biv, btv, _ = _vectors(models, bank, (), device, batch_size, texts=b_uniq[groups], image_idx=imgs)
+    prep.bank_t2i = btv @ iv.T                      # (bank captions, split images)
+    prep.bank_t2i_w = counts[groups].astype(np.float64)
+    prep.bank_i2t = biv @ tv.T                      # (bank images, split captions)
+    prep.info["bank"] = {"split": bank.split.name, "n_texts": int(len(caps)), "n_distinct_texts": int(len(groups)),
+                         "n_images": int(len(biv)), "bank_size": bank_size, "bank_image_transforms": ["r0"]}
+    return prep
+
+
+def score_spec(prep, data, spec: InferenceSpec, beta: float | None) -> dict:
+    """The metrics bundle (with ``_ties``) of ``prep`` under ``spec``'s hubness correction at ``beta``."""
+    from ..hubness import score_prepared
+    return score_prepared(prep, data, spec.hubness or "none", beta if spec.hubness else None, with_ranks=True)
+
+
+@dataclass
+class SpecResult:
+    spec: InferenceSpec
+    beta: float | None
+    val: dict
+    test: dict
+    beta_table: pd.DataFrame | None = None
+
+
+def evaluate_spec(models: Sequence, val, test, bank, spec: InferenceSpec, betas: Sequence[float] = BETAS,
+                  device: str = "cpu", batch_size: int = 256, bank_size: int | None = None) -> SpecResult:
+    """``spec`` on val (its beta chosen there among ``betas`` when it corrects hubness and fixes none) and on test
+    with that beta. ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
+    if spec.ensemble != len(models):
+        raise ValueError(f"the spec asks for an ensemble of {spec.ensemble} model(s), {len(models)} given")
+    needs_bank = spec.hubness in ("inverted_softmax", "qb_norm")
+    pv = prepare_vectors(models, val, bank if needs_bank else None, spec.tta, device, batch_size, bank_size)
+    beta, table = spec.beta, None
+    if spec.hubness and beta is None:
+        rows = []
+        for b in betas:
+            rows.append({"beta": float(b), "val_mr": score_spec(pv, val, spec, b)["standard"]["mr"]})
+        table = pd.DataFrame(rows)
+        beta = float(table.beta[table.val_mr.idxmax()])
+        table["chosen"] = table.beta == beta
+    v = score_spec(pv, val, spec, beta)
+    pt = prepare_vectors(models, test, bank if needs_bank else None, spec.tta, device, batch_size, bank_size)
+    t = score_spec(pt, test, spec, beta)
+    t.setdefault("_cost", {})["image_encode_seconds_per_image"] = pt.info["image_encode_seconds"] / test.n_images
+    return SpecResult(spec, beta, v, t, table)
+
+
+def _record_key(cfgs: Sequence[TrainConfig], spec: InferenceSpec, betas, bank_size) -> dict:
+    return {"runs": [c.run_name() for c in cfgs], "spec": InferenceSpec(spec.tta, spec.ensemble, spec.hubness,
+                                                                          spec.beta).slug(),
+            "betas": [float(b) for b in betas] if spec.hubness and spec.beta is None else None,
+            "bank_size": bank_size if spec.hubness in ("inverted_softmax", "qb_norm") else None}
+
+
+class _Evaluator:
+    """Evaluates specs on the checkpoints of some recipe runs, each result cached as an inference record
+    (``<results>/recipe/inference/<spec>--<first run>``) and reused while its key (runs, spec, betas, bank) matches."""
+
+    def __init__(self, cfgs: Sequence[TrainConfig], results_dir: Path, transforms: Sequence[str], device: str,
+                 betas, bank_size, workers: int):
+        from ..splits import load_split_tensors
+        self.cfgs, self.results_dir, self.device = list(cfgs), Path(results_dir), device
+        self.betas, self.bank_size, self.workers = betas, bank_size, workers
+        self.dir = recipe_dir(results_dir) / "inference"
+        views = list(transforms) if transforms else None
+        c0 = cfgs[0]
+        self.val = load_split_tensors(c0, "val", transforms=views)
+        self.test = load_split_tensors(c0, "test", transforms=views)
+        self._bank, self._models = None, {}
+
+    def bank(self):
+        from ..splits import load_split_tensors
+        if self._bank is None:
+            self._bank = load_split_tensors(self.cfgs[0], "train")
+        return self._bank
+
+    def models(self, n: int) -> list:
+        from ..train import load_checkpoint
+        if n > len(self.cfgs):
+            raise ValueError(f"an ensemble of {n} needs {n} seeds' runs, {len(self.cfgs)} given")
+        paths = checkpoints(self.cfgs[:n], self.results_dir, self.workers)
+        for p in paths:
+            if p not in self._models:
+                self._models[p] = load_checkpoint(p, self.device)[0]
+        return [self._models[p] for p in paths]
+
+    def __call__(self, spec: InferenceSpec) -> tuple[dict, Path]:
+        cfgs = self.cfgs[:spec.ensemble]
+        key = _record_key(cfgs, spec, self.betas, self.bank_size)
+        path = self.dir / f"{key['spec']}--{cfgs[0].run_name()}"
+        rec = read_record(path, key)
+        if rec is None:
+            needs_bank = spec.hubness in ("inverted_softmax", "qb_norm")
+            res = evaluate_spec(self.models(spec.ensemble), self.val, self.test, self.bank() if needs_bank else None,
+                                spec, self.betas, self.device, bank_size=self.bank_size)
+            meta = {"dataset": cfgs[0].dataset, "method": cfgs[0].method, "seeds": [c.seed for c in cfgs],
+                    "config": {k: v for k, v in cfgs[0].identity().items() if k != "seed"}}
+            rec = save_spec(path, key, res, meta)
+        return rec, path
+
+
+def save_spec(path: Path, key: dict, res: SpecResult, meta: dict) -> dict:
+    """Write an inference record (metrics of val and test, beta and its val table, cost, per-query test ties)."""
+    from ..scoring import ties_arrays
+    clean = {k: v for k, v in res.test.items() if not k.startswith("_")}
+    rec = {"key": key, **meta, "spec": {"tta": list(res.spec.tta), "ensemble": res.spec.ensemble,
+                                         "hubness": res.spec.hubness, "beta": res.beta,
+                                         "transductive": res.spec.transductive, "slug": res.spec.slug()},
+           "val": {k: v for k, v in res.val.items() if not k.startswith("_")}, "test": clean,
+           "hubness": res.test.get("_hubness"), "cost": res.test.get("_cost"),
+           "beta_table": None if res.beta_table is None else res.beta_table.to_dict("records")}
+    write_record(path, rec, ties_arrays(res.test["_ties"]))
+    return rec

@@ -1,0 +1,201 @@
+"""The recipe's stages: training levers, inference levers, the chosen recipe over seeds, its main-table rows."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import TrainConfig
+from ..experiments import VARIANTS
+from .inference import _Evaluator
+from .levers import (BETAS, D4, INFERENCE_LEVERS, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace, InferenceSpec,
+                     best_per_group, combine, greedy_train, lever_config, recipe_dir, val_mr)
+from .records import _change_str, _row, _spec_row, lever_table, load_spec_hits
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------------- running the levers
+def _reuse_recorded(results_dir: Path, dest: Path, cfgs: Sequence[TrainConfig]) -> None:
+    """Copy the records of runs already made elsewhere in ``results_dir`` (the probe's follow-up trained the
+    reference on 3 seeds) into ``dest/metrics``: the same config (same name, same identity) is never retrained."""
+    from ..probe import _copy_recorded
+    for c in cfgs:
+        name = c.run_name()
+        for src in sorted(results_dir.glob(f"probe/**/metrics/{name}.json")):
+            _copy_recorded(src.parent.parent, dest, name)
+            break
+
+
+def _grid(cfgs: list[TrainConfig], results_dir: Path, workers: int) -> list[dict]:
+    from ..runs import run_grid
+    rdir = recipe_dir(results_dir)
+    _reuse_recorded(Path(results_dir), rdir, cfgs)
+    return run_grid(cfgs, rdir, workers=workers, threads=1)
+
+
+def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, levers=None, workers: int = 1,
+                    base: dict | None = None, n_boot: int = 2000) -> tuple[pd.DataFrame, GreedyTrace, dict]:
+    """Stages 1 and 2: each training lever alone (seed 0) against the reference, then the greedy combination.
+    Returns (lever rows as a table, the greedy trace, the chosen change)."""
+    from ..runs import load_hits
+    from ..metrics import paired_bootstrap
+    results_dir = Path(results_dir)
+    levers = TRAIN_LEVERS if levers is None else levers
+    cfgs = [lever_config({}, dataset, seed, base=base)] + [lever_config(ch, dataset, seed, base=base)
+                                                           for _, _, ch in levers]
+    metrics = _grid(cfgs, results_dir, workers)
+    ref, singles = metrics[0], metrics[1:]
+    mdir = recipe_dir(results_dir) / "metrics"
+    ref_hits = load_hits(mdir, ref["run"])
+    rows = [_row("reference", "reference", "-", ref, ref, None)]
+    for (name, group, ch), m in zip(levers, singles):
+        bs = paired_bootstrap([ref_hits], [load_hits(mdir, m["run"])], n_boot=n_boot)
+        rows.append(_row("training (alone)", name, _change_str(ch), m, ref, bs))
+    order = best_per_group([(n, g, val_mr(m) - val_mr(ref)) for (n, g, _), m in zip(levers, singles)])
+    changes = {n: ch for n, _, ch in levers}
+
+    def train_fn(change: dict) -> dict:
+        return _grid([lever_config(change, dataset, seed, base=base)], results_dir, workers=1)[0]
+    trace = greedy_train(order, ref, train_fn, changes)
+    chosen = set(trace.chosen)
+    for r in rows:
+        r["chosen"] = r["lever"] in chosen
+    return lever_table(rows), trace, combine([changes[n] for n in trace.chosen])
+
+
+def recipe_configs(change: dict, datasets: Sequence[str], seeds: Sequence[int],
+                   variants: Sequence[str] = ("baseline", "lca+cra"), base: dict | None = None) -> list[TrainConfig]:
+    """The chosen training recipe for every dataset x seed x variant (seed-major, so an interrupted grid leaves
+    whole seeds)."""
+    return [lever_config(change, ds, s, v, base=base) for ds in datasets for s in seeds for v in variants]
+
+
+def inference_levers(change: dict, dataset: str, results_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2),
+                     levers=None, transductive=None, base: dict | None = None, device: str = "cpu",
+                     betas: Sequence[float] = BETAS, bank_size: int | None = None, n_boot: int = 2000,
+                     workers: int = 1) -> tuple[pd.DataFrame, GreedyTrace, InferenceSpec]:
+    """Stage 3: each inference lever alone on the chosen training recipe's seed-``seeds[0]`` model (an ensemble
+    lever: the first m seeds' models), against the plain score of the same checkpoint; then the greedy
+    combination on val; the transductive levers reported beside, never chosen. Returns (rows, trace, spec)."""
+    from ..metrics import paired_bootstrap
+    results_dir = Path(results_dir)
+    levers = INFERENCE_LEVERS if levers is None else levers
+    transductive = TRANSDUCTIVE_LEVERS if transductive is None else transductive
+    cfgs = [lever_config(change, dataset, s, base=base) for s in seeds]
+    levers = [(n, g, sp.resolved(len(cfgs))) for n, g, sp in levers]
+    transductive = [(n, g, sp.resolved(len(cfgs))) for n, g, sp in transductive]
+    m_max = max([1] + [sp.ensemble for _, _, sp in [*levers, *transductive]])
+    _grid(cfgs[:m_max], results_dir, workers)
+    views = sorted({t for _, _, sp in [*levers, *transductive] for t in sp.tta}, key=list(D4).index)
+    ev = _Evaluator(cfgs, results_dir, views, device, betas, bank_size, workers)
+    plain, plain_path = ev(InferenceSpec())
+    plain_hits = load_spec_hits(plain_path)
+    rows = [_spec_row("inference (alone)", "plain score (reference)", plain, plain, None)]
+    gains, specs = [], {}
+    for stage, group_list in (("inference (alone)", levers), ("transductive (reported, never chosen)", transductive)):
+        for name, group, spec in group_list:
+            if spec.ensemble > len(cfgs):
+                raise ValueError(f"lever {name!r} needs {spec.ensemble} seeds; seeds={list(seeds)}")
+            rec, path = ev(spec)
+            bs = paired_bootstrap([plain_hits], [load_spec_hits(path)], n_boot=n_boot)
+            rows.append(_spec_row(stage, name, rec, plain, bs))
+            if not spec.transductive:
+                gains.append((name, group, rec["val"]["standard"]["mr"] - plain["val"]["standard"]["mr"]))
+                specs[name] = spec
+    trace, current, best = GreedyTrace(), InferenceSpec(), plain["val"]["standard"]["mr"]
+    for name in best_per_group(gains):
+        cand = current.merged(specs[name])
+        rec, _ = ev(cand)
+        v = rec["val"]["standard"]["mr"]
+        kept = v > best
+        trace.steps.append({"step": len(trace.steps) + 1, "levers": " + ".join(trace.chosen + [name]),
+                            "val_mr": round(v, 2), "test_mr": round(rec["test"]["standard"]["mr"], 2), "kept": kept,
+                            "run": rec["spec"]["slug"]})
+        if kept:
+            trace.chosen.append(name)
+            current, best = cand, v
+    for r in rows:
+        r["chosen"] = r["lever"] in trace.chosen
+    return lever_table(rows), trace, current
+
+
+# ----------------------------------------------------------------------------------------------- the chosen recipe
+def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], results_dir: str | Path, *,
+               seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] = ("baseline", "lca+cra"),
+               base: dict | None = None, device: str = "cpu", betas: Sequence[float] = BETAS,
+               bank_size: int | None = None, n_boot: int = 2000, workers: int = 1) -> pd.DataFrame:
+    """Stage 4: the chosen recipe (training ``change``, inference ``spec``) on every dataset x variant x seed. Each
+    seed's model is scored with ``spec`` without its ensemble (beta chosen on that run's val), and, when ``spec``
+    ensembles m models, the ensemble of the first m seeds is one more row (one number: no spread over seeds).
+    Returns one row per dataset x variant x scoring: mean +- std of val and test mR, and for SelfAlign the paired
+    bootstrap of its test rsum gain over the baseline of the same recipe and seeds."""
+    from ..metrics import paired_bootstrap
+    results_dir = Path(results_dir)
+    cfgs = recipe_configs(change, datasets, seeds, variants, base)
+    _grid(cfgs, results_dir, workers)
+    single = InferenceSpec(spec.tta, 1, spec.hubness, spec.beta)
+    rows, hits = [], {}
+    for ds in datasets:
+        for v in variants:
+            vc = [c for c in cfgs if c.dataset == ds and c.method == VARIANTS[v]["method"]
+                  and c.lca == VARIANTS[v]["lca"] and c.cra == VARIANTS[v]["cra"]]
+            views = list(spec.tta)
+            scorings = [("plain", InferenceSpec())] + ([("recipe", single)] if single != InferenceSpec() else [])
+            for label, sp in scorings:
+                recs = []
+                for c in vc:
+                    rec, path = _Evaluator([c], results_dir, views, device, betas, bank_size, workers)(sp)
+                    recs.append(rec)
+                    hits[(ds, v, label, c.seed)] = load_spec_hits(path)
+                rows.append(_final_row(ds, v, label, sp, recs))
+            if spec.ensemble > 1:
+                rec, _ = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers)(spec)
+                rows.append(_final_row(ds, v, f"recipe + {spec.ensemble}-seed ensemble", spec, [rec]))
+    out = pd.DataFrame(rows)
+    out["delta_rsum_vs_baseline"] = out["ci_lo"] = out["ci_hi"] = np.nan
+    for i, r in out.iterrows():
+        if r.variant == "baseline" or "ensemble" in r.scoring:
+            continue
+        common = [s for s in seeds if (r.dataset, "baseline", r.scoring, s) in hits and (r.dataset, r.variant, r.scoring, s) in hits]
+        if not common:
+            continue
+        bs = paired_bootstrap([hits[(r.dataset, "baseline", r.scoring, s)] for s in common],
+                              [hits[(r.dataset, r.variant, r.scoring, s)] for s in common], n_boot=n_boot)
+        out.loc[i, ["delta_rsum_vs_baseline", "ci_lo", "ci_hi"]] = [round(bs[k], 2) for k in ("delta_rsum", "ci_lo", "ci_hi")]
+    return out
+
+
+def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: list[dict]) -> dict:
+    val = np.array([r["val"]["standard"]["mr"] for r in recs])
+    test = np.array([r["test"]["standard"]["mr"] for r in recs])
+    sd = lambda a: round(float(a.std(ddof=1)), 2) if len(a) > 1 else 0.0  # noqa: E731
+    betas = sorted({r["spec"]["beta"] for r in recs if r["spec"].get("beta") is not None})
+    return {"dataset": ds, "variant": variant, "scoring": label, "spec": spec.slug(), "betas": ",".join(f"{b:g}" for b in betas),
+            "n_seeds": len(recs) if spec.ensemble == 1 else 1, "val_mr": round(float(val.mean()), 2),
+            "test_mr": round(float(test.mean()), 2), "test_mr_std": sd(test),
+            **{f"{k}": round(float(np.mean([r["test"]["standard"][k] for r in recs])), 2)
+               for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")},
+            "runs": ",".join(",".join(r["key"]["runs"]) for r in recs)}
+
+
+def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The recipe's rows for the main tables (``tables/recipe_final.csv``): one per dataset x variant under the
+    recipe's scoring, in the main table's columns (setting ``recipe``)."""
+    path = Path(results_dir) / "tables" / "recipe_final.csv"
+    if final is None:
+        if not path.is_file():
+            return pd.DataFrame()
+        final = pd.read_csv(path)
+    d = final[final.scoring != "plain"] if (final.scoring != "plain").any() else final
+    out = pd.DataFrame({"dataset": d.dataset, "setting": "recipe",
+                        "method": d.variant.map(lambda v: VARIANTS[v]["method"]),
+                        "variant": "recipe: " + d.variant + " | " + d.scoring + " [" + d.spec + "]",
+                        "n_seeds": d.n_seeds, "mr": d.test_mr, "mr_std": d.test_mr_std, "published": False,
+                        **{k: d[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")}})
+    return out.reset_index(drop=True)
+
+
