@@ -155,6 +155,14 @@ def test_cache_of_another_transform_is_rejected_with_the_field_named(tf_cache, f
         load_image_grid("mini", "test", "f90", data_root=fixture_root, root=root)
 
 
+def test_cli_rejects_an_unknown_transform_before_extracting(fixture_root, tmp_path, capsys):
+    from itr_lib.features import main
+    rc = main(["--data-root", str(fixture_root), "--dataset", "mini", "--cache-dir", str(tmp_path), "--splits", "test",
+               "--transforms", "r0", "r45", "--no-progress"])
+    assert rc == 2 and "unknown image transform 'r45'; valid: r0, r90" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.npy"))  # nothing was built
+
+
 # ----------------------------------------------------------------------------------------------- training
 def test_missing_transform_cache_stops_training_with_the_command(tf_cache, mini_cfg):
     from itr_lib.train import train
