@@ -165,10 +165,12 @@ def corrected_search(queries: Any, gallery: Any, log_z: Any, beta: float, k: int
                       normalize=False, **index_kwargs)
 
 
-def top1_counts(scores: Any) -> np.ndarray:
-    """Per gallery item, how many queries rank it first (``argmax``): the hub statistic ``N_1``."""
+def top1_counts(scores: Any, query_weights: Any = None) -> np.ndarray:
+    """Per gallery item, how many queries rank it first (``argmax``; each row counted ``query_weights`` times,
+    default once): the hub statistic ``N_1``."""
     s = _f64(scores, "scores")
-    return np.bincount(np.argmax(s, axis=1), minlength=s.shape[1])
+    w = _weights(query_weights, s.shape[0], "query_weights")
+    return np.bincount(np.argmax(s, axis=1), weights=w, minlength=s.shape[1])
 
 
 def correct(method: str, scores: Any, beta: float, bank_scores: Any = None, bank_weights: Any = None,
@@ -324,6 +326,10 @@ def score_prepared(prep: Prepared, test, method: str, beta: float | None = None,
     c_t2i, facts["t2i"] = correct(method, prep.sims.T, beta, log_z=lz_t, active=act_t,
                                   query_weights=prep.text_counts)
     t2i_us = 1e6 * (time.perf_counter() - t0) / prep.sims.shape[1]
+    for d, raw, cor, w in (("i2t", prep.sims, c_i2t, None), ("t2i", prep.sims.T, c_t2i, prep.text_counts)):
+        n_q = raw.shape[0] if w is None else w.sum()  # the hub statistic: the largest share of top-1s one item takes
+        facts[d].update(top1_max_share_raw=float(top1_counts(raw, w).max() / n_q),
+                        top1_max_share=float(top1_counts(cor, w).max() / n_q))
     s_i2t, s_t2i = c_i2t[:, prep.inverse], c_t2i.T[:, prep.inverse]  # (n_images, n_texts) each
     out_i, ties_i = evaluate_split(s_i2t, test.img2txt, test.txt2img, return_ties=True)
     out_t, ties_t = evaluate_split(s_t2i, test.img2txt, test.txt2img, return_ties=True)
@@ -337,7 +343,7 @@ def score_prepared(prep: Prepared, test, method: str, beta: float | None = None,
         "method": method, "beta": beta, "transductive": METHODS[method],
         "label": f"{method} (transductive: uses the whole test query set)" if METHODS[method] else method,
         **{k: v for k, v in prep.info.items() if k not in ("bank_encode_seconds", "bank_score_seconds")},
-        "facts": {d: f for d, f in facts.items() if f},
+        "facts": facts,
         "cost": {"bank_encode_seconds": prep.info.get("bank_encode_seconds", 0.0),
                  "bank_score_seconds": prep.info.get("bank_score_seconds", 0.0),
                  "normaliser_seconds": normaliser_s,

@@ -179,6 +179,10 @@ def test_evaluate_hubness_applies_each_correction_per_direction(splits):
     assert h["bank"]["split"] == "train" and h["bank"]["n_texts"] == train.n_texts
     assert h["bank"]["n_distinct_texts"] < train.n_texts  # the bank's repeated captions were encoded once, weighted
     assert set(h["cost"]) >= {"bank_encode_seconds", "normaliser_seconds", "extra_us_per_query_t2i"}
+    raw_top1 = np.bincount(np.argmax(s, axis=1), minlength=s.shape[1]).max() / s.shape[0]
+    assert h["facts"]["i2t"]["top1_max_share_raw"] == pytest.approx(raw_top1)
+    assert h["facts"]["t2i"]["top1_max_share"] == pytest.approx(
+        np.bincount(np.argmax(t2i.T, axis=1), minlength=s.shape[0]).max() / s.shape[1])
     # the transductive one: softmax over all test captions (copies included) for t2i, over test images for i2t
     dual = H.evaluate_hubness(model, test, None, "dual_softmax_transductive", beta)
     d_i = retrieval_metrics(H.dual_softmax_transductive(s, beta), test.img2txt, test.txt2img)
