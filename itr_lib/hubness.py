@@ -231,16 +231,25 @@ class Prepared:
     info: dict = field(default_factory=dict)
 
 
-def _encode_images(model, data, idx: np.ndarray, device: str, batch_size: int, vectors: bool) -> dict:
+def _encode(model, data, idx: np.ndarray, device: str, batch_size: int, vectors: bool, images: bool) -> dict:
+    """Encoder outputs of the images (``images``) or captions ``idx`` of ``data`` (vectors only, or every tensor),
+    on CPU; the loop of :func:`itr_lib.scoring.encode_split` for one side and a subset."""
     import torch
 
     from .scoring import _cat
     parts = []
     with torch.no_grad():
         for s in range(0, len(idx), batch_size):
-            regions, mask = data.image_batch(torch.as_tensor(idx[s:s + batch_size], dtype=torch.long))
-            out = model.encode_images(regions.to(device), mask.to(device))
-            parts.append({"vec": model.image_vectors(out).cpu()} if vectors else
+            ii = torch.as_tensor(idx[s:s + batch_size], dtype=torch.long)
+            if images:
+                regions, mask = data.image_batch(ii)
+                out = model.encode_images(regions.to(device), mask.to(device))
+                vec = model.image_vectors
+            else:
+                text, mask, word = data.text_batch(ii)
+                out = model.encode_texts(text.to(device), mask.to(device), word.to(device))
+                vec = model.text_vectors
+            parts.append({"vec": vec(out).cpu()} if vectors else
                          {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)})
     return _cat(parts)
 
@@ -276,9 +285,8 @@ def prepare(model, test, bank=None, device: str = "cpu", batch_size: int = 256, 
         imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
     counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
     groups = np.flatnonzero(counts)
-    _, b_txt = encode_split(model, bank, device, batch_size, texts=b_uniq[groups],
-                            outputs="vectors" if vectors else "all")
-    b_img = _encode_images(model, bank, imgs, device, batch_size, vectors)
+    b_txt = _encode(model, bank, b_uniq[groups], device, batch_size, vectors, images=False)
+    b_img = _encode(model, bank, imgs, device, batch_size, vectors, images=True)
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     prep.bank_t2i = score_matrix(model, img, b_txt, device, fn=fn).T  # (bank captions, test images)
