@@ -165,6 +165,18 @@ def corrected_search(queries: Any, gallery: Any, log_z: Any, beta: float, k: int
                       normalize=False, **index_kwargs)
 
 
+def qb_norm_search(queries: Any, gallery: Any, log_z: Any, active: Any, beta: float, k: int, kind: str = "flat",
+                   **index_kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """QB-Norm's top-``k`` as deployed: a raw faiss search and a :func:`corrected_search`; a query whose raw top-1
+    is in ``active`` takes the corrected result, any other the raw one (two searches per query, the second over
+    D + 1 dimensions). Returns ``(scores, ids, normalised)``; corrected scores are ``s - log Z_g / beta``."""
+    from .index import knn_search
+    raw_s, raw_i = knn_search(gallery, queries, k, kind=kind, normalize=False, **index_kwargs)
+    cor_s, cor_i = corrected_search(queries, gallery, log_z, beta, k, kind=kind, **index_kwargs)
+    normalised = np.asarray(active, dtype=bool)[raw_i[:, 0]]
+    return (np.where(normalised[:, None], cor_s, raw_s), np.where(normalised[:, None], cor_i, raw_i), normalised)
+
+
 def top1_counts(scores: Any, query_weights: Any = None) -> np.ndarray:
     """Per gallery item, how many queries rank it first (``argmax``; each row counted ``query_weights`` times,
     default once): the hub statistic ``N_1``."""

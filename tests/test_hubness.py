@@ -88,6 +88,19 @@ def test_augmented_gallery_faiss_ranking_equals_the_corrected_ranking():
     assert (raw != want).any()  # the correction changed some ranking, so the comparison above could fail
 
 
+def test_qb_norm_search_equals_the_qb_norm_ranking():
+    rng = np.random.default_rng(5)
+    q, g = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
+    bank = rng.standard_normal((25, 6))
+    beta = 3.0
+    lz, active = H.log_normaliser(bank @ g.T, beta), H.activation_set(bank @ g.T)
+    want, normalised = H.querybank_normalise(q @ g.T, lz, active, beta)
+    _, ids, got_norm = H.qb_norm_search(q, g, lz, active, beta, k=8)
+    np.testing.assert_array_equal(got_norm, normalised)
+    np.testing.assert_array_equal(ids, np.argsort(-want, axis=1, kind="stable")[:, :8])
+    assert normalised.any() and not normalised.all()
+
+
 def test_the_hub_loses_top1_counts_after_qb_norm():
     rng = np.random.default_rng(4)
     d, n_g = 16, 40
