@@ -359,13 +359,14 @@ def score_prepared(prep: Prepared, test, method: str, beta: float | None = None,
                                     retrieval_metrics_dup(s_t2i, dup_i, dup_t))
     if with_ranks:
         out["_ties"] = (ties_i[0], ties_t[1])
+    uses_bank = method in BANK_METHODS  # a bank prepared for other methods costs this one nothing
     out["_hubness"] = {
         "method": method, "beta": beta, "transductive": METHODS[method],
         "label": f"{method} (transductive: uses the whole test query set)" if METHODS[method] else method,
-        **{k: v for k, v in prep.info.items() if k not in ("bank_encode_seconds", "bank_score_seconds")},
+        "score": prep.info["score"], "bank": prep.info.get("bank") if uses_bank else None,
         "facts": facts,
-        "cost": {"bank_encode_seconds": prep.info.get("bank_encode_seconds", 0.0),
-                 "bank_score_seconds": prep.info.get("bank_score_seconds", 0.0),
+        "cost": {"bank_encode_seconds": prep.info.get("bank_encode_seconds", 0.0) if uses_bank else 0.0,
+                 "bank_score_seconds": prep.info.get("bank_score_seconds", 0.0) if uses_bank else 0.0,
                  "normaliser_seconds": normaliser_s,
                  "extra_us_per_query_i2t": i2t_us, "extra_us_per_query_t2i": t2i_us,
                  "note": "extra per-query cost = the correction applied to the test score matrix (numpy float64, "

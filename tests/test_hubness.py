@@ -204,6 +204,10 @@ def test_evaluate_hubness_applies_each_correction_per_direction(splits):
     assert dual["standard"]["t2i_r5"] == pytest.approx(d_t["t2i_r5"])
     assert dual["standard"]["mr"] == pytest.approx((sum(d_i[f"i2t_r{k}"] + d_t[f"t2i_r{k}"] for k in (1, 5, 10))) / 6)
     assert dual["_hubness"]["transductive"] is True and "transductive" in dual["_hubness"]["label"]
+    prep = H.prepare(model, test, train)  # one prepared bank serves every method; dual softmax is not charged for it
+    assert H.score_prepared(prep, test, "dual_softmax_transductive", beta)["_hubness"]["bank"] is None
+    assert H.score_prepared(prep, test, "dual_softmax_transductive", beta)["_hubness"]["cost"]["bank_encode_seconds"] == 0
+    assert H.score_prepared(prep, test, "qb_norm", beta)["_hubness"]["cost"]["bank_encode_seconds"] > 0
     # a seeded sub-bank is stated
     sub = H.evaluate_hubness(model, test, train, "qb_norm", beta, bank_size=10, seed=3)
     assert sub["_hubness"]["bank"] == {"split": "train", "n_texts": 10, "n_distinct_texts":
