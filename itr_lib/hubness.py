@@ -405,7 +405,9 @@ def choose_beta(model, val, bank, method: str, betas, device: str = "cpu", batch
                 bank_size: int | None = None, seed: int = 0, key: str = "mr"):
     """Pick ``beta`` for ``method`` on a val split: each candidate's val metrics (standard protocol, the study's
     tie rule) with the uncorrected score (``method`` ``none``) as the first row; the chosen beta has the best
-    ``key`` (ties: the first candidate). Returns ``(beta, table)`` (a pandas DataFrame, column ``chosen``)."""
+    ``key`` (ties: the first candidate). Returns ``(beta, table)`` (a pandas DataFrame, columns ``chosen`` and
+    ``at_grid_edge``: True when the best beta is the smallest or largest candidate, so the grid should go further;
+    a warning is logged then)."""
     import pandas as pd
     if method == "none" or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(set(METHODS) - {'none'})}, got {method!r}")
@@ -426,4 +428,9 @@ def choose_beta(model, val, bank, method: str, betas, device: str = "cpu", batch
     table["transductive"] = METHODS[method]
     log.info("choose_beta %s on %s: beta %s (%s %.2f; uncorrected %.2f)", method, val.split.name,
              table.loc[best, "beta"], key, table.loc[best, key], table.loc[0, key])
-    return float(table.loc[best, "beta"]), table
+    chosen = float(table.loc[best, "beta"])
+    table["at_grid_edge"] = len(betas) > 1 and chosen in (min(betas), max(betas))
+    if table["at_grid_edge"].iloc[0]:
+        log.warning("choose_beta %s: the chosen beta %s is at the edge of the candidates %s; extend the grid past it "
+                    "(the useful beta depends on the spread of the model's scores)", method, chosen, betas)
+    return chosen, table

@@ -222,6 +222,7 @@ def test_choose_beta_reads_val_and_returns_the_table(splits):
     assert beta in (1.0, 5.0, 20.0) and len(table) == 4 and table["chosen"].sum() == 1
     assert table.loc[table["chosen"], "mr"].item() == table["mr"].iloc[1:].max()
     assert table["method"].iloc[0] == "none"
+    assert table["at_grid_edge"].all() == (beta in (1.0, 20.0))
     with pytest.raises(ValueError, match="not test"):
         H.choose_beta(model, test, train, "qb_norm", [1.0])
 
