@@ -165,10 +165,24 @@ def corrected_search(queries: Any, gallery: Any, log_z: Any, beta: float, k: int
                       normalize=False, **index_kwargs)
 
 
-def top1_counts(scores: Any) -> np.ndarray:
-    """Per gallery item, how many queries rank it first (``argmax``): the hub statistic ``N_1``."""
+def qb_norm_search(queries: Any, gallery: Any, log_z: Any, active: Any, beta: float, k: int, kind: str = "flat",
+                   **index_kwargs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """QB-Norm's top-``k`` as deployed: a raw faiss search and a :func:`corrected_search`; a query whose raw top-1
+    is in ``active`` takes the corrected result, any other the raw one (two searches per query, the second over
+    D + 1 dimensions). Returns ``(scores, ids, normalised)``; corrected scores are ``s - log Z_g / beta``."""
+    from .index import knn_search
+    raw_s, raw_i = knn_search(gallery, queries, k, kind=kind, normalize=False, **index_kwargs)
+    cor_s, cor_i = corrected_search(queries, gallery, log_z, beta, k, kind=kind, **index_kwargs)
+    normalised = np.asarray(active, dtype=bool)[raw_i[:, 0]]
+    return (np.where(normalised[:, None], cor_s, raw_s), np.where(normalised[:, None], cor_i, raw_i), normalised)
+
+
+def top1_counts(scores: Any, query_weights: Any = None) -> np.ndarray:
+    """Per gallery item, how many queries rank it first (``argmax``; each row counted ``query_weights`` times,
+    default once): the hub statistic ``N_1``."""
     s = _f64(scores, "scores")
-    return np.bincount(np.argmax(s, axis=1), minlength=s.shape[1])
+    w = _weights(query_weights, s.shape[0], "query_weights")
+    return np.bincount(np.argmax(s, axis=1), weights=w, minlength=s.shape[1])
 
 
 def correct(method: str, scores: Any, beta: float, bank_scores: Any = None, bank_weights: Any = None,
@@ -229,16 +243,25 @@ class Prepared:
     info: dict = field(default_factory=dict)
 
 
-def _encode_images(model, data, idx: np.ndarray, device: str, batch_size: int, vectors: bool) -> dict:
+def _encode(model, data, idx: np.ndarray, device: str, batch_size: int, vectors: bool, images: bool) -> dict:
+    """Encoder outputs of the images (``images``) or captions ``idx`` of ``data`` (vectors only, or every tensor),
+    on CPU; the loop of :func:`itr_lib.scoring.encode_split` for one side and a subset."""
     import torch
 
     from .scoring import _cat
     parts = []
     with torch.no_grad():
         for s in range(0, len(idx), batch_size):
-            regions, mask = data.image_batch(torch.as_tensor(idx[s:s + batch_size], dtype=torch.long))
-            out = model.encode_images(regions.to(device), mask.to(device))
-            parts.append({"vec": model.image_vectors(out).cpu()} if vectors else
+            ii = torch.as_tensor(idx[s:s + batch_size], dtype=torch.long)
+            if images:
+                regions, mask = data.image_batch(ii)
+                out = model.encode_images(regions.to(device), mask.to(device))
+                vec = model.image_vectors
+            else:
+                text, mask, word = data.text_batch(ii)
+                out = model.encode_texts(text.to(device), mask.to(device), word.to(device))
+                vec = model.text_vectors
+            parts.append({"vec": vec(out).cpu()} if vectors else
                          {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)})
     return _cat(parts)
 
@@ -274,9 +297,8 @@ def prepare(model, test, bank=None, device: str = "cpu", batch_size: int = 256, 
         imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
     counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
     groups = np.flatnonzero(counts)
-    _, b_txt = encode_split(model, bank, device, batch_size, texts=b_uniq[groups],
-                            outputs="vectors" if vectors else "all")
-    b_img = _encode_images(model, bank, imgs, device, batch_size, vectors)
+    b_txt = _encode(model, bank, b_uniq[groups], device, batch_size, vectors, images=False)
+    b_img = _encode(model, bank, imgs, device, batch_size, vectors, images=True)
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     prep.bank_t2i = score_matrix(model, img, b_txt, device, fn=fn).T  # (bank captions, test images)
@@ -324,6 +346,10 @@ def score_prepared(prep: Prepared, test, method: str, beta: float | None = None,
     c_t2i, facts["t2i"] = correct(method, prep.sims.T, beta, log_z=lz_t, active=act_t,
                                   query_weights=prep.text_counts)
     t2i_us = 1e6 * (time.perf_counter() - t0) / prep.sims.shape[1]
+    for d, raw, cor, w in (("i2t", prep.sims, c_i2t, None), ("t2i", prep.sims.T, c_t2i, prep.text_counts)):
+        n_q = raw.shape[0] if w is None else w.sum()  # the hub statistic: the largest share of top-1s one item takes
+        facts[d].update(top1_max_share_raw=float(top1_counts(raw, w).max() / n_q),
+                        top1_max_share=float(top1_counts(cor, w).max() / n_q))
     s_i2t, s_t2i = c_i2t[:, prep.inverse], c_t2i.T[:, prep.inverse]  # (n_images, n_texts) each
     out_i, ties_i = evaluate_split(s_i2t, test.img2txt, test.txt2img, return_ties=True)
     out_t, ties_t = evaluate_split(s_t2i, test.img2txt, test.txt2img, return_ties=True)
@@ -333,13 +359,15 @@ def score_prepared(prep: Prepared, test, method: str, beta: float | None = None,
                                     retrieval_metrics_dup(s_t2i, dup_i, dup_t))
     if with_ranks:
         out["_ties"] = (ties_i[0], ties_t[1])
+    uses_bank = method in BANK_METHODS  # a bank prepared for other methods costs this one nothing
     out["_hubness"] = {
         "method": method, "beta": beta, "transductive": METHODS[method],
         "label": f"{method} (transductive: uses the whole test query set)" if METHODS[method] else method,
         **{k: v for k, v in prep.info.items() if k not in ("bank_encode_seconds", "bank_score_seconds")},
-        "facts": {d: f for d, f in facts.items() if f},
-        "cost": {"bank_encode_seconds": prep.info.get("bank_encode_seconds", 0.0),
-                 "bank_score_seconds": prep.info.get("bank_score_seconds", 0.0),
+        "bank": prep.info.get("bank") if uses_bank else None,
+        "facts": facts,
+        "cost": {"bank_encode_seconds": prep.info.get("bank_encode_seconds", 0.0) if uses_bank else 0.0,
+                 "bank_score_seconds": prep.info.get("bank_score_seconds", 0.0) if uses_bank else 0.0,
                  "normaliser_seconds": normaliser_s,
                  "extra_us_per_query_i2t": i2t_us, "extra_us_per_query_t2i": t2i_us,
                  "note": "extra per-query cost = the correction applied to the test score matrix (numpy float64, "
@@ -378,7 +406,9 @@ def choose_beta(model, val, bank, method: str, betas, device: str = "cpu", batch
                 bank_size: int | None = None, seed: int = 0, key: str = "mr"):
     """Pick ``beta`` for ``method`` on a val split: each candidate's val metrics (standard protocol, the study's
     tie rule) with the uncorrected score (``method`` ``none``) as the first row; the chosen beta has the best
-    ``key`` (ties: the first candidate). Returns ``(beta, table)`` (a pandas DataFrame, column ``chosen``)."""
+    ``key`` (ties: the first candidate). Returns ``(beta, table)`` (a pandas DataFrame, columns ``chosen`` and
+    ``at_grid_edge``: True when the best beta is the smallest or largest candidate, so the grid should go further;
+    a warning is logged then)."""
     import pandas as pd
     if method == "none" or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(set(METHODS) - {'none'})}, got {method!r}")
@@ -399,4 +429,9 @@ def choose_beta(model, val, bank, method: str, betas, device: str = "cpu", batch
     table["transductive"] = METHODS[method]
     log.info("choose_beta %s on %s: beta %s (%s %.2f; uncorrected %.2f)", method, val.split.name,
              table.loc[best, "beta"], key, table.loc[best, key], table.loc[0, key])
-    return float(table.loc[best, "beta"]), table
+    chosen = float(table.loc[best, "beta"])
+    table["at_grid_edge"] = len(betas) > 1 and chosen in (min(betas), max(betas))
+    if table["at_grid_edge"].iloc[0]:
+        log.warning("choose_beta %s: the chosen beta %s is at the edge of the candidates %s; extend the grid past it "
+                    "(the useful beta depends on the spread of the model's scores)", method, chosen, betas)
+    return chosen, table

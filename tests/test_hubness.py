@@ -88,6 +88,19 @@ def test_augmented_gallery_faiss_ranking_equals_the_corrected_ranking():
     assert (raw != want).any()  # the correction changed some ranking, so the comparison above could fail
 
 
+def test_qb_norm_search_equals_the_qb_norm_ranking():
+    rng = np.random.default_rng(5)
+    q, g = rng.standard_normal((40, 6)), rng.standard_normal((30, 6))
+    bank = rng.standard_normal((25, 6))
+    beta = 3.0
+    lz, active = H.log_normaliser(bank @ g.T, beta), H.activation_set(bank @ g.T)
+    want, normalised = H.querybank_normalise(q @ g.T, lz, active, beta)
+    _, ids, got_norm = H.qb_norm_search(q, g, lz, active, beta, k=8)
+    np.testing.assert_array_equal(got_norm, normalised)
+    np.testing.assert_array_equal(ids, np.argsort(-want, axis=1, kind="stable")[:, :8])
+    assert normalised.any() and not normalised.all()
+
+
 def test_the_hub_loses_top1_counts_after_qb_norm():
     rng = np.random.default_rng(4)
     d, n_g = 16, 40
@@ -179,6 +192,10 @@ def test_evaluate_hubness_applies_each_correction_per_direction(splits):
     assert h["bank"]["split"] == "train" and h["bank"]["n_texts"] == train.n_texts
     assert h["bank"]["n_distinct_texts"] < train.n_texts  # the bank's repeated captions were encoded once, weighted
     assert set(h["cost"]) >= {"bank_encode_seconds", "normaliser_seconds", "extra_us_per_query_t2i"}
+    raw_top1 = np.bincount(np.argmax(s, axis=1), minlength=s.shape[1]).max() / s.shape[0]
+    assert h["facts"]["i2t"]["top1_max_share_raw"] == pytest.approx(raw_top1)
+    assert h["facts"]["t2i"]["top1_max_share"] == pytest.approx(
+        np.bincount(np.argmax(t2i.T, axis=1), minlength=s.shape[0]).max() / s.shape[1])
     # the transductive one: softmax over all test captions (copies included) for t2i, over test images for i2t
     dual = H.evaluate_hubness(model, test, None, "dual_softmax_transductive", beta)
     d_i = retrieval_metrics(H.dual_softmax_transductive(s, beta), test.img2txt, test.txt2img)
@@ -187,6 +204,10 @@ def test_evaluate_hubness_applies_each_correction_per_direction(splits):
     assert dual["standard"]["t2i_r5"] == pytest.approx(d_t["t2i_r5"])
     assert dual["standard"]["mr"] == pytest.approx((sum(d_i[f"i2t_r{k}"] + d_t[f"t2i_r{k}"] for k in (1, 5, 10))) / 6)
     assert dual["_hubness"]["transductive"] is True and "transductive" in dual["_hubness"]["label"]
+    prep = H.prepare(model, test, train)  # one prepared bank serves every method; dual softmax is not charged for it
+    assert H.score_prepared(prep, test, "dual_softmax_transductive", beta)["_hubness"]["bank"] is None
+    assert H.score_prepared(prep, test, "dual_softmax_transductive", beta)["_hubness"]["cost"]["bank_encode_seconds"] == 0
+    assert H.score_prepared(prep, test, "qb_norm", beta)["_hubness"]["cost"]["bank_encode_seconds"] > 0
     # a seeded sub-bank is stated
     sub = H.evaluate_hubness(model, test, train, "qb_norm", beta, bank_size=10, seed=3)
     assert sub["_hubness"]["bank"] == {"split": "train", "n_texts": 10, "n_distinct_texts":
@@ -201,6 +222,7 @@ def test_choose_beta_reads_val_and_returns_the_table(splits):
     assert beta in (1.0, 5.0, 20.0) and len(table) == 4 and table["chosen"].sum() == 1
     assert table.loc[table["chosen"], "mr"].item() == table["mr"].iloc[1:].max()
     assert table["method"].iloc[0] == "none"
+    assert table["at_grid_edge"].all() == (beta in (1.0, 20.0))
     with pytest.raises(ValueError, match="not test"):
         H.choose_beta(model, test, train, "qb_norm", [1.0])
 
