@@ -146,12 +146,14 @@ def _noop(i: int) -> int:
 
 
 def time_dask_grid(configs: list[TrainConfig], workers: Sequence[int] = (1, 2), pool: int = 2,
-                   overhead_tasks: int = 200) -> list[dict]:
+                   overhead_tasks: int = 200, compare_default: Sequence[int] = ()) -> list[dict]:
     """Wall time of training ``configs`` (fresh temporary results folders, nothing kept): serially in this process
     (1 torch thread), in a spawn process pool of ``pool`` processes (the runner's pools before Dask), and on a local
     Dask cluster of each of ``workers`` processes (cluster start included and also reported apart). Each row: mode,
     workers, runs, wall_s, speedup over serial, efficiency (speedup / workers); the Dask rows add the cluster start
-    and the scheduler's overhead per task (round trip of ``overhead_tasks`` no-op tasks, divided by their number)."""
+    and the scheduler's overhead per task (round trip of ``overhead_tasks`` no-op tasks, divided by their number).
+    ``compare_default``: also time these worker counts under Dask's own nanny setting MALLOC_TRIM_THRESHOLD_=65536
+    (which the study's cluster removes: :func:`itr_lib.cluster.training_worker_config`)."""
     import dataclasses
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -177,18 +179,20 @@ def time_dask_grid(configs: list[TrainConfig], workers: Sequence[int] = (1, 2), 
             with ProcessPoolExecutor(max_workers=pool, mp_context=mp.get_context("spawn")) as ex:
                 list(ex.map(_train_one, [dataclasses.asdict(c) for c in cfgs], [1] * len(cfgs), [str(out)] * len(cfgs)))
             rows.append({"mode": "process pool", "workers": pool, "wall_s": time.perf_counter() - t0})
-    for n in workers:
+    nanny_default = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}  # Dask's own, for comparison
+    for n, mode, cfg in [(n, "dask local", None) for n in workers] + \
+            [(n, "dask local (nanny default MALLOC_TRIM_THRESHOLD_=65536)", nanny_default) for n in compare_default]:
         with tempfile.TemporaryDirectory() as tmp:
             cfgs, out = fresh(tmp)
             t0 = time.perf_counter()
-            with connect(n_workers=n, threads=1) as cluster:
+            with connect(n_workers=n, threads=1, worker_config=cfg) as cluster:
                 start = time.perf_counter() - t0
                 run_grid(cfgs, out, progress=False, client=cluster.client)
                 wall = time.perf_counter() - t0
                 t1 = time.perf_counter()
                 cluster.client.gather(cluster.client.map(_noop, range(overhead_tasks), pure=False))
                 per_task = (time.perf_counter() - t1) / overhead_tasks
-        rows.append({"mode": "dask local", "workers": n, "wall_s": wall, "cluster_start_s": start,
+        rows.append({"mode": mode, "workers": n, "wall_s": wall, "cluster_start_s": start,
                      "overhead_per_task_ms": 1000 * per_task})
     for r in rows:
         r.update(runs=len(configs), speedup=serial / r["wall_s"], efficiency=serial / r["wall_s"] / r["workers"],
@@ -259,6 +263,9 @@ def main(argv=None) -> int:
     dk.add_argument("--epochs", type=int, default=2)
     dk.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     dk.add_argument("--pool", type=int, default=2, help="processes of the process-pool row (0: none)")
+    dk.add_argument("--repeats", type=int, default=3, help="times the whole sequence is timed (medians printed)")
+    dk.add_argument("--compare-default", nargs="*", type=int, default=[2],
+                    help="worker counts also timed under Dask's nanny default MALLOC_TRIM_THRESHOLD_=65536")
     dk.add_argument("--data-root", default=None, help="data root (default: $ITR_DATA_ROOT or ../shared/data)")
     dk.add_argument("--cache-dir", default=None, help="feature cache (default: $ITR_CACHE_DIR or cache/features)")
     enc = sub.add_parser("encode", help="seconds to encode a whole split with the study's trained checkpoints")
@@ -292,10 +299,15 @@ def main(argv=None) -> int:
     elif a.kind == "dask":
         paths = {k: v for k, v in (("data_root", a.data_root), ("cache_dir", a.cache_dir)) if v}
         cfgs = [study_config(v, a.dataset, s, epochs=a.epochs, **paths) for v in a.variants for s in a.seeds]
-        rows = time_dask_grid(cfgs, a.workers, a.pool)
+        rows = []
+        for rep in range(a.repeats):  # the whole sequence again: this machine's run-to-run noise is ~20%
+            for r in time_dask_grid(cfgs, a.workers, a.pool, compare_default=a.compare_default):
+                rows.append({"repeat": rep, **r})
         path = write_benchmark(rows, "dask_grid", a.dataset, None, a.out_dir)
-        cols = ["mode", "workers", "runs", "wall_s", "speedup", "efficiency", "cluster_start_s", "overhead_per_task_ms",
-                "load_1min"]
+        cols = ["repeat", "mode", "workers", "runs", "wall_s", "speedup", "efficiency", "cluster_start_s",
+                "overhead_per_task_ms", "load_1min"]
+        med = pd.DataFrame(rows).groupby(["mode", "workers"], sort=False)[["wall_s", "speedup", "efficiency"]].median()
+        print("medians over repeats:\n" + med.to_string() + "\n")
     elif a.kind == "explore":
         from .explore import ExploreError
         try:

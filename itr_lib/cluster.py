@@ -60,6 +60,24 @@ class TorchThreads(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+# The Dask configuration the study's workers start under (configs/dask/study.yaml, which says why: Dask's nannies set
+# MALLOC_TRIM_THRESHOLD_, which slows training down). Other machines use the file through DASK_CONFIG (docs/cluster.md).
+DASK_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "dask"
+
+
+def training_worker_config() -> dict:
+    """configs/dask/study.yaml as dotted keys for ``dask.config.set`` (a nested dict would replace whole sections)."""
+    import yaml
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            key = f"{prefix}.{k}" if prefix else k
+            out.update(flat(v, key) if isinstance(v, dict) and v else {key: v})
+        return out
+    return flat(yaml.safe_load((DASK_CONFIG_DIR / "study.yaml").read_text()) or {})
+
+
 def scheduler_address(scheduler: str | None = None) -> str | None:
     """The address given (``--scheduler``), else ``$DASK_SCHEDULER_ADDRESS``, else None (a local cluster)."""
     return scheduler or os.environ.get(SCHEDULER_ENV) or None
@@ -158,12 +176,13 @@ def slurm_cluster(jobs: int = 1, cores: int | None = None, memory: str | None = 
 
 def connect(scheduler: str | None = None, n_workers: int | None = None, threads: int = 1,
             timeout: float | None = None, dashboard_address: str | None = ":0",
-            jobqueue: str | None = None, jobs: int = 1) -> Cluster:
+            jobqueue: str | None = None, jobs: int = 1, worker_config: dict | None = None) -> Cluster:
     """A client on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``); else, with ``jobqueue="slurm"``, on a Slurm
     cluster of ``jobs`` batch jobs (:func:`slurm_cluster`); else on a new local cluster of ``n_workers`` worker
     processes (default: one per core) with ``threads`` thread(s) each. Torch uses ``threads`` threads on every
     worker. An unreachable scheduler raises :class:`ClusterError` after ``timeout`` seconds (default
-    ``CONNECT_TIMEOUT_S``)."""
+    ``CONNECT_TIMEOUT_S``). ``worker_config``: Dask configuration the local cluster's workers start under (default
+    :func:`training_worker_config`, from ``configs/dask/study.yaml``)."""
     from distributed import Client, LocalCluster
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     address = scheduler_address(scheduler)
@@ -183,9 +202,11 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
                 f"and port, or drop --scheduler and unset ${SCHEDULER_ENV} to run on a local cluster.") from err
         local = None
     else:
+        import dask.config
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        local = LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=threads, processes=True,
-                             dashboard_address=dashboard_address, silence_logs=logging.ERROR, env=env)
+        with dask.config.set(training_worker_config() if worker_config is None else worker_config):
+            local = LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=threads, processes=True,
+                                 dashboard_address=dashboard_address, silence_logs=logging.ERROR, env=env)
         client = Client(local, set_as_default=False)
     client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
     return Cluster(client, local)

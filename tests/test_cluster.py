@@ -226,3 +226,48 @@ def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
         os.kill(os.getpid(), signal.SIGINT)
         import time
         time.sleep(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_by_hand_recipe_of_docs_cluster_md(tmp_path, serial, mini_cache, fixture_root):
+    """docs/cluster.md's two-machine commands, on one machine: `dask scheduler`, `dask worker ADDRESS --nworkers 2
+    --nthreads 1` with DASK_CONFIG=configs/dask, then a grid on that scheduler: the serial metrics, and workers
+    started without Dask's MALLOC_TRIM_THRESHOLD_."""
+    from distributed import Client
+    root = Path(__file__).resolve().parents[1]
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    env = dict(os.environ, DASK_CONFIG=str(root / "configs" / "dask"))
+    env.pop("MALLOC_TRIM_THRESHOLD_", None)
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", ":0"], env=env, cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nworkers", "2", "--nthreads", "1"], env=env,
+                                      cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+            assert set(trim.values()) == {None}, trim  # configs/dask/study.yaml reached the nannies
+        out, want = serial
+        got = run_grid(_grid(mini_cache, fixture_root, epochs=3), tmp_path, progress=False, scheduler=address)
+        _assert_same(got, want)
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def test_the_local_cluster_starts_workers_without_dasks_malloc_trim_setting(cluster):
+    trim = cluster.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    assert set(trim.values()) == {None}, trim
