@@ -217,15 +217,19 @@ def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
     class FakeLocal:
         def close(self):
             closed.append("local")
-    before = signal.getsignal(signal.SIGINT)
-    Cluster(FakeClient(), FakeLocal()).close()  # no KeyboardInterrupt escapes
-    assert closed == ["client", "local"]  # the shutdown finished
-    assert "shutting down" in capsys.readouterr().err
-    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C works again afterwards
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
-        import time
-        time.sleep(1)
+    # Python's own Ctrl-C handler (an imported dask_jobqueue replaces it process-wide with sys.exit)
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        Cluster(FakeClient(), FakeLocal()).close()  # no KeyboardInterrupt escapes
+        assert closed == ["client", "local"]  # the shutdown finished
+        assert "shutting down" in capsys.readouterr().err
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            import time
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def _free_port() -> int:
