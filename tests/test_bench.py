@@ -4,9 +4,7 @@ Timed performance is NOT asserted."""
 from __future__ import annotations
 
 import dataclasses
-import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,7 +12,7 @@ import torch
 from itr_lib import bench, probe
 from itr_lib.config import TrainConfig
 from itr_lib.experiments import PROBES, comparison_configs, probe_configs, probe_confirm_configs
-from itr_lib.runs import METRICS
+from recorded_runs import record_run
 
 
 def _mini(mini_cache, fixture_root, variant="baseline", **kw) -> TrainConfig:
@@ -79,17 +77,7 @@ def test_benchmark_rows_replace_their_key_and_keep_the_rest(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- capacity probe
 def _record(folder, cfg: TrainConfig, val_mr: float, hits_seed: int) -> None:
-    """A recorded run (metrics JSON + index-rule test ranks) of ``cfg`` in ``<folder>/metrics``."""
-    (folder / "metrics").mkdir(parents=True, exist_ok=True)
-    name = cfg.run_name()
-    bundle = {k: 10.0 for k in METRICS}
-    rec = {"run": name, "dataset": "rsicd", "method": cfg.method, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
-           "config_identity": cfg.identity(), "val": {"standard": {**bundle, "rsum": 6 * val_mr}},
-           "test": {"standard": {**bundle, "mr": val_mr - 1}}, "best_epoch": 2, "epochs": cfg.epochs,
-           "train_seconds": 60.0, "retrieval_vector_dim": 3 * cfg.dim}
-    (folder / "metrics" / f"{name}.json").write_text(json.dumps(rec))
-    rng = np.random.default_rng(hits_seed)
-    np.savez(folder / "metrics" / f"{name}.ranks.npz", i2t=rng.integers(0, 20, 30), t2i=rng.integers(0, 20, 150))
+    record_run(folder, cfg, val_mr, hits_seed, vector_dim=3 * cfg.dim)
 
 
 def test_probe_reuses_recorded_runs_and_follows_up_each_rounds_val_choice(tmp_path, monkeypatch):

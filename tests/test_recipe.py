@@ -1,30 +1,16 @@
 """The recipe search (itr_lib.recipe): the greedy rule on val, lever conflicts, reuse of recorded runs, the tables."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from itr_lib import recipe
-from itr_lib.config import TrainConfig
-from itr_lib.runs import METRICS
+from recorded_runs import record_run
 
 
-def _record(folder, cfg: TrainConfig, val_mr: float, hits_seed: int) -> dict:
-    (folder / "metrics").mkdir(parents=True, exist_ok=True)
-    name = cfg.run_name()
-    bundle = {k: 10.0 for k in METRICS}
-    rec = {"run": name, "dataset": "rsicd", "method": cfg.method, "seed": cfg.seed, "config": dataclasses.asdict(cfg),
-           "config_identity": cfg.identity(), "val": {"standard": {**bundle, "rsum": 6 * val_mr}},
-           "test": {"standard": {**bundle, "mr": val_mr - 1}}, "best_epoch": 2, "epochs": cfg.epochs,
-           "train_seconds": 60.0, "retrieval_vector_dim": cfg.dim}
-    (folder / "metrics" / f"{name}.json").write_text(json.dumps(rec))
-    rng = np.random.default_rng(hits_seed)
-    np.savez(folder / "metrics" / f"{name}.ranks.npz", i2t=rng.integers(0, 20, 30), t2i=rng.integers(0, 20, 150))
-    return rec
+_record = record_run
 
 
 def test_combine_refuses_two_levers_of_one_group():
