@@ -147,6 +147,11 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     assert set(final.scoring) == {"plain", "recipe", "recipe + 2-seed ensemble"}
     sa = final[(final.variant == "lca+cra") & (final.scoring == "recipe")].iloc[0]
     assert np.isfinite(sa.delta_rsum_vs_baseline) and sa.ci_lo <= sa.delta_rsum_vs_baseline <= sa.ci_hi
+    # a recorded run whose checkpoint is gone (checkpoints are not committed) is retrained from its record
+    cfg1 = recipe.lever_config(change, "mini", 1, base=base)
+    ck = recipe.recipe_dir(tmp_path) / "runs" / cfg1.run_name() / "best.pt"
+    ck.unlink()
+    assert recipe.checkpoints([cfg1], tmp_path) == [ck] and ck.is_file()
     (tmp_path / "tables").mkdir()
     final.to_csv(tmp_path / "tables" / "recipe_final.csv", index=False)
     rows = recipe.main_rows(tmp_path)

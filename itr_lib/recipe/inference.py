@@ -26,6 +26,13 @@ def checkpoints(cfgs: Sequence[TrainConfig], results_dir: str | Path, workers: i
     rdir = recipe_dir(results_dir)
     paths = [rdir / "runs" / c.run_name() / "best.pt" for c in cfgs]
     missing = [c.run_name() for c, p in zip(cfgs, paths) if not p.is_file()]
+    for run in missing:  # a run folder without its best.pt (deleted by hand) would be skipped as finished: set aside
+        folder = rdir / "runs" / run
+        if folder.is_dir():
+            import time
+            stale = folder.with_name(f"{run}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            log.warning("%s has no best.pt: moved to %s, retraining", folder, stale.name)
+            folder.rename(stale)
     if missing:
         log.info("retraining %d recipe checkpoint(s): %s", len(missing), missing)
         retrain(rdir, missing, workers=workers)
