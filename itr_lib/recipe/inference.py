@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import TrainConfig
+from ..hubness import BANK_METHODS
 from .levers import BETAS, InferenceSpec, recipe_dir
 from .records import read_record, write_record
 
@@ -46,18 +47,17 @@ def _vectors(models: Sequence, data, transforms: Sequence[str], device: str, bat
     1/sqrt(m), so one inner product is the mean of the models' similarities. Also the image-encode seconds."""
     import time
     import torch
-    from ..scoring import encode_split, tta_image_vectors
+    from ..scoring import _encode_texts, encode_images, tta_image_vectors
     imgs, txts, secs = [], [], 0.0
     for model in models:
         t0 = time.perf_counter()
-        img, txt = encode_split(model, data, device, batch_size, texts=texts, outputs="vectors")
-        iv = img["vec"].float()
-        if transforms and tuple(transforms) != ("r0",):
-            t0 = time.perf_counter()
-            iv, _ = tta_image_vectors(model, data, transforms, device, batch_size)
+        iv = (tta_image_vectors(model, data, transforms, device, batch_size)[0] if transforms
+              else encode_images(model, data, device, batch_size))  # each image encoded once per view, no more
         secs += time.perf_counter() - t0
+        with torch.no_grad():
+            txt = _encode_texts(model, data, texts, device, batch_size)
         imgs.append(iv if image_idx is None else iv[torch.as_tensor(image_idx)])
-        txts.append(txt["vec"].float())
+        txts.append(txt.float())
     scale = 1.0 / np.sqrt(len(models))
     return (torch.cat(imgs, 1) * scale).numpy(), (torch.cat(txts, 1) * scale).numpy(), secs
 
@@ -114,7 +114,7 @@ def evaluate_spec(models: Sequence, val, test, bank, spec: InferenceSpec, betas:
     with that beta. ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
     if spec.ensemble != len(models):
         raise ValueError(f"the spec asks for an ensemble of {spec.ensemble} model(s), {len(models)} given")
-    needs_bank = spec.hubness in ("inverted_softmax", "qb_norm")
+    needs_bank = spec.hubness in BANK_METHODS
     pv = prepare_vectors(models, val, bank if needs_bank else None, spec.tta, device, batch_size, bank_size)
     beta, table = spec.beta, None
     if spec.hubness and beta is None:
@@ -132,10 +132,9 @@ def evaluate_spec(models: Sequence, val, test, bank, spec: InferenceSpec, betas:
 
 
 def _record_key(cfgs: Sequence[TrainConfig], spec: InferenceSpec, betas, bank_size) -> dict:
-    return {"runs": [c.run_name() for c in cfgs], "spec": InferenceSpec(spec.tta, spec.ensemble, spec.hubness,
-                                                                          spec.beta).slug(),
+    return {"runs": [c.run_name() for c in cfgs], "spec": spec.slug(),
             "betas": [float(b) for b in betas] if spec.hubness and spec.beta is None else None,
-            "bank_size": bank_size if spec.hubness in ("inverted_softmax", "qb_norm") else None}
+            "bank_size": bank_size if spec.hubness in BANK_METHODS else None}
 
 
 class _Evaluator:
@@ -176,7 +175,7 @@ class _Evaluator:
         path = self.dir / f"{key['spec']}--{cfgs[0].run_name()}"
         rec = read_record(path, key)
         if rec is None:
-            needs_bank = spec.hubness in ("inverted_softmax", "qb_norm")
+            needs_bank = spec.hubness in BANK_METHODS
             res = evaluate_spec(self.models(spec.ensemble), self.val, self.test, self.bank() if needs_bank else None,
                                 spec, self.betas, self.device, bank_size=self.bank_size)
             meta = {"dataset": cfgs[0].dataset, "method": cfgs[0].method, "seeds": [c.seed for c in cfgs],

@@ -64,12 +64,6 @@ def trace_table(trace: GreedyTrace) -> pd.DataFrame:
     return pd.DataFrame(trace.steps, columns=["step", "levers", "val_mr", "test_mr", "kept", "run"])
 
 
-def spec_hits(res_bundle: dict):
-    """Per-query hits (i2t, t2i) at K = 1, 5, 10 of a bundle's ``_ties`` under the study's tie rule."""
-    from ..metrics import RECALL_KS
-    return tuple(t.hits(RECALL_KS) for t in res_bundle["_ties"])
-
-
 def load_spec_hits(path: Path):
     from ..metrics import RECALL_KS
     from ..scoring import load_ties
