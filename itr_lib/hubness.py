@@ -266,6 +266,24 @@ def _encode(model, data, idx: np.ndarray, device: str, batch_size: int, vectors:
     return _cat(parts)
 
 
+def bank_sample(bank, bank_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """A querybank from ``bank`` (all of it, or ``bank_size`` seeded captions and images): its distinct captions
+    (indices into the split's captions), their copies among the sampled ones (weights), its images, and a record."""
+    if bank_size is not None and bank_size < 1:
+        raise ValueError(f"bank_size must be >= 1 or None (the whole bank), got {bank_size}")
+    rng = np.random.default_rng(seed)
+    b_uniq, b_inv = bank.text_groups()
+    caps, imgs = np.arange(bank.n_texts), np.arange(bank.n_images)
+    if bank_size is not None:  # a seeded sample of bank_size captions and bank_size images
+        caps = np.sort(rng.choice(bank.n_texts, min(bank_size, bank.n_texts), replace=False))
+        imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
+    counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
+    groups = np.flatnonzero(counts)
+    info = {"split": bank.split.name, "n_texts": int(len(caps)), "n_distinct_texts": int(len(groups)),
+            "n_images": int(len(imgs)), "bank_size": bank_size, "seed": seed if bank_size else None}
+    return b_uniq[groups], counts[groups].astype(np.float64), imgs, info
+
+
 def prepare(model, test, bank=None, device: str = "cpu", batch_size: int = 256, bank_size: int | None = None,
             seed: int = 0) -> Prepared:
     """Encode ``test`` (each distinct caption once, as :func:`itr_lib.scoring.evaluate`) and, when ``bank`` is
@@ -285,28 +303,16 @@ def prepare(model, test, bank=None, device: str = "cpu", batch_size: int = 256, 
     if bank is None:
         return prep
     check_bank(test, bank)
-    rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
-    b_uniq, b_inv = bank.text_groups()
-    caps = np.arange(bank.n_texts)
-    imgs = np.arange(bank.n_images)
-    if bank_size is not None:
-        if bank_size < 1:
-            raise ValueError(f"bank_size must be >= 1 or None (the whole bank), got {bank_size}")
-        caps = np.sort(rng.choice(bank.n_texts, min(bank_size, bank.n_texts), replace=False))
-        imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
-    counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
-    groups = np.flatnonzero(counts)
-    b_txt = _encode(model, bank, b_uniq[groups], device, batch_size, vectors, images=False)
-    b_img = _encode(model, bank, imgs, device, batch_size, vectors, images=True)
+    b_texts, b_weights, b_images, b_info = bank_sample(bank, bank_size, seed)
+    b_txt = _encode(model, bank, b_texts, device, batch_size, vectors, images=False)
+    b_img = _encode(model, bank, b_images, device, batch_size, vectors, images=True)
     encode_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     prep.bank_t2i = score_matrix(model, img, b_txt, device, fn=fn).T  # (bank captions, test images)
-    prep.bank_t2i_w = counts[groups].astype(np.float64)
+    prep.bank_t2i_w = b_weights
     prep.bank_i2t = score_matrix(model, b_img, txt, device, fn=fn)    # (bank images, test captions)
-    prep.info.update(bank={"split": bank.split.name, "n_texts": int(len(caps)), "n_distinct_texts": int(len(groups)),
-                           "n_images": int(len(imgs)), "bank_size": bank_size, "seed": seed if bank_size else None},
-                     bank_encode_seconds=encode_s, bank_score_seconds=time.perf_counter() - t0)
+    prep.info.update(bank=b_info, bank_encode_seconds=encode_s, bank_score_seconds=time.perf_counter() - t0)
     return prep
 
 

@@ -190,7 +190,7 @@ def evaluate_tta(model: RetrievalModel, data: SplitTensors, transforms: Sequence
     vec, secs = tta_image_vectors(model, data, transforms, device, batch_size)
     uniq, inverse = data.text_groups()
     t0 = time.perf_counter()
-    txt = _encode_texts(model, data, uniq, device, batch_size)
+    txt = encode_texts(model, data, uniq, device, batch_size)
     t_text = time.perf_counter() - t0
     out = _metrics((vec @ txt.t()).numpy()[:, inverse], data, with_ranks)
     if not return_details:
@@ -202,8 +202,10 @@ def evaluate_tta(model: RetrievalModel, data: SplitTensors, transforms: Sequence
     return out, info
 
 
-def _encode_texts(model: RetrievalModel, data: SplitTensors, texts: np.ndarray, device: str,
-                  batch_size: int) -> torch.Tensor:
+@torch.no_grad()
+def encode_texts(model: RetrievalModel, data: SplitTensors, texts: np.ndarray, device: str = "cpu",
+                 batch_size: int = 256) -> torch.Tensor:
+    """The retrieval vectors of the captions ``texts`` (indices into the split's captions), in eval mode, on CPU."""
     model.eval()
     idx = torch.as_tensor(np.asarray(texts), dtype=torch.long)
     rows = []

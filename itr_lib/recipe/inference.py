@@ -47,15 +47,14 @@ def _vectors(models: Sequence, data, transforms: Sequence[str], device: str, bat
     1/sqrt(m), so one inner product is the mean of the models' similarities. Also the image-encode seconds."""
     import time
     import torch
-    from ..scoring import _encode_texts, encode_images, tta_image_vectors
+    from ..scoring import encode_images, encode_texts, tta_image_vectors
     imgs, txts, secs = [], [], 0.0
     for model in models:
         t0 = time.perf_counter()
         iv = (tta_image_vectors(model, data, transforms, device, batch_size)[0] if transforms
               else encode_images(model, data, device, batch_size))  # each image encoded once per view, no more
         secs += time.perf_counter() - t0
-        with torch.no_grad():
-            txt = _encode_texts(model, data, texts, device, batch_size)
+        txt = encode_texts(model, data, texts, device, batch_size)
         imgs.append(iv if image_idx is None else iv[torch.as_tensor(image_idx)])
         txts.append(txt.float())
     scale = 1.0 / np.sqrt(len(models))
@@ -66,7 +65,7 @@ def prepare_vectors(models: Sequence, data, bank, transforms: Sequence[str] = ()
                     batch_size: int = 256, bank_size: int | None = None, seed: int = 0):
     """A :class:`itr_lib.hubness.Prepared` (the split's scores and the querybank's) for one model or an ensemble,
     images averaged over ``transforms``; ``bank``: the training split (None: no bank)."""
-    from ..hubness import Prepared, check_bank
+    from ..hubness import Prepared, bank_sample, check_bank
     uniq, inverse = data.text_groups()
     iv, tv, secs = _vectors(models, data, transforms, device, batch_size, texts=uniq)
     prep = Prepared(sims=iv @ tv.T, inverse=inverse, text_counts=np.bincount(inverse, minlength=len(uniq)))
@@ -75,21 +74,13 @@ def prepare_vectors(models: Sequence, data, bank, transforms: Sequence[str] = ()
     if bank is None:
         return prep
     check_bank(data, bank)
-    rng = np.random.default_rng(seed)
-    b_uniq, b_inv = bank.text_groups()
-    caps, imgs = np.arange(bank.n_texts), None
-    if bank_size is not None:
-        caps = np.sort(rng.choice(bank.n_texts, min(bank_size, bank.n_texts), replace=False))
-        imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
-    counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
-    groups = np.flatnonzero(counts)
+    b_texts, b_weights, b_images, b_info = bank_sample(bank, bank_size, seed)
     # the bank's images are encoded untransformed (the training split's transform caches are not needed; stated)
-    biv, btv, _ = _vectors(models, bank, (), device, batch_size, texts=b_uniq[groups], image_idx=imgs)
+    biv, btv, _ = _vectors(models, bank, (), device, batch_size, texts=b_texts, image_idx=b_images)
     prep.bank_t2i = btv @ iv.T                      # (bank captions, split images)
-    prep.bank_t2i_w = counts[groups].astype(np.float64)
+    prep.bank_t2i_w = b_weights
     prep.bank_i2t = biv @ tv.T                      # (bank images, split captions)
-    prep.info["bank"] = {"split": bank.split.name, "n_texts": int(len(caps)), "n_distinct_texts": int(len(groups)),
-                         "n_images": int(len(biv)), "bank_size": bank_size, "bank_image_transforms": ["r0"]}
+    prep.info["bank"] = {**b_info, "bank_image_transforms": ["r0"]}
     return prep
 
 
