@@ -5,9 +5,10 @@ that repeat the real test gallery (every copy is scored, none skipped). Queries 
 (:func:`~itr_lib.efficiency.series.run_series`)."""
 from __future__ import annotations
 
+import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import faiss
 import numpy as np
@@ -24,6 +25,8 @@ from .series import run_series, scaling_sizes
 from .specs import spec_by_label
 from .synthetic import EmbeddingMixture, SyntheticGallery
 from .timing import _median_ms, _sync
+
+log = logging.getLogger(__name__)
 
 
 def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
@@ -246,18 +249,36 @@ FINE_SERIES = ("TGDT two-stage", "MrSw exhaustive", "SCAN (cross-attention)")
 
 
 def scaling_entries(models: dict, fine: Sequence[str] = FINE_SERIES,
-                    vector_order: Sequence[str] = VECTOR_SEED_ORDER) -> tuple[tuple | None, dict]:
+                    vector_order: Sequence[str] = VECTOR_SEED_ORDER,
+                    untrained: Collection[str] = ()) -> tuple[tuple | None, dict]:
     """From :attr:`DatasetResult.models` (label -> (model, cfg, data, encoded)): the vector model seeding the
-    grown galleries (first of ``vector_order`` that was measured) and the fine-grained series of ``fine``
-    (labels of :data:`METHODS` in two_stage or exhaustive mode) that have a model."""
-    vec = next(((lab, models[lab][0], models[lab][3]) for lab in vector_order if lab in models), None)
+    grown galleries (first of ``vector_order`` that was measured with trained weights) and the fine-grained series
+    of ``fine`` (labels of :data:`METHODS` in two_stage or exhaustive mode) that have a model.
+
+    ``untrained`` (:attr:`DatasetResult.untrained`): labels timed with fresh weights. They never seed the galleries
+    (their embeddings are noise: the synthetic gallery, the queries and recall@10 would describe nothing); each one
+    passed over is logged, and with none trained the vector series are skipped (None). The fine-grained series may
+    use them (their latency does not depend on the weights)."""
+    vec = None
+    for lab in vector_order:
+        if lab not in models:
+            continue
+        if lab in untrained:
+            log.warning("scaling: %r is untrained (no checkpoint; timed with fresh weights), so it does not seed the "
+                        "scaling galleries. Fix: retrain it (python -m itr_lib.study --retrain RUN)", lab)
+            continue
+        vec = (lab, models[lab][0], models[lab][3])
+        break
+    if vec is None and any(lab in models for lab in vector_order):
+        log.warning("scaling: no trained vector model among %s: the vector-index series are skipped",
+                    [lab for lab in vector_order if lab in models])
     fine_entries = {}
     for lab in fine:
         spec = spec_by_label(lab)
         if spec.mode == "vector":
             raise ValueError(f"{lab!r} is a vector method; the fine-grained series take two_stage/exhaustive ones")
         if lab in models:
-            model, _, _, enc = models[lab]
+            model, _, _, enc = models[lab][:4]
             fine_entries[lab] = (spec.mode, model, enc, spec.stored)
     return vec, fine_entries
 
