@@ -2,7 +2,8 @@
 grown galleries (:mod:`~itr_lib.efficiency.gallery`), and fine-grained two-stage / exhaustive scoring on galleries
 that repeat the real test gallery (every copy is scored, none skipped). Queries are real caption vectors
 (text-to-image). Each series stops when the next size is predicted to exceed its time budget
-(:func:`~itr_lib.efficiency.series.run_series`)."""
+(:func:`~itr_lib.efficiency.series.run_series`). One further size past memory (``huge_items``: IVF-PQ at 10M) is
+streamed (:mod:`~itr_lib.efficiency.streamed`, rows ``streamed=True``)."""
 from __future__ import annotations
 
 import logging

@@ -18,7 +18,7 @@ class MethodSpec:
     family: str                      # independent | global | two-stage | exhaustive | cross-attention
     stored: tuple[str, ...] | None = None   # gallery tensors a deployment keeps (None: the retrieval vector)
     mr_key: str = "test"             # "test": the run's test mR; else a mode key (global, two_stage, exhaustive)
-    prefer: dict = field(default_factory=dict)  # runs-frame columns preferred, in order, when several groups were trained
+    prefer: dict = field(default_factory=dict)  # runs-frame columns preferred, in order, among trained groups
     interactive: bool = False        # the interactive reference the speed-ups are relative to
 
 
