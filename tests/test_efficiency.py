@@ -267,7 +267,7 @@ def test_check_targets_pass_fail_and_na():
     holds = list(t.holds)
     # 500x, 2000x, 1.5x floor, ivf 30x @ .97, 10x > 5x, ivf and hnsw below the flat floor they were given
     assert holds[:5] == [True, True, True, True, False] and holds[5] is None and holds[6] is False
-    assert "not both measured at 10,000,000" in t.detail.iloc[5]
+    assert "ivfpq not measured at 10,000,000" in t.detail.iloc[5]
     assert t.value.iloc[-1] == 1  # hnsw is extrapolated: not a measured search
     scaling["floor_ms"] = [200.0, 5.0, 5.0]
     t = eff.check_targets(table, scaling)

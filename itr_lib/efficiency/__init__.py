@@ -45,27 +45,31 @@ Modules (one concern each; imports run one way, leaves first): :mod:`.specs` (th
 synthetic
 gallery), :mod:`.indexes` (faiss indexes, their floors and tuning); then :mod:`.methods` (per-query
 cost of one method), :mod:`.benchmark` (a dataset's table), :mod:`.scaling` (``scaling.csv``), :mod:`.targets` and
-:mod:`.query_cost` (encode vs search by gallery size); :mod:`.atscale` (one large size, no checkpoint) is a CLI.
+:mod:`.query_cost` (encode vs search by gallery size); :mod:`.streamed` (a size past memory: IVF-PQ at 10M items,
+streamed in chunks, before :mod:`.scaling`); :mod:`.atscale` (one large size, no checkpoint) is a CLI.
 Figures are in :mod:`itr_lib.plots.efficiency`. Everything notebooks and tests use is re-exported here.
 """
 from __future__ import annotations
 
 from ..runs import find_runs, mode_mr, select_runs
-from .benchmark import (TABLE_COLUMNS, DatasetResult, benchmark_dataset, evaluate_modes, load_run_model,
-                        load_test_split, real_image_vectors, speedup_table)
+from .benchmark import (TABLE_COLUMNS, TRAINED, UNTRAINED, DatasetResult, benchmark_dataset, evaluate_modes,
+                        load_run_model, load_test_split, real_image_vectors, speedup_table, untrained_run_model,
+                        with_settings)
 from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery, grow_gallery
 from .hardware import (ensure_read_bandwidth, flat_floor_ms, measure_hardware, measure_read_bandwidth, read_bandwidth,
                        roofline_ms, set_threads)
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _search_floor, _take, _to, encode_gallery, measure_method
 from .pareto import pareto_front
-from .indexes import (KINDS, build_faiss, index_bytes_per_item, index_floor_ms, recall_at_k, search_work,
-                      sweep_table, tune_search_param)
+from .indexes import (KINDS, build_faiss, index_bytes_per_item, index_floor_ms, make_index, recall_at_k, search_work,
+                      sweep_table, time_index, train_items, tune_search_param)
 from .query_cost import minilm_ms_per_caption, query_side_table
 from .scaling import (FINE_SERIES, VECTOR_SEED_ORDER, fine_series_measure, index_series_measure, scaling_entries,
                       scaling_study)
 from .series import extrapolate, fit_loglog, run_series, scaling_sizes
-from .specs import DIRECTIONS, METHODS, MODES, MethodSpec, spec_by_label
+from .specs import DIRECTIONS, METHODS, MODES, STUDY, MethodSpec, spec_by_label
+from .streamed import (STREAMABLE, KnnMerge, build_streamed, check_streamed_memory, chunked_knn, flat_extrapolated,
+                       streamed_index_measure)
 from .synthetic import EmbeddingMixture, SyntheticGallery, nn_distance_check, nn_distances
 from .targets import check_targets, format_targets, primary_gallery
 from .timing import _median_ms, _sync, time_phases
@@ -80,4 +84,6 @@ __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "mea
            "real_image_vectors", "EmbeddingMixture", "SyntheticGallery", "nn_distance_check", "nn_distances",
            "primary_gallery", "ensure_read_bandwidth", "read_bandwidth", "measure_read_bandwidth", "KINDS",
            "index_bytes_per_item", "index_floor_ms", "recall_at_k", "search_work", "tune_search_param", "sweep_table",
-           "minilm_ms_per_caption", "query_side_table"]
+           "minilm_ms_per_caption", "query_side_table", "with_settings", "untrained_run_model", "TRAINED",
+           "UNTRAINED", "STUDY", "make_index", "time_index", "train_items", "STREAMABLE", "KnnMerge", "chunked_knn",
+           "build_streamed", "check_streamed_memory", "streamed_index_measure", "flat_extrapolated"]

@@ -27,6 +27,14 @@ import numpy as np
 import torch
 
 
+def available_memory() -> float:
+    """Bytes of memory available now (``SC_AVPHYS_PAGES``; 8 GiB when the system does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2 ** 30
+
+
 def set_threads(threads: int | None) -> None:
     """Set torch's and faiss's thread counts (None / 0: leave the library defaults)."""
     if threads:

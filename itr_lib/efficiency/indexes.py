@@ -23,13 +23,28 @@ def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: i
     :func:`itr_lib.index.default_nlist` lists, ``ivf_niter`` k-means iterations on at most
     ``ivf_train_per_list * nlist`` sampled points), ``ivfpq`` (IndexIVFPQ, the same lists, ``pq_m`` sub-quantizers
     of ``pq_bits`` bits: default ``d / 4`` bytes per item, 16x smaller than float32) or ``hnsw`` (IndexHNSWFlat,
-    ``hnsw_m`` links, ``ef_construction``)."""
-    from ..index import default_nlist
+    ``hnsw_m`` links, ``ef_construction``). The index is :func:`make_index`'s, trained on ``x`` and filled with it
+    (the streamed 10M-item path, :mod:`.streamed`, builds the same index chunk by chunk)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
+    index = make_index(kind, d, n, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
+                       ef_construction=ef_construction, ivf_train_per_list=ivf_train_per_list, ivf_niter=ivf_niter,
+                       pq_m=pq_m, pq_bits=pq_bits, seed=seed)
+    if kind in ("ivf", "ivfpq"):
+        index.train(x)
+    index.add(x)
+    return index
+
+
+def make_index(kind: str, d: int, n: int, *, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
+               ef_search: int = 128, ef_construction: int = 40, ivf_train_per_list: int = 40, ivf_niter: int = 10,
+               pq_m: int | None = None, pq_bits: int = 8, seed: int = 0) -> faiss.Index:
+    """The empty (untrained) index :func:`build_faiss` fills, for ``n`` items of dimension ``d`` (``n`` sets IVF's
+    default list count); the parameters are :func:`build_faiss`'s."""
+    from ..index import default_nlist
     if kind == "flat":
-        index = faiss.IndexFlatIP(d)
-    elif kind in ("ivf", "ivfpq"):
+        return faiss.IndexFlatIP(d)
+    if kind in ("ivf", "ivfpq"):
         nlist = nlist or default_nlist(n)
         quantizer = faiss.IndexFlatIP(d)
         if kind == "ivf":
@@ -44,16 +59,25 @@ def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: i
         index.cp.max_points_per_centroid = ivf_train_per_list
         index.cp.niter = ivf_niter
         index.cp.seed = seed
-        index.train(x)
         index.nprobe = min(nprobe, nlist)  # (faiss's constructor wrapper keeps the quantizer referenced)
-    elif kind == "hnsw":
+        return index
+    if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = ef_construction
         index.hnsw.efSearch = ef_search
-    else:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    index.add(x)
-    return index
+        return index
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def train_items(index) -> int:
+    """How many points training an IVF / IVF-PQ index of :func:`make_index` uses at most: the coarse k-means'
+    ``max_points_per_centroid * nlist`` and the PQ k-means' ``max_points_per_centroid * 2 ** nbits`` (faiss samples
+    down to these); the streamed path trains on that many prefix rows."""
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    n = ivf.cp.max_points_per_centroid * ivf.nlist
+    if isinstance(ivf, faiss.IndexIVFPQ):
+        n = max(n, ivf.pq.cp.max_points_per_centroid * (1 << ivf.pq.nbits))
+    return int(n)
 
 
 def reset_stats() -> None:
@@ -168,3 +192,41 @@ def sweep_table(scaling: pd.DataFrame) -> pd.DataFrame:
         c.insert(0, "index", r["index"])
         parts.append(c)
     return pd.concat(parts, ignore_index=True) if parts else sweep_table(pd.DataFrame())
+
+
+def time_index(kind: str, index, queries: np.ndarray, n: int, gt: np.ndarray | None, *, k: int = 10,
+               repeats: int = 20, warmup: int = 3, max_seconds: float | None = 30.0,
+               target_recall: float | None = None, sweep_values: Sequence[int] | None = None,
+               hnsw_m: int = 32) -> tuple[dict, np.ndarray]:
+    """Measure a built ``kind`` index of ``n`` items (the scaling series' and the streamed path's common part):
+    tune it to ``target_recall`` against ``gt`` (exact ids; :func:`tune_search_param`, curve kept as JSON in
+    ``sweep``), time batch-1 searches (median, :func:`~itr_lib.efficiency.timing._median_ms`) and one batched search
+    of every query (per query), recall@k of the batched result, what a search read and computed
+    (:func:`search_work`), bytes per item and the parameters. Returns (row, the batched search's ids)."""
+    from .timing import _median_ms
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    nq = len(queries)
+    tuned = {}
+    if target_recall is not None and kind != "flat":
+        value, curve = tune_search_param(kind, index, queries, gt, k=k, target=target_recall, values=sweep_values)
+        tuned = {"tuned_param": curve.param.iloc[0], "tuned_value": value,
+                 "sweep": curve[["value", "recall_at_10", "ms_per_query_batched"]].to_json(orient="records")}
+    ms, reps = _median_ms(lambda r: index.search(queries[r % nq:r % nq + 1], k), repeats, warmup, max_seconds)
+    reset_stats()
+    t0 = time.perf_counter()
+    _, ids = index.search(queries, k)
+    batched_ms = 1e3 * (time.perf_counter() - t0) / nq
+    work = search_work(kind, index, n, nq)
+    recall = 1.0 if kind == "flat" else recall_at_k(ids, gt, k)
+    out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall,
+           "n_repeats": reps, "dim": index.d, "n_queries_batched": nq, **work,
+           "bytes_per_item": index_bytes_per_item(kind, index, n), **tuned}
+    if kind in ("ivf", "ivfpq"):
+        ivf = faiss.extract_index_ivf(index)
+        out["params"] = f"nlist={ivf.nlist} nprobe={ivf.nprobe}" + (
+            f" pq_m={index.pq.M} bits={index.pq.nbits}" if kind == "ivfpq" else "")
+    elif kind == "hnsw":
+        out["params"] = f"M={hnsw_m} efSearch={index.hnsw.efSearch} efConstruction={index.hnsw.efConstruction}"
+    else:
+        out["params"] = "exact"
+    return out, ids

@@ -2,12 +2,13 @@
 grown galleries (:mod:`~itr_lib.efficiency.gallery`), and fine-grained two-stage / exhaustive scoring on galleries
 that repeat the real test gallery (every copy is scored, none skipped). Queries are real caption vectors
 (text-to-image). Each series stops when the next size is predicted to exceed its time budget
-(:func:`~itr_lib.efficiency.series.run_series`)."""
+(:func:`~itr_lib.efficiency.series.run_series`). One further size past memory (``huge_items``: IVF-PQ at 10M) is
+streamed (:mod:`~itr_lib.efficiency.streamed`, rows ``streamed=True``)."""
 from __future__ import annotations
 
-import os
+import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import faiss
 import numpy as np
@@ -15,15 +16,17 @@ import pandas as pd
 import torch
 
 from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery
-from .hardware import ensure_read_bandwidth, flat_floor_ms, read_bandwidth, roofline_ms
-from .indexes import (build_faiss, index_bytes_per_item, index_floor_ms, recall_at_k, reset_stats, search_work,
-                      tune_search_param)
+from .hardware import available_memory, ensure_read_bandwidth, flat_floor_ms, read_bandwidth, roofline_ms
+from .indexes import build_faiss, index_floor_ms, time_index
 from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _take, _to
 from .series import run_series, scaling_sizes
 from .specs import spec_by_label
+from .streamed import STREAMABLE, flat_extrapolated, streamed_index_measure
 from .synthetic import EmbeddingMixture, SyntheticGallery
 from .timing import _median_ms, _sync
+
+log = logging.getLogger(__name__)
 
 
 def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
@@ -49,41 +52,15 @@ def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10
         t0 = time.perf_counter()
         index = build_faiss(kind, x, **params)
         build_s = time.perf_counter() - t0
-        nq = len(queries)
         if kind != "flat" and n not in gt_cache:
             gt_cache[n] = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
-        tuned = {}
-        if target_recall is not None and kind != "flat":
-            value, curve = tune_search_param(kind, index, queries, gt_cache[n], k=k, target=target_recall,
-                                             values=sweep_values.get(kind))
-            tuned = {"tuned_param": curve.param.iloc[0], "tuned_value": value,
-                     "sweep": curve[["value", "recall_at_10", "ms_per_query_batched"]].to_json(orient="records")}
-        ms, reps = _median_ms(lambda r: index.search(queries[r % nq:r % nq + 1], k), repeats, warmup, max_seconds)
-        reset_stats()
-        t0 = time.perf_counter()
-        _, ids = index.search(queries, k)
-        batched_ms = 1e3 * (time.perf_counter() - t0) / nq
-        work = search_work(kind, index, n, nq)
+        out, ids = time_index(kind, index, queries, n, gt_cache.get(n), k=k, repeats=repeats, warmup=warmup,
+                              max_seconds=max_seconds, target_recall=target_recall,
+                              sweep_values=sweep_values.get(kind), hnsw_m=params.get("hnsw_m", 32))
         if kind == "flat":
-            recall = 1.0
             gt_cache.setdefault(n, ids)
-        else:
-            recall = recall_at_k(ids, gt_cache[n], k)
-        d = x.shape[1]
-        out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall, "build_s": build_s,
-               "n_repeats": reps, "dim": d, "n_queries_batched": nq, **work,
-               "bytes_per_item": index_bytes_per_item(kind, index, n), **tuned}
-        if kind in ("ivf", "ivfpq"):
-            ivf = faiss.extract_index_ivf(index)
-            out["params"] = f"nlist={ivf.nlist} nprobe={ivf.nprobe}" + (
-                f" pq_m={index.pq.M} bits={index.pq.nbits}" if kind == "ivfpq" else "")
-        elif kind == "hnsw":
-            out["params"] = (f"M={params.get('hnsw_m', 32)} efSearch={index.hnsw.efSearch} "
-                             f"efConstruction={index.hnsw.efConstruction}")
-        else:
-            out["params"] = "exact"
         del index
-        return out
+        return {**out, "build_s": build_s}
     return measure
 
 
@@ -152,7 +129,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                   max_memory_gb: float | None = None, k: int = 10, galleries: Sequence[str] = ("synthetic",),
                   fit_vectors: np.ndarray | None = None, fit_source: str = "the seed vectors",
                   mixture_kw: dict | None = None, target_recall: float | None = 0.95,
-                  sweep_values: dict | None = None) -> pd.DataFrame:
+                  sweep_values: dict | None = None, huge_items: int = 0,
+                  huge_kinds: Sequence[str] = ("ivfpq",), huge_chunk: int = 65536) -> pd.DataFrame:
     """The scaling table (``scaling.csv``): latency (and recall@10 of approximate indexes) against gallery size.
 
     ``vec_model_entry``: ``(label, model, (img, txt))`` of a vector model whose image vectors seed the grown
@@ -165,12 +143,23 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
     ``fit_vectors`` (default: the seed vectors; :class:`~itr_lib.efficiency.synthetic.SyntheticGallery`),
     ``"tiled"`` adds noisy copies of the seed vectors (:func:`~itr_lib.efficiency.gallery.grow_gallery`, the
     pre-issue-18 gallery, kept as a comparison). ``target_recall``: approximate indexes are tuned at every size
-    to the smallest ``nprobe`` / ``efSearch`` reaching it (None: the fixed ``index_params``)."""
+    to the smallest ``nprobe`` / ``efSearch`` reaching it (None: the fixed ``index_params``).
+
+    ``huge_items`` (0: none): one further size, past what memory holds, for the compressed indexes ``huge_kinds``
+    on the first (synthetic) gallery, streamed in chunks of ``huge_chunk`` rows (:mod:`~.streamed`; rows marked
+    ``streamed=True``), with flat's floor at that size in ``flat_floor_ms`` and the flat series extrapolated
+    linearly to it (``extrapolated=True``)."""
     bad = set(galleries) - {"synthetic", "tiled"}
     if bad or not galleries:
         raise ValueError(f"galleries must name 'synthetic' and/or 'tiled', got {list(galleries)}")
+    if huge_items:
+        if set(huge_kinds) - set(STREAMABLE) or galleries[0] != "synthetic" or huge_items <= max_items:
+            raise ValueError(f"HUGE_GALLERY={huge_items:,} with HUGE_KINDS={list(huge_kinds)}: the streamed size "
+                             f"takes kinds among {list(STREAMABLE)}, the synthetic gallery first in "
+                             f"SCALING_GALLERIES (got {list(galleries)}) and more items than MAX_GALLERY "
+                             f"({max_items:,}). Fix: those parameters of 04_efficiency (HUGE_GALLERY 0: none).")
     sizes = scaling_sizes(min_items, max_items, per_decade)
-    mem_limit = (max_memory_gb * 2 ** 30) if max_memory_gb else _available_memory() * 0.6
+    mem_limit = (max_memory_gb * 2 ** 30) if max_memory_gb else available_memory() * 0.6
     parts, grown = [], {}
     if vec_model_entry is not None:
         label, model, (img, txt) = vec_model_entry
@@ -180,36 +169,45 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
         queries = queries[np.sort(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False))]
         d = base.shape[1]
         copies = {"flat": 3, "ivf": 3, "ivfpq": 2.5, "hnsw": 3.5}  # gallery + index (+ graph) + growth temporaries
-        for gkind, kind in [(g, kk) for g in galleries for kk in kinds]:
-            if gkind not in grown:
-                grown.clear()  # one grown gallery in memory at a time
-                if gkind == "synthetic":
-                    mix = EmbeddingMixture(base if fit_vectors is None else fit_vectors, seed=seed,
-                                           **(mixture_kw or {}))
-                    grown[gkind] = (SyntheticGallery(base, mix, seed), mix.describe(fit_source), {})
-                else:
-                    grown[gkind] = (GrowingGallery(base, noise, seed),
-                                    SCALING_GALLERY_METHOD.format(noise=noise, seed=seed), {})
+        for gkind in galleries:
+            grown.clear()  # one grown gallery in memory at a time
+            if gkind == "synthetic":
+                mix = EmbeddingMixture(base if fit_vectors is None else fit_vectors, seed=seed, **(mixture_kw or {}))
+                grown[gkind] = (SyntheticGallery(base, mix, seed), mix.describe(fit_source), {})
+            else:
+                grown[gkind] = (GrowingGallery(base, noise, seed),
+                                SCALING_GALLERY_METHOD.format(noise=noise, seed=seed), {})
             gallery, described, gt = grown[gkind]
-            meas = index_series_measure(kind, gallery, queries, k=k, repeats=repeats, warmup=warmup,
-                                        max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt,
-                                        target_recall=target_recall, sweep_values=sweep_values)
-            s = run_series(kind, sizes, meas, budget_s=budget_s,
-                           fits=lambda n, kind=kind: n * d * 4 * copies[kind] < mem_limit)
-            if s.empty:
-                continue
-            s["dim"] = d
-            measured = s[~s.extrapolated.astype(bool)]
-            ensure_read_bandwidth(hw, [n * d * 4 for n in measured.n_items] + list(measured.floor_bytes.dropna()),
-                                  refresh=True)  # after each series too: the best figure of a shared machine
-            s["floor_ms"] = [index_floor_ms(r, hw, 1) for _, r in s.iterrows()]
-            s["floor_ms_batched"] = [index_floor_ms(r, hw, len(queries)) for _, r in s.iterrows()]
-            s["flat_floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
-            s["read_gb_s"] = [read_bandwidth(hw, n * d * 4, 1) / 1e9 for n in s.n_items]
-            s["embeddings"] = label
-            s["gallery_kind"] = gkind
-            s["gallery"] = described
-            parts.append(s)
+            series = []
+            for kind in kinds:
+                meas = index_series_measure(kind, gallery, queries, k=k, repeats=repeats, warmup=warmup,
+                                            max_seconds=max_seconds, hw=hw, index_params=index_params, gt_cache=gt,
+                                            target_recall=target_recall, sweep_values=sweep_values)
+                s = run_series(kind, sizes, meas, budget_s=budget_s,
+                               fits=lambda n, kind=kind: n * d * 4 * copies[kind] < mem_limit)
+                if not s.empty:
+                    series.append(s)
+            if huge_items and gkind == galleries[0]:
+                series += _huge_rows(gallery, queries, huge_items, huge_kinds, series, k=k, repeats=repeats,
+                                     warmup=warmup, max_seconds=max_seconds, index_params=index_params,
+                                     chunk=huge_chunk, target_recall=target_recall, sweep_values=sweep_values,
+                                     mem_limit=(max_memory_gb * 2 ** 30) if max_memory_gb else None)
+            for s in series:
+                s["dim"] = d
+                measured = s[~s.extrapolated.astype(bool)]
+                ensure_read_bandwidth(hw, [n * d * 4 for n in measured.n_items]
+                                      + list(measured.get("floor_bytes", pd.Series(dtype=float)).dropna()),
+                                      refresh=True)  # after each series too: the best figure of a shared machine
+                s["floor_ms"] = [index_floor_ms(r, hw, 1) for _, r in s.iterrows()]
+                s["floor_ms_batched"] = [index_floor_ms(r, hw, len(queries)) for _, r in s.iterrows()]
+                s["flat_floor_ms"] = [flat_floor_ms(n, d, hw, 1) for n in s.n_items]
+                s["read_gb_s"] = [read_bandwidth(hw, n * d * 4, 1) / 1e9 for n in s.n_items]
+                s["embeddings"] = label
+                s["gallery_kind"] = gkind
+                s["gallery"] = described
+                if "streamed" not in s:
+                    s["streamed"] = False
+                parts.append(s)
     for name, (mode, model, (img, txt), stored) in fine_entries.items():
         meas = fine_series_measure(model, mode, img, txt, device=device, k=k, repeats=repeats, warmup=min(warmup, 1),
                                    max_seconds=max_seconds, noise=noise, seed=seed)
@@ -241,31 +239,62 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
     return out[first + [c for c in out.columns if c not in first]]
 
 
+def _huge_rows(gallery, queries: np.ndarray, n: int, kinds: Sequence[str], series: list[pd.DataFrame], *,
+               chunk: int, sweep_values: dict | None, **kw) -> list[pd.DataFrame]:
+    """The streamed rows at ``n`` items (one per kind of ``kinds``, :func:`~.streamed.streamed_index_measure`) and
+    the flat series of ``series`` extrapolated linearly to ``n`` (flat cannot be held there)."""
+    out = []
+    for kind in kinds:
+        t0 = time.perf_counter()
+        r = streamed_index_measure(kind, gallery, n, queries, chunk=chunk, sweep_values=(sweep_values or {}).get(kind),
+                                   **kw)
+        r = {"index": kind, "n_items": int(n), **r, "extrapolated": False, "cost_s": time.perf_counter() - t0,
+             "stop_reason": ""}
+        log.info("scaling %s n=%d (streamed): %.4g ms/query, recall@10 %.3f (%.0fs)", kind, n, r["ms_per_query"],
+                 r["recall_at_10"], r["cost_s"])
+        out.append(pd.DataFrame([r]))
+    flat = next((s for s in series if (s["index"] == "flat").all()), None)
+    ext = flat_extrapolated(flat, n) if flat is not None else None
+    if ext is not None:
+        out.append(pd.DataFrame([{**ext, "streamed": False, "stop_reason": "flat cannot be held at this size: "
+                                  "linear extrapolation (compare flat_floor_ms)"}]))
+    return out
+
+
 VECTOR_SEED_ORDER = ("baseline", "SelfAlign", "ALADIN matching", "TGDT global")
 FINE_SERIES = ("TGDT two-stage", "MrSw exhaustive", "SCAN (cross-attention)")
 
 
 def scaling_entries(models: dict, fine: Sequence[str] = FINE_SERIES,
-                    vector_order: Sequence[str] = VECTOR_SEED_ORDER) -> tuple[tuple | None, dict]:
+                    vector_order: Sequence[str] = VECTOR_SEED_ORDER,
+                    untrained: Collection[str] = ()) -> tuple[tuple | None, dict]:
     """From :attr:`DatasetResult.models` (label -> (model, cfg, data, encoded)): the vector model seeding the
-    grown galleries (first of ``vector_order`` that was measured) and the fine-grained series of ``fine``
-    (labels of :data:`METHODS` in two_stage or exhaustive mode) that have a model."""
-    vec = next(((lab, models[lab][0], models[lab][3]) for lab in vector_order if lab in models), None)
+    grown galleries (first of ``vector_order`` that was measured with trained weights) and the fine-grained series
+    of ``fine`` (labels of :data:`METHODS` in two_stage or exhaustive mode) that have a model.
+
+    ``untrained`` (:attr:`DatasetResult.untrained`): labels timed with fresh weights. They never seed the galleries
+    (their embeddings are noise: the synthetic gallery, the queries and recall@10 would describe nothing); each one
+    passed over is logged, and with none trained the vector series are skipped (None). The fine-grained series may
+    use them (their latency does not depend on the weights)."""
+    vec = None
+    for lab in vector_order:
+        if lab not in models:
+            continue
+        if lab in untrained:
+            log.warning("scaling: %r is untrained (no checkpoint; timed with fresh weights), so it does not seed the "
+                        "scaling galleries. Fix: retrain it (python -m itr_lib.study --retrain RUN)", lab)
+            continue
+        vec = (lab, models[lab][0], models[lab][3])
+        break
+    if vec is None and any(lab in models for lab in vector_order):
+        log.warning("scaling: no trained vector model among %s: the vector-index series are skipped",
+                    [lab for lab in vector_order if lab in models])
     fine_entries = {}
     for lab in fine:
         spec = spec_by_label(lab)
         if spec.mode == "vector":
             raise ValueError(f"{lab!r} is a vector method; the fine-grained series take two_stage/exhaustive ones")
         if lab in models:
-            model, _, _, enc = models[lab]
+            model, _, _, enc = models[lab][:4]
             fine_entries[lab] = (spec.mode, model, enc, spec.stored)
     return vec, fine_entries
-
-
-def _available_memory() -> float:
-    try:
-        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 8 * 2 ** 30
-
-

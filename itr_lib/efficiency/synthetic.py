@@ -116,6 +116,7 @@ class SyntheticGallery:
                              f"on the same model's embeddings")
         self.mixture, self.seed, self.block = mixture, seed, block
         self._arr = self.base.copy()
+        self._last: tuple[int, np.ndarray] | None = None
 
     def get(self, n: int) -> np.ndarray:
         if n > len(self._arr):
@@ -125,10 +126,42 @@ class SyntheticGallery:
             start = n0 + ((len(self._arr) - n0) // self.block) * self.block  # regenerate a partial last block
             for a in range(start, n, self.block):
                 b = min(a + self.block, n)
-                full = self.mixture.sample(self.block, seed=hash((self.seed, a)) % 2 ** 32)
-                out[a:b] = full[:b - a]
+                out[a:b] = self._block(a)[:b - a]
             self._arr = out
         return self._arr[:n]
+
+    def _block(self, a: int) -> np.ndarray:
+        """The full sampled block starting at row ``a`` (``a = n0 + j * block``); the last one drawn is kept, so
+        streamed chunks that straddle a block boundary draw each block once."""
+        if self._last is None or self._last[0] != a:
+            self._last = (a, self.mixture.sample(self.block, seed=hash((self.seed, a)) % 2 ** 32))
+        return self._last[1]
+
+    def rows(self, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` of the gallery, equal to ``get(b)[a:b]`` but without holding rows ``< a`` (only the
+        sample blocks overlapping ``[a, b)`` are drawn; rows already held by ``get`` are copied)."""
+        if not 0 <= a <= b:
+            raise ValueError(f"rows({a}, {b}): need 0 <= a <= b")
+        n0, d = len(self.base), self.base.shape[1]
+        if b <= len(self._arr):
+            return self._arr[a:b].copy()
+        out = np.empty((b - a, d), dtype=np.float32)
+        held = min(b, len(self._arr))
+        if a < held:
+            out[:held - a] = self._arr[a:held]
+        lo = max(a, held)
+        first = n0 + ((lo - n0) // self.block) * self.block
+        for s in range(first, b, self.block):
+            blk = self._block(s)
+            x0, x1 = max(s, lo), min(s + self.block, b)
+            out[x0 - a:x1 - a] = blk[x0 - s:x1 - s]
+        return out
+
+    def chunks(self, n: int, chunk: int = 65536, start: int = 0):
+        """Rows ``[start, n)`` as ``(first row, array)`` pieces of at most ``chunk`` rows (:meth:`rows`): the
+        gallery streamed, for sizes that cannot be held in memory."""
+        for a in range(start, n, chunk):
+            yield a, self.rows(a, min(a + chunk, n))
 
 
 def nn_distances(x: np.ndarray, ref: np.ndarray, exclude_self: bool = False) -> np.ndarray:
