@@ -130,13 +130,15 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                   fit_vectors: np.ndarray | None = None, fit_source: str = "the seed vectors",
                   mixture_kw: dict | None = None, target_recall: float | None = 0.95,
                   sweep_values: dict | None = None, huge_items: int = 0,
-                  huge_kinds: Sequence[str] = ("ivfpq",), huge_chunk: int = 65536) -> pd.DataFrame:
+                  huge_kinds: Sequence[str] = ("ivfpq",), huge_chunk: int = 65536, huge_nlist: int = 0,
+                  fine_budget_s: float | None = None) -> pd.DataFrame:
     """The scaling table (``scaling.csv``): latency (and recall@10 of approximate indexes) against gallery size.
 
     ``vec_model_entry``: ``(label, model, (img, txt))`` of a vector model whose image vectors seed the grown
     galleries and whose caption vectors are the queries; ``fine_entries``: ``{series name: (mode, model,
     (img, txt), stored keys)}`` for fine-grained two-stage / exhaustive series (:func:`fine_entries_from`).
-    Each series has ``budget_s`` seconds.
+    Each series has ``budget_s`` seconds (the fine-grained ones ``fine_budget_s`` when given: their cost is linear
+    in n, so their extrapolation is safe, and a long budget there only lengthens the notebook).
 
     ``galleries``: how the vector galleries grow past the real items, each a labelled set of series (column
     ``gallery_kind``; the first is the one the targets read): ``"synthetic"`` samples a mixture fitted to
@@ -148,7 +150,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
     ``huge_items`` (0: none): one further size, past what memory holds, for the compressed indexes ``huge_kinds``
     on the first (synthetic) gallery, streamed in chunks of ``huge_chunk`` rows (:mod:`~.streamed`; rows marked
     ``streamed=True``), with flat's floor at that size in ``flat_floor_ms`` and the flat series extrapolated
-    linearly to it (``extrapolated=True``)."""
+    linearly to it (``extrapolated=True``). ``huge_nlist`` (0: ``default_nlist(huge_items)``) sets its IVF list
+    count: assigning 10M vectors to default_nlist's 12,649 lists alone is ~1e14 FLOPs, about 20 min on one core."""
     bad = set(galleries) - {"synthetic", "tiled"}
     if bad or not galleries:
         raise ValueError(f"galleries must name 'synthetic' and/or 'tiled', got {list(galleries)}")
@@ -189,7 +192,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
                     series.append(s)
             if huge_items and gkind == galleries[0]:
                 series += _huge_rows(gallery, queries, huge_items, huge_kinds, series, k=k, repeats=repeats,
-                                     warmup=warmup, max_seconds=max_seconds, index_params=index_params,
+                                     warmup=warmup, max_seconds=max_seconds,
+                                     index_params={**(index_params or {}), **({"nlist": huge_nlist} if huge_nlist else {})},
                                      chunk=huge_chunk, target_recall=target_recall, sweep_values=sweep_values,
                                      mem_limit=(max_memory_gb * 2 ** 30) if max_memory_gb else None)
             for s in series:
@@ -211,7 +215,7 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
     for name, (mode, model, (img, txt), stored) in fine_entries.items():
         meas = fine_series_measure(model, mode, img, txt, device=device, k=k, repeats=repeats, warmup=min(warmup, 1),
                                    max_seconds=max_seconds, noise=noise, seed=seed)
-        s = run_series(name, sizes, meas, budget_s=budget_s)
+        s = run_series(name, sizes, meas, budget_s=budget_s if fine_budget_s is None else fine_budget_s)
         if s.empty:
             continue
         positions, dim = _local_stats(img, stored)
