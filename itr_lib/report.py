@@ -313,7 +313,67 @@ def headline_markdown(results_dir: str | Path) -> str:
     if figs:
         lines += ["### Accuracy against query latency (`04_efficiency`; every method's best row, Pareto front dashed)", ""]
         lines += [f"![{f[:-4]}]({rel}/figures/{f})" for f in figs] + [""]
+    lines += scale_summary(results_dir, rel)
     return "\n".join(lines).rstrip() + "\n"
+
+
+SCALE_COLS = ["index", "n_items", "ms_per_query", "ms_per_query_batched", "recall_at_10", "floor_ms", "vs_floor",
+              "bytes_per_item", "build_s", "params", "extrapolated"]
+
+
+def scale_rows(scaling: pd.DataFrame) -> pd.DataFrame:
+    """The largest sizes of the scaling study's first gallery: each vector index at its largest measured size, and
+    every row (measured or extrapolated) past flat's largest measured size (the streamed one, flat extrapolated)."""
+    s = scaling
+    if "gallery_kind" in s and s.gallery_kind.notna().any():
+        s = s[s.gallery_kind == s.gallery_kind.dropna().iloc[0]]
+    s = s[s["index"].isin(["flat", "ivf", "ivfpq", "hnsw"])]
+    measured = s[~s.extrapolated.astype(bool)]
+    if measured.empty:
+        return measured
+    top = measured.loc[measured.groupby("index").n_items.idxmax()]
+    flat = measured[measured["index"] == "flat"]
+    big = s[s.n_items > (flat.n_items.max() if len(flat) else top.n_items.min())]
+    out = pd.concat([top, big]).drop_duplicates().sort_values(["n_items", "ms_per_query"])
+    return out[[c for c in SCALE_COLS if c in out]]
+
+
+def scale_summary(results_dir: Path, rel) -> list[str]:
+    """The README's efficiency findings: the largest gallery sizes measured (``scaling.csv``), the targets' verdicts
+    (``efficiency_targets.csv``) and which part of a text query's latency dominates (``query_side.csv``)."""
+    tables = results_dir / "tables"
+    lines = []
+    if (tables / "scaling.csv").is_file():
+        s = pd.read_csv(tables / "scaling.csv")
+        rows = scale_rows(s)
+        if len(rows):
+            kind = s.gallery_kind.dropna().iloc[0] if "gallery_kind" in s and s.gallery_kind.notna().any() else ""
+            d = int(s.dim.dropna().iloc[0]) if "dim" in s and s.dim.notna().any() else None
+            lines += [f"### Search at scale (`04_efficiency`: {kind} gallery grown from the baseline's embeddings"
+                      + (f", {d}-d" if d else "") + "; text-to-image, one thread; approximate indexes tuned to "
+                      "recall@10 >= 0.95 against exact search; floor = the read-bandwidth / GEMM lower bound; "
+                      "`extrapolated` rows are predictions, not measurements)", "",
+                      to_markdown(rows, index=False, floatfmt=".4g"), ""]
+    if (tables / "efficiency_targets.csv").is_file():
+        t = pd.read_csv(tables / "efficiency_targets.csv")
+        if {"target", "holds", "detail"} <= set(t):
+            verdict = {True: "holds", False: "does not hold"}
+            lines += ["Efficiency targets (`efficiency_targets.csv`):", ""]
+            for _, r in t.iterrows():
+                v = "n/a" if pd.isna(r.holds) else verdict[str(r.holds).lower() in ("true", "1", "1.0")]
+                lines.append(f"- {r.target}: **{v}** ({r.detail})")
+            lines.append("")
+    if (tables / "query_side.csv").is_file():
+        q = pd.read_csv(tables / "query_side.csv")
+        if {"method", "search", "n_items", "encode_ms", "search_ms", "dominant"} <= set(q):
+            q = q[q.search.isin(["flat"]) | (q.search == q.method)]
+            piv = q.pivot_table(index=["method", "search"], columns="n_items", values="dominant", aggfunc="first")
+            piv.columns = [f"{int(c):,} items" for c in piv.columns]
+            piv = piv.fillna("")
+            lines += ["What dominates a text query's latency, encoding (MiniLM + the method's layers) or search "
+                      "(exact flat for vector methods, the method's own scoring otherwise; `query_side.csv`):", "",
+                      to_markdown(piv.reset_index(), index=False), ""]
+    return lines
 
 
 def write_report(results_dir: str | Path, readme: Path | None = None) -> list[Path]:

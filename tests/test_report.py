@@ -56,3 +56,33 @@ def test_claims_become_one_row_per_claim_with_a_column_per_dataset():
     assert w.statement.tolist() == ["X beats the baseline", "The top model beats the runner-up"]
     assert w.RSICD.tolist() == ["+1.00 [+0.10, +2.00] (3) holds", "CRA vs B: +0.03 [-0.5, +0.6] (3) inconclusive"]
     assert w.UCM.tolist() == ["+0.50 [-1.00, +2.00] (2) inconclusive", "scan vs CRA: +2.00 [+1.00, +3.00] (3) holds"]
+
+
+def test_scale_summary_shows_the_largest_sizes_the_targets_and_what_dominates(tmp_path):
+    from itr_lib.report import scale_summary
+    rows = []
+    for kind, ms in (("flat", 70.0), ("ivf", 1.0), ("hnsw", 0.4)):
+        for n in (1000, 100_000, 1_000_000):
+            rows.append(dict(index=kind, n_items=n, ms_per_query=ms * n / 1e6, recall_at_10=1.0 if kind == "flat" else 0.96,
+                             floor_ms=0.5 * ms * n / 1e6, extrapolated=False, gallery_kind="synthetic", dim=512))
+            rows.append(dict(rows[-1], gallery_kind="tiled", ms_per_query=123.0))  # the comparison gallery: not shown
+    rows.append(dict(index="ivfpq", n_items=10_000_000, ms_per_query=2.0, recall_at_10=0.9, floor_ms=0.1,
+                     extrapolated=False, gallery_kind="synthetic", dim=512))
+    rows.append(dict(index="flat", n_items=10_000_000, ms_per_query=700.0, extrapolated=True,
+                     gallery_kind="synthetic", dim=512))
+    rows.append(dict(index="SCAN (cross-attention)", n_items=1000, ms_per_query=250.0, extrapolated=False))
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "tables" / "scaling.csv", index=False)
+    pd.DataFrame({"target": ["a", "b", "c"], "holds": [True, False, None], "detail": ["x", "y", "z"]}).to_csv(
+        tmp_path / "tables" / "efficiency_targets.csv", index=False)
+    pd.DataFrame({"method": ["baseline", "baseline", "SCAN"], "search": ["flat", "flat", "SCAN"],
+                  "n_items": [1000, 1_000_000, 1000], "encode_ms": [5.0, 5.0, 5.0], "search_ms": [0.1, 70.0, 250.0],
+                  "dominant": ["encode", "search", "search"]}).to_csv(tmp_path / "tables" / "query_side.csv", index=False)
+    text = "\n".join(scale_summary(tmp_path, "r"))
+    table = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
+             if ln.startswith("|") and not ln.startswith("|:") and not ln.startswith("| index")]
+    assert [(r[0], int(float(r[1]))) for r in table[:5]] == [("hnsw", 10 ** 6), ("ivf", 10 ** 6), ("flat", 10 ** 6),
+                                                              ("ivfpq", 10 ** 7), ("flat", 10 ** 7)]
+    assert "123" not in text  # the tiled comparison rows stay in scaling.csv
+    assert "- a: **holds** (x)" in text and "- b: **does not hold** (y)" in text and "- c: **n/a** (z)" in text
+    assert ["baseline", "flat", "encode", "search"] in table and ["SCAN", "SCAN", "search", ""] in table
