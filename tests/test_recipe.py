@@ -156,3 +156,25 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     final.to_csv(tmp_path / "tables" / "recipe_final.csv", index=False)
     rows = recipe.main_rows(tmp_path)
     assert len(rows) == 4 and (rows.setting == "recipe").all() and rows.variant.str.startswith("recipe: ").all()
+
+
+def test_training_levers_alone_train_no_combination_and_choose_nothing(tmp_path, monkeypatch):
+    levers = [("10 epochs", "schedule", {"epochs": 10}), ("drop 0.3", "dropout", {"region_drop": 0.3, "token_drop": 0.3})]
+    _record(tmp_path / "probe" / "confirm-d-1024-residual-mlp", recipe.lever_config({}, "rsicd", 0), 21.0, 0)
+    trained = []
+
+    def fake_run_grid(cfgs, rdir, workers=1, threads=1):
+        out = []
+        for c in cfgs:
+            path = rdir / "metrics" / f"{c.run_name()}.json"
+            if path.is_file():
+                out.append(json.loads(path.read_text()))
+                continue
+            trained.append(c.run_name())
+            out.append(_record(rdir, c, 21.6 if c.epochs == 10 else 21.2, len(trained)))
+        return out
+    monkeypatch.setattr("itr_lib.runs.run_grid", fake_run_grid)
+    table, trace, change = recipe.training_levers("rsicd", tmp_path, levers=levers, n_boot=100, greedy=False)
+    assert len(trained) == 2  # the two levers alone; greedy would also train 10 epochs + drop 0.3
+    assert table.val_gain.round(2).tolist() == [0.0, 0.6, 0.2]
+    assert trace.steps == [] and change == {} and not table.chosen.any()

@@ -38,9 +38,12 @@ def _grid(cfgs: list[TrainConfig], results_dir: Path, workers: int) -> list[dict
 
 
 def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, levers=None, workers: int = 1,
-                    base: dict | None = None, n_boot: int = 2000) -> tuple[pd.DataFrame, GreedyTrace, dict]:
+                    base: dict | None = None, n_boot: int = 2000,
+                    greedy: bool = True) -> tuple[pd.DataFrame, GreedyTrace, dict]:
     """Stages 1 and 2: each training lever alone (seed 0) against the reference, then the greedy combination.
-    Returns (lever rows as a table, the greedy trace, the chosen change)."""
+    Returns (lever rows as a table, the greedy trace, the chosen change). ``greedy=False`` stops after stage 1
+    (a study split over several sittings): nothing is combined or chosen (empty trace, change ``{}``, ``chosen``
+    False everywhere)."""
     from ..runs import load_hits
     from ..metrics import paired_bootstrap
     results_dir = Path(results_dir)
@@ -60,7 +63,7 @@ def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, lev
 
     def train_fn(change: dict) -> dict:
         return _grid([lever_config(change, dataset, seed, base=base)], results_dir, workers=1)[0]
-    trace = greedy_train(order, ref, train_fn, changes)
+    trace = greedy_train(order, ref, train_fn, changes) if greedy else GreedyTrace()
     chosen = set(trace.chosen)
     for r in rows:
         r["chosen"] = r["lever"] in chosen
