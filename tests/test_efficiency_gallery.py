@@ -80,19 +80,25 @@ def test_synthetic_gallery_is_real_then_sampled_and_prefix_stable():
         syn.SyntheticGallery(x[:10, :8], m)
 
 
-def test_scaling_study_grows_a_synthetic_gallery_and_labels_the_tiled_comparison():
+def vector_entry(n_images: int, n_texts: int = 50, d: int = 16):
+    """A scaling study's vector-model entry ``(label, model, (img, txt))`` whose vectors are random unit vectors."""
     from itr_lib.config import TrainConfig
     from itr_lib.models import build_model
     import torch
     torch.manual_seed(0)
-    model = build_model(TrainConfig(method="baseline", dim=16)).eval()
+    model = build_model(TrainConfig(method="baseline", dim=d)).eval()
     g = torch.Generator().manual_seed(0)
-    img = {"vec": torch.nn.functional.normalize(torch.randn(200, 16, generator=g), dim=1)}
-    txt = {"vec": torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)}
-    model.image_vectors = lambda d: d["vec"]
-    model.text_vectors = lambda d: d["vec"]
+    img = {"vec": torch.nn.functional.normalize(torch.randn(n_images, d, generator=g), dim=1)}
+    txt = {"vec": torch.nn.functional.normalize(torch.randn(n_texts, d, generator=g), dim=1)}
+    model.image_vectors = lambda v: v["vec"]
+    model.text_vectors = lambda v: v["vec"]
+    return "baseline", model, (img, txt)
+
+
+def test_scaling_study_grows_a_synthetic_gallery_and_labels_the_tiled_comparison():
+    entry = vector_entry(200)
     hw = {"gemm_flops_per_s": 1e12, "read_bandwidth": [{"bytes": 1, "bw_1t": 1e10, "bw_mt": 1e10}]}
-    s = eff.scaling_study(("baseline", model, (img, txt)), {}, hw=hw, min_items=200, max_items=2000, per_decade=1,
+    s = eff.scaling_study(entry, {}, hw=hw, min_items=200, max_items=2000, per_decade=1,
                           kinds=("flat", "ivf"), budget_s=60, repeats=2, warmup=0, n_queries=10,
                           galleries=("synthetic", "tiled"), fit_vectors=mixture_data(n=400, d=16))
     assert list(s.columns[:6]) == ["index", "n_items", "ms_per_query", "recall_at_10", "floor_ms", "extrapolated"]

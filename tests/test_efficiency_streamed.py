@@ -9,7 +9,7 @@ import pytest
 from itr_lib import efficiency as eff
 from itr_lib.efficiency import streamed
 from itr_lib.efficiency import synthetic as syn
-from test_efficiency_gallery import mixture_data
+from test_efficiency_gallery import mixture_data, vector_entry
 
 HW = {"gemm_flops_per_s": 1e12, "read_bandwidth": [{"bytes": 1, "bw_1t": 1e10, "bw_mt": 1e10}]}
 
@@ -84,18 +84,8 @@ def test_streamed_measure_row_and_memory_guard():
 
 
 def test_scaling_study_appends_streamed_rows_and_the_target_reads_the_flat_floor():
-    import torch
-
-    from itr_lib.config import TrainConfig
-    from itr_lib.models import build_model
-    torch.manual_seed(0)
-    model = build_model(TrainConfig(method="baseline", dim=16)).eval()
-    g = torch.Generator().manual_seed(0)
-    img = {"vec": torch.nn.functional.normalize(torch.randn(300, 16, generator=g), dim=1)}
-    txt = {"vec": torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)}
-    model.image_vectors = lambda d: d["vec"]
-    model.text_vectors = lambda d: d["vec"]
-    s = eff.scaling_study(("baseline", model, (img, txt)), {}, hw=dict(HW), min_items=300, max_items=3000,
+    entry = vector_entry(300)
+    s = eff.scaling_study(entry, {}, hw=dict(HW), min_items=300, max_items=3000,
                           per_decade=1, kinds=("flat", "ivfpq"), budget_s=60, repeats=2, warmup=0, n_queries=20,
                           fit_vectors=mixture_data(n=400, d=16), index_params={"nlist": 16, "pq_m": 4},
                           huge_items=20_000, huge_kinds=("ivfpq",), huge_chunk=4096)
@@ -113,7 +103,7 @@ def test_scaling_study_appends_streamed_rows_and_the_target_reads_the_flat_floor
     assert row.value == pytest.approx(sp)
     assert row.holds == (sp >= 10 and huge.loc["ivfpq", "recall_at_10"] >= 0.95)
     with pytest.raises(ValueError, match="HUGE_GALLERY"):
-        eff.scaling_study(("baseline", model, (img, txt)), {}, hw=dict(HW), max_items=3000, huge_items=20_000,
+        eff.scaling_study(entry, {}, hw=dict(HW), max_items=3000, huge_items=20_000,
                           huge_kinds=("hnsw",))
 
 
