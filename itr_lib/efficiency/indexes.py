@@ -196,8 +196,8 @@ def sweep_table(scaling: pd.DataFrame) -> pd.DataFrame:
 
 def time_index(kind: str, index, queries: np.ndarray, n: int, gt: np.ndarray | None, *, k: int = 10,
                repeats: int = 20, warmup: int = 3, max_seconds: float | None = 30.0,
-               target_recall: float | None = None, sweep_values: Sequence[int] | None = None,
-               hnsw_m: int = 32) -> tuple[dict, np.ndarray]:
+               target_recall: float | None = None,
+               sweep_values: Sequence[int] | None = None) -> tuple[dict, np.ndarray]:
     """Measure a built ``kind`` index of ``n`` items (the scaling series' and the streamed path's common part):
     tune it to ``target_recall`` against ``gt`` (exact ids; :func:`tune_search_param`, curve kept as JSON in
     ``sweep``), time batch-1 searches (median, :func:`~itr_lib.efficiency.timing._median_ms`) and one batched search
@@ -226,7 +226,8 @@ def time_index(kind: str, index, queries: np.ndarray, n: int, gt: np.ndarray | N
         out["params"] = f"nlist={ivf.nlist} nprobe={ivf.nprobe}" + (
             f" pq_m={index.pq.M} bits={index.pq.nbits}" if kind == "ivfpq" else "")
     elif kind == "hnsw":
-        out["params"] = f"M={hnsw_m} efSearch={index.hnsw.efSearch} efConstruction={index.hnsw.efConstruction}"
+        out["params"] = (f"M={index.hnsw.nb_neighbors(1)} efSearch={index.hnsw.efSearch} "
+                         f"efConstruction={index.hnsw.efConstruction}")  # M: the links per node above level 0
     else:
         out["params"] = "exact"
     return out, ids

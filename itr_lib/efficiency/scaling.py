@@ -56,7 +56,7 @@ def index_series_measure(kind: str, gallery, queries: np.ndarray, *, k: int = 10
             gt_cache[n] = faiss.knn(queries, x, k, metric=faiss.METRIC_INNER_PRODUCT)[1]
         out, ids = time_index(kind, index, queries, n, gt_cache.get(n), k=k, repeats=repeats, warmup=warmup,
                               max_seconds=max_seconds, target_recall=target_recall,
-                              sweep_values=sweep_values.get(kind), hnsw_m=params.get("hnsw_m", 32))
+                              sweep_values=sweep_values.get(kind))
         if kind == "flat":
             gt_cache.setdefault(n, ids)
         del index
