@@ -188,6 +188,7 @@ def results_markdown(results_dir: str | Path) -> str:
                   to_markdown(t, index=False, floatfmt=".3g"), ""]
     if (figs / "efficiency_scaling.png").is_file():
         lines += [f"![scaling]({rel}/figures/efficiency_scaling.png)", ""]
+    lines += scale_summary(results_dir, rel, full=True)
     if (tables / "retrain_check.csv").is_file():
         c = pd.read_csv(tables / "retrain_check.csv")
         lines += [f"Reproducibility: {len(c)} runs retrained from their recorded configs on a fresh checkout (features "
@@ -313,7 +314,7 @@ def headline_markdown(results_dir: str | Path) -> str:
     if figs:
         lines += ["### Accuracy against query latency (`04_efficiency`; every method's best row, Pareto front dashed)", ""]
         lines += [f"![{f[:-4]}]({rel}/figures/{f})" for f in figs] + [""]
-    lines += scale_summary(results_dir, rel)
+    lines += scale_summary(results_dir, rel, full=False)
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -338,11 +339,24 @@ def scale_rows(scaling: pd.DataFrame) -> pd.DataFrame:
     return out[[c for c in SCALE_COLS if c in out]]
 
 
-def scale_summary(results_dir: Path, rel) -> list[str]:
-    """The README's efficiency findings: the largest gallery sizes measured (``scaling.csv``), the targets' verdicts
-    (``efficiency_targets.csv``) and which part of a text query's latency dominates (``query_side.csv``)."""
+def scale_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
+    """Efficiency findings from the tables. ``full`` (RESULTS.md): the largest gallery sizes measured
+    (``scaling.csv``) and which part of a text query's latency dominates (``query_side.csv``); else (the README):
+    the targets' verdicts (``efficiency_targets.csv``) and a pointer to RESULTS.md."""
     tables = results_dir / "tables"
     lines = []
+    if not full:
+        if (tables / "efficiency_targets.csv").is_file():
+            t = pd.read_csv(tables / "efficiency_targets.csv")
+            if {"target", "holds", "detail"} <= set(t):
+                verdict = {True: "holds", False: "does not hold"}
+                lines += [f"Efficiency targets (`efficiency_targets.csv`; the scaling table and what dominates a "
+                          f"query's latency: [RESULTS.md]({rel}/RESULTS.md)):", ""]
+                for _, r in t.iterrows():
+                    v = "n/a" if pd.isna(r.holds) else verdict[str(r.holds).lower() in ("true", "1", "1.0")]
+                    lines.append(f"- {r.target}: **{v}** ({r.detail})")
+                lines.append("")
+        return lines
     if (tables / "scaling.csv").is_file():
         s = pd.read_csv(tables / "scaling.csv")
         rows = scale_rows(s)
@@ -354,15 +368,6 @@ def scale_summary(results_dir: Path, rel) -> list[str]:
                       "recall@10 >= 0.95 against exact search; floor = the read-bandwidth / GEMM lower bound; "
                       "`extrapolated` rows are predictions, not measurements)", "",
                       to_markdown(rows, index=False, floatfmt=".4g"), ""]
-    if (tables / "efficiency_targets.csv").is_file():
-        t = pd.read_csv(tables / "efficiency_targets.csv")
-        if {"target", "holds", "detail"} <= set(t):
-            verdict = {True: "holds", False: "does not hold"}
-            lines += ["Efficiency targets (`efficiency_targets.csv`):", ""]
-            for _, r in t.iterrows():
-                v = "n/a" if pd.isna(r.holds) else verdict[str(r.holds).lower() in ("true", "1", "1.0")]
-                lines.append(f"- {r.target}: **{v}** ({r.detail})")
-            lines.append("")
     if (tables / "query_side.csv").is_file():
         q = pd.read_csv(tables / "query_side.csv")
         if {"method", "search", "n_items", "encode_ms", "search_ms", "dominant"} <= set(q):

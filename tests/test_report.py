@@ -78,7 +78,9 @@ def test_scale_summary_shows_the_largest_sizes_the_targets_and_what_dominates(tm
     pd.DataFrame({"method": ["baseline", "baseline", "SCAN"], "search": ["flat", "flat", "SCAN"],
                   "n_items": [1000, 1_000_000, 1000], "encode_ms": [5.0, 5.0, 5.0], "search_ms": [0.1, 70.0, 250.0],
                   "dominant": ["encode", "search", "search"]}).to_csv(tmp_path / "tables" / "query_side.csv", index=False)
-    text = "\n".join(scale_summary(tmp_path, "r"))
+    readme = "\n".join(scale_summary(tmp_path, "r", full=False))
+    text = "\n".join(scale_summary(tmp_path, "r", full=True)) + "\n" + readme
+    assert "| index" not in readme and "RESULTS.md" in readme  # the README keeps the verdicts, RESULTS.md the tables
     table = [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines()
              if ln.startswith("|") and not ln.startswith("|:") and not ln.startswith("| index")]
     assert [(r[0], int(float(r[1]))) for r in table[:5]] == [("hnsw", 10 ** 6), ("ivf", 10 ** 6), ("flat", 10 ** 6),
