@@ -328,7 +328,7 @@ def scale_rows(scaling: pd.DataFrame) -> pd.DataFrame:
     s = scaling
     if "gallery_kind" in s and s.gallery_kind.notna().any():
         s = s[s.gallery_kind == s.gallery_kind.dropna().iloc[0]]
-    s = s[s["index"].isin(["flat", "ivf", "ivfpq", "hnsw"])]
+    s = s[s["index"].isin(["flat", "ivf", "ivfpq", "ivfpq_sq8", "hnsw"])]
     measured = s[~s.extrapolated.astype(bool)]
     if measured.empty:
         return measured

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=1_000_000, help="gallery items")
     ap.add_argument("--dim", type=int, default=512, help="vector dimension (the study's models: 512)")
-    ap.add_argument("--kinds", nargs="+", default=["flat", "ivf"], help="flat ivf ivfpq hnsw")
+    ap.add_argument("--kinds", nargs="+", default=["flat", "ivf"], help="flat ivf ivfpq ivfpq_sq8 hnsw")
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (0: itr_lib.index.default_nlist)")
     ap.add_argument("--target-recall", type=float, default=0.95)
     ap.add_argument("--repeats", type=int, default=10)

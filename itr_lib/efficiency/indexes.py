@@ -1,6 +1,12 @@
-"""faiss indexes of the scaling study: building them (flat, IVF-Flat, IVF-PQ, HNSW), what one search reads and
-computes (from faiss's own statistics, for the floor), the bytes each stores per item, and the tuning sweep that
-picks the smallest ``nprobe`` / ``efSearch`` reaching a recall@k target against exact search."""
+"""faiss indexes of the scaling study: building them (flat, IVF-Flat, IVF-PQ, IVF-PQ re-ranked with 8-bit scalar
+quantised vectors, HNSW), what one search reads and computes (from faiss's own statistics, for the floor), the bytes
+each stores per item, and the tuning sweep that picks the smallest ``nprobe`` / ``efSearch`` reaching a recall@k
+target against exact search.
+
+``ivfpq_sq8`` answers the recall ceiling of PQ codes at 10M items (issue 18: recall@10 0.553 at nprobe 256 with
+``d / 4``-byte codes): the IVF-PQ index proposes ``refine_k_factor * k`` candidates, which are re-scored with an
+8-bit scalar-quantised copy of every vector (``d`` bytes per item, 4x smaller than float32; faiss ``IndexRefine``)
+and the best ``k`` returned."""
 from __future__ import annotations
 
 import time
@@ -12,25 +18,33 @@ import pandas as pd
 
 from .hardware import flat_floor_ms, roofline_ms
 
-KINDS = ("flat", "ivf", "ivfpq", "hnsw")
-SEARCH_PARAM = {"ivf": "nprobe", "ivfpq": "nprobe", "hnsw": "efSearch"}
+KINDS = ("flat", "ivf", "ivfpq", "ivfpq_sq8", "hnsw")
+IVF_KINDS = ("ivf", "ivfpq", "ivfpq_sq8")
+PQ_KINDS = ("ivfpq", "ivfpq_sq8")
+SEARCH_PARAM = {"ivf": "nprobe", "ivfpq": "nprobe", "ivfpq_sq8": "nprobe", "hnsw": "efSearch"}
+
+
+def _pq_index(index):
+    """The IndexIVFPQ of an ``ivfpq`` or ``ivfpq_sq8`` index."""
+    return faiss.downcast_index(faiss.extract_index_ivf(index))
 
 
 def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
                 ef_search: int = 128, ef_construction: int = 40, ivf_train_per_list: int = 40, ivf_niter: int = 10,
-                pq_m: int | None = None, pq_bits: int = 8, seed: int = 0) -> faiss.Index:
+                pq_m: int | None = None, pq_bits: int = 8, refine_k_factor: int = 16, seed: int = 0) -> faiss.Index:
     """A faiss inner-product index over ``x`` (float32, used as is): ``flat``, ``ivf`` (IndexIVFFlat with
     :func:`itr_lib.index.default_nlist` lists, ``ivf_niter`` k-means iterations on at most
     ``ivf_train_per_list * nlist`` sampled points), ``ivfpq`` (IndexIVFPQ, the same lists, ``pq_m`` sub-quantizers
-    of ``pq_bits`` bits: default ``d / 4`` bytes per item, 16x smaller than float32) or ``hnsw`` (IndexHNSWFlat,
-    ``hnsw_m`` links, ``ef_construction``). The index is :func:`make_index`'s, trained on ``x`` and filled with it
+    of ``pq_bits`` bits: default ``d / 4`` bytes per item, 16x smaller than float32), ``ivfpq_sq8`` (that IVF-PQ
+    proposing ``refine_k_factor * k`` candidates, re-scored with 8-bit scalar-quantised vectors) or ``hnsw``
+    (IndexHNSWFlat, ``hnsw_m`` links, ``ef_construction``). The index is :func:`make_index`'s, trained on ``x`` and filled with it
     (the streamed 10M-item path, :mod:`.streamed`, builds the same index chunk by chunk)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     n, d = x.shape
     index = make_index(kind, d, n, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, ef_search=ef_search,
                        ef_construction=ef_construction, ivf_train_per_list=ivf_train_per_list, ivf_niter=ivf_niter,
-                       pq_m=pq_m, pq_bits=pq_bits, seed=seed)
-    if kind in ("ivf", "ivfpq"):
+                       pq_m=pq_m, pq_bits=pq_bits, refine_k_factor=refine_k_factor, seed=seed)
+    if kind in IVF_KINDS:
         index.train(x)
     index.add(x)
     return index
@@ -38,10 +52,19 @@ def build_faiss(kind: str, x: np.ndarray, *, nlist: int | None = None, nprobe: i
 
 def make_index(kind: str, d: int, n: int, *, nlist: int | None = None, nprobe: int = 16, hnsw_m: int = 32,
                ef_search: int = 128, ef_construction: int = 40, ivf_train_per_list: int = 40, ivf_niter: int = 10,
-               pq_m: int | None = None, pq_bits: int = 8, seed: int = 0) -> faiss.Index:
+               pq_m: int | None = None, pq_bits: int = 8, refine_k_factor: int = 16, seed: int = 0) -> faiss.Index:
     """The empty (untrained) index :func:`build_faiss` fills, for ``n`` items of dimension ``d`` (``n`` sets IVF's
     default list count); the parameters are :func:`build_faiss`'s."""
     from ..index import default_nlist
+    if kind == "ivfpq_sq8":
+        if int(refine_k_factor) < 1:
+            raise ValueError(f"refine_k_factor must be >= 1, got {refine_k_factor!r} (index_params)")
+        base = make_index("ivfpq", d, n, nlist=nlist, nprobe=nprobe, ivf_train_per_list=ivf_train_per_list,
+                          ivf_niter=ivf_niter, pq_m=pq_m, pq_bits=pq_bits, seed=seed)
+        refine = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexRefine(base, refine)  # (faiss's wrapper keeps both referenced)
+        index.k_factor = float(refine_k_factor)
+        return index
     if kind == "flat":
         return faiss.IndexFlatIP(d)
     if kind in ("ivf", "ivfpq"):
@@ -73,7 +96,7 @@ def train_items(index) -> int:
     """How many points training an IVF / IVF-PQ index of :func:`make_index` uses at most: the coarse k-means'
     ``max_points_per_centroid * nlist`` and the PQ k-means' ``max_points_per_centroid * 2 ** nbits`` (faiss samples
     down to these); the streamed path trains on that many prefix rows."""
-    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))  # (an ivfpq_sq8's SQ8 trains on the same rows)
     n = ivf.cp.max_points_per_centroid * ivf.nlist
     if isinstance(ivf, faiss.IndexIVFPQ):
         n = max(n, ivf.pq.cp.max_points_per_centroid * (1 << ivf.pq.nbits))
@@ -85,11 +108,12 @@ def reset_stats() -> None:
     faiss.cvar.hnsw_stats.reset()
 
 
-def search_work(kind: str, index, n: int, nq: int) -> dict:
+def search_work(kind: str, index, n: int, nq: int, k: int = 10) -> dict:
     """What a search read and computed per query, from faiss's statistics after a search of ``nq`` queries
     (:func:`reset_stats` before it): ``dist_per_query`` (gallery items compared: all ``n`` for flat, the probed
     lists' items plus the ``nlist`` centroids for IVF, the visited nodes for HNSW), ``floor_bytes`` (float32
-    vectors, or ``code_size`` bytes per item for IVF-PQ, plus the centroids) and ``floor_flops``."""
+    vectors, or ``code_size`` bytes per item for IVF-PQ, plus the centroids; ``ivfpq_sq8`` adds ``d`` bytes and
+    ``2 d`` flops for each of its ``refine_k_factor * k`` re-scored candidates) and ``floor_flops``."""
     d = index.d
     if kind == "flat":
         items, nbytes, flops = float(n), 4.0 * n * d, 2.0 * n * d
@@ -100,10 +124,16 @@ def search_work(kind: str, index, n: int, nq: int) -> dict:
         ivf = faiss.extract_index_ivf(index)
         scanned = faiss.cvar.indexIVF_stats.ndis / nq
         items = scanned + ivf.nlist
-        per = ivf.code_size if kind == "ivfpq" else 4.0 * d
-        per_flops = ivf.code_size if kind == "ivfpq" else 2.0 * d  # PQ: one table lookup + add per sub-code
+        pq = kind in PQ_KINDS
+        per = ivf.code_size if pq else 4.0 * d
+        per_flops = ivf.code_size if pq else 2.0 * d  # PQ: one table lookup + add per sub-code
         nbytes = scanned * per + 4.0 * ivf.nlist * d
         flops = scanned * per_flops + 2.0 * ivf.nlist * d
+        if kind == "ivfpq_sq8":
+            cand = min(float(n), index.k_factor * k)
+            items += cand
+            nbytes += cand * d
+            flops += cand * 2.0 * d
     return {"dist_per_query": items, "floor_bytes": nbytes, "floor_flops": flops}
 
 
@@ -126,11 +156,11 @@ def index_bytes_per_item(kind: str, index, n: int) -> float:
     if kind == "hnsw":
         return 4.0 * d + 4.0 * index.hnsw.neighbors.size() / n + 4.0 + 8.0
     ivf = faiss.extract_index_ivf(index)
-    return ivf.code_size + 8.0 + 4.0 * ivf.nlist * d / n
+    return ivf.code_size + 8.0 + 4.0 * ivf.nlist * d / n + (d if kind == "ivfpq_sq8" else 0.0)
 
 
 def set_search_param(kind: str, index, value: int) -> None:
-    if kind in ("ivf", "ivfpq"):
+    if kind in IVF_KINDS:
         faiss.extract_index_ivf(index).nprobe = int(value)
     elif kind == "hnsw":
         index.hnsw.efSearch = int(value)
@@ -145,7 +175,7 @@ def recall_at_k(ids: np.ndarray, gt: np.ndarray, k: int = 10) -> float:
 
 def default_sweep(kind: str, index, k: int = 10) -> list[int]:
     """Powers of two: nprobe 1 .. nlist; efSearch k .. 2048."""
-    if kind in ("ivf", "ivfpq"):
+    if kind in IVF_KINDS:
         nlist = faiss.extract_index_ivf(index).nlist
         return sorted({min(2 ** i, nlist) for i in range(0, int(np.ceil(np.log2(max(nlist, 1)))) + 1)})
     return sorted({max(k, 2 ** i) for i in range(4, 12)})
@@ -216,15 +246,16 @@ def time_index(kind: str, index, queries: np.ndarray, n: int, gt: np.ndarray | N
     t0 = time.perf_counter()
     _, ids = index.search(queries, k)
     batched_ms = 1e3 * (time.perf_counter() - t0) / nq
-    work = search_work(kind, index, n, nq)
+    work = search_work(kind, index, n, nq, k)
     recall = 1.0 if kind == "flat" else recall_at_k(ids, gt, k)
     out = {"ms_per_query": ms, "ms_per_query_batched": batched_ms, "recall_at_10": recall,
            "n_repeats": reps, "dim": index.d, "n_queries_batched": nq, **work,
            "bytes_per_item": index_bytes_per_item(kind, index, n), **tuned}
-    if kind in ("ivf", "ivfpq"):
+    if kind in IVF_KINDS:
         ivf = faiss.extract_index_ivf(index)
         out["params"] = f"nlist={ivf.nlist} nprobe={ivf.nprobe}" + (
-            f" pq_m={index.pq.M} bits={index.pq.nbits}" if kind == "ivfpq" else "")
+            f" pq_m={_pq_index(index).pq.M} bits={_pq_index(index).pq.nbits}" if kind in PQ_KINDS else "") + (
+            f" refine=SQ8 k_factor={index.k_factor:g}" if kind == "ivfpq_sq8" else "")
     elif kind == "hnsw":
         out["params"] = (f"M={index.hnsw.nb_neighbors(1)} efSearch={index.hnsw.efSearch} "
                          f"efConstruction={index.hnsw.efConstruction}")  # M: the links per node above level 0

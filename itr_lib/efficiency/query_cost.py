@@ -41,7 +41,7 @@ def query_side_table(table: pd.DataFrame, scaling: pd.DataFrame, *, minilm_ms: f
     nearest size measured, ``n_items_used`` and ``extrapolated`` say which), their sum and ``dominant``."""
     rows = []
     sc = primary_gallery(scaling)
-    kinds = [k for k in ("flat", "ivf", "ivfpq", "hnsw") if (sc["index"] == k).any()] if not sc.empty else []
+    kinds = [k for k in ("flat", "ivf", "ivfpq", "ivfpq_sq8", "hnsw") if (sc["index"] == k).any()] if not sc.empty else []
     for _, m in table.iterrows():
         own = (sc["index"] == m.method).any() if not sc.empty else False
         searches = [m.method] if own else (kinds if m.get("mode", "vector") == "vector" else [])

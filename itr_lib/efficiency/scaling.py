@@ -171,7 +171,8 @@ def scaling_study(vec_model_entry: tuple | None, fine_entries: dict[str, tuple],
         rng = np.random.default_rng(seed)
         queries = queries[np.sort(rng.choice(len(queries), size=min(n_queries, len(queries)), replace=False))]
         d = base.shape[1]
-        copies = {"flat": 3, "ivf": 3, "ivfpq": 2.5, "hnsw": 3.5}  # gallery + index (+ graph) + growth temporaries
+        copies = {"flat": 3, "ivf": 3, "ivfpq": 2.5, "ivfpq_sq8": 2.75, "hnsw": 3.5}  # gallery + index (+ graph) +
+        # growth temporaries
         for gkind in galleries:
             grown.clear()  # one grown gallery in memory at a time
             if gkind == "synthetic":
@@ -247,11 +248,11 @@ def _huge_rows(gallery, queries: np.ndarray, n: int, kinds: Sequence[str], serie
                chunk: int, sweep_values: dict | None, **kw) -> list[pd.DataFrame]:
     """The streamed rows at ``n`` items (one per kind of ``kinds``, :func:`~.streamed.streamed_index_measure`) and
     the flat series of ``series`` extrapolated linearly to ``n`` (flat cannot be held there)."""
-    out = []
+    out, gt = [], {}
     for kind in kinds:
         t0 = time.perf_counter()
         r = streamed_index_measure(kind, gallery, n, queries, chunk=chunk, sweep_values=(sweep_values or {}).get(kind),
-                                   **kw)
+                                   gt_cache=gt, **kw)
         r = {"index": kind, "n_items": int(n), **r, "extrapolated": False, "cost_s": time.perf_counter() - t0,
              "stop_reason": ""}
         log.info("scaling %s n=%d (streamed): %.4g ms/query, recall@10 %.3f (%.0fs)", kind, n, r["ms_per_query"],

@@ -34,7 +34,8 @@ from .indexes import make_index, time_index, train_items
 
 log = logging.getLogger(__name__)
 
-STREAMABLE = ("ivf", "ivfpq")  # indexes that keep codes, not the gallery (flat and HNSW hold every float32 vector)
+STREAMABLE = ("ivf", "ivfpq", "ivfpq_sq8")  # indexes that keep codes, not the gallery (flat and HNSW hold every
+                                           # float32 vector)
 
 
 class KnnMerge:
@@ -69,11 +70,12 @@ def chunked_knn(queries: np.ndarray, chunks: Iterable[tuple[int, np.ndarray]], k
 
 
 def streamed_bytes(index, n: int, chunk: int, n_train: int) -> dict:
-    """Bytes the streamed build holds: the filled index (codes and 8-byte ids of ``n`` items, the centroids) and
-    the larger of one chunk and the training sample (float32)."""
+    """Bytes the streamed build holds: the filled index (codes and 8-byte ids of ``n`` items, the centroids, and
+    for ``ivfpq_sq8`` the ``d``-byte 8-bit vectors) and the larger of one chunk and the training sample (float32)."""
     ivf = faiss.extract_index_ivf(index)
     d = index.d
-    held = float(n) * (ivf.code_size + 8) + 4.0 * ivf.nlist * d
+    refine = d if isinstance(faiss.downcast_index(index), faiss.IndexRefine) else 0
+    held = float(n) * (ivf.code_size + 8 + refine) + 4.0 * ivf.nlist * d
     transient = 4.0 * d * max(chunk, n_train)
     return {"index_bytes": held, "transient_bytes": transient, "total_bytes": held + transient}
 
@@ -96,7 +98,7 @@ def check_streamed_memory(kind: str, index, n: int, chunk: int, n_train: int, li
 def build_streamed(kind: str, gallery, n: int, *, chunk: int = 65536, index_params: dict | None = None,
                    knn: KnnMerge | None = None, mem_limit: float | None = None,
                    name: str = "HUGE_GALLERY") -> tuple[faiss.Index, dict]:
-    """A ``kind`` index (``ivf`` / ``ivfpq``) over rows ``[0, n)`` of ``gallery`` (an object with ``rows(a, b)``
+    """A ``kind`` index (``ivf`` / ``ivfpq`` / ``ivfpq_sq8``) over rows ``[0, n)`` of ``gallery`` (an object with ``rows(a, b)``
     and ``chunks(n, chunk)``, e.g. :class:`~.synthetic.SyntheticGallery`), never holding more than one chunk of
     float32 rows (see the module docstring); each chunk is also fed to ``knn`` when given. Returns (index, what the
     build did: ``train_items``, ``chunk_items``, ``train_s``, ``add_s``, ``stream_s`` (drawing the chunks),
@@ -127,7 +129,7 @@ def build_streamed(kind: str, gallery, n: int, *, chunk: int = 65536, index_para
         add_s += t2 - t1
         if knn is not None:
             knn.add(start, x)
-        knn_s += time.perf_counter() - t2
+            knn_s += time.perf_counter() - t2
         log.debug("streamed %s: %d / %d rows", kind, start + len(x), n)
         t_draw = time.perf_counter()
     if index.ntotal != n:
@@ -140,16 +142,22 @@ def streamed_index_measure(kind: str, gallery, n: int, queries: np.ndarray, *, k
                            warmup: int = 3, max_seconds: float | None = 30.0, index_params: dict | None = None,
                            chunk: int = 65536, target_recall: float | None = 0.95,
                            sweep_values: Sequence[int] | None = None, mem_limit: float | None = None,
-                           name: str = "HUGE_GALLERY") -> dict:
+                           name: str = "HUGE_GALLERY", gt_cache: dict | None = None) -> dict:
     """One scaling row at ``n`` items for a streamed ``kind`` index (:func:`build_streamed`, exact ground truth by
     :class:`KnnMerge` in the same pass), tuned and timed by :func:`~.indexes.time_index` like
     :func:`~.scaling.index_series_measure`'s rows (``build_s`` = training + adding, the gallery's generation and the
-    ground truth are reported apart: ``stream_s``, ``knn_s``); ``streamed=True``."""
+    ground truth are reported apart: ``stream_s``, ``knn_s``); ``streamed=True``. ``gt_cache`` (a dict keyed by
+    ``(n, k)``) keeps the exact ids for the next kind at the same size and the same queries, which then skips the
+    ground-truth pass (``knn_s`` 0)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    knn = KnnMerge(queries, k)
+    cached = gt_cache.get((n, k)) if gt_cache is not None else None
+    knn = KnnMerge(queries, k) if cached is None else None
     index, info = build_streamed(kind, gallery, n, chunk=chunk, index_params=index_params, knn=knn,
                                  mem_limit=mem_limit, name=name)
-    out, _ = time_index(kind, index, queries, n, knn.I, k=k, repeats=repeats, warmup=warmup, max_seconds=max_seconds,
+    gt = cached if cached is not None else knn.I
+    if gt_cache is not None:
+        gt_cache[(n, k)] = gt
+    out, _ = time_index(kind, index, queries, n, gt, k=k, repeats=repeats, warmup=warmup, max_seconds=max_seconds,
                         target_recall=target_recall, sweep_values=sweep_values)
     del index
     return {**out, "build_s": info["train_s"] + info["add_s"], **info, "streamed": True}

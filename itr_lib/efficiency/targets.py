@@ -73,7 +73,11 @@ def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_i
             f"{two.ms_per_query.iloc[0]:.3f} vs {glob.ms_per_query.iloc[0]:.3f} ms/query")
     huge = 10 * at_items
     target = f"compressed index (IVF-PQ) at {huge:,} items >= 10x faster than flat with recall@10 >= 0.95"
-    pq = s[(s["index"] == "ivfpq") & (s.n_items >= huge) & ~s.extrapolated.astype(bool)] if not s.empty else s
+    pq = s[(s["index"].isin(COMPRESSED)) & (s.n_items >= huge) & ~s.extrapolated.astype(bool)] if not s.empty else s
+    if not pq.empty:  # one row decides: the fastest reaching the recall, else the one with the best recall
+        ok = pq[pq.recall_at_10 >= 0.95]
+        pq = ok.sort_values("ms_per_query").iloc[:1] if not ok.empty else pq.sort_values(
+            "recall_at_10", ascending=False).iloc[:1]
     flat_huge = s[(s["index"] == "flat") & (s.n_items >= huge) & ~s.extrapolated.astype(bool)] if not s.empty else s
     if pq.empty:
         why = sorted({str(r) for r in s.get("stop_reason", pd.Series(dtype=object)).dropna() if str(r)}) \
@@ -83,7 +87,7 @@ def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_i
     elif not flat_huge.empty:
         sp = float(flat_huge.ms_per_query.iloc[0] / pq.ms_per_query.iloc[0])
         rc = float(pq.recall_at_10.iloc[0])
-        add(target, bool(sp >= 10 and rc >= 0.95), sp, f"ivfpq: {sp:.1f}x faster, recall@10 {rc:.3f}")
+        add(target, bool(sp >= 10 and rc >= 0.95), sp, f"{pq['index'].iloc[0]}: {sp:.1f}x faster, recall@10 {rc:.3f}")
     else:
         r = pq.iloc[0]
         floor = float(r.get("flat_floor_ms", np.nan))
@@ -93,13 +97,13 @@ def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_i
                    f"({ext.ms_per_query.iloc[0] / r.ms_per_query:.1f}x)") if not ext.empty else ""
         if not np.isfinite(floor):
             add(target, None, np.nan, f"flat not measured at {int(r.n_items):,} items and no flat_floor_ms on the "
-                f"ivfpq row; recall@10 {rc:.3f}" + ext_txt)
+                f"{r['index']} row; recall@10 {rc:.3f}" + ext_txt)
         else:
             sp = floor / float(r.ms_per_query)
             add(target, bool(sp >= 10 and rc >= 0.95), sp,
                 f"flat not measured at {int(r.n_items):,} items (its float32 gallery cannot be held): compared with "
                 f"flat's floor there, {floor:.1f} ms (gallery bytes / read bandwidth, a lower bound on any exact "
-                f"scan); ivfpq{' (streamed)' if bool(r.get('streamed', False)) else ''} {r.ms_per_query:.3g} ms: "
+                f"scan); {r['index']}{' (streamed)' if bool(r.get('streamed', False)) else ''} {r.ms_per_query:.3g} ms: "
                 f"{sp:.1f}x faster, recall@10 {rc:.3f}" + ext_txt)
     target = "every measured search at or above its floor"
     below, n_checked = _below_floor(t, s)
@@ -111,7 +115,8 @@ def check_targets(table: pd.DataFrame | None, scaling: pd.DataFrame | None, at_i
     return pd.DataFrame(rows)
 
 
-APPROXIMATE = ("ivf", "ivfpq", "hnsw")
+APPROXIMATE = ("ivf", "ivfpq", "ivfpq_sq8", "hnsw")
+COMPRESSED = ("ivfpq", "ivfpq_sq8")  # the huge-gallery target's indexes: codes, not float32 vectors
 
 
 def primary_gallery(scaling: pd.DataFrame) -> pd.DataFrame:
