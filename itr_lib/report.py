@@ -256,6 +256,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
                       "(every mode in RESULTS.md).", ""]
         lines += [
                   to_markdown(t[cols], index=False, floatfmt=".1f", compact=not full), ""]
+        lines += _bucketed_note(t)
         if not full:
             pub = published_rows(ds)
             if len(pub):
@@ -320,6 +321,20 @@ def headline_markdown(results_dir: str | Path) -> str:
 
 SCALE_COLS = ["index", "n_items", "ms_per_query", "ms_per_query_batched", "recall_at_10", "floor_ms", "vs_floor",
               "bytes_per_item", "build_s", "params", "extrapolated"]
+
+
+def _bucketed_note(t: pd.DataFrame) -> list[str]:
+    """A line naming the rows whose runs encoded captions in length groups (``bucketed_seeds`` of a comparison
+    table): their ``train_min`` mixes step speeds."""
+    if "bucketed_seeds" not in t:
+        return []
+    b = t.bucketed_seeds.fillna("").astype(str).str.replace(r"\.0\b", "", regex=True)
+    rows = sorted({(v.split(" [")[0], s) for v, s in zip(t.variant, b) if s})
+    if not rows:
+        return []
+    return ["Trained with `length_buckets` (the captions of a step encoded in groups of similar length: the same "
+            "model and loss, faster steps, other dropout draws), so their `train_min` is not comparable with the "
+            "other seeds': " + "; ".join(f"{v} seeds {s}" for v, s in rows) + ".", ""]
 
 
 def scale_rows(scaling: pd.DataFrame) -> pd.DataFrame:

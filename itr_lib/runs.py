@@ -332,7 +332,7 @@ def run_row(metrics: dict, protocol: str = "standard") -> dict:
            "captions_per_step": metrics.get("captions_per_step") or _resolved_captions(cfg),
            "val_images": metrics.get("val_images"), "tie_rule": metrics.get("tie_rule", "index"),
            "dim": cfg.get("dim"), "mlp": cfg.get("mlp", False), "threads": metrics.get("threads"),
-           "relabelled": "relabelled" in metrics}
+           "length_buckets": cfg.get("length_buckets"), "relabelled": "relabelled" in metrics}
     row.update(_bounds(metrics["test"], protocol))
     return row
 

@@ -218,13 +218,19 @@ def probe_table(rows: list[tuple[str, dict, dict]]) -> pd.DataFrame:
 def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     """Mean +- std over seeds per (setting, method, variant) of the comparison's runs (rows of
     :func:`itr_lib.runs.runs_frame` merged with the plan's ``setting`` and ``key``), with the optimistic and
-    pessimistic tie bounds of mR and the mean training minutes per run; the study loss first."""
+    pessimistic tie bounds of mR and the mean training minutes per run; the study loss first. ``bucketed_seeds``:
+    the seeds whose run encoded its captions in length groups (``TrainConfig.length_buckets``, a runtime setting:
+    same model, faster steps, so their minutes are not the others')."""
     d = df[df.dataset == dataset]
     if d.empty:
         return pd.DataFrame()
     out = aggregate(d, by=("dataset", "setting", "key", "mode", "method", "variant"))
     mins = d.groupby(["setting", "variant"], sort=False).train_seconds.mean().div(60).rename("train_min")
     out = out.merge(mins.reset_index(), on=["setting", "variant"], how="left")
+    lb = d["length_buckets"] if "length_buckets" in d else pd.Series(np.nan, index=d.index)
+    bucketed = d.assign(_lb=lb.fillna(1).astype(float) > 1).groupby(["setting", "variant"], sort=False).apply(
+        lambda g: ",".join(str(int(s)) for s in sorted(g[g._lb].seed.unique())), include_groups=False)
+    out = out.merge(bucketed.rename("bucketed_seeds").reset_index(), on=["setting", "variant"], how="left")
     order = {s: i for i, s in enumerate(sorted(out.setting.unique(), key=lambda s: (s != "study loss", s)))}
     return out.sort_values(["setting", "mr"], key=lambda c: c.map(order) if c.name == "setting" else -c,
                            kind="stable").reset_index(drop=True)

@@ -88,3 +88,22 @@ def test_scale_summary_shows_the_largest_sizes_the_targets_and_what_dominates(tm
     assert "123" not in text  # the tiled comparison rows stay in scaling.csv
     assert "- a: **holds** (x)" in text and "- b: **does not hold** (y)" in text and "- c: **n/a** (z)" in text
     assert ["baseline", "flat", "encode", "search"] in table and ["SCAN", "SCAN", "search", ""] in table
+
+
+def test_comparison_table_names_the_seeds_trained_with_length_buckets_and_the_readme_says_so():
+    import numpy as np
+    from itr_lib.report import _bucketed_note
+    from itr_lib.tables import comparison_table
+    rows = []
+    for method, seed, lb, secs in [("aladin", 0, None, 9000.0), ("aladin", 1, 8, 3600.0), ("aladin", 2, 8, 3700.0),
+                                   ("baseline", 0, None, 300.0), ("baseline", 1, None, 320.0)]:
+        rows.append({"dataset": "rsicd", "setting": "study loss", "key": method, "mode": "", "method": method,
+                     "variant": f"{method} | 6 ep", "seed": seed, "length_buckets": lb, "train_seconds": secs,
+                     **{k: 10.0 + seed for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")},
+                     "rsum": 60.0 + 6 * seed, "mr": 10.0 + seed})
+    t = comparison_table(pd.DataFrame(rows), "rsicd").set_index("method")
+    assert t.loc["aladin", "bucketed_seeds"] == "1,2" and t.loc["baseline", "bucketed_seeds"] == ""
+    assert t.loc["aladin", "train_min"] == np.mean([9000, 3600, 3700]) / 60
+    note = _bucketed_note(t.reset_index())
+    assert len(note) == 2 and "aladin | 6 ep seeds 1,2" in note[0] and "baseline" not in note[0]
+    assert _bucketed_note(t.reset_index().assign(bucketed_seeds=np.nan)) == []
