@@ -173,3 +173,42 @@ def test_streamed_kinds_share_one_ground_truth_and_the_target_takes_the_row_reac
     rows.loc[1, "recall_at_10"] = 0.5                     # neither reaches it: the best recall decides
     row = eff.check_targets(None, rows, at_items=2000).set_index("target").loc[row.name]
     assert not row.holds and row.value == pytest.approx(40.0) and "ivfpq (streamed)" in row.detail
+
+
+def test_one_streamed_build_serves_ivfpq_and_ivfpq_sq8():
+    """The pair's IVF-PQ row is measured on ivfpq_sq8's base index: the same index a standalone streamed ivfpq build
+    makes (same ids at the same nprobe), with its own bytes; the scaling study builds once when both kinds are asked."""
+    q = mixture_data(n=30, d=32, k=12, seed=3)
+    params = {"nlist": 32, "pq_m": 4}
+    kw = dict(repeats=2, warmup=0, chunk=4096, index_params=params, target_recall=0.95)
+    pq_row, rr_row = streamed.streamed_pq_pair(_gallery(), 20_000, q, **kw)
+    alone = streamed.streamed_index_measure("ivfpq", _gallery(), 20_000, q, **kw)
+    for key in ("recall_at_10", "tuned_value", "bytes_per_item", "index_bytes"):
+        assert pq_row[key] == pytest.approx(alone[key]), key
+    assert pq_row["shared_build"] == "ivfpq_sq8" and rr_row["shared_build"] == ""
+    assert rr_row["index_bytes"] == pytest.approx(pq_row["index_bytes"] + 20_000 * 32)
+    assert pq_row["knn_s"] > 0 and rr_row["knn_s"] == 0
+    index, _ = streamed.build_streamed("ivfpq_sq8", _gallery(), 20_000, chunk=4096, index_params=params)
+    solo, _ = streamed.build_streamed("ivfpq", _gallery(), 20_000, chunk=4096, index_params=params)
+    base = faiss.downcast_index(index.base_index)
+    for ix in (base, solo):
+        ix.nprobe = 8
+    np.testing.assert_array_equal(base.search(q, 10)[1], solo.search(q, 10)[1])
+    calls = []
+    real = streamed.build_streamed
+
+    def counting(kind, *a, **k):
+        calls.append(kind)
+        return real(kind, *a, **k)
+    import itr_lib.efficiency.streamed as st
+    st.build_streamed = counting
+    try:
+        s = eff.scaling_study(vector_entry(300), {}, hw=dict(HW), min_items=300, max_items=1000, per_decade=1,
+                              kinds=("flat",), budget_s=60, repeats=2, warmup=0, n_queries=20,
+                              fit_vectors=mixture_data(n=400, d=16), index_params={"nlist": 16, "pq_m": 4},
+                              huge_items=20_000, huge_kinds=("ivfpq", "ivfpq_sq8"), huge_chunk=4096)
+    finally:
+        st.build_streamed = real
+    assert calls == ["ivfpq_sq8"]
+    huge = s[s.n_items == 20_000].set_index("index")
+    assert {"ivfpq", "ivfpq_sq8", "flat"} <= set(huge.index) and bool(huge.loc["ivfpq_sq8", "streamed"])

@@ -22,7 +22,7 @@ from .memory import _local_stats, bytes_per_item
 from .methods import _rescore_topk, _score_fn, _take, _to
 from .series import run_series, scaling_sizes
 from .specs import spec_by_label
-from .streamed import STREAMABLE, flat_extrapolated, streamed_index_measure
+from .streamed import STREAMABLE, flat_extrapolated, streamed_index_measure, streamed_pq_pair
 from .synthetic import EmbeddingMixture, SyntheticGallery
 from .timing import _median_ms, _sync
 
@@ -249,15 +249,24 @@ def _huge_rows(gallery, queries: np.ndarray, n: int, kinds: Sequence[str], serie
     """The streamed rows at ``n`` items (one per kind of ``kinds``, :func:`~.streamed.streamed_index_measure`) and
     the flat series of ``series`` extrapolated linearly to ``n`` (flat cannot be held there)."""
     out, gt = [], {}
+    pair = "ivfpq" in kinds and "ivfpq_sq8" in kinds  # one build serves both (streamed_pq_pair)
     for kind in kinds:
+        if pair and kind == "ivfpq_sq8":
+            continue
         t0 = time.perf_counter()
-        r = streamed_index_measure(kind, gallery, n, queries, chunk=chunk, sweep_values=(sweep_values or {}).get(kind),
-                                   gt_cache=gt, **kw)
-        r = {"index": kind, "n_items": int(n), **r, "extrapolated": False, "cost_s": time.perf_counter() - t0,
-             "stop_reason": ""}
-        log.info("scaling %s n=%d (streamed): %.4g ms/query, recall@10 %.3f (%.0fs)", kind, n, r["ms_per_query"],
-                 r["recall_at_10"], r["cost_s"])
-        out.append(pd.DataFrame([r]))
+        if pair and kind == "ivfpq":
+            got = streamed_pq_pair(gallery, n, queries, chunk=chunk, sweep_values=sweep_values, gt_cache=gt, **kw)
+            names = ("ivfpq", "ivfpq_sq8")
+        else:
+            got = (streamed_index_measure(kind, gallery, n, queries, chunk=chunk,
+                                          sweep_values=(sweep_values or {}).get(kind), gt_cache=gt, **kw),)
+            names = (kind,)
+        cost = (time.perf_counter() - t0) / len(got)  # a shared build's cost split evenly between its rows
+        for name, r in zip(names, got):
+            r = {"index": name, "n_items": int(n), **r, "extrapolated": False, "cost_s": cost, "stop_reason": ""}
+            log.info("scaling %s n=%d (streamed): %.4g ms/query, recall@10 %.3f (%.0fs)", name, n, r["ms_per_query"],
+                     r["recall_at_10"], r["cost_s"])
+            out.append(pd.DataFrame([r]))
     flat = next((s for s in series if (s["index"] == "flat").all()), None)
     ext = flat_extrapolated(flat, n) if flat is not None else None
     if ext is not None:

@@ -163,6 +163,38 @@ def streamed_index_measure(kind: str, gallery, n: int, queries: np.ndarray, *, k
     return {**out, "build_s": info["train_s"] + info["add_s"], **info, "streamed": True}
 
 
+def streamed_pq_pair(gallery, n: int, queries: np.ndarray, *, k: int = 10, repeats: int = 20, warmup: int = 3,
+                     max_seconds: float | None = 30.0, index_params: dict | None = None, chunk: int = 65536,
+                     target_recall: float | None = 0.95, sweep_values: dict | None = None,
+                     mem_limit: float | None = None, name: str = "HUGE_GALLERY",
+                     gt_cache: dict | None = None) -> tuple[dict, dict]:
+    """The ``ivfpq`` and ``ivfpq_sq8`` rows at ``n`` items from ONE streamed build: ``ivfpq_sq8``'s base index is
+    the IVF-PQ ``ivfpq`` would build (the same quantizer and codebooks trained on the same prefix, the same codes),
+    so IVF-PQ is tuned and timed on that base and the re-ranked index on the whole (each tuned on its own). Halves
+    the cost of measuring both at 10M (the coarse assignment of every vector dominates). The ``ivfpq`` row's
+    ``build_s`` includes the 8-bit copy's training and encoding, its bytes do not (``shared_build`` says so).
+    ``sweep_values``: per kind, as in :func:`~.scaling._huge_rows`."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    cached = gt_cache.get((n, k)) if gt_cache is not None else None
+    knn = KnnMerge(queries, k) if cached is None else None
+    index, info = build_streamed("ivfpq_sq8", gallery, n, chunk=chunk, index_params=index_params, knn=knn,
+                                 mem_limit=mem_limit, name=name)
+    gt = cached if cached is not None else knn.I
+    if gt_cache is not None:
+        gt_cache[(n, k)] = gt
+    base = faiss.downcast_index(index.base_index)
+    rows = []
+    for kind, ix in (("ivfpq", base), ("ivfpq_sq8", index)):
+        out, _ = time_index(kind, ix, queries, n, gt, k=k, repeats=repeats, warmup=warmup, max_seconds=max_seconds,
+                            target_recall=target_recall, sweep_values=(sweep_values or {}).get(kind))
+        held = streamed_bytes(ix, n, chunk, info["train_items"])
+        rows.append({**out, "build_s": info["train_s"] + info["add_s"], **info, **held, "streamed": True,
+                     "shared_build": "ivfpq_sq8" if kind == "ivfpq" else "", "knn_s": info["knn_s"] if kind ==
+                     "ivfpq" else 0.0})
+    del index, base
+    return rows[0], rows[1]
+
+
 def flat_extrapolated(flat: pd.DataFrame, n: int) -> dict | None:
     """Flat search at ``n`` items predicted linearly (time proportional to the items scanned) from the largest
     measured size of a flat series: ``ms_per_query`` and ``ms_per_query_batched``, ``extrapolated=True``,
