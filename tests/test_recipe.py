@@ -178,3 +178,18 @@ def test_training_levers_alone_train_no_combination_and_choose_nothing(tmp_path,
     assert len(trained) == 2  # the two levers alone; greedy would also train 10 epochs + drop 0.3
     assert table.val_gain.round(2).tolist() == [0.0, 0.6, 0.2]
     assert trace.steps == [] and change == {} and not table.chosen.any()
+
+
+def test_unrecorded_levers_are_the_ones_whose_caches_a_lever_table_rerun_needs(tmp_path):
+    """A recorded lever's run is reused, so its transform caches are not needed (the rotation grids cost ~40 min to
+    build on a fresh machine); an unrecorded one still needs them."""
+    levers = recipe.lever_names(recipe.TRAIN_LEVERS, ["rotations (train)", "10 epochs"])
+    assert recipe.needed_transforms(recipe.unrecorded(levers, "rsicd", tmp_path), []) == {
+        "train": ["r0", "r90", "r180", "r270"]}
+    rot = [lv for lv in levers if lv[0] == "rotations (train)"][0]
+    record_run(recipe.recipe_dir(tmp_path), recipe.lever_config(rot[2], "rsicd", 0), 16.0, 1)
+    left = recipe.unrecorded(levers, "rsicd", tmp_path)
+    assert [n for n, _, _ in left] == ["10 epochs"] and recipe.needed_transforms(left, []) == {}
+    # another seed, or another base, is another run: not recorded
+    assert len(recipe.unrecorded(levers, "rsicd", tmp_path, seed=1)) == 2
+    assert len(recipe.unrecorded(levers, "rsicd", tmp_path, base={"epochs": 2})) == 2

@@ -29,7 +29,7 @@ rebuilt without checkpoints).
 from .inference import SpecResult, checkpoints, evaluate_spec, prepare_vectors, save_spec, score_spec
 from .levers import (BETAS, D4, INFERENCE_LEVERS, REFERENCE, ROT4, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace,
                      InferenceSpec, best_per_group, combine, ensure_caches, greedy_train, lever_config, lever_names,
-                     needed_transforms, recipe_dir, test_mr, val_mr)
+                     needed_transforms, recipe_dir, test_mr, unrecorded, val_mr)
 from .records import lever_table, load_spec_hits, read_record, trace_table, write_record
 from .stages import final_runs, inference_levers, main_rows, recipe_configs, training_levers
 
@@ -37,5 +37,5 @@ __all__ = ["BETAS", "D4", "INFERENCE_LEVERS", "REFERENCE", "ROT4", "TRAIN_LEVERS
            "InferenceSpec", "SpecResult", "best_per_group", "checkpoints", "combine", "ensure_caches", "evaluate_spec",
            "final_runs", "greedy_train", "inference_levers", "lever_config", "lever_names", "lever_table",
            "load_spec_hits", "main_rows", "needed_transforms", "prepare_vectors", "read_record", "recipe_configs",
-           "recipe_dir", "save_spec", "score_spec", "test_mr", "trace_table", "training_levers", "val_mr",
+           "recipe_dir", "save_spec", "score_spec", "test_mr", "trace_table", "training_levers", "unrecorded", "val_mr",
            "write_record"]
