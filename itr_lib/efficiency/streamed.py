@@ -138,6 +138,18 @@ def build_streamed(kind: str, gallery, n: int, *, chunk: int = 65536, index_para
     return index, info
 
 
+def _build_with_truth(kind: str, gallery, n: int, queries: np.ndarray, k: int, gt_cache: dict | None, **build_kw):
+    """:func:`build_streamed` plus the exact top-``k`` ids of ``queries``: taken from ``gt_cache[(n, k)]`` when
+    present, else merged in the build's own pass (and stored there). Returns (index, info, ids)."""
+    cached = gt_cache.get((n, k)) if gt_cache is not None else None
+    knn = KnnMerge(queries, k) if cached is None else None
+    index, info = build_streamed(kind, gallery, n, knn=knn, **build_kw)
+    gt = cached if cached is not None else knn.I
+    if gt_cache is not None:
+        gt_cache[(n, k)] = gt
+    return index, info, gt
+
+
 def streamed_index_measure(kind: str, gallery, n: int, queries: np.ndarray, *, k: int = 10, repeats: int = 20,
                            warmup: int = 3, max_seconds: float | None = 30.0, index_params: dict | None = None,
                            chunk: int = 65536, target_recall: float | None = 0.95,
@@ -150,13 +162,8 @@ def streamed_index_measure(kind: str, gallery, n: int, queries: np.ndarray, *, k
     ``(n, k)``) keeps the exact ids for the next kind at the same size and the same queries, which then skips the
     ground-truth pass (``knn_s`` 0)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    cached = gt_cache.get((n, k)) if gt_cache is not None else None
-    knn = KnnMerge(queries, k) if cached is None else None
-    index, info = build_streamed(kind, gallery, n, chunk=chunk, index_params=index_params, knn=knn,
-                                 mem_limit=mem_limit, name=name)
-    gt = cached if cached is not None else knn.I
-    if gt_cache is not None:
-        gt_cache[(n, k)] = gt
+    index, info, gt = _build_with_truth(kind, gallery, n, queries, k, gt_cache, chunk=chunk,
+                                        index_params=index_params, mem_limit=mem_limit, name=name)
     out, _ = time_index(kind, index, queries, n, gt, k=k, repeats=repeats, warmup=warmup, max_seconds=max_seconds,
                         target_recall=target_recall, sweep_values=sweep_values)
     del index
@@ -175,13 +182,8 @@ def streamed_pq_pair(gallery, n: int, queries: np.ndarray, *, k: int = 10, repea
     ``build_s`` includes the 8-bit copy's training and encoding, its bytes do not (``shared_build`` says so).
     ``sweep_values``: per kind, as in :func:`~.scaling._huge_rows`."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    cached = gt_cache.get((n, k)) if gt_cache is not None else None
-    knn = KnnMerge(queries, k) if cached is None else None
-    index, info = build_streamed("ivfpq_sq8", gallery, n, chunk=chunk, index_params=index_params, knn=knn,
-                                 mem_limit=mem_limit, name=name)
-    gt = cached if cached is not None else knn.I
-    if gt_cache is not None:
-        gt_cache[(n, k)] = gt
+    index, info, gt = _build_with_truth("ivfpq_sq8", gallery, n, queries, k, gt_cache, chunk=chunk,
+                                        index_params=index_params, mem_limit=mem_limit, name=name)
     base = faiss.downcast_index(index.base_index)
     rows = []
     for kind, ix in (("ivfpq", base), ("ivfpq_sq8", index)):
