@@ -199,3 +199,13 @@ def test_query_side_table_says_which_part_dominates(tmp_path):
     assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].n_items_used == 100_000  # nearest measured
     assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].extrapolated
     assert ("MrSw exhaustive", "flat", 1000) not in q.index             # a fine-grained method keeps its own search
+
+
+def test_available_memory_counts_reclaimable_cache(tmp_path):
+    """MemAvailable (free + reclaimable page cache) is what a new gallery can take; free pages alone understate it
+    once feature caches have been read (which once stopped every 1M-item series as 'does not fit')."""
+    from itr_lib.efficiency.hardware import available_memory
+    info = tmp_path / "meminfo"
+    info.write_text("MemTotal:       24684768 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
+    assert available_memory(str(info)) == 20000000 * 1024
+    assert available_memory(str(tmp_path / "missing")) > 0  # falls back to sysconf on a system without the file
