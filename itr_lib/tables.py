@@ -383,6 +383,13 @@ def retrain_check(results_dir: str | Path):
         rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
                      "diff_mr": ret["mr"] - rec["mr"], "recorded_rsum": rec["rsum"], "retrained_rsum": ret["rsum"]})
     df = pd.DataFrame(rows)
+    earlier = results_dir / "tables" / "retrain_check.csv"
+    if len(df) and earlier.is_file():  # checkpoints (and their markers) are not committed: a fresh clone rebuilds a
+        # few runs, so the rows of runs rebuilt by earlier clones are kept, and a run rebuilt again takes its new row
+        old = pd.read_csv(earlier)
+        old = old[old["run"].isin(set(old["run"]) - set(df["run"])) & old["run"].map(
+            lambda r: (results_dir / "metrics" / f"{r}.json").is_file())]  # a run whose record is gone is dropped
+        df = pd.concat([old, df], ignore_index=True).sort_values("run", ignore_index=True)
     if len(df):
         write_table(df, "retrain_check", results_dir / "tables", floatfmt=".2f")
     return df

@@ -143,6 +143,13 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
     check = retrain_check(out)
     assert list(check.run) == [name] and check.diff_mr.iloc[0] == pytest.approx(0.0)
     assert (out / "tables" / "retrain_check.csv").is_file()
+    # a later clone that rebuilds nothing new keeps the earlier clone's rows; a row whose record is gone is dropped
+    shutil.copy(out / "metrics" / f"{name}.json", out / "metrics" / "other-run.json")
+    with open(out / "tables" / "retrain_check.csv", "a") as f:
+        f.write("other-run,10.0,11.0,1.0,60.0,66.0\nvanished-run,1.0,1.0,0.0,6.0,6.0\n")
+    check = retrain_check(out)
+    assert list(check.run) == sorted([name, "other-run"]) and check.set_index("run").diff_mr["other-run"] == 1.0
+    (out / "metrics" / "other-run.json").unlink()
     # a record whose config does not name the run is refused
     rec = json.loads(before)
     rec["config"]["epochs"] = 3
