@@ -199,6 +199,11 @@ def test_query_side_table_says_which_part_dominates(tmp_path):
     assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].n_items_used == 100_000  # nearest measured
     assert q.loc[("MrSw exhaustive", "MrSw exhaustive", 1_000_000)].extrapolated
     assert ("MrSw exhaustive", "flat", 1000) not in q.index             # a fine-grained method keeps its own search
+    huge = pd.concat([scaling, pd.DataFrame({"index": ["ivfpq_sq8"], "n_items": [10_000_000], "ms_per_query": [20.0],
+                                             "extrapolated": [False]})], ignore_index=True)
+    q = query_side_table(table, huge, minilm_ms=1.0).set_index(["method", "search", "n_items"])
+    assert q.loc[("baseline", "ivfpq_sq8", 1_000_000)].n_items_used == 10_000_000  # one decade away: shown, labelled
+    assert ("baseline", "ivfpq_sq8", 100_000) not in q.index           # two decades away: not a stand-in
 
 
 def test_available_memory_counts_reclaimable_cache(tmp_path):

@@ -25,12 +25,18 @@ def minilm_ms_per_caption(feature_csv: str | Path | None) -> float:
     return float(1e3 * t.seconds.sum() / t["items"].sum()) if len(t) and t["items"].sum() > 0 else np.nan
 
 
+MAX_SIZE_RATIO = 10.0  # a series' row stands in for a size at most one decade away (10M for 1M, never for 1K)
+
+
 def _series_at(scaling: pd.DataFrame, name: str, n: int) -> pd.Series | None:
-    """The row of series ``name`` at the size nearest ``n`` (log scale), or None."""
+    """The row of series ``name`` at the size nearest ``n`` (log scale), or None when it has no row within a factor
+    ``MAX_SIZE_RATIO`` of ``n`` (a kind measured only at 10M says nothing about a 1K gallery)."""
     s = scaling[scaling["index"] == name]
     if s.empty:
         return None
-    return s.iloc[int(np.argmin(np.abs(np.log(s.n_items.astype(float)) - np.log(n))))]
+    dist = np.abs(np.log(s.n_items.astype(float)) - np.log(n))
+    i = int(np.argmin(dist))
+    return s.iloc[i] if dist.iloc[i] <= np.log(MAX_SIZE_RATIO) + 1e-9 else None
 
 
 def query_side_table(table: pd.DataFrame, scaling: pd.DataFrame, *, minilm_ms: float = np.nan,
