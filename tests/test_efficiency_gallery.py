@@ -214,3 +214,18 @@ def test_available_memory_counts_reclaimable_cache(tmp_path):
     info.write_text("MemTotal:       24684768 kB\nMemFree:         1000000 kB\nMemAvailable:   20000000 kB\n")
     assert available_memory(str(info)) == 20000000 * 1024
     assert available_memory(str(tmp_path / "missing")) > 0  # falls back to sysconf on a system without the file
+
+
+def test_scaling_figure_gives_each_index_its_own_colour_and_its_tiled_line_the_same():
+    import matplotlib
+    matplotlib.use("Agg")
+    from itr_lib.plots.efficiency import scaling_figure
+    names = ["flat", "ivf", "ivfpq", "hnsw", "ivfpq_sq8", "TGDT two-stage", "MrSw exhaustive", "SCAN (cross-attention)"]
+    rows = [{"index": k, "n_items": n, "ms_per_query": 1.0 + j, "recall_at_10": 0.9, "floor_ms": 0.5,
+             "extrapolated": False, "gallery_kind": g}
+            for j, k in enumerate(names) for n in (1000, 10_000)
+            for g in (["synthetic", "tiled"] if k in ("flat", "ivf") else ["synthetic"])]
+    fig = scaling_figure(pd.DataFrame(rows))
+    colour = {ln.get_label(): ln.get_color() for ln in fig.axes[0].lines if not ln.get_label().startswith("_")}
+    assert len({colour[k] for k in names}) == len(names)  # 13 lines once wrapped tab10: flat and MrSw shared blue
+    assert colour["ivf (tiled)"] == colour["ivf"] and colour["flat (tiled)"] == colour["flat"]

@@ -57,9 +57,11 @@ def scaling_figure(df: pd.DataFrame):
     df["_label"] = [f"{i} ({g})" if cmp else i for i, g, cmp in
                     zip(df["index"], df.get("gallery_kind", [None] * len(df)), comparison)]
     df["_comparison"] = comparison
-    for i, (name, g) in enumerate(df.groupby("_label", sort=False)):
+    # one colour per index / scoring, shared by its comparison-gallery line (told apart by squares, dash-dot)
+    colour_of = {k: cmap(j % 10) for j, k in enumerate(dict.fromkeys(df["index"]))}
+    for name, g in df.groupby("_label", sort=False):
         g = g.sort_values("n_items")
-        c = cmap(i % 10)
+        c = colour_of[g["index"].iloc[0]]
         style = "s-." if g._comparison.iloc[0] else "o-"  # comparison galleries (tiled): dash-dot, squares
         meas, ext = g[~g.extrapolated.astype(bool)], g[g.extrapolated.astype(bool)]
         ax.plot(meas.n_items, meas.ms_per_query, style, color=c, label=name)
