@@ -387,7 +387,7 @@ def retrain_check(results_dir: str | Path):
     if len(df) and earlier.is_file():  # checkpoints (and their markers) are not committed: a fresh clone rebuilds a
         # few runs, so the rows of runs rebuilt by earlier clones are kept, and a run rebuilt again takes its new row
         old = pd.read_csv(earlier)
-        old = old[old["run"].isin(set(old["run"]) - set(df["run"])) & old["run"].map(
+        old = old[~old["run"].isin(df["run"]) & old["run"].map(
             lambda r: (results_dir / "metrics" / f"{r}.json").is_file())]  # a run whose record is gone is dropped
         df = pd.concat([old, df], ignore_index=True).sort_values("run", ignore_index=True)
     if len(df):
