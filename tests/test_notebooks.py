@@ -108,8 +108,9 @@ def test_whole_chain_through_papermill(tmp_path):
     levers = pd.read_csv(out / "tables" / "recipe_mini.csv")
     assert levers.lever.tolist()[:2] == ["reference", "InfoNCE temperature 0.07"]
     assert (main.setting == "recipe").sum() == 2  # baseline and LCA+CRA under the chosen recipe
+    assert (main[main.setting == "recipe"].ms_per_query > 0).all()  # with their latency (04's protocol)
     for f in ("ablation_mini.png", "main_mini.png", "data_captions_mini.png", "comparison_mini.png",
-              "recipe_levers_mini.png"):
+              "recipe_levers_mini.png", "recipe_frontier_mini.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     # a rerun skips finished training runs and keeps their metrics
     before = {str(p): p.stat().st_mtime for p in (out / "runs").glob("*/metrics.json")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from itr_lib import recipe
@@ -145,6 +146,18 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     final = recipe.final_runs(change, recipe.InferenceSpec(tta=recipe.ROT4, ensemble=2, hubness="qb_norm"), ["mini"],
                               tmp_path, seeds=[0, 1], base=base, betas=[5.0], n_boot=50)
     assert set(final.scoring) == {"plain", "recipe", "recipe + 2-seed ensemble"}
+    # every row's per-query latency was timed (04's protocol); the ensemble stores two models' vectors per item
+    assert (final.ms_per_query > 0).all() and np.isfinite(final.ms_per_query).all()
+    one = final[(final.variant == "baseline") & (final.scoring == "recipe")].iloc[0]
+    ens2 = final[(final.variant == "baseline") & (final.scoring == "recipe + 2-seed ensemble")].iloc[0]
+    assert ens2.bytes_per_item == 2 * one.bytes_per_item == 2 * 4 * 32
+    lat = sorted((tmp_path / "recipe" / "latency").glob("*.json"))
+    assert len(lat) == 6  # 2 variants x (plain, recipe, ensemble)
+    stamps = [p.stat().st_mtime for p in lat]
+    again = recipe.final_runs(change, recipe.InferenceSpec(tta=recipe.ROT4, ensemble=2, hubness="qb_norm"), ["mini"],
+                              tmp_path, seeds=[0, 1], base=base, betas=[5.0], n_boot=50)
+    assert [p.stat().st_mtime for p in lat] == stamps  # latency records reused, so the table rebuilds exactly
+    assert again.ms_per_query.tolist() == final.ms_per_query.tolist()
     sa = final[(final.variant == "lca+cra") & (final.scoring == "recipe")].iloc[0]
     assert np.isfinite(sa.delta_rsum_vs_baseline) and sa.ci_lo <= sa.delta_rsum_vs_baseline <= sa.ci_hi
     # a recorded run whose checkpoint is gone (checkpoints are not committed) is retrained from its record
@@ -156,6 +169,37 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     final.to_csv(tmp_path / "tables" / "recipe_final.csv", index=False)
     rows = recipe.main_rows(tmp_path)
     assert len(rows) == 4 and (rows.setting == "recipe").all() and rows.variant.str.startswith("recipe: ").all()
+    assert (rows.ms_per_query > 0).all()  # the main table's recipe rows carry their latency
+
+
+def test_recipe_cost_adds_a_view_per_extra_image_encode_and_the_hubness_extra():
+    """Hand-computed: 8 views add 7 image encodes to the i2t query; the hubness extra (us) enters only with a
+    hubness spec; ms_per_query is the mean of the two directions (04's frontier column)."""
+    det = pd.DataFrame([{"direction": "t2i", "batch": 1, "encode_ms": 0.4, "search_ms": 0.1, "total_ms": 0.52,
+                         "bytes_per_item": 4096.0},
+                        {"direction": "i2t", "batch": 1, "encode_ms": 0.3, "search_ms": 0.2, "total_ms": 0.51,
+                         "bytes_per_item": 4096.0}])
+    hub = {"extra_us_per_query_t2i": 250.0, "extra_us_per_query_i2t": 100.0}
+    c = recipe.combine_cost(det, recipe.InferenceSpec(tta=recipe.D4, hubness="qb_norm"), hub)
+    assert c["ms_per_query_t2i"] == pytest.approx(0.52 + 0.25)
+    assert c["ms_per_query_i2t"] == pytest.approx(0.51 + 7 * 0.3 + 0.1)
+    assert c["ms_per_query"] == pytest.approx((0.77 + 2.71) / 2)
+    plain = recipe.combine_cost(det, recipe.InferenceSpec(), hub)  # no hubness, one view: 04's own numbers
+    assert (plain["ms_per_query_t2i"], plain["ms_per_query_i2t"]) == (0.52, 0.51)
+    with pytest.raises(ValueError, match="batch-1 t2i"):
+        recipe.combine_cost(det[det.direction == "i2t"], recipe.InferenceSpec(), None)
+
+
+def test_frontier_rows_put_the_recipe_beside_04s_methods():
+    eff = pd.DataFrame({"method": ["baseline", "SCAN"], "mr": [19.5, 18.0], "mr_std": [0.2, 0.3],
+                        "ms_per_query": [1.2, 80.0], "family": ["independent", "cross-attention"],
+                        "bytes_per_item": [2048.0, 1e5], "device": ["cpu", "cpu"], "extra": [1, 2]})
+    final = pd.DataFrame({"variant": ["baseline", "lca+cra"], "scoring": ["recipe", "recipe"], "test_mr": [23.0, 22.5],
+                          "test_mr_std": [0.2, 0.4], "ms_per_query": [3.1, np.nan], "bytes_per_item": [4096.0, np.nan]})
+    fr = recipe.frontier_rows(final, eff)
+    assert fr.method.tolist() == ["baseline", "SCAN", "recipe: baseline (recipe)"]  # an untimed row is left out
+    assert fr.iloc[-1].mr == 23.0 and fr.iloc[-1].family == "recipe (07)"
+    assert recipe.frontier_rows(final, None).method.tolist() == ["recipe: baseline (recipe)"]
 
 
 def test_training_levers_alone_train_no_combination_and_choose_nothing(tmp_path, monkeypatch):

@@ -25,7 +25,7 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     t = table[ok].reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
-              "cross-attention": "#e76f51"}
+              "cross-attention": "#e76f51", "recipe (07)": "#264653"}
     for _, r in t.iterrows():
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
                     color=colors.get(r.family, "#555"), mec="k", mew=0.5)

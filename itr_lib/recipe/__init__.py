@@ -24,8 +24,10 @@ Test numbers are reported beside every val number and are never used to choose.
 
 Runs live in ``<results>/recipe/`` (:func:`itr_lib.runs.run_grid`: a recorded run is never retrained) and inference
 records in ``<results>/recipe/inference/`` (metrics JSON + per-query tie counts, so tables and paired bootstraps are
-rebuilt without checkpoints).
+rebuilt without checkpoints). The chosen recipe's per-query latency is timed under 04's protocol
+(:mod:`itr_lib.recipe.latency`, cached in ``<results>/recipe/latency/``) and drawn on 04's accuracy / latency frontier.
 """
+from .latency import combine_cost, frontier_rows, measure_recipe
 from .inference import SpecResult, checkpoints, evaluate_spec, prepare_vectors, save_spec, score_spec
 from .levers import (BETAS, D4, INFERENCE_LEVERS, REFERENCE, ROT4, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace,
                      InferenceSpec, best_per_group, combine, ensure_caches, greedy_train, lever_config, lever_names,
@@ -34,8 +36,8 @@ from .records import lever_table, load_spec_hits, read_record, trace_table, writ
 from .stages import final_runs, inference_levers, main_rows, recipe_configs, training_levers
 
 __all__ = ["BETAS", "D4", "INFERENCE_LEVERS", "REFERENCE", "ROT4", "TRAIN_LEVERS", "TRANSDUCTIVE_LEVERS", "GreedyTrace",
-           "InferenceSpec", "SpecResult", "best_per_group", "checkpoints", "combine", "ensure_caches", "evaluate_spec",
-           "final_runs", "greedy_train", "inference_levers", "lever_config", "lever_names", "lever_table",
-           "load_spec_hits", "main_rows", "needed_transforms", "prepare_vectors", "read_record", "recipe_configs",
+           "InferenceSpec", "SpecResult", "best_per_group", "checkpoints", "combine", "combine_cost", "ensure_caches", "evaluate_spec",
+           "final_runs", "frontier_rows", "greedy_train", "inference_levers", "lever_config", "lever_names", "lever_table",
+           "load_spec_hits", "main_rows", "measure_recipe", "needed_transforms", "prepare_vectors", "read_record", "recipe_configs",
            "recipe_dir", "save_spec", "score_spec", "test_mr", "trace_table", "training_levers", "unrecorded", "val_mr",
            "write_record"]

@@ -11,6 +11,7 @@ import pandas as pd
 from ..config import TrainConfig
 from ..experiments import VARIANTS
 from .inference import _Evaluator
+from .latency import measure_recipe
 from .levers import (BETAS, D4, INFERENCE_LEVERS, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace, InferenceSpec,
                      best_per_group, combine, greedy_train, lever_config, recipe_dir, val_mr)
 from .records import _change_str, _row, _spec_row, lever_table, load_spec_hits
@@ -130,12 +131,15 @@ def inference_levers(change: dict, dataset: str, results_dir: str | Path, *, see
 def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], results_dir: str | Path, *,
                seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] = ("baseline", "lca+cra"),
                base: dict | None = None, device: str = "cpu", betas: Sequence[float] = BETAS,
-               bank_size: int | None = None, n_boot: int = 2000, workers: int = 1) -> pd.DataFrame:
+               bank_size: int | None = None, n_boot: int = 2000, workers: int = 1,
+               latency: bool = True) -> pd.DataFrame:
     """Stage 4: the chosen recipe (training ``change``, inference ``spec``) on every dataset x variant x seed. Each
     seed's model is scored with ``spec`` without its ensemble (beta chosen on that run's val), and, when ``spec``
     ensembles m models, the ensemble of the first m seeds is one more row (one number: no spread over seeds).
     Returns one row per dataset x variant x scoring: mean +- std of val and test mR, and for SelfAlign the paired
-    bootstrap of its test rsum gain over the baseline of the same recipe and seeds."""
+    bootstrap of its test rsum gain over the baseline of the same recipe and seeds. ``latency``: each row's
+    per-query cost on its first seed's model (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread;
+    the ensemble row times the ensemble), in ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
     from ..metrics import paired_bootstrap
     results_dir = Path(results_dir)
     cfgs = recipe_configs(change, datasets, seeds, variants, base)
@@ -149,15 +153,21 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
             views = list(spec.tta)
             scorings = [("plain", InferenceSpec())] + ([("recipe", single)] if single != InferenceSpec() else [])
             for label, sp in scorings:
-                recs = []
+                recs, cost = [], None
                 for c in vc:
-                    rec, path = _Evaluator([c], results_dir, views, device, betas, bank_size, workers)(sp)
+                    ev = _Evaluator([c], results_dir, views, device, betas, bank_size, workers)
+                    rec, path = ev(sp)
                     recs.append(rec)
                     hits[(ds, v, label, c.seed)] = load_spec_hits(path)
-                rows.append(_final_row(ds, v, label, sp, recs))
+                    if latency and c is vc[0]:  # timed on the first seed's model (04's protocol)
+                        cost = measure_recipe(ev.models(1), [c], sp, rec, results_dir, device=device)
+                rows.append(_final_row(ds, v, label, sp, recs, cost if latency else None))
             if spec.ensemble > 1:
-                rec, _ = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers)(spec)
-                rows.append(_final_row(ds, v, f"recipe + {spec.ensemble}-seed ensemble", spec, [rec]))
+                ev = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers)
+                rec, _ = ev(spec)
+                cost = measure_recipe(ev.models(spec.ensemble), vc[:spec.ensemble], spec, rec, results_dir,
+                                      device=device) if latency else None
+                rows.append(_final_row(ds, v, f"recipe + {spec.ensemble}-seed ensemble", spec, [rec], cost))
     out = pd.DataFrame(rows)
     out["delta_rsum_vs_baseline"] = out["ci_lo"] = out["ci_hi"] = np.nan
     for i, r in out.iterrows():
@@ -172,7 +182,8 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
     return out
 
 
-def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: list[dict]) -> dict:
+def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: list[dict],
+               cost: dict | None = None) -> dict:
     val = np.array([r["val"]["standard"]["mr"] for r in recs])
     test = np.array([r["test"]["standard"]["mr"] for r in recs])
     sd = lambda a: round(float(a.std(ddof=1)), 2) if len(a) > 1 else 0.0  # noqa: E731
@@ -182,12 +193,15 @@ def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: lis
             "test_mr": round(float(test.mean()), 2), "test_mr_std": sd(test),
             **{f"{k}": round(float(np.mean([r["test"]["standard"][k] for r in recs])), 2)
                for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")},
+            **{k: (round(float(cost[k]), 4) if cost else np.nan)
+               for k in ("ms_per_query_t2i", "ms_per_query_i2t", "ms_per_query", "bytes_per_item")},
             "runs": ",".join(",".join(r["key"]["runs"]) for r in recs)}
 
 
 def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.DataFrame:
     """The recipe's rows for the main tables (``tables/recipe_final.csv``): one per dataset x variant under the
-    recipe's scoring, in the main table's columns (setting ``recipe``)."""
+    recipe's scoring, in the main table's columns (setting ``recipe``), with its per-query latency
+    (``ms_per_query``, 04's protocol) and ``bytes_per_item``."""
     path = Path(results_dir) / "tables" / "recipe_final.csv"
     if final is None:
         if not path.is_file():
@@ -198,7 +212,8 @@ def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.
                         "method": d.variant.map(lambda v: VARIANTS[v]["method"]),
                         "variant": "recipe: " + d.variant + " | " + d.scoring + " [" + d.spec + "]",
                         "n_seeds": d.n_seeds, "mr": d.test_mr, "mr_std": d.test_mr_std, "published": False,
-                        **{k: d[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")}})
+                        **{k: d[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")},
+                        **{k: d[k] if k in d else np.nan for k in ("ms_per_query", "bytes_per_item")}})
     return out.reset_index(drop=True)
 
 
