@@ -107,3 +107,29 @@ def test_comparison_table_names_the_seeds_trained_with_length_buckets_and_the_re
     note = _bucketed_note(t.reset_index())
     assert len(note) == 2 and "aladin | 6 ep seeds 1,2" in note[0] and "baseline" not in note[0]
     assert _bucketed_note(t.reset_index().assign(bucketed_seeds=np.nan)) == []
+
+
+def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_published_neighbours(tmp_path):
+    from itr_lib.report import recipe_summary
+    t = tmp_path / "tables"
+    t.mkdir()
+    pd.DataFrame([{"stage": "reference", "lever": "reference", "change": "-", "val_mr": 15.37, "val_gain": 0.0,
+                   "test_mr": 21.77, "ref_test_mr": 21.77, "chosen": False},
+                  {"stage": "training (alone)", "lever": "10 epochs", "change": "epochs=10", "val_mr": 16.22,
+                   "val_gain": 0.85, "test_mr": 21.46, "ref_test_mr": 21.77, "chosen": True}]).to_csv(t / "recipe_rsicd.csv", index=False)
+    pd.DataFrame([{"step": 1, "levers": "10 epochs", "val_mr": 16.22, "test_mr": 21.46, "kept": True, "run": "x",
+                   "stage": "training"}]).to_csv(t / "recipe_trace_rsicd.csv", index=False)
+    pd.DataFrame([{"dataset": "rsicd", "variant": "baseline", "scoring": "recipe", "spec": "tta4", "n_seeds": 3,
+                   "val_mr": 18.9, "test_mr": 23.0, "test_mr_std": 0.2, "ms_per_query": 2.5, "bytes_per_item": 4096,
+                   "delta_rsum_vs_baseline": None, "ci_lo": None, "ci_hi": None},
+                  {"dataset": "rsicd", "variant": "lca+cra", "scoring": "recipe", "spec": "tta4", "n_seeds": 3,
+                   "val_mr": 18.7, "test_mr": 22.6, "test_mr_std": 0.3, "ms_per_query": 4.0, "bytes_per_item": 12288,
+                   "delta_rsum_vs_baseline": -2.4, "ci_lo": -4.0, "ci_hi": -0.5}]).to_csv(t / "recipe_final.csv", index=False)
+    text = "\n".join(recipe_summary(tmp_path, "res", full=False))
+    assert "the probe's D 1024 + MLP baseline | 15.37 | 21.77" in text   # the steps start from the reference
+    assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
+    assert "23.00 ± 0.20" in text and "2.50" in text and "4096" in text
+    # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
+    assert "above GaLR (published)" in text and "by 4.04" in text and "below PIR (published)" in text and "by 1.46" in text
+    assert "10 epochs" in text and "Every lever alone" not in text   # the README block: steps, not every lever
+    assert "Every lever alone" in "\n".join(recipe_summary(tmp_path, "res", full=True))
