@@ -401,3 +401,12 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     for f in ("efficiency_frontier_mini.png", "efficiency_scaling.png", "efficiency_synthetic_gallery.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     assert (out / "tables" / "efficiency_targets.csv").is_file()
+
+
+def test_frontier_labels_of_neighbouring_points_alternate_above_and_below():
+    import pandas as pd
+    from itr_lib.plots.efficiency import label_offsets
+    lat = pd.Series([2.9, 5.0, 100.0, 3.0])
+    mr = pd.Series([22.96, 22.89, 22.9, 10.0])
+    # the second point sits next to the first (0.24 decades, 0.07 mR): its label goes below; far points keep above
+    assert label_offsets(lat, mr, span=13.0) == [4, -11, 4, 4]

@@ -110,7 +110,7 @@ def test_comparison_table_names_the_seeds_trained_with_length_buckets_and_the_re
 
 
 def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_published_neighbours(tmp_path):
-    from itr_lib.report import recipe_summary
+    from itr_lib.recipe.summary import recipe_summary
     t = tmp_path / "tables"
     t.mkdir()
     pd.DataFrame([{"stage": "reference", "lever": "reference", "change": "-", "val_mr": 15.37, "val_gain": 0.0,
@@ -126,7 +126,7 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
                    "val_mr": 18.7, "test_mr": 22.6, "test_mr_std": 0.3, "ms_per_query": 4.0, "bytes_per_item": 12288,
                    "delta_rsum_vs_baseline": -2.4, "ci_lo": -4.0, "ci_hi": -0.5}]).to_csv(t / "recipe_final.csv", index=False)
     text = "\n".join(recipe_summary(tmp_path, "res", full=False))
-    assert "the probe's D 1024 + MLP baseline | 15.37 | 21.77" in text   # the steps start from the reference
+    assert "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in text   # the steps start from the reference
     assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
     assert "23.00 ± 0.20" in text and "2.50" in text and "4096" in text
     # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)

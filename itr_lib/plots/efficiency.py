@@ -19,6 +19,20 @@ def _plain_log_ticks(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
+def label_offsets(latency: pd.Series, score: pd.Series, span: float, near_decades: float = 0.5,
+                  near_share: float = 0.04) -> list[int]:
+    """Vertical label offsets (points) for the frontier's annotations: a point whose label would sit on an earlier
+    one's (latency within ``near_decades`` decades, score within ``near_share`` of the score ``span``) takes its label
+    below the point instead of above it, alternating, so neighbours stay readable."""
+    placed, out = [], []
+    for x, y in zip(np.log10(latency.to_numpy(float)), score.to_numpy(float)):
+        clash = [dy for px, py, dy in placed if abs(px - x) < near_decades and abs(py - y) < near_share * span]
+        dy = 4 if not clash or clash[-1] < 0 else -11
+        placed.append((x, y, dy))
+        out.append(dy)
+    return out
+
+
 def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query"):
     """mR (mean +- std over seeds) against per-query latency (log scale), every method, the Pareto front drawn."""
     ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
@@ -26,10 +40,11 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
               "cross-attention": "#e76f51", "recipe (07)": "#264653"}
-    for _, r in t.iterrows():
+    span = max(float(t.mr.max() - t.mr.min()), 1.0) if len(t) else 1.0
+    for (_, r), dy in zip(t.iterrows(), label_offsets(t[latency_col].astype(float), t.mr.astype(float), span)):
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
                     color=colors.get(r.family, "#555"), mec="k", mew=0.5)
-        ax.annotate(r.method, (r[latency_col], r.mr), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        ax.annotate(r.method, (r[latency_col], r.mr), textcoords="offset points", xytext=(6, dy), fontsize=8)
     if not t.empty:
         f = _pareto(t[latency_col], t.mr)
         p = t[f].sort_values(latency_col)
