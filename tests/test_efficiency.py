@@ -410,3 +410,10 @@ def test_frontier_labels_of_neighbouring_points_alternate_above_and_below():
     mr = pd.Series([22.96, 22.89, 22.9, 10.0])
     # the second point sits next to the first (0.24 decades, 0.07 mR): its label goes below; far points keep above
     assert label_offsets(lat, mr, span=13.0) == [4, -11, 4, 4]
+
+
+def test_frontier_labels_of_a_cluster_take_distinct_slots():
+    import pandas as pd
+    from itr_lib.plots.efficiency import label_offsets
+    dy = label_offsets(pd.Series([20.0, 22.0, 24.0]), pd.Series([45.9, 45.8, 46.0]), span=8.0)
+    assert len(set(dy)) == 3 and dy[0] == 4

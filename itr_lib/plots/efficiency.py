@@ -22,12 +22,12 @@ def _plain_log_ticks(axis):
 def label_offsets(latency: pd.Series, score: pd.Series, span: float, near_decades: float = 0.5,
                   near_share: float = 0.04) -> list[int]:
     """Vertical label offsets (points) for the frontier's annotations: a point whose label would sit on an earlier
-    one's (latency within ``near_decades`` decades, score within ``near_share`` of the score ``span``) takes its label
-    below the point instead of above it, alternating, so neighbours stay readable."""
+    one's (latency within ``near_decades`` decades, score within ``near_share`` of the score ``span``) takes the first
+    free slot of above / below / further above / further below, so neighbours stay readable."""
     placed, out = [], []
     for x, y in zip(np.log10(latency.to_numpy(float)), score.to_numpy(float)):
-        clash = [dy for px, py, dy in placed if abs(px - x) < near_decades and abs(py - y) < near_share * span]
-        dy = 4 if not clash or clash[-1] < 0 else -11
+        clash = {dy for px, py, dy in placed if abs(px - x) < near_decades and abs(py - y) < near_share * span}
+        dy = next((d for d in (4, -11, 14, -21, 24, -31) if d not in clash), 4)
         placed.append((x, y, dy))
         out.append(dy)
     return out
