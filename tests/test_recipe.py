@@ -116,7 +116,7 @@ def test_inference_spec_merge_and_slug():
 
 
 @pytest.mark.slow
-def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_root):
+def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_root, monkeypatch):
     """Every stage on the 12-image fixture: rotation caches, training levers, inference levers (TTA, QB-Norm with the
     training bank, the 2-seed ensemble, the transductive dual softmax), the final grid, the main-table rows."""
     root, _ = mini_cache
@@ -158,6 +158,18 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
                               tmp_path, seeds=[0, 1], base=base, betas=[5.0], n_boot=50)
     assert [p.stat().st_mtime for p in lat] == stamps  # latency records reused, so the table rebuilds exactly
     assert again.ms_per_query.tolist() == final.ms_per_query.tolist()
+    # a rebuild from the records needs no checkpoint (a fresh clone has none): nothing is loaded or retrained
+    import shutil
+    for ck in (recipe.recipe_dir(tmp_path) / "runs").glob("*/best.pt"):
+        shutil.copy(ck, ck.with_suffix(".keep"))
+        ck.unlink()
+    monkeypatch.setattr(recipe.inference, "checkpoints", lambda *a, **k: pytest.fail("a checkpoint was asked for"))
+    rebuilt = recipe.final_runs(change, recipe.InferenceSpec(tta=recipe.ROT4, ensemble=2, hubness="qb_norm"), ["mini"],
+                                tmp_path, seeds=[0, 1], base=base, betas=[5.0], n_boot=50)
+    assert rebuilt.ms_per_query.tolist() == final.ms_per_query.tolist()
+    monkeypatch.undo()
+    for keep in (recipe.recipe_dir(tmp_path) / "runs").glob("*/best.keep"):
+        keep.rename(keep.with_suffix(".pt"))
     sa = final[(final.variant == "lca+cra") & (final.scoring == "recipe")].iloc[0]
     assert np.isfinite(sa.delta_rsum_vs_baseline) and sa.ci_lo <= sa.delta_rsum_vs_baseline <= sa.ci_hi
     # a recorded run whose checkpoint is gone (checkpoints are not committed) is retrained from its record

@@ -17,7 +17,7 @@ Each measurement is a small JSON record (``<results>/recipe/latency/<spec>--<fir
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +53,13 @@ def combine_cost(measured, spec: InferenceSpec, hub_cost: dict | None) -> dict:
     return out
 
 
-def measure_recipe(models: Sequence, cfgs: Sequence, spec: InferenceSpec, record: dict, results_dir: str | Path,
+def measure_recipe(models: Sequence | Callable[[], Sequence], cfgs: Sequence, spec: InferenceSpec, record: dict, results_dir: str | Path,
                    *, repeats: int = REPEATS, threads: int = 1, device: str = "cpu") -> dict:
     """The recipe scoring's per-query cost (:func:`combine_cost`) for ``models`` (one model, or a seed ensemble's
-    models, concatenated as :class:`itr_lib.ensemble.EnsembleModel`), timed on the test split of ``cfgs[0]`` at one
-    thread (04's setting); ``record``: the spec's inference record (its hubness cost). Cached as a latency record."""
+    models, concatenated as :class:`itr_lib.ensemble.EnsembleModel`; or a callable returning them, called only when
+    the latency record is missing, so a rebuild from records never loads or retrains a checkpoint), timed on the test
+    split of ``cfgs[0]`` at one thread (04's setting); ``record``: the spec's inference record (its hubness cost).
+    Cached as a latency record."""
     key = {"runs": [c.run_name() for c in cfgs], "spec": spec.slug(), "repeats": int(repeats), "threads": int(threads),
            "beta": (record.get("spec") or {}).get("beta")}
     path = recipe_dir(results_dir) / "latency" / f"{spec.slug()}--{cfgs[0].run_name()}"
@@ -69,6 +71,8 @@ def measure_recipe(models: Sequence, cfgs: Sequence, spec: InferenceSpec, record
     from ..efficiency.methods import measure_method
     from ..ensemble import EnsembleModel
     from ..splits import load_split_tensors
+    if callable(models):
+        models = models()
     model = models[0] if len(models) == 1 else EnsembleModel(list(models), list(cfgs)).eval()
     data = load_split_tensors(cfgs[0], "test")
     before = torch.get_num_threads()

@@ -160,12 +160,12 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
                     recs.append(rec)
                     hits[(ds, v, label, c.seed)] = load_spec_hits(path)
                     if latency and c is vc[0]:  # timed on the first seed's model (04's protocol)
-                        cost = measure_recipe(ev.models(1), [c], sp, rec, results_dir, device=device)
+                        cost = measure_recipe(lambda ev=ev: ev.models(1), [c], sp, rec, results_dir, device=device)
                 rows.append(_final_row(ds, v, label, sp, recs, cost if latency else None))
             if spec.ensemble > 1:
                 ev = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers)
                 rec, _ = ev(spec)
-                cost = measure_recipe(ev.models(spec.ensemble), vc[:spec.ensemble], spec, rec, results_dir,
+                cost = measure_recipe(lambda: ev.models(spec.ensemble), vc[:spec.ensemble], spec, rec, results_dir,
                                       device=device) if latency else None
                 rows.append(_final_row(ds, v, f"recipe + {spec.ensemble}-seed ensemble", spec, [rec], cost))
     out = pd.DataFrame(rows)
