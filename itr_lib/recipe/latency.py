@@ -53,8 +53,8 @@ def combine_cost(measured, spec: InferenceSpec, hub_cost: dict | None) -> dict:
     return out
 
 
-def measure_recipe(models: Sequence | Callable[[], Sequence], cfgs: Sequence, spec: InferenceSpec, record: dict, results_dir: str | Path,
-                   *, repeats: int = REPEATS, threads: int = 1, device: str = "cpu") -> dict:
+def measure_recipe(models: Sequence | Callable[[], Sequence], cfgs: Sequence, spec: InferenceSpec, record: dict,
+                   results_dir: str | Path, *, repeats: int = REPEATS, threads: int = 1, device: str = "cpu") -> dict:
     """The recipe scoring's per-query cost (:func:`combine_cost`) for ``models`` (one model, or a seed ensemble's
     models, concatenated as :class:`itr_lib.ensemble.EnsembleModel`; or a callable returning them, called only when
     the latency record is missing, so a rebuild from records never loads or retrains a checkpoint), timed on the test
