@@ -403,17 +403,19 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     assert (out / "tables" / "efficiency_targets.csv").is_file()
 
 
-def test_frontier_labels_of_neighbouring_points_alternate_above_and_below():
-    import pandas as pd
-    from itr_lib.plots.efficiency import label_offsets
-    lat = pd.Series([2.9, 5.0, 100.0, 3.0])
-    mr = pd.Series([22.96, 22.89, 22.9, 10.0])
-    # the second point sits next to the first (0.24 decades, 0.07 mR): its label goes below; far points keep above
-    assert label_offsets(lat, mr, span=13.0) == [4, -11, 4, 4]
 
-
-def test_frontier_labels_of_a_cluster_take_distinct_slots():
+def test_frontier_labels_never_overlap_even_for_points_on_top_of_each_other():
     import pandas as pd
-    from itr_lib.plots.efficiency import label_offsets
-    dy = label_offsets(pd.Series([20.0, 22.0, 24.0]), pd.Series([45.9, 45.8, 46.0]), span=8.0)
-    assert len(set(dy)) == 3 and dy[0] == 4
+    from itr_lib.plots import efficiency as eff
+    t = pd.DataFrame({"method": ["ALADIN matching", "MrSw exhaustive", "ALADIN alignment", "far away"],
+                      "ms_per_query": [20.0, 21.0, 22.0, 900.0], "mr": [45.9, 45.8, 46.0, 10.0],
+                      "mr_std": [0.1] * 4, "family": ["independent"] * 4, "device": ["cpu"] * 4})
+    fig = eff.frontier_figure(t, "x")
+    ax = fig.axes[0]
+    renderer = fig.canvas.get_renderer()
+    boxes = [a.get_window_extent(renderer) for a in ax.texts]
+    assert [a.get_text() for a in ax.texts] == t.method.tolist()
+    assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
+    assert ax.texts[-1].xyann == eff.SLOTS[0]   # a lone point keeps the first slot
+    frame = ax.get_window_extent(renderer)
+    assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)  # no label over the title

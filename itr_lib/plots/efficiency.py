@@ -19,17 +19,28 @@ def _plain_log_ticks(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
-def label_offsets(latency: pd.Series, score: pd.Series, span: float, near_decades: float = 0.5,
-                  near_share: float = 0.04) -> list[int]:
-    """Vertical label offsets (points) for the frontier's annotations: a point whose label would sit on an earlier
-    one's (latency within ``near_decades`` decades, score within ``near_share`` of the score ``span``) takes the first
-    free slot of above / below / further above / further below, so neighbours stay readable."""
+SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6, -21)]  # label offsets tried, points
+
+
+def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
+    """Annotate each point with its text at the first offset of :data:`SLOTS` whose box overlaps no label placed
+    before it and stays within the axes' height (measured with the figure's renderer, so the text's real width
+    counts); a label left of its point is right-aligned. Call after the axes' scales and limits are set. Returns the annotations."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
     placed, out = [], []
-    for x, y in zip(np.log10(latency.to_numpy(float)), score.to_numpy(float)):
-        clash = {dy for px, py, dy in placed if abs(px - x) < near_decades and abs(py - y) < near_share * span}
-        dy = next((d for d in (4, -11, 14, -21, 24, -31) if d not in clash), 4)
-        placed.append((x, y, dy))
-        out.append(dy)
+    for x, y, text in zip(xs, ys, texts):
+        for k, (dx, dy) in enumerate(SLOTS):
+            ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                              ha="left" if dx > 0 else "right")
+            box = ann.get_window_extent(renderer)
+            inside = frame.y0 <= box.y0 and box.y1 <= frame.y1  # not over the title or the axis labels
+            if inside and not any(box.overlaps(b) for b in placed) or k == len(SLOTS) - 1:
+                break
+            ann.remove()
+        placed.append(box)
+        out.append(ann)
     return out
 
 
@@ -40,11 +51,9 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
               "cross-attention": "#e76f51", "recipe (07)": "#264653"}
-    span = max(float(t.mr.max() - t.mr.min()), 1.0) if len(t) else 1.0
-    for (_, r), dy in zip(t.iterrows(), label_offsets(t[latency_col].astype(float), t.mr.astype(float), span)):
+    for _, r in t.iterrows():
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
                     color=colors.get(r.family, "#555"), mec="k", mew=0.5)
-        ax.annotate(r.method, (r[latency_col], r.mr), textcoords="offset points", xytext=(6, dy), fontsize=8)
     if not t.empty:
         f = _pareto(t[latency_col], t.mr)
         p = t[f].sort_values(latency_col)
@@ -57,6 +66,7 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
            ylabel="test mR (mean ± std over seeds)", title=f"{dataset.upper()}: accuracy vs query latency")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
+    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float), t.method)  # after the limits are final
     return fig
 
 
