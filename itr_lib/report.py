@@ -291,11 +291,11 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
                 lines += [f"### {ds.upper()}: loss ablation (baseline; one knob of the study loss changed at a time)",
                           "", to_markdown(t[["setting", "variant", "n_seeds", "rsum", "mr",
                                              "vs study loss, mR [95% CI]"]], index=False), ""]
-    if (tables / "ceilings.csv").is_file():
+    if full and (tables / "ceilings.csv").is_file():  # RESULTS.md only: the README stays a front door
         c = pd.read_csv(tables / "ceilings.csv")
         lines += ["Ceilings from duplicate captions (identical strings score identically, so no model exceeds these; "
                   f"`{rel}/tables/ceilings.csv`):", "",
-                  to_markdown(c, index=False, floatfmt=".1f", compact=not full), ""]
+                  to_markdown(c, index=False, floatfmt=".1f"), ""]
     return lines
 
 

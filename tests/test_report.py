@@ -1,4 +1,6 @@
 """itr_lib.report: the README headline block and RESULTS.md."""
+import re
+
 import pandas as pd
 
 from itr_lib.report import _drop_shared_parts
@@ -126,10 +128,12 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
                    "val_mr": 18.7, "test_mr": 22.6, "test_mr_std": 0.3, "ms_per_query": 4.0, "bytes_per_item": 12288,
                    "delta_rsum_vs_baseline": -2.4, "ci_lo": -4.0, "ci_hi": -0.5}]).to_csv(t / "recipe_final.csv", index=False)
     text = "\n".join(recipe_summary(tmp_path, "res", full=False))
-    assert "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in text   # the steps start from the reference
+    assert "reference 15.37 (21.77) → + 10 epochs 16.22 (21.46)." in text   # the kept steps in one line
     assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
-    assert "23.00 ± 0.20" in text and "2.50" in text and "4096" in text
+    assert "| rsicd | baseline |  | 23.00 ± 0.20 |  | 2.5 |" in text  # one row per variant, the recipe's column
     # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
     assert "above GaLR (published)" in text and "by 4.04" in text and "below PIR (published)" in text and "by 1.46" in text
-    assert "10 epochs" in text and "Every lever alone" not in text   # the README block: steps, not every lever
-    assert "Every lever alone" in "\n".join(recipe_summary(tmp_path, "res", full=True))
+    assert "Every lever alone" not in text and "4096" not in text and "RESULTS.md" in text  # the detail is there
+    full = re.sub(" +", " ", "\n".join(recipe_summary(tmp_path, "res", full=True)))  # padded tables, one space
+    assert "Every lever alone" in full and "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in full
+    assert "4096" in full and "23.00 ± 0.20" in full

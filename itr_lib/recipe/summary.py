@@ -34,10 +34,24 @@ def _published_neighbours(ds: str, mr: float) -> str:
     return "; ".join(parts)
 
 
+def _mean_std(f: pd.DataFrame) -> list[str]:
+    return [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in zip(f.test_mr, f.test_mr_std, f.n_seeds)]
+
+
+def _num(f: pd.DataFrame, col: str, fmt: str) -> list[str]:
+    return ["" if pd.isna(v) else fmt.format(v) for v in f[col]] if col in f else [""] * len(f)
+
+
+def _gain(f: pd.DataFrame) -> list[str]:
+    return ["" if pd.isna(d) else f"{_ci(d, lo, hi)} {_verdict(lo, hi)}"
+            for d, lo, hi in zip(f.delta_rsum_vs_baseline, f.ci_lo, f.ci_hi)]
+
+
 def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     """The strongest frozen-feature recipe (07_recipe), from its tables: the greedy steps on val (how far each lever
     carried), the chosen recipe over seeds with its latency and SelfAlign's paired gain, the published neighbours of
-    its best single-model number; ``full`` (RESULTS.md) adds every lever alone and the figures."""
+    its best single-model number. The README (``full`` False) gets the kept steps in one line and one row per dataset x
+    variant; RESULTS.md every step, every lever alone, every final row and the figures."""
     tables, figs = results_dir / "tables", results_dir / "figures"
     lines = []
     for lev in sorted(tables.glob("recipe_*.csv")):
@@ -55,9 +69,20 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
             steps = [{"stage": "reference", "levers": "the probe's D 1024 + MLP baseline", "val_mr": r0.val_mr,
                       "test_mr": r0.test_mr, "kept": "-"}]
             steps += tr[["stage", "levers", "val_mr", "test_mr", "kept"]].to_dict("records")
-            lines += ["How far each lever carried (the greedy steps: each adds one lever to the recipe so far and is "
-                      "kept only when val mR rises; inference steps score the chosen training recipe's seed-0 model):",
-                      "", to_markdown(pd.DataFrame(steps), index=False, compact=not full, floatfmt=".2f"), ""]
+            if full:
+                lines += ["How far each lever carried (the greedy steps: each adds one lever to the recipe so far and "
+                          "is kept only when val mR rises; inference steps score the chosen training recipe's seed-0 "
+                          "model):", "", to_markdown(pd.DataFrame(steps), index=False, floatfmt=".2f"), ""]
+            else:  # the README: the kept steps in one line
+                parts, prev = [f"reference {r0.val_mr:.2f} ({r0.test_mr:.2f})"], ""
+                for st in steps[1:]:
+                    if st["kept"] is True:  # each kept step's levers are the previous kept step's plus one
+                        added = st["levers"][len(prev) + 3:] if prev and st["levers"].startswith(prev + " + ") \
+                            else st["levers"]
+                        parts.append(f"+ {added} {st['val_mr']:.2f} ({st['test_mr']:.2f})")
+                        prev = st["levers"]
+                chain = " → ".join(parts)
+                lines += [f"How far each lever carried, val mR (test), seed 0, the levers kept in turn: {chain}.", ""]
         if full:
             cols = [c for c in ("stage", "lever", "change", "val_mr", "val_gain", "test_mr", "ref_test_mr", "delta_rsum",
                                 "ci_lo", "ci_hi", "extra_query_ms", "chosen", "train_min") if c in t]
@@ -67,20 +92,31 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
         f = pd.read_csv(fin_path)
-        show = pd.DataFrame({
-            "dataset": f.dataset, "variant": f.variant, "scoring": f.scoring, "spec": f.spec, "n_seeds": f.n_seeds,
-            "val mR": f.val_mr.map("{:.2f}".format),
-            "test mR": [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in zip(f.test_mr, f.test_mr_std,
-                                                                                         f.n_seeds)],
-            "ms/query": f.ms_per_query.map(lambda v: "" if pd.isna(v) else f"{v:.2f}") if "ms_per_query" in f else "",
-            "bytes/item": f.bytes_per_item.map(lambda v: "" if pd.isna(v) else f"{v:.0f}") if "bytes_per_item" in f else "",
-            "SelfAlign - baseline, rsum [95% CI]": [
-                "" if pd.isna(d) else f"{_ci(d, lo, hi)} {_verdict(lo, hi)}"
-                for d, lo, hi in zip(f.delta_rsum_vs_baseline, f.ci_lo, f.ci_hi)]})
-        lines += ["The chosen recipe over seeds (`recipe_final.csv`; `plain`: the recipe's training alone; latency: "
-                  "04's protocol, batch 1, one thread, mean of t2i and i2t, on the first seed's model; SelfAlign's gain: "
-                  "paired bootstrap over seeds and test queries against the baseline of the same recipe):", "",
-                  to_markdown(show, index=False, compact=not full), ""]
+        if full:
+            show = pd.DataFrame({
+                "dataset": f.dataset, "variant": f.variant, "scoring": f.scoring, "spec": f.spec,
+                "n_seeds": f.n_seeds, "val mR": f.val_mr.map("{:.2f}".format), "test mR": _mean_std(f),
+                "ms/query": _num(f, "ms_per_query", "{:.2f}"), "bytes/item": _num(f, "bytes_per_item", "{:.0f}"),
+                "SelfAlign - baseline, rsum [95% CI]": _gain(f)})
+            lines += ["The chosen recipe over seeds (`recipe_final.csv`; `plain`: the recipe's training alone; latency: "
+                      "04's protocol, batch 1, one thread, mean of t2i and i2t, on the first seed's model; SelfAlign's "
+                      "gain: paired bootstrap over seeds and test queries against the baseline of the same recipe):", "",
+                      to_markdown(show, index=False), ""]
+        else:  # the README: one row per dataset x variant
+            rows = []
+            for (ds, v), g in f.groupby(["dataset", "variant"], sort=False):
+                by = {sc: r for sc, r in zip(g.scoring, g.itertuples())}
+                plain, rec = by.get("plain"), next((r for sc, r in by.items() if sc == "recipe"), None)
+                ens = next((r for sc, r in by.items() if "ensemble" in sc), None)
+                one = lambda r: "" if r is None else _mean_std(pd.DataFrame([r._asdict()]))[0]  # noqa: E731
+                rows.append({"dataset": ds, "variant": v, "training only": one(plain), "recipe": one(rec),
+                             "ensemble": one(ens),
+                             "ms/query": " → ".join(f"{r.ms_per_query:.1f}" for r in (plain, rec, ens)
+                                                    if r is not None and pd.notna(getattr(r, "ms_per_query", None))),
+                             "SelfAlign - baseline, rsum": "" if rec is None else _gain(pd.DataFrame([rec._asdict()]))[0]})
+            lines += [f"The chosen recipe, test mR (mean ± std over seeds; ms/query under 04's protocol; every scoring, "
+                      f"spec and the plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
+                      to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
         single = f[(f.variant == "baseline") & ~f.scoring.str.contains("ensemble")]
         for ds, g in single.groupby("dataset", sort=False):
             best = g.sort_values("val_mr").iloc[-1]  # the scoring chosen on val
@@ -92,9 +128,4 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     if full:
         for p in sorted(figs.glob("recipe_levers_*.png")) + sorted(figs.glob("recipe_frontier_*.png")):
             lines += [f"![{p.stem}]({rel}/figures/{p.name})", ""]
-    else:
-        pics = sorted(figs.glob("recipe_frontier_*.png"))
-        if pics:
-            lines += ["The recipe on 04's accuracy / latency frontier:", ""]
-            lines += [f"![{p.stem}]({rel}/figures/{p.name})" for p in pics] + [""]
     return lines
