@@ -13,8 +13,7 @@ import pandas as pd
 
 from .io import REPO_ROOT, atomic_write_text, read_json
 from .recipe.summary import recipe_summary
-from .tables import fmt_ci as _ci
-from .tables import to_markdown
+from .tables import fmt_ci as _ci, to_markdown
 
 BEGIN, END = "<!-- RESULTS:BEGIN -->", "<!-- RESULTS:END -->"
 SHOW = ["method", "variant", "n_seeds", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "mr"]

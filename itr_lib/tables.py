@@ -50,10 +50,10 @@ def published_rows(dataset: str, path: Path | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-
 def fmt_ci(v, lo, hi) -> str:
     """``+1.23 [+0.45, +2.01]``: a difference with its interval (blank when not measured)."""
     return "" if pd.isna(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
 
 def to_markdown(df: pd.DataFrame, compact: bool = False, **kw) -> str:
     """``df.to_markdown`` with ``|`` inside text cells escaped (variant labels carry it), so no cell splits.

@@ -25,7 +25,8 @@ SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6,
 def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
     """Annotate each point with its text at the first offset of :data:`SLOTS` whose box overlaps no label placed
     before it and stays within the axes' height (measured with the figure's renderer, so the text's real width
-    counts); a label left of its point is right-aligned. Call after the axes' scales and limits are set. Returns the annotations."""
+    counts); a label left of its point is right-aligned. Call after the axes' scales and limits are set. Returns the
+    annotations."""
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)

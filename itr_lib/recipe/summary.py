@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..tables import _verdict as claim_verdict
 from ..tables import fmt_ci as _ci
-from ..tables import to_markdown
+from ..tables import published_rows, to_markdown
 
 
 def _verdict(lo, hi) -> str:
-    if pd.isna(lo) or pd.isna(hi):
-        return ""
-    return "holds" if lo > 0 else ("does not hold" if hi < 0 else "inconclusive")
+    """The claims' rule (:func:`itr_lib.tables._verdict`: "better", seeds resampled) on a gain's CI; blank when
+    not measured."""
+    return "" if pd.isna(lo) or pd.isna(hi) else claim_verdict(lo, hi, "better", 0.0, 0.0)
 
 
 def _published_neighbours(ds: str, mr: float) -> str:
     """The published rows just below and just above ``mr`` (labelled published; their backbones)."""
-    from ..tables import published_rows
     pub = published_rows(ds).sort_values("mr")
     if pub.empty or pd.isna(mr):
         return ""
@@ -102,18 +102,17 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                       "04's protocol, batch 1, one thread, mean of t2i and i2t, on the first seed's model; SelfAlign's "
                       "gain: paired bootstrap over seeds and test queries against the baseline of the same recipe):", "",
                       to_markdown(show, index=False), ""]
-        else:  # the README: one row per dataset x variant
+        else:  # the README: one row per dataset x variant, a column per scoring
+            f = f.assign(_mr=_mean_std(f), _gain=_gain(f), _ms=_num(f, "ms_per_query", "{:.1f}"))
             rows = []
             for (ds, v), g in f.groupby(["dataset", "variant"], sort=False):
-                by = {sc: r for sc, r in zip(g.scoring, g.itertuples())}
-                plain, rec = by.get("plain"), next((r for sc, r in by.items() if sc == "recipe"), None)
-                ens = next((r for sc, r in by.items() if "ensemble" in sc), None)
-                one = lambda r: "" if r is None else _mean_std(pd.DataFrame([r._asdict()]))[0]  # noqa: E731
-                rows.append({"dataset": ds, "variant": v, "training only": one(plain), "recipe": one(rec),
-                             "ensemble": one(ens),
-                             "ms/query": " → ".join(f"{r.ms_per_query:.1f}" for r in (plain, rec, ens)
-                                                    if r is not None and pd.notna(getattr(r, "ms_per_query", None))),
-                             "SelfAlign - baseline, rsum": "" if rec is None else _gain(pd.DataFrame([rec._asdict()]))[0]})
+                plain, rec = g[g.scoring == "plain"], g[g.scoring == "recipe"]
+                ens = g[g.scoring.str.contains("ensemble")]
+                first = lambda d, col: d[col].iloc[0] if len(d) else ""  # noqa: E731
+                rows.append({"dataset": ds, "variant": v, "training only": first(plain, "_mr"),
+                             "recipe": first(rec, "_mr"), "ensemble": first(ens, "_mr"),
+                             "ms/query": " → ".join(x for x in (first(d, "_ms") for d in (plain, rec, ens)) if x),
+                             "SelfAlign - baseline, rsum": first(rec, "_gain")})
             lines += [f"The chosen recipe, test mR (mean ± std over seeds; ms/query under 04's protocol; every scoring, "
                       f"spec and the plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
