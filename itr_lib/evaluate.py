@@ -1,6 +1,6 @@
 """Score any saved checkpoint on any Karpathy-JSON dataset split; prints the metrics as JSON.
 
-    python -m itr_lib.evaluate --checkpoint PATH --data-root DIR --dataset NAME [--split test]
+    python -m itr_lib.evaluate --checkpoint PATH --data-root DIR --dataset NAME [--split test] [--trust-checkpoint]
 
 Features of a dataset seen for the first time are extracted on the fly and cached (sidecar-checked).
 """
@@ -16,11 +16,12 @@ from .features import SplitFeatures, ensure_features, load_features
 
 
 def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data_root: str | None = None,
-                        cache_dir: str | None = None, device: str = "cpu", progress: bool | None = None) -> dict:
+                        cache_dir: str | None = None, device: str = "cpu", progress: bool | None = None,
+                        trust: bool | None = None) -> dict:
     from .scoring import evaluate
     from .splits import SplitTensors
     from .train import load_checkpoint
-    model, cfg = load_checkpoint(checkpoint, device)
+    model, cfg = load_checkpoint(checkpoint, device, trust)
     ds = load_dataset(dataset, data_root)
     print(f"scoring {checkpoint} ({cfg.method}) on {ds.name}/{split}; features are extracted first when not cached "
           f"(a minute or more per thousand images on a CPU)", file=sys.stderr, flush=True)
@@ -47,10 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", default=None, help="feature cache root (default: $ITR_CACHE_DIR, else ./cache/features)")
     p.add_argument("--split", default="test", help="split to score: train | val | test (default test)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto (default cpu)")
+    p.add_argument("--trust-checkpoint", action="store_true", default=None,
+                   help="load a checkpoint that needs full unpickling (an old-format file): runs any code it "
+                        "carries, so only for files whose origin you trust (default: $ITR_TRUST_CHECKPOINTS)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        out = evaluate_checkpoint(a.checkpoint, a.dataset, a.split, a.data_root, a.cache_dir, a.device, progress=None)
+        out = evaluate_checkpoint(a.checkpoint, a.dataset, a.split, a.data_root, a.cache_dir, a.device, progress=None,
+                                  trust=a.trust_checkpoint)
     except (DataError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -53,7 +53,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_default(o: Any):
+def json_default(o: Any):
+    """``json.dumps``'s ``default``: numpy scalars and arrays, paths."""
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):
@@ -66,7 +67,7 @@ def _json_default(o: Any):
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:

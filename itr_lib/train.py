@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checkpoints
 from .config import TrainConfig, dataset_name
 from .features import load_glove
 from .io import atomic_write_text, git_commit, progress_enabled, read_json, resolve_device, seed_everything, write_json
@@ -29,12 +30,6 @@ from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
 from .splits import load_split_tensors
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _glove_for(cfg: TrainConfig):
@@ -112,14 +107,14 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     start_epoch, best_rsum, history = 0, -1.0, []
     last_path, best_path = run_dir / "last.pt", run_dir / "best.pt"
     if last_path.is_file():
-        ck = torch.load(last_path, map_location=device, weights_only=False)
+        ck = checkpoints.load(last_path, device)
         if ck["config_identity"] != cfg.identity():
             raise ValueError(f"{last_path} was saved for another configuration (field 'config_identity'). "
                              f"Fix: use another run_dir or delete {run_dir}.")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
+        torch.set_rng_state(ck["torch_rng"].cpu())
         start_epoch, best_rsum, history = ck["epoch"] + 1, ck["best_rsum"], ck["history"]
         print(f"{run_dir.name}: resumed after epoch {start_epoch} of {cfg.epochs} (from last.pt)", flush=True)
 
@@ -171,12 +166,12 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
         log.info("%s epoch %d: loss %.4f val rsum %.2f", run_dir.name, epoch, rec.get("loss_total", 0), val["rsum"])
         if val["rsum"] > best_rsum:
             best_rsum = val["rsum"]
-            _atomic_torch_save({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch,
-                                "val_rsum": best_rsum}, best_path)
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                            "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "epoch": epoch,
-                            "best_rsum": best_rsum, "history": history, "config_identity": cfg.identity()},
-                           last_path)
+            checkpoints.save(best_path, {"model": model.state_dict()},
+                             {"config": asdict(cfg), "epoch": epoch, "val_rsum": best_rsum})
+        checkpoints.save(last_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()},
+                         {"epoch": epoch, "best_rsum": best_rsum, "history": history,
+                          "config_identity": cfg.identity()})
         atomic_write_text(run_dir / "log.jsonl", "".join(json.dumps(h) + "\n" for h in history))
         epochs_this_call += 1
 
@@ -191,7 +186,7 @@ def multi_caption(cfg: TrainConfig, model: RetrievalModel) -> bool:
 def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: float, device: str) -> dict:
     """Score the best checkpoint on val and test; write metrics.json, test ranks and the config."""
     run_dir = cfg.resolved_run_dir()
-    best = torch.load(run_dir / "best.pt", map_location=device, weights_only=False)
+    best = checkpoints.load(run_dir / "best.pt", device)
     model.load_state_dict(best["model"])
     # val: the score that selected the checkpoint (on the val subset when val_images_per_epoch is set)
     va = load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
@@ -241,21 +236,17 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
     return out
 
 
-def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> tuple[RetrievalModel, TrainConfig]:
-    """A trained model and its config from a ``best.pt`` / ``last.pt`` file."""
+def load_checkpoint(path: str | os.PathLike, device: str = "cpu",
+                    trust: bool | None = None) -> tuple[RetrievalModel, TrainConfig]:
+    """A trained model and its config from a ``best.pt`` / ``last.pt`` file, read without running code from it
+    (:func:`itr_lib.checkpoints.load`: a file that needs more is refused unless ``trust`` or
+    ``$ITR_TRUST_CHECKPOINTS`` opts in)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist. Fix: pass the best.pt of a finished run "
                                 f"(results/<profile>/runs/<run>/best.pt, e.g. results/smoke/runs/...; "
                                 f"`python -m itr_lib.study --retrain GLOB` rebuilds a recorded run's checkpoint).")
-    try:
-        ck = torch.load(path, map_location=device, weights_only=False)
-    except Exception as err:  # not a torch file (a JSON, a truncated download, ...)
-        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:120]}). "
-                         f"Fix: pass the best.pt or last.pt written by a training run.") from None
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise ValueError(f"{path} is a torch file but not a checkpoint of this study (no field 'model'). "
-                         f"Fix: pass the best.pt or last.pt written by a training run.")
+    ck = checkpoints.load(path, device, trust)
     if "config" not in ck:
         cfg_path = path.parent / "metrics.json"
         if not cfg_path.is_file():

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from itr_lib import dihedral
+from itr_lib import checkpoints, dihedral
 from itr_lib.config import TrainConfig, variant_label
 from itr_lib.data import load_dataset, load_image
 from itr_lib.features import CacheError, ImageEncoder, ensure_features, image_sidecar, load_image_grid
@@ -226,7 +226,7 @@ def test_without_transforms_training_is_unchanged(tf_cache, mini_cfg, tmp_path, 
     runs = {}
     for name, tf in (("none", None), ("r0", ["r0"]), ("two", ["r0", "r90"])):
         cfg = dataclasses.replace(mini_cfg(**kw, image_transforms=tf), run_dir=str(tmp_path / name))
-        runs[name] = (train(cfg), torch.load(tmp_path / name / "last.pt", weights_only=False)["model"])
+        runs[name] = (train(cfg), checkpoints.load(tmp_path / name / "last.pt")["model"])
     assert seen[:4] == [None] * 4
     assert runs["r0"][0]["run"] != runs["none"][0]["run"]  # the field set: another run
     for k, v in runs["none"][1].items():

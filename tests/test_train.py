@@ -40,6 +40,12 @@ def test_resume_equals_uninterrupted(tmp_path, mini_cfg):
         assert h1["loss_total"] == pytest.approx(h2["loss_total"], rel=1e-5)
         assert h1["val_rsum"] == pytest.approx(h2["val_rsum"], abs=1e-6)
     assert full["test"]["standard"] == pytest.approx(resumed["test"]["standard"])
+    # bit-identical: the history, every test score and the per-query ranks (checkpoints round-trip exactly)
+    assert full["history"] == [{**h, "train_seconds": f["train_seconds"], "eval_seconds": f["eval_seconds"]}
+                               for f, h in zip(full["history"], resumed["history"])]
+    assert full["test"] == resumed["test"]
+    za, zb = np.load(tmp_path / "a" / "run" / "test_ranks.npz"), np.load(tmp_path / "b" / "run" / "test_ranks.npz")
+    assert sorted(za.files) == sorted(zb.files) and all(np.array_equal(za[k], zb[k]) for k in za.files)
     lines = (tmp_path / "b" / "run" / "log.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
     # a finished run is not repeated
