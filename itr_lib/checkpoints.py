@@ -43,7 +43,7 @@ def trusted_by_env() -> bool:
 def save(path: str | os.PathLike, tensors: dict, meta: dict) -> None:
     """Write a checkpoint to ``path`` atomically: ``tensors`` (state dicts, tensors) as they are, ``meta`` (anything
     JSON-able: config, epoch, history) as one JSON string. On any failure the temp file is removed and ``path`` is
-    left as it was."""
+    left as it was; a full disk raises :class:`itr_lib.io.DiskFullError` (one line: the folder, the space needed)."""
     # serialised in memory first: a full disk then fails in a plain file write, with its errno, and not inside
     # torch's zip writer (whose "unexpected pos ..." names no cause)
     buf = io.BytesIO()

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -22,19 +24,54 @@ def _umask_mode(base: int = 0o666) -> int:
     return base & ~mask
 
 
+class DiskFullError(OSError):
+    """No space left (or quota exceeded) where a result was being written. Deterministic: retrying the task
+    fills the same disk again, so runners must not retry it. The message is one line: the folder, the space the
+    write needed and what is free; the temp file of the failed write is already removed."""
+
+    def __init__(self, folder: str | os.PathLike, needed: int | None):
+        folder = Path(folder)
+        free = _free_bytes(folder)
+        need = f"about {_mb(needed)}" if needed else "more space"
+        fix = f"free at least {_mb(needed - free)} there" if needed and free is not None and needed > free \
+            else "free space there"
+        super().__init__(f"no space left in {folder}: the write needed {need}, {_mb(free)} free. Fix: {fix} "
+                         f"(or move the results folder to a larger disk) and rerun; nothing was half written, and "
+                         f"a training run resumes from its last.pt")
+        self.errno = errno.ENOSPC
+        self.folder, self.needed, self.free = folder, needed, free
+
+
+def _mb(n: int | None) -> str:
+    return "? MB" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _write_all(f, data: bytes) -> None:
+    """Write and sync ``data`` to the open file ``f`` (one place, so tests can inject a failing disk)."""
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    with _atomic_target(path, ".tmp") as tmp:
+    with _atomic_target(path, ".tmp", len(data)) as tmp:
         with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            _write_all(f, data)
 
 
 @contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike, suffix: str):
+def _atomic_target(path: str | os.PathLike, suffix: str, size: int | None = None):
     """A temp path beside ``path``; once the block succeeds it gets the umask's permissions and replaces ``path``
-    in one rename, and on any error it is removed (``path`` is never half written)."""
+    in one rename, and on any error it is removed (``path`` is never half written). A full disk (ENOSPC, EDQUOT)
+    becomes :class:`DiskFullError`, with ``size`` (the bytes to write, when known) as the space needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
@@ -43,10 +80,18 @@ def _atomic_target(path: str | os.PathLike, suffix: str):
         yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, DiskFullError) and \
+                err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path.parent, size) from None
         raise
+
+
+def atomic_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically (temp file + rename; nothing left behind on failure)."""
+    atomic_write_bytes(dst, Path(src).read_bytes())
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -76,8 +121,17 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
-    with _atomic_target(path, ".tmp.npy") as tmp:
+    with _atomic_target(path, ".tmp.npy", arr.nbytes) as tmp:
         np.save(tmp, arr)
+
+
+def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez_compressed`` to ``path`` atomically (the size needed is bounded by the arrays' bytes)."""
+    with _atomic_target(path, ".tmp.npz", sum(np.asarray(a).nbytes for a in arrays.values())) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def seed_everything(seed: int) -> None:

@@ -23,7 +23,8 @@ import torch
 from . import checkpoints
 from .config import TrainConfig, dataset_name
 from .features import load_glove
-from .io import atomic_write_text, git_commit, progress_enabled, read_json, resolve_device, seed_everything, write_json
+from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, read_json, resolve_device,
+                 seed_everything, write_json)
 from .metrics import STUDY_TIE_RULE
 from .models import RetrievalModel, build_model
 from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
@@ -211,7 +212,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
                            for k, v in arrays.items() if k.endswith(("_above", "_tied", "_tpos")) and "/" not in k})
             info["exhaustive_seconds"] = eval_secs
         extra_eval["details"] = info
-    np.savez_compressed(run_dir / "test_ranks.npz", **arrays)
+    atomic_savez(run_dir / "test_ranks.npz", **arrays)
     with torch.no_grad():
         model.eval()
         regions, rmask = te.image_batch(torch.arange(1))
