@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .io import REPO_ROOT, atomic_write_text, read_json
+from .recordio import read_record
 from .recipe.summary import recipe_summary
 from .tables import fmt_ci as _ci, to_markdown
 
@@ -41,7 +42,7 @@ def time_summary(results_dir: Path, rel) -> list[str]:
     interrupted and resumed), and the notebook executions recorded in study.json."""
     results_dir = Path(results_dir)
     lines = []
-    runs = [read_json(p) for p in sorted((results_dir / "metrics").glob("*.json"))]
+    runs = [read_record(p) for p in sorted((results_dir / "metrics").glob("*.json"))]  # a damaged one: named, stops
     if runs:
         secs = pd.DataFrame([{"method": r.get("method"), "dataset": r.get("dataset"),
                               "s": sum(float(r.get(k) or 0) for k in ("train_seconds", "val_eval_seconds",
@@ -254,7 +255,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
                       "(every mode in RESULTS.md).", ""]
         lines += [
                   to_markdown(t[cols], index=False, floatfmt=".1f", compact=not full), ""]
-        lines += _bucketed_note(t)
+        lines += _bucketed_note(t) + _missing_note(t)
         if not full:
             pub = published_rows(ds)
             if len(pub):
@@ -334,6 +335,15 @@ def _bucketed_note(t: pd.DataFrame) -> list[str]:
     return ["Trained with `length_buckets` (the captions of a step encoded in groups of similar length: the same "
             "model and loss, faster steps, other dropout draws), so their `train_min` is not comparable with the "
             "other seeds': " + "; ".join(f"{v} seeds {s}" for v, s in rows) + ".", ""]
+
+
+def _missing_note(t: pd.DataFrame) -> list[str]:
+    """A line naming the rows with fewer seeds than the comparison plan asked for (``missing_seeds``)."""
+    miss = t["missing_seeds"].fillna("").astype(str).str.replace(r"\.0\b", "", regex=True) if "missing_seeds" in t \
+        else pd.Series(dtype=str)
+    rows = sorted({(v.split(" [")[0], m) for v, m in zip(t.variant, miss) if m})
+    return ["**Fewer seeds than planned** (the plan's runs not recorded; their mean and std cover the recorded "
+            "seeds only): " + "; ".join(f"{v} missing seeds {m}" for v, m in rows) + ".", ""] if rows else []
 
 
 def scale_rows(scaling: pd.DataFrame) -> pd.DataFrame:

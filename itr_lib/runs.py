@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -31,14 +29,12 @@ import pandas as pd
 
 from .config import TrainConfig, config_identity, dataset_name, group_key, variant_label
 from .io import read_json, write_json
+from .recordio import (RANKS, RunStoreError, publish_record, read_ranks, read_record, record_problem,  # noqa: F401
+                       relativize_records)
 
 log = logging.getLogger(__name__)
 
 METRICS = ["i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "mr"]
-
-
-class RunStoreError(ValueError):
-    pass
 
 
 # ----------------------------------------------------------------------------------------------- training grids
@@ -60,24 +56,24 @@ def _train_one(cfg_dict: dict, threads: int | None, results_dir: str | None = No
 
 
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
-    """Copy a finished run's metrics.json and test ranks into ``<results_dir>/metrics/`` (atomically)."""
-    run = Path(cfg.run_dir)
-    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
-    for src, dst in ((run / "metrics.json", results_dir / "metrics" / f"{run.name}.json"),
-                     (run / "test_ranks.npz", results_dir / "metrics" / f"{run.name}.ranks.npz")):
-        if src.is_file() and (not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime):
-            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-            shutil.copyfile(src, tmp)
-            tmp.replace(dst)
+    """Record a finished run in ``<results_dir>/metrics/``: its test ranks, then its metrics.json (each atomic, the
+    JSON last: a record is complete or absent; :func:`itr_lib.recordio.publish_record`)."""
+    publish_record(cfg.run_dir, Path(results_dir) / "metrics")
 
 
 def recorded(cfg: TrainConfig, results_dir: Path) -> dict | None:
-    """The published metrics of ``cfg``'s run (``<results_dir>/metrics/<run>.json``), or None when not recorded."""
+    """The published metrics of ``cfg``'s run (``<results_dir>/metrics/<run>.json``), or None when not recorded,
+    or recorded incompletely (ranks missing, a file unreadable: logged, and the run is run again, which re-records
+    it from its run folder or retrains it)."""
     run = Path(cfg.run_dir).name if cfg.run_dir else cfg.run_name()
     path = Path(results_dir) / "metrics" / f"{run}.json"
     if not path.is_file():
         return None
-    rec = read_json(path)
+    problem = record_problem(path)
+    if problem is not None:
+        log.warning("run %s is recorded incompletely, so it runs again: %s", run, problem)
+        return None
+    rec = read_record(path)
     if rec.get("config_identity") != cfg.identity():
         raise RunStoreError(f"{path} records another configuration (field 'config_identity' differs from run "
                             f"{run}). Fix: delete {path} (and runs/{run}) to retrain it.")
@@ -197,12 +193,11 @@ def records(results_dir: str | Path) -> dict[str, tuple[Path, str | None]]:
 
 
 def _read_record(mpath: Path) -> dict | None:
-    try:
-        m = read_json(mpath)
-    except (OSError, ValueError) as err:
-        log.warning("skipping unreadable %s: %s", mpath, err)
-        return None
-    return m if isinstance(m, dict) and "config" in m and "test" in m else None
+    """A run record, or None for a JSON that is not one (no 'config' / 'test'); an unreadable file stops the
+    caller with one line naming it (:func:`itr_lib.recordio.read_record`): a skipped record would silently drop a
+    seed from every table built on it."""
+    m = read_record(mpath)
+    return m if "config" in m and "test" in m else None
 
 
 def find_runs(results_dir: str | Path) -> pd.DataFrame:
@@ -388,10 +383,8 @@ def load_hits(results_dir: str | Path, run: str, mode: str = "", rule: str | Non
     from .metrics import RECALL_KS, STUDY_TIE_RULE
     from .scoring import load_ties
     d = Path(results_dir)
-    path = (d / "metrics" if (d / "metrics").is_dir() else d) / f"{run}.ranks.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: the run's test ranks. Fix: rerun the run ({run}).")
-    z = np.load(path)
+    path = (d / "metrics" if (d / "metrics").is_dir() else d) / f"{run}{RANKS}"
+    z = read_ranks(path)
     ties = load_ties(z, f"{mode}/" if mode else "")
     if ties is not None:
         return tuple(t.hits(RECALL_KS, rule or STUDY_TIE_RULE) for t in ties)
@@ -415,7 +408,7 @@ def retrain(results_dir: str | Path, patterns: list[str], workers: int = 1, thre
     if not chosen:
         raise RunStoreError(f"no run in {results_dir / 'metrics'} matches {patterns}. Fix: pass globs of run "
                             f"names such as 'rsicd-*-s0-*' (the file names without .json).")
-    recs = {m: read_json(m) for m in chosen}
+    recs = {m: read_record(m) for m in chosen}
     chosen.sort(key=lambda m: -float(recs[m].get("train_seconds") or 0))  # longest first: the pool ends together
     rows, configs = [], []
     for m in chosen:

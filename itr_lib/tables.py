@@ -12,9 +12,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .io import REPO_ROOT, atomic_write_text, read_json
+from .config import dataset_name
+from .io import REPO_ROOT, atomic_write_text
 from .metrics import paired_bootstrap
-from .runs import load_hits
+from .recordio import RANKS, read_ranks, read_record
+from .runs import load_hits, runs_frame
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,39 @@ def label_settings(df: pd.DataFrame, plan: pd.DataFrame | None) -> pd.DataFrame:
         out["setting"], out["key"] = np.nan, np.nan
     old = out["relabelled"].astype(bool) if "relabelled" in out else pd.Series(False, index=out.index)
     out["setting"] = out.setting.where(out.setting.notna(), np.where(old, "history", "ablation"))
+    if plan is not None and len(plan):  # the seeds the plan asked for, per row group: what a table must say is missing
+        by = ["dataset", "setting", "key"]
+        planned = plan.assign(dataset=plan.dataset.map(dataset_name)).groupby(by).seed.agg(_seed_list)
+        out = out.merge(planned.rename("planned_seeds").reset_index(), on=by, how="left")
     return out
+
+
+def _seed_list(seeds) -> str:
+    return ",".join(str(int(x)) for x in sorted(set(seeds)))
+
+
+def _missing(planned, seeds) -> str:
+    """The planned seeds (``"0,1,2"``) not among ``seeds`` (an iterable or the same string form), as ``"1"``."""
+    if not isinstance(planned, str) or not planned:
+        return ""
+    have = {int(x) for x in (seeds.split(",") if isinstance(seeds, str) else seeds) if str(x).strip() != ""}
+    return ",".join(x for x in planned.split(",") if int(x) not in have)
+
+
+def study_frame(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Every recorded run of ``results_dir`` (one row per run and mode, :func:`itr_lib.runs.runs_frame`) labelled by
+    the comparison plan (``tables/comparison_plan.csv``, also returned; None without one), after reading every
+    record whole, its ranks included: a damaged record stops here with one line naming the file and the fix, before
+    any table is written (a skipped record would publish a table with fewer seeds than its plan)."""
+    out = Path(results_dir)
+    plan_csv = out / "tables" / "comparison_plan.csv"
+    plan = pd.read_csv(plan_csv) if plan_csv.is_file() else None
+    df = runs_frame(out)
+    metrics = out / "metrics" if (out / "metrics").is_dir() else out
+    for run in sorted(set(df.run) | (set(plan.run) if plan is not None else set())):
+        if (metrics / f"{run}.json").is_file():
+            read_ranks(metrics / f"{run}{RANKS}")
+    return label_settings(df, plan), plan
 
 
 def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -> pd.DataFrame:
@@ -236,6 +270,8 @@ def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     bucketed = d.assign(_lb=lb.fillna(1).astype(float) > 1).groupby(["setting", "variant"], sort=False).apply(
         lambda g: ",".join(str(int(s)) for s in sorted(g[g._lb].seed.unique())), include_groups=False)
     out = out.merge(bucketed.rename("bucketed_seeds").reset_index(), on=["setting", "variant"], how="left")
+    planned = d.groupby(["setting", "variant"], sort=False).planned_seeds.first() if "planned_seeds" in d else {}
+    out["missing_seeds"] = [_missing(planned.get((st, v)), s) for st, v, s in zip(out.setting, out.variant, out.seeds)]
     order = {s: i for i, s in enumerate(sorted(out.setting.unique(), key=lambda s: (s != "study loss", s)))}
     return out.sort_values(["setting", "mr"], key=lambda c: c.map(order) if c.name == "setting" else -c,
                            kind="stable").reset_index(drop=True)
@@ -270,6 +306,14 @@ CLAIMS = [
     ("scan_vs_mrsw", "Cross-attention (SCAN) beats exhaustive MrSw", ("mrsw", "exhaustive"), ("scan", ""), "better",
      0.0, ("MrSw exhaustive", "SCAN (cross-attention)")),
 ]
+
+
+def _planned_pair(d: pd.DataFrame, ka: str, kb: str) -> str:
+    """The seeds the plan asked for on both sides of a claim ("" without a plan)."""
+    if "planned_seeds" not in d:
+        return ""
+    sides = [set().union(*(str(p).split(",") for p in d[d.key == k].planned_seeds.dropna())) for k in (ka, kb)]
+    return ",".join(sorted(sides[0] & sides[1], key=int))
 
 
 def _runs_of(d: pd.DataFrame, key: str, mode: str) -> pd.DataFrame:
@@ -313,10 +357,11 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
     for cid, text, (ka, ma), (kb, mb), kind, tol, labels in claims:
         a, b = _runs_of(d, ka, ma), _runs_of(d, kb, mb)
         seeds = sorted(set(a.seed) & set(b.seed))
+        planned = _planned_pair(d, ka, kb)
         row = {"dataset": dataset, "claim": cid, "statement": text, "setting": setting,
                "a": a.variant.iloc[0] if len(a) else f"{ka} {ma}".strip(),
                "b": b.variant.iloc[0] if len(b) else f"{kb} {mb}".strip(), "seeds": ",".join(map(str, seeds)),
-               "n_seeds": len(seeds)}
+               "n_seeds": len(seeds), "missing_seeds": _missing(planned, seeds)}
         ms_a, ms_b = (lat.get(labels[0]), lat.get(labels[1])) if labels else (None, None)
         row["latency_ratio_a_over_b"] = ms_a / ms_b if ms_a and ms_b else np.nan
         if not seeds:
@@ -331,6 +376,9 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
         verdict = _verdict(lo, hi, kind, tol, margin)
         note = "" if len(seeds) >= 2 else (f"one seed: must clear 2 x seed std {noise:.2f} mR" if np.isfinite(noise)
                                            else "one seed and no seed spread measured")
+        if row["missing_seeds"]:
+            note = "; ".join(x for x in (note, f"planned seeds {planned}, seeds {row['missing_seeds']} not recorded")
+                             if x)
         rows.append({**row, "mr_a": a.mr.mean(), "mr_b": b.mr.mean(), "delta_mr": delta, "ci_lo_mr": lo,
                      "ci_hi_mr": hi, "kind": kind, "tolerance_mr": tol, "verdict": verdict, "note": note})
     return pd.DataFrame(rows)
@@ -384,7 +432,7 @@ def retrain_check(results_dir: str | Path):
         new, rec_path = marker.parent / "metrics.json", results_dir / "metrics" / f"{marker.parent.name}.json"
         if not (new.is_file() and rec_path.is_file()):
             continue
-        rec, ret = read_json(rec_path)["test"]["standard"], read_json(new)["test"]["standard"]
+        rec, ret = read_record(rec_path)["test"]["standard"], read_record(new)["test"]["standard"]
         rows.append({"run": new.parent.name, "recorded_mr": rec["mr"], "retrained_mr": ret["mr"],
                      "diff_mr": ret["mr"] - rec["mr"], "recorded_rsum": rec["rsum"], "retrained_rsum": ret["rsum"]})
     df = pd.DataFrame(rows)

@@ -27,6 +27,7 @@ from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, 
                  seed_everything, write_json)
 from .metrics import STUDY_TIE_RULE
 from .models import RetrievalModel, build_model
+from .recordio import portable_run_dir, read_record
 from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
 from .splits import load_split_tensors
 
@@ -84,7 +85,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     run_dir = cfg.resolved_run_dir()
     metrics_path = run_dir / "metrics.json"
     if metrics_path.is_file():
-        done = read_json(metrics_path)
+        done = read_record(metrics_path)
         if done.get("config_identity") == cfg.identity():
             log.info("run %s already finished: reusing %s", run_dir.name, metrics_path)
             return done
@@ -233,7 +234,8 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "git_commit": git_commit(), "torch": torch.__version__, "device": device,
         "threads": torch.get_num_threads(),
     }
-    write_json(run_dir / "metrics.json", out)
+    # the record stores run_dir relative to its results folder (the same on any clone); the caller gets it resolved
+    write_json(run_dir / "metrics.json", {**out, "config": {**out["config"], "run_dir": portable_run_dir(run_dir)}})
     return out
 
 
@@ -253,7 +255,7 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu",
         if not cfg_path.is_file():
             raise ValueError(f"{path} has no 'config' field and no metrics.json beside it. Fix: use best.pt.")
         ck["config"] = read_json(cfg_path)["config"]
-    cfg = TrainConfig.from_dict(ck["config"])
+    cfg = TrainConfig.from_dict({**ck["config"], "run_dir": str(path.parent)})  # where the checkpoint lies
     model = make_model(cfg).to(device)
     model.load_state_dict(ck["model"])
     model.eval()

@@ -63,7 +63,7 @@ def test_trust_opt_in_loads_an_old_format_checkpoint_and_convert_makes_it_safe(t
     with pytest.raises(UntrustedCheckpointError, match="old.pt"):
         load_checkpoint(old)
     model, got = load_checkpoint(old, trust=True)
-    assert got == dataclasses.replace(cfg)
+    assert got == dataclasses.replace(cfg, run_dir=str(tmp_path))  # the run folder: where the file lies
     monkeypatch.setenv(checkpoints.TRUST_ENV, "1")
     load_checkpoint(old)
     monkeypatch.delenv(checkpoints.TRUST_ENV)

@@ -156,3 +156,27 @@ def test_retrain_rebuilds_a_missing_checkpoint_from_the_recorded_config(tmp_path
     (out / "metrics" / "tampered.json").write_text(json.dumps(rec))
     with pytest.raises(StudyError, match="field 'config'"):
         retrain(out, ["tampered"])
+
+
+def test_records_store_run_dir_relative_and_old_absolute_ones_are_still_read(tmp_path, mini_cfg):
+    from itr_lib.io import read_json, write_json
+    from itr_lib.recordio import read_record, relativize_records, run_dir_of
+    out = tmp_path / "results"
+    cfg = mini_cfg(epochs=1)
+    cfg.run_dir = None
+    got = runs.run_grid([cfg], out, progress=False, workers=1)[0]
+    name = cfg.run_name()
+    for path in (out / "metrics" / f"{name}.json", out / "runs" / name / "metrics.json"):
+        assert read_json(path)["config"]["run_dir"] == f"runs/{name}"  # what is stored: the same on any clone
+        assert read_record(path)["config"]["run_dir"] == str(out / "runs" / name) == got["config"]["run_dir"]
+    # an older record with another machine's absolute path: still read; rewritten once, only that field changes
+    old = read_json(out / "metrics" / f"{name}.json")
+    old["config"]["run_dir"] = f"/elsewhere/results/full/runs/{name}"
+    write_json(out / "metrics" / f"{name}.json", old)
+    assert run_dir_of(read_record(out / "metrics" / f"{name}.json"), out) == out / "runs" / name
+    assert runs.recorded(cfg, out)["test"] == got["test"]
+    before = (out / "metrics" / f"{name}.json").read_text().splitlines()
+    assert relativize_records(out) == [name] and relativize_records(out) == []
+    after = (out / "metrics" / f"{name}.json").read_text().splitlines()
+    assert [(a, b) for a, b in zip(before, after) if a != b] == [
+        (f'    "run_dir": "/elsewhere/results/full/runs/{name}",', f'    "run_dir": "runs/{name}",')]

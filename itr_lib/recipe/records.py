@@ -67,7 +67,8 @@ def trace_table(trace: GreedyTrace) -> pd.DataFrame:
 def load_spec_hits(path: Path):
     from ..metrics import RECALL_KS
     from ..scoring import load_ties
-    z = np.load(path.parent / f"{path.name}.ranks.npz")
+    from ..recordio import read_ranks
+    z = read_ranks(path.parent / f"{path.name}.ranks.npz", required=("i2t_above", "t2i_above"))
     return tuple(t.hits(RECALL_KS) for t in load_ties(z))
 
 
