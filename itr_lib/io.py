@@ -17,7 +17,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _umask_mode(base: int = 0o666) -> int:
+def umask_mode(base: int = 0o666) -> int:
     """The mode a plain ``open()`` would give a new file (mkstemp's temp files are 0600)."""
     mask = os.umask(0)
     os.umask(mask)
@@ -62,13 +62,13 @@ def _write_all(f, data: bytes) -> None:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temp file in the same folder and an atomic rename."""
-    with _atomic_target(path, ".tmp", len(data)) as tmp:
+    with atomic_target(path, ".tmp", len(data)) as tmp:
         with open(tmp, "wb") as f:
             _write_all(f, data)
 
 
 @contextlib.contextmanager
-def _atomic_target(path: str | os.PathLike, suffix: str, size: int | None = None):
+def atomic_target(path: str | os.PathLike, suffix: str, size: int | None = None):
     """A temp path beside ``path``; once the block succeeds it gets the umask's permissions and replaces ``path``
     in one rename, and on any error it is removed (``path`` is never half written). A full disk (ENOSPC, EDQUOT)
     becomes :class:`DiskFullError`, with ``size`` (the bytes to write, when known) as the space needed."""
@@ -78,7 +78,7 @@ def _atomic_target(path: str | os.PathLike, suffix: str, size: int | None = None
     os.close(fd)
     try:
         yield tmp
-        os.chmod(tmp, _umask_mode())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException as err:
         if os.path.exists(tmp):
@@ -121,13 +121,13 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def atomic_save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
-    with _atomic_target(path, ".tmp.npy", arr.nbytes) as tmp:
+    with atomic_target(path, ".tmp.npy", arr.nbytes) as tmp:
         np.save(tmp, arr)
 
 
 def atomic_savez(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """``np.savez_compressed`` to ``path`` atomically (the size needed is bounded by the arrays' bytes)."""
-    with _atomic_target(path, ".tmp.npz", sum(np.asarray(a).nbytes for a in arrays.values())) as tmp:
+    with atomic_target(path, ".tmp.npz", sum(np.asarray(a).nbytes for a in arrays.values())) as tmp:
         with open(tmp, "wb") as f:
             np.savez_compressed(f, **arrays)
             f.flush()

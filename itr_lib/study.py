@@ -24,14 +24,16 @@ configs recorded in ``metrics/<run>.json`` and reports how far the new test mR l
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from .io import REPO_ROOT, git_commit, read_json, write_json
+from .io import REPO_ROOT, umask_mode, git_commit, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -150,17 +152,48 @@ def _execute_notebook(notebook: str, output: str, parameters: dict, timeout: int
             secede()
         except ValueError:  # not inside a Dask task (called directly)
             pass
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        pm.execute_notebook(notebook, output, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
-                            execution_timeout=timeout, progress_bar=False, log_output=False,
-                            kernel_manager_class=encrypted_kernel_manager())
+        with executed_notebook(output) as partial:
+            pm.execute_notebook(notebook, partial, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
+                                execution_timeout=timeout, progress_bar=False, log_output=False,
+                                kernel_manager_class=encrypted_kernel_manager())
         return time.perf_counter() - t0
     finally:
         if previous is None:
             os.environ.pop(SCHEDULER_ENV, None)
         else:
             os.environ[SCHEDULER_ENV] = previous
+
+
+@contextlib.contextmanager
+def executed_notebook(output: str | os.PathLike):
+    """A temp path beside ``output`` for papermill to write the executed notebook to as it runs; it replaces
+    ``output`` in one rename at the end (the umask's permissions), so two runners never leave a truncated notebook.
+    When the execution fails, its notebook (the error in its cell) still replaces ``output`` if it is readable
+    JSON, for debugging; a truncated one is removed and ``output`` kept as it was."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=f".{output.stem}.", suffix=".partial.ipynb")
+    os.close(fd)
+    try:
+        yield tmp
+    except BaseException:
+        if _readable(tmp):
+            os.chmod(tmp, umask_mode())
+            os.replace(tmp, output)
+        else:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    os.chmod(tmp, umask_mode())
+    os.replace(tmp, output)
+
+
+def _readable(notebook: str) -> bool:
+    try:
+        json.loads(Path(notebook).read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def shared_paths(todo: list[dict]) -> list[Path]:

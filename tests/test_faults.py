@@ -177,3 +177,54 @@ def test_a_record_without_readable_ranks_is_not_recorded(tmp_path, mini_cfg):
     assert recorded(cfg, tmp_path) is None
     ranks.unlink()
     assert recorded(cfg, tmp_path) is None
+
+
+# ----------------------------------------------------------------------------------------------- shared folders
+def test_figures_get_the_permissions_of_a_plain_write(tmp_path):
+    import matplotlib.pyplot as plt
+    from itr_lib.plots import save
+    fig = plt.figure()
+    old = os.umask(0o022)
+    try:
+        written = save(fig, tmp_path / "fig.png", close=True)
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in written} == {"fig.png": 0o644, "fig.svg": 0o644}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fig.png", "fig.svg"]
+
+
+def _fake_papermill(monkeypatch, cells: int, fail: bool, truncate: bool = False):
+    """papermill.execute_notebook replaced by a writer that writes the output notebook (as papermill does, in
+    place), then fails if asked, leaving it valid or truncated."""
+    import json
+    import papermill
+
+    def execute(notebook, output, **kw):
+        text = json.dumps({"cells": [{"cell_type": "code", "source": str(i)} for i in range(cells)], "nbformat": 4})
+        with open(output, "w") as f:
+            f.write(text[:len(text) // 2] if truncate else text)
+        if fail:
+            raise RuntimeError("cell 2 failed")
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+
+
+def test_the_executed_notebook_is_replaced_in_one_rename(tmp_path, monkeypatch):
+    import json
+    from itr_lib import study
+    out = tmp_path / "executed" / "01_train.ipynb"
+    _fake_papermill(monkeypatch, cells=3, fail=False)
+    old = os.umask(0o022)
+    try:
+        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+    finally:
+        os.umask(old)
+    assert len(json.loads(out.read_text())["cells"]) == 3 and out.stat().st_mode & 0o777 == 0o644
+    _fake_papermill(monkeypatch, cells=5, fail=True, truncate=True)  # a run that dies mid-write (disk full)
+    with pytest.raises(RuntimeError):
+        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+    assert len(json.loads(out.read_text())["cells"]) == 3  # the previous notebook, whole
+    _fake_papermill(monkeypatch, cells=4, fail=True)  # a failed cell: its notebook is kept for debugging
+    with pytest.raises(RuntimeError, match="cell 2"):
+        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+    assert len(json.loads(out.read_text())["cells"]) == 4
+    assert sorted(p.name for p in out.parent.iterdir()) == ["01_train.ipynb"]  # no partial files

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +16,8 @@ if ("ipykernel" not in sys.modules and not os.environ.get("MPLBACKEND")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..io import atomic_target  # noqa: E402
+
 SVG_HASHSALT = "itr_lib"
 DPI = 110
 
@@ -24,7 +25,8 @@ DPI = 110
 def save(fig, path: str | os.PathLike, dpi: int = DPI, formats: Sequence[str] = ("png", "svg"),
          close: bool = False) -> list[Path]:
     """Write ``fig`` as ``<path>.png`` and ``<path>.svg`` (a suffix on ``path`` is replaced), each through a
-    temp file in the same folder and an atomic rename. SVG ids use a fixed hash salt and no date, so the same
+    temp file in the same folder and an atomic rename (:func:`itr_lib.io.atomic_target`: the permissions a plain
+    write would give, nothing left behind on failure). SVG ids use a fixed hash salt and no date, so the same
     figure gives the same bytes. ``close`` closes the figure afterwards. Returns the written paths."""
     path = Path(path)
     stem = path.with_suffix("") if path.suffix.lower() in (".png", ".svg", ".pdf") else path
@@ -33,16 +35,9 @@ def save(fig, path: str | os.PathLike, dpi: int = DPI, formats: Sequence[str] = 
     with plt.rc_context({"svg.hashsalt": SVG_HASHSALT}):
         for fmt in formats:
             out = stem.with_name(f"{stem.name}.{fmt}")
-            fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    meta = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
-                    fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
-                os.replace(tmp, out)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            with atomic_target(out, ".tmp") as tmp, open(tmp, "wb") as f:  # 0644 under umask 022, like a plain write
+                meta = {"Date": None} if fmt in ("svg", "pdf") else {"Software": None}
+                fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight", metadata=meta)
             written.append(out)
     if close:
         plt.close(fig)
