@@ -26,6 +26,8 @@ class RunStoreError(ValueError):
 
 
 def _fix(path: Path) -> str:
+    if path.name == "metrics.json":  # a run folder's own record
+        return f"Fix: delete it; the next run of the study scores the run's best.pt again and rewrites it"
     other = path.with_name(path.name[:-len(RANKS)] + ".json") if path.name.endswith(RANKS) else \
         path.with_name(path.stem + RANKS)
     return (f"Fix: restore it (git checkout -- {path}), or delete it and {other.name} and rerun the study, which "

@@ -26,7 +26,8 @@ METRICS = RECALLS + ["rsum", "mr"]
 
 def aggregate(df: pd.DataFrame, by=("dataset", "method", "variant")) -> pd.DataFrame:
     """Mean over seeds of every metric (and of the tie bounds ``mr_optimistic`` / ``mr_pessimistic`` where the
-    rows have them), with ``n_seeds``, ``seeds`` and ``<metric>_std`` (sample std, ddof=1). Rows scored under
+    rows have them), with ``n_seeds``, ``seeds``, ``<metric>_std`` (sample std, ddof=1) and, when the rows carry
+    the plan's ``planned_seeds`` (:func:`label_settings`), ``missing_seeds``. Rows scored under
     different tie rules are never pooled (``tie_rule`` joins the grouping when present)."""
     by = list(by) + (["tie_rule"] if "tie_rule" in df and "tie_rule" not in by else [])
     cols = METRICS + [c for c in ("mr_optimistic", "mr_pessimistic") if c in df]
@@ -34,9 +35,13 @@ def aggregate(df: pd.DataFrame, by=("dataset", "method", "variant")) -> pd.DataF
     mean = g[cols].mean()
     std = g[METRICS].std(ddof=1).fillna(0.0).add_suffix("_std")
     seeds = g["seed"].agg(lambda s: ",".join(str(int(x)) for x in sorted(s))).rename("seeds") if "seed" in df else None
+    planned = g["planned_seeds"].agg(lambda p: _seed_list(int(x) for v in p.dropna() for x in str(v).split(","))) \
+        if "planned_seeds" in df else None
     parts = [g.size().rename("n_seeds"), seeds, mean, std]
     out = pd.concat([p for p in parts if p is not None], axis=1).reset_index()
     out["published"] = False
+    if planned is not None:  # the plan's seeds a row lacks (runs not recorded): the table says so
+        out["missing_seeds"] = [_missing(p, s) for p, s in zip(planned.values, out.seeds)]
     return out
 
 
@@ -270,8 +275,8 @@ def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     bucketed = d.assign(_lb=lb.fillna(1).astype(float) > 1).groupby(["setting", "variant"], sort=False).apply(
         lambda g: ",".join(str(int(s)) for s in sorted(g[g._lb].seed.unique())), include_groups=False)
     out = out.merge(bucketed.rename("bucketed_seeds").reset_index(), on=["setting", "variant"], how="left")
-    planned = d.groupby(["setting", "variant"], sort=False).planned_seeds.first() if "planned_seeds" in d else {}
-    out["missing_seeds"] = [_missing(planned.get((st, v)), s) for st, v, s in zip(out.setting, out.variant, out.seeds)]
+    if "missing_seeds" not in out:  # no plan: nothing known to be missing
+        out["missing_seeds"] = ""
     order = {s: i for i, s in enumerate(sorted(out.setting.unique(), key=lambda s: (s != "study loss", s)))}
     return out.sort_values(["setting", "mr"], key=lambda c: c.map(order) if c.name == "setting" else -c,
                            kind="stable").reset_index(drop=True)

@@ -140,6 +140,8 @@ def test_a_table_with_fewer_seeds_than_its_plan_says_so(tmp_path):
     row = c[c.claim == "selfalign_vs_baseline"].iloc[0]
     assert row.missing_seeds == "1" and "planned seeds 0,1,2, seeds 1 not recorded" in row.note
     assert "missing seeds 1" in "\n".join(_missing_note(t))
+    main = tables.main_table(df, "rsicd", include_published=False)
+    assert main.missing_seeds.tolist() == ["1", "1"]
     _study(tmp_path)  # all three recorded: nothing to say
     df, _ = tables.study_frame(tmp_path)
     assert tables.comparison_table(df.dropna(subset=["key"]), "rsicd").missing_seeds.tolist() == ["", ""]
