@@ -27,7 +27,7 @@ class RunStoreError(ValueError):
 
 def _fix(path: Path) -> str:
     if path.name == "metrics.json":  # a run folder's own record
-        return f"Fix: delete it; the next run of the study scores the run's best.pt again and rewrites it"
+        return "Fix: delete it; the next run of the study scores the run's best.pt again and rewrites it"
     other = path.with_name(path.name[:-len(RANKS)] + ".json") if path.name.endswith(RANKS) else \
         path.with_name(path.stem + RANKS)
     return (f"Fix: restore it (git checkout -- {path}), or delete it and {other.name} and rerun the study, which "
@@ -108,7 +108,7 @@ def publish_record(run_dir: str | Path, metrics_dir: str | Path) -> Path | None:
 
 # ----------------------------------------------------------------------------------------------- portable paths
 def _results_dir_of(path: Path) -> Path | None:
-    """The results folder of a record file: ``<results>/metrics/<run>.json`` or ``<results>/runs/<run>/metrics.json``."""
+    """The results folder of a record file (``<results>/metrics/<run>.json``, ``<results>/runs/<run>/metrics.json``)."""
     if path.name == "metrics.json" and path.parent.parent.name == "runs":
         return path.parent.parent.parent
     return path.parent.parent if path.parent.name == "metrics" else None

@@ -29,8 +29,8 @@ import pandas as pd
 
 from .config import TrainConfig, config_identity, dataset_name, group_key, variant_label
 from .io import read_json, write_json
-from .recordio import (RANKS, RunStoreError, publish_record, read_ranks, read_record, record_problem,  # noqa: F401
-                       relativize_records)
+from .recordio import RANKS, RunStoreError, publish_record, read_ranks, read_record, record_problem
+from .recordio import relativize_records  # noqa: F401 - the run store's one-off rewrite of old records
 
 log = logging.getLogger(__name__)
 

@@ -184,10 +184,8 @@ def _seed_list(seeds) -> str:
 
 def _missing(planned, seeds) -> str:
     """The planned seeds (``"0,1,2"``) not among ``seeds`` (an iterable or the same string form), as ``"1"``."""
-    if not isinstance(planned, str) or not planned:
-        return ""
-    have = {int(x) for x in (seeds.split(",") if isinstance(seeds, str) else seeds) if str(x).strip() != ""}
-    return ",".join(x for x in planned.split(",") if int(x) not in have)
+    have = {str(int(x)) for x in (seeds.split(",") if isinstance(seeds, str) else seeds) if str(x).strip()}
+    return ",".join(x for x in planned.split(",") if x not in have) if isinstance(planned, str) and planned else ""
 
 
 def study_frame(results_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -382,8 +380,7 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
         note = "" if len(seeds) >= 2 else (f"one seed: must clear 2 x seed std {noise:.2f} mR" if np.isfinite(noise)
                                            else "one seed and no seed spread measured")
         if row["missing_seeds"]:
-            note = "; ".join(x for x in (note, f"planned seeds {planned}, seeds {row['missing_seeds']} not recorded")
-                             if x)
+            note = "; ".join(filter(None, (note, f"planned seeds {planned}, {row['missing_seeds']} not recorded")))
         rows.append({**row, "mr_a": a.mr.mean(), "mr_b": b.mr.mean(), "delta_mr": delta, "ci_lo_mr": lo,
                      "ci_hi_mr": hi, "kind": kind, "tolerance_mr": tol, "verdict": verdict, "note": note})
     return pd.DataFrame(rows)

@@ -4,7 +4,6 @@ import errno
 import os
 import subprocess
 
-import numpy as np
 import pytest
 
 from itr_lib import io as itr_io
@@ -138,7 +137,7 @@ def test_a_table_with_fewer_seeds_than_its_plan_says_so(tmp_path):
     assert t.n_seeds.tolist() == [2, 2] and t.missing_seeds.tolist() == ["1", "1"]
     c = tables.claims_table(df.dropna(subset=["key"]), "rsicd", tmp_path, n_boot=50)
     row = c[c.claim == "selfalign_vs_baseline"].iloc[0]
-    assert row.missing_seeds == "1" and "planned seeds 0,1,2, seeds 1 not recorded" in row.note
+    assert row.missing_seeds == "1" and "planned seeds 0,1,2, 1 not recorded" in row.note
     assert "missing seeds 1" in "\n".join(_missing_note(t))
     main = tables.main_table(df, "rsicd", include_published=False)
     assert main.missing_seeds.tolist() == ["1", "1"]
