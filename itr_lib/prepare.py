@@ -1,0 +1,62 @@
+"""What training needs before it starts: the frozen feature caches, built where missing, as 00_data_prep does.
+
+A fresh clone has no caches. Every path that trains (a notebook's :func:`itr_lib.runs.run_grid`, the study runner's
+``--only 01`` or ``--retrain``) calls :func:`ensure_caches` first: a cache that exists and matches its sidecar is
+reused (a quick check), a missing one is built with a progress bar and one line saying so, and a dataset the data
+root lacks is one :class:`~itr_lib.data.DataError` naming it and the fix.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import dihedral
+from .data import load_dataset
+
+# notebook parameters that name the datasets a notebook trains or scores on (its feature caches must exist)
+DATASET_PARAMETERS = ("DATASET", "DATASETS", "LEVER_DATASET", "FINAL_DATASETS", "COMPARISON_DATASETS",
+                      "LOSS_ABLATION_DATASETS", "PROBE_DATASETS")
+
+
+def missing_caches(dataset: str, data_root=None, cache_dir=None, transforms=(dihedral.IDENTITY,)) -> list[str]:
+    """The caches of ``dataset`` that are missing or do not match their request (one entry per cache file):
+    image (every split, and the train split once per extra transform) and text."""
+    from .features import (TEXT_MAX_LEN, _image_tag, _paths, cache_status, image_sidecar, text_sidecar)
+    ds = load_dataset(dataset, data_root)
+    out = []
+    for split in ds.split_names:
+        sp = ds.split(split)
+        for t in transforms if split == "train" else (dihedral.IDENTITY,):
+            npy, side = _paths(ds.name, split, "image", _image_tag("efficientnet-lite2", 224, t), cache_dir)
+            if cache_status(npy, side, image_sidecar(ds, sp, "efficientnet-lite2", 224, t)) != "ok":
+                out.append(str(npy))
+        npy, side = _paths(ds.name, split, "text", f"minilm-{TEXT_MAX_LEN}", cache_dir)
+        if cache_status(npy, side, text_sidecar(ds, sp, TEXT_MAX_LEN)) != "ok":
+            out.append(str(npy))
+    return out
+
+
+def ensure_caches(dataset: str, data_root=None, cache_dir=None, transforms=(dihedral.IDENTITY,),
+                  progress: bool | None = None, say=print) -> int:
+    """Build the missing caches of ``dataset`` (:func:`missing_caches`) with progress bars, saying so in one line
+    first; returns how many were missing (0: nothing to do, nothing printed)."""
+    from .features import cache_root, ensure_features
+    missing = missing_caches(dataset, data_root, cache_dir, transforms)
+    if missing:
+        say(f"feature caches of {dataset}: {len(missing)} missing under {cache_root(cache_dir) / Path(dataset).stem}"
+            f"; building them (as 00_data_prep does; minutes on a CPU)")
+        ensure_features(dataset, data_root=data_root, root=cache_dir, progress=progress, benchmark=False)
+        extra = [t for t in transforms if t != dihedral.IDENTITY]
+        if extra:
+            ensure_features(dataset, ["train"], data_root=data_root, root=cache_dir, progress=progress,
+                            benchmark=False, transforms=extra)
+    return len(missing)
+
+
+def ensure_run_caches(configs, progress: bool | None = None, say=print) -> None:
+    """:func:`ensure_caches` for every dataset / data root / cache the ``configs`` (TrainConfigs) train on."""
+    needs: dict[tuple, set] = {}
+    for cfg in configs:
+        key = (cfg.dataset, cfg.data_root, cfg.cache_dir)
+        needs.setdefault(key, {dihedral.IDENTITY}).update(cfg.image_transforms or ())
+    for (dataset, data_root, cache_dir), transforms in needs.items():
+        ensure_caches(dataset, data_root, cache_dir, tuple(sorted(transforms)), progress, say)
