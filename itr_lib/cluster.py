@@ -222,7 +222,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
     listen on 127.0.0.1 only. A ``tls://`` scheduler needs ``security`` (a distributed ``Security``; default
     :func:`tls_security`, from Dask's configuration): docs/cluster.md."""
     from distributed import Client, LocalCluster
-    from .failures import QuietTaskErrors
+    from .failures import QuietWorker
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     address = scheduler_address(scheduler)
     if jobqueue and not address:
@@ -256,7 +256,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
                                  env=env)
         client = Client(local, set_as_default=False)
     client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
-    client.register_plugin(QuietTaskErrors(), name=QuietTaskErrors.name)
+    client.register_plugin(QuietWorker(), name=QuietWorker.name)
     return Cluster(client, local)
 
 

@@ -56,13 +56,20 @@ class _DropComputeFailed(logging.Filter):
         return not str(record.msg).startswith("Compute Failed")
 
 
-class QuietTaskErrors(WorkerPlugin):
-    """Drops the worker's "Compute Failed" log block (key, task, exception, traceback, full of the kernel's ANSI
-    codes) for a task that raised: the error goes back to whoever submitted the task, which reports it once."""
+class QuietWorker(WorkerPlugin):
+    """A worker that reports a task's error once, and stops quietly: it drops its "Compute Failed" log block (key,
+    task, exception, traceback, full of the kernel's ANSI codes; the error goes back to whoever submitted the task,
+    which reports it once), and its progress bars hold no multiprocessing semaphore that a worker stopped mid-run
+    would leak (the resource tracker's "leaked semaphore" warning)."""
 
-    name = "itr-quiet-task-errors"
+    name = "itr-quiet-worker"
 
     def setup(self, worker):
+        import threading
+        from tqdm import tqdm
+        # tqdm's default lock is a multiprocessing semaphore: a worker stopped mid-run (an interrupted study) leaves
+        # it behind, and the resource tracker warns about it at exit; the worker's bars need a thread lock only
+        tqdm.set_lock(threading.RLock())
         logger = logging.getLogger("distributed.worker")
         if not any(isinstance(f, _DropComputeFailed) for f in logger.filters):
             logger.addFilter(_DropComputeFailed())

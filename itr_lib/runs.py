@@ -69,6 +69,10 @@ def _drop_if_empty(run_dir: Path, fresh: bool) -> None:
     from (a refused config, a missing cache): remove it, so failed configs leave no empty run folders."""
     if fresh and run_dir.is_dir() and not any((run_dir / f).exists() for f in ("last.pt", "best.pt", "metrics.json")):
         shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            run_dir.parent.rmdir()  # runs/ itself, when this was its only run
+        except OSError:
+            pass
 
 
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
@@ -119,7 +123,6 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     from tqdm.auto import tqdm
     from .io import progress_enabled
     results_dir = Path(results_dir).resolve()
-    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
     for cfg in configs:
         if cfg.run_dir is None:
             cfg.run_dir = str(results_dir / "runs" / cfg.run_name())

@@ -310,6 +310,8 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     not retried, unless its worker was lost (at most ``notebook_retries`` times): :class:`NotebookFailed` carries
     the kernel's one message. However the study ends, the cluster is closed and no lock of a stopped worker remains."""
     from distributed import as_completed
+    from . import study as tasks  # the tasks by their module's name (under `python -m` this module is __main__,
+    # whose functions Dask would ship by value, each worker with its own copy of the kernel list)
     from .cluster import check_workers, connect, remove_dead_locks, tls_env
     from .failures import one_line, worker_lost
     prof = load_profile(profile)
@@ -360,7 +362,7 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
                 def submit(t: dict | None = None, attempt: int = 0) -> None:
                     t = t or queue.pop(0)
                     print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
-                    f = client.submit(_execute_notebook, str(t["notebook"]), str(t["output"]), t["parameters"],
+                    f = client.submit(tasks._execute_notebook, str(t["notebook"]), str(t["output"]), t["parameters"],
                                       timeout, cluster.address, env, retries=0,
                                       key=f"notebook-{t['output'].stem}-{time.time_ns()}")
                     futs[f] = (t, attempt)
@@ -385,7 +387,7 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
             if futs:
                 client.cancel(list(futs), force=True)
                 try:  # the kernels of notebooks still running: stop them before their workers go
-                    client.run(stop_kernels)
+                    client.run(tasks.stop_kernels)
                 except Exception:  # noqa: BLE001 - best effort on the way out
                     pass
             raise
