@@ -53,26 +53,30 @@ def _train_one(cfg_dict: dict, threads: int | None, results_dir: str | None = No
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(cfg_dict)
     fresh = not Path(cfg.run_dir).exists()
-    with RunLock(cfg.run_dir):
+    try:
+        with RunLock(cfg.run_dir):
+            try:
+                out = train(cfg)
+            except BaseException:
+                _drop_if_empty(Path(cfg.run_dir), fresh)
+                raise
+            if results_dir is not None:
+                publish(cfg, Path(results_dir))
+    except BaseException:
         try:
-            out = train(cfg)
-        except BaseException:
-            _drop_if_empty(Path(cfg.run_dir), fresh)
-            raise
-        if results_dir is not None:
-            publish(cfg, Path(results_dir))
+            Path(cfg.run_dir).parent.rmdir()  # runs/ itself, once the lock is gone, when nothing else is in it
+        except OSError:
+            pass
+        raise
     return out
 
 
 def _drop_if_empty(run_dir: Path, fresh: bool) -> None:
     """A run folder this call created whose training failed before its first checkpoint holds nothing to resume
-    from (a refused config, a missing cache): remove it, so failed configs leave no empty run folders."""
+    from (a refused config, a missing cache): remove it (under the run's lock), so failed configs leave no empty run
+    folders."""
     if fresh and run_dir.is_dir() and not any((run_dir / f).exists() for f in ("last.pt", "best.pt", "metrics.json")):
         shutil.rmtree(run_dir, ignore_errors=True)
-        try:
-            run_dir.parent.rmdir()  # runs/ itself, when this was its only run
-        except OSError:
-            pass
 
 
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
