@@ -195,7 +195,9 @@ def tls_security(ca_file: str | None = None, cert: str | None = None, key: str |
     for path in (ca, cert, key):
         if path and not Path(path).is_file():
             raise ClusterError(f"TLS file {path} does not exist. Fix: check the path (docs/cluster.md makes them).")
-    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+    # the same files for every role: a client here, and the scheduler and workers of a Slurm cluster it starts
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                    tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
 
 
 def tls_env(security) -> dict:
@@ -229,7 +231,9 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
         if jobqueue != "slurm":
             raise ClusterError(f"--jobqueue {jobqueue!r} is not supported. Fix: use --jobqueue slurm, or start the "
                                f"cluster yourself and pass --scheduler ADDRESS (docs/cluster.md).")
-        local = slurm_cluster(jobs=jobs, threads=threads)
+        security = security if security is not None else tls_security()
+        local = slurm_cluster(jobs=jobs, threads=threads,
+                              **({"protocol": "tls://", "security": security} if security is not None else {}))
         client = Client(local, set_as_default=False)
     elif address:
         security = security if security is not None else tls_security()
