@@ -1,7 +1,7 @@
 """The study runner: execute the numbered notebooks in order with papermill, per profile.
 
     python -m itr_lib.study --profile smoke|full [--only 00 02 ...] [-p NAME VALUE ...] [--timeout S]
-                            [--scheduler tcp://HOST:8786] [--workers N]
+                            [--scheduler tls://HOST:8786 --tls-ca-file CA --tls-cert CERT --tls-key KEY] [--workers N]
 
 A profile is ``configs/<profile>.yaml``: a list of notebook executions, each with its parameters. Every
 parameter name is checked against the notebook's ``parameters`` cell (``papermill.inspect_notebook``):
@@ -16,6 +16,12 @@ Everything executes on one Dask cluster (:mod:`itr_lib.cluster`, ``docs/cluster.
 tasks, and the kernels send their training runs to the same scheduler (``$DASK_SCHEDULER_ADDRESS``). By default a local
 cluster (one worker process per core, one thread each); ``--scheduler ADDRESS`` (or ``$DASK_SCHEDULER_ADDRESS``) runs
 on an existing cluster whose workers share the repository, the data root and the results folder.
+
+Before anything starts, parameter names and values are checked (``-p EPOCHS -1`` is one line naming the parameter,
+the value and the allowed range) and missing feature caches are built (:mod:`itr_lib.prepare`). A run with ``-p``
+overrides writes to ``results/adhoc`` unless ``--results-dir`` says otherwise. A failed notebook is not retried
+unless its worker was lost (:mod:`itr_lib.failures`); its one message is printed once (exit 1). Ctrl-C and SIGTERM
+stop the kernels and the cluster, remove the locks of stopped runs and print one line (exit 130 / 143).
 
 ``--retrain GLOB`` calls :func:`itr_lib.runs.retrain`: checkpoints are not committed, so a fresh clone that needs
 them (04_efficiency times the lowest-seed checkpoint of each method, 03 reads two) retrains those runs from the

@@ -235,3 +235,37 @@ def test_ctrl_c_and_sigterm_end_with_one_line_and_no_lock(tmp_path, mini_cache, 
     assert sum(said in ln for ln in lines) == 1 and not [n for n in NOISE if n in text], text
     time.sleep(1.0)
     assert not list(out.glob("runs/*.lock"))
+
+
+# ----------------------------------------------------------------------------------------------- the smoke profile
+def test_markdown_tables_keep_seed_lists_as_text_and_blank_missing_values(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from itr_lib.tables import write_table
+    df = pd.DataFrame({"variant": ["baseline", "lca+cra"], "n_seeds": [1, 1], "seeds": ["0", "0"], "mr": [40.0, 41.0],
+                       "mr_std": [0.0, 0.0], "mr_optimistic": [45.0, np.nan], "published": [False, False]})
+    _, md = write_table(df, "main_x", tmp_path)
+    rows = md.read_text().splitlines()[2:]
+    assert all(r.split("|")[3].strip() == "0" for r in rows), rows  # the seed list "0", not 0.00
+    assert "nan" not in md.read_text() and "45.00" in md.read_text()
+
+
+def test_ivfpq_on_a_small_gallery_trains_without_faiss_warnings(capfd):
+    import numpy as np
+    from itr_lib.efficiency.indexes import build_faiss
+    x = np.random.default_rng(0).standard_normal((2000, 64)).astype(np.float32)
+    index = build_faiss("ivfpq", x)
+    assert index.ntotal == 2000
+    assert "please provide at least" not in capfd.readouterr().err
+
+
+def test_the_smoke_profile_writes_results_md_and_leaves_the_readme(tmp_path):
+    import yaml
+    from itr_lib.report import write_report
+    smoke = yaml.safe_load((ROOT / "configs" / "smoke.yaml").read_text())
+    params = next(e["parameters"] for e in smoke["notebooks"] if e["notebook"] == "05_results")
+    assert params.get("WRITE_REPORT") is True and not params.get("README_BLOCK")
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n<!-- RESULTS:BEGIN -->\nold\n<!-- RESULTS:END -->\n")
+    assert write_report(tmp_path, readme=readme, readme_block=False) == [tmp_path / "RESULTS.md"]
+    assert (tmp_path / "RESULTS.md").read_text().startswith("# Results") and "old" in readme.read_text()
