@@ -1,4 +1,5 @@
-"""What training needs before it starts: the frozen feature caches, built where missing, as 00_data_prep does.
+"""What a study needs before it starts: parameter values in range, datasets that exist, and the frozen feature
+caches, built where missing, as 00_data_prep does.
 
 A fresh clone has no caches. Every path that trains (a notebook's :func:`itr_lib.runs.run_grid`, the study runner's
 ``--only 01`` or ``--retrain``) calls :func:`ensure_caches` first: a cache that exists and matches its sidecar is
@@ -60,3 +61,61 @@ def ensure_run_caches(configs, progress: bool | None = None, say=print) -> None:
         needs.setdefault(key, {dihedral.IDENTITY}).update(cfg.image_transforms or ())
     for (dataset, data_root, cache_dir), transforms in needs.items():
         ensure_caches(dataset, data_root, cache_dir, tuple(sorted(transforms)), progress, say)
+
+
+# ----------------------------------------------------------------------------------------------- the runner's checks
+def value_problems(todo: list[dict]) -> str:
+    """What the study runner refuses before anything starts (``""``: nothing): parameter values outside their range
+    (:data:`itr_lib.params.RANGES`; the TrainConfig fields of ``OVERRIDES`` / ``COMPARISON_OVERRIDES``:
+    :data:`itr_lib.config.FIELD_RANGES`) and datasets the data root lacks, in one line naming each parameter, its
+    value and what is allowed. ``todo``: the runner's executions (``notebook`` path and ``parameters``)."""
+    from .config import FIELD_RANGES
+    from .data import DataError, resolve_json
+    from .io import repo_path
+    from .params import range_errors
+    found: dict[tuple[str, str], list[str]] = {}  # (what, why) -> the notebooks it concerns
+    for t in todo:
+        params, where = t["parameters"], t["notebook"].stem
+        bad = [tuple(line.split(": ", 1)) for line in range_errors(params)]
+        for name in ("OVERRIDES", "COMPARISON_OVERRIDES"):
+            for key, value in (params.get(name) or {}).items():
+                if key in FIELD_RANGES and not FIELD_RANGES[key][0](value):
+                    bad.append((f"{name}.{key} = {value!r}", f"must be {FIELD_RANGES[key][1]}"))
+        root = repo_path(params["DATA_ROOT"]) if params.get("DATA_ROOT") else None
+        for name in DATASET_PARAMETERS:
+            for ds in ([params[name]] if isinstance(params.get(name), str) else params.get(name) or []):
+                try:
+                    resolve_json(ds, root)
+                except DataError as err:
+                    bad.append((f"{name} = {ds!r}", str(err).rstrip(".")))
+        for key in bad:
+            found.setdefault(key, []).append(where)
+    if not found:
+        return ""
+    ranges = any(why.startswith("must be") for _, why in found)
+    return ("; ".join(f"{what} ({', '.join(dict.fromkeys(nbs))}): {why}" for (what, why), nbs in found.items())
+            + (". Fix: pass allowed values (-p NAME VALUE, or the profile)" if ranges else "")
+            + "; nothing was started.")
+
+
+def build_missing_caches(todo: list[dict], say=print) -> None:
+    """Build, here and with progress, the feature caches the selected notebooks need that are missing (a fresh clone
+    running ``--only 01``), as 00_data_prep does; datasets a selected 00_data_prep builds are left to it."""
+    from .io import repo_path
+
+    def where(p: dict) -> tuple:
+        return p.get("DATA_ROOT") or "", p.get("CACHE_DIR") or ""
+    prepped = {(t["parameters"].get("DATASET"), *where(t["parameters"])) for t in todo
+               if t["notebook"].name.startswith("00_") and t["parameters"].get("BUILD_FEATURES", True)}
+    seen = set(prepped)
+    for t in todo:
+        p = t["parameters"]
+        if t["notebook"].name.startswith(("00_", "05_")):
+            continue
+        for name in DATASET_PARAMETERS:
+            for ds in [p[name]] if isinstance(p.get(name), str) else p.get(name) or []:
+                if (ds, *where(p)) in seen:
+                    continue
+                seen.add((ds, *where(p)))
+                root, cache = where(p)
+                ensure_caches(ds, repo_path(root) if root else None, repo_path(cache) if cache else None, say=say)

@@ -99,39 +99,6 @@ def check_parameters(nb: Path, params: dict) -> None:
                          f"Fix: correct the name in the profile or the call.")
 
 
-def check_values(todo: list[dict]) -> None:
-    """Raise StudyError, before anything starts, for parameter values outside their range (:data:`itr_lib.params.
-    RANGES`; the TrainConfig fields of ``OVERRIDES`` / ``COMPARISON_OVERRIDES``: :data:`itr_lib.config.FIELD_RANGES`)
-    and for datasets the data root lacks: one line per problem, naming the parameter, the value and what is allowed."""
-    from .config import FIELD_RANGES
-    from .data import DataError, resolve_json
-    from .io import repo_path
-    from .params import range_errors
-    from .prepare import DATASET_PARAMETERS
-    problems: dict[str, list[str]] = {}
-    missing: dict[str, list[str]] = {}
-    for t in todo:
-        params, where = t["parameters"], t["notebook"].stem
-        found = range_errors(params)
-        for name in ("OVERRIDES", "COMPARISON_OVERRIDES"):
-            for key, value in (params.get(name) or {}).items():
-                if key in FIELD_RANGES and not FIELD_RANGES[key][0](value):
-                    found.append(f"{name}.{key} = {value!r}: must be {FIELD_RANGES[key][1]}")
-        root = repo_path(params["DATA_ROOT"]) if params.get("DATA_ROOT") else None
-        for name in DATASET_PARAMETERS:
-            for ds in ([params[name]] if isinstance(params.get(name), str) else params.get(name) or []):
-                try:
-                    resolve_json(ds, root)
-                except DataError as err:
-                    missing.setdefault(f"{name} = {ds!r} ({{}}): {str(err).rstrip('.')}", []).append(where)
-        for line in found:
-            problems.setdefault(line + " ({})", []).append(where)
-    if problems or missing:
-        fix = ". Fix: pass allowed values (-p NAME VALUE, or the profile)" if problems else ""
-        raise StudyError("; ".join(line.format(", ".join(dict.fromkeys(nbs)))
-                                   for line, nbs in {**problems, **missing}.items()) + fix + "; nothing was started.")
-
-
 def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
                overrides: dict | None = None) -> list[dict]:
     """Expand the profile into concrete executions (notebook, output, parameters).
@@ -265,31 +232,6 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
-def build_missing_caches(todo: list[dict]) -> None:
-    """Build, here and with progress, the feature caches the selected notebooks need that are missing (a fresh clone
-    running ``--only 01``), as 00_data_prep does; datasets a selected 00_data_prep builds are left to it."""
-    from .io import repo_path
-    from .prepare import DATASET_PARAMETERS, ensure_caches
-
-    def where(p: dict) -> tuple:
-        return p.get("DATA_ROOT") or "", p.get("CACHE_DIR") or ""
-    prepped = {(t["parameters"].get("DATASET"), *where(t["parameters"])) for t in todo
-               if t["notebook"].name.startswith("00_") and t["parameters"].get("BUILD_FEATURES", True)}
-    seen = set(prepped)
-    for t in todo:
-        p = t["parameters"]
-        if t["notebook"].name.startswith(("00_", "05_")):
-            continue
-        for name in DATASET_PARAMETERS:
-            for ds in [p[name]] if isinstance(p.get(name), str) else p.get(name) or []:
-                if (ds, *where(p)) in seen:
-                    continue
-                seen.add((ds, *where(p)))
-                root, cache = where(p)
-                ensure_caches(ds, repo_path(root) if root else None, repo_path(cache) if cache else None,
-                              say=lambda m: print(f"[study] {m}", flush=True))
-
-
 def _reused_lines(executed: Path, most: int = 3) -> list[str]:
     """The ``reused <run>, test mR x`` lines an executed notebook printed (:func:`itr_lib.runs.run_grid`)."""
     try:
@@ -310,8 +252,8 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     TLS credentials), or ``jobs`` Slurm jobs (``jobqueue="slurm"``, :func:`itr_lib.cluster.slurm_cluster`).
 
     Before anything starts, every parameter name and value is checked (:func:`check_parameters`,
-    :func:`check_values`) and the feature caches the selected notebooks need are built where missing
-    (:func:`build_missing_caches`); then every worker must see the repository and the data root and be able to write
+    :func:`itr_lib.prepare.value_problems`) and the feature caches the selected notebooks need are built where
+    missing (:func:`itr_lib.prepare.build_missing_caches`); then every worker must see the repository and the data root and be able to write
     the results folder (:func:`results_folder`: ``results/adhoc`` for a run with overrides). A notebook that fails is
     not retried, unless its worker was lost (at most ``notebook_retries`` times): :class:`NotebookFailed` carries
     the kernel's one message. However the study ends, the cluster is closed and no lock of a stopped worker remains."""
@@ -320,19 +262,22 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     # whose functions Dask would ship by value, each worker with its own copy of the kernel list)
     from .cluster import check_workers, connect, remove_dead_locks, tls_env
     from .failures import one_line, worker_lost
+    from .prepare import build_missing_caches, value_problems
     prof = load_profile(profile)
     out_dir = results_folder(profile, results_dir, overrides)
     todo = executions(prof, out_dir, only, overrides)
     for t in todo:  # check every execution before running any
         check_parameters(t["notebook"], t["parameters"])
-    check_values(todo)
+    problems = value_problems(todo)
+    if problems:
+        raise StudyError(problems)
     manifest_path = out_dir / "study.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"profile": profile, "executions": {}}
     if dry_run:
         return {"planned": [str(t["output"]) for t in todo], "results_dir": str(out_dir)}
     timeout = timeout or prof.get("timeout", 3600)
     t_study = time.perf_counter()
-    build_missing_caches(todo)
+    build_missing_caches(todo, say=lambda m: print(f"[study] {m}", flush=True))
     out_dir.mkdir(parents=True, exist_ok=True)
     cluster = connect(scheduler, n_workers=n_workers, jobqueue=jobqueue, jobs=jobs, security=security)
     if jobqueue:

@@ -295,6 +295,25 @@ def test_the_local_clusters_scheduler_and_dashboard_listen_on_localhost_only(clu
     assert cluster.address.startswith("tcp://127.0.0.1:")
 
 
+def _within(seconds: float, fn):
+    """``fn()``'s result, its exception re-raised, or a failure (not a hang) when it takes longer than ``seconds``."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"still waiting after {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def _self_signed(folder: Path, name: str) -> tuple[str, str]:
     """A self-signed certificate and its key (openssl), the recipe of docs/cluster.md."""
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"
@@ -325,17 +344,20 @@ def test_a_tls_scheduler_runs_tasks_and_refuses_clients_without_its_certificate(
     try:
         procs.append(subprocess.Popen([dask_cli, "worker", address, "--nworkers", "1", "--nthreads", "1",
                                        "--no-dashboard", *tls], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with connect(address, timeout=30, security=tls_security(cert, cert, key)) as c:
-            c.client.wait_for_workers(1, timeout=60)
-            assert c.client.submit(lambda x: x + 1, 41).result(timeout=60) == 42
-            assert all(a.startswith("tls://") for a in c.client.scheduler_info()["workers"])
+        def with_credentials():
+            with connect(address, timeout=30, security=tls_security(cert, cert, key)) as c:
+                c.client.wait_for_workers(1, timeout=60)
+                workers = list(c.client.scheduler_info()["workers"])
+                return c.client.submit(lambda x: x + 1, 41).result(timeout=60), workers
+        answer, workers = _within(150, with_credentials)
+        assert answer == 42 and workers and all(a.startswith("tls://") for a in workers)
         with pytest.raises(ClusterError, match=r"speaks TLS, and no TLS credentials are set\. Fix: pass --tls-ca-file"):
             connect(address, timeout=5)
         stranger = Security(tls_ca_file=other_cert, tls_client_cert=other_cert, tls_client_key=other_key,
                             require_encryption=True)
         for kw, addr in (({}, address), ({"security": stranger}, address), ({}, f"tcp://127.0.0.1:{port}")):
             with pytest.raises(Exception):  # noqa: B017 - refused (TLS handshake, missing context, closed comm)
-                Client(addr, timeout="5s", set_as_default=False, **kw).close()
+                _within(60, lambda: Client(addr, timeout="5s", set_as_default=False, **kw).close())
     finally:
         for p in reversed(procs):
             p.terminate()

@@ -106,10 +106,10 @@ def test_a_negative_epoch_count_is_one_line_before_anything_starts(tmp_path, cap
     rc = main(["--profile", "smoke", "--only", "01", "-p", "EPOCHS", "-1", "--results-dir", str(out)])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err.count("\n") == 0 and "EPOCHS = -1: must be an integer >= 1 (01_train)" in err, err
+    assert err.count("\n") == 0 and "EPOCHS = -1 (01_train): must be an integer >= 1" in err, err
     assert not out.exists()  # no results folder, no run folder: nothing started
     rc = main(["--profile", "smoke", "--only", "07", "-p", "OVERRIDES", "{epochs: 0}", "--dry-run"])
-    assert rc == 2 and "OVERRIDES.epochs = 0: must be an integer >= 1" in capsys.readouterr().err
+    assert rc == 2 and "OVERRIDES.epochs = 0 (07_recipe): must be an integer >= 1" in capsys.readouterr().err
     rc = main(["--profile", "smoke", "--only", "01", "-p", "DATASET", "nosuch", "--dry-run"])
     assert rc == 2 and "DATASET = 'nosuch' (01_train): dataset JSON" in capsys.readouterr().err
 
@@ -269,3 +269,25 @@ def test_the_smoke_profile_writes_results_md_and_leaves_the_readme(tmp_path):
     readme.write_text("x\n<!-- RESULTS:BEGIN -->\nold\n<!-- RESULTS:END -->\n")
     assert write_report(tmp_path, readme=readme, readme_block=False) == [tmp_path / "RESULTS.md"]
     assert (tmp_path / "RESULTS.md").read_text().startswith("# Results") and "old" in readme.read_text()
+
+
+def test_the_runner_builds_the_caches_of_the_selected_notebooks_unless_00_does(monkeypatch, tmp_path):
+    import itr_lib.prepare
+    from itr_lib.prepare import build_missing_caches
+    from itr_lib.study import executions, load_profile
+    built = []
+    monkeypatch.setattr(itr_lib.prepare, "ensure_caches", lambda ds, root, cache, **kw: built.append((ds, root)))
+    prof = load_profile(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"))
+    build_missing_caches(executions(prof, tmp_path, ["01", "03"]))  # --only 01 03: nothing builds mini's caches
+    assert built == [("mini", ROOT / "tests" / "fixtures")]
+    built.clear()
+    build_missing_caches(executions(prof, tmp_path, ["00", "01"]))  # 00_data_prep builds them itself
+    assert built == []
+
+
+def test_the_runner_echoes_the_reused_runs_a_notebook_printed(tmp_path):
+    from itr_lib.study import _reused_lines
+    nb = {"cells": [{"cell_type": "code", "outputs": [
+        {"output_type": "stream", "name": "stdout", "text": ["ucm-selfalign-x\n", "reused ucm-selfalign-x, test mR 43.21\n"]}]}]}
+    (tmp_path / "01.ipynb").write_text(json.dumps(nb))
+    assert _reused_lines(tmp_path / "01.ipynb") == ["reused ucm-selfalign-x, test mR 43.21"]
