@@ -241,6 +241,17 @@ def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
         signal.signal(signal.SIGINT, outer)
 
 
+def _stop(procs: list) -> None:
+    """Terminate the CLI scheduler / worker processes of a test, newest first (killed after 20 s)."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -272,13 +283,7 @@ def test_the_by_hand_recipe_of_docs_cluster_md(tmp_path, serial, mini_cache, fix
         got = run_grid(_grid(mini_cache, fixture_root, epochs=3), tmp_path, progress=False, scheduler=address)
         _assert_same(got, want)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
 
 
 def test_the_local_cluster_starts_workers_without_dasks_malloc_trim_setting(cluster):
@@ -359,10 +364,4 @@ def test_a_tls_scheduler_runs_tasks_and_refuses_clients_without_its_certificate(
             with pytest.raises(Exception):  # noqa: B017 - refused (TLS handshake, missing context, closed comm)
                 _within(60, lambda: Client(addr, timeout="5s", set_as_default=False, **kw).close())
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
