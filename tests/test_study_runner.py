@@ -158,15 +158,20 @@ def test_the_summary_names_only_folders_that_exist(tmp_path):
     assert first.endswith("(executed/)") and "tables/" not in first
 
 
-def test_missing_caches_are_built_before_training(tmp_path, capsys, fixture_root):
-    """A fresh clone: no feature cache; the run builds them (as 00_data_prep does) instead of failing."""
-    cache = tmp_path / "cache"
+def test_retrain_on_a_fresh_clone_builds_the_missing_caches(tmp_path, capsys, fixture_root):
+    """A fresh clone: records, no feature cache; --retrain (and any training) builds them, as 00_data_prep does,
+    instead of stopping on a CacheError."""
+    from recorded_runs import record_run
+    from itr_lib.runs import retrain
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    cache.mkdir()
     cfg = TrainConfig(dataset="mini", data_root=str(fixture_root), cache_dir=str(cache), dim=32, batch_size=4,
                       epochs=1, progress=False)
-    got = run_grid([cfg], tmp_path / "results", progress=False, workers=1)
-    assert got[0]["run"] == cfg.run_name()
+    record_run(results, cfg, val_mr=30.0, hits_seed=0)
+    rows = retrain(results, ["*"], workers=1)
+    assert rows[0]["run"] == cfg.run_name() and rows[0]["retrained_mr"] is not None
     assert "feature caches of mini: 6 missing under" in capsys.readouterr().out
-    assert len(list((cache / "mini").glob("*.npy"))) >= 6
+    assert len(list((cache / "mini").glob("*.npy"))) >= 6 and (results / "runs" / cfg.run_name() / "best.pt").is_file()
 
 
 def test_features_help_names_only_make_targets_that_exist(capsys):
