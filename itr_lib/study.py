@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from .failures import strip_ansi
 from .io import REPO_ROOT, git_commit, read_json, write_json
+from .notebook_task import encrypted_kernel_manager  # noqa: F401  (the runner's kernel manager, for callers)
 
 log = logging.getLogger(__name__)
 
@@ -136,77 +136,6 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
     return todo
 
 
-_KERNELS: list = []  # the kernel managers of the notebooks this process executes (stop_kernels ends them)
-
-
-def encrypted_kernel_manager():
-    """A kernel manager that provisions CurveZMQ keys when pyzmq and the kernelspec support them (ipykernel >= 7.3
-    otherwise warns on every start that the kernel runs over TCP without encryption); plain TCP where they do not.
-    Each manager is remembered, so an interrupted study can stop its kernels (:func:`stop_kernels`)."""
-    import zmq
-    from jupyter_client.manager import KernelManager
-
-    class EncryptedKernelManager(KernelManager):
-        def __init__(self, **kw):
-            super().__init__(**kw)
-            if zmq.has("curve"):
-                self.transport_encryption = "auto"
-            _KERNELS.append(self)
-    return EncryptedKernelManager
-
-
-def stop_kernels() -> int:
-    """Stop (SIGTERM to its process group) every kernel this process started that still runs; run on each worker
-    when a study is interrupted, before the workers stop (a kernel orphaned by its worker would otherwise go on,
-    then print "Parent appears to have exited"). Returns how many were stopped."""
-    import signal
-    n = 0
-    while _KERNELS:
-        km = _KERNELS.pop()
-        proc = getattr(getattr(km, "provisioner", None), "process", None)
-        if proc is not None and proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)  # the kernel leads its own session (jupyter_client)
-                proc.wait(timeout=10)
-                n += 1
-            except (OSError, Exception):  # noqa: BLE001 - gone meanwhile, or not a group leader
-                pass
-    return n
-
-
-def _execute_notebook(notebook: str, output: str, parameters: dict, timeout: int, scheduler: str,
-                      env: dict | None = None) -> float:
-    """Execute one notebook with papermill; the task a Dask worker runs (importable by any worker). The kernel
-    inherits ``$DASK_SCHEDULER_ADDRESS`` (and ``env``: the TLS files of a ``tls://`` scheduler), so the notebook's
-    training runs go to the same cluster; the task secedes from the worker's thread pool while the notebook runs, so
-    those runs can use every worker."""
-    import papermill as pm
-    from .cluster import SCHEDULER_ENV
-    # set for the kernel this task starts, then put back: an in-process cluster shares os.environ with the caller,
-    # which must not keep pointing at a scheduler that closes with the study
-    env = {SCHEDULER_ENV: scheduler, **(env or {})}
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        try:
-            from distributed import secede
-            secede()
-        except ValueError:  # not inside a Dask task (called directly)
-            pass
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        pm.execute_notebook(notebook, output, parameters=parameters, kernel_name="python3", cwd=str(REPO_ROOT),
-                            execution_timeout=timeout, progress_bar=False, log_output=False,
-                            kernel_manager_class=encrypted_kernel_manager())
-        return time.perf_counter() - t0
-    finally:
-        for k, v in previous.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def shared_paths(todo: list[dict]) -> list[Path]:
     """The folders every worker must read: the repository and each data root the executions name."""
     from .data import data_root
@@ -258,8 +187,8 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     not retried, unless its worker was lost (at most ``notebook_retries`` times): :class:`NotebookFailed` carries
     the kernel's one message. However the study ends, the cluster is closed and no lock of a stopped worker remains."""
     from distributed import as_completed
-    from . import study as tasks  # the tasks by their module's name (under `python -m` this module is __main__,
-    # whose functions Dask would ship by value, each worker with its own copy of the kernel list)
+    from . import notebook_task as tasks  # a module of its own: under `python -m` this one is __main__, whose
+    # functions Dask would ship by value (each worker with its own copy of the kernel list)
     from .cluster import check_workers, connect, remove_dead_locks, tls_env
     from .failures import one_line, worker_lost
     from .prepare import build_missing_caches, value_problems
@@ -313,7 +242,7 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
                 def submit(t: dict | None = None, attempt: int = 0) -> None:
                     t = t or queue.pop(0)
                     print(f"[study] {t['notebook'].name} -> {t['output']}", flush=True)
-                    f = client.submit(tasks._execute_notebook, str(t["notebook"]), str(t["output"]), t["parameters"],
+                    f = client.submit(tasks.execute_notebook, str(t["notebook"]), str(t["output"]), t["parameters"],
                                       timeout, cluster.address, env, retries=0,
                                       key=f"notebook-{t['output'].stem}-{time.time_ns()}")
                     futs[f] = (t, attempt)
