@@ -267,7 +267,8 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
 class _children_ignore_sigint:
     """While the local cluster starts, SIGINT is ignored, so its nanny and worker processes inherit "ignore": a
     Ctrl-C at the terminal (sent to the whole process group) reaches the runner only, which shuts the cluster down
-    in order, instead of every worker printing its own KeyboardInterrupt traceback."""
+    in order, instead of every worker printing its own KeyboardInterrupt traceback. (Only an ignored signal survives
+    the exec of a new process; the price: a Ctrl-C in the few seconds the cluster takes to start is ignored.)"""
 
     def __enter__(self):
         import signal
