@@ -215,6 +215,10 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
         n = check_workers(cluster.client, readable=shared_paths(todo), writable=[out_dir])
         where = "local cluster" if cluster.local is not None else f"scheduler {cluster.address}"
         print(f"[study] {where}: {n} workers; dashboard {cluster.dashboard}", flush=True)
+        if cluster.local is None and cluster.address.startswith("tcp://") and \
+                not cluster.address.startswith(("tcp://127.", "tcp://localhost:", "tcp://[::1]")):
+            print(f"[study] warning: {cluster.address} is plain TCP: anyone who reaches that port runs code as the "
+                  f"workers' user. Use TLS (docs/cluster.md).", flush=True)
 
         def record(t: dict, secs: float) -> None:
             # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
