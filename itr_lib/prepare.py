@@ -13,9 +13,20 @@ from pathlib import Path
 from . import dihedral
 from .data import load_dataset
 
-# notebook parameters that name the datasets a notebook trains or scores on (its feature caches must exist)
-DATASET_PARAMETERS = ("DATASET", "DATASETS", "LEVER_DATASET", "FINAL_DATASETS", "COMPARISON_DATASETS",
-                      "LOSS_ABLATION_DATASETS", "PROBE_DATASETS")
+# per notebook (its number), the parameters naming datasets it loads from the data root and trains or scores on (their
+# feature caches must exist); 04, 05 and 06 find their datasets through the recorded runs' configs instead
+DATASET_PARAMETERS = {"00": ("DATASET",), "01": ("DATASET",), "03": ("DATASET",),
+                      "02": ("DATASETS", "COMPARISON_DATASETS", "LOSS_ABLATION_DATASETS", "PROBE_DATASETS"),
+                      "07": ("LEVER_DATASET", "FINAL_DATASETS")}
+
+
+def datasets_named(notebook: Path, params: dict) -> list[str]:
+    """The datasets a notebook execution loads from the data root (:data:`DATASET_PARAMETERS`)."""
+    out = []
+    for name in DATASET_PARAMETERS.get(notebook.name[:2], ()):
+        value = params.get(name)
+        out += [value] if isinstance(value, str) else list(value or [])
+    return out
 
 
 def missing_caches(dataset: str, data_root=None, cache_dir=None, transforms=(dihedral.IDENTITY,)) -> list[str]:
@@ -82,12 +93,11 @@ def value_problems(todo: list[dict]) -> str:
                 if key in FIELD_RANGES and not FIELD_RANGES[key][0](value):
                     bad.append((f"{name}.{key} = {value!r}", f"must be {FIELD_RANGES[key][1]}"))
         root = repo_path(params["DATA_ROOT"]) if params.get("DATA_ROOT") else None
-        for name in DATASET_PARAMETERS:
-            for ds in ([params[name]] if isinstance(params.get(name), str) else params.get(name) or []):
-                try:
-                    resolve_json(ds, root)
-                except DataError as err:
-                    bad.append((f"{name} = {ds!r}", str(err).rstrip(".")))
+        for ds in datasets_named(t["notebook"], params):
+            try:
+                resolve_json(ds, root)
+            except DataError as err:
+                bad.append((f"dataset {ds!r}", str(err).rstrip(".")))
         for key in bad:
             found.setdefault(key, []).append(where)
     if not found:
@@ -110,12 +120,11 @@ def build_missing_caches(todo: list[dict], say=print) -> None:
     seen = set(prepped)
     for t in todo:
         p = t["parameters"]
-        if t["notebook"].name.startswith(("00_", "05_")):
+        if t["notebook"].name.startswith("00_"):
             continue
-        for name in DATASET_PARAMETERS:
-            for ds in [p[name]] if isinstance(p.get(name), str) else p.get(name) or []:
-                if (ds, *where(p)) in seen:
-                    continue
-                seen.add((ds, *where(p)))
-                root, cache = where(p)
-                ensure_caches(ds, repo_path(root) if root else None, repo_path(cache) if cache else None, say=say)
+        for ds in datasets_named(t["notebook"], p):
+            if (ds, *where(p)) in seen:
+                continue
+            seen.add((ds, *where(p)))
+            root, cache = where(p)
+            ensure_caches(ds, repo_path(root) if root else None, repo_path(cache) if cache else None, say=say)

@@ -111,7 +111,7 @@ def test_a_negative_epoch_count_is_one_line_before_anything_starts(tmp_path, cap
     rc = main(["--profile", "smoke", "--only", "07", "-p", "OVERRIDES", "{epochs: 0}", "--dry-run"])
     assert rc == 2 and "OVERRIDES.epochs = 0 (07_recipe): must be an integer >= 1" in capsys.readouterr().err
     rc = main(["--profile", "smoke", "--only", "01", "-p", "DATASET", "nosuch", "--dry-run"])
-    assert rc == 2 and "DATASET = 'nosuch' (01_train): dataset JSON" in capsys.readouterr().err
+    assert rc == 2 and "dataset 'nosuch' (01_train): dataset JSON" in capsys.readouterr().err
 
 
 def test_the_committed_profiles_pass_the_value_checks(capsys):
