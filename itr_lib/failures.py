@@ -30,10 +30,6 @@ def worker_lost(err: BaseException) -> bool:
     return bool(_names(err) & WORKER_LOSS)
 
 
-def disk_full(err: BaseException) -> bool:
-    return isinstance(err, OSError) and err.errno == errno.ENOSPC or "DiskFullError" in _names(err)
-
-
 def strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
