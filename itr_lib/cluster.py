@@ -84,11 +84,12 @@ def scheduler_address(scheduler: str | None = None) -> str | None:
 
 
 class sigint_deferred:
-    """Within this block, Ctrl-C (SIGINT) prints ``message`` instead of raising KeyboardInterrupt; the previous
-    handler comes back on exit. Only the main thread can set signal handlers: elsewhere this does nothing."""
+    """Within this block, Ctrl-C (SIGINT) and SIGTERM print ``message`` instead of raising (KeyboardInterrupt, or
+    the runner's own SIGTERM handler); the previous handlers come back on exit. Only the main thread can set signal
+    handlers: elsewhere this does nothing."""
 
     def __init__(self, message: str):
-        self.message, self.previous, self.received = message, None, 0
+        self.message, self.previous, self.received = message, {}, 0
 
     def _handler(self, signum, frame) -> None:
         self.received += 1
@@ -98,13 +99,14 @@ class sigint_deferred:
     def __enter__(self):
         import signal
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handler)
+            self.previous = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc):
         import signal
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for sig, handler in self.previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class Cluster:
@@ -174,42 +176,111 @@ def slurm_cluster(jobs: int = 1, cores: int | None = None, memory: str | None = 
     return cluster
 
 
+def tls_security(ca_file: str | None = None, cert: str | None = None, key: str | None = None):
+    """The client's TLS credentials for a ``tls://`` scheduler: the files given (the ``--tls-ca-file`` / ``--tls-cert``
+    / ``--tls-key`` of ``dask scheduler`` and ``dask worker``), else Dask's own configuration
+    (``$DASK_DISTRIBUTED__COMM__TLS__CA_FILE``, ``..._CLIENT__CERT``, ``..._CLIENT__KEY`` or a Dask config file,
+    ``distributed.comm.tls``); None when none is set. Encryption is required (no plain-TCP fallback)."""
+    import dask.config
+    from distributed.security import Security
+    ca = ca_file or dask.config.get("distributed.comm.tls.ca-file", None)
+    cert = cert or dask.config.get("distributed.comm.tls.client.cert", None)
+    key = key or dask.config.get("distributed.comm.tls.client.key", None)
+    if not (ca or cert or key):
+        return None
+    missing = [flag for flag, v in (("--tls-ca-file", ca), ("--tls-cert", cert)) if not v]
+    if missing:
+        raise ClusterError(f"TLS needs {' and '.join(missing)} as well. Fix: pass the CA file, this client's "
+                           f"certificate and key (or set them in Dask's configuration: docs/cluster.md).")
+    for path in (ca, cert, key):
+        if path and not Path(path).is_file():
+            raise ClusterError(f"TLS file {path} does not exist. Fix: check the path (docs/cluster.md makes them).")
+    # the same files for every role: a client here, and the scheduler and workers of a Slurm cluster it starts
+    return Security(tls_ca_file=ca, tls_client_cert=cert, tls_client_key=key, tls_scheduler_cert=cert,
+                    tls_scheduler_key=key, tls_worker_cert=cert, tls_worker_key=key, require_encryption=True)
+
+
+def tls_env(security) -> dict:
+    """Dask configuration variables that give a kernel (a client the notebook starts) the same TLS files."""
+    if security is None or not getattr(security, "tls_ca_file", None):
+        return {}
+    env = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": security.tls_ca_file,
+           "DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT": security.tls_client_cert,
+           "DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY": security.tls_client_key,
+           "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"}
+    return {k: str(v) for k, v in env.items() if v and ("-----BEGIN" not in str(v))}
+
+
 def connect(scheduler: str | None = None, n_workers: int | None = None, threads: int = 1,
-            timeout: float | None = None, dashboard_address: str | None = ":0",
-            jobqueue: str | None = None, jobs: int = 1, worker_config: dict | None = None) -> Cluster:
+            timeout: float | None = None, dashboard_address: str | None = "127.0.0.1:0",
+            jobqueue: str | None = None, jobs: int = 1, worker_config: dict | None = None,
+            security=None) -> Cluster:
     """A client on ``scheduler`` (or ``$DASK_SCHEDULER_ADDRESS``); else, with ``jobqueue="slurm"``, on a Slurm
     cluster of ``jobs`` batch jobs (:func:`slurm_cluster`); else on a new local cluster of ``n_workers`` worker
     processes (default: one per core) with ``threads`` thread(s) each. Torch uses ``threads`` threads on every
     worker. An unreachable scheduler raises :class:`ClusterError` after ``timeout`` seconds (default
     ``CONNECT_TIMEOUT_S``). ``worker_config``: Dask configuration the local cluster's workers start under (default
-    :func:`training_worker_config`, from ``configs/dask/study.yaml``)."""
+    :func:`training_worker_config`, from ``configs/dask/study.yaml``). The local cluster's scheduler and dashboard
+    listen on 127.0.0.1 only. A ``tls://`` scheduler needs ``security`` (a distributed ``Security``; default
+    :func:`tls_security`, from Dask's configuration): docs/cluster.md."""
     from distributed import Client, LocalCluster
+    from .failures import QuietWorker
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     address = scheduler_address(scheduler)
     if jobqueue and not address:
         if jobqueue != "slurm":
             raise ClusterError(f"--jobqueue {jobqueue!r} is not supported. Fix: use --jobqueue slurm, or start the "
                                f"cluster yourself and pass --scheduler ADDRESS (docs/cluster.md).")
-        local = slurm_cluster(jobs=jobs, threads=threads)
+        security = security if security is not None else tls_security()
+        local = slurm_cluster(jobs=jobs, threads=threads,
+                              **({"protocol": "tls://", "security": security} if security is not None else {}))
         client = Client(local, set_as_default=False)
     elif address:
+        security = security if security is not None else tls_security()
+        if address.startswith("tls://") and security is None:
+            raise ClusterError(f"the scheduler {address} speaks TLS, and no TLS credentials are set. Fix: pass "
+                               f"--tls-ca-file, --tls-cert and --tls-key (the files its workers use; docs/cluster.md).")
         try:
-            client = Client(address, timeout=f"{timeout}s", set_as_default=False)
+            client = Client(address, timeout=f"{timeout}s", set_as_default=False,
+                            **({"security": security} if security is not None else {}))
         except (OSError, TimeoutError) as err:
             raise ClusterError(
                 f"cannot reach the Dask scheduler at {address} within {timeout:.0f}s ({type(err).__name__}). "
                 f"Fix: start it (`dask scheduler`, then `dask worker {address}` on each machine) and check the address "
-                f"and port, or drop --scheduler and unset ${SCHEDULER_ENV} to run on a local cluster.") from err
+                f"and port{', and the TLS files' if address.startswith('tls://') else ''}, or drop --scheduler and "
+                f"unset ${SCHEDULER_ENV} to run on a local cluster.") from err
         local = None
     else:
         import dask.config
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        with dask.config.set(training_worker_config() if worker_config is None else worker_config):
+        with dask.config.set(training_worker_config() if worker_config is None else worker_config), \
+                _children_ignore_sigint():
             local = LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=threads, processes=True,
-                                 dashboard_address=dashboard_address, silence_logs=logging.ERROR, env=env)
+                                 host="127.0.0.1", dashboard_address=dashboard_address, silence_logs=logging.ERROR,
+                                 env=env)
         client = Client(local, set_as_default=False)
     client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
+    client.register_plugin(QuietWorker(), name=QuietWorker.name)
     return Cluster(client, local)
+
+
+class _children_ignore_sigint:
+    """While the local cluster starts, SIGINT is ignored, so its nanny and worker processes inherit "ignore": a
+    Ctrl-C at the terminal (sent to the whole process group) reaches the runner only, which shuts the cluster down
+    in order, instead of every worker printing its own KeyboardInterrupt traceback. (Only an ignored signal survives
+    the exec of a new process; the price: a Ctrl-C in the few seconds the cluster takes to start is ignored.)"""
+
+    def __enter__(self):
+        import signal
+        self.previous = None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 # ----------------------------------------------------------------------------------------------- start-up check
@@ -360,3 +431,17 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def remove_dead_locks(results_dir: str | Path) -> list[Path]:
+    """Remove the run locks under ``<results_dir>/runs/`` whose holder is a dead process on this host (a local
+    worker stopped while it trained: an interrupted study). A later runner would take them over anyway; removing them
+    on the way out leaves no lock behind. Locks of live processes and of other hosts stay. Returns those removed."""
+    gone = []
+    for path in sorted(Path(results_dir).glob("runs/*.lock")):
+        lock = RunLock(path.with_suffix(""))
+        h = lock.holder()
+        if h and h.get("host") == lock.me["host"] and isinstance(h.get("pid"), int) and not _pid_alive(h["pid"]):
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    return gone

@@ -24,6 +24,49 @@ RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "pro
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
 
 
+class ConfigError(ValueError):
+    """A TrainConfig field holds a value outside its allowed range; the message names the field, the value and the
+    range."""
+
+
+# allowed values of TrainConfig's fields: field -> (test, what is allowed); checked when a config is made
+FIELD_RANGES = {
+    "epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "dim": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "codebook_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "warmup_epochs": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "lr": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "infonce_temperature": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "lca_temperature": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "cra_temperature": (lambda v: _is_num(v) and v > 0, "a number > 0"),
+    "margin": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "grad_clip": (lambda v: _is_num(v) and v >= 0, "a number >= 0 (0: no clipping)"),
+    "weight_decay": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
+    "lr_decay_frac": (lambda v: _is_num(v) and 0 <= v <= 1, "a fraction in [0, 1]"),
+    "lr_decay_gamma": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "region_drop": (lambda v: _is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "token_drop": (lambda v: _is_num(v) and 0 <= v < 1, "a fraction in [0, 1)"),
+    "max_train_images": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
+    "max_eval_images": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
+    "val_images_per_epoch": (lambda v: v is None or (_is_int(v) and v >= 1), "None or an integer >= 1"),
+    "base_loss": (lambda v: v in ("triplet", "infonce"), "triplet | infonce"),
+    "false_negatives": (lambda v: v in ("mask", "none"), "mask | none"),
+    "captions_per_step": (lambda v: v in ("one", "all", "auto"), "one | all | auto"),
+    "text_encoder": (lambda v: v in ("minilm", "gru"), "minilm | gru"),
+    "pooling": (lambda v: v in ("mean", "max", "gpo", "meanmax"), "mean | max | gpo | meanmax"),
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def config_identity(cfg: dict) -> dict:
     """The identity of a config given as a dict (a recorded ``metrics.json['config']`` or ``asdict(cfg)``)."""
     return {k: v for k, v in cfg.items() if k not in RUNTIME_FIELDS and not (k in ADDED_LATER and v is None)}
@@ -111,6 +154,11 @@ class TrainConfig:
     progress: bool | None = None
 
     def __post_init__(self):
+        bad = [f"{name} = {getattr(self, name)!r} (allowed: {allowed})" for name, (ok, allowed) in FIELD_RANGES.items()
+               if not ok(getattr(self, name))]
+        if bad:
+            raise ConfigError(f"TrainConfig: {'; '.join(bad)}. Fix: pass an allowed value (a notebook parameter, "
+                              f"-p NAME VALUE, or a profile's overrides).")
         if self.length_buckets is not None and (not isinstance(self.length_buckets, int) or self.length_buckets < 1):
             raise ValueError(f"TrainConfig.length_buckets must be a positive integer or None, got "
                              f"{self.length_buckets!r}")

@@ -568,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--benchmark", default=None, metavar="CSV",
-                   help="also merge the build times into this CSV (the feature benchmark: `make bench-features` "
-                        "writes results/benchmarks/feature_extraction.csv); default: record nothing")
+                   help="also merge the build times of the caches built into this CSV (the study's record of them: "
+                        "results/benchmarks/feature_extraction.csv); default: record nothing")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:

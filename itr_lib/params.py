@@ -9,7 +9,9 @@ misspelled ``-p EPOCH 1`` trains with the default ``EPOCHS``. Every notebook of 
    papermill injects its overrides as plain assignments in the next cell;
 3. calls ``guard.check(globals())`` first thing after: every name defined since the guard must be an annotated
    parameter (an injected name without an annotation is unknown: an error naming it and the declared ones), and
-   every parameter's value must have its annotated type (an int where a float is declared is accepted).
+   every parameter's value must have its annotated type (an int where a float is declared is accepted) and lie
+   in its allowed range (:data:`RANGES`: ``EPOCHS >= 1``, seeds non-negative, ...). The study runner checks the
+   same ranges before it starts anything (:func:`range_errors`).
 """
 from __future__ import annotations
 
@@ -50,4 +52,56 @@ class Guard:
             desc = "; ".join(f"{n} is declared {a if isinstance(a, str) else a.__name__} but got {v!r}"
                              for n, a, v in bad)
             raise ParameterError(f"ill-typed notebook parameter(s): {desc}. Fix: pass a value of the declared type.")
+        out_of_range = range_errors({n: namespace.get(n) for n in declared})
+        if out_of_range:
+            raise ParameterError(f"notebook parameter(s) out of range: {'; '.join(out_of_range)}. Fix: pass an "
+                                 f"allowed value.")
         return {n: namespace[n] for n in declared if n in namespace}
+
+
+# ----------------------------------------------------------------------------------------------- value ranges
+def _int_at_least(lo: int):
+    return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= lo), f"an integer >= {lo}"
+
+
+def _ints_at_least(lo: int):
+    return (lambda v: isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) and x >= lo
+                                                  for x in v)), f"a list of integers >= {lo}"
+
+
+def _positive_number():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0), "a number > 0"
+
+
+def _fraction():
+    return (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1), "a number in [0, 1]"
+
+
+# the allowed values of the study's notebook parameters (a name a notebook declares is checked wherever it appears)
+RANGES = {
+    **{n: _int_at_least(1) for n in ("EPOCHS", "BATCH_SIZE", "DIM", "N_BOOT", "K", "REPEATS", "WORKERS", "NPROBE",
+                                     "MIN_GALLERY", "MAX_GALLERY", "RECALL_QUERIES", "N_MOSAICS", "EF_SEARCH",
+                                     "HNSW_M", "GEMM_N", "SIZES_PER_DECADE", "BANDWIDTH_MB")},
+    **{n: _int_at_least(0) for n in ("SEED", "SWEEP_EPOCHS", "THREADS", "MAX_TRAIN_IMAGES", "VAL_IMAGES_PER_EPOCH",
+                                     "CODEBOOK_SIZE", "N_SAMPLES", "BANK_SIZE", "INTERACTIVE_SUBSET", "WARMUP",
+                                     "HUGE_GALLERY", "HUGE_NLIST", "N_CONCEPTS", "N_QUERIES", "N_WORD_EXAMPLES")},
+    **{n: _ints_at_least(0) for n in ("SEEDS", "SWEEP_SEEDS", "COMPARISON_SEEDS", "AUTHORS_SEEDS",
+                                      "LOSS_ABLATION_SEEDS", "LOSS_SEEDS", "PROBE_CONFIRM_SEEDS")},
+    "CODEBOOK_SIZES": _ints_at_least(1),
+    "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
+    "TARGET_RECALL": _fraction(),
+    "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                      and x > 0 for x in v)), "a list of numbers > 0"),
+    "DEVICE": ((lambda v: isinstance(v, str) and (v in ("cpu", "auto") or v.split(":")[0] == "cuda")),
+               '"cpu", "cuda" (or "cuda:N") or "auto"'),
+}
+
+
+def range_errors(values: dict) -> list[str]:
+    """One line per value outside its allowed range (:data:`RANGES`): ``EPOCHS = -1: must be an integer >= 1``."""
+    bad = []
+    for name, value in values.items():
+        rule = RANGES.get(name)
+        if rule is not None and value is not None and not rule[0](value):
+            bad.append(f"{name} = {value!r}: must be {rule[1]}")
+    return bad

@@ -405,12 +405,13 @@ def scale_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     return lines
 
 
-def write_report(results_dir: str | Path, readme: Path | None = None) -> list[Path]:
-    """Write ``<results_dir>/RESULTS.md`` and the README's headline block; returns both paths."""
+def write_report(results_dir: str | Path, readme: Path | None = None, readme_block: bool = True) -> list[Path]:
+    """Write ``<results_dir>/RESULTS.md`` and, with ``readme_block`` (the full profile), the README's headline
+    block; returns the paths written."""
     results_dir = Path(results_dir)
     path = results_dir / "RESULTS.md"
     atomic_write_text(path, results_markdown(results_dir))
-    return [path, update_readme(results_dir, readme)]
+    return [path, update_readme(results_dir, readme)] if readme_block else [path]
 
 
 def update_readme(results_dir: str | Path, readme: Path | None = None) -> Path:

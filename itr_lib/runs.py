@@ -48,11 +48,31 @@ def _train_one(cfg_dict: dict, threads: int | None, results_dir: str | None = No
     if threads:
         torch.set_num_threads(threads)
     cfg = TrainConfig.from_dict(cfg_dict)
-    with RunLock(cfg.run_dir):
-        out = train(cfg)
-        if results_dir is not None:
-            publish(cfg, Path(results_dir))
+    fresh = not Path(cfg.run_dir).exists()
+    try:
+        with RunLock(cfg.run_dir):
+            try:
+                out = train(cfg)
+            except BaseException:
+                _drop_if_empty(Path(cfg.run_dir), fresh)
+                raise
+            if results_dir is not None:
+                publish(cfg, Path(results_dir))
+    except BaseException:
+        try:
+            Path(cfg.run_dir).parent.rmdir()  # runs/ itself, once the lock is gone, when nothing else is in it
+        except OSError:
+            pass
+        raise
     return out
+
+
+def _drop_if_empty(run_dir: Path, fresh: bool) -> None:
+    """A run folder this call created whose training failed before its first checkpoint holds nothing to resume
+    from (a refused config, a missing cache): remove it (under the run's lock), so failed configs leave no empty run
+    folders."""
+    if fresh and run_dir.is_dir() and not any((run_dir / f).exists() for f in ("last.pt", "best.pt", "metrics.json")):
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def publish(cfg: TrainConfig, results_dir: Path) -> None:
@@ -95,12 +115,14 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     process, one run after the other (tests, debugging), and so does a single run to train when no scheduler is
     given (starting a local cluster for it would only add its start-up). Every run trains under its lock file
     (:class:`itr_lib.cluster.RunLock`), so two runners on one results folder never train the same run at once;
-    a run whose worker died is rescheduled on another worker and resumes from its ``last.pt``.
+    a run whose worker died is rescheduled on another worker and resumes from its ``last.pt`` (and submitted again,
+    at most ``retries`` times, when Dask gives up on it: ``KilledWorker``); any other error is raised at once, never
+    retried (:mod:`itr_lib.failures`). Missing feature caches are built first (:mod:`itr_lib.prepare`); a recorded
+    run reused says so (``reused <run>, test mR x``).
     ``publish_runs=False`` leaves ``metrics/`` untouched (the retrained runs of :func:`retrain`)."""
     from tqdm.auto import tqdm
     from .io import progress_enabled
     results_dir = Path(results_dir).resolve()
-    (results_dir / "metrics").mkdir(parents=True, exist_ok=True)
     for cfg in configs:
         if cfg.run_dir is None:
             cfg.run_dir = str(results_dir / "runs" / cfg.run_name())
@@ -108,9 +130,12 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     if publish_runs:  # a run already recorded in metrics/ is finished, even where its checkpoint is gone
         for i, cfg in enumerate(configs):
             out[i] = recorded(cfg, results_dir)
+        _say_reused([m for m in out if m is not None])
     todo = [i for i in range(len(configs)) if out[i] is None]
     if not todo:
         return out
+    from .prepare import ensure_run_caches
+    ensure_run_caches([configs[i] for i in todo], progress)  # a fresh clone: build what 00_data_prep would
     dest = str(results_dir) if publish_runs else None
     bar = tqdm(total=len(todo), desc="runs", disable=not progress_enabled(progress))
     try:
@@ -129,9 +154,18 @@ def run_grid(configs: list, results_dir: str | Path, progress: bool | None = Non
     return out
 
 
+def _say_reused(recs: list[dict], most: int = 8) -> None:
+    """One line per recorded run reused instead of trained (``reused <run>, test mR x``); a count beyond ``most``."""
+    for m in recs[:most]:
+        print(f"reused {m['run']}, test mR {mode_mr(m):.2f}", flush=True)
+    if len(recs) > most:
+        print(f"reused {len(recs) - most} more recorded runs", flush=True)
+
+
 def _grid_on_dask(configs, todo, out, dest, bar, workers, threads, scheduler, client, retries) -> None:
     from distributed import as_completed
     from .cluster import check_workers, connect
+    from .failures import one_line, worker_lost
     own = None
     if client is None:
         own = connect(scheduler, n_workers=workers, threads=threads)
@@ -143,15 +177,28 @@ def _grid_on_dask(configs, todo, out, dest, bar, workers, threads, scheduler, cl
         readable = {p for i in todo for p in (configs[i].data_root, configs[i].cache_dir) if p}
         writable = {str(Path(configs[i].run_dir).parent) for i in todo} | ({dest} if dest else set())
         check_workers(client, readable, writable)
-        # the key is the run's folder, so two runners on one scheduler share one task instead of training it twice
-        futs = {client.submit(_train_one, asdict(configs[i]), threads, dest, retries=retries,
-                              key=_task_key(configs[i].run_dir)): i
-                for i in todo}
-        for f in as_completed(list(futs), loop=client.loop):
-            i = futs[f]
+        # the key is the run's folder, so two runners on one scheduler share one task instead of training it twice;
+        # no Dask retries: a deterministic error (bad value, missing data, full disk) fails at once, and only a lost
+        # worker (failures.worker_lost) submits the run again (it resumes from last.pt), at most ``retries`` times
+        def submit(i: int, attempt: int = 0):
+            key = _task_key(configs[i].run_dir) + (f"-retry{attempt}" if attempt else "")
+            return client.submit(_train_one, asdict(configs[i]), threads, dest, retries=0, key=key)
+        futs = {submit(i): i for i in todo}
+        tries = dict.fromkeys(todo, 0)
+        running = as_completed(list(futs), loop=client.loop)
+        for f in running:
+            i = futs.pop(f)
+            if f.status == "error" and worker_lost(f.exception()) and tries[i] < retries:
+                tries[i] += 1
+                log.warning("%s: a worker was lost (%s); submitting it again", configs[i].run_name(),
+                            one_line(f.exception()))
+                g = submit(i, tries[i])
+                futs[g] = i
+                running.add(g)
+                continue
             out[i] = f.result()
             bar.update()
-            left = sum(not g.done() for g in futs)
+            left = len(futs)
             bar.set_postfix(running=min(left, _n_running(client)), left=left, refresh=False)
             log.info("finished %s (%d left)", configs[i].run_name(), left)
     except BaseException:  # Ctrl-C, an error: drop what has not run; finished runs are published already

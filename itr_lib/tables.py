@@ -70,8 +70,11 @@ def to_markdown(df: pd.DataFrame, compact: bool = False, **kw) -> str:
     for c in esc.columns:
         if not pd.api.types.is_numeric_dtype(esc[c]):
             esc[c] = [v.replace("|", "\\|") if isinstance(v, str) else v for v in esc[c]]
-    if not compact:
-        return esc.to_markdown(**kw)
+    if not compact:  # text cells stay text ("0" is a seed list, not 0.00); a missing value is a blank, not "nan"
+        shift = 0 if kw.get("index", True) is False else 1
+        text = [i + shift for i, c in enumerate(esc.columns) if not pd.api.types.is_numeric_dtype(esc[c])]
+        return esc.astype(object).where(esc.notna(), None).to_markdown(disable_numparse=text or False,
+                                                                         missingval="", **kw)
     fmt = kw.get("floatfmt", "g")
     num = [pd.api.types.is_numeric_dtype(esc[c]) for c in esc.columns]
 

@@ -182,25 +182,34 @@ def test_the_study_runner_names_an_unreachable_scheduler(tmp_path, capsys, monke
     assert not (tmp_path / "executed").exists()  # nothing ran
 
 
-def test_slurm_recipe_builds_the_job_script_of_docs_cluster_md(monkeypatch):
+def test_slurm_recipe_builds_the_job_script_of_docs_cluster_md(monkeypatch, tmp_path):
     """The Slurm recipe of docs/cluster.md up to the batch script (no Slurm here): one job of 4 single-threaded
-    workers running this repository's Python from the repository root."""
+    workers running this repository's Python from the repository root, its workers on TLS."""
+    import shutil
     pytest.importorskip("dask_jobqueue")
-    from itr_lib.cluster import slurm_cluster
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make the test certificate")
+    from itr_lib.cluster import slurm_cluster, tls_security
     from itr_lib.io import REPO_ROOT
     monkeypatch.setenv("ITR_DATA_ROOT", "/shared/data")
-    cluster = slurm_cluster(jobs=0, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab")
+    pem, key = _self_signed(tmp_path, "study")
+    tls = tls_security(pem, pem, key)
+    cluster = slurm_cluster(jobs=0, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab",
+                            protocol="tls://", security=tls)
     try:
         script = cluster.job_script()
+        assert cluster.scheduler_address.startswith("tls://")
     finally:
         cluster.close()
+    assert "--tls-ca-file" in script and "--tls-cert" in script and "--tls-key" in script
     for line in ("#SBATCH -p cpu", "#SBATCH -A lab", "#SBATCH --cpus-per-task=4", "#SBATCH -t 08:00:00",
                  f"cd {REPO_ROOT}", "export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1", "export ITR_DATA_ROOT=/shared/data"):
         assert line in script.splitlines(), line
-    assert f"{sys.executable} -m distributed.cli.dask_worker tcp://" in script
+    assert f"{sys.executable} -m distributed.cli.dask_worker tls://" in script
     assert "--nthreads 1" in script and "--nworkers 4" in script
     doc = (REPO_ROOT / "docs" / "cluster.md").read_text()
-    assert 'slurm_cluster(jobs=2, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab")' in doc
+    assert 'slurm_cluster(jobs=2, cores=4, memory="16GB", walltime="08:00:00", queue="cpu", account="lab",\n' \
+           '                        protocol="tls://", security=tls)' in doc
 
 
 def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
@@ -231,6 +240,17 @@ def test_ctrl_c_while_the_cluster_closes_does_not_break_the_shutdown(capsys):
             time.sleep(1)
     finally:
         signal.signal(signal.SIGINT, outer)
+
+
+def _stop(procs: list) -> None:
+    """Terminate the CLI scheduler / worker processes of a test, newest first (killed after 20 s)."""
+    for p in reversed(procs):
+        p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _free_port() -> int:
@@ -264,15 +284,85 @@ def test_the_by_hand_recipe_of_docs_cluster_md(tmp_path, serial, mini_cache, fix
         got = run_grid(_grid(mini_cache, fixture_root, epochs=3), tmp_path, progress=False, scheduler=address)
         _assert_same(got, want)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        _stop(procs)
 
 
 def test_the_local_cluster_starts_workers_without_dasks_malloc_trim_setting(cluster):
     trim = cluster.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
     assert set(trim.values()) == {None}, trim
+
+
+def test_the_local_clusters_scheduler_and_dashboard_listen_on_localhost_only(cluster):
+    from urllib.parse import urlparse
+    assert urlparse(cluster.dashboard).hostname == "127.0.0.1"  # the printed link
+    http = cluster.local.scheduler.http_server  # the dashboard's sockets: bound to the loopback address only
+    bound = {s.getsockname()[0] for s in http._sockets.values()}
+    assert bound == {"127.0.0.1"}, bound
+    assert cluster.address.startswith("tcp://127.0.0.1:")
+
+
+def _within(seconds: float, fn):
+    """``fn()``'s result, its exception re-raised, or a failure (not a hang) when it takes longer than ``seconds``."""
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as err:  # noqa: BLE001 - handed to the caller
+            box["error"] = err
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        pytest.fail(f"still waiting after {seconds:.0f}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _self_signed(folder: Path, name: str) -> tuple[str, str]:
+    """A self-signed certificate and its key (openssl), the recipe of docs/cluster.md."""
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", f"/CN={name}"], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+def test_a_tls_scheduler_runs_tasks_and_refuses_clients_without_its_certificate(tmp_path):
+    """docs/cluster.md's TLS recipe on 127.0.0.1: `dask scheduler --protocol tls` and `dask worker tls://...` with
+    the --tls-* files; a client with them runs a task, a client without them (or with another certificate, or over
+    plain TCP) is refused."""
+    import shutil
+    from distributed import Client
+    from distributed.security import Security
+    from itr_lib.cluster import tls_security
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is needed to make the test certificates")
+    cert, key = _self_signed(tmp_path, "study")
+    other_cert, other_key = _self_signed(tmp_path, "stranger")
+    tls = ["--tls-ca-file", cert, "--tls-cert", cert, "--tls-key", key]
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    port = _free_port()
+    address = f"tls://127.0.0.1:{port}"
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--protocol", "tls", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0", *tls],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        procs.append(subprocess.Popen([dask_cli, "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                       "--no-dashboard", *tls], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        def with_credentials():
+            with connect(address, timeout=30, security=tls_security(cert, cert, key)) as c:
+                c.client.wait_for_workers(1, timeout=60)
+                workers = list(c.client.scheduler_info()["workers"])
+                return c.client.submit(lambda x: x + 1, 41).result(timeout=60), workers
+        answer, workers = _within(150, with_credentials)
+        assert answer == 42 and workers and all(a.startswith("tls://") for a in workers)
+        with pytest.raises(ClusterError, match=r"speaks TLS, and no TLS credentials are set\. Fix: pass --tls-ca-file"):
+            connect(address, timeout=5)
+        stranger = Security(tls_ca_file=other_cert, tls_client_cert=other_cert, tls_client_key=other_key,
+                            require_encryption=True)
+        for kw, addr in (({}, address), ({"security": stranger}, address), ({}, f"tcp://127.0.0.1:{port}")):
+            with pytest.raises(Exception):  # noqa: B017 - refused (TLS handshake, missing context, closed comm)
+                _within(60, lambda: Client(addr, timeout="5s", set_as_default=False, **kw).close())
+    finally:
+        _stop(procs)

@@ -211,21 +211,21 @@ def _fake_papermill(monkeypatch, cells: int, fail: bool, truncate: bool = False)
 
 def test_the_executed_notebook_is_replaced_in_one_rename(tmp_path, monkeypatch):
     import json
-    from itr_lib import study
+    from itr_lib import notebook_task
     out = tmp_path / "executed" / "01_train.ipynb"
     _fake_papermill(monkeypatch, cells=3, fail=False)
     old = os.umask(0o022)
     try:
-        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+        notebook_task.execute_notebook("nb.ipynb", str(out), {}, 60, "")
     finally:
         os.umask(old)
     assert len(json.loads(out.read_text())["cells"]) == 3 and out.stat().st_mode & 0o777 == 0o644
     _fake_papermill(monkeypatch, cells=5, fail=True, truncate=True)  # a run that dies mid-write (disk full)
     with pytest.raises(RuntimeError):
-        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+        notebook_task.execute_notebook("nb.ipynb", str(out), {}, 60, "")
     assert len(json.loads(out.read_text())["cells"]) == 3  # the previous notebook, whole
     _fake_papermill(monkeypatch, cells=4, fail=True)  # a failed cell: its notebook is kept for debugging
     with pytest.raises(RuntimeError, match="cell 2"):
-        study._execute_notebook("nb.ipynb", str(out), {}, 60, "")
+        notebook_task.execute_notebook("nb.ipynb", str(out), {}, 60, "")
     assert len(json.loads(out.read_text())["cells"]) == 4
     assert sorted(p.name for p in out.parent.iterdir()) == ["01_train.ipynb"]  # no partial files

@@ -79,6 +79,12 @@ def make_index(kind: str, d: int, n: int, *, nlist: int | None = None, nprobe: i
             index = faiss.IndexIVFPQ(quantizer, d, nlist, m, pq_bits, faiss.METRIC_INNER_PRODUCT)
             index.pq.cp.max_points_per_centroid = ivf_train_per_list * 8
             index.pq.cp.niter = ivf_niter
+            # a gallery smaller than faiss's 39 points per PQ centroid (39 x 256 = 9984 at 8 bits) trains on what it
+            # has; faiss uses min_points_per_centroid only to print "please provide at least N training points"
+            # (once per sub-quantizer and build: hundreds of lines in a smoke run), so it is set to what is there
+            # (the index and its recall are the same; the measured recall says how good the codebooks are)
+            index.pq.cp.min_points_per_centroid = max(1, min(index.pq.cp.min_points_per_centroid,
+                                                             n // (1 << pq_bits)))
         index.cp.max_points_per_centroid = ivf_train_per_list
         index.cp.niter = ivf_niter
         index.cp.seed = seed

@@ -1,0 +1,71 @@
+"""Which failures the study retries, and the one line it prints for the others.
+
+Only a lost worker is worth another try: a worker process that died (killed, out of memory, a lost machine) or a
+connection that closed under a task (distributed's ``KilledWorker``, ``CommClosedError``). Every other error is
+deterministic (a bad parameter value, a missing dataset or cache, a full disk, a ``ConfigError`` / ``DataError`` /
+``CacheError``): retrying it repeats the same failure (and the training before it), so it is raised at once, and the
+runner prints its message once, as one line without ANSI colour codes. A notebook that failed
+(papermill's ``PapermillExecutionError``) is judged by the exception its kernel raised.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import re
+
+from distributed import WorkerPlugin
+
+# exception names (the class or any base class, or a notebook kernel's ``ename``) that mean "a worker was lost"
+WORKER_LOSS = frozenset({"KilledWorker", "CommClosedError", "StreamClosedError"})
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def _names(err: BaseException) -> set[str]:
+    ename = getattr(err, "ename", None)  # PapermillExecutionError: the kernel's exception
+    return {ename} if ename else {c.__name__ for c in type(err).__mro__}
+
+
+def worker_lost(err: BaseException) -> bool:
+    """Whether ``err`` says a worker (or its connection) was lost: the only failure retried."""
+    return bool(_names(err) & WORKER_LOSS)
+
+
+def strip_ansi(text: str) -> str:
+    return _ANSI.sub("", text)
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` as the runner prints it: ``Name: message`` (the kernel's exception for a failed
+    notebook), ANSI codes removed, surrounding blank lines dropped."""
+    ename = getattr(err, "ename", None)
+    if ename:
+        text = f"{ename}: {getattr(err, 'evalue', '')}"
+    elif isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        text = f"no space left on device: {err.filename or err}. Fix: free space there, then rerun to resume."
+    else:
+        text = f"{type(err).__name__}: {err}"
+    return strip_ansi(text).strip()
+
+
+class _DropComputeFailed(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Compute Failed")
+
+
+class QuietWorker(WorkerPlugin):
+    """A worker that reports a task's error once, and stops quietly: it drops its "Compute Failed" log block (key,
+    task, exception, traceback, full of the kernel's ANSI codes; the error goes back to whoever submitted the task,
+    which reports it once), and its progress bars hold no multiprocessing semaphore that a worker stopped mid-run
+    would leak (the resource tracker's "leaked semaphore" warning)."""
+
+    name = "itr-quiet-worker"
+
+    def setup(self, worker):
+        import threading
+        from tqdm import tqdm
+        # tqdm's default lock is a multiprocessing semaphore: a worker stopped mid-run (an interrupted study) leaves
+        # it behind, and the resource tracker warns about it at exit; the worker's bars need a thread lock only
+        tqdm.set_lock(threading.RLock())
+        logger = logging.getLogger("distributed.worker")
+        if not any(isinstance(f, _DropComputeFailed) for f in logger.filters):
+            logger.addFilter(_DropComputeFailed())
