@@ -197,9 +197,10 @@ def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -
 
 
 def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", loss: str = "infonce") -> pd.DataFrame:
-    """How the number of epochs was chosen: per schedule (epochs) of ``method`` with ``loss``, the val mR of the
-    selected checkpoint (what the choice is made on), the test mR (reported, not used to choose), the seeds, and the
-    training minutes per run. Only seeds trained on every schedule are compared."""
+    """What val says about the number of epochs: per schedule (epochs) of ``method`` with ``loss``, the val mR of
+    the selected checkpoint, the test mR (reported, not used to choose), the seeds, and the training minutes per
+    run. Only seeds trained on every schedule are compared. (The study's epochs are a cost cap where val preferred
+    more: :func:`itr_lib.report.schedule_caption` says which.)"""
     d = df[(df.dataset == dataset) & (df.method == method) & (df.base_loss == loss)]
     if d.empty or d.epochs.nunique() < 2:
         return pd.DataFrame()

@@ -301,15 +301,16 @@ def test_search_beta_extends_the_grid_past_the_edge_its_val_optimum_sits_on():
 
 
 def test_the_recipe_and_a_model_share_one_bank_path(splits, monkeypatch):
-    """recipe.inference.prepare_vectors goes through hubness.prepare with its own vector function (no second bank
+    """recipe.inference.prepare_vectors goes through querybank.prepare (hubness.prepare) with its own vector function (no second bank
     sampling), and for one model without views gives the scores of the model's own path."""
     from itr_lib.recipe import inference
     train, val, _ = splits
     model = tiny_model(seed=2)
     own = H.prepare(model, val, train, bank_size=10, seed=3)
     calls = []
-    real = H.prepare
-    monkeypatch.setattr(H, "prepare", lambda *a, **k: calls.append(k.get("vectors")) or real(*a, **k))
+    from itr_lib import querybank
+    real = querybank.prepare
+    monkeypatch.setattr(querybank, "prepare", lambda *a, **k: calls.append(k.get("vectors")) or real(*a, **k))
     rec = inference.prepare_vectors([model], val, train, bank_size=10, seed=3)
     assert len(calls) == 1 and callable(calls[0])
     for name in ("sims", "bank_t2i", "bank_i2t", "bank_t2i_w"):

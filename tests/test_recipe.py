@@ -182,6 +182,9 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     rows = recipe.main_rows(tmp_path)
     assert len(rows) == 4 and (rows.setting == "recipe").all() and rows.variant.str.startswith("recipe: ").all()
     assert (rows.ms_per_query > 0).all()  # the main table's recipe rows carry their latency
+    assert (rows.tie_rule == "expected").all()  # ... and their tie bracket, written by final_runs itself
+    assert ((rows.mr_pessimistic <= rows.mr) & (rows.mr <= rows.mr_optimistic)).all()
+    assert {"test_mr_optimistic", "test_mr_pessimistic", "beta_grid"} <= set(final.columns)
 
 
 def test_recipe_cost_adds_a_view_per_extra_image_encode_and_the_hubness_extra():
@@ -257,19 +260,13 @@ def test_training_levers_refuse_a_reference_scored_under_another_tie_rule(tmp_pa
     ref_cfg = recipe.lever_config({}, "rsicd", 0)
     _record(tmp_path / "probe" / "confirm-d-1024-residual-mlp", ref_cfg, 21.0, 0)
 
-    def fake_run_grid(cfgs, rdir, workers=1, threads=1):
-        out = []
-        for i, c in enumerate(cfgs):
-            path = rdir / "metrics" / f"{c.run_name()}.json"
-            if path.is_file():
-                out.append(json.loads(path.read_text()))
-                continue
-            rec = _record(rdir, c, 21.5, i)
-            rec["tie_rule"] = "expected"
-            path.write_text(json.dumps(rec))
-            out.append(rec)
-        return out
-    monkeypatch.setattr("itr_lib.runs.run_grid", fake_run_grid)
+    def record_expected(rdir, c, i):  # a lever trained now: scored under the study's tie rule
+        rec = {**_record(rdir, c, 21.5, i), "tie_rule": "expected"}
+        (rdir / "metrics" / f"{c.run_name()}.json").write_text(json.dumps(rec))
+        return rec
+    monkeypatch.setattr("itr_lib.runs.run_grid", lambda cfgs, rdir, workers=1, threads=1: [
+        json.loads(p.read_text()) if (p := rdir / "metrics" / f"{c.run_name()}.json").is_file()
+        else record_expected(rdir, c, i) for i, c in enumerate(cfgs)])
     lever = recipe.lever_config({"epochs": 10}, "rsicd", 0)
     with pytest.raises(ValueError, match=rf"{ref_cfg.run_name()} \(tie rule 'index'\) with {lever.run_name()} "
                                          r"\(tie rule 'expected'\)"):
@@ -289,7 +286,7 @@ def test_recipe_rows_carry_the_tie_bracket_and_the_beta_edge(tmp_path):
     """Every recipe row of the main tables carries tie_rule and the bracket; a final table written before them
     gets both from its inference records, and a beta chosen on the edge of an unextended grid is flagged (and its
     record re-scored by the next 07)."""
-    from itr_lib.recipe.inference import beta_note, beta_stale
+    from itr_lib.recipe.records import beta_note, beta_stale
     inf = recipe.recipe_dir(tmp_path) / "inference"
     edge = [{"beta": 10.0, "val_mr": 5.0, "chosen": True}, {"beta": 20.0, "val_mr": 4.0, "chosen": False}]
     for s, mr in ((0, 20.0), (1, 22.0)):

@@ -141,3 +141,15 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
     assert "Every lever alone" in full and "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in full
     assert "4096" in full and "23.00 ± 0.20" in full and "| [22.00, 23.30] |" in full
     assert "| 10 (grid extended to 5) |" in full  # the beta flagged where the grid was extended on val
+
+
+def test_the_schedule_caption_says_what_val_preferred_and_what_the_study_trains():
+    """RSICD's val mR rose to 10 epochs while the study trains 6: the caption calls 6 a cost cap, never "chosen on
+    val" (the numbers read from the table)."""
+    from itr_lib.report import schedule_caption
+    sched = pd.DataFrame({"epochs": [3, 6, 10], "val_mr": [12.01, 13.55, 13.91], "test_mr": [18.2, 19.41, 19.8]})
+    cap = schedule_caption("rsicd", sched)
+    assert "12.01 / 13.55 / 13.91 at 3 / 6 / 10 epochs: val prefers 10" in cap and "a cost cap" in cap
+    assert "chosen on val" not in cap
+    assert "the val choice" in schedule_caption("ucm", sched.iloc[:2]) and "cost cap" not in schedule_caption(
+        "ucm", sched.iloc[:2])

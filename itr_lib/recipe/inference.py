@@ -13,7 +13,7 @@ import pandas as pd
 from ..config import TrainConfig
 from ..hubness import BANK_METHODS, search_beta
 from .levers import BETAS, InferenceSpec, recipe_dir
-from .records import read_record, write_record
+from .records import beta_stale, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ def prepare_vectors(models: Sequence, data, bank, transforms: Sequence[str] = ()
                     batch_size: int = 256, bank_size: int | None = None, seed: int = 0):
     """A :class:`itr_lib.hubness.Prepared` (the split's scores and the querybank's) for one model or an ensemble,
     images averaged over ``transforms``; ``bank``: the training split (None: no bank). The bank is sampled and
-    scored by :func:`itr_lib.hubness.prepare` (the study's one bank path), with this module's vector function."""
-    from ..hubness import prepare
+    scored by :func:`itr_lib.querybank.prepare` (the study's one bank path), with this module's vector function."""
+    from ..querybank import prepare
     secs = []
 
     def vectors(d, texts, images):
@@ -102,7 +102,8 @@ class SpecResult:
 def evaluate_spec(models: Sequence, val, test, bank, spec: InferenceSpec, betas: Sequence[float] = BETAS,
                   device: str = "cpu", batch_size: int = 256, bank_size: int | None = None) -> SpecResult:
     """``spec`` on val (its beta chosen there among ``betas`` when it corrects hubness and fixes none, the grid
-    extended past an edge the best value sits on: :func:`itr_lib.hubness.search_beta`) and on test with that beta. ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
+    extended past an edge the best value sits on: :func:`itr_lib.hubness.search_beta`) and on test with that beta.
+    ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
     if spec.ensemble != len(models):
         raise ValueError(f"the spec asks for an ensemble of {spec.ensemble} model(s), {len(models)} given")
     needs_bank = spec.hubness in BANK_METHODS
@@ -172,27 +173,6 @@ class _Evaluator:
                     "config": {k: v for k, v in cfgs[0].identity().items() if k != "seed"}}
             rec = save_spec(path, key, res, meta)
         return rec, path
-
-
-def beta_stale(rec: dict) -> bool:
-    """An inference record whose beta was chosen at the edge of its grid before grids were extended there
-    (:func:`itr_lib.hubness.search_beta`): its val table has no ``added_at_edge`` column, so it is re-scored."""
-    table = rec.get("beta_table")
-    if not table or "added_at_edge" in table[0]:
-        return False
-    betas = [r["beta"] for r in table]
-    chosen = [r["beta"] for r in table if r.get("chosen")]
-    return len(betas) > 1 and bool(chosen) and chosen[0] in (min(betas), max(betas))
-
-
-def beta_note(rec: dict) -> str:
-    """How a record's beta was found on val: ``""`` (inside the grid given, or fixed), ``"grid extended to 5"``,
-    or ``"at the grid's edge"`` (the extensions ran out, or a record chosen before grids were extended)."""
-    table = rec.get("beta_table") or []
-    added = [r["beta"] for r in table if r.get("added_at_edge")]
-    if beta_stale(rec) or any(r.get("at_grid_edge") for r in table):
-        return "at the grid's edge" + (f" (extended to {', '.join(f'{b:g}' for b in added)})" if added else "")
-    return f"grid extended to {', '.join(f'{b:g}' for b in added)}" if added else ""
 
 
 def save_spec(path: Path, key: dict, res: SpecResult, meta: dict) -> dict:

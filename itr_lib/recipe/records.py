@@ -36,6 +36,27 @@ def read_record(path: Path, key: dict | None, check_key: bool = True) -> dict | 
     return rec if json.dumps(rec.get("key"), sort_keys=True) == json.dumps(key, sort_keys=True) else None
 
 
+def beta_stale(rec: dict) -> bool:
+    """An inference record whose beta was chosen at the edge of its grid before grids were extended there
+    (:func:`itr_lib.hubness.search_beta`): its val table has no ``added_at_edge`` column, so it is re-scored."""
+    table = rec.get("beta_table")
+    if not table or "added_at_edge" in table[0]:
+        return False
+    betas = [r["beta"] for r in table]
+    chosen = [r["beta"] for r in table if r.get("chosen")]
+    return len(betas) > 1 and bool(chosen) and chosen[0] in (min(betas), max(betas))
+
+
+def beta_note(rec: dict) -> str:
+    """How a record's beta was found on val: ``""`` (inside the grid given, or fixed), ``"grid extended to 5"``,
+    or ``"at the grid's edge"`` (the extensions ran out, or a record chosen before grids were extended)."""
+    table = rec.get("beta_table") or []
+    added = [r["beta"] for r in table if r.get("added_at_edge")]
+    if beta_stale(rec) or any(r.get("at_grid_edge") for r in table):
+        return "at the grid's edge" + (f" (extended to {', '.join(f'{b:g}' for b in added)})" if added else "")
+    return f"grid extended to {', '.join(f'{b:g}' for b in added)}" if added else ""
+
+
 def lever_table(rows: list[dict]) -> pd.DataFrame:
     """The lever table: one row per lever (stage, name, change), its val / test mR beside the reference's, the
     val gain (what decides), the paired bootstrap of its test rsum gain (reported, never used to choose) and whether
@@ -75,8 +96,7 @@ def load_spec_hits(path: Path):
 
 
 def _beta_str(rec: dict) -> str:
-    """`` (beta 20)``, with how it was found on val when the grid's edge was involved (:func:`inference.beta_note`)."""
-    from .inference import beta_note
+    """`` (beta 20)``, with how it was found on val when the grid's edge was involved (:func:`beta_note`)."""
     if not rec["spec"].get("beta"):
         return ""
     note = beta_note(rec)

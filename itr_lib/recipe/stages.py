@@ -202,7 +202,7 @@ def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: lis
     val = np.array([r["val"]["standard"]["mr"] for r in recs])
     test = np.array([r["test"]["standard"]["mr"] for r in recs])
     sd = lambda a: round(float(a.std(ddof=1)), 2) if len(a) > 1 else 0.0  # noqa: E731
-    from .inference import beta_note
+    from .records import beta_note
     betas = sorted({r["spec"]["beta"] for r in recs if r["spec"].get("beta") is not None})
     notes = sorted({beta_note(r) for r in recs} - {""})
     return {"dataset": ds, "variant": variant, "scoring": label, "spec": spec.slug(), "betas": ",".join(f"{b:g}" for b in betas),
@@ -234,8 +234,7 @@ def _from_records(results_dir: Path, d: pd.DataFrame) -> pd.DataFrame:
     """The tie bracket and beta note (:data:`RECORD_COLUMNS`) of each final row, read from its inference records
     (``recipe/inference/<spec>--<run>``: one per seed, or the ensemble's one), for a ``recipe_final.csv`` written
     before it carried them."""
-    from .inference import beta_note
-    from .records import read_record
+    from .records import beta_note, read_record
     rows = []
     for spec, runs, scoring in zip(d.spec, d.runs, d.scoring):
         runs = str(runs).split(",")
