@@ -14,7 +14,7 @@ from .inference import _Evaluator
 from .latency import measure_recipe
 from .levers import (BETAS, D4, INFERENCE_LEVERS, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace, InferenceSpec,
                      best_per_group, combine, greedy_train, lever_config, recipe_dir, val_mr)
-from .records import _change_str, _row, _spec_row, lever_table, load_spec_hits
+from .records import _change_str, _row, _spec_row, beta_note, lever_table, load_spec_hits, read_record
 
 log = logging.getLogger(__name__)
 
@@ -143,9 +143,9 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
     ensembles m models, the ensemble of the first m seeds is one more row (one number: no spread over seeds).
     Returns one row per dataset x variant x scoring: mean +- std of val and test mR, and for SelfAlign the paired
     bootstrap (over seeds and test queries, :func:`selfalign_gains`) of its test rsum gain over the baseline of the
-    same recipe and seeds. ``latency``: each row's
-    per-query cost on its first seed's model (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread;
-    the ensemble row times the ensemble), in ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
+    same recipe and seeds. ``latency``: each row's per-query cost on its first seed's model
+    (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread; the ensemble row times the ensemble), in
+    ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
     results_dir = Path(results_dir)
     cfgs = recipe_configs(change, datasets, seeds, variants, base)
     _grid(cfgs, results_dir, workers)
@@ -202,7 +202,6 @@ def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: lis
     val = np.array([r["val"]["standard"]["mr"] for r in recs])
     test = np.array([r["test"]["standard"]["mr"] for r in recs])
     sd = lambda a: round(float(a.std(ddof=1)), 2) if len(a) > 1 else 0.0  # noqa: E731
-    from .records import beta_note
     betas = sorted({r["spec"]["beta"] for r in recs if r["spec"].get("beta") is not None})
     notes = sorted({beta_note(r) for r in recs} - {""})
     return {"dataset": ds, "variant": variant, "scoring": label, "spec": spec.slug(), "betas": ",".join(f"{b:g}" for b in betas),
@@ -234,7 +233,6 @@ def _from_records(results_dir: Path, d: pd.DataFrame) -> pd.DataFrame:
     """The tie bracket and beta note (:data:`RECORD_COLUMNS`) of each final row, read from its inference records
     (``recipe/inference/<spec>--<run>``: one per seed, or the ensemble's one), for a ``recipe_final.csv`` written
     before it carried them."""
-    from .records import beta_note, read_record
     rows = []
     for spec, runs, scoring in zip(d.spec, d.runs, d.scoring):
         runs = str(runs).split(",")
