@@ -26,9 +26,9 @@ def _rel(path) -> Path:
 
 
 def _fmt(df: pd.DataFrame, cols=SHOW) -> str:
-    from .tables import format_mean_std
-    t = format_mean_std(df)
-    cols = [c for c in cols if c in t.columns] + [c for c in ("delta_rsum", "ci_lo", "ci_hi") if c in t.columns]
+    from .tables import format_mean_std, tie_cells
+    t = format_mean_std(df).assign(**{"ties [pess., opt.]": tie_cells(df)})  # every row its bracket (or its rule)
+    cols = [c for c in [*cols, "ties [pess., opt.]", "delta_rsum", "ci_lo", "ci_hi"] if c in t.columns]
     t = t[cols].copy()
     for c in ("delta_rsum", "ci_lo", "ci_hi"):
         if c in t:
@@ -264,7 +264,7 @@ def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
-    from .tables import DEPLOYED_MODES, format_mean_std, published_rows
+    from .tables import DEPLOYED_MODES, format_mean_std, published_rows, tie_cells
     tables, figs = Path(results_dir) / "tables", Path(results_dir) / "figures"
     lines, shared, shared_all = [], [], set()
     for ds in ("rsicd", "ucm"):
@@ -280,7 +280,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         if not full:
             t["variant"], shared = _drop_shared_parts(t.variant)
             shared_all |= set(shared)
-        t["ties [pess., opt.]"] = [f"[{a:.2f}, {b:.2f}]" for a, b in zip(t.mr_pessimistic, t.mr_optimistic)]
+        t["ties [pess., opt.]"] = tie_cells(t)
         cols = (["setting"] if full else []) + ["variant", "n_seeds", "seeds"] + \
             (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"]
         lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), ""]

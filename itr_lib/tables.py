@@ -55,6 +55,16 @@ def fmt_ci(v, lo, hi) -> str:
     return "" if pd.isna(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
+def tie_cells(df: pd.DataFrame) -> list[str]:
+    """Each row's tie bracket as ``[pess., opt.]`` mR (ties resolved against / for the query); ``index rule`` for a
+    record scored before the tie rule (index-rule ranks: no bracket recorded); blank for published rows."""
+    n = len(df)
+    lo, hi = (df[c] if c in df else pd.Series([np.nan] * n, index=df.index) for c in ("mr_pessimistic", "mr_optimistic"))
+    rule = df["tie_rule"] if "tie_rule" in df else pd.Series([None] * n, index=df.index)
+    return [f"[{a:.2f}, {b:.2f}]" if pd.notna(a) and pd.notna(b) else ("index rule" if r == "index" else "")
+            for a, b, r in zip(lo, hi, rule)]
+
+
 def to_markdown(df: pd.DataFrame, compact: bool = False, **kw) -> str:
     """``df.to_markdown`` with ``|`` inside text cells escaped (variant labels carry it), so no cell splits.
     ``compact``: no padding (same table once rendered, a third of the bytes; for the README), numbers right-aligned

@@ -106,3 +106,18 @@ def test_variant_labels_name_the_val_images_actually_scored():
     assert run_row(rec)["variant"] == "baseline | infonce +FN-mask | 6 ep | val 210"
     assert run_row({**rec, "val_images": 1000})["variant"].endswith("| val 1000")  # RSICD: 1,000 of its val images
     assert run_row({k: v for k, v in rec.items() if k != "val_images"})["variant"].endswith("| val 1000")  # unknown
+
+
+def test_every_row_of_the_reports_run_tables_carries_its_tie_bracket_or_its_rule():
+    """Main / ablation tables in RESULTS.md: a bracket where the record has one, "index rule" where it was scored
+    before the tie rule (no bracket recorded), blank for a published number."""
+    import numpy as np
+    import pandas as pd
+    from itr_lib.report import _fmt
+    from itr_lib.tables import tie_cells
+    df = pd.DataFrame({"method": ["a", "b", "PIR (published)"], "variant": ["x", "y", "z"], "n_seeds": [3, 3, 0],
+                       "mr": [20.0, 19.0, 24.46], "mr_std": [0.1, 0.2, np.nan], "tie_rule": ["expected", "index", None],
+                       "mr_pessimistic": [19.5, np.nan, np.nan], "mr_optimistic": [20.7, np.nan, np.nan]})
+    assert tie_cells(df) == ["[19.50, 20.70]", "index rule", ""]
+    md = _fmt(df)
+    assert "ties [pess., opt.]" in md.splitlines()[0] and "[19.50, 20.70]" in md and "index rule" in md
