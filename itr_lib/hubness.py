@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.special import logsumexp
+
+from .querybank import Prepared, bank_sample, check_bank, model_vectors, prepare  # noqa: F401  (the bank path)
 
 log = logging.getLogger(__name__)
 
@@ -212,110 +213,8 @@ def correct(method: str, scores: Any, beta: float, bank_scores: Any = None, bank
 
 
 # ----------------------------------------------------------------------------------------------------
-# evaluation with a querybank
+# evaluation with a querybank (:mod:`itr_lib.querybank`: checked, sampled, encoded and scored in one path)
 # ----------------------------------------------------------------------------------------------------
-def check_bank(test, bank) -> None:
-    """Raise unless ``bank`` is a different split from ``test`` that shares none of its images: the querybank
-    must never hold test data."""
-    if bank is test:
-        raise ValueError("the querybank is the evaluated split itself. Fix: pass the training split as the bank "
-                         "(load_split_tensors(cfg, 'train')); test data must never enter the bank")
-    if bank.split.name == test.split.name:
-        raise ValueError(f"the querybank split {bank.split.name!r} is the evaluated split {test.split.name!r}. "
-                         f"Fix: pass the training split as the bank")
-    shared = set(bank.split.filenames) & set(test.split.filenames)
-    if shared:
-        raise ValueError(f"the querybank split {bank.split.name!r} shares {len(shared)} image(s) with the evaluated "
-                         f"split {test.split.name!r} (e.g. {sorted(shared)[0]!r}). Fix: use a disjoint split "
-                         f"(the training split) as the bank")
-
-
-@dataclass
-class Prepared:
-    """Encoded test scores and querybank scores of one model (reused across methods and betas)."""
-
-    sims: np.ndarray                     # (n_images, n_distinct_texts) test scores
-    inverse: np.ndarray                  # per test caption, its distinct text
-    text_counts: np.ndarray              # copies of each distinct test text
-    bank_t2i: np.ndarray | None = None   # (n_bank_texts_distinct, n_images): bank captions vs test images
-    bank_t2i_w: np.ndarray | None = None  # copies of each bank caption
-    bank_i2t: np.ndarray | None = None   # (n_bank_images, n_distinct_texts): bank images vs test captions
-    info: dict = field(default_factory=dict)
-
-
-def _encode(model, data, idx: np.ndarray, device: str, batch_size: int, vectors: bool, images: bool) -> dict:
-    """Encoder outputs of the images (``images``) or captions ``idx`` of ``data`` (vectors only, or every tensor),
-    on CPU; the loop of :func:`itr_lib.scoring.encode_split` for one side and a subset."""
-    import torch
-
-    from .scoring import _cat
-    parts = []
-    with torch.no_grad():
-        for s in range(0, len(idx), batch_size):
-            ii = torch.as_tensor(idx[s:s + batch_size], dtype=torch.long)
-            if images:
-                regions, mask = data.image_batch(ii)
-                out = model.encode_images(regions.to(device), mask.to(device))
-                vec = model.image_vectors
-            else:
-                text, mask, word = data.text_batch(ii)
-                out = model.encode_texts(text.to(device), mask.to(device), word.to(device))
-                vec = model.text_vectors
-            parts.append({"vec": vec(out).cpu()} if vectors else
-                         {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)})
-    return _cat(parts)
-
-
-def bank_sample(bank, bank_size: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
-    """A querybank from ``bank`` (all of it, or ``bank_size`` seeded captions and images): its distinct captions
-    (indices into the split's captions), their copies among the sampled ones (weights), its images, and a record."""
-    if bank_size is not None and bank_size < 1:
-        raise ValueError(f"bank_size must be >= 1 or None (the whole bank), got {bank_size}")
-    rng = np.random.default_rng(seed)
-    b_uniq, b_inv = bank.text_groups()
-    caps, imgs = np.arange(bank.n_texts), np.arange(bank.n_images)
-    if bank_size is not None:  # a seeded sample of bank_size captions and bank_size images
-        caps = np.sort(rng.choice(bank.n_texts, min(bank_size, bank.n_texts), replace=False))
-        imgs = np.sort(rng.choice(bank.n_images, min(bank_size, bank.n_images), replace=False))
-    counts = np.bincount(b_inv[caps], minlength=len(b_uniq))
-    groups = np.flatnonzero(counts)
-    info = {"split": bank.split.name, "n_texts": int(len(caps)), "n_distinct_texts": int(len(groups)),
-            "n_images": int(len(imgs)), "bank_size": bank_size, "seed": seed if bank_size else None}
-    return b_uniq[groups], counts[groups].astype(np.float64), imgs, info
-
-
-def prepare(model, test, bank=None, device: str = "cpu", batch_size: int = 256, bank_size: int | None = None,
-            seed: int = 0) -> Prepared:
-    """Encode ``test`` (each distinct caption once, as :func:`itr_lib.scoring.evaluate`) and, when ``bank`` is
-    given, the querybank: ``bank``'s captions (the bank of text->image queries) and images (image->text), all of
-    them or a seeded sample of ``bank_size`` captions and ``bank_size`` images. Models with ``exact_vectors``
-    are scored by one inner product of retrieval vectors; others by ``model.similarity`` (their exhaustive score,
-    e.g. TGDT's s_global + s_local: fine for evaluation, but not one faiss search and slow on a large bank)."""
-    from .scoring import encode_split, score_matrix
-    model.eval()
-    vectors = bool(model.exact_vectors)
-    uniq, inverse = test.text_groups()
-    img, txt = encode_split(model, test, device, batch_size, texts=uniq, outputs="vectors" if vectors else "all")
-    fn = None if vectors else model.similarity
-    sims = score_matrix(model, img, txt, device, fn=fn)
-    prep = Prepared(sims=sims, inverse=inverse, text_counts=np.bincount(inverse, minlength=len(uniq)))
-    prep.info["score"] = "inner product of retrieval vectors" if vectors else "model.similarity (exhaustive)"
-    if bank is None:
-        return prep
-    check_bank(test, bank)
-    t0 = time.perf_counter()
-    b_texts, b_weights, b_images, b_info = bank_sample(bank, bank_size, seed)
-    b_txt = _encode(model, bank, b_texts, device, batch_size, vectors, images=False)
-    b_img = _encode(model, bank, b_images, device, batch_size, vectors, images=True)
-    encode_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    prep.bank_t2i = score_matrix(model, img, b_txt, device, fn=fn).T  # (bank captions, test images)
-    prep.bank_t2i_w = b_weights
-    prep.bank_i2t = score_matrix(model, b_img, txt, device, fn=fn)    # (bank images, test captions)
-    prep.info.update(bank=b_info, bank_encode_seconds=encode_s, bank_score_seconds=time.perf_counter() - t0)
-    return prep
-
-
 def _merge(m_i2t: dict, m_t2i: dict) -> dict:
     """i2t keys from one metrics dict, t2i keys from the other; rsum and mr recomputed."""
     out = {k: (m_i2t[k] if k.startswith("i2t") else m_t2i[k]) for k in m_i2t}
@@ -408,36 +307,71 @@ def evaluate_hubness(model, test, bank=None, method: str = "qb_norm", beta: floa
     return score_prepared(prep, test, method, beta, with_ranks)
 
 
+#: how many times a beta grid is extended past an edge its val optimum sits on (one grid step each time)
+MAX_EXTEND = 4
+
+
+def search_beta(score, betas, key: str = "mr", max_extend: int = MAX_EXTEND):
+    """Choose ``beta`` on val from ``score(beta) -> metrics dict`` (val metrics) among ``betas``, extending the grid
+    when the best value sits on its edge: one step past it (the ratio of the two outermost candidates on that side,
+    so 10, 20, ... extends to 5, then 2.5) and again, at most ``max_extend`` times, until the best is inside the
+    grid. Ties go to the smaller beta. Returns ``(beta, table)``: one row per beta tried, ascending, with its
+    metrics, ``chosen``, ``added_at_edge`` (the row was added by an extension) and ``at_grid_edge`` (the chosen
+    beta is still the smallest or largest tried: the extensions ran out; a warning is logged)."""
+    import pandas as pd
+    grid = sorted({float(b) for b in betas})
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"betas must be positive inverse temperatures, got {list(betas)}; e.g. [5, 10, 20, 50]")
+    rows = {b: dict(score(b)) for b in grid}
+    added: list[float] = []
+
+    def best() -> float:
+        return max(sorted(rows), key=lambda b: rows[b][key])  # max keeps the first (smallest) of equal values
+
+    for _ in range(max_extend if len(grid) > 1 else 0):
+        tried, b = sorted(rows), best()
+        if b == tried[0]:
+            new = tried[0] * tried[0] / tried[1]
+        elif b == tried[-1]:
+            new = tried[-1] * tried[-1] / tried[-2]
+        else:
+            break
+        rows[new] = dict(score(new))
+        added.append(new)
+    chosen, tried = best(), sorted(rows)
+    edge = len(tried) > 1 and chosen in (tried[0], tried[-1])
+    table = pd.DataFrame([{"beta": b, **rows[b]} for b in tried])
+    table["chosen"] = table.beta == chosen
+    table["added_at_edge"] = table.beta.isin(added)
+    table["at_grid_edge"] = edge
+    if added:
+        log.info("beta grid %s extended to %s on val (the best sat on its edge): beta %s", grid, added, chosen)
+    if edge:
+        log.warning("beta %s is still at the edge of the candidates %s after %d extensions; extend the grid past it "
+                    "(the useful beta depends on the spread of the model's scores)", chosen, tried, len(added))
+    return chosen, table
+
+
 def choose_beta(model, val, bank, method: str, betas, device: str = "cpu", batch_size: int = 256,
                 bank_size: int | None = None, seed: int = 0, key: str = "mr"):
-    """Pick ``beta`` for ``method`` on a val split: each candidate's val metrics (standard protocol, the study's
-    tie rule) with the uncorrected score (``method`` ``none``) as the first row; the chosen beta has the best
-    ``key`` (ties: the first candidate). Returns ``(beta, table)`` (a pandas DataFrame, columns ``chosen`` and
-    ``at_grid_edge``: True when the best beta is the smallest or largest candidate, so the grid should go further;
-    a warning is logged then)."""
+    """Pick ``beta`` for ``method`` on a val split (:func:`search_beta`: the grid extended past an edge the best
+    value sits on): each candidate's val metrics (standard protocol, the study's tie rule) with the uncorrected
+    score (``method`` ``none``) as the first row. Returns ``(beta, table)`` (a pandas DataFrame, columns
+    ``chosen``, ``added_at_edge`` and ``at_grid_edge``, see :func:`search_beta`)."""
     import pandas as pd
     if method == "none" or method not in METHODS:
         raise ValueError(f"method must be one of {sorted(set(METHODS) - {'none'})}, got {method!r}")
-    betas = [float(b) for b in betas]
-    if not betas:
+    if not list(betas):
         raise ValueError("betas is empty; pass candidate inverse temperatures, e.g. [5, 10, 20, 50]")
     if val.split.name == "test":
         raise ValueError("choose_beta reads the split it is given to choose: pass the val split, not test")
     prep = prepare(model, val, bank if method in BANK_METHODS else None, device, batch_size, bank_size, seed)
-    rows = [{"method": "none", "beta": np.nan, **score_prepared(prep, val, "none")["standard"]}]
-    for b in betas:
-        rows.append({"method": method, "beta": b, **score_prepared(prep, val, method, b)["standard"]})
-    table = pd.DataFrame(rows)
-    best = int(table[key].iloc[1:].to_numpy().argmax()) + 1
-    table["chosen"] = False
-    table.loc[best, "chosen"] = True
+    chosen, grid = search_beta(lambda b: score_prepared(prep, val, method, b)["standard"], betas, key)
+    none = {"method": "none", "beta": np.nan, **score_prepared(prep, val, "none")["standard"], "chosen": False,
+            "added_at_edge": False, "at_grid_edge": bool(grid.at_grid_edge.iloc[0])}
+    table = pd.concat([pd.DataFrame([none]), grid.assign(method=method)], ignore_index=True)
     table["split"] = val.split.name
     table["transductive"] = METHODS[method]
-    log.info("choose_beta %s on %s: beta %s (%s %.2f; uncorrected %.2f)", method, val.split.name,
-             table.loc[best, "beta"], key, table.loc[best, key], table.loc[0, key])
-    chosen = float(table.loc[best, "beta"])
-    table["at_grid_edge"] = len(betas) > 1 and chosen in (min(betas), max(betas))
-    if table["at_grid_edge"].iloc[0]:
-        log.warning("choose_beta %s: the chosen beta %s is at the edge of the candidates %s; extend the grid past it "
-                    "(the useful beta depends on the spread of the model's scores)", method, chosen, betas)
+    log.info("choose_beta %s on %s: beta %s (%s %.2f; uncorrected %.2f)", method, val.split.name, chosen,
+             key, table.loc[table.chosen, key].item(), table.loc[0, key])
     return chosen, table

@@ -367,16 +367,17 @@ def duplicate_ceiling(img2txt: Sequence[Sequence[int]], txt2img: Sequence[int], 
 # paired bootstrap
 # ----------------------------------------------------------------------------------------------------
 def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Sequence[tuple[np.ndarray, np.ndarray]],
-                     n_boot: int = 2000, seed: int = 0, resample_seeds: bool = False) -> dict:
-    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over test queries (and seeds).
+                     n_boot: int = 2000, seed: int = 0) -> dict:
+    """rsum(B) - rsum(A) with a 95% paired bootstrap interval over seeds and test queries: the study's ONE interval
+    (the claims, the ablations, the recipe's levers and its SelfAlign gain all call this).
 
     Each system is a list, one entry per seed (seed-matched between A and B), of per-query hits
     ``(i2t (n_images, 3), t2i (n_texts, 3))`` at K = 1, 5, 10: 0/1 indicators or, under the study's tie rule,
-    probabilities (:meth:`Ties.hits`). The per-query differences are averaged over seeds, then image queries and
-    caption queries are resampled with replacement, the same draws for A and B. ``resample_seeds``: each draw
-    first resamples the seed pairs with replacement (a two-level bootstrap, so run-to-run noise widens the
-    interval; needs 2+ seeds to matter). Returns ``{"delta_rsum",
-    "ci_lo", "ci_hi" (2.5 / 97.5 percentiles), "n_boot", "n_seeds"}``."""
+    probabilities (:meth:`Ties.hits`). Each draw resamples the seed pairs with replacement and the image queries
+    and caption queries with replacement (the same draws for A and B; a two-level bootstrap, so run-to-run noise
+    widens the interval); the per-query differences of the drawn seeds are averaged. With one seed only the
+    queries are resampled. Compare only hits scored under one tie rule (:func:`require_same_tie_rule`).
+    Returns ``{"delta_rsum", "ci_lo", "ci_hi" (2.5 / 97.5 percentiles), "n_boot", "n_seeds"}``."""
     if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if len(hits_a) != len(hits_b) or not hits_a:
@@ -395,7 +396,7 @@ def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Se
     n_s = len(hits_a)
     ii = rng.integers(0, d_i.shape[1], size=(n_boot, d_i.shape[1]))
     tt = rng.integers(0, d_t.shape[1], size=(n_boot, d_t.shape[1]))
-    if resample_seeds and n_s > 1:
+    if n_s > 1:
         ss = rng.integers(0, n_s, size=(n_boot, n_s))
         per_i = np.stack([d_i[:, ii[b]].mean(1) for b in range(n_boot)])  # (n_boot, n_seeds)
         per_t = np.stack([d_t[:, tt[b]].mean(1) for b in range(n_boot)])
@@ -406,3 +407,20 @@ def paired_bootstrap(hits_a: Sequence[tuple[np.ndarray, np.ndarray]], hits_b: Se
     lo, hi = np.percentile(boots, [2.5, 97.5])
     return {"delta_rsum": float(point), "ci_lo": float(lo), "ci_hi": float(hi), "n_boot": int(n_boot),
             "n_seeds": n_s}
+
+
+def require_same_tie_rule(rules: dict[str, str | None], what: str = "a paired comparison") -> str:
+    """The one tie rule of the records ``{run: tie_rule}`` compared in ``what``; a record without the field was
+    scored before the tie rule (index-rule ranks, ``"index"``). Records scored under different rules are never
+    compared (an index-rule mR is not an expected-rule mR): ValueError naming one run of each rule."""
+    norm = {run: (rule if isinstance(rule, str) and rule else "index") for run, rule in rules.items()}
+    by_rule: dict[str, str] = {}
+    for run, rule in norm.items():
+        by_rule.setdefault(rule, run)
+    if len(by_rule) > 1:
+        (r1, a), (r2, b) = list(by_rule.items())[:2]
+        raise ValueError(f"{what} compares {a} (tie rule {r1!r}) with {b} (tie rule {r2!r}): records scored under "
+                         f"different tie rules are never compared. Fix: re-score or retrain the older run under the "
+                         f"study's rule {STUDY_TIE_RULE!r} (python -m itr_lib.study --retrain '<run>', then publish "
+                         f"its runs/<run>/metrics.json), or compare runs of one rule.")
+    return next(iter(by_rule), STUDY_TIE_RULE)

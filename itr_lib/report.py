@@ -27,9 +27,9 @@ def _rel(path) -> Path:
 
 
 def _fmt(df: pd.DataFrame, cols=SHOW) -> str:
-    from .tables import format_mean_std
-    t = format_mean_std(df)
-    cols = [c for c in cols if c in t.columns] + [c for c in ("delta_rsum", "ci_lo", "ci_hi") if c in t.columns]
+    from .tables import format_mean_std, tie_cells
+    t = format_mean_std(df).assign(**{"ties [pess., opt.]": tie_cells(df)})  # every row its bracket (or its rule)
+    cols = [c for c in [*cols, "ties [pess., opt.]", "delta_rsum", "ci_lo", "ci_hi"] if c in t.columns]
     t = t[cols].copy()
     for c in ("delta_rsum", "ci_lo", "ci_hi"):
         if c in t:
@@ -152,14 +152,12 @@ def results_markdown(results_dir: str | Path) -> str:
                 lines += [f"![{ds} results]({rel}/figures/main_{ds}.png)", ""]
         sched = tables / f"schedule_{ds}.csv"
         if sched.is_file():
-            lines += [f"### {ds.upper()}: schedule (the ablation's number of epochs is chosen on val mR of the "
-                      f"baseline; test mR shown, not used to choose)", "",
-                      to_markdown(pd.read_csv(sched), index=False), ""]
+            lines += [schedule_caption(ds, pd.read_csv(sched)), "", to_markdown(pd.read_csv(sched), index=False), ""]
         abl = tables / f"ablation_{ds}.csv"
         if abl.is_file():
             df = pd.read_csv(abl)
             lines += [f"### {ds.upper()}: SelfAlign ablation (gain = rsum difference to the baseline of the same "
-                      f"loss, 95% paired bootstrap CI over test queries)", "", _fmt(df), ""]
+                      f"loss, 95% paired bootstrap CI over seeds and test queries)", "", _fmt(df), ""]
             for f in (f"ablation_{ds}.png", f"codebook_{ds}.png"):
                 if (figs / f).is_file():
                     lines += [f"![{f}]({rel}/figures/{f})", ""]
@@ -173,7 +171,7 @@ def results_markdown(results_dir: str | Path) -> str:
         if confirm.is_file():
             lines += [f"### {ds.upper()}: the probes chosen on val (each round), over seeds (each baseline has the same "
                       f"change; gain = "
-                      f"rsum difference, 95% paired bootstrap CI over test queries)", "",
+                      f"rsum difference, 95% paired bootstrap CI over seeds and test queries)", "",
                       _fmt(pd.read_csv(confirm), ["probe"] + SHOW), ""]
         for extra in (f"efficiency_{ds}.csv", f"pointing_game_{ds}.csv"):
             if (tables / extra).is_file():
@@ -200,6 +198,28 @@ def results_markdown(results_dir: str | Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def schedule_caption(ds: str, sched: pd.DataFrame) -> str:
+    """The schedule table's heading: what val preferred (read from the table) and what the study trains (the
+    comparison's epochs, :data:`itr_lib.experiments.COMPARISON_BASE`: a cost cap where val preferred another)."""
+    from .experiments import COMPARISON_BASE
+    used, best = COMPARISON_BASE["epochs"], sched.loc[sched.val_mr.idxmax()]
+    curve = " / ".join(f"{v:.2f}" for v in sched.val_mr) + " at " + " / ".join(str(int(e)) for e in sched.epochs)
+    rule = (f"the study trains {used}, the val choice" if int(best.epochs) == used else
+            f"the study trains {used} for every method, a cost cap, not the val choice")
+    return (f"### {ds.upper()}: schedule (val mR of the baseline {curve} epochs: val prefers {int(best.epochs)}; "
+            f"{rule}; test mR shown, not used to choose)")
+
+
+def _claim_rule() -> str:
+    """The verdict rule of the claims, as the README and RESULTS.md state it (bars from :data:`tables.CLAIMS`)."""
+    from .tables import CLAIMS
+    tols = sorted({tol for *_, kind, tol, _ in CLAIMS if kind == "not_worse"})
+    within = ", ".join(f"-{t:g} mR for \"B keeps A's accuracy within {t:g} mR\"" for t in tols)
+    return ("A claim *holds* when the 95% interval of B - A lies above its bar (column `bar`: 0 for \"B beats A\""
+            + (f", {within}" if within else "") + "), *does not hold* when it lies below the bar, and is "
+            "*inconclusive* otherwise; a one-seed claim must clear the bar by twice the largest seed std.")
+
+
 def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     """Variant labels without the ``|``-separated parts every label shares (said once above the table)."""
     split = [re.match(r"^(.*?)(\s*\[[^\]]*\])?$", str(v)).groups() for v in labels]  # "... [two_stage]": the mode
@@ -210,10 +230,23 @@ def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     return pd.Series(short, index=labels.index), shared
 
 
+def _with_bar(c: pd.DataFrame) -> pd.DataFrame:
+    """Claims with ``bar``: the bar each claim's interval of B - A is held against, as ``"> +0.00"`` (read from
+    ``bar_mr``, or from ``kind`` / ``tolerance_mr`` in a claims table written before it carried the bar)."""
+    from .tables import claim_bar
+    c = c.copy()
+    bars = c["bar_mr"] if "bar_mr" in c else pd.Series(
+        [claim_bar(k, t) if isinstance(k, str) else float("nan") for k, t in zip(c.get("kind", [None] * len(c)),
+                                                                             c.get("tolerance_mr", [0.0] * len(c)))],
+        index=c.index)
+    c["bar"] = ["" if pd.isna(b) else f"> {b:+.2f}" for b in bars]
+    return c
+
+
 def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
     """One row per claim, one column per dataset: ``"+1.14 [+0.44, +1.81] (3) holds"``. The "strongest model"
     claim names its two models per dataset, so its cell carries them."""
-    c = c.copy()
+    c = _with_bar(c)
     c["cell"] = [f"{ci} ({n}) {v}" for ci, n, v in zip(c["B - A mR [95% CI]"], c.n_seeds, c.verdict)]
     strongest = c.claim == "strongest"
     c.loc[strongest, "cell"] = [f"{top} vs {runner_up}: {cell}" for top, runner_up, cell in
@@ -223,14 +256,16 @@ def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
     order = list(dict.fromkeys(c.claim))
     wide = c.pivot_table(index="claim", columns="dataset", values="cell", aggfunc="first").reindex(order)
     wide.columns = [str(d).upper() for d in wide.columns]
-    wide.insert(0, "statement", c.drop_duplicates("claim").set_index("claim").statement.reindex(order))
+    first = c.drop_duplicates("claim").set_index("claim")
+    wide.insert(0, "statement", first.statement.reindex(order))
+    wide.insert(1, "bar", first.bar.reindex(order))
     return wide.reset_index(drop=True).fillna("")
 
 
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
-    from .tables import DEPLOYED_MODES, format_mean_std, published_rows
+    from .tables import DEPLOYED_MODES, format_mean_std, published_rows, tie_cells
     tables, figs = Path(results_dir) / "tables", Path(results_dir) / "figures"
     lines, shared, shared_all = [], [], set()
     for ds in ("rsicd", "ucm"):
@@ -246,7 +281,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         if not full:
             t["variant"], shared = _drop_shared_parts(t.variant)
             shared_all |= set(shared)
-        t["ties [pess., opt.]"] = [f"[{a:.2f}, {b:.2f}]" for a, b in zip(t.mr_pessimistic, t.mr_optimistic)]
+        t["ties [pess., opt.]"] = tie_cells(t)
         cols = (["setting"] if full else []) + ["variant", "n_seeds", "seeds"] + \
             (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"]
         lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), ""]
@@ -271,9 +306,10 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             for part in shared_all:
                 c["statement"] = c.statement.str.replace(f" | {part}", "", regex=False)
         c["latency A/B"] = ["" if pd.isna(v) else f"{v:.2g}x" for v in c.latency_ratio_a_over_b]
-        lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", ""]
+        lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", "", _claim_rule(), ""]
         if full:
-            lines += [to_markdown(c[["dataset", "statement", "n_seeds", "B - A mR [95% CI]", "latency A/B",
+            c = _with_bar(c)
+            lines += [to_markdown(c[["dataset", "statement", "bar", "n_seeds", "B - A mR [95% CI]", "latency A/B",
                                      "verdict"]], index=False), ""]
         else:
             lines += ["B - A test mR [95% CI] (seeds), verdict; latency ratios and the two numbers compared in "

@@ -247,6 +247,16 @@ def _read_record(mpath: Path) -> dict | None:
     return m if "config" in m and "test" in m else None
 
 
+def scored_variant(metrics: dict) -> str:
+    """The variant label of a record (:func:`itr_lib.config.variant_label`) naming the val images its checkpoint
+    was actually selected on: the record's ``val_images`` where ``val_images_per_epoch`` asked for more than the
+    split holds (UCM's val split has 210 images, so "val 1000" selected on 210)."""
+    cfg, n = dict(metrics["config"]), metrics.get("val_images")
+    if cfg.get("val_images_per_epoch") and n:
+        cfg["val_images_per_epoch"] = min(int(cfg["val_images_per_epoch"]), int(n))
+    return variant_label(cfg)
+
+
 def find_runs(results_dir: str | Path) -> pd.DataFrame:
     """One row per finished run: run, method, dataset, seed, variant, group (config without the seed), checkpoint
     (or None: usable for mR only), metrics_path, train_s_per_epoch (mean of the history's ``train_seconds``),
@@ -259,7 +269,7 @@ def find_runs(results_dir: str | Path) -> pd.DataFrame:
         cfg = m["config"]
         hist = [h["train_seconds"] for h in m.get("history", []) if "train_seconds" in h]
         rows.append({"run": run, "method": m.get("method", cfg.get("method")), "dataset": m.get("dataset"),
-                     "seed": m.get("seed", cfg.get("seed")), "variant": variant_label(cfg), "group": group_key(cfg),
+                     "seed": m.get("seed", cfg.get("seed")), "variant": scored_variant(m), "group": group_key(cfg),
                      "text_encoder": cfg.get("text_encoder"), "lca": cfg.get("lca"), "cra": cfg.get("cra"),
                      "base_loss": cfg.get("base_loss"), "tie_rule": m.get("tie_rule", "index"),
                      "checkpoint": ck, "metrics_path": str(mpath),
@@ -364,7 +374,7 @@ def run_row(metrics: dict, protocol: str = "standard") -> dict:
     rule of its metrics and, where recorded, the optimistic / pessimistic tie bounds of mR."""
     cfg = metrics["config"]
     test = metrics["test"][protocol] if protocol in metrics["test"] else metrics["test"]["standard"]
-    row = {"dataset": metrics["dataset"], "method": cfg["method"], "variant": variant_label(cfg),
+    row = {"dataset": metrics["dataset"], "method": cfg["method"], "variant": scored_variant(metrics),
            "seed": cfg["seed"], "run": metrics["run"], "protocol": protocol, "mode": "",
            **{k: test[k] for k in METRICS}, "val_rsum": metrics["val"]["standard"]["rsum"],
            "best_epoch": metrics["best_epoch"], "epochs": metrics["epochs"],

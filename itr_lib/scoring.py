@@ -82,6 +82,33 @@ def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu",
     return _cat(imgs), _cat(txts)
 
 
+@torch.no_grad()
+def encode_items(model: RetrievalModel, data: SplitTensors, idx, side: str, device: str = "cpu",
+                 batch_size: int = 256, outputs: str = "vectors") -> dict:
+    """Encoder outputs of the ``side`` (``"images"`` or ``"texts"``) items ``idx`` (indices into the split's images
+    or captions) of a split, in eval mode, on CPU: ``{"vec": retrieval vectors}`` (``outputs`` ``"vectors"``) or
+    every tensor output (``"all"``, what an exhaustive score reads). The loop of :func:`encode_split` for one side
+    and a subset (a querybank sample)."""
+    if side not in ("images", "texts") or outputs not in ("vectors", "all"):
+        raise ValueError(f"side must be 'images' or 'texts' and outputs 'vectors' or 'all', got {side!r}, {outputs!r}")
+    model.eval()
+    idx = np.asarray(idx)
+    if not len(idx):
+        raise ValueError(f"no {side} to encode")
+    parts = []
+    for s in range(0, len(idx), batch_size):
+        ii = torch.as_tensor(idx[s:s + batch_size], dtype=torch.long)
+        if side == "images":
+            regions, mask = data.image_batch(ii)
+            out, vec = model.encode_images(regions.to(device), mask.to(device)), model.image_vectors
+        else:
+            text, mask, word = data.text_batch(ii)
+            out, vec = model.encode_texts(text.to(device), mask.to(device), word.to(device)), model.text_vectors
+        parts.append({"vec": vec(out).cpu()} if outputs == "vectors" else
+                     {k: v.cpu() for k, v in out.items() if torch.is_tensor(v)})
+    return _cat(parts)
+
+
 def _slice(d: dict, sl) -> dict:
     return {k: v[sl] for k, v in d.items()}
 

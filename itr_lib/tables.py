@@ -14,7 +14,7 @@ import pandas as pd
 
 from .config import dataset_name
 from .io import REPO_ROOT, atomic_write_text
-from .metrics import paired_bootstrap
+from .metrics import paired_bootstrap, require_same_tie_rule
 from .recordio import RANKS, read_ranks, read_record
 from .runs import load_hits, runs_frame
 
@@ -60,6 +60,16 @@ def published_rows(dataset: str, path: Path | None = None) -> pd.DataFrame:
 def fmt_ci(v, lo, hi) -> str:
     """``+1.23 [+0.45, +2.01]``: a difference with its interval (blank when not measured)."""
     return "" if pd.isna(v) else f"{v:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def tie_cells(df: pd.DataFrame) -> list[str]:
+    """Each row's tie bracket as ``[pess., opt.]`` mR (ties resolved against / for the query); ``index rule`` for a
+    record scored before the tie rule (index-rule ranks: no bracket recorded); blank for published rows."""
+    n = len(df)
+    lo, hi = (df[c] if c in df else pd.Series([np.nan] * n, index=df.index) for c in ("mr_pessimistic", "mr_optimistic"))
+    rule = df["tie_rule"] if "tie_rule" in df else pd.Series([None] * n, index=df.index)
+    return [f"[{a:.2f}, {b:.2f}]" if pd.notna(a) and pd.notna(b) else ("index rule" if r == "index" else "")
+            for a, b, r in zip(lo, hi, rule)]
 
 
 def to_markdown(df: pd.DataFrame, compact: bool = False, **kw) -> str:
@@ -136,8 +146,19 @@ def format_mean_std(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------- tables of the study
+def _rules(what: str, *frames: pd.DataFrame) -> str:
+    """The one tie rule of the runs in ``frames`` (their ``tie_rule`` column; none: index-rule records), or the
+    error of :func:`itr_lib.metrics.require_same_tie_rule` naming two runs scored under different rules."""
+    rules = {}
+    for f in frames:
+        col = f["tie_rule"] if "tie_rule" in f else pd.Series([None] * len(f), index=f.index)
+        rules.update(zip(f.run, col))
+    return require_same_tie_rule(rules, what)
+
+
 def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
-    """Mean +- std per variant, with the paired bootstrap of rsum vs the baseline of the same loss."""
+    """Mean +- std per variant, with the paired bootstrap of rsum vs the baseline of the same loss (over seeds and
+    test queries, :func:`itr_lib.metrics.paired_bootstrap`; runs of one tie rule only)."""
     d = df[df.dataset == dataset]
     if d.empty:
         return pd.DataFrame()
@@ -154,6 +175,8 @@ def ablation_table(df: pd.DataFrame, dataset: str, metrics_dir: Path, n_boot: in
             pairs = [(base[base.seed == s].run.iloc[0], runs[runs.seed == s].run.iloc[0])
                      for s in sorted(set(runs.seed) & set(base.seed))]
             if pairs:
+                _rules(f"{dataset} ablation: {r.variant} vs its baseline", base[base.run.isin([p[0] for p in pairs])],
+                       runs[runs.run.isin([p[1] for p in pairs])])
                 a = [load_hits(metrics_dir, p[0]) for p in pairs]
                 b = [load_hits(metrics_dir, p[1]) for p in pairs]
                 bs = paired_bootstrap(a, b, n_boot=n_boot)
@@ -224,9 +247,10 @@ def main_table(df: pd.DataFrame, dataset: str, include_published: bool = True) -
 
 
 def schedule_table(df: pd.DataFrame, dataset: str, method: str = "baseline", loss: str = "infonce") -> pd.DataFrame:
-    """How the number of epochs was chosen: per schedule (epochs) of ``method`` with ``loss``, the val mR of the
-    selected checkpoint (what the choice is made on), the test mR (reported, not used to choose), the seeds, and the
-    training minutes per run. Only seeds trained on every schedule are compared."""
+    """What val says about the number of epochs: per schedule (epochs) of ``method`` with ``loss``, the val mR of
+    the selected checkpoint, the test mR (reported, not used to choose), the seeds, and the training minutes per
+    run. Only seeds trained on every schedule are compared. (The study's epochs are a cost cap where val preferred
+    more: :func:`itr_lib.report.schedule_caption` says which.)"""
     d = df[(df.dataset == dataset) & (df.method == method) & (df.base_loss == loss)]
     if d.empty or d.epochs.nunique() < 2:
         return pd.DataFrame()
@@ -326,10 +350,19 @@ def _runs_of(d: pd.DataFrame, key: str, mode: str) -> pd.DataFrame:
     return d[(d.key == key) & (d["mode"] == mode)]
 
 
+def claim_bar(kind: str, tol: float) -> float:
+    """The bar a claim's interval of B - A (mR) is held against: 0 for "B beats A" (``better``), ``-tol`` for
+    "B keeps A's accuracy within ``tol`` mR" (``not_worse``)."""
+    if kind not in ("better", "not_worse"):
+        raise ValueError(f"claim kind must be 'better' or 'not_worse', got {kind!r}")
+    return 0.0 if kind == "better" else -float(tol)
+
+
 def _verdict(lo: float, hi: float, kind: str, tol: float, margin: float) -> str:
-    """holds / does not hold / inconclusive from a CI of B - A in mR; ``margin``: extra run-to-run noise a
-    one-seed comparison must clear (0 when seeds were resampled)."""
-    bar = 0.0 if kind == "better" else -tol
+    """holds when the CI of B - A (mR) lies above the claim's bar (:func:`claim_bar`), does not hold when it lies
+    below it, else inconclusive; ``margin``: extra run-to-run noise a one-seed comparison must clear (0 when seeds
+    were resampled)."""
+    bar = claim_bar(kind, tol)
     if lo > bar + margin:
         return "holds"
     if hi < bar - margin:
@@ -341,10 +374,11 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
                  n_boot: int = 2000, setting: str = "study loss") -> pd.DataFrame:
     """The study's claims under one ``setting`` (default the study loss): per claim the two mR compared (means
     over the seeds both have), their difference, a 95% paired bootstrap CI over seeds and test queries
-    (:func:`itr_lib.metrics.paired_bootstrap` with ``resample_seeds``), the latency ratio A/B from ``latency``
+    (:func:`itr_lib.metrics.paired_bootstrap`), the latency ratio A/B from ``latency``
     (the efficiency table: ``method``, ``ms_per_query``) and a verdict. With one seed the CI covers query
     sampling only, so the verdict must clear twice the largest seed std of mR among this dataset's rows with 2+
-    seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. The last claim names the strongest
+    seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. ``bar_mr``: what the interval is held
+    against (:func:`claim_bar`: 0 for "beats", minus the tolerance for "keeps ... within"). The last claim names the strongest
     row (highest mean mR) and tests it against the runner-up."""
     d = df[(df.dataset == dataset) & (df.setting == setting)]
     if d.empty:
@@ -367,16 +401,18 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
         row = {"dataset": dataset, "claim": cid, "statement": text, "setting": setting,
                "a": a.variant.iloc[0] if len(a) else f"{ka} {ma}".strip(),
                "b": b.variant.iloc[0] if len(b) else f"{kb} {mb}".strip(), "seeds": ",".join(map(str, seeds)),
-               "n_seeds": len(seeds), "missing_seeds": _missing(planned, seeds)}
+               "n_seeds": len(seeds), "missing_seeds": _missing(planned, seeds),
+               "kind": kind, "tolerance_mr": tol, "bar_mr": claim_bar(kind, tol)}
         ms_a, ms_b = (lat.get(labels[0]), lat.get(labels[1])) if labels else (None, None)
         row["latency_ratio_a_over_b"] = ms_a / ms_b if ms_a and ms_b else np.nan
         if not seeds:
             rows.append({**row, "verdict": "not run", "note": "no seed has both runs recorded"})
             continue
         a, b = a[a.seed.isin(seeds)].sort_values("seed"), b[b.seed.isin(seeds)].sort_values("seed")
+        _rules(f"{dataset} claim {cid!r}", a, b)
         ha = [load_hits(results_dir, r, ma) for r in a.run]
         hb = [load_hits(results_dir, r, mb) for r in b.run]
-        bs = paired_bootstrap(ha, hb, n_boot=n_boot, resample_seeds=True)
+        bs = paired_bootstrap(ha, hb, n_boot=n_boot)
         lo, hi, delta = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
         margin = 0.0 if len(seeds) >= 2 else (2 * noise if np.isfinite(noise) else np.inf)
         verdict = _verdict(lo, hi, kind, tol, margin)
@@ -385,7 +421,7 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
         if row["missing_seeds"]:
             note = "; ".join(filter(None, (note, f"planned seeds {planned}, {row['missing_seeds']} not recorded")))
         rows.append({**row, "mr_a": a.mr.mean(), "mr_b": b.mr.mean(), "delta_mr": delta, "ci_lo_mr": lo,
-                     "ci_hi_mr": hi, "kind": kind, "tolerance_mr": tol, "verdict": verdict, "note": note})
+                     "ci_hi_mr": hi, "verdict": verdict, "note": note})
     return pd.DataFrame(rows)
 
 
@@ -418,9 +454,10 @@ def loss_ablation_table(df: pd.DataFrame, dataset: str, results_dir: Path, n_boo
         runs = d[d.setting == r.setting]
         seeds = sorted(set(runs.seed) & set(ref.seed))
         if r.setting != "study loss" and seeds:
+            _rules(f"{dataset} loss ablation {r.setting!r}", ref[ref.seed.isin(seeds)], runs[runs.seed.isin(seeds)])
             ha = [load_hits(results_dir, x) for x in ref[ref.seed.isin(seeds)].sort_values("seed").run]
             hb = [load_hits(results_dir, x) for x in runs[runs.seed.isin(seeds)].sort_values("seed").run]
-            bs = paired_bootstrap(ha, hb, n_boot=n_boot, resample_seeds=True)
+            bs = paired_bootstrap(ha, hb, n_boot=n_boot)
             row.update(delta_mr=bs["delta_rsum"] / 6, ci_lo_mr=bs["ci_lo"] / 6, ci_hi_mr=bs["ci_hi"] / 6,
                        paired_seeds=",".join(map(str, seeds)))
         rows.append(row)

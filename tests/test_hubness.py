@@ -219,10 +219,12 @@ def test_choose_beta_reads_val_and_returns_the_table(splits):
     train, val, test = splits
     model = tiny_model()
     beta, table = H.choose_beta(model, val, train, "qb_norm", [1.0, 5.0, 20.0])
-    assert beta in (1.0, 5.0, 20.0) and len(table) == 4 and table["chosen"].sum() == 1
+    tried = table.beta.iloc[1:]
+    assert beta in set(tried) and table["chosen"].sum() == 1 and {1.0, 5.0, 20.0} <= set(tried)
     assert table.loc[table["chosen"], "mr"].item() == table["mr"].iloc[1:].max()
     assert table["method"].iloc[0] == "none"
-    assert table["at_grid_edge"].all() == (beta in (1.0, 20.0))
+    assert set(tried[table.added_at_edge.iloc[1:]]) == set(tried) - {1.0, 5.0, 20.0}
+    assert table["at_grid_edge"].all() == (beta in (tried.min(), tried.max()))
     with pytest.raises(ValueError, match="not test"):
         H.choose_beta(model, test, train, "qb_norm", [1.0])
 
@@ -273,3 +275,49 @@ def test_a_model_without_exact_vectors_is_corrected_on_its_own_score(splits):
     assert got["standard"]["t2i_r5"] == pytest.approx(retrieval_metrics(t2i, test.img2txt, test.txt2img)["t2i_r5"])
     lin = np.log(_direct_inverted(np.cbrt(s), (bi @ tv.T).numpy(), beta))  # the vectors' correction differs
     assert not np.array_equal(np.argsort(-lin, 1), np.argsort(-i2t, 1))
+
+
+def test_search_beta_extends_the_grid_past_the_edge_its_val_optimum_sits_on():
+    """A val curve best at the smallest candidate (val mR falling as beta rises, as RSICD LCA+CRA's and most UCM
+    runs' were): the grid is extended downwards one grid step at a time (10, 20 -> 5 -> 2.5) until the best is
+    inside it, and the added rows are flagged; a curve that keeps rising runs out of extensions and says so."""
+    import math
+    calls = []
+
+    def val(beta):  # peaks at beta 3: below the grid's smallest candidate
+        calls.append(beta)
+        return {"mr": 20.0 - abs(math.log(beta / 3.0))}
+    beta, table = H.search_beta(val, [10.0, 20.0, 50.0])
+    assert beta == 2.5 and list(table.beta) == [1.25, 2.5, 5.0, 10.0, 20.0, 50.0]
+    assert list(table.added_at_edge) == [True, True, True, False, False, False]
+    assert table.loc[table.chosen, "beta"].item() == 2.5 and not table.at_grid_edge.any()
+    assert calls == [10.0, 20.0, 50.0, 5.0, 2.5, 1.25]  # only val is read, each beta once
+    beta, table = H.search_beta(lambda b: {"mr": b}, [10.0, 20.0], max_extend=2)  # best at the top, keeps rising
+    assert beta == 80.0 and list(table.beta) == [10.0, 20.0, 40.0, 80.0] and table.at_grid_edge.all()
+    beta, table = H.search_beta(lambda b: {"mr": -abs(b - 20)}, [10.0, 20.0, 50.0])  # inside: nothing added
+    assert beta == 20.0 and len(table) == 3 and not table.added_at_edge.any()
+    with pytest.raises(ValueError, match="positive"):
+        H.search_beta(lambda b: {"mr": 0.0}, [0.0, 10.0])
+
+
+def test_the_recipe_and_a_model_share_one_bank_path(splits, monkeypatch):
+    """recipe.inference.prepare_vectors goes through querybank.prepare (hubness.prepare) with its own vector function (no second bank
+    sampling), and for one model without views gives the scores of the model's own path."""
+    from itr_lib.recipe import inference
+    train, val, _ = splits
+    model = tiny_model(seed=2)
+    own = H.prepare(model, val, train, bank_size=10, seed=3)
+    calls = []
+    from itr_lib import querybank
+    real = querybank.prepare
+    monkeypatch.setattr(querybank, "prepare", lambda *a, **k: calls.append(k.get("vectors")) or real(*a, **k))
+    rec = inference.prepare_vectors([model], val, train, bank_size=10, seed=3)
+    assert len(calls) == 1 and callable(calls[0])
+    for name in ("sims", "bank_t2i", "bank_i2t", "bank_t2i_w"):
+        np.testing.assert_allclose(getattr(rec, name), getattr(own, name), rtol=1e-5, atol=1e-6)
+    assert (rec.inverse == own.inverse).all() and rec.info["bank"]["n_texts"] == own.info["bank"]["n_texts"] == 10
+    iv, tv = calls[0](val, np.arange(3), None)  # the vector function itself: the model's retrieval vectors
+    from itr_lib.scoring import encode_items
+    np.testing.assert_allclose(iv, encode_items(model, val, np.arange(val.n_images), "images")["vec"].numpy(),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(tv, encode_items(model, val, np.arange(3), "texts")["vec"].numpy(), rtol=1e-6, atol=1e-6)

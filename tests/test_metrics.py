@@ -320,14 +320,14 @@ def test_paired_bootstrap():
 
 
 def test_paired_bootstrap_averages_seeds_and_takes_probabilities():
-    """Seeds are averaged per query before resampling (two seeds that cancel give a zero difference); fractional
-    hits (the expected-rank tie rule) enter as they are."""
+    """The point difference averages the seeds (two seeds that cancel give zero; resampling them spreads the
+    interval around it); fractional hits (the expected-rank tie rule) enter as they are."""
     rng = np.random.default_rng(5)
     a = (rng.integers(0, 12, 150), rng.integers(0, 12, 400))
     b = (np.maximum(a[0] - 3, 0), np.maximum(a[1] - 3, 0))
     ha, hb = (_hits(a[0]), _hits(a[1])), (_hits(b[0]), _hits(b[1]))
     cancel = paired_bootstrap([ha, hb], [hb, ha], n_boot=200)
-    assert cancel["delta_rsum"] == 0.0 and cancel["ci_lo"] == cancel["ci_hi"] == 0.0
+    assert cancel["delta_rsum"] == 0.0 and cancel["ci_lo"] < 0.0 < cancel["ci_hi"]
     half = (0.5 * (ha[0] + hb[0]), 0.5 * (ha[1] + hb[1]))
     res = paired_bootstrap([ha], [half], n_boot=200)
     full = paired_bootstrap([ha], [hb], n_boot=200)
@@ -361,15 +361,16 @@ def test_duplicate_ceiling_hand_computed():
     assert m["rsum"] == pytest.approx(600.0)
 
 
-def test_paired_bootstrap_resampling_seeds_widens_for_seed_noise():
+def test_paired_bootstrap_resamples_seeds_so_seed_noise_widens_it():
     from itr_lib.metrics import paired_bootstrap
     rng = np.random.default_rng(0)
     n_i, n_t = 200, 1000
     a = [(rng.random((n_i, 3)) < 0.3, rng.random((n_t, 3)) < 0.3) for _ in range(3)]
     # B: seed 0 far better, seeds 1-2 equal to A -> large seed-to-seed spread of the difference
     b = [(np.ones((n_i, 3)), np.ones((n_t, 3))), a[1], a[2]]
-    q = paired_bootstrap(a, b, n_boot=300)
-    s = paired_bootstrap(a, b, n_boot=300, resample_seeds=True)
+    mean = lambda h: (np.mean([x[0] for x in h], 0), np.mean([x[1] for x in h], 0))  # noqa: E731
+    q = paired_bootstrap([mean(a)], [mean(b)], n_boot=300)  # the seeds averaged first: queries resampled only
+    s = paired_bootstrap(a, b, n_boot=300)                    # the study's interval: seeds and queries
     assert s["delta_rsum"] == pytest.approx(q["delta_rsum"])
     assert (s["ci_hi"] - s["ci_lo"]) > 3 * (q["ci_hi"] - q["ci_lo"])
     assert s["ci_lo"] == pytest.approx(0.0, abs=1e-9)  # draws of seeds 1-2 only give exactly no difference
@@ -385,3 +386,11 @@ def test_markdown_tables_are_short_and_pool_std():
     assert "run" not in v and "dataset" not in v and "empty" not in v and "mr_std" not in v
     assert list(v.mr) == ["20.00 ± 0.50", "21.00"]  # no ± beside a single seed
     assert len(v.columns) == MD_MAX_COLUMNS
+
+
+def test_records_of_different_tie_rules_are_never_compared():
+    from itr_lib.metrics import require_same_tie_rule
+    assert require_same_tie_rule({"a": "expected", "b": "expected"}) == "expected"
+    assert require_same_tie_rule({"a": None, "b": "index"}) == "index"  # no field: an index-rule record
+    with pytest.raises(ValueError, match=r"old-run \(tie rule 'index'\) with new-run \(tie rule 'expected'\)"):
+        require_same_tie_rule({"old-run": None, "new-run": "expected"}, "the levers")

@@ -182,6 +182,9 @@ def test_recipe_runs_end_to_end_on_the_fixture(tmp_path, mini_cache, fixture_roo
     rows = recipe.main_rows(tmp_path)
     assert len(rows) == 4 and (rows.setting == "recipe").all() and rows.variant.str.startswith("recipe: ").all()
     assert (rows.ms_per_query > 0).all()  # the main table's recipe rows carry their latency
+    assert (rows.tie_rule == "expected").all()  # ... and their tie bracket, written by final_runs itself
+    assert ((rows.mr_pessimistic <= rows.mr) & (rows.mr <= rows.mr_optimistic)).all()
+    assert {"test_mr_optimistic", "test_mr_pessimistic", "beta_grid"} <= set(final.columns)
 
 
 def test_recipe_cost_adds_a_view_per_extra_image_encode_and_the_hubness_extra():
@@ -249,3 +252,58 @@ def test_unrecorded_levers_are_the_ones_whose_caches_a_lever_table_rerun_needs(t
     # another seed, or another base, is another run: not recorded
     assert len(recipe.unrecorded(levers, "rsicd", tmp_path, seed=1)) == 2
     assert len(recipe.unrecorded(levers, "rsicd", tmp_path, base={"epochs": 2})) == 2
+
+
+def test_training_levers_refuse_a_reference_scored_under_another_tie_rule(tmp_path, monkeypatch):
+    """The probe's reference recorded index-rule ranks only (no ``tie_rule``): its val mR is never subtracted from
+    expected-rule levers'; the error names both runs."""
+    ref_cfg = recipe.lever_config({}, "rsicd", 0)
+    _record(tmp_path / "probe" / "confirm-d-1024-residual-mlp", ref_cfg, 21.0, 0)
+
+    def record_expected(rdir, c, i):  # a lever trained now: scored under the study's tie rule
+        rec = {**_record(rdir, c, 21.5, i), "tie_rule": "expected"}
+        (rdir / "metrics" / f"{c.run_name()}.json").write_text(json.dumps(rec))
+        return rec
+    monkeypatch.setattr("itr_lib.runs.run_grid", lambda cfgs, rdir, workers=1, threads=1: [
+        json.loads(p.read_text()) if (p := rdir / "metrics" / f"{c.run_name()}.json").is_file()
+        else record_expected(rdir, c, i) for i, c in enumerate(cfgs)])
+    lever = recipe.lever_config({"epochs": 10}, "rsicd", 0)
+    with pytest.raises(ValueError, match=rf"{ref_cfg.run_name()} \(tie rule 'index'\) with {lever.run_name()} "
+                                         r"\(tie rule 'expected'\)"):
+        recipe.training_levers("rsicd", tmp_path, levers=[("10 epochs", "schedule", {"epochs": 10})], n_boot=10)
+
+
+def _spec_record(folder, spec, run, mr, beta_table=None, beta=None):
+    from itr_lib.recipe.records import write_record
+    bundle = lambda m: {"mr": m, "rsum": 6 * m}  # noqa: E731
+    write_record(folder / f"{spec}--{run}", {
+        "key": {"runs": [run], "spec": spec}, "spec": {"slug": spec, "beta": beta, "tta": [], "ensemble": 1},
+        "val": {"standard": bundle(mr)}, "beta_table": beta_table,
+        "test": {"standard": bundle(mr), "standard_optimistic": bundle(mr + 1), "standard_pessimistic": bundle(mr - 2)}})
+
+
+def test_recipe_rows_carry_the_tie_bracket_and_the_beta_edge(tmp_path):
+    """Every recipe row of the main tables carries tie_rule and the bracket; a final table written before them
+    gets both from its inference records, and a beta chosen on the edge of an unextended grid is flagged (and its
+    record re-scored by the next 07)."""
+    from itr_lib.recipe.records import beta_note, beta_stale
+    inf = recipe.recipe_dir(tmp_path) / "inference"
+    edge = [{"beta": 10.0, "val_mr": 5.0, "chosen": True}, {"beta": 20.0, "val_mr": 4.0, "chosen": False}]
+    for s, mr in ((0, 20.0), (1, 22.0)):
+        _spec_record(inf, "qb_norm", f"ucm-b-s{s}", mr, edge, 10.0)
+    (tmp_path / "tables").mkdir()
+    pd.DataFrame([{"dataset": "ucm", "variant": "baseline", "scoring": "recipe", "spec": "qb_norm", "betas": "10",
+                   "n_seeds": 2, "val_mr": 21.0, "test_mr": 21.0, "test_mr_std": 1.41, "runs": "ucm-b-s0,ucm-b-s1",
+                   **{k: 1.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")}}]
+                 ).to_csv(tmp_path / "tables" / "recipe_final.csv", index=False)
+    rows = recipe.main_rows(tmp_path)
+    assert rows.tie_rule.tolist() == ["expected"]
+    assert (rows.mr_pessimistic.item(), rows.mr.item(), rows.mr_optimistic.item()) == (19.0, 21.0, 22.0)
+    rec = json.loads((inf / "qb_norm--ucm-b-s0.json").read_text())
+    assert beta_stale(rec) and beta_note(rec) == "at the grid's edge"
+    ext = [{**r, "added_at_edge": False, "at_grid_edge": False} for r in edge] + \
+        [{"beta": 5.0, "val_mr": 4.5, "chosen": False, "added_at_edge": True, "at_grid_edge": False}]
+    assert not beta_stale({**rec, "beta_table": ext}) and beta_note({**rec, "beta_table": ext}) == "grid extended to 5"
+    from itr_lib.recipe.stages import with_record_columns
+    assert with_record_columns(tmp_path, pd.read_csv(tmp_path / "tables" / "recipe_final.csv")).beta_grid.item() == \
+        "at the grid's edge"

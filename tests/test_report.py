@@ -54,7 +54,7 @@ def test_claims_become_one_row_per_claim_with_a_column_per_dataset():
                       "B - A mR [95% CI]": ["+1.00 [+0.10, +2.00]", "+0.03 [-0.5, +0.6]", "+0.50 [-1.00, +2.00]",
                                             "+2.00 [+1.00, +3.00]"]})
     w = claims_by_dataset(c)
-    assert list(w.columns) == ["statement", "RSICD", "UCM"]
+    assert list(w.columns) == ["statement", "bar", "RSICD", "UCM"]
     assert w.statement.tolist() == ["X beats the baseline", "The top model beats the runner-up"]
     assert w.RSICD.tolist() == ["+1.00 [+0.10, +2.00] (3) holds", "CRA vs B: +0.03 [-0.5, +0.6] (3) inconclusive"]
     assert w.UCM.tolist() == ["+0.50 [-1.00, +2.00] (2) inconclusive", "scan vs CRA: +2.00 [+1.00, +3.00] (3) holds"]
@@ -123,17 +123,33 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
                    "stage": "training"}]).to_csv(t / "recipe_trace_rsicd.csv", index=False)
     pd.DataFrame([{"dataset": "rsicd", "variant": "baseline", "scoring": "recipe", "spec": "tta4", "n_seeds": 3,
                    "val_mr": 18.9, "test_mr": 23.0, "test_mr_std": 0.2, "ms_per_query": 2.5, "bytes_per_item": 4096,
-                   "delta_rsum_vs_baseline": None, "ci_lo": None, "ci_hi": None},
+                   "delta_rsum_vs_baseline": None, "ci_lo": None, "ci_hi": None, "tie_rule": "expected",
+                   "test_mr_pessimistic": 22.4, "test_mr_optimistic": 23.7, "betas": "10", "beta_grid": "grid extended to 5"},
                   {"dataset": "rsicd", "variant": "lca+cra", "scoring": "recipe", "spec": "tta4", "n_seeds": 3,
                    "val_mr": 18.7, "test_mr": 22.6, "test_mr_std": 0.3, "ms_per_query": 4.0, "bytes_per_item": 12288,
-                   "delta_rsum_vs_baseline": -2.4, "ci_lo": -4.0, "ci_hi": -0.5}]).to_csv(t / "recipe_final.csv", index=False)
+                   "delta_rsum_vs_baseline": -2.4, "ci_lo": -4.0, "ci_hi": -0.5, "tie_rule": "expected",
+                   "test_mr_pessimistic": 22.0, "test_mr_optimistic": 23.3, "betas": "20", "beta_grid": ""}]
+                 ).to_csv(t / "recipe_final.csv", index=False)
     text = "\n".join(recipe_summary(tmp_path, "res", full=False))
     assert "reference 15.37 (21.77) → + 10 epochs 16.22 (21.46)." in text   # the kept steps in one line
     assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
-    assert "| rsicd | baseline |  | 23.00 ± 0.20 |  | 2.5 |" in text  # one row per variant, the recipe's column
+    assert "| rsicd | baseline |  | 23.00 ± 0.20 | [22.40, 23.70] |  | 2.5 |" in text  # one row per variant + ties
     # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
     assert "above GaLR (published)" in text and "by 4.04" in text and "below PIR (published)" in text and "by 1.46" in text
     assert "Every lever alone" not in text and "4096" not in text and "RESULTS.md" in text  # the detail is there
     full = re.sub(" +", " ", "\n".join(recipe_summary(tmp_path, "res", full=True)))  # padded tables, one space
     assert "Every lever alone" in full and "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in full
-    assert "4096" in full and "23.00 ± 0.20" in full
+    assert "4096" in full and "23.00 ± 0.20" in full and "| [22.00, 23.30] |" in full
+    assert "| 10 (grid extended to 5) |" in full  # the beta flagged where the grid was extended on val
+
+
+def test_the_schedule_caption_says_what_val_preferred_and_what_the_study_trains():
+    """RSICD's val mR rose to 10 epochs while the study trains 6: the caption calls 6 a cost cap, never "chosen on
+    val" (the numbers read from the table)."""
+    from itr_lib.report import schedule_caption
+    sched = pd.DataFrame({"epochs": [3, 6, 10], "val_mr": [12.01, 13.55, 13.91], "test_mr": [18.2, 19.41, 19.8]})
+    cap = schedule_caption("rsicd", sched)
+    assert "12.01 / 13.55 / 13.91 at 3 / 6 / 10 epochs: val prefers 10" in cap and "a cost cap" in cap
+    assert "chosen on val" not in cap
+    assert "the val choice" in schedule_caption("ucm", sched.iloc[:2]) and "cost cap" not in schedule_caption(
+        "ucm", sched.iloc[:2])

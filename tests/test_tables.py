@@ -23,3 +23,101 @@ def test_schedule_table_compares_common_seeds_on_val():
     assert list(t.val_mr) == [10.5, 13.5]  # mean val rsum / 6
     assert list(t.test_mr) == [11.0, 13.0] and list(t.best_epoch) == ["3,3", "6,5"]
     assert schedule_table(pd.DataFrame(rows), "x").empty
+
+
+# ----------------------------------------------------------------------------------------------- one rule per word
+def _claim_records(tmp_path, rules=("expected", "expected")):
+    """Three seeds of a baseline (A) and of SelfAlign (B) with seeded index-rule ranks on disk (B's seed 0 much
+    better, seeds 1-2 alike: a seed spread a query-only interval would miss), as claims_table reads them."""
+    import numpy as np
+    import pandas as pd
+    (tmp_path / "metrics").mkdir()
+    rng = np.random.default_rng(7)
+    rows, hits = [], {}
+    for key, variant, rule in (("baseline", "baseline | 6 ep", rules[0]), ("lca+cra", "LCA+CRA | 6 ep", rules[1])):
+        for seed in (0, 1, 2):
+            run = f"{key}-s{seed}"
+            i2t, t2i = rng.integers(0, 30, 40), rng.integers(0, 30, 200)
+            if key == "lca+cra" and seed == 0:
+                i2t, t2i = i2t // 4, t2i // 4
+            np.savez(tmp_path / "metrics" / f"{run}.ranks.npz", i2t=i2t, t2i=t2i)
+            hits[("ucm", key if key == "baseline" else "lca+cra", "recipe", seed)] = tuple(
+                np.stack([r < k for k in (1, 5, 10)], 1).astype(float) for r in (i2t, t2i))
+            rows.append({"dataset": "ucm", "setting": "study loss", "key": key, "mode": "", "method": key,
+                         "variant": variant, "seed": seed, "run": run, "tie_rule": rule,
+                         **{k: 10.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "mr")},
+                         "rsum": 60.0})
+    return pd.DataFrame(rows), hits
+
+
+def test_the_recipe_and_the_claims_give_one_interval_on_one_input(tmp_path):
+    """The recipe's SelfAlign gain and the claims' interval are the study's one paired bootstrap (seeds and test
+    queries resampled): the same hits give the same interval (the recipe resampled queries only before)."""
+    import pandas as pd
+    from itr_lib.recipe.stages import selfalign_gains
+    from itr_lib.tables import claims_table
+    df, hits = _claim_records(tmp_path)
+    claim = claims_table(df, "ucm", tmp_path, n_boot=300).set_index("claim").loc["selfalign_vs_baseline"]
+    final = pd.DataFrame([{"dataset": "ucm", "variant": v, "scoring": "recipe"} for v in ("baseline", "lca+cra")])
+    gain = selfalign_gains(final, hits, (0, 1, 2), n_boot=300).set_index("variant").loc["lca+cra"]
+    assert gain.delta_rsum_vs_baseline == round(6 * claim.delta_mr, 2)
+    assert (gain.ci_lo, gain.ci_hi) == (round(6 * claim.ci_lo_mr, 2), round(6 * claim.ci_hi_mr, 2))
+    assert gain.ci_lo < 0.5 * gain.delta_rsum_vs_baseline  # the seed spread is in it
+
+
+def test_claims_refuse_records_scored_under_different_tie_rules(tmp_path):
+    import pytest
+    from itr_lib.tables import claims_table
+    df, _ = _claim_records(tmp_path, rules=(None, "expected"))
+    with pytest.raises(ValueError, match=r"baseline-s0 \(tie rule 'index'\) with lca\+cra-s0 \(tie rule 'expected'\)"):
+        claims_table(df, "ucm", tmp_path, n_boot=50)
+
+
+def test_each_claim_shows_its_bar_and_the_verdict_rule_names_both(tmp_path):
+    """A tolerance claim ("keeps ... within 1 mR") is held against -1 mR, a "beats" claim against 0: the claims
+    table carries the bar, the README's and RESULTS.md's claims tables show it, and the rule sentence names both."""
+    from itr_lib.report import _claim_rule, claims_by_dataset, comparison_sections
+    from itr_lib.tables import claim_bar, claims_table
+    df, _ = _claim_records(tmp_path)
+    c = claims_table(df, "ucm", tmp_path, n_boot=50).set_index("claim")
+    assert c.loc["selfalign_vs_baseline", "bar_mr"] == 0.0
+    assert c.loc["tgdt_two_stage_vs_exhaustive", "bar_mr"] == -1.0  # not run here, but its bar is stated
+    assert claim_bar("not_worse", 1.0) == -1.0 and claim_bar("better", 0.0) == 0.0
+    c = c.reset_index()
+    c["B - A mR [95% CI]"] = "x"
+    wide = claims_by_dataset(c).set_index("statement")
+    assert wide.loc["TGDT two-stage keeps TGDT exhaustive's accuracy (within 1 mR)", "bar"] == "> -1.00"
+    assert wide.loc["SelfAlign (LCA+CRA) beats its baseline at equal capacity", "bar"] == "> +0.00"
+    assert "0 for \"B beats A\"" in _claim_rule() and "-1 mR for \"B keeps A's accuracy within 1 mR\"" in _claim_rule()
+    (tmp_path / "tables").mkdir()
+    c.drop(columns=["B - A mR [95% CI]"]).to_csv(tmp_path / "tables" / "claims.csv", index=False)
+    full = "\n".join(comparison_sections(tmp_path, "res", full=True))
+    assert "| bar " in full and "> -1.00" in full and _claim_rule() in full
+
+
+def test_variant_labels_name_the_val_images_actually_scored():
+    """UCM's val split has 210 images: a run asked to select on 1,000 selected on 210, and its label says so."""
+    from itr_lib.runs import run_row
+    cfg = {"method": "baseline", "seed": 0, "base_loss": "infonce", "false_negatives": "mask", "epochs": 6,
+           "val_images_per_epoch": 1000}
+    bundle = {k: 1.0 for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "mr")}
+    rec = {"dataset": "ucm", "run": "r", "config": cfg, "test": {"standard": bundle}, "val": {"standard": bundle},
+           "best_epoch": 1, "epochs": 6, "train_seconds": 1.0, "retrieval_vector_dim": 512, "val_images": 210}
+    assert run_row(rec)["variant"] == "baseline | infonce +FN-mask | 6 ep | val 210"
+    assert run_row({**rec, "val_images": 1000})["variant"].endswith("| val 1000")  # RSICD: 1,000 of its val images
+    assert run_row({k: v for k, v in rec.items() if k != "val_images"})["variant"].endswith("| val 1000")  # unknown
+
+
+def test_every_row_of_the_reports_run_tables_carries_its_tie_bracket_or_its_rule():
+    """Main / ablation tables in RESULTS.md: a bracket where the record has one, "index rule" where it was scored
+    before the tie rule (no bracket recorded), blank for a published number."""
+    import numpy as np
+    import pandas as pd
+    from itr_lib.report import _fmt
+    from itr_lib.tables import tie_cells
+    df = pd.DataFrame({"method": ["a", "b", "PIR (published)"], "variant": ["x", "y", "z"], "n_seeds": [3, 3, 0],
+                       "mr": [20.0, 19.0, 24.46], "mr_std": [0.1, 0.2, np.nan], "tie_rule": ["expected", "index", None],
+                       "mr_pessimistic": [19.5, np.nan, np.nan], "mr_optimistic": [20.7, np.nan, np.nan]})
+    assert tie_cells(df) == ["[19.50, 20.70]", "index rule", ""]
+    md = _fmt(df)
+    assert "ties [pess., opt.]" in md.splitlines()[0] and "[19.50, 20.70]" in md and "index rule" in md

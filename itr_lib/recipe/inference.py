@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from ..config import TrainConfig
-from ..hubness import BANK_METHODS
+from ..hubness import BANK_METHODS, search_beta
 from .levers import BETAS, InferenceSpec, recipe_dir
-from .records import read_record, write_record
+from .records import beta_stale, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +64,23 @@ def _vectors(models: Sequence, data, transforms: Sequence[str], device: str, bat
 def prepare_vectors(models: Sequence, data, bank, transforms: Sequence[str] = (), device: str = "cpu",
                     batch_size: int = 256, bank_size: int | None = None, seed: int = 0):
     """A :class:`itr_lib.hubness.Prepared` (the split's scores and the querybank's) for one model or an ensemble,
-    images averaged over ``transforms``; ``bank``: the training split (None: no bank)."""
-    from ..hubness import Prepared, bank_sample, check_bank
-    uniq, inverse = data.text_groups()
-    iv, tv, secs = _vectors(models, data, transforms, device, batch_size, texts=uniq)
-    prep = Prepared(sims=iv @ tv.T, inverse=inverse, text_counts=np.bincount(inverse, minlength=len(uniq)))
-    prep.info.update(score="inner product of retrieval vectors", image_encode_seconds=secs,
-                     models=len(models), transforms=list(transforms) or ["r0"])
-    if bank is None:
-        return prep
-    check_bank(data, bank)
-    b_texts, b_weights, b_images, b_info = bank_sample(bank, bank_size, seed)
-    # the bank's images are encoded untransformed (the training split's transform caches are not needed; stated)
-    biv, btv, _ = _vectors(models, bank, (), device, batch_size, texts=b_texts, image_idx=b_images)
-    prep.bank_t2i = btv @ iv.T                      # (bank captions, split images)
-    prep.bank_t2i_w = b_weights
-    prep.bank_i2t = biv @ tv.T                      # (bank images, split captions)
-    prep.info["bank"] = {**b_info, "bank_image_transforms": ["r0"]}
+    images averaged over ``transforms``; ``bank``: the training split (None: no bank). The bank is sampled and
+    scored by :func:`itr_lib.querybank.prepare` (the study's one bank path), with this module's vector function."""
+    from ..querybank import prepare
+    secs = []
+
+    def vectors(d, texts, images):
+        # the split's images averaged over its views; the bank's images untransformed (the training split's
+        # transform caches are not needed; stated in the record)
+        iv, tv, s = _vectors(models, d, transforms if images is None else (), device, batch_size, texts=texts,
+                             image_idx=images)
+        if images is None:
+            secs.append(s)
+        return iv, tv
+    prep = prepare(None, data, bank, device, batch_size, bank_size, seed, vectors=vectors)
+    prep.info.update(image_encode_seconds=secs[0], models=len(models), transforms=list(transforms) or ["r0"])
+    if bank is not None:
+        prep.info["bank"] = {**prep.info["bank"], "bank_image_transforms": ["r0"]}
     return prep
 
 
@@ -101,20 +101,17 @@ class SpecResult:
 
 def evaluate_spec(models: Sequence, val, test, bank, spec: InferenceSpec, betas: Sequence[float] = BETAS,
                   device: str = "cpu", batch_size: int = 256, bank_size: int | None = None) -> SpecResult:
-    """``spec`` on val (its beta chosen there among ``betas`` when it corrects hubness and fixes none) and on test
-    with that beta. ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
+    """``spec`` on val (its beta chosen there among ``betas`` when it corrects hubness and fixes none, the grid
+    extended past an edge the best value sits on: :func:`itr_lib.hubness.search_beta`) and on test with that beta.
+    ``models``: one model, or the ensemble's models (``spec.ensemble`` of them)."""
     if spec.ensemble != len(models):
         raise ValueError(f"the spec asks for an ensemble of {spec.ensemble} model(s), {len(models)} given")
     needs_bank = spec.hubness in BANK_METHODS
     pv = prepare_vectors(models, val, bank if needs_bank else None, spec.tta, device, batch_size, bank_size)
     beta, table = spec.beta, None
-    if spec.hubness and beta is None:
-        rows = []
-        for b in betas:
-            rows.append({"beta": float(b), "val_mr": score_spec(pv, val, spec, b)["standard"]["mr"]})
-        table = pd.DataFrame(rows)
-        beta = float(table.beta[table.val_mr.idxmax()])
-        table["chosen"] = table.beta == beta
+    if spec.hubness and beta is None:  # chosen on val, the grid extended past an edge the best sits on
+        beta, table = search_beta(lambda b: {"val_mr": score_spec(pv, val, spec, b)["standard"]["mr"]}, betas,
+                                  key="val_mr")
     v = score_spec(pv, val, spec, beta)
     pt = prepare_vectors(models, test, bank if needs_bank else None, spec.tta, device, batch_size, bank_size)
     t = score_spec(pt, test, spec, beta)
@@ -165,6 +162,9 @@ class _Evaluator:
         key = _record_key(cfgs, spec, self.betas, self.bank_size)
         path = self.dir / f"{key['spec']}--{cfgs[0].run_name()}"
         rec = read_record(path, key)
+        if rec is not None and beta_stale(rec):
+            log.info("%s: beta chosen on the edge of a grid that was not extended; re-scoring", path.name)
+            rec = None
         if rec is None:
             needs_bank = spec.hubness in BANK_METHODS
             res = evaluate_spec(self.models(spec.ensemble), self.val, self.test, self.bank() if needs_bank else None,

@@ -23,14 +23,38 @@ def write_record(path: Path, record: dict, arrays: dict[str, np.ndarray] | None 
     write_json(path.parent / f"{path.name}.json", record)
 
 
-def read_record(path: Path, key: dict) -> dict | None:
-    """The record at ``<path>.json`` when its ``key`` (runs, spec, split sizes) equals ``key``; else None (rebuilt)."""
+def read_record(path: Path, key: dict | None, check_key: bool = True) -> dict | None:
+    """The record at ``<path>.json`` when its ``key`` (runs, spec, split sizes) equals ``key`` (or, ``check_key``
+    False, whatever its key: reading a table's own records back); else None (rebuilt)."""
     from ..io import read_json
     js = path.parent / f"{path.name}.json"
     if not js.is_file():
         return None
     rec = read_json(js)
+    if not check_key:
+        return rec
     return rec if json.dumps(rec.get("key"), sort_keys=True) == json.dumps(key, sort_keys=True) else None
+
+
+def beta_stale(rec: dict) -> bool:
+    """An inference record whose beta was chosen at the edge of its grid before grids were extended there
+    (:func:`itr_lib.hubness.search_beta`): its val table has no ``added_at_edge`` column, so it is re-scored."""
+    table = rec.get("beta_table")
+    if not table or "added_at_edge" in table[0]:
+        return False
+    betas = [r["beta"] for r in table]
+    chosen = [r["beta"] for r in table if r.get("chosen")]
+    return len(betas) > 1 and bool(chosen) and chosen[0] in (min(betas), max(betas))
+
+
+def beta_note(rec: dict) -> str:
+    """How a record's beta was found on val: ``""`` (inside the grid given, or fixed), ``"grid extended to 5"``,
+    or ``"at the grid's edge"`` (the extensions ran out, or a record chosen before grids were extended)."""
+    table = rec.get("beta_table") or []
+    added = [r["beta"] for r in table if r.get("added_at_edge")]
+    if beta_stale(rec) or any(r.get("at_grid_edge") for r in table):
+        return "at the grid's edge" + (f" (extended to {', '.join(f'{b:g}' for b in added)})" if added else "")
+    return f"grid extended to {', '.join(f'{b:g}' for b in added)}" if added else ""
 
 
 def lever_table(rows: list[dict]) -> pd.DataFrame:
@@ -72,11 +96,18 @@ def load_spec_hits(path: Path):
     return tuple(t.hits(RECALL_KS) for t in load_ties(z))
 
 
+def _beta_str(rec: dict) -> str:
+    """`` (beta 20)``, with how it was found on val when the grid's edge was involved (:func:`beta_note`)."""
+    if not rec["spec"].get("beta"):
+        return ""
+    note = beta_note(rec)
+    return f" (beta {rec['spec']['beta']:g}" + (f"; {note})" if note else ")")
+
+
 def _spec_row(stage: str, name: str, rec: dict, ref: dict, bs: dict | None, chosen: bool = False) -> dict:
     hub = (rec.get("hubness") or {}).get("cost") or {}
     extra = max(hub.get("extra_us_per_query_i2t", 0.0), hub.get("extra_us_per_query_t2i", 0.0)) / 1000
-    return {"stage": stage, "lever": name, "change": rec["spec"]["slug"] + (f" (beta {rec['spec']['beta']:g})"
-                                                                           if rec["spec"].get("beta") else ""),
+    return {"stage": stage, "lever": name, "change": rec["spec"]["slug"] + _beta_str(rec),
             "ref_val_mr": round(ref["val"]["standard"]["mr"], 2), "val_mr": round(rec["val"]["standard"]["mr"], 2),
             "ref_test_mr": round(ref["test"]["standard"]["mr"], 2), "test_mr": round(rec["test"]["standard"]["mr"], 2),
             "delta_rsum": None if bs is None else round(bs["delta_rsum"], 2),

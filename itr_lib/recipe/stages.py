@@ -14,7 +14,7 @@ from .inference import _Evaluator
 from .latency import measure_recipe
 from .levers import (BETAS, D4, INFERENCE_LEVERS, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace, InferenceSpec,
                      best_per_group, combine, greedy_train, lever_config, recipe_dir, val_mr)
-from .records import _change_str, _row, _spec_row, lever_table, load_spec_hits
+from .records import _change_str, _row, _spec_row, beta_note, lever_table, load_spec_hits, read_record
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,16 @@ def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, lev
     Returns (lever rows as a table, the greedy trace, the chosen change). ``greedy=False`` stops after stage 1
     (a study split over several sittings): nothing is combined or chosen (empty trace, change ``{}``, ``chosen``
     False everywhere)."""
+    from ..metrics import paired_bootstrap, require_same_tie_rule
     from ..runs import load_hits
-    from ..metrics import paired_bootstrap
     results_dir = Path(results_dir)
     levers = TRAIN_LEVERS if levers is None else levers
     cfgs = [lever_config({}, dataset, seed, base=base)] + [lever_config(ch, dataset, seed, base=base)
                                                            for _, _, ch in levers]
     metrics = _grid(cfgs, results_dir, workers)
     ref, singles = metrics[0], metrics[1:]
+    require_same_tie_rule({m["run"]: m.get("tie_rule") for m in metrics},
+                          f"the {dataset} training levers (val gains and paired tests against the reference)")
     mdir = recipe_dir(results_dir) / "metrics"
     ref_hits = load_hits(mdir, ref["run"])
     rows = [_row("reference", "reference", "-", ref, ref, None)]
@@ -63,7 +65,10 @@ def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, lev
     changes = {n: ch for n, _, ch in levers}
 
     def train_fn(change: dict) -> dict:
-        return _grid([lever_config(change, dataset, seed, base=base)], results_dir, workers=1)[0]
+        m = _grid([lever_config(change, dataset, seed, base=base)], results_dir, workers=1)[0]
+        require_same_tie_rule({ref["run"]: ref.get("tie_rule"), m["run"]: m.get("tie_rule")},
+                              f"the {dataset} greedy combination (val mR against the reference)")
+        return m
     trace = greedy_train(order, ref, train_fn, changes) if greedy else GreedyTrace()
     chosen = set(trace.chosen)
     for r in rows:
@@ -137,10 +142,10 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
     seed's model is scored with ``spec`` without its ensemble (beta chosen on that run's val), and, when ``spec``
     ensembles m models, the ensemble of the first m seeds is one more row (one number: no spread over seeds).
     Returns one row per dataset x variant x scoring: mean +- std of val and test mR, and for SelfAlign the paired
-    bootstrap of its test rsum gain over the baseline of the same recipe and seeds. ``latency``: each row's
-    per-query cost on its first seed's model (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread;
-    the ensemble row times the ensemble), in ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
-    from ..metrics import paired_bootstrap
+    bootstrap (over seeds and test queries, :func:`selfalign_gains`) of its test rsum gain over the baseline of the
+    same recipe and seeds. ``latency``: each row's per-query cost on its first seed's model
+    (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread; the ensemble row times the ensemble), in
+    ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
     results_dir = Path(results_dir)
     cfgs = recipe_configs(change, datasets, seeds, variants, base)
     _grid(cfgs, results_dir, workers)
@@ -168,12 +173,22 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
                 cost = measure_recipe(lambda: ev.models(spec.ensemble), vc[:spec.ensemble], spec, rec, results_dir,
                                       device=device) if latency else None
                 rows.append(_final_row(ds, v, f"recipe + {spec.ensemble}-seed ensemble", spec, [rec], cost))
-    out = pd.DataFrame(rows)
+    return selfalign_gains(pd.DataFrame(rows), hits, seeds, n_boot)
+
+
+def selfalign_gains(final: pd.DataFrame, hits: dict, seeds: Sequence[int], n_boot: int = 2000) -> pd.DataFrame:
+    """``final`` with, on each non-baseline single-model row, the test rsum gain over the baseline of the same
+    dataset and scoring (``delta_rsum_vs_baseline``, ``ci_lo``, ``ci_hi``): the study's one paired bootstrap over
+    seeds and test queries (:func:`itr_lib.metrics.paired_bootstrap`, the claims' interval), on the seeds both have.
+    ``hits``: ``{(dataset, variant, scoring, seed): per-query test hits}``."""
+    from ..metrics import paired_bootstrap
+    out = final.copy()
     out["delta_rsum_vs_baseline"] = out["ci_lo"] = out["ci_hi"] = np.nan
     for i, r in out.iterrows():
         if r.variant == "baseline" or "ensemble" in r.scoring:
             continue
-        common = [s for s in seeds if (r.dataset, "baseline", r.scoring, s) in hits and (r.dataset, r.variant, r.scoring, s) in hits]
+        common = [s for s in seeds if (r.dataset, "baseline", r.scoring, s) in hits
+                  and (r.dataset, r.variant, r.scoring, s) in hits]
         if not common:
             continue
         bs = paired_bootstrap([hits[(r.dataset, "baseline", r.scoring, s)] for s in common],
@@ -188,9 +203,11 @@ def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: lis
     test = np.array([r["test"]["standard"]["mr"] for r in recs])
     sd = lambda a: round(float(a.std(ddof=1)), 2) if len(a) > 1 else 0.0  # noqa: E731
     betas = sorted({r["spec"]["beta"] for r in recs if r["spec"].get("beta") is not None})
+    notes = sorted({beta_note(r) for r in recs} - {""})
     return {"dataset": ds, "variant": variant, "scoring": label, "spec": spec.slug(), "betas": ",".join(f"{b:g}" for b in betas),
+            "beta_grid": "; ".join(notes),
             "n_seeds": len(recs) if spec.ensemble == 1 else 1, "val_mr": round(float(val.mean()), 2),
-            "test_mr": round(float(test.mean()), 2), "test_mr_std": sd(test),
+            "test_mr": round(float(test.mean()), 2), "test_mr_std": sd(test), **tie_bracket(recs),
             **{f"{k}": round(float(np.mean([r["test"]["standard"][k] for r in recs])), 2)
                for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")},
             **{k: (round(float(cost[k]), 4) if cost else np.nan)
@@ -198,22 +215,64 @@ def _final_row(ds: str, variant: str, label: str, spec: InferenceSpec, recs: lis
             "runs": ",".join(",".join(r["key"]["runs"]) for r in recs)}
 
 
+def tie_bracket(recs: list[dict]) -> dict:
+    """The tie bracket of inference records' test mR (means over ``recs``): ``tie_rule`` (the study's: the records
+    hold tie counts), ``test_mr_optimistic`` and ``test_mr_pessimistic`` (ties resolved for / against the query)."""
+    from ..metrics import STUDY_TIE_RULE
+    out = {"tie_rule": STUDY_TIE_RULE}
+    for rule in ("optimistic", "pessimistic"):
+        vals = [r["test"].get(f"standard_{rule}", {}).get("mr") for r in recs]
+        out[f"test_mr_{rule}"] = round(float(np.mean(vals)), 2) if vals and None not in vals else np.nan
+    return out
+
+
+RECORD_COLUMNS = ["tie_rule", "test_mr_optimistic", "test_mr_pessimistic", "beta_grid"]
+
+
+def _from_records(results_dir: Path, d: pd.DataFrame) -> pd.DataFrame:
+    """The tie bracket and beta note (:data:`RECORD_COLUMNS`) of each final row, read from its inference records
+    (``recipe/inference/<spec>--<run>``: one per seed, or the ensemble's one), for a ``recipe_final.csv`` written
+    before it carried them."""
+    rows = []
+    for spec, runs, scoring in zip(d.spec, d.runs, d.scoring):
+        runs = str(runs).split(",")
+        paths = [recipe_dir(results_dir) / "inference" / f"{spec}--{r}"
+                 for r in (runs[:1] if "ensemble" in scoring else runs)]
+        recs = [read_record(p, None, check_key=False) for p in paths]
+        if None in recs:
+            rows.append(dict.fromkeys(RECORD_COLUMNS, np.nan))
+            continue
+        rows.append({**tie_bracket(recs), "beta_grid": "; ".join(sorted({beta_note(r) for r in recs} - {""}))})
+    return pd.DataFrame(rows, index=d.index, columns=RECORD_COLUMNS)
+
+
+def with_record_columns(results_dir: str | Path, final: pd.DataFrame) -> pd.DataFrame:
+    """``final`` (``recipe_final.csv``) with its tie bracket and beta note (:data:`RECORD_COLUMNS`); read from the
+    inference records when the table was written before it carried them."""
+    if set(RECORD_COLUMNS) <= set(final.columns) or final.empty or not {"spec", "runs"} <= set(final.columns):
+        return final
+    return pd.concat([final.drop(columns=RECORD_COLUMNS, errors="ignore"), _from_records(Path(results_dir), final)],
+                     axis=1)
+
+
 def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.DataFrame:
     """The recipe's rows for the main tables (``tables/recipe_final.csv``): one per dataset x variant under the
-    recipe's scoring, in the main table's columns (setting ``recipe``), with its per-query latency
-    (``ms_per_query``, 04's protocol) and ``bytes_per_item``."""
+    recipe's scoring, in the main table's columns (setting ``recipe``), with its tie bracket (``tie_rule``,
+    ``mr_optimistic``, ``mr_pessimistic``: from the final table, or from its inference records when the table
+    predates them), per-query latency (``ms_per_query``, 04's protocol) and ``bytes_per_item``."""
     path = Path(results_dir) / "tables" / "recipe_final.csv"
     if final is None:
         if not path.is_file():
             return pd.DataFrame()
         final = pd.read_csv(path)
+    final = with_record_columns(results_dir, final)
     d = final[final.scoring != "plain"] if (final.scoring != "plain").any() else final
     out = pd.DataFrame({"dataset": d.dataset, "setting": "recipe",
                         "method": d.variant.map(lambda v: VARIANTS[v]["method"]),
                         "variant": "recipe: " + d.variant + " | " + d.scoring + " [" + d.spec + "]",
                         "n_seeds": d.n_seeds, "mr": d.test_mr, "mr_std": d.test_mr_std, "published": False,
+                        "tie_rule": d.tie_rule, "mr_optimistic": d.test_mr_optimistic,
+                        "mr_pessimistic": d.test_mr_pessimistic,
                         **{k: d[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")},
                         **{k: d[k] if k in d else np.nan for k in ("ms_per_query", "bytes_per_item")}})
     return out.reset_index(drop=True)
-
-

@@ -42,6 +42,21 @@ def _num(f: pd.DataFrame, col: str, fmt: str) -> list[str]:
     return ["" if pd.isna(v) else fmt.format(v) for v in f[col]] if col in f else [""] * len(f)
 
 
+def _ties(f: pd.DataFrame) -> list[str]:
+    """``[pess., opt.]`` test mR with ties resolved against / for the query (blank where not recorded)."""
+    if not {"test_mr_pessimistic", "test_mr_optimistic"} <= set(f.columns):
+        return [""] * len(f)
+    return ["" if pd.isna(lo) or pd.isna(hi) else f"[{lo:.2f}, {hi:.2f}]"
+            for lo, hi in zip(f.test_mr_pessimistic, f.test_mr_optimistic)]
+
+
+def _betas(f: pd.DataFrame) -> list[str]:
+    """Each row's querybank beta(s), flagged where the val optimum sat on the grid's edge (``beta_grid``)."""
+    notes = f["beta_grid"] if "beta_grid" in f else pd.Series([""] * len(f), index=f.index)
+    return ["" if pd.isna(b) or b == "" else f"{b}" + (f" ({n})" if isinstance(n, str) and n else "")
+            for b, n in zip(f.get("betas", pd.Series([""] * len(f), index=f.index)), notes)]
+
+
 def _gain(f: pd.DataFrame) -> list[str]:
     return ["" if pd.isna(d) else f"{_ci(d, lo, hi)} {_verdict(lo, hi)}"
             for d, lo, hi in zip(f.delta_rsum_vs_baseline, f.ci_lo, f.ci_hi)]
@@ -91,11 +106,13 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                       to_markdown(t[cols], index=False, floatfmt=".2f"), ""]
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
-        f = pd.read_csv(fin_path)
+        from .stages import with_record_columns
+        f = with_record_columns(results_dir, pd.read_csv(fin_path))
         if full:
             show = pd.DataFrame({
                 "dataset": f.dataset, "variant": f.variant, "scoring": f.scoring, "spec": f.spec,
                 "n_seeds": f.n_seeds, "val mR": f.val_mr.map("{:.2f}".format), "test mR": _mean_std(f),
+                "ties [pess., opt.]": _ties(f), "beta (chosen on val)": _betas(f),
                 "ms/query": _num(f, "ms_per_query", "{:.2f}"), "bytes/item": _num(f, "bytes_per_item", "{:.0f}"),
                 "SelfAlign - baseline, rsum [95% CI]": _gain(f)})
             lines += ["The chosen recipe over seeds (`recipe_final.csv`; `plain`: the recipe's training alone; latency: "
@@ -103,18 +120,20 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                       "gain: paired bootstrap over seeds and test queries against the baseline of the same recipe):", "",
                       to_markdown(show, index=False), ""]
         else:  # the README: one row per dataset x variant, a column per scoring
-            f = f.assign(_mr=_mean_std(f), _gain=_gain(f), _ms=_num(f, "ms_per_query", "{:.1f}"))
+            f = f.assign(_mr=_mean_std(f), _ties=_ties(f), _gain=_gain(f), _ms=_num(f, "ms_per_query", "{:.1f}"))
             rows = []
             for (ds, v), g in f.groupby(["dataset", "variant"], sort=False):
                 plain, rec = g[g.scoring == "plain"], g[g.scoring == "recipe"]
                 ens = g[g.scoring.str.contains("ensemble")]
                 first = lambda d, col: d[col].iloc[0] if len(d) else ""  # noqa: E731
                 rows.append({"dataset": ds, "variant": v, "training only": first(plain, "_mr"),
-                             "recipe": first(rec, "_mr"), "ensemble": first(ens, "_mr"),
+                             "recipe": first(rec, "_mr"), "ties [pess., opt.]": first(rec, "_ties"),
+                             "ensemble": first(ens, "_mr"),
                              "ms/query": " → ".join(x for x in (first(d, "_ms") for d in (plain, rec, ens)) if x),
                              "SelfAlign - baseline, rsum": first(rec, "_gain")})
-            lines += [f"The chosen recipe, test mR (mean ± std over seeds; ms/query under 04's protocol; every scoring, "
-                      f"spec and the plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
+            lines += [f"The chosen recipe, test mR (mean ± std over seeds; ties: the recipe's mR with ties resolved "
+                      f"against / for the query; ms/query under 04's protocol; every scoring, spec, bracket and the "
+                      f"plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
         single = f[(f.variant == "baseline") & ~f.scoring.str.contains("ensemble")]
         for ds, g in single.groupby("dataset", sort=False):
