@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 CHROMIUM = os.environ.get("ITR_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
-INSTALL_HINT = ("Fix: install Debian's chromium (`apt-get update && apt-get install -y chromium`, as .ci/run does), "
+INSTALL_HINT = ("Fix: install Debian's chromium (`make setup` does it as root: `apt-get update && apt-get install -y chromium`), "
                 "or set ITR_CHROMIUM to a Chromium executable; ITR_SKIP_BROWSER=1 skips the browser test.")
 
 
