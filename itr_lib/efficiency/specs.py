@@ -29,6 +29,9 @@ class MethodSpec:
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("baseline", "baseline", "vector", "independent"),
     MethodSpec("SelfAlign", "selfalign", "vector", "independent", prefer={**STUDY, "lca": True, "cra": True}),
+    # the README table's other SelfAlign rows (CRA is its top row): the same dot-product search, their own encoders
+    MethodSpec("SelfAlign CRA", "selfalign", "vector", "independent", prefer={**STUDY, "lca": False, "cra": True}),
+    MethodSpec("SelfAlign LCA", "selfalign", "vector", "independent", prefer={**STUDY, "lca": True, "cra": False}),
     MethodSpec("TGDT global", "tgdt", "vector", "global", stored=("global",), mr_key="global"),
     MethodSpec("TGDT two-stage", "tgdt", "two_stage", "two-stage", stored=("global", "locals"), mr_key="two_stage"),
     MethodSpec("TGDT exhaustive", "tgdt", "exhaustive", "exhaustive", stored=("global", "locals")),
