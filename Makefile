@@ -74,8 +74,8 @@ explore:          ## serve the explorer (06_explore) with Voila on localhost, pr
 explore-check:    ## the methods the explorer offers per dataset of results/$(PROFILE) (missing checkpoints with the retrain command)
 	$(PYTHON) -m itr_lib.explore --profile $(PROFILE) --datasets $(DATASETS) --check
 
-explore-screenshot: ## results/figures/explore.png: the page on runs trained on the fixture, in headless chromium (the README's image)
-	ITR_PROGRESS=0 $(PYTHON) -m itr_lib.explore_browser --screenshot results/figures/explore.png
+explore-screenshot: ## the README's image (results/figures/explore*.png): RSICD on results/$(PROFILE)'s checkpoints in headless chromium (FIXTURE=1: runs trained on the 12-image fixture)
+	ITR_PROGRESS=0 $(PYTHON) -m itr_lib.explore_browser $(if $(FIXTURE),,--results-dir results/$(PROFILE) --dataset rsicd)
 
 strip:            ## strip outputs and papermill metadata from the committed notebooks
 	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb

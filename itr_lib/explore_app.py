@@ -76,6 +76,7 @@ class ExplorerApp:
         self.side = W.SelectMultiple(description="methods", rows=5, layout=W.Layout(width="70%"))
         self.side_go = W.Button(description="Compare")
         self.side_out = W.HBox()
+        self.side_out.add_class("itr-side")
         self.tabs = W.Tab(children=[
             W.VBox([W.HBox([self.method]), W.HBox([self.k, self.search]), self.t2i_out]),
             W.VBox([self.i2t_method, W.HBox([self.image, self.i2t_go]), self.i2t_out]),

@@ -1,8 +1,10 @@
 """The explorer page in a real browser: Voila on a free localhost port, driven by headless Chromium (Playwright's
 Python API pointed at Debian's ``chromium``; nothing is downloaded). Used by ``tests/test_explore_browser.py``
-and by ``make explore-screenshot`` (the README's image, on runs trained on the 12-image fixture):
+and by ``make explore-screenshot`` (the README's image: RSICD with the checkpoints of ``results/full``, a test
+caption whose image the best deployed model ranks in its top 3; without ``--results-dir``, small runs trained on the
+12-image fixture):
 
-    python -m itr_lib.explore_browser --screenshot results/figures/explore.png
+    python -m itr_lib.explore_browser --results-dir results/full --dataset rsicd
 """
 from __future__ import annotations
 
@@ -134,12 +136,27 @@ def drive(url: str, query: str, k: int, screenshot: str | os.PathLike | None = N
             if side_by_side:
                 page.locator(".lm-TabBar-tabLabel", has_text="side by side").click()
                 page.locator("button", has_text="Compare").click()
-                page.wait_for_function(f"document.querySelectorAll('.itr-result').length >= {3 * int(k)}",
-                                       timeout=ms)
+                page.wait_for_function(f"document.querySelectorAll('.itr-side .itr-result').length >= {int(k)} || "
+                                       f"document.querySelectorAll('.itr-side .itr-message').length > 0", timeout=ms)
+                out["side_methods"] = page.locator(".itr-side .itr-latency").all_inner_texts()
                 page.screenshot(path=str(side_by_side), full_page=True)
             return out
         finally:
             browser.close()
+
+
+def pick_query(ex, method: str, k: int, min_words: int = 8, top: int = 3, limit: int = 400) -> str:
+    """A test caption (the first caption of each test image in turn, at least ``min_words`` words) whose own image
+    ``method`` ranks in its top ``min(top, k)``: a query whose ground truth the page shows."""
+    for i in range(min(limit, ex.split.n_images)):
+        caption = ex.split.captions[ex.split.img2txt[i][0]]
+        if len(caption.split()) < min_words:
+            continue
+        hits = ex.text_to_image(caption, method, k).hits
+        if any(h.truth for h in hits[:min(top, k)]):
+            return caption
+    raise BrowserError(f"no test caption of {ex.dataset} among the first {limit} images has its image in the top "
+                       f"{min(top, k)} of {method}. Fix: pass --query.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,23 +164,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screenshot", default="results/figures/explore.png", help="PNG of the search tab")
     p.add_argument("--side-by-side", default="results/figures/explore_side_by_side.png",
                    help="PNG of the side-by-side tab")
-    p.add_argument("--k", type=int, default=2, help="results per list (the fixture's test split has 2 images)")
+    p.add_argument("--results-dir", default="", help="results folder whose runs/ hold the checkpoints (default: "
+                                                     "train small runs on the 12-image fixture first)")
+    p.add_argument("--dataset", default="rsicd", help="dataset shown with --results-dir (default rsicd)")
+    p.add_argument("--query", default="", help="the query (default: a test caption whose image the first method "
+                                              "ranks in its top 3)")
+    p.add_argument("--k", type=int, default=0, help="results per list (default 8; 2 on the fixture, whose test "
+                                                    "split has 2 images)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from .io import repo_path
     try:
         chromium_or_error()
         with tempfile.TemporaryDirectory(prefix="itr-explore-shot-") as tmp:
-            results, data_root, cache = fixture_results(Path(tmp))
-            from .data import load_dataset
-            query = load_dataset("mini", data_root).split("test").captions[0]
-            with voila_server(results, ["mini"], data_root, cache, query=query) as url:
-                got = drive(url, query, a.k, repo_path(a.screenshot), side_by_side=repo_path(a.side_by_side))
+            if a.results_dir:
+                results, dataset, data_root, cache = repo_path(a.results_dir), a.dataset, "", ""
+            else:
+                (results, data_root, cache), dataset = fixture_results(Path(tmp)), "mini"
+            k = a.k or (8 if a.results_dir else 2)
+            query = a.query
+            if not query:
+                from .explore import Explorer, default_methods
+                ex = Explorer(results, dataset, data_root=data_root or None, cache_dir=cache or None)
+                query = pick_query(ex, default_methods(ex.available)[0], k)
+            with voila_server(results, [dataset], data_root, cache, query=query) as url:
+                got = drive(url, query, k, repo_path(a.screenshot), side_by_side=repo_path(a.side_by_side))
     except BrowserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{got['results']} results, {got['truth']} ground-truth marker(s), answer in {got['seconds']:.2f} s "
-          f"(browser round trip) -> {a.screenshot}, {a.side_by_side}")
+    print(f"{dataset}: {query!r}: {got['results']} results, {got['truth']} ground-truth marker(s), answer in "
+          f"{got['seconds']:.2f} s (browser round trip); side by side: {got.get('side_methods')} -> {a.screenshot}, "
+          f"{a.side_by_side}")
     return 0
 
 
