@@ -95,6 +95,19 @@ def test_every_readme_method_is_timed_for_the_frontier():
             assert any(s.method == head for s in METHODS), row
 
 
+def test_a_selfalign_variant_row_never_times_another_variants_run():
+    from itr_lib.efficiency.specs import spec_by_label
+    from itr_lib.runs import select_runs
+    runs = pd.DataFrame({"run": ["a", "b"], "method": ["selfalign"] * 2, "dataset": ["rsicd"] * 2, "seed": [0, 0],
+                         "group": ["g1", "g2"], "lca": [True, True], "cra": [True, False], "setting": ["study loss"] * 2,
+                         "checkpoint": ["x", "y"], "epochs_run": [6, 6], "text_encoder": ["minilm"] * 2,
+                         "variant": ["LCA+CRA", "LCA"]})
+    cra = spec_by_label("SelfAlign CRA")
+    assert cra.mismatch(select_runs(runs, "selfalign", "rsicd", cra.prefer)[1]) == ["lca"]   # no CRA-only run
+    lca = spec_by_label("SelfAlign LCA")
+    assert lca.mismatch(select_runs(runs, "selfalign", "rsicd", lca.prefer)[1]) == []        # run b is its own
+
+
 def test_frontier_names_every_row_has_legends_and_the_recipe_its_own_title():
     from itr_lib.recipe import frontier_rows
     eff = pd.DataFrame({"method": ["baseline", "SelfAlign", "SelfAlign CRA", "TGDT two-stage", "SCAN (cross-attention)"],
