@@ -9,14 +9,25 @@ TORCH ?= torch==2.13.0
 TORCH_INDEX ?=
 
 .PHONY: setup test test-timing test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
-	clean-smoke strip explore explore-check explore-screenshot
+	clean-smoke strip chromium explore explore-check explore-screenshot
 
 setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@$(MAKE) --no-print-directory chromium
 	@echo "ready: . $(VENV)/bin/activate (or prefix commands with $(PYTHON))"
+
+# The explorer's browser test (part of `make test`) drives Debian's chromium through Playwright; nothing is downloaded
+# by Playwright itself. As root with apt-get it is installed; otherwise one line says what to run.
+CHROMIUM ?= $(or $(ITR_CHROMIUM),/usr/bin/chromium)
+chromium:         ## install Debian's chromium for the browser test (as root with apt-get), else say how
+	@if [ -x "$(CHROMIUM)" ]; then echo "chromium: $(CHROMIUM)"; \
+	elif [ "$(CHROMIUM)" = /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium (the explorer's browser test needs it; ~350 MB)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null && echo "chromium: $(CHROMIUM)"; \
+	else echo "make setup: no Chromium at $(CHROMIUM), which the explorer's browser test in \`make test\` needs: run \`sudo apt-get update && sudo apt-get install -y chromium\` (or set ITR_CHROMIUM=/path/to/chromium; ITR_SKIP_BROWSER=1 skips that test)"; fi
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -63,8 +74,8 @@ explore:          ## serve the explorer (06_explore) with Voila on localhost, pr
 explore-check:    ## the methods the explorer offers per dataset of results/$(PROFILE) (missing checkpoints with the retrain command)
 	$(PYTHON) -m itr_lib.explore --profile $(PROFILE) --datasets $(DATASETS) --check
 
-explore-screenshot: ## results/figures/explore.png: the page on runs trained on the fixture, in headless chromium (the README's image)
-	ITR_PROGRESS=0 $(PYTHON) -m itr_lib.explore_browser --screenshot results/figures/explore.png
+explore-screenshot: ## the README's image (results/figures/explore*.png): RSICD on results/$(PROFILE)'s checkpoints in headless chromium (FIXTURE=1: runs trained on the 12-image fixture)
+	ITR_PROGRESS=0 $(PYTHON) -m itr_lib.explore_browser $(if $(FIXTURE),,--results-dir results/$(PROFILE) --dataset rsicd)
 
 strip:            ## strip outputs and papermill metadata from the committed notebooks
 	nbstripout --extra-keys "metadata.papermill cell.metadata.papermill" notebooks/*.ipynb

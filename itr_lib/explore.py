@@ -39,6 +39,8 @@ import torch
 
 from .config import dataset_name
 from .data import DataError, caption_key, load_dataset, load_image, simple_tokenize
+from .explore_catalog import (DEPLOYED, cheapest_to_train, default_methods, missing_summary, profile_of,  # noqa: F401
+                              retrain_hint, trained_methods)
 
 log = logging.getLogger(__name__)
 
@@ -82,53 +84,6 @@ class Result:
     search: str
 
 
-def profile_of(results_dir: str | Path) -> str:
-    return Path(results_dir).name
-
-
-def retrain_hint(results_dir: str | Path, run: str) -> str:
-    return f"python -m itr_lib.study --profile {profile_of(results_dir)} --retrain '{run}'"
-
-
-def trained_methods(results_dir: str | Path, dataset: str):
-    """``(available, missing)``: one row per trained configuration of ``dataset`` under ``results_dir`` (lowest
-    seed), split by whether its checkpoint is present. Columns of :func:`itr_lib.runs.find_runs` plus ``label``."""
-    from .runs import find_runs
-    runs = find_runs(results_dir)
-    d = runs[runs.dataset.map(lambda x: dataset_name(str(x))) == dataset] if not runs.empty else runs
-    avail, missing = [], []
-    for _, gd in d.groupby("group", sort=False):
-        gd = gd.sort_values("seed")
-        with_ck = gd[gd.checkpoint.notna()]
-        (avail if not with_ck.empty else missing).append(with_ck.iloc[0] if not with_ck.empty else gd.iloc[0])
-    import pandas as pd
-    cols = list(d.columns) + ["label"]
-
-    def frame(rows):
-        f = pd.DataFrame(rows, columns=d.columns) if rows else pd.DataFrame(columns=d.columns)
-        labels = [v if v.split(" |")[0] == m or m == "selfalign" else f"{m}: {v}" for m, v in zip(f.method, f.variant)]
-        f["label"] = [lab if labels.count(lab) == 1 else f"{lab} ({run})" for lab, run in zip(labels, f.run)]
-        return f.sort_values(["method", "label"]).reset_index(drop=True)[cols]
-    return frame(avail), frame(missing)
-
-
-def default_methods(available, n: int = 3) -> list[str]:
-    """Up to ``n`` labels to show side by side: the baseline, a SelfAlign variant (LCA+CRA first), a fine
-    model (TGDT, ALADIN, ...), then anything else; within a method the longest schedule."""
-    order = {"baseline": 0, "selfalign": 1}
-    rows = sorted(available.itertuples(), key=lambda r: (order.get(r.method, 2), "LCA+CRA" not in r.variant,
-                                                          -int(r.epochs_run or 0), r.label))
-    picked, seen = [], set()
-    for r in rows:
-        if r.method not in seen:
-            picked.append(r.label)
-            seen.add(r.method)
-    for r in rows:
-        if r.label not in picked:
-            picked.append(r.label)
-    return picked[:n]
-
-
 class Explorer:
     """Search the ``split`` of ``dataset`` with the methods trained under ``results_dir`` (see module doc)."""
 
@@ -170,9 +125,16 @@ class Explorer:
         return [f"{lab}: checkpoint missing. Fix: {retrain_hint(self.results_dir, run)}"
                 for lab, run in zip(self.missing.label, self.missing.run)]
 
+    def missing_summary(self) -> tuple[str, str] | None:
+        """``(line, command)``: every absent checkpoint in one line (:func:`itr_lib.explore_catalog.missing_summary`)."""
+        return missing_summary(self.results_dir, self.dataset, self.missing)
+
     # ------------------------------------------------------------------------------------------- loading
-    def labels(self) -> list[str]:
-        return list(self.entries)
+    def labels(self, every_variant: bool = True) -> list[str]:
+        """The methods on offer, deployed first (best recorded mR first); ``every_variant=False``: the deployed
+        ones only (all of them when none is deployed)."""
+        dep = [r.label for r in self.available.itertuples() if r.tier == DEPLOYED]
+        return list(self.entries) if every_variant or not dep else dep
 
     def entry(self, label: str) -> Entry:
         if label not in self.entries:
@@ -447,17 +409,23 @@ def main(argv: list[str] | None = None) -> int:
         except RunStoreError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-    usable, suggest = 0, None
+    usable, trainable, suggest = 0, 0, None
     for d in a.datasets:
         avail, missing = trained_methods(results, d)
         print(f"{d}: {len(avail)} method(s) with a checkpoint" + (f": {', '.join(avail.label)}" if len(avail) else ""))
-        for lab, run in zip(missing.label, missing.run):
-            print(f"  missing checkpoint: {lab}. Fix: {retrain_hint(results, run)}")
+        if a.check:  # every configuration, with its own command
+            for lab, run in zip(missing.label, missing.run):
+                print(f"  missing checkpoint: {lab}. Fix: {retrain_hint(results, run)}")
+        elif (summary := missing_summary(results, d, missing)) is not None:  # serving: one line
+            print(f"  {summary[0]}. Train them: {summary[1]}")
         usable += len(avail) > 0
+        trainable += cheapest_to_train(missing) is not None
         base = missing[missing.method == "baseline"].sort_values("epochs_run")
         if len(base) and (suggest is None or d == "ucm"):  # UCM's is the smallest: about a minute to retrain
             suggest = base.run.iloc[0]
-    if not usable:
+    if not usable and trainable and not a.check:
+        print("nothing is trained yet: the page offers to train the cheapest deployed model (the baseline) first")
+    elif not usable:
         print(f"error: no dataset of {a.datasets} has a trained checkpoint under {results / 'runs'}. Fix: retrain "
               f"one (commands above{f'; `make explore RETRAIN={suggest}` retrains a baseline, then serves' if suggest else ''}"
               f"), or run `make smoke` and use `make explore PROFILE=smoke`.", file=sys.stderr)

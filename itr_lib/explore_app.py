@@ -1,5 +1,11 @@
 """The explorer's widgets (ipywidgets), built on :class:`itr_lib.explore.Explorer`; shown by 06_explore.
 
+Above the tabs: the dataset, the query, a status line (the test split's size, the methods on offer and, folded into
+one collapsed line, the configurations whose checkpoint is absent with the command that trains them) and, when
+nothing of the dataset is trained, an offer to train the cheapest deployed model (the baseline) with its progress,
+after which the page searches. The method lists offer the deployed methods (the README table's rows, best recorded
+mR first); a toggle adds the authors'-loss variants and earlier runs (:mod:`itr_lib.explore_catalog`).
+
 Four tabs: text -> image (query, method, top-k thumbnails with scores, captions and the ground-truth marker; a
 result's "captions" button opens it in the next tab), image -> text (a test image's top captions, its own
 marked), why (the query's word -> region maps on a chosen result), side by side (several methods' top-k for one
@@ -11,10 +17,13 @@ from __future__ import annotations
 
 import html
 import logging
+import threading
+import time
 
 import ipywidgets as W
 
 from .explore import Explorer, ExploreError, default_methods
+from .explore_catalog import cheapest_to_train, missing_summary, train_progress, trained_methods
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +47,15 @@ class ExplorerApp:
         self.explorers: dict[str, Explorer | ExploreError] = {}
         self.dataset = W.Dropdown(options=list(datasets), description="dataset")
         self.status = W.VBox()
+        self.more = W.Checkbox(value=False, description="also authors'-loss variants and earlier runs", indent=False)
+        self.more.add_class("itr-more")
+        self.train_go = W.Button(description="Train", button_style="success", layout=W.Layout(width="auto"))
+        self.train_go.add_class("itr-train")
+        self.train_bar = W.IntProgress(value=0, min=0, max=1, description="epochs")
+        self.train_note = W.HTML()
+        self.train_note.add_class("itr-train-progress")
+        self.train_box = W.VBox()
+        self.training: threading.Thread | None = None
         self.query = W.Text(value=query, placeholder="type a description, e.g. many buildings near a road",
                             description="query", layout=W.Layout(width="60%"))
         self.query.add_class("itr-query")
@@ -58,6 +76,7 @@ class ExplorerApp:
         self.side = W.SelectMultiple(description="methods", rows=5, layout=W.Layout(width="70%"))
         self.side_go = W.Button(description="Compare")
         self.side_out = W.HBox()
+        self.side_out.add_class("itr-side")
         self.tabs = W.Tab(children=[
             W.VBox([W.HBox([self.method]), W.HBox([self.k, self.search]), self.t2i_out]),
             W.VBox([self.i2t_method, W.HBox([self.image, self.i2t_go]), self.i2t_out]),
@@ -66,13 +85,15 @@ class ExplorerApp:
             W.VBox([self.side, self.side_go, self.side_out])])
         for i, t in enumerate(["text → image", "image → text", "why", "side by side"]):
             self.tabs.set_title(i, t)
-        self.widget = W.VBox([W.HBox([self.dataset]), self.query, self.status, self.tabs])
+        self.widget = W.VBox([W.HBox([self.dataset, self.more]), self.query, self.status, self.train_box, self.tabs])
         self.search.on_click(lambda _: self._guard(self.t2i_out, self.run_search))
         self.query.on_submit(lambda _: self._guard(self.t2i_out, self.run_search))
         self.i2t_go.on_click(lambda _: self._guard(self.i2t_out, self.run_i2t))
         self.why_go.on_click(lambda _: self._guard(self.why_out, self.run_why))
         self.side_go.on_click(lambda _: self._guard(self.side_out, self.run_side))
         self.dataset.observe(lambda ch: self._guard(self.status, self.switch), names="value")
+        self.more.observe(lambda ch: self._guard(self.status, self.switch), names="value")
+        self.train_go.on_click(lambda _: self._guard(self.train_note, self.train_cheapest))
         self._guard(self.status, self.switch)
 
     # ------------------------------------------------------------------------------------------- plumbing
@@ -102,9 +123,16 @@ class ExplorerApp:
     def switch(self) -> None:
         for box in (self.t2i_out, self.i2t_out, self.why_out, self.side_out):
             box.children = []
-        ex = self.explorer()
-        labels = ex.labels()
-        picks = default_methods(ex.available)
+        if self.training is None or not self.training.is_alive():
+            self.train_box.children = []
+        try:
+            ex = self.explorer()
+        except ExploreError:
+            if self.offer_training():
+                return
+            raise
+        labels = ex.labels(every_variant=self.more.value)
+        picks = [lab for lab in default_methods(ex.available) if lab in labels] or labels[:1]
         self.method.options = labels
         self.method.value = picks[0]
         self.i2t_method.options = labels
@@ -115,11 +143,95 @@ class ExplorerApp:
         self.side.value = tuple(picks)
         self.image.options = [(f"{i}: {f}", i) for i, f in enumerate(ex.split.filenames)]
         self.why_image.options = self.image.options
-        lines = [f"{ex.dataset} {ex.split_name}: {ex.split.n_images} images, {ex.split.n_texts} captions; "
-                 f"{len(labels)} trained method(s) with a checkpoint."] + ex.missing_lines()
-        self.status.children = [_msg("\n".join(lines), "info")]
+        hidden = len(ex.entries) - len(labels)
+        line = (f"{ex.dataset} {ex.split_name}: {ex.split.n_images} images, {ex.split.n_texts} captions; "
+                f"{len(labels)} method(s) on offer" + (f" ({hidden} more behind the toggle)." if hidden else "."))
+        self.status.children = [_msg(line, "info")] + self._missing_line(ex.dataset, ex.missing)
         if not self.query.value:
             self.query.value = ex.split.captions[0]
+
+    def _missing_line(self, dataset: str, missing) -> list[W.HTML]:
+        """The configurations without a checkpoint as one collapsed line; unfolded, the command that trains them."""
+        summary = missing_summary(self.results_dir, dataset, missing)
+        if summary is None:
+            return []
+        line, command = summary
+        w = W.HTML(f"<details><summary style='color:#666'>{html.escape(line)}: how to train them</summary>"
+                   f"<code style='white-space:pre-wrap'>{html.escape(command)}</code></details>")
+        w.add_class("itr-missing")
+        return [w]
+
+    # ------------------------------------------------------------------------------------------- first visit
+    def offer_training(self) -> bool:
+        """Nothing of the dataset is trained: offer to train the cheapest deployed model (True when offered)."""
+        d = self.dataset.value
+        _, missing = trained_methods(self.results_dir, d)
+        row = cheapest_to_train(missing)
+        if row is None:
+            return False
+        minutes = f"about {row.train_minutes:.0f} min on the machine that recorded it" \
+            if row.train_minutes == row.train_minutes else "minutes"
+        self.status.children = [_msg(f"Nothing of {d} is trained under {self.results_dir} yet: {len(missing)} "
+                                     f"configuration(s) are recorded, their checkpoints (not committed) are absent.",
+                                     "info")] + self._missing_line(d, missing)
+        self.train_go.description = f"Train {row.label} now ({minutes}), then search"
+        self.train_go.disabled = self.training is not None and self.training.is_alive()
+        if not self.train_box.children:
+            self.train_box.children = [self.train_go, W.HBox([self.train_bar, self.train_note])]
+        return True
+
+    def train_cheapest(self, wait: bool = False) -> None:
+        """Retrain the cheapest deployed model of the dataset from its record (:func:`itr_lib.runs.retrain`) in a
+        background thread, its epochs on the progress bar; when it ends, the page reloads the dataset and
+        searches. ``wait``: return only then (tests)."""
+        from .runs import retrain
+        d = self.dataset.value
+        _, missing = trained_methods(self.results_dir, d)
+        row = cheapest_to_train(missing)
+        if row is None:
+            raise ExploreError(f"nothing of {d} to train: no deployed configuration is recorded without a checkpoint.")
+        if self.training is not None and self.training.is_alive():
+            raise ExploreError("a training run is already under way; its progress is shown above.")
+        from .io import read_json
+        epochs = int(read_json(row.metrics_path)["config"]["epochs"])
+        self.train_go.disabled = True
+        self.train_bar.max, self.train_bar.value = epochs, 0
+        self.train_note.value = f"training {html.escape(row.label)} ({row.run}) ..."
+        outcome: dict = {}
+
+        def work() -> None:
+            try:
+                outcome["rows"] = retrain(self.results_dir, [row.run], workers=1, threads=1)
+            except Exception as err:  # noqa: BLE001 - shown in the page
+                log.exception("explorer: training %s failed", row.run)
+                outcome["error"] = err
+
+        def watch() -> None:
+            t0 = time.monotonic()
+            worker = threading.Thread(target=work, daemon=True)
+            worker.start()
+            while worker.is_alive():
+                worker.join(2.0)
+                n, rec = train_progress(self.results_dir, row.run)
+                val = f", val rsum {rec['val_rsum']:.1f}" if rec and "val_rsum" in rec else ""
+                self.train_bar.value = min(n, epochs)
+                self.train_note.value = (f"training {html.escape(row.label)}: epoch {n} of {epochs} done{val}, "
+                                         f"{time.monotonic() - t0:.0f} s")
+            if "error" in outcome:
+                err = outcome["error"]
+                self.train_note.value = html.escape(f"training failed ({type(err).__name__}): {err}")
+                self.train_go.disabled = False
+                return
+            self.train_bar.value = epochs
+            self.train_note.value = f"trained {html.escape(row.label)} in {time.monotonic() - t0:.0f} s"
+            self.explorers.pop(d, None)
+            self._guard(self.status, self.switch)
+            self.search_now()
+
+        self.training = threading.Thread(target=watch, daemon=True)
+        self.training.start()
+        if wait:
+            self.training.join()
 
     def _card(self, ex: Explorer, hit, rank: int, truth_label: str, with_button: bool = True) -> W.VBox:
         try:

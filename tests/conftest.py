@@ -45,3 +45,39 @@ def mini_cfg(tmp_path, mini_cache, fixture_root):
         return TrainConfig(**base, run_dir=str(tmp_path / "run"))
     return make
 
+
+
+# ----------------------------------------------------------------------------------------------- a clean tree
+REPO = Path(__file__).resolve().parents[1]
+TOOL_CACHES = ("__pycache__/", ".pytest_cache/")  # Python's and pytest's own, written by any run
+
+
+def repo_files_outside_git() -> set[str]:
+    """Untracked and ignored paths of the repository (git's collapsed view, plus the entries of ``cache/features``,
+    which git shows as one ``cache/`` line), without Python's and pytest's own caches; empty outside a git tree."""
+    import subprocess
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=normal"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    if out.returncode:
+        return set()
+    paths = {line[3:] for line in out.stdout.splitlines() if line[:2] in ("??", "!!")}
+    paths |= {str(p.relative_to(REPO)) for p in (REPO / "cache" / "features").glob("*")}
+    return {p for p in paths if not p.endswith(TOOL_CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tests_leave_the_repository_alone():
+    """Every test writes into temporary folders: the session fails when the repository gained an untracked or
+    ignored path (a feature cache under cache/features, a results folder, ...). ITR_CHECK_CLEAN=0 turns the check
+    off (e.g. while a training run writes into the same worktree)."""
+    if os.environ.get("ITR_CHECK_CLEAN", "1") == "0":
+        yield
+        return
+    before = repo_files_outside_git()
+    yield
+    new = sorted(repo_files_outside_git() - before)
+    assert not new, (f"the tests wrote into the repository {REPO}: {new}. Fix: point the test that writes them at a "
+                     f"temporary folder (tmp_path / tmp_path_factory).")

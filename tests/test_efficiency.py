@@ -416,6 +416,7 @@ def test_frontier_labels_never_overlap_even_for_points_on_top_of_each_other():
     boxes = [a.get_window_extent(renderer) for a in ax.texts]
     assert [a.get_text() for a in ax.texts] == t.method.tolist()
     assert not any(boxes[i].overlaps(boxes[j]) for i in range(4) for j in range(i + 1, 4))
-    assert ax.texts[-1].xyann == eff.SLOTS[0]   # a lone point keeps the first slot
+    assert ax.texts[-1].xyann == eff.SLOTS[2]   # a lone point at the right edge: the first slot inside, to its left
     frame = ax.get_window_extent(renderer)
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)  # no label over the title
+    assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes)  # nor over the legend beside the axes

@@ -37,7 +37,10 @@ def label_of(ex, method):
 def test_methods_found_by_config(explorer):
     methods = sorted(e.method for e in explorer.entries.values())
     assert methods == ["baseline", "tgdt"]
-    assert default_methods(explorer.available)[0] == label_of(explorer, "baseline")
+    # side by side: the best recorded mR first, the baseline beside it
+    picks = default_methods(explorer.available)
+    assert picks[0] == explorer.available.sort_values("mr", ascending=False).label.iloc[0]
+    assert sorted(picks) == sorted([label_of(explorer, "baseline"), label_of(explorer, "tgdt")])
 
 
 def test_text_to_image_equals_brute_force_of_the_model_vectors(explorer):
@@ -213,3 +216,65 @@ def test_explore_benchmark_times_every_method_and_counts_ground_truth(trained):
         assert r["queries"] == 3 and r["gallery_images"] == 2 and 0 < r["ms_median"] <= r["ms_max"]
         top1 = [ex.text_to_image(q, r["method"], k=1).hits[0].truth for q in queries]
         assert r["queries_with_truth_in_top_k"] == sum(top1)
+
+
+# ----------------------------------------------------------------------------------------------- a first visit
+def _with_plan(tmp_path, out, settings: dict, checkpoints=("baseline", "tgdt")) -> Path:
+    """A copy of the fixture results whose comparison plan gives each method a setting, keeping the checkpoints
+    of ``checkpoints`` only."""
+    import pandas as pd
+    dst = tmp_path / "full"
+    shutil.copytree(out / "metrics", dst / "metrics")
+    for run in (out / "runs").iterdir():
+        if run.name.split("-")[1] in checkpoints:
+            shutil.copytree(run, dst / "runs" / run.name)
+    rows = [{"setting": settings[p.stem.split("-")[1]], "key": p.stem.split("-")[1], "dataset": "mini",
+             "method": p.stem.split("-")[1], "seed": 0, "run": p.stem, "recorded": True}
+            for p in (out / "metrics").glob("*.json")]
+    (dst / "tables").mkdir()
+    pd.DataFrame(rows).to_csv(dst / "tables" / "comparison_plan.csv", index=False)
+    return dst
+
+
+def test_deployed_methods_first_the_rest_behind_the_toggle(tmp_path, trained):
+    from itr_lib.explore_app import ExplorerApp
+    out, data_root, cache = trained
+    res = _with_plan(tmp_path, out, {"baseline": "study loss", "tgdt": "authors' loss"})
+    avail, missing = trained_methods(res, "mini")
+    assert list(avail.tier) == ["deployed", "authors' loss"] and missing.empty
+    assert avail.label[0] == "baseline"                               # deployed: the method's name alone
+    assert avail.label[1].startswith("tgdt | ")                       # the rest: the whole variant
+    app = ExplorerApp(res, ["mini"], data_root=data_root, cache_dir=cache, k=2)
+    assert app.method.options == ("baseline",) and app.side.options == ("baseline",)
+    assert "1 more behind the toggle" in _find(app.status, "itr-message")[0].value
+    app.more.value = True
+    assert app.method.options == tuple(avail.label) and app.method.value == "baseline"
+
+
+def test_missing_checkpoints_are_one_collapsed_line_with_the_command(tmp_path, trained):
+    from itr_lib.explore_app import ExplorerApp
+    out, data_root, cache = trained
+    res = _with_plan(tmp_path, out, {"baseline": "study loss", "tgdt": "study loss"}, checkpoints=("baseline",))
+    app = ExplorerApp(res, ["mini"], data_root=data_root, cache_dir=cache, k=2)
+    lines = _find(app.status, "itr-missing")
+    assert len(lines) == 1 and len(app.status.children) == 2            # the status line and the folded one
+    html = lines[0].value
+    assert html.startswith("<details><summary") and "1 deployed method(s) without a checkpoint (tgdt)" in html
+    tgdt = next(p.stem for p in (res / "metrics").glob("mini-tgdt-*.json"))
+    assert f"python -m itr_lib.explore --profile full --datasets mini --retrain &#x27;{tgdt}&#x27;" in html
+    assert "checkpoint missing" not in str([w.value for w in app.status.children])
+
+
+def test_nothing_trained_offers_the_baseline_trains_it_then_searches(tmp_path, trained):
+    from itr_lib.explore_app import ExplorerApp
+    out, data_root, cache = trained
+    res = _with_plan(tmp_path, out, {"baseline": "study loss", "tgdt": "study loss"}, checkpoints=())
+    app = ExplorerApp(res, ["mini"], data_root=data_root, cache_dir=cache, k=2)
+    assert app.train_box.children and app.train_go.description.startswith("Train baseline now")
+    assert "Nothing of mini is trained" in _find(app.status, "itr-message")[0].value
+    assert not _find(app.t2i_out, "itr-result")
+    app.train_cheapest(wait=True)
+    assert app.train_bar.value == app.train_bar.max == 2                # the recorded 2 epochs, shown as done
+    assert len(list((res / "runs").glob("mini-baseline-*/best.pt"))) == 1
+    assert not list((res / "runs").glob("mini-tgdt-*"))                 # only the cheapest deployed model
+    assert app.method.options == ("baseline",) and len(_find(app.t2i_out, "itr-result")) == 2

@@ -56,7 +56,9 @@ def test_unknown_parameter_is_an_error():
 @pytest.mark.slow
 def test_whole_chain_through_papermill(tmp_path):
     out = tmp_path / "study"
-    run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out)
+    # the fixture's feature caches in the temporary folder too (the default is <repo>/cache/features)
+    run_study(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"), results_dir=out,
+              overrides={"CACHE_DIR": str(tmp_path / "cache")})
     executed = sorted(p.name for p in (out / "executed").glob("*.ipynb"))
     assert executed == ["00_data_prep-mini.ipynb", "01_train-selfalign.ipynb", "01_train-tgdt-2.ipynb",
                         "02_ablations.ipynb", "03_word_object.ipynb", "05_results.ipynb", "06_explore.ipynb",

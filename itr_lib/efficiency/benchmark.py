@@ -165,6 +165,10 @@ def benchmark_dataset(runs: pd.DataFrame, dataset: str, results_dir: str | os.Pa
     untrained_runs: set[str] = set()
     for spec in specs:
         timed, group = select_runs(runs, spec.method, dataset, spec.prefer)
+        off = spec.mismatch(group)
+        if off:  # a variant row (SelfAlign CRA) never times another variant's run
+            notes.append(f"{dataset}: {spec.label}: skipped, no run with {', '.join(f'{k}={spec.prefer[k]}' for k in off)}")
+            continue
         if timed is None and (group.empty or not time_untrained):
             why = (f"no trained run of method '{spec.method}'" if group.empty else
                    f"no checkpoint of its runs ({', '.join(group.run)}; set TIME_UNTRAINED to time the recorded "

@@ -23,12 +23,22 @@ class MethodSpec:
     mr_key: str = "test"             # "test": the run's test mR; else a mode key (global, two_stage, exhaustive)
     prefer: dict = field(default_factory=lambda: dict(STUDY))  # runs-frame columns preferred, in order
     interactive: bool = False        # the interactive reference the speed-ups are relative to
+    strict: tuple[str, ...] = ()     # keys of ``prefer`` the chosen run must match (else the row is skipped)
+
+    def mismatch(self, group) -> list[str]:
+        """The :attr:`strict` keys the chosen group of runs (a runs frame) does not match (empty: it is this row's)."""
+        return [k for k in self.strict if not group.empty and bool(group[k].iloc[0]) != bool(self.prefer[k])]
 
 
 
 METHODS: tuple[MethodSpec, ...] = (
     MethodSpec("baseline", "baseline", "vector", "independent"),
     MethodSpec("SelfAlign", "selfalign", "vector", "independent", prefer={**STUDY, "lca": True, "cra": True}),
+    # the README table's other SelfAlign rows (CRA is its top row): the same dot-product search, their own encoders
+    MethodSpec("SelfAlign CRA", "selfalign", "vector", "independent", prefer={**STUDY, "lca": False, "cra": True},
+               strict=("lca", "cra")),
+    MethodSpec("SelfAlign LCA", "selfalign", "vector", "independent", prefer={**STUDY, "lca": True, "cra": False},
+               strict=("lca", "cra")),
     MethodSpec("TGDT global", "tgdt", "vector", "global", stored=("global",), mr_key="global"),
     MethodSpec("TGDT two-stage", "tgdt", "two_stage", "two-stage", stored=("global", "locals"), mr_key="two_stage"),
     MethodSpec("TGDT exhaustive", "tgdt", "exhaustive", "exhaustive", stored=("global", "locals")),

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .backend import plt
+from .style import FAMILY_COLOURS, colour_of, family_legend, family_of, split_shared
 
 
 def caption_stats(ds) -> "object":
@@ -101,45 +102,120 @@ def results_overview(main: pd.DataFrame, dataset: str):
     return fig
 
 
-def comparison_bars(table: pd.DataFrame, dataset: str, published: pd.DataFrame | None = None):
-    """Test mR per method under the study loss (mean ± std over seeds, the optimistic / pessimistic tie bounds
-    as a thin line), published numbers as grey marks; the caption states seeds per row."""
-    t = table[table.setting == "study loss"].sort_values("mr").reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8.5, 0.42 * len(t) + 1.6))
+def _deployed_rows(t: pd.DataFrame, modes: dict | None) -> pd.DataFrame:
+    """The rows of fine-grained methods in their deployed inference mode (``variant`` ends in ``[mode]``), others
+    as they are."""
+    if modes is None:
+        from ..tables import DEPLOYED_MODES as modes
+    keep = [not (m in modes and v.endswith("]")) or v.endswith(f"[{modes[m]}]") for m, v in zip(t.method, t.variant)]
+    return t[keep]
+
+
+def _published_lines(ax, published: pd.DataFrame) -> list:
+    """Each published mR as a dashed vertical line labelled at its top end ("PIR 24.46"), above the axes."""
+    import matplotlib.transforms as mtransforms
+    trans = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    texts = []
+    for name, mr in sorted(zip(published.method, published.mr), key=lambda r: r[1]):
+        ax.axvline(mr, color=FAMILY_COLOURS["published"], lw=0.9, ls="--", zorder=0)
+        label = f"{str(name).replace(' (published)', '')} {mr:.2f}"
+        texts.append(ax.text(mr, 1.01, label, transform=trans, rotation=55, ha="left", va="bottom", fontsize=7.5,
+                             color="#555", rotation_mode="anchor"))
+    return texts
+
+
+def comparison_bars(table: pd.DataFrame, dataset: str, published: pd.DataFrame | None = None,
+                    modes: dict | None = None):
+    """Test mR per method under the study loss, fine-grained methods in their deployed inference mode (``modes``,
+    default :data:`itr_lib.tables.DEPLOYED_MODES`; every mode is in the table): bars the mean over seeds, coloured
+    by method family, ± std as error bars, the pessimistic / optimistic tie bounds as a thin line under each bar;
+    published numbers as dashed lines labelled at their top. Row labels are the methods; the protocol every row
+    shares is stated once, under the axis."""
+    t = _deployed_rows(table[table.setting == "study loss"], modes).sort_values("mr").reset_index(drop=True)
+    labels, shared = split_shared(list(t.variant))
+    seeds = set(zip(t.n_seeds, t.get("seeds", t.n_seeds).astype(str)))
+    if len(seeds) > 1:
+        labels = [f"{lab} (n={n})" for lab, n in zip(labels, t.n_seeds)]
+    fig, ax = plt.subplots(figsize=(10.5, 0.42 * len(t) + 2.9))
     y = np.arange(len(t))
-    ax.barh(y, t.mr, xerr=t.mr_std.fillna(0), color="#3a7", edgecolor="k", lw=0.5, capsize=2, label="ours")
+    ax.barh(y, t.mr, color=[colour_of(m) for m in t.method], edgecolor="k", lw=0.5, height=0.62)
+    ax.errorbar(t.mr, y, xerr=t.mr_std.fillna(0), fmt="none", ecolor="k", elinewidth=1.2, capsize=3)
+    handles = []
     if {"mr_optimistic", "mr_pessimistic"} <= set(t):
-        ax.hlines(y, t.mr_pessimistic, t.mr_optimistic, color="k", lw=2.5, label="tie bounds")
-    labels = [f"{v} (n={n})" for v, n in zip(t.variant, t.n_seeds)]
-    ax.set_yticks(y, [textwrap.shorten(s, 70) for s in labels], fontsize=8)
+        ax.hlines(y - 0.42, t.mr_pessimistic, t.mr_optimistic, color="#333", lw=1.0)
+        ax.plot(t.mr_pessimistic, y - 0.42, "|", color="#333", ms=5)
+        ax.plot(t.mr_optimistic, y - 0.42, "|", color="#333", ms=5)
+    ax.set_yticks(y, labels, fontsize=9)
+    ax.set_ylim(-0.8, len(t) - 0.4)
     if published is not None and len(published):
-        for x in published.mr:
-            ax.axvline(x, color="#999", lw=0.8, ls="--")
-        ax.plot([], [], color="#999", ls="--", lw=0.8, label="published (other setups)")
-    ax.set(xlabel="test mR (study loss, one protocol; mean ± std over n seeds)",
-           title=f"{dataset.upper()}: every method under one protocol")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+        _published_lines(ax, published)
+    from matplotlib.lines import Line2D
+    handles = [Line2D([], [], color="k", marker="|", ls="-", lw=1.2, ms=6, label="± std over seeds"),
+               Line2D([], [], color="#333", marker="|", lw=1.0, ms=5, label="tie bounds (pessimistic, optimistic)")]
+    if published is not None and len(published):
+        handles.append(Line2D([], [], color=FAMILY_COLOURS["published"], ls="--", lw=0.9,
+                              label="published (their backbones)"))
+    fams = [family_of(m) for m in t.method]
+    leg = family_legend(ax, fams, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method family",
+                        title_fontsize=8, frameon=False)
+    ax.add_artist(leg) if leg is not None else None
+    ax.legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(1.01, 0.0), frameon=False)
+    n_txt = f"; {t.n_seeds.iloc[0]} seeds ({t.seeds.iloc[0]})" if len(seeds) == 1 and "seeds" in t else ""
+    ax.set_xlabel(f"test mR (mean over seeds{n_txt})")
+    fig.suptitle(f"{dataset.upper()}: every method under one protocol (study loss)")
+    note = (f"Every row: {shared}" if shared else "") + ("; " if shared else "") + \
+        "fine-grained methods in their deployed inference mode (every mode: tables/comparison_" + f"{dataset}.md)."
+    fig.text(0.01, 0.005, textwrap.fill(note, 120), fontsize=8, color="#333", ha="left", va="bottom")
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     return fig
 
 
+RECIPE_COLOURS = {"chosen (kept by the greedy rule on val)": "#264653", "tried, not chosen": "#9cbfcc",
+                  "transductive (reported, never chosen)": "#c9c9c9"}
+
+
 def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = None):
-    """The recipe's levers (``tables/recipe_<ds>.csv``): left, each lever's val mR gain over its reference (what the
-    greedy rule chooses on; chosen levers filled); right, the test rsum gain with its 95% paired bootstrap interval
-    (reported, never used to choose). ``published``: {name: test mR} drawn nowhere here but named in the title."""
+    """The recipe's levers (``tables/recipe_<ds>.csv``), each alone against its reference, grouped by stage, in one
+    measure (mR gain) on two panels: left the val gain (what the greedy rule chooses on), right the test gain with
+    its 95% paired bootstrap interval (reported, never used to choose; the table's rsum interval / 6). Colours: chosen,
+    not chosen, transductive (legend). ``published``: {name: test mR}, named in the caption for scale."""
     t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")].reset_index(drop=True)
     y = np.arange(len(t))[::-1]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 1.6), sharey=True)
-    colors = ["C2" if c else ("C7" if "transductive" in s else "C0") for c, s in zip(t.chosen.astype(bool), t.stage)]
-    axes[0].barh(y, t.val_gain, color=colors)
-    axes[0].axvline(0, color="k", lw=0.8)
-    axes[0].set_yticks(y, [textwrap.shorten(f"{lv}", 48) for lv in t.lever])
-    axes[0].set(xlabel="val mR gain over the reference (decides)", title=f"{dataset}: levers, one at a time")
-    err = np.vstack([t.delta_rsum - t.ci_lo, t.ci_hi - t.delta_rsum]).astype(float)
-    axes[1].barh(y, t.delta_rsum, xerr=np.nan_to_num(err), color=colors, alpha=0.8, capsize=3)
-    axes[1].axvline(0, color="k", lw=0.8)
-    axes[1].set(xlabel="test rsum gain, 95% paired bootstrap CI (reported)", title="green: chosen; grey: transductive")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(t) + 2.4), sharey=True, sharex=True)
+    keys = list(RECIPE_COLOURS)
+    kind = [keys[2] if "transductive" in str(st) else keys[0] if bool(c) else keys[1]
+            for c, st in zip(t.chosen, t.stage)]
+    colors = [RECIPE_COLOURS[k] for k in kind]
+    axes[0].barh(y, t.val_gain.astype(float), color=colors, edgecolor="k", lw=0.4)
+    err = np.vstack([t.delta_rsum - t.ci_lo, t.ci_hi - t.delta_rsum]).astype(float) / 6
+    axes[1].barh(y, t.delta_rsum.astype(float) / 6, xerr=np.nan_to_num(err), color=colors, edgecolor="k", lw=0.4,
+                 capsize=3)
+    axes[0].set_yticks(y, [textwrap.fill(str(lv), 34) for lv in t.lever], fontsize=9)
+    stages = list(t.stage.astype(str))
+    for ax in axes:
+        ax.axvline(0, color="k", lw=0.8)
+        ax.grid(True, axis="x", alpha=0.3)
+        for i in range(1, len(t)):
+            if stages[i] != stages[i - 1]:
+                ax.axhline(y[i] + 0.5, color="#888", lw=0.8, ls=":")
+    import matplotlib.transforms as mtransforms
+    trans = mtransforms.blended_transform_factory(axes[0].transAxes, axes[0].transData)
+    for i, st in enumerate(stages):
+        if i == 0 or st != stages[i - 1]:
+            axes[0].text(0.99, y[i] + 0.42, st, transform=trans, ha="right", va="top", fontsize=8, style="italic",
+                         color="#555")
+    axes[0].set(xlabel="val mR gain over the reference (decides)", title="val: what the greedy rule chooses on")
+    axes[1].set(xlabel="test mR gain over the reference, 95% paired bootstrap CI", title="test: reported, never chosen on")
+    from matplotlib.patches import Patch
+    present = [k for k in keys if k in kind]
+    fig.legend(handles=[Patch(facecolor=RECIPE_COLOURS[k], edgecolor="k", lw=0.4, label=k) for k in present],
+               loc="lower center", ncol=len(present), fontsize=9, frameon=False, bbox_to_anchor=(0.5, 0.0))
+    fig.suptitle(f"{dataset.upper()}: the recipe's levers, each alone against its reference (seed 0)")
+    note = ""
     if published:
-        fig.suptitle("published: " + ", ".join(f"{k} {v:.2f} mR" for k, v in published.items()), fontsize=9)
-    fig.tight_layout()
+        note = "For scale, the best published test mR: " + ", ".join(f"{k.replace(' (published)', '')} {v:.2f}"
+                                                                    for k, v in published.items()) + "."
+    if note:
+        fig.text(0.01, 0.045, note, fontsize=8, color="#333", ha="left")
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig

@@ -19,7 +19,8 @@ def _plain_log_ticks(axis):
     axis.set_minor_formatter(NullFormatter())
 
 
-SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6, -21)]  # label offsets tried, points
+SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6, -21), (6, 24), (-6, 24),
+         (6, -31), (-6, -31)]  # label offsets tried, points
 
 
 def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
@@ -36,7 +37,8 @@ def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
                               ha="left" if dx > 0 else "right")
             box = ann.get_window_extent(renderer)
-            inside = frame.y0 <= box.y0 and box.y1 <= frame.y1  # not over the title or the axis labels
+            inside = (frame.y0 <= box.y0 and box.y1 <= frame.y1  # not over the title, the axis labels or a legend
+                      and frame.x0 <= box.x0 and box.x1 <= frame.x1)
             if inside and not any(box.overlaps(b) for b in placed) or k == len(SLOTS) - 1:
                 break
             ann.remove()
@@ -45,29 +47,60 @@ def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
     return out
 
 
-def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query"):
-    """mR (mean +- std over seeds) against per-query latency (log scale), every method, the Pareto front drawn."""
+MODE_MARKERS = {"vector": ("o", "one vector per item (faiss)"), "two_stage": ("s", "two-stage (shortlist re-scored)"),
+                "exhaustive": ("^", "exhaustive (every pair scored)")}
+
+
+def _point_label(r) -> str:
+    """The point's label: the method row, with the SelfAlign variant named (LCA+CRA / CRA / LCA)."""
+    label = str(r.method)
+    variant = str(r.get("variant", "") or "")
+    if label == "SelfAlign" and variant:
+        return f"SelfAlign {variant.split(' |')[0].split(' K=')[0]}"
+    if label.startswith("recipe: "):  # the colour says recipe: "lca+cra (recipe + ensemble)"
+        return label[len("recipe: "):].replace("3-seed ensemble", "ensemble")
+    return label
+
+
+def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query", title: str | None = None):
+    """mR (mean +- std over seeds) against per-query latency (log scale), every method of ``table`` labelled at its
+    point, the Pareto front drawn. Colour: the method family (:mod:`itr_lib.plots.style`, the same as every
+    figure); marker: how it retrieves (``mode``); both in legends. ``title``: default names the recipe when the
+    table carries its rows (``recipe: ...``, 07's frontier)."""
+    from .style import FAMILY_COLOURS, colour_of, family_of
+    from matplotlib.lines import Line2D
     ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
     t = table[ok].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    colors = {"independent": "#2a9d8f", "global": "#8ab17d", "two-stage": "#e9c46a", "exhaustive": "#f4a261",
-              "cross-attention": "#e76f51", "recipe (07)": "#264653"}
-    for _, r in t.iterrows():
-        ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt="o", capsize=3, ms=7,
-                    color=colors.get(r.family, "#555"), mec="k", mew=0.5)
+    fig, ax = plt.subplots(figsize=(9.6, 5.2))
+    modes = t["mode"] if "mode" in t else pd.Series(["vector"] * len(t))
+    for (_, r), mode in zip(t.iterrows(), modes):
+        ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt=MODE_MARKERS.get(mode, ("o",))[0],
+                    capsize=3, ms=7, color=colour_of(r.method), mec="k", mew=0.5)
+    handles = []
     if not t.empty:
         f = _pareto(t[latency_col], t.mr)
         p = t[f].sort_values(latency_col)
-        ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--", label="Pareto front")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--")
+        handles.append(Line2D([], [], color="k", ls="--", lw=1.2, label="Pareto front"))
+    fams = [f for f in FAMILY_COLOURS if f in {family_of(m) for m in t.method}]
+    handles += [Line2D([], [], ls="", marker="o", ms=8, color=FAMILY_COLOURS[f], mec="k", mew=0.5, label=f)
+                for f in fams]
+    handles += [Line2D([], [], ls="", marker=mk, ms=7, color="w", mec="k", label=lab)
+                for m, (mk, lab) in MODE_MARKERS.items() if m in set(modes)]
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
+              title="colour: family; marker: search", title_fontsize=8)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
     dev = t.device.iloc[0] if "device" in t and len(t) else ""
+    recipe = any(str(m).startswith("recipe") for m in t.method)
+    title = title or (f"{dataset.upper()}: the recipe (07) beside every method, accuracy vs query latency" if recipe
+                      else f"{dataset.upper()}: accuracy vs query latency")
     ax.set(xlabel=f"ms per query (batch 1, mean of t2i and i2t; {dev})",
-           ylabel="test mR (mean ± std over seeds)", title=f"{dataset.upper()}: accuracy vs query latency")
+           ylabel="test mR (mean ± std over seeds)", title=title)
     ax.grid(True, which="both", alpha=0.3)
+    ax.margins(x=0.08, y=0.1)
     fig.tight_layout()
-    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float), t.method)  # after the limits are final
+    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float), [_point_label(r) for _, r in t.iterrows()])
     return fig
 
 

@@ -96,9 +96,9 @@ def frontier_rows(final, efficiency) -> "pd.DataFrame":  # noqa: F821
     rec = final[final.ms_per_query.notna()] if "ms_per_query" in final else final.iloc[0:0]
     add = pd.DataFrame({"method": "recipe: " + rec.variant + " (" + rec.scoring + ")", "mr": rec.test_mr,
                         "mr_std": rec.test_mr_std, "ms_per_query": rec.ms_per_query, "family": "recipe (07)",
-                        "bytes_per_item": rec.bytes_per_item, "device": rec.get("device", "cpu")})
-    base = efficiency[["method", "mr", "mr_std", "ms_per_query", "family", "bytes_per_item", "device"]] \
-        if efficiency is not None and len(efficiency) else None
+                        "bytes_per_item": rec.bytes_per_item, "device": rec.get("device", "cpu"), "mode": "vector"})
+    cols = ["method", "mr", "mr_std", "ms_per_query", "family", "bytes_per_item", "device", "mode", "variant"]
+    base = efficiency[[c for c in cols if c in efficiency]] if efficiency is not None and len(efficiency) else None
     out = pd.concat([base, add], ignore_index=True) if base is not None else add.reset_index(drop=True)
     out["ms_per_query"] = out.ms_per_query.astype(float)
     return out[np.isfinite(out.ms_per_query)].reset_index(drop=True)

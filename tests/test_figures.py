@@ -1,0 +1,130 @@
+"""The figures a reader meets first (README and RESULTS.md): every published line labelled, every README-table
+method on its figure, one measure per panel, a legend for every colour, titles of their own."""
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from itr_lib import tables
+from itr_lib.plots import charts, efficiency as eff_plots
+from itr_lib.plots.style import FAMILY_COLOURS, split_shared
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = ROOT / "results" / "full" / "tables"
+
+
+def readme_rows(dataset: str) -> list[str]:
+    """The ``variant`` column of the README's results table of ``dataset`` (the generated block)."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split(f"### {dataset.upper()}: every method under one protocol", 1)[1].split("###", 1)[0]
+    rows = [ln for ln in block.splitlines() if ln.startswith("| ") and not ln.startswith("| variant")]
+    return [ln.split("|")[1].strip() for ln in rows]
+
+
+def test_split_shared_keeps_the_method_and_its_mode():
+    short, shared = split_shared(["CRA | infonce +FN-mask | 6 ep | val 1000",
+                                  "tgdt | infonce +FN-mask | 6 ep | val 1000 [two_stage]",
+                                  "LCA K=16 | infonce +FN-mask | 3 ep | val 1000"])
+    assert short == ["CRA | 6 ep", "tgdt | 6 ep [two_stage]", "LCA K=16 | 3 ep"]
+    assert shared == "infonce +FN-mask | val 1000"
+
+
+@pytest.mark.parametrize("dataset", ["rsicd", "ucm"])
+def test_comparison_figure_rows_are_the_readme_table_and_every_published_line_is_labelled(dataset):
+    if not (FULL / f"comparison_{dataset}.csv").is_file():
+        pytest.skip("results/full has no comparison table")
+    t = pd.read_csv(FULL / f"comparison_{dataset}.csv")
+    pub = tables.published_rows(dataset)
+    fig = charts.comparison_bars(t, dataset, pub)
+    ax = fig.axes[0]
+    labels = [tl.get_text() for tl in ax.get_yticklabels()]
+    assert sorted(labels) == sorted(readme_rows(dataset))                  # the README's rows, named alike
+    assert not any("infonce" in lab for lab in labels)                     # the shared protocol is said once ...
+    assert any("Every row: infonce +FN-mask | 6 ep | val 1000" in t_.get_text() for t_ in fig.texts)  # ... here
+    texts = [t_.get_text() for t_ in ax.texts]
+    for name, mr in zip(pub.method, pub.mr):                               # each dashed line named at its end
+        assert f"{name.replace(' (published)', '')} {mr:.2f}" in texts
+    dashed = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"]
+    assert len(dashed) == len(pub) == len(texts)
+    # colours: one per family, each in the legend
+    bar_colours = {tuple(np.round(p.get_facecolor()[:3], 3)) for p in ax.patches}
+    import matplotlib.colors as mc
+    legend_names = [t_.get_text() for leg in ax.findobj(lambda a: a.__class__.__name__ == "Legend")
+                    for t_ in leg.get_texts()]
+    fams = {f for f in FAMILY_COLOURS if tuple(np.round(mc.to_rgb(FAMILY_COLOURS[f]), 3)) in bar_colours}
+    assert len(fams) == len(bar_colours) >= 3 and fams <= set(legend_names)
+    assert "tie bounds (pessimistic, optimistic)" in legend_names and "mean over seeds" in ax.get_xlabel()
+
+
+def test_recipe_levers_one_measure_a_colour_legend_and_whole_labels():
+    t = pd.DataFrame({"stage": ["reference", "training (alone)", "training (alone)", "inference (alone)",
+                                "transductive (reported, never chosen)"],
+                      "lever": ["reference", "10 epochs", "InfoNCE temperature 0.03", "test-time rotations + flips",
+                                "dual softmax (transductive: whole test query set)"],
+                      "val_gain": [0, 0.85, 0.4, 1.83, 1.5], "delta_rsum": [np.nan, -1.8, -8.8, 13.6, 11.6],
+                      "ci_lo": [np.nan, -5.6, -12.6, 9.4, 6.5], "ci_hi": [np.nan, 1.9, -5.2, 17.7, 16.8],
+                      "chosen": [False, True, False, True, False]})
+    fig = charts.recipe_levers(t, "rsicd", {"RemoteCLIP ViT-B/32 (published)": 35.26})
+    left, right = fig.axes[:2]
+    assert "mR gain" in left.get_xlabel() and "mR gain" in right.get_xlabel()   # one measure on both panels
+    widths = sorted(p.get_width() for p in right.patches)
+    np.testing.assert_allclose(widths, sorted([-1.8 / 6, -8.8 / 6, 13.6 / 6, 11.6 / 6]), atol=1e-9)
+    assert fig._suptitle is None or "published" not in fig._suptitle.get_text()  # no stray suptitle
+    assert "colour" not in right.get_title() and "green" not in right.get_title()
+    legend = [t_.get_text() for t_ in fig.legends[0].get_texts()]
+    assert legend == ["chosen (kept by the greedy rule on val)", "tried, not chosen",
+                      "transductive (reported, never chosen)"]
+    ticks = " ".join(tl.get_text() for tl in left.get_yticklabels())
+    assert "[...]" not in ticks and "query set" in ticks                        # wrapped, not clipped
+
+
+def test_every_readme_method_is_timed_for_the_frontier():
+    """04 times every method of the README's table (CRA, its top row, was missing)."""
+    from itr_lib.efficiency.specs import METHODS
+    rows = readme_rows("rsicd") or ["CRA", "LCA+CRA K=1024", "LCA K=1024", "baseline", "tgdt [two_stage]",
+                                    "aladin [global]", "scan", "mrsw [exhaustive]"]
+    for row in rows:
+        head = re.sub(r"\s*\[.*\]$", "", row).split(" K=")[0]
+        if head in ("CRA", "LCA", "LCA+CRA"):
+            want = {"lca": "LCA" in head, "cra": "CRA" in head}
+            assert any(s.method == "selfalign" and all(s.prefer.get(k) == v for k, v in want.items())
+                       for s in METHODS), row
+        else:
+            assert any(s.method == head for s in METHODS), row
+
+
+def test_a_selfalign_variant_row_never_times_another_variants_run():
+    from itr_lib.efficiency.specs import spec_by_label
+    from itr_lib.runs import select_runs
+    runs = pd.DataFrame({"run": ["a", "b"], "method": ["selfalign"] * 2, "dataset": ["rsicd"] * 2, "seed": [0, 0],
+                         "group": ["g1", "g2"], "lca": [True, True], "cra": [True, False], "setting": ["study loss"] * 2,
+                         "checkpoint": ["x", "y"], "epochs_run": [6, 6], "text_encoder": ["minilm"] * 2,
+                         "variant": ["LCA+CRA", "LCA"]})
+    cra = spec_by_label("SelfAlign CRA")
+    assert cra.mismatch(select_runs(runs, "selfalign", "rsicd", cra.prefer)[1]) == ["lca"]   # no CRA-only run
+    lca = spec_by_label("SelfAlign LCA")
+    assert lca.mismatch(select_runs(runs, "selfalign", "rsicd", lca.prefer)[1]) == []        # run b is its own
+
+
+def test_frontier_names_every_row_has_legends_and_the_recipe_its_own_title():
+    from itr_lib.recipe import frontier_rows
+    eff = pd.DataFrame({"method": ["baseline", "SelfAlign", "SelfAlign CRA", "TGDT two-stage", "SCAN (cross-attention)"],
+                        "variant": ["baseline | x", "LCA+CRA K=1024 | x", "CRA | x", "tgdt | x", "scan | x"],
+                        "mode": ["vector", "vector", "vector", "two_stage", "exhaustive"],
+                        "ms_per_query": [1.2, 2.4, 2.0, 12.0, 368.0], "mr": [19.5, 20.7, 20.7, 19.6, 18.5],
+                        "mr_std": [0.1] * 5, "family": ["independent"] * 5, "bytes_per_item": [2048] * 5,
+                        "device": ["cpu"] * 5})
+    fig = eff_plots.frontier_figure(eff, "rsicd")
+    ax = fig.axes[0]
+    assert [a.get_text() for a in ax.texts] == ["baseline", "SelfAlign LCA+CRA", "SelfAlign CRA", "TGDT two-stage",
+                                                "SCAN (cross-attention)"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert {"independent embeddings", "SelfAlign", "two-stage / distilled", "interactive references"} <= set(legend)
+    assert {"one vector per item (faiss)", "two-stage (shortlist re-scored)"} <= set(legend)
+    final = pd.DataFrame({"dataset": ["rsicd"], "variant": ["baseline"], "scoring": ["recipe"], "test_mr": [25.4],
+                          "test_mr_std": [0.4], "ms_per_query": [17.0], "bytes_per_item": [2048]})
+    rec = eff_plots.frontier_figure(frontier_rows(final, eff), "rsicd")
+    assert rec.axes[0].get_title() != ax.get_title() and "recipe" in rec.axes[0].get_title()
+    assert "baseline (recipe)" in [a.get_text() for a in rec.axes[0].texts]
