@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .claims import claim_rule, claims_by_dataset, with_bar
 from .io import REPO_ROOT, atomic_write_text, read_json
 from .recordio import read_record
 from .recipe.summary import recipe_summary
@@ -210,16 +211,6 @@ def schedule_caption(ds: str, sched: pd.DataFrame) -> str:
             f"{rule}; test mR shown, not used to choose)")
 
 
-def _claim_rule() -> str:
-    """The verdict rule of the claims, as the README and RESULTS.md state it (bars from :data:`tables.CLAIMS`)."""
-    from .tables import CLAIMS
-    tols = sorted({tol for *_, kind, tol, _ in CLAIMS if kind == "not_worse"})
-    within = ", ".join(f"-{t:g} mR for \"B keeps A's accuracy within {t:g} mR\"" for t in tols)
-    return ("A claim *holds* when the 95% interval of B - A lies above its bar (column `bar`: 0 for \"B beats A\""
-            + (f", {within}" if within else "") + "), *does not hold* when it lies below the bar, and is "
-            "*inconclusive* otherwise; a one-seed claim must clear the bar by twice the largest seed std.")
-
-
 def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     """Variant labels without the ``|``-separated parts every label shares (said once above the table)."""
     split = [re.match(r"^(.*?)(\s*\[[^\]]*\])?$", str(v)).groups() for v in labels]  # "... [two_stage]": the mode
@@ -228,38 +219,6 @@ def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     short = [" | ".join([q[0]] + [p for p in q[1:] if p not in shared]) + (mode or "")
              for q, (_, mode) in zip(parts, split)]
     return pd.Series(short, index=labels.index), shared
-
-
-def _with_bar(c: pd.DataFrame) -> pd.DataFrame:
-    """Claims with ``bar``: the bar each claim's interval of B - A is held against, as ``"> +0.00"`` (read from
-    ``bar_mr``, or from ``kind`` / ``tolerance_mr`` in a claims table written before it carried the bar)."""
-    from .tables import claim_bar
-    c = c.copy()
-    bars = c["bar_mr"] if "bar_mr" in c else pd.Series(
-        [claim_bar(k, t) if isinstance(k, str) else float("nan") for k, t in zip(c.get("kind", [None] * len(c)),
-                                                                             c.get("tolerance_mr", [0.0] * len(c)))],
-        index=c.index)
-    c["bar"] = ["" if pd.isna(b) else f"> {b:+.2f}" for b in bars]
-    return c
-
-
-def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim, one column per dataset: ``"+1.14 [+0.44, +1.81] (3) holds"``. The "strongest model"
-    claim names its two models per dataset, so its cell carries them."""
-    c = _with_bar(c)
-    c["cell"] = [f"{ci} ({n}) {v}" for ci, n, v in zip(c["B - A mR [95% CI]"], c.n_seeds, c.verdict)]
-    strongest = c.claim == "strongest"
-    c.loc[strongest, "cell"] = [f"{top} vs {runner_up}: {cell}" for top, runner_up, cell in
-                                zip(c.b[strongest].str.split(" | ").str[0], c.a[strongest].str.split(" | ").str[0],
-                                    c.cell[strongest])]
-    c.loc[strongest, "statement"] = "The top model beats the runner-up"
-    order = list(dict.fromkeys(c.claim))
-    wide = c.pivot_table(index="claim", columns="dataset", values="cell", aggfunc="first").reindex(order)
-    wide.columns = [str(d).upper() for d in wide.columns]
-    first = c.drop_duplicates("claim").set_index("claim")
-    wide.insert(0, "statement", first.statement.reindex(order))
-    wide.insert(1, "bar", first.bar.reindex(order))
-    return wide.reset_index(drop=True).fillna("")
 
 
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
@@ -306,9 +265,9 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             for part in shared_all:
                 c["statement"] = c.statement.str.replace(f" | {part}", "", regex=False)
         c["latency A/B"] = ["" if pd.isna(v) else f"{v:.2g}x" for v in c.latency_ratio_a_over_b]
-        lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", "", _claim_rule(), ""]
+        lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", "", claim_rule(), ""]
         if full:
-            c = _with_bar(c)
+            c = with_bar(c)
             lines += [to_markdown(c[["dataset", "statement", "bar", "n_seeds", "B - A mR [95% CI]", "latency A/B",
                                      "verdict"]], index=False), ""]
         else:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path

@@ -30,7 +30,6 @@ configs recorded in ``metrics/<run>.json`` and reports how far the new test mR l
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys

@@ -129,13 +129,13 @@ def test_garbage_ranks_stop_the_tables_naming_the_file(tmp_path):
 
 
 def test_a_table_with_fewer_seeds_than_its_plan_says_so(tmp_path):
-    from itr_lib import tables
+    from itr_lib import claims, tables
     from itr_lib.report import _missing_note
     _study(tmp_path, seeds=(0, 2))
     df, plan = tables.study_frame(tmp_path)
     t = tables.comparison_table(df.dropna(subset=["key"]), "rsicd")
     assert t.n_seeds.tolist() == [2, 2] and t.missing_seeds.tolist() == ["1", "1"]
-    c = tables.claims_table(df.dropna(subset=["key"]), "rsicd", tmp_path, n_boot=50)
+    c = claims.claims_table(df.dropna(subset=["key"]), "rsicd", tmp_path, n_boot=50)
     row = c[c.claim == "selfalign_vs_baseline"].iloc[0]
     assert row.missing_seeds == "1" and "planned seeds 0,1,2, 1 not recorded" in row.note
     assert "missing seeds 1" in "\n".join(_missing_note(t))

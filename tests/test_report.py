@@ -43,7 +43,7 @@ def test_readme_block_shows_each_method_once_in_its_deployed_mode_and_results_md
 
 
 def test_claims_become_one_row_per_claim_with_a_column_per_dataset():
-    from itr_lib.report import claims_by_dataset
+    from itr_lib.claims import claims_by_dataset
     c = pd.DataFrame({"dataset": ["rsicd", "rsicd", "ucm", "ucm"],
                       "claim": ["x_vs_baseline", "strongest", "x_vs_baseline", "strongest"],
                       "statement": ["X beats the baseline", "CRA | 6 ep is the strongest model (vs runner-up B)",

@@ -55,7 +55,7 @@ def test_the_recipe_and_the_claims_give_one_interval_on_one_input(tmp_path):
     queries resampled): the same hits give the same interval (the recipe resampled queries only before)."""
     import pandas as pd
     from itr_lib.recipe.stages import selfalign_gains
-    from itr_lib.tables import claims_table
+    from itr_lib.claims import claims_table
     df, hits = _claim_records(tmp_path)
     claim = claims_table(df, "ucm", tmp_path, n_boot=300).set_index("claim").loc["selfalign_vs_baseline"]
     final = pd.DataFrame([{"dataset": "ucm", "variant": v, "scoring": "recipe"} for v in ("baseline", "lca+cra")])
@@ -67,7 +67,7 @@ def test_the_recipe_and_the_claims_give_one_interval_on_one_input(tmp_path):
 
 def test_claims_refuse_records_scored_under_different_tie_rules(tmp_path):
     import pytest
-    from itr_lib.tables import claims_table
+    from itr_lib.claims import claims_table
     df, _ = _claim_records(tmp_path, rules=(None, "expected"))
     with pytest.raises(ValueError, match=r"baseline-s0 \(tie rule 'index'\) with lca\+cra-s0 \(tie rule 'expected'\)"):
         claims_table(df, "ucm", tmp_path, n_boot=50)
@@ -76,8 +76,9 @@ def test_claims_refuse_records_scored_under_different_tie_rules(tmp_path):
 def test_each_claim_shows_its_bar_and_the_verdict_rule_names_both(tmp_path):
     """A tolerance claim ("keeps ... within 1 mR") is held against -1 mR, a "beats" claim against 0: the claims
     table carries the bar, the README's and RESULTS.md's claims tables show it, and the rule sentence names both."""
-    from itr_lib.report import _claim_rule, claims_by_dataset, comparison_sections
-    from itr_lib.tables import claim_bar, claims_table
+    from itr_lib.claims import claim_rule as _claim_rule, claims_by_dataset
+    from itr_lib.report import comparison_sections
+    from itr_lib.claims import claim_bar, claims_table
     df, _ = _claim_records(tmp_path)
     c = claims_table(df, "ucm", tmp_path, n_boot=50).set_index("claim")
     assert c.loc["selfalign_vs_baseline", "bar_mr"] == 0.0

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..tables import _verdict as claim_verdict
+from ..claims import _verdict as claim_verdict
 from ..tables import fmt_ci as _ci
 from ..tables import published_rows, to_markdown
 
 
 def _verdict(lo, hi) -> str:
-    """The claims' rule (:func:`itr_lib.tables._verdict`: "better", seeds resampled) on a gain's CI; blank when
+    """The claims' rule (:func:`itr_lib.claims._verdict`: "better", seeds resampled) on a gain's CI; blank when
     not measured."""
     return "" if pd.isna(lo) or pd.isna(hi) else claim_verdict(lo, hi, "better", 0.0, 0.0)
 
