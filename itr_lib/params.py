@@ -92,6 +92,7 @@ RANGES = {
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                       and x > 0 for x in v)), "a list of numbers > 0"),
+    "STALE_BETA": ((lambda v: v in ("rescore", "keep")), '"rescore" or "keep"'),
     "DEVICE": ((lambda v: isinstance(v, str) and (v in ("cpu", "auto") or v.split(":")[0] == "cuda")),
                '"cpu", "cuda" (or "cuda:N") or "auto"'),
 }

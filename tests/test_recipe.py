@@ -307,3 +307,75 @@ def test_recipe_rows_carry_the_tie_bracket_and_the_beta_edge(tmp_path):
     from itr_lib.recipe.stages import with_record_columns
     assert with_record_columns(tmp_path, pd.read_csv(tmp_path / "tables" / "recipe_final.csv")).beta_grid.item() == \
         "at the grid's edge"
+
+
+def _evaluator_with_records(tmp_path, beta_table, stale_beta="rescore"):
+    """An evaluator of one UCM run with the records of the plain score and of QB-Norm (``beta_table``) written."""
+    from itr_lib.recipe.inference import _Evaluator, _record_key
+    from itr_lib.recipe.records import write_record
+    cfg = recipe.lever_config({}, "ucm", 0)
+    ev = _Evaluator([cfg], tmp_path, list(recipe.ROT4), "cpu", [10.0, 20.0], None, 1, stale_beta=stale_beta)
+    for spec, beta in ((recipe.InferenceSpec(), None), (recipe.InferenceSpec(hubness="qb_norm"), 10.0)):
+        key = _record_key([cfg], spec, [10.0, 20.0], None)
+        write_record(ev.dir / f"{key['spec']}--{cfg.run_name()}", {
+            "key": key, "spec": {"slug": spec.slug(), "beta": beta, "tta": [], "ensemble": 1},
+            "val": {"standard": {"mr": 5.0}}, "test": {"standard": {"mr": 6.0}},
+            "beta_table": beta_table if spec.hubness else None})
+    return ev
+
+
+def test_an_evaluator_whose_records_exist_loads_no_split_and_builds_no_cache(tmp_path, monkeypatch):
+    """A rebuild from the records (a fresh clone: no checkpoints, no view caches) never loads a split's tensors."""
+    def refuse(*a, **k):
+        raise AssertionError("split tensors / caches loaded although the record exists")
+    monkeypatch.setattr("itr_lib.splits.load_split_tensors", refuse)
+    monkeypatch.setattr("itr_lib.recipe.levers.ensure_caches", refuse)
+    monkeypatch.setattr(recipe.inference, "checkpoints", refuse)
+    fresh = [{"beta": b, "val_mr": m, "chosen": b == 20.0, "added_at_edge": False, "at_grid_edge": False}
+             for b, m in ((10.0, 4.0), (20.0, 5.0), (50.0, 4.5))]
+    ev = _evaluator_with_records(tmp_path, fresh)
+    assert ev(recipe.InferenceSpec())[0]["test"]["standard"]["mr"] == 6.0
+    assert ev(recipe.InferenceSpec(hubness="qb_norm"))[0]["spec"]["beta"] == 10.0
+
+
+@pytest.mark.parametrize("stale_beta", ["rescore", "keep"])
+def test_stale_beta_rescores_or_keeps_a_beta_chosen_on_an_unextended_edge(tmp_path, monkeypatch, stale_beta):
+    """STALE_BETA "rescore" (the rule) re-chooses a beta chosen on the edge of a grid that was not extended;
+    "keep" reuses the record as it is, and its tables say "at the grid's edge"."""
+    from itr_lib.recipe.inference import _Evaluator
+    from itr_lib.recipe.records import beta_note, beta_stale
+    calls = []
+
+    class Rescored(Exception):
+        pass
+
+    def evaluate(*a, **k):
+        calls.append(a[4])
+        raise Rescored
+    monkeypatch.setattr(recipe.inference, "evaluate_spec", evaluate)
+    monkeypatch.setattr(_Evaluator, "models", lambda self, n: ["model"] * n)
+    monkeypatch.setattr(_Evaluator, "split", lambda self, name: name)
+    edge = [{"beta": 10.0, "val_mr": 5.0, "chosen": True}, {"beta": 20.0, "val_mr": 4.0, "chosen": False}]
+    ev = _evaluator_with_records(tmp_path, edge, stale_beta)
+    spec = recipe.InferenceSpec(hubness="qb_norm")
+    if stale_beta == "rescore":
+        with pytest.raises(Rescored):
+            ev(spec)
+        assert calls == [spec]
+    else:
+        rec, _ = ev(spec)
+        assert calls == [] and rec["spec"]["beta"] == 10.0
+        assert beta_stale(rec) and beta_note(rec) == "at the grid's edge"
+    assert ev(recipe.InferenceSpec())[0]["test"]["standard"]["mr"] == 6.0  # a fresh record is reused either way
+    assert len(calls) == (stale_beta == "rescore")
+
+
+def test_an_unknown_stale_beta_is_refused(tmp_path):
+    from itr_lib.params import range_errors
+    from itr_lib.recipe.inference import _Evaluator
+    with pytest.raises(ValueError, match="STALE_BETA must be one of"):
+        _Evaluator([recipe.lever_config({}, "ucm", 0)], tmp_path, [], "cpu", [10.0], None, 1, stale_beta="refresh")
+    with pytest.raises(ValueError, match="'refresh'"):
+        recipe.check_stale_beta("refresh")
+    assert range_errors({"STALE_BETA": "refresh"}) == ['STALE_BETA = \'refresh\': must be "rescore" or "keep"']
+    assert range_errors({"STALE_BETA": "keep"}) == []

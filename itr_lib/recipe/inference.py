@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import TrainConfig
+from ..dihedral import IDENTITY
 from ..hubness import BANK_METHODS, search_beta
 from .levers import BETAS, InferenceSpec, recipe_dir
 from .records import beta_stale, read_record, write_record
@@ -125,21 +126,47 @@ def _record_key(cfgs: Sequence[TrainConfig], spec: InferenceSpec, betas, bank_si
             "bank_size": bank_size if spec.hubness in BANK_METHODS else None}
 
 
+STALE_BETA = ("rescore", "keep")  # what an inference record whose beta predates the grid's extension gets
+
+
+def check_stale_beta(value: str) -> str:
+    """``value`` when it is one of :data:`STALE_BETA`, else one error naming the parameter and its choices."""
+    if value not in STALE_BETA:
+        raise ValueError(f"STALE_BETA must be one of {list(STALE_BETA)} (\"rescore\": re-choose a beta chosen on the "
+                         f"edge of a grid that was not extended, the rule; \"keep\": reuse it as recorded, flagged), "
+                         f"got {value!r}")
+    return value
+
+
 class _Evaluator:
     """Evaluates specs on the checkpoints of some recipe runs, each result cached as an inference record
-    (``<results>/recipe/inference/<spec>--<first run>``) and reused while its key (runs, spec, betas, bank) matches."""
+    (``<results>/recipe/inference/<spec>--<first run>``) and reused while its key (runs, spec, betas, bank) matches.
+    The split tensors (and the transform caches of ``transforms``, built where missing) are loaded only when a
+    record must be (re)computed, so tables rebuild from the records without checkpoints or caches.
+    ``stale_beta``: a record whose beta was chosen on the edge of a grid that was not extended
+    (:func:`~itr_lib.recipe.records.beta_stale`) is re-scored (``"rescore"``, the rule) or reused as recorded
+    (``"keep"``; its tables say "at the grid's edge": :func:`~itr_lib.recipe.records.beta_note`)."""
 
     def __init__(self, cfgs: Sequence[TrainConfig], results_dir: Path, transforms: Sequence[str], device: str,
-                 betas, bank_size, workers: int):
-        from ..splits import load_split_tensors
+                 betas, bank_size, workers: int, stale_beta: str = "rescore"):
         self.cfgs, self.results_dir, self.device = list(cfgs), Path(results_dir), device
         self.betas, self.bank_size, self.workers = betas, bank_size, workers
+        self.stale_beta = check_stale_beta(stale_beta)
         self.dir = recipe_dir(results_dir) / "inference"
-        views = list(transforms) if transforms else None
-        c0 = cfgs[0]
-        self.val = load_split_tensors(c0, "val", transforms=views)
-        self.test = load_split_tensors(c0, "test", transforms=views)
-        self._bank, self._models = None, {}
+        self.views = list(transforms) if transforms else None
+        self._splits, self._bank, self._models = {}, None, {}
+
+    def split(self, name: str):
+        """The ``val`` or ``test`` split's tensors with this evaluator's views (their caches built where missing),
+        loaded on first use."""
+        if name not in self._splits:
+            from ..splits import load_split_tensors
+            from .levers import ensure_caches
+            c0 = self.cfgs[0]
+            if self.views and set(self.views) - {IDENTITY}:
+                ensure_caches(c0.dataset, {name: self.views}, c0.data_root, c0.cache_dir)
+            self._splits[name] = load_split_tensors(c0, name, transforms=self.views)
+        return self._splits[name]
 
     def bank(self):
         from ..splits import load_split_tensors
@@ -163,12 +190,17 @@ class _Evaluator:
         path = self.dir / f"{key['spec']}--{cfgs[0].run_name()}"
         rec = read_record(path, key)
         if rec is not None and beta_stale(rec):
-            log.info("%s: beta chosen on the edge of a grid that was not extended; re-scoring", path.name)
-            rec = None
+            if self.stale_beta == "keep":
+                log.warning("%s: beta chosen on the edge of a grid that was not extended; kept as recorded "
+                            "(STALE_BETA=keep: flagged \"at the grid's edge\")", path.name)
+            else:
+                log.info("%s: beta chosen on the edge of a grid that was not extended; re-scoring", path.name)
+                rec = None
         if rec is None:
             needs_bank = spec.hubness in BANK_METHODS
-            res = evaluate_spec(self.models(spec.ensemble), self.val, self.test, self.bank() if needs_bank else None,
-                                spec, self.betas, self.device, bank_size=self.bank_size)
+            res = evaluate_spec(self.models(spec.ensemble), self.split("val"), self.split("test"),
+                                self.bank() if needs_bank else None, spec, self.betas, self.device,
+                                bank_size=self.bank_size)
             meta = {"dataset": cfgs[0].dataset, "method": cfgs[0].method, "seeds": [c.seed for c in cfgs],
                     "config": {k: v for k, v in cfgs[0].identity().items() if k != "seed"}}
             rec = save_spec(path, key, res, meta)

@@ -86,10 +86,12 @@ def recipe_configs(change: dict, datasets: Sequence[str], seeds: Sequence[int],
 def inference_levers(change: dict, dataset: str, results_dir: str | Path, *, seeds: Sequence[int] = (0, 1, 2),
                      levers=None, transductive=None, base: dict | None = None, device: str = "cpu",
                      betas: Sequence[float] = BETAS, bank_size: int | None = None, n_boot: int = 2000,
-                     workers: int = 1) -> tuple[pd.DataFrame, GreedyTrace, InferenceSpec]:
+                     workers: int = 1, stale_beta: str = "rescore") -> tuple[pd.DataFrame, GreedyTrace, InferenceSpec]:
     """Stage 3: each inference lever alone on the chosen training recipe's seed-``seeds[0]`` model (an ensemble
     lever: the first m seeds' models), against the plain score of the same checkpoint; then the greedy
-    combination on val; the transductive levers reported beside, never chosen. Returns (rows, trace, spec)."""
+    combination on val; the transductive levers reported beside, never chosen. Returns (rows, trace, spec).
+    ``stale_beta``: ``"rescore"`` or ``"keep"`` a record whose beta predates the grid's extension
+    (:class:`~itr_lib.recipe.inference._Evaluator`)."""
     from ..metrics import paired_bootstrap
     results_dir = Path(results_dir)
     levers = INFERENCE_LEVERS if levers is None else levers
@@ -100,7 +102,7 @@ def inference_levers(change: dict, dataset: str, results_dir: str | Path, *, see
     m_max = max([1] + [sp.ensemble for _, _, sp in [*levers, *transductive]])
     _grid(cfgs[:m_max], results_dir, workers)
     views = sorted({t for _, _, sp in [*levers, *transductive] for t in sp.tta}, key=list(D4).index)
-    ev = _Evaluator(cfgs, results_dir, views, device, betas, bank_size, workers)
+    ev = _Evaluator(cfgs, results_dir, views, device, betas, bank_size, workers, stale_beta)
     plain, plain_path = ev(InferenceSpec())
     plain_hits = load_spec_hits(plain_path)
     rows = [_spec_row("inference (alone)", "plain score (reference)", plain, plain, None)]
@@ -137,7 +139,7 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
                seeds: Sequence[int] = (0, 1, 2), variants: Sequence[str] = ("baseline", "lca+cra"),
                base: dict | None = None, device: str = "cpu", betas: Sequence[float] = BETAS,
                bank_size: int | None = None, n_boot: int = 2000, workers: int = 1,
-               latency: bool = True) -> pd.DataFrame:
+               latency: bool = True, stale_beta: str = "rescore") -> pd.DataFrame:
     """Stage 4: the chosen recipe (training ``change``, inference ``spec``) on every dataset x variant x seed. Each
     seed's model is scored with ``spec`` without its ensemble (beta chosen on that run's val), and, when ``spec``
     ensembles m models, the ensemble of the first m seeds is one more row (one number: no spread over seeds).
@@ -145,7 +147,7 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
     bootstrap (over seeds and test queries, :func:`selfalign_gains`) of its test rsum gain over the baseline of the
     same recipe and seeds. ``latency``: each row's per-query cost on its first seed's model
     (:mod:`itr_lib.recipe.latency`: 04's protocol, batch 1, one thread; the ensemble row times the ensemble), in
-    ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``."""
+    ``ms_per_query`` (mean of t2i and i2t) and ``bytes_per_item``. ``stale_beta``: as :func:`inference_levers`."""
     results_dir = Path(results_dir)
     cfgs = recipe_configs(change, datasets, seeds, variants, base)
     _grid(cfgs, results_dir, workers)
@@ -160,7 +162,7 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
             for label, sp in scorings:
                 recs, cost = [], None
                 for c in vc:
-                    ev = _Evaluator([c], results_dir, views, device, betas, bank_size, workers)
+                    ev = _Evaluator([c], results_dir, views, device, betas, bank_size, workers, stale_beta)
                     rec, path = ev(sp)
                     recs.append(rec)
                     hits[(ds, v, label, c.seed)] = load_spec_hits(path)
@@ -168,7 +170,7 @@ def final_runs(change: dict, spec: InferenceSpec, datasets: Sequence[str], resul
                         cost = measure_recipe(lambda ev=ev: ev.models(1), [c], sp, rec, results_dir, device=device)
                 rows.append(_final_row(ds, v, label, sp, recs, cost if latency else None))
             if spec.ensemble > 1:
-                ev = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers)
+                ev = _Evaluator(vc, results_dir, views, device, betas, bank_size, workers, stale_beta)
                 rec, _ = ev(spec)
                 cost = measure_recipe(lambda: ev.models(spec.ensemble), vc[:spec.ensemble], spec, rec, results_dir,
                                       device=device) if latency else None
