@@ -300,13 +300,13 @@ def test_recipe_rows_carry_the_tie_bracket_and_the_beta_edge(tmp_path):
     assert rows.tie_rule.tolist() == ["expected"]
     assert (rows.mr_pessimistic.item(), rows.mr.item(), rows.mr_optimistic.item()) == (19.0, 21.0, 22.0)
     rec = json.loads((inf / "qb_norm--ucm-b-s0.json").read_text())
-    assert beta_stale(rec) and beta_note(rec) == "at the grid's edge"
+    assert beta_stale(rec) and beta_note(rec) == "at the grid's edge; chosen before the extension rule, not re-chosen"
     ext = [{**r, "added_at_edge": False, "at_grid_edge": False} for r in edge] + \
         [{"beta": 5.0, "val_mr": 4.5, "chosen": False, "added_at_edge": True, "at_grid_edge": False}]
     assert not beta_stale({**rec, "beta_table": ext}) and beta_note({**rec, "beta_table": ext}) == "grid extended to 5"
     from itr_lib.recipe.stages import with_record_columns
     assert with_record_columns(tmp_path, pd.read_csv(tmp_path / "tables" / "recipe_final.csv")).beta_grid.item() == \
-        "at the grid's edge"
+        "at the grid's edge; chosen before the extension rule, not re-chosen"
 
 
 def _evaluator_with_records(tmp_path, beta_table, stale_beta="rescore"):
@@ -365,7 +365,7 @@ def test_stale_beta_rescores_or_keeps_a_beta_chosen_on_an_unextended_edge(tmp_pa
     else:
         rec, _ = ev(spec)
         assert calls == [] and rec["spec"]["beta"] == 10.0
-        assert beta_stale(rec) and beta_note(rec) == "at the grid's edge"
+        assert beta_stale(rec) and beta_note(rec) == "at the grid's edge; chosen before the extension rule, not re-chosen"
     assert ev(recipe.InferenceSpec())[0]["test"]["standard"]["mr"] == 6.0  # a fresh record is reused either way
     assert len(calls) == (stale_beta == "rescore")
 

@@ -14,7 +14,7 @@ from ..config import TrainConfig
 from ..dihedral import IDENTITY
 from ..hubness import BANK_METHODS, search_beta
 from .levers import BETAS, InferenceSpec, recipe_dir
-from .records import beta_stale, read_record, write_record
+from .records import STALE_NOTE, beta_stale, read_record, write_record
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class _Evaluator:
     record must be (re)computed, so tables rebuild from the records without checkpoints or caches.
     ``stale_beta``: a record whose beta was chosen on the edge of a grid that was not extended
     (:func:`~itr_lib.recipe.records.beta_stale`) is re-scored (``"rescore"``, the rule) or reused as recorded
-    (``"keep"``; its tables say "at the grid's edge": :func:`~itr_lib.recipe.records.beta_note`)."""
+    (``"keep"``; its tables say so: :data:`~itr_lib.recipe.records.STALE_NOTE`)."""
 
     def __init__(self, cfgs: Sequence[TrainConfig], results_dir: Path, transforms: Sequence[str], device: str,
                  betas, bank_size, workers: int, stale_beta: str = "rescore"):
@@ -192,7 +192,7 @@ class _Evaluator:
         if rec is not None and beta_stale(rec):
             if self.stale_beta == "keep":
                 log.warning("%s: beta chosen on the edge of a grid that was not extended; kept as recorded "
-                            "(STALE_BETA=keep: flagged \"at the grid's edge\")", path.name)
+                            "(STALE_BETA=keep), flagged %r", path.name, STALE_NOTE)
             else:
                 log.info("%s: beta chosen on the edge of a grid that was not extended; re-scoring", path.name)
                 rec = None

@@ -47,12 +47,18 @@ def beta_stale(rec: dict) -> bool:
     return len(betas) > 1 and bool(chosen) and chosen[0] in (min(betas), max(betas))
 
 
+STALE_NOTE = "at the grid's edge; chosen before the extension rule, not re-chosen"
+
+
 def beta_note(rec: dict) -> str:
     """How a record's beta was found on val: ``""`` (inside the grid given, or fixed), ``"grid extended to 5"``,
-    or ``"at the grid's edge"`` (the extensions ran out, or a record chosen before grids were extended)."""
+    ``"at the grid's edge"`` (the extensions ran out), or, for a record chosen before grids were extended and kept
+    as recorded (07's ``STALE_BETA="keep"``), :data:`STALE_NOTE`."""
     table = rec.get("beta_table") or []
     added = [r["beta"] for r in table if r.get("added_at_edge")]
-    if beta_stale(rec) or any(r.get("at_grid_edge") for r in table):
+    if beta_stale(rec):
+        return STALE_NOTE
+    if any(r.get("at_grid_edge") for r in table):
         return "at the grid's edge" + (f" (extended to {', '.join(f'{b:g}' for b in added)})" if added else "")
     return f"grid extended to {', '.join(f'{b:g}' for b in added)}" if added else ""
 
