@@ -309,12 +309,13 @@ def test_recipe_rows_carry_the_tie_bracket_and_the_beta_edge(tmp_path):
         "at the grid's edge; chosen before the extension rule, not re-chosen"
 
 
-def _evaluator_with_records(tmp_path, beta_table, stale_beta="rescore"):
+def _evaluator_with_records(tmp_path, beta_table, stale_beta=None):
     """An evaluator of one UCM run with the records of the plain score and of QB-Norm (``beta_table``) written."""
     from itr_lib.recipe.inference import _Evaluator, _record_key
     from itr_lib.recipe.records import write_record
     cfg = recipe.lever_config({}, "ucm", 0)
-    ev = _Evaluator([cfg], tmp_path, list(recipe.ROT4), "cpu", [10.0, 20.0], None, 1, stale_beta=stale_beta)
+    ev = _Evaluator([cfg], tmp_path, list(recipe.ROT4), "cpu", [10.0, 20.0], None, 1,
+                    **({} if stale_beta is None else {"stale_beta": stale_beta}))
     for spec, beta in ((recipe.InferenceSpec(), None), (recipe.InferenceSpec(hubness="qb_norm"), 10.0)):
         key = _record_key([cfg], spec, [10.0, 20.0], None)
         write_record(ev.dir / f"{key['spec']}--{cfg.run_name()}", {
