@@ -20,6 +20,11 @@ DATASET_PARAMETERS = {"00": ("DATASET",), "01": ("DATASET",), "03": ("DATASET",)
                       "07": ("LEVER_DATASET", "FINAL_DATASETS")}
 
 
+# notebooks whose caches the runner builds up front; 02 and 07 train through runs.run_grid, which builds the caches of
+# the runs it must train (none where every run is recorded: their tables rebuild from the records without caches)
+PREBUILT = ("01", "03")
+
+
 def datasets_named(notebook: Path, params: dict) -> list[str]:
     """The datasets a notebook execution loads from the data root (:data:`DATASET_PARAMETERS`)."""
     out = []
@@ -109,8 +114,9 @@ def value_problems(todo: list[dict]) -> str:
 
 
 def build_missing_caches(todo: list[dict], say=print) -> None:
-    """Build, here and with progress, the feature caches the selected notebooks need that are missing (a fresh clone
-    running ``--only 01``), as 00_data_prep does; datasets a selected 00_data_prep builds are left to it."""
+    """Build, here and with progress, the feature caches the selected notebooks of :data:`PREBUILT` need that are
+    missing (a fresh clone running ``--only 01``), as 00_data_prep does; datasets a selected 00_data_prep builds are
+    left to it."""
     from .io import repo_path
 
     def where(p: dict) -> tuple:
@@ -120,7 +126,7 @@ def build_missing_caches(todo: list[dict], say=print) -> None:
     seen = set(prepped)
     for t in todo:
         p = t["parameters"]
-        if t["notebook"].name.startswith("00_"):
+        if not t["notebook"].name.startswith(PREBUILT):
             continue
         for ds in datasets_named(t["notebook"], p):
             if (ds, *where(p)) in seen:
