@@ -28,8 +28,8 @@ rebuilt without checkpoints). The chosen recipe's per-query latency is timed und
 (:mod:`itr_lib.recipe.latency`, cached in ``<results>/recipe/latency/``) and drawn on 04's accuracy / latency frontier.
 """
 from .latency import combine_cost, frontier_rows, measure_recipe
-from .inference import (STALE_BETA, SpecResult, check_stale_beta, checkpoints, evaluate_spec, prepare_vectors, save_spec,
-                        score_spec)
+from .inference import (STALE_BETA, SpecResult, check_stale_beta, checkpoints, evaluate_spec, prepare_vectors,
+                        save_spec, score_spec)
 from .levers import (BETAS, D4, INFERENCE_LEVERS, REFERENCE, ROT4, TRAIN_LEVERS, TRANSDUCTIVE_LEVERS, GreedyTrace,
                      InferenceSpec, best_per_group, combine, ensure_caches, greedy_train, lever_config, lever_names,
                      needed_transforms, recipe_dir, test_mr, unrecorded, val_mr)
