@@ -296,3 +296,16 @@ def test_the_runner_echoes_the_reused_runs_a_notebook_printed(tmp_path):
         {"output_type": "stream", "name": "stdout", "text": ["ucm-selfalign-x\n", "reused ucm-selfalign-x, test mR 43.21\n"]}]}]}
     (tmp_path / "01.ipynb").write_text(json.dumps(nb))
     assert _reused_lines(tmp_path / "01.ipynb") == ["reused ucm-selfalign-x, test mR 43.21"]
+
+
+def test_the_runner_builds_no_cache_up_front_for_02_and_07(monkeypatch, tmp_path):
+    """02 and 07 rebuild their tables from the records; a run they must train builds its own caches (run_grid), so
+    the runner builds none for them (a clone without caches rebuilds the tables)."""
+    import itr_lib.prepare
+    from itr_lib.prepare import build_missing_caches
+    from itr_lib.study import executions, load_profile
+    built = []
+    monkeypatch.setattr(itr_lib.prepare, "ensure_caches", lambda ds, root, cache, **kw: built.append((ds, root)))
+    prof = load_profile(str(ROOT / "tests" / "fixtures" / "profile_mini.yaml"))
+    build_missing_caches(executions(prof, tmp_path, ["02", "07"]))
+    assert built == []
