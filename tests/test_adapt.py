@@ -159,3 +159,21 @@ def test_checkpoint_carries_the_adapted_top_and_rescores(top_cfg, tmp_path):
     res = evaluate(model, te)["standard"]
     assert res["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
     assert dataclasses.asdict(cfg2)["image_top_blocks"] == 1
+
+
+def test_deployed_inference_runs_through_the_adapted_top(top_cfg, tmp_path, fixture_root, cut_cache):
+    """`python -m itr_lib.evaluate` and the word -> region maps read the checkpoint's cut, not the frozen grid."""
+    from itr_lib.evaluate import evaluate_checkpoint
+    from itr_lib.features import TextEncoder
+    from itr_lib.splits import load_split_tensors
+    from itr_lib.train import load_checkpoint, train
+    from itr_lib.wordobj import word_maps
+    out = train(top_cfg(image_top_blocks=6, epochs=1, lr=1e-2))
+    ck = tmp_path / "run" / "best.pt"
+    scored = evaluate_checkpoint(str(ck), "mini", "test", str(fixture_root), str(cut_cache[0]), progress=False)
+    assert scored["standard"]["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
+    model, cfg = load_checkpoint(ck)
+    regions = load_split_tensors(cfg, "test").images[0]
+    assert regions.shape == (196, 120)
+    maps = word_maps(model, regions, "many buildings near a river", TextEncoder())
+    assert maps and all(m.sim_map.shape == (7, 7) for m in maps)
