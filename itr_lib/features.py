@@ -34,7 +34,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -111,22 +111,34 @@ class ImageEncoder:
 
     def encode(self, images: list, size: int = 224, cut: int | None = None) -> np.ndarray:
         """(B, H*W, C) float32: the grid (the conv head's output), or with ``cut`` the output of block ``cut``."""
+        return self.encode_cuts(images, size, [cut])[cut]
+
+    def encode_cuts(self, images: list, size: int = 224, cuts=(None,)) -> dict:
+        """{cut: (B, H*W, C) float32} in one pass: the output of each block in ``cuts`` (None: the grid)."""
         import torch
         x = torch.from_numpy(np.stack([self.preprocess(im, size) for im in images]))
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            f = self.net.extract_features(x) if cut is None else self.below(x, cut)  # B, C, H, W
-        return f.flatten(2).transpose(1, 2).float().cpu().numpy()
+            if None in cuts:
+                outs = {None: self.net.extract_features(x)}  # B, C, H, W
+            else:
+                outs = self.below(x, cuts)
+        return {k: f.flatten(2).transpose(1, 2).float().cpu().numpy() for k, f in outs.items()}
 
-    def below(self, x, cut: int):
-        """The output of block ``cut`` (the stem and blocks 0..cut, as ``extract_features`` runs them)."""
+    def below(self, x, cuts) -> dict:
+        """{cut: the output of block cut} for each of ``cuts`` (the stem and blocks 0..cut, as
+        ``extract_features`` runs them; one pass up to the deepest)."""
         n = len(self.net._blocks)
-        if not 0 <= cut < n:
-            raise ValueError(f"cut {cut} is not a block of {self.model_name} (blocks 0..{n - 1})")
+        for cut in cuts:
+            if not 0 <= cut < n:
+                raise ValueError(f"cut {cut} is not a block of {self.model_name} (blocks 0..{n - 1})")
         x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
-        for block in self.net._blocks[:cut + 1]:  # eval mode: drop-connect is off, as in extract_features
+        outs = {}
+        for i, block in enumerate(self.net._blocks[:max(cuts) + 1]):  # eval mode: drop-connect is off
             x = block(x)
-        return x
+            if i in cuts:
+                outs[i] = x
+        return outs
 
 
 class TextEncoder:
@@ -331,19 +343,28 @@ class BuildReport:
     built: bool
     seconds: float
     items: int
+    also: list = field(default_factory=list)  # reports of caches filled by the same pass (also_cuts)
 
 
 def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-lite2", size: int = 224,
                           root=None, device: str = "cpu", batch_size: int = 32, progress: bool | None = None,
                           rebuild: bool = False, transform: str = dihedral.IDENTITY,
-                          cut: int | None = None) -> BuildReport:
+                          cut: int | None = None, also_cuts: tuple = ()) -> BuildReport:
     """The split's grid features of each image after ``transform`` (:mod:`itr_lib.dihedral`; default: as is);
-    with ``cut``, the activations of block ``cut`` instead (:func:`cut_shape`)."""
+    with ``cut``, the activations of block ``cut`` instead (:func:`cut_shape`). ``also_cuts``: further cuts whose
+    caches the same forward pass fills (kept in RAM, written after the pass; a resumed pass builds them on their
+    own); their reports are the result's ``also``."""
     sp = ds.split(split)
     npy, side = _paths(ds.name, split, "image", _image_tag(model, size, transform, cut), root)
     expected = image_sidecar(ds, sp, model, size, transform, cut)
+    also = [c for c in also_cuts if c != cut and (rebuild or cache_status(*_paths(
+        ds.name, split, "image", _image_tag(model, size, transform, c), root),
+        image_sidecar(ds, sp, model, size, transform, c)) != "ok")]
     if not rebuild and cache_status(npy, side, expected) == "ok":
-        return BuildReport(npy, False, 0.0, sp.n_images)
+        rep = BuildReport(npy, False, 0.0, sp.n_images)
+        rep.also = [ensure_image_features(ds, split, model, size, root, device, batch_size, progress, rebuild,
+                                          transform, c) for c in also_cuts if c != cut]
+        return rep
     status = cache_status(npy, side, expected)
     if status not in ("ok", "missing"):
         log.warning("rebuilding %s: %s", npy, status)
@@ -358,20 +379,36 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
     chunk = batch_size * 8
     pending: dict[int, object] = {}
 
+    held = {c: np.zeros((sp.n_images,) + cut_shape(model, c, size), np.float16) for c in also}
+    filled = np.zeros(sp.n_images, dtype=bool)
+
     def compute(start, stop):
         imgs_future = pending.pop(start, None) or pool.submit(load_batch, start, stop)
         nxt = stop
         if nxt < sp.n_images:
             pending[nxt] = pool.submit(load_batch, nxt, min(nxt + chunk, sp.n_images))
         imgs = imgs_future.result()
-        out = np.concatenate([enc.encode(imgs[i:i + batch_size], size, cut)
-                              for i in range(0, len(imgs), batch_size)])
-        return out, slice(start, stop)
+        parts = [enc.encode_cuts(imgs[i:i + batch_size], size, [cut] + also) for i in range(0, len(imgs), batch_size)]
+        for c in also:
+            held[c][start:stop] = np.concatenate([p[c] for p in parts])
+        filled[start:stop] = True
+        return np.concatenate([p[cut] for p in parts]), slice(start, stop)
 
     secs = build_array(npy, side, expected, shape, np.float16, sp.n_images, chunk, compute,
                        desc=f"{ds.name}/{split} images{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(transform)}", progress=progress)
     pool.shutdown()
-    return BuildReport(npy, True, secs, sp.n_images)
+    rep = BuildReport(npy, True, secs, sp.n_images)
+    for c in (c for c in also_cuts if c != cut):
+        if c in also and filled.all():  # the pass saw every image: write the held rows (same values as a build of their own)
+            c_npy, c_side = _paths(ds.name, split, "image", _image_tag(model, size, transform, c), root)
+            c_secs = build_array(c_npy, c_side, image_sidecar(ds, sp, model, size, transform, c), held[c].shape,
+                                 np.float16, sp.n_images, chunk, lambda a, b, _c=c: (held[_c][a:b], slice(a, b)),
+                                 desc=f"{ds.name}/{split} images.cut{c} (held)", progress=progress)
+            rep.also.append(BuildReport(c_npy, True, c_secs, sp.n_images))
+        else:
+            rep.also.append(ensure_image_features(ds, split, model, size, root, device, batch_size, progress,
+                                                  rebuild, transform, c))
+    return rep
 
 
 def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu", batch_size: int = 128,
@@ -540,36 +577,39 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
                     progress: bool | None = None, rebuild: bool = False,
                     benchmark: bool | str | os.PathLike = False, transforms: list[str] | None = None,
-                    cut: int | None = None, threads: int | None = None) -> list[dict]:
+                    cut: int | list[int] | None = None, threads: int | None = None) -> list[dict]:
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON),
     the image caches once per transform in ``transforms`` (default ``["r0"]``, the images as they are).
 
     Returns one row per cache: path, whether it was built, seconds and throughput (``kind`` is ``image`` for
     ``r0``, ``image.<transform>`` for the others; ``.cut<K>`` after ``image`` with ``cut``, which builds block
-    ``cut``'s activation caches instead of the grids); with ``benchmark``, rows that were built are also merged into
+    ``cut``'s activation caches instead of the grids; a list of cuts fills them in one pass); with ``benchmark``, rows that were built are also merged into
     ``results/benchmarks/feature_extraction.csv`` (or into the CSV path given as ``benchmark``)."""
     import torch
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     splits = splits or ds.split_names
     transforms = dihedral.validate(transforms or [dihedral.IDENTITY], "--transforms")
+    cuts = sorted(cut) if isinstance(cut, (list, tuple)) else [cut]
     todo = [s for s in splits if rebuild or any(
-        cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t, cut), root),
-                     image_sidecar(ds, ds.split(s), image_model, size, t, cut)) != "ok" for t in transforms)]
+        cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t, c), root),
+                     image_sidecar(ds, ds.split(s), image_model, size, t, c)) != "ok" for t in transforms for c in cuts)]
     if todo:  # every image of every split to extract, checked before any is extracted (all bad files at once)
         ds.check_images(todo)
     rows = []
     for s in splits:
-        image_jobs = [(f"image{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(t)}",
-                       functools.partial(ensure_image_features, ds, s, image_model, size, root, device,
-                                         progress=progress, rebuild=rebuild, transform=t, cut=cut))
+        image_jobs = [(t, functools.partial(ensure_image_features, ds, s, image_model, size, root, device,
+                                            progress=progress, rebuild=rebuild, transform=t, cut=cuts[0],
+                                            also_cuts=tuple(cuts[1:])))
                       for t in transforms]
-        for kind, fn in image_jobs + [("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
-                                                                          rebuild=rebuild))]:
+        for t, fn in image_jobs + [(None, lambda: ensure_text_features(ds, s, root, device, progress=progress,
+                                                                        rebuild=rebuild))]:
             r = fn()
-            rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(r.path), "built": r.built,
-                         "items": r.items, "seconds": round(r.seconds, 2),
-                         "items_per_s": round(r.items / r.seconds, 1) if r.built and r.seconds > 0 else None})
+            for c, rep in zip(cuts, [r] + r.also):
+                kind = "text" if t is None else f"image{'' if c is None else f'.cut{c}'}{dihedral.cache_suffix(t)}"
+                rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(rep.path), "built": rep.built,
+                             "items": rep.items, "seconds": round(rep.seconds, 2), "items_per_s":
+                             round(rep.items / rep.seconds, 1) if rep.built and rep.seconds > 0 else None})
     ensure_glove_vocab(ds, root)
     if benchmark and any(r["built"] for r in rows):
         path = None if benchmark is True else Path(benchmark)
@@ -614,10 +654,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transforms", nargs="+", default=["r0"], metavar="T",
                    help="image caches to build, one per transform of the pixels (itr_lib.dihedral): "
                         f"{' '.join(dihedral.TRANSFORMS)}; default: r0 (the images as they are)")
-    p.add_argument("--cut", type=int, default=None, metavar="K",
+    p.add_argument("--cut", type=int, nargs="+", default=None, metavar="K",
                    help="build the activation caches of EfficientNet-Lite2's block K (14: 14x14x120, the input of the "
                         "last stage; 19: 7x7x208) instead of the grids, for models that train the blocks above K "
-                        "(TrainConfig.image_top_blocks = 20 - K)")
+                        "(TrainConfig.image_top_blocks = 20 - K); several cuts are filled in one pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")

@@ -21,8 +21,7 @@ def cut_cache(tmp_path_factory, fixture_root):
     """The mini dataset's grids plus the block-14 and block-19 activation caches, in one cache root."""
     root = tmp_path_factory.mktemp("cutcache")
     ensure_features("mini", data_root=fixture_root, root=root, progress=False, threads=1)
-    rows = [r for cut in (14, 19) for r in
-            ensure_features("mini", data_root=fixture_root, root=root, progress=False, cut=cut, threads=1)]
+    rows = ensure_features("mini", data_root=fixture_root, root=root, progress=False, cut=[19, 14], threads=1)
     return root, rows
 
 
@@ -42,6 +41,7 @@ def top_cfg(tmp_path, cut_cache, fixture_root):
 def test_cut_caches_are_named_by_their_cut(cut_cache, fixture_root):
     root, rows = cut_cache
     built = {(r["split"], r["kind"]): Path(r["path"]) for r in rows}
+    assert {k for _, k in built} == {"image.cut14", "image.cut19", "text"}
     path = built[("test", "image.cut14")]
     assert path.name == "test.image.efficientnet-lite2-224.cut14.npy"
     side = json.loads(path.with_suffix(".json").read_text())
@@ -53,6 +53,15 @@ def test_cut_caches_are_named_by_their_cut(cut_cache, fixture_root):
     assert feats.images.shape == (2, 49, 208) and feats.grid_cells == 49
     with pytest.raises(CacheError, match="--cut 13"):  # never built: the error names the command
         load_features("mini", "test", data_root=fixture_root, root=root, cut=13)
+
+
+def test_one_pass_fills_each_cut_as_its_own_build_would(cut_cache, fixture_root, tmp_path):
+    root, _ = cut_cache
+    ensure_features("mini", ["test"], data_root=fixture_root, root=tmp_path, progress=False, cut=19, threads=1)
+    own = np.load(tmp_path / "mini" / "test.image.efficientnet-lite2-224.cut19.npy")
+    np.testing.assert_array_equal(own, np.load(root / "mini" / "test.image.efficientnet-lite2-224.cut19.npy"))
+    assert json.loads((tmp_path / "mini" / "test.image.efficientnet-lite2-224.cut19.json").read_text()) == \
+        json.loads((root / "mini" / "test.image.efficientnet-lite2-224.cut19.json").read_text())
 
 
 @pytest.mark.parametrize("blocks,cut", [(6, 14), (1, 19)])
