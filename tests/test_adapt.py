@@ -186,3 +186,25 @@ def test_deployed_inference_runs_through_the_adapted_top(top_cfg, tmp_path, fixt
     assert regions.shape == (196, 120)
     maps = word_maps(model, regions, "many buildings near a river", TextEncoder())
     assert maps and all(m.sim_map.shape == (7, 7) for m in maps)
+
+
+def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache, fixture_root, tmp_path):
+    """07's adapted-top levers: the reference is the recipe without rotations on the frozen grid; each lever is that
+    recipe with the top; rows in the lever table's format, recorded runs reused on a second call."""
+    from itr_lib import recipe
+    root, _ = cut_cache
+    base = dict(data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8, progress=False)
+    change = {"image_transforms": ["r0", "r90"], "epochs": 1}
+    t = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
+    assert list(t.lever) == ["frozen backbone"] + [n for n, _, _ in recipe.ADAPT_LEVERS]
+    assert t.change.iloc[0] == "epochs=1" and not t.chosen.any()
+    recs = [json.loads((tmp_path / "recipe" / "metrics" / f"{r}.json").read_text()) for r in t.run]
+    assert [r["config"]["image_top_blocks"] for r in recs] == [0, 1, 6]
+    assert all(r["config"]["image_transforms"] is None and r["epochs"] == 1 for r in recs)
+    assert t.val_mr.iloc[1] == pytest.approx(recs[1]["val"]["standard"]["rsum"] / 6, abs=0.01)
+    assert t.ref_val_mr.iloc[2] == pytest.approx(recs[0]["val"]["standard"]["rsum"] / 6, abs=0.01)
+    for r in t.run:  # a second call reuses the records, even with the run folders gone
+        import shutil
+        shutil.rmtree(tmp_path / "recipe" / "runs" / r)
+    pd_equal = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
+    assert list(pd_equal.run) == list(t.run)
