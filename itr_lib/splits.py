@@ -35,8 +35,7 @@ class SplitTensors:
             if name != dihedral.IDENTITY:
                 self.views[name] = torch.from_numpy(np.array(grid[:n]))
         self.view_names = list(views) if views else [dihedral.IDENTITY]
-        # cells of the grid the model sees (region masks): with activation caches, the top's output grid
-        self.grid_cells = feats.grid_cells or self.images.shape[1]
+        self._grid_cells = feats.grid_cells  # with activation caches: the cells of the top's output grid
         self.text_encoder = text_encoder
         if text_encoder == "minilm":
             self.text = torch.from_numpy(np.array(feats.text[caps]))
@@ -103,7 +102,9 @@ class SplitTensors:
         """Grids and region masks of images ``idx``. ``view``: a transform name (every image in that view), or per
         image an index into ``view_names`` (a tensor like ``idx``), or None (the images as they are)."""
         regions = self._view_rows(idx, view)
-        mask = torch.ones((regions.shape[0], self.grid_cells), dtype=torch.bool)
+        # the mask covers the grid the model sees: with activation caches, the top's output, not the positions held
+        cells = getattr(self, "_grid_cells", None) or regions.shape[1]
+        mask = torch.ones((regions.shape[0], cells), dtype=torch.bool)
         if region_drop > 0:
             mask = torch.rand(mask.shape, generator=gen) >= region_drop
             mask[mask.sum(1) == 0, 0] = True

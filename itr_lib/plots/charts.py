@@ -127,7 +127,8 @@ def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = No
     """The recipe's levers (``tables/recipe_<ds>.csv``): left, each lever's val mR gain over its reference (what the
     greedy rule chooses on; chosen levers filled); right, the test rsum gain with its 95% paired bootstrap interval
     (reported, never used to choose). ``published``: {name: test mR} drawn nowhere here but named in the title."""
-    t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")].reset_index(drop=True)
+    t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")
+              & ~table.stage.astype(str).str.contains(": reference")].reset_index(drop=True)  # a stage's own reference
     y = np.arange(len(t))[::-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 1.6), sharey=True)
     colors = ["C2" if c else ("C7" if "transductive" in s else "C0") for c, s in zip(t.chosen.astype(bool), t.stage)]
