@@ -206,5 +206,7 @@ def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache
     for r in t.run:  # a second call reuses the records, even with the run folders gone
         import shutil
         shutil.rmtree(tmp_path / "recipe" / "runs" / r)
-    pd_equal = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
-    assert list(pd_equal.run) == list(t.run)
+    again = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
+    assert list(again.run) == list(t.run)
+    on_ref = recipe.adapt_configs(change, "mini", base=base, on="reference")
+    assert [c.epochs for c in on_ref] == [recipe.REFERENCE["epochs"]] * 3 and on_ref[0].image_transforms is None
