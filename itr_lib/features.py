@@ -22,7 +22,8 @@ where it stopped; the final file appears by atomic rename, and its sidecar is wr
 half-written is ever read back as complete.
 
 CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...] [--transforms r0 r90 ...]
-[--cut 14]`` (``--cut K``: the activation caches of block K instead of the grids; no text caches).
+[--cut 14 19]`` (``--cut``: the activation caches of those blocks, in one pass, instead of the grids; the text
+caches are built or reused as usual).
 """
 from __future__ import annotations
 
@@ -357,14 +358,15 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
     sp = ds.split(split)
     npy, side = _paths(ds.name, split, "image", _image_tag(model, size, transform, cut), root)
     expected = image_sidecar(ds, sp, model, size, transform, cut)
-    also = [c for c in also_cuts if c != cut and (rebuild or cache_status(*_paths(
-        ds.name, split, "image", _image_tag(model, size, transform, c), root),
-        image_sidecar(ds, sp, model, size, transform, c)) != "ok")]
+    also_cuts = [c for c in also_cuts if c != cut]
     if not rebuild and cache_status(npy, side, expected) == "ok":
         rep = BuildReport(npy, False, 0.0, sp.n_images)
         rep.also = [ensure_image_features(ds, split, model, size, root, device, batch_size, progress, rebuild,
-                                          transform, c) for c in also_cuts if c != cut]
+                                          transform, c) for c in also_cuts]
         return rep
+    also = [c for c in also_cuts if rebuild or cache_status(*_paths(
+        ds.name, split, "image", _image_tag(model, size, transform, c), root),
+        image_sidecar(ds, sp, model, size, transform, c)) != "ok"]  # filled by this pass
     status = cache_status(npy, side, expected)
     if status not in ("ok", "missing"):
         log.warning("rebuilding %s: %s", npy, status)
@@ -394,12 +396,13 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
         filled[start:stop] = True
         return np.concatenate([p[cut] for p in parts]), slice(start, stop)
 
-    secs = build_array(npy, side, expected, shape, np.float16, sp.n_images, chunk, compute,
-                       desc=f"{ds.name}/{split} images{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(transform)}", progress=progress)
+    desc = f"{ds.name}/{split} images{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(transform)}"
+    secs = build_array(npy, side, expected, shape, np.float16, sp.n_images, chunk, compute, desc=desc,
+                       progress=progress)
     pool.shutdown()
     rep = BuildReport(npy, True, secs, sp.n_images)
-    for c in (c for c in also_cuts if c != cut):
-        if c in also and filled.all():  # the pass saw every image: write the held rows (same values as a build of their own)
+    for c in also_cuts:
+        if c in also and filled.all():  # the pass saw every image: its held rows are what a build of its own gives
             c_npy, c_side = _paths(ds.name, split, "image", _image_tag(model, size, transform, c), root)
             c_secs = build_array(c_npy, c_side, image_sidecar(ds, sp, model, size, transform, c), held[c].shape,
                                  np.float16, sp.n_images, chunk, lambda a, b, _c=c: (held[_c][a:b], slice(a, b)),
@@ -581,10 +584,12 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON),
     the image caches once per transform in ``transforms`` (default ``["r0"]``, the images as they are).
 
+    ``cut`` (a block, or a list of blocks filled in one pass): block activation caches instead of the grids.
+
     Returns one row per cache: path, whether it was built, seconds and throughput (``kind`` is ``image`` for
-    ``r0``, ``image.<transform>`` for the others; ``.cut<K>`` after ``image`` with ``cut``, which builds block
-    ``cut``'s activation caches instead of the grids; a list of cuts fills them in one pass); with ``benchmark``, rows that were built are also merged into
-    ``results/benchmarks/feature_extraction.csv`` (or into the CSV path given as ``benchmark``)."""
+    ``r0``, ``image.<transform>`` for the others, ``image.cut<K>[.<transform>]`` with ``cut``); with ``benchmark``,
+    rows that were built are also merged into ``results/benchmarks/feature_extraction.csv`` (or into the CSV path
+    given as ``benchmark``)."""
     import torch
     torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
@@ -593,7 +598,8 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
     cuts = sorted(cut) if isinstance(cut, (list, tuple)) else [cut]
     todo = [s for s in splits if rebuild or any(
         cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t, c), root),
-                     image_sidecar(ds, ds.split(s), image_model, size, t, c)) != "ok" for t in transforms for c in cuts)]
+                     image_sidecar(ds, ds.split(s), image_model, size, t, c)) != "ok"
+        for t in transforms for c in cuts)]
     if todo:  # every image of every split to extract, checked before any is extracted (all bad files at once)
         ds.check_images(todo)
     rows = []
