@@ -22,6 +22,8 @@ RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "pro
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
+# added later with a non-None default: they enter the identity only when off that default
+ADDED_LATER_DEFAULTS = {"image_top_blocks": 0, "image_top_lr_factor": 1.0}
 
 
 class ConfigError(ValueError):
@@ -69,7 +71,8 @@ def _is_num(v) -> bool:
 
 def config_identity(cfg: dict) -> dict:
     """The identity of a config given as a dict (a recorded ``metrics.json['config']`` or ``asdict(cfg)``)."""
-    return {k: v for k, v in cfg.items() if k not in RUNTIME_FIELDS and not (k in ADDED_LATER and v is None)}
+    return {k: v for k, v in cfg.items() if k not in RUNTIME_FIELDS and not (k in ADDED_LATER and v is None)
+            and not (k in ADDED_LATER_DEFAULTS and v == ADDED_LATER_DEFAULTS[k])}
 
 
 def group_key(cfg: dict) -> str:
@@ -132,6 +135,11 @@ class TrainConfig:
     image_transforms: list[str] | None = None  # per image and step, the grid of one of these transforms of the
                                         # pixels, drawn uniformly (itr_lib.dihedral: r0 r90 r180 r270 f0 ...;
                                         # their train caches must exist); None: the images as they are
+    # backbone adaptation (itr_lib.models.adapt): train EfficientNet-Lite2's last blocks + conv head from cached
+    # activations below them; every method consumes the adapted grid
+    image_top_blocks: int = 0           # 0: the frozen grid (today's path) | k: blocks 21-k..20 + head train, from
+                                        # block 20-k's activation cache (1: block 20 + head; 6: the last stage)
+    image_top_lr_factor: float = 1.0    # the top's learning rate = lr * this factor (only with image_top_blocks)
     # method-specific extras (TGDT, ALADIN, ...)
     extra: dict = field(default_factory=dict)
     # data / runtime
@@ -164,6 +172,20 @@ class TrainConfig:
                              f"{self.length_buckets!r}")
         if self.image_transforms is not None:
             self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
+        if self.image_top_blocks:
+            from .models.adapt import top_cut
+            top_cut(self.image_top_blocks)  # a clear error for a count outside the backbone
+        elif self.image_top_lr_factor != 1.0:
+            raise ValueError(f"TrainConfig.image_top_lr_factor={self.image_top_lr_factor!r} has no effect with "
+                             f"image_top_blocks=0 (the frozen grid). Fix: leave it at 1.0 or set image_top_blocks.")
+
+    @property
+    def image_cut(self) -> int | None:
+        """The Lite2 block whose cached activations the run loads (None: the frozen grid)."""
+        if not self.image_top_blocks:
+            return None
+        from .models.adapt import top_cut
+        return top_cut(self.image_top_blocks)
 
     def identity(self) -> dict:
         return config_identity(asdict(self))
@@ -220,6 +242,10 @@ def variant_label(cfg: dict) -> str:
         v += f" | D={cfg['dim']}"
     if cfg.get("mlp"):
         v += " | MLP"
+    if cfg.get("image_top_blocks"):  # the backbone's top trained (itr_lib.models.adapt)
+        v += f" | image top {cfg['image_top_blocks']} blk"
+        if cfg.get("image_top_lr_factor", 1.0) != 1.0:
+            v += f" x{cfg['image_top_lr_factor']:g} lr"
     if cfg.get("image_transforms"):  # trained on rotated / mirrored grids
         v += f" | {dihedral.label(cfg['image_transforms'])}"
     if cfg.get("text_encoder", "minilm") != "minilm":

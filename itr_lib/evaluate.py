@@ -25,8 +25,10 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data
     ds = load_dataset(dataset, data_root)
     print(f"scoring {checkpoint} ({cfg.method}) on {ds.name}/{split}; features are extracted first when not cached "
           f"(a minute or more per thousand images on a CPU)", file=sys.stderr, flush=True)
-    ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False)
-    feats: SplitFeatures = load_features(ds, split, root=cache_dir)
+    # a model with a trainable image top reads the activations below it (its cut), not the frozen grid
+    ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False,
+                    cut=cfg.image_cut)
+    feats: SplitFeatures = load_features(ds, split, root=cache_dir, cut=cfg.image_cut)
     data = SplitTensors(feats, cfg.text_encoder)
     if cfg.text_encoder == "gru":  # the model's vocabulary is the training dataset's, not this one's
         from .features import glove_ids, load_glove

@@ -144,16 +144,17 @@ class Explorer:
             self._load(e)
         return e
 
-    def _data(self, text_encoder: str):
-        if text_encoder not in self._tensors:
+    def _data(self, text_encoder: str, cut: int | None = None):
+        """The split's tensors for a model's text encoder; ``cut``: its image top's activations (not the grid)."""
+        if (text_encoder, cut) not in self._tensors:
             from .features import CacheError, load_features
             from .splits import SplitTensors
             try:
-                feats = load_features(self.ds, self.split_name, root=self.cache_dir)
+                feats = load_features(self.ds, self.split_name, root=self.cache_dir, cut=cut)
             except CacheError as err:
                 raise ExploreError(str(err)) from None
-            self._tensors[text_encoder] = SplitTensors(feats, text_encoder)
-        return self._tensors[text_encoder]
+            self._tensors[(text_encoder, cut)] = SplitTensors(feats, text_encoder)
+        return self._tensors[(text_encoder, cut)]
 
     def _load(self, e: Entry) -> None:
         from .scoring import encode_split, has_two_stage
@@ -163,7 +164,7 @@ class Explorer:
             model, cfg = load_checkpoint(e.checkpoint, self.device)
         except (FileNotFoundError, ValueError) as err:
             raise ExploreError(f"{e.label}: {err}") from None
-        data = self._data(cfg.text_encoder)
+        data = self._data(cfg.text_encoder, cfg.image_cut)
         if cfg.text_encoder == "gru":  # the model's vocabulary is its training dataset's
             from .features import load_glove
             itos, _ = load_glove(cfg.dataset, self.data_root, self.cache_dir)
@@ -324,7 +325,7 @@ class Explorer:
             raise ExploreError(f"Word -> region maps are read from the pre-context word and region vectors of the "
                                f"baseline and SelfAlign models on MiniLM features (itr_lib.wordobj); {e.label} "
                                f"({e.method}, {e.cfg.text_encoder}) has none. Pick a baseline or SelfAlign method.")
-        regions = self._data(e.cfg.text_encoder).images[int(image)]
+        regions = self._data(e.cfg.text_encoder, e.cfg.image_cut).images[int(image)]
         return word_maps(e.model, regions, q, self.text_encoder())
 
     # ------------------------------------------------------------------------------------------- images

@@ -8,6 +8,9 @@ Per split of a dataset, under ``<cache root>/<dataset>/``:
 - ``{split}.image.{model}-{size}.npy``: (N, G*G, C) float16 grid features (EfficientNet-Lite2: 49 x 1280 at 224),
   and ``{split}.image.{model}-{size}.{transform}.npy`` the same of each rotated / mirrored image
   (:mod:`itr_lib.dihedral`; the transform is named in the sidecar; the identity ``r0`` is the plain file),
+- ``{split}.image.{model}-{size}.cut{K}[.{transform}].npy``: (N, H*W, C) float16 activations of EfficientNet-Lite2
+  *below* its top, the output of block K (14: 14 x 14 x 120, before the last stage; 19: 7 x 7 x 208), for models that
+  train the blocks above K and the conv head (:mod:`itr_lib.models.adapt`); the cut is named in the sidecar,
 - ``{split}.text.minilm-{L}.npy``: (M, L, 384) float16 all-MiniLM-L6-v2 token states (padding rows are zero),
   with ``.lengths.npy`` (M,) and ``.ids.npy`` (M, L) word-piece ids beside it,
 - ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split,
@@ -18,7 +21,9 @@ writes into ``*.partial.npy`` in chunks and records progress after each chunk, s
 where it stopped; the final file appears by atomic rename, and its sidecar is written last, so nothing
 half-written is ever read back as complete.
 
-CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...] [--transforms r0 r90 ...]``.
+CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...] [--transforms r0 r90 ...]
+[--cut 14 19]`` (``--cut``: the activation caches of those blocks, in one pass, instead of the grids; the text
+caches are built or reused as usual).
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -105,13 +110,36 @@ class ImageEncoder:
             img = img.resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0 * 2.0 - 1.0
 
-    def encode(self, images: list, size: int = 224) -> np.ndarray:
+    def encode(self, images: list, size: int = 224, cut: int | None = None) -> np.ndarray:
+        """(B, H*W, C) float32: the grid (the conv head's output), or with ``cut`` the output of block ``cut``."""
+        return self.encode_cuts(images, size, [cut])[cut]
+
+    def encode_cuts(self, images: list, size: int = 224, cuts=(None,)) -> dict:
+        """{cut: (B, H*W, C) float32} in one pass: the output of each block in ``cuts`` (None: the grid)."""
         import torch
         x = torch.from_numpy(np.stack([self.preprocess(im, size) for im in images]))
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            f = self.net.extract_features(x)  # B, C, H, W
-        return f.flatten(2).transpose(1, 2).float().cpu().numpy()
+            if None in cuts:
+                outs = {None: self.net.extract_features(x)}  # B, C, H, W
+            else:
+                outs = self.below(x, cuts)
+        return {k: f.flatten(2).transpose(1, 2).float().cpu().numpy() for k, f in outs.items()}
+
+    def below(self, x, cuts) -> dict:
+        """{cut: the output of block cut} for each of ``cuts`` (the stem and blocks 0..cut, as
+        ``extract_features`` runs them; one pass up to the deepest)."""
+        n = len(self.net._blocks)
+        for cut in cuts:
+            if not 0 <= cut < n:
+                raise ValueError(f"cut {cut} is not a block of {self.model_name} (blocks 0..{n - 1})")
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+        outs = {}
+        for i, block in enumerate(self.net._blocks[:max(cuts) + 1]):  # eval mode: drop-connect is off
+            x = block(x)
+            if i in cuts:
+                outs[i] = x
+        return outs
 
 
 class TextEncoder:
@@ -175,10 +203,25 @@ def _row_order_sha(items: list) -> str:
     return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
 
 
+# EfficientNet-Lite2's blocks (0..20): the (stride, channels) of each block's output at a 224 input
+LITE2_BLOCK_OUT = [(2, 16)] + [(4, 24)] * 3 + [(8, 48)] * 3 + [(16, 88)] * 4 + [(16, 120)] * 4 + [(32, 208)] * 5 \
+    + [(32, 352)]
+
+
+def cut_shape(model: str, cut: int, size: int = 224) -> tuple[int, int]:
+    """(positions H*W, channels) of block ``cut``'s output at input ``size`` (Lite2 only)."""
+    if model != "efficientnet-lite2":
+        raise ValueError(f"activation caches (cut) are defined for efficientnet-lite2, not {model!r}")
+    if not 0 <= cut < len(LITE2_BLOCK_OUT):
+        raise ValueError(f"cut {cut} is not a block of {model} (blocks 0..{len(LITE2_BLOCK_OUT) - 1})")
+    stride, channels = LITE2_BLOCK_OUT[cut]
+    return (size // stride) ** 2, channels
+
+
 def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", size: int = 224,
-                  transform: str = dihedral.IDENTITY) -> dict:
+                  transform: str = dihedral.IDENTITY, cut: int | None = None) -> dict:
     grid = size // 32
-    return {**dihedral.sidecar_fields(transform),
+    side = {**dihedral.sidecar_fields(transform),
         "format_version": FORMAT_VERSION, "kind": "image", "model_id": model,
         "weights_sha256": _weights_sha256(str(_image_weights_path(model))),
         "input_size": size, "grid": [grid, grid], "dim": 1280, "dtype": "float16",
@@ -187,6 +230,13 @@ def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", 
         "n_rows": split.n_images, "row_order": "images of the split in JSON order (Split.filenames)",
         "row_order_sha256": _row_order_sha(split.filenames),
     }
+    if cut is not None:  # the grids' sidecars keep their fields (their caches stay valid)
+        cells, channels = cut_shape(model, cut, size)
+        side_len = int(round(cells ** 0.5))
+        side.update({"kind": "image-activations", "cut": cut, "grid": [side_len, side_len], "dim": channels,
+                     "output": f"block {cut} output (stem + blocks 0..{cut}, eval mode), before blocks "
+                               f"{cut + 1}.. and the conv head"})
+    return side
 
 
 def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> dict:
@@ -202,8 +252,8 @@ def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> d
     }
 
 
-def _image_tag(model: str, size: int, transform: str = dihedral.IDENTITY) -> str:
-    return f"{model}-{size}{dihedral.cache_suffix(transform)}"
+def _image_tag(model: str, size: int, transform: str = dihedral.IDENTITY, cut: int | None = None) -> str:
+    return f"{model}-{size}{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(transform)}"
 
 
 def _paths(ds_name: str, split: str, kind: str, tag: str, root=None) -> tuple[Path, Path]:
@@ -294,23 +344,35 @@ class BuildReport:
     built: bool
     seconds: float
     items: int
+    also: list = field(default_factory=list)  # reports of caches filled by the same pass (also_cuts)
 
 
 def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-lite2", size: int = 224,
                           root=None, device: str = "cpu", batch_size: int = 32, progress: bool | None = None,
-                          rebuild: bool = False, transform: str = dihedral.IDENTITY) -> BuildReport:
-    """The split's grid features of each image after ``transform`` (:mod:`itr_lib.dihedral`; default: as is)."""
+                          rebuild: bool = False, transform: str = dihedral.IDENTITY,
+                          cut: int | None = None, also_cuts: tuple = ()) -> BuildReport:
+    """The split's grid features of each image after ``transform`` (:mod:`itr_lib.dihedral`; default: as is);
+    with ``cut``, the activations of block ``cut`` instead (:func:`cut_shape`). ``also_cuts``: further cuts whose
+    caches the same forward pass fills (kept in RAM, written after the pass; a resumed pass builds them on their
+    own); their reports are the result's ``also``."""
     sp = ds.split(split)
-    npy, side = _paths(ds.name, split, "image", _image_tag(model, size, transform), root)
-    expected = image_sidecar(ds, sp, model, size, transform)
+    npy, side = _paths(ds.name, split, "image", _image_tag(model, size, transform, cut), root)
+    expected = image_sidecar(ds, sp, model, size, transform, cut)
+    also_cuts = [c for c in also_cuts if c != cut]
     if not rebuild and cache_status(npy, side, expected) == "ok":
-        return BuildReport(npy, False, 0.0, sp.n_images)
+        rep = BuildReport(npy, False, 0.0, sp.n_images)
+        rep.also = [ensure_image_features(ds, split, model, size, root, device, batch_size, progress, rebuild,
+                                          transform, c) for c in also_cuts]
+        return rep
+    also = [c for c in also_cuts if rebuild or cache_status(*_paths(
+        ds.name, split, "image", _image_tag(model, size, transform, c), root),
+        image_sidecar(ds, sp, model, size, transform, c)) != "ok"]  # filled by this pass
     status = cache_status(npy, side, expected)
     if status not in ("ok", "missing"):
         log.warning("rebuilding %s: %s", npy, status)
     sp_paths = sp.image_paths
     enc = ImageEncoder(model, device)
-    grid = (size // 32) ** 2
+    shape = (sp.n_images,) + (((size // 32) ** 2, 1280) if cut is None else cut_shape(model, cut, size))
     pool = ThreadPoolExecutor(max_workers=1)
 
     def load_batch(start, stop):
@@ -319,19 +381,37 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
     chunk = batch_size * 8
     pending: dict[int, object] = {}
 
+    held = {c: np.zeros((sp.n_images,) + cut_shape(model, c, size), np.float16) for c in also}
+    filled = np.zeros(sp.n_images, dtype=bool)
+
     def compute(start, stop):
         imgs_future = pending.pop(start, None) or pool.submit(load_batch, start, stop)
         nxt = stop
         if nxt < sp.n_images:
             pending[nxt] = pool.submit(load_batch, nxt, min(nxt + chunk, sp.n_images))
         imgs = imgs_future.result()
-        out = np.concatenate([enc.encode(imgs[i:i + batch_size], size) for i in range(0, len(imgs), batch_size)])
-        return out, slice(start, stop)
+        parts = [enc.encode_cuts(imgs[i:i + batch_size], size, [cut] + also) for i in range(0, len(imgs), batch_size)]
+        for c in also:
+            held[c][start:stop] = np.concatenate([p[c] for p in parts])
+        filled[start:stop] = True
+        return np.concatenate([p[cut] for p in parts]), slice(start, stop)
 
-    secs = build_array(npy, side, expected, (sp.n_images, grid, 1280), np.float16, sp.n_images, chunk, compute,
-                       desc=f"{ds.name}/{split} images{dihedral.cache_suffix(transform)}", progress=progress)
+    desc = f"{ds.name}/{split} images{'' if cut is None else f'.cut{cut}'}{dihedral.cache_suffix(transform)}"
+    secs = build_array(npy, side, expected, shape, np.float16, sp.n_images, chunk, compute, desc=desc,
+                       progress=progress)
     pool.shutdown()
-    return BuildReport(npy, True, secs, sp.n_images)
+    rep = BuildReport(npy, True, secs, sp.n_images)
+    for c in also_cuts:
+        if c in also and filled.all():  # the pass saw every image: its held rows are what a build of its own gives
+            c_npy, c_side = _paths(ds.name, split, "image", _image_tag(model, size, transform, c), root)
+            c_secs = build_array(c_npy, c_side, image_sidecar(ds, sp, model, size, transform, c), held[c].shape,
+                                 np.float16, sp.n_images, chunk, lambda a, b, _c=c: (held[_c][a:b], slice(a, b)),
+                                 desc=f"{ds.name}/{split} images.cut{c} (held)", progress=progress)
+            rep.also.append(BuildReport(c_npy, True, c_secs, sp.n_images))
+        else:
+            rep.also.append(ensure_image_features(ds, split, model, size, root, device, batch_size, progress,
+                                                  rebuild, transform, c))
+    return rep
 
 
 def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu", batch_size: int = 128,
@@ -438,17 +518,21 @@ class SplitFeatures:
     text_ids: np.ndarray      # (M, L) MiniLM word-piece ids
     glove_ids: np.ndarray     # (M, L) GloVe vocabulary ids
     glove_lengths: np.ndarray  # (M,)
+    grid_cells: int | None = None  # cells of the grid the model sees (with a cut: the top's 7 x 7 output, not the
+                                   # activation's positions); None: images.shape[1]
 
 
 def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
                   image_model: str = "efficientnet-lite2", size: int = 224, max_length: int = TEXT_MAX_LEN,
-                  mmap: bool = True) -> SplitFeatures:
-    """Open a split's caches; raises :class:`CacheError` (with the command to fix it) if any is missing or stale."""
+                  mmap: bool = True, cut: int | None = None) -> SplitFeatures:
+    """Open a split's caches; raises :class:`CacheError` (with the command to fix it) if any is missing or stale.
+    ``cut``: the images are block ``cut``'s activations (:func:`ensure_image_features`) instead of the grids."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     sp = ds.split(split)
     hint = _build_hint(ds)
-    inpy, iside = _paths(ds.name, split, "image", _image_tag(image_model, size), root)
-    _check(inpy, iside, image_sidecar(ds, sp, image_model, size), hint)
+    inpy, iside = _paths(ds.name, split, "image", _image_tag(image_model, size, cut=cut), root)
+    _check(inpy, iside, image_sidecar(ds, sp, image_model, size, cut=cut),
+           hint + ("" if cut is None else f" --splits {split} --cut {cut}"))
     tnpy, tside = _paths(ds.name, split, "text", f"minilm-{max_length}", root)
     _check(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
     mode = "r" if mmap else None
@@ -460,7 +544,8 @@ def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
     stoi = {w: i for i, w in enumerate(read_json(vocab_json)["itos"])}
     g_ids, g_len = glove_ids(sp.tokens, stoi, max_length)
     return SplitFeatures(ds.name, sp, images, text, np.load(tnpy.with_suffix(".lengths.npy")),
-                         np.load(tnpy.with_suffix(".ids.npy")), g_ids, g_len)
+                         np.load(tnpy.with_suffix(".ids.npy")), g_ids, g_len,
+                         None if cut is None else (size // 32) ** 2)
 
 
 def _build_hint(ds: Dataset) -> str:
@@ -468,14 +553,16 @@ def _build_hint(ds: Dataset) -> str:
 
 
 def load_image_grid(dataset: str | Dataset, split: str, transform: str, data_root=None, root=None,
-                    image_model: str = "efficientnet-lite2", size: int = 224, mmap: bool = True) -> np.ndarray:
-    """The (N, R, 1280) grid cache of a split's images after ``transform``; raises :class:`CacheError` naming
-    the command that builds it when it is missing or was built for another request (e.g. another transform)."""
+                    image_model: str = "efficientnet-lite2", size: int = 224, mmap: bool = True,
+                    cut: int | None = None) -> np.ndarray:
+    """The (N, R, 1280) grid cache of a split's images after ``transform`` (with ``cut``: block ``cut``'s
+    activations); raises :class:`CacheError` naming the command that builds it when it is missing or was built
+    for another request (e.g. another transform or cut)."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     sp = ds.split(split)
-    npy, side = _paths(ds.name, split, "image", _image_tag(image_model, size, transform), root)
-    hint = f"{_build_hint(ds)} --splits {split} --transforms {transform}"
-    _check(npy, side, image_sidecar(ds, sp, image_model, size, transform), hint)
+    npy, side = _paths(ds.name, split, "image", _image_tag(image_model, size, transform, cut), root)
+    hint = f"{_build_hint(ds)} --splits {split} --transforms {transform}" + ("" if cut is None else f" --cut {cut}")
+    _check(npy, side, image_sidecar(ds, sp, image_model, size, transform, cut), hint)
     grid = np.load(npy, mmap_mode="r" if mmap else None)
     if grid.shape[0] != sp.n_images:
         raise CacheError(f"feature cache {npy} has {grid.shape[0]} rows, the split has {sp.n_images}. Fix: "
@@ -492,34 +579,43 @@ def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[
 def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
                     progress: bool | None = None, rebuild: bool = False,
-                    benchmark: bool | str | os.PathLike = False, transforms: list[str] | None = None) -> list[dict]:
+                    benchmark: bool | str | os.PathLike = False, transforms: list[str] | None = None,
+                    cut: int | list[int] | None = None, threads: int | None = None) -> list[dict]:
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON),
     the image caches once per transform in ``transforms`` (default ``["r0"]``, the images as they are).
 
+    ``cut`` (a block, or a list of blocks filled in one pass): block activation caches instead of the grids.
+
     Returns one row per cache: path, whether it was built, seconds and throughput (``kind`` is ``image`` for
-    ``r0``, ``image.<transform>`` for the others); with ``benchmark``, rows that were built are also merged into
-    ``results/benchmarks/feature_extraction.csv`` (or into the CSV path given as ``benchmark``)."""
+    ``r0``, ``image.<transform>`` for the others, ``image.cut<K>[.<transform>]`` with ``cut``); with ``benchmark``,
+    rows that were built are also merged into ``results/benchmarks/feature_extraction.csv`` (or into the CSV path
+    given as ``benchmark``)."""
     import torch
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads or max(1, os.cpu_count() or 1))
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     splits = splits or ds.split_names
     transforms = dihedral.validate(transforms or [dihedral.IDENTITY], "--transforms")
+    cuts = sorted(cut) if isinstance(cut, (list, tuple)) else [cut]
     todo = [s for s in splits if rebuild or any(
-        cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t), root),
-                     image_sidecar(ds, ds.split(s), image_model, size, t)) != "ok" for t in transforms)]
+        cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t, c), root),
+                     image_sidecar(ds, ds.split(s), image_model, size, t, c)) != "ok"
+        for t in transforms for c in cuts)]
     if todo:  # every image of every split to extract, checked before any is extracted (all bad files at once)
         ds.check_images(todo)
     rows = []
     for s in splits:
-        image_jobs = [(f"image{dihedral.cache_suffix(t)}",
-                       functools.partial(ensure_image_features, ds, s, image_model, size, root, device,
-                                         progress=progress, rebuild=rebuild, transform=t)) for t in transforms]
-        for kind, fn in image_jobs + [("text", lambda: ensure_text_features(ds, s, root, device, progress=progress,
-                                                                          rebuild=rebuild))]:
+        image_jobs = [(t, functools.partial(ensure_image_features, ds, s, image_model, size, root, device,
+                                            progress=progress, rebuild=rebuild, transform=t, cut=cuts[0],
+                                            also_cuts=tuple(cuts[1:])))
+                      for t in transforms]
+        for t, fn in image_jobs + [(None, lambda: ensure_text_features(ds, s, root, device, progress=progress,
+                                                                        rebuild=rebuild))]:
             r = fn()
-            rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(r.path), "built": r.built,
-                         "items": r.items, "seconds": round(r.seconds, 2),
-                         "items_per_s": round(r.items / r.seconds, 1) if r.built and r.seconds > 0 else None})
+            for c, rep in zip(cuts, [r] + r.also):
+                kind = "text" if t is None else f"image{'' if c is None else f'.cut{c}'}{dihedral.cache_suffix(t)}"
+                rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(rep.path), "built": rep.built,
+                             "items": rep.items, "seconds": round(rep.seconds, 2), "items_per_s":
+                             round(rep.items / rep.seconds, 1) if rep.built and rep.seconds > 0 else None})
     ensure_glove_vocab(ds, root)
     if benchmark and any(r["built"] for r in rows):
         path = None if benchmark is True else Path(benchmark)
@@ -564,7 +660,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transforms", nargs="+", default=["r0"], metavar="T",
                    help="image caches to build, one per transform of the pixels (itr_lib.dihedral): "
                         f"{' '.join(dihedral.TRANSFORMS)}; default: r0 (the images as they are)")
+    p.add_argument("--cut", type=int, nargs="+", default=None, metavar="K",
+                   help="build the activation caches of EfficientNet-Lite2's block K (14: 14x14x120, the input of the "
+                        "last stage; 19: 7x7x208) instead of the grids, for models that train the blocks above K "
+                        "(TrainConfig.image_top_blocks = 20 - K); several cuts are filled in one pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     p.add_argument("--benchmark", default=None, metavar="CSV",
@@ -578,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows = ensure_features(ds, a.splits, root=a.cache_dir, image_model=a.image_model, device=a.device,
                                progress=not a.no_progress, rebuild=a.rebuild, benchmark=a.benchmark or False,
-                               transforms=a.transforms)
+                               transforms=a.transforms, cut=a.cut, threads=a.threads)
     except ValueError as err:  # DataError / CacheError, or an unknown transform name
         print(f"error: {err}", file=sys.stderr)
         return 2

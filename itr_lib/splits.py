@@ -35,6 +35,7 @@ class SplitTensors:
             if name != dihedral.IDENTITY:
                 self.views[name] = torch.from_numpy(np.array(grid[:n]))
         self.view_names = list(views) if views else [dihedral.IDENTITY]
+        self._grid_cells = feats.grid_cells  # with activation caches: the cells of the top's output grid
         self.text_encoder = text_encoder
         if text_encoder == "minilm":
             self.text = torch.from_numpy(np.array(feats.text[caps]))
@@ -101,7 +102,9 @@ class SplitTensors:
         """Grids and region masks of images ``idx``. ``view``: a transform name (every image in that view), or per
         image an index into ``view_names`` (a tensor like ``idx``), or None (the images as they are)."""
         regions = self._view_rows(idx, view)
-        mask = torch.ones(regions.shape[:2], dtype=torch.bool)
+        # the mask covers the grid the model sees: with activation caches, the top's output, not the positions held
+        cells = getattr(self, "_grid_cells", None) or regions.shape[1]
+        mask = torch.ones((regions.shape[0], cells), dtype=torch.bool)
         if region_drop > 0:
             mask = torch.rand(mask.shape, generator=gen) >= region_drop
             mask[mask.sum(1) == 0, 0] = True
@@ -182,10 +185,11 @@ def load_split_tensors(cfg, split: str, max_images: int | None = None,
     split once. ``transforms``: also hold these transforms' grids as views (each cache must exist: a
     :class:`~itr_lib.features.CacheError` names the command that builds it)."""
     ds = load_dataset(cfg.dataset, cfg.data_root)
-    feats = load_features(ds, split, root=cfg.cache_dir)  # validates the sidecars
+    cut = getattr(cfg, "image_cut", None)  # a trainable image top: the activations below it, not the grids
+    feats = load_features(ds, split, root=cfg.cache_dir, cut=cut)  # validates the sidecars
     names = dihedral.validate(transforms, "transforms") if transforms is not None else None
-    grids = {t: load_image_grid(ds, split, t, root=cfg.cache_dir) for t in names if t != dihedral.IDENTITY} \
-        if names else {}
+    grids = {t: load_image_grid(ds, split, t, root=cfg.cache_dir, cut=cut) for t in names
+             if t != dihedral.IDENTITY} if names else {}
     key = (ds.json_sha256, split, str(feats.images.filename if hasattr(feats.images, "filename") else id(feats)),
            cfg.text_encoder, max_images) + ((tuple(names),) if names else ())
     if key not in _TENSORS:

@@ -27,6 +27,7 @@ from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, 
                  seed_everything, write_json)
 from .metrics import STUDY_TIE_RULE
 from .models import RetrievalModel, build_model
+from .models.adapt import image_top_parameters
 from .recordio import portable_run_dir, read_record
 from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
 from .splits import load_split_tensors
@@ -69,9 +70,13 @@ def train_step(model: RetrievalModel, opt: torch.optim.Optimizer, batch, epoch: 
 
 
 def make_optimizer(cfg: TrainConfig, model: RetrievalModel):
-    """Adam over the trainable parameters and the step decay (lr x gamma after ``lr_decay_frac`` of the epochs)."""
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                           weight_decay=cfg.weight_decay)
+    """Adam over the trainable parameters and the step decay (lr x gamma after ``lr_decay_frac`` of the epochs);
+    a trainable image top (``image_top_blocks``) is a second group at ``lr * image_top_lr_factor``."""
+    top = {id(p) for p in image_top_parameters(model)}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in top]
+    groups = [{"params": params}] + ([{"params": image_top_parameters(model),
+                                       "lr": cfg.lr * cfg.image_top_lr_factor}] if top else [])
+    opt = torch.optim.Adam(groups if top else params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     decay_epoch = max(1, int(round(cfg.lr_decay_frac * cfg.epochs)))
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=decay_epoch, gamma=cfg.lr_decay_gamma)
 
@@ -228,6 +233,10 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "tie_rule": STUDY_TIE_RULE, "method_hp": dict(getattr(model, "hp", {})),
         "captions_per_step": "all" if multi_caption(cfg, model) else "one",
         "n_params": sum(p.numel() for p in model.parameters()),
+        **({"image_top": {"blocks": cfg.image_top_blocks, "cut": cfg.image_cut, "lr_factor": cfg.image_top_lr_factor,
+                          "n_params": sum(p.numel() for p in image_top_parameters(model)),
+                          "batchnorm": "frozen statistics (eval mode)", "drop_connect": "off"}}
+           if cfg.image_top_blocks else {}),  # the trainable backbone top (itr_lib.models.adapt)
         "train_seconds": round(sum(h["train_seconds"] for h in history), 2),
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),

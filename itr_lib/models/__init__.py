@@ -18,7 +18,8 @@ COMMON_FIELDS = frozenset({
     "method", "dataset", "text_encoder", "seed", "dim", "base_loss", "false_negatives", "captions_per_step",
     "epochs", "batch_size", "lr", "lr_decay_frac", "lr_decay_gamma", "grad_clip", "weight_decay", "region_drop",
     "token_drop", "image_transforms", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images",
-    "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress"})
+    "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress",
+    "image_top_blocks", "image_top_lr_factor"})  # the top: every model routes its grid through it (models.adapt)
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
 
@@ -87,7 +88,11 @@ def build_model(cfg, glove=None) -> RetrievalModel:
     if cfg.method not in BUILDERS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {sorted(BUILDERS)}")
     check_config(cfg)
-    return BUILDERS[cfg.method](cfg, glove)
+    model = BUILDERS[cfg.method](cfg, glove)
+    if getattr(cfg, "image_top_blocks", 0):
+        from .adapt import attach_image_top
+        attach_image_top(model, cfg.image_top_blocks)
+    return model
 
 
 def _load_plugins() -> None:

@@ -84,7 +84,7 @@ class ALADINModel(RetrievalModel):
         first, _ = self.student(h.detach() if self.hp["detach_student_input"] else h, attn_mask)
         return {"emb": l2norm(first), "tokens": normed_locals(h, align_mask), "mask": align_mask}
 
-    def encode_images(self, regions, region_mask) -> dict:
+    def encode_grid(self, regions, region_mask) -> dict:
         order, mask = self._pack(region_mask)
         x = self.img_in(gather_tokens(regions, order), order) + self.modality[0]
         return self._encode(x, mask, mask)

@@ -44,6 +44,16 @@ class RetrievalModel(nn.Module):
     supports_multi_caption: bool = False  # compute_loss accepts batches with several captions per image
 
     def encode_images(self, regions: torch.Tensor, region_mask: torch.Tensor) -> dict:
+        """The method's image encoding (:meth:`encode_grid`) of the grid; with a trainable top (submodule
+        ``image_top``, :mod:`itr_lib.models.adapt`), ``regions`` are cached backbone activations and the top
+        turns them into the (adapted) grid first."""
+        top = self._modules.get("image_top")
+        if top is not None:
+            regions = top(regions)
+        return self.encode_grid(regions, region_mask)
+
+    def encode_grid(self, regions: torch.Tensor, region_mask: torch.Tensor) -> dict:
+        """(B, R, 1280) grid cells and their (B, R) mask -> the method's image encoding (a dict of tensors)."""
         raise NotImplementedError
 
     def encode_texts(self, text: torch.Tensor, text_mask: torch.Tensor, word_mask: torch.Tensor) -> dict:

@@ -41,7 +41,7 @@ class _FineModel(RetrievalModel):
         self.img_enc = RegionEncoder(region_dim, dim, mlp)
         self.txt_enc = build_text_encoder(text_encoder, dim, glove, mlp)
 
-    def encode_images(self, regions, region_mask) -> dict:
+    def encode_grid(self, regions, region_mask) -> dict:
         _, h = self.img_enc(regions.float(), region_mask)
         loc = normed_locals(h, region_mask)
         return {"locals": loc, "mask": region_mask, "mean": l2norm(masked_mean(loc, region_mask))}

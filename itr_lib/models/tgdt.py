@@ -75,7 +75,7 @@ class TGDTModel(RetrievalModel):
     def _pack(self, mask: torch.Tensor):
         return pack_valid(mask) if (self.training and self.hp["pack"]) else (None, mask)
 
-    def encode_images(self, regions, region_mask) -> dict:
+    def encode_grid(self, regions, region_mask) -> dict:
         order, mask = self._pack(region_mask)
         g, h = self.img_tf(self.img_in(gather_tokens(regions, order), order), mask)
         return {"global": l2norm(g), "locals": normed_locals(h, mask), "mask": mask}

