@@ -356,6 +356,7 @@ def test_stale_beta_rescores_or_keeps_a_beta_chosen_on_an_unextended_edge(tmp_pa
     monkeypatch.setattr(recipe.inference, "evaluate_spec", evaluate)
     monkeypatch.setattr(_Evaluator, "models", lambda self, n: ["model"] * n)
     monkeypatch.setattr(_Evaluator, "split", lambda self, name: name)
+    monkeypatch.setattr(_Evaluator, "bank", lambda self: "bank")  # no feature cache needed (a fresh machine has none)
     edge = [{"beta": 10.0, "val_mr": 5.0, "chosen": True}, {"beta": 20.0, "val_mr": 4.0, "chosen": False}]
     ev = _evaluator_with_records(tmp_path, edge, stale_beta)
     spec = recipe.InferenceSpec(hubness="qb_norm")
