@@ -18,7 +18,7 @@ COMMON_FIELDS = frozenset({
     "method", "dataset", "text_encoder", "seed", "dim", "base_loss", "false_negatives", "captions_per_step",
     "epochs", "batch_size", "lr", "lr_decay_frac", "lr_decay_gamma", "grad_clip", "weight_decay", "region_drop",
     "token_drop", "image_transforms", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images",
-    "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress"})
+    "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress", "precision"})
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
 
