@@ -100,7 +100,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "cpu"
     threads: int | None = None
-    length_buckets: int | None = None   # ALADIN, training: encode the batch's captions in this many groups of
+    length_buckets: int | None = None   # ALADIN, TGDT (their text transformers; SCAN / MrSw have none: a per-token
+                                        # projection of the valid tokens, and their scores are already computed
+                                        # in length-sorted, trimmed blocks): encode the captions in this many groups of
                                         # similar length, each cut to its own longest caption, instead of one
                                         # group padded to the longest (the same function per caption, faster
                                         # steps: `python -m itr_lib.bench train-step --variants aladin
