@@ -176,6 +176,40 @@ def shared_paths(todo: list[dict]) -> list[Path]:
     return sorted(roots)
 
 
+def dry_run_estimate(todo: list[dict], out_dir: Path, profile: str) -> dict:
+    """The estimated cost of the planned executions from scratch (:func:`itr_lib.cost.execution_estimates`), from
+    the records of ``out_dir`` or, when it has none, of ``results/<profile>``; ``{}`` when neither has records."""
+    from .cost import execution_estimates, lever_speedups
+    speedups = lever_speedups(REPO_ROOT / "results" / "benchmarks" / "speed_levers.csv")
+    for src in (out_dir, profile_dir(profile_name(profile))):
+        try:
+            return {"estimate_from": str(src), "estimates": execution_estimates(todo, src, speedups)}
+        except ValueError:
+            continue
+    return {}
+
+
+def format_estimate(res: dict) -> str:
+    """The dry run's estimate as lines: per execution and the total, core-hours as recorded and with the levers."""
+    if not res.get("estimates"):
+        return "no run records to estimate the cost from (results/<profile>/metrics is empty)"
+    lines = [f"estimated cost from scratch (core-hours, from the records in {res['estimate_from']}; "
+             f"'levers': training divided by the measured speed-ups of results/benchmarks/speed_levers.csv):",
+             f"  {'execution':<48} {'core-h':>8} {'levers':>8}"]
+    import math
+    tot, unknown = [0.0, 0.0], []
+    for e in res["estimates"]:
+        if math.isnan(e["core_h"]):
+            unknown.append(e["execution"])
+            lines.append(f"  {e['execution'][:48]:<48} {'-':>8} {'-':>8}")
+            continue
+        lines.append(f"  {e['execution'][:48]:<48} {e['core_h']:8.2f} {e['core_h_levers']:8.2f}")
+        tot = [tot[0] + e["core_h"], tot[1] + e["core_h_levers"]]
+    lines.append(f"  {'total':<48} {tot[0]:8.2f} {tot[1]:8.2f}" + (f"  (no record of {', '.join(unknown)})"
+                                                                  if unknown else ""))
+    return "\n".join(lines)
+
+
 def run_study(profile: str, only: list[str] | None = None, timeout: int | None = None, dry_run: bool = False,
               results_dir: str | Path | None = None, overrides: dict | None = None, scheduler: str | None = None,
               n_workers: int | None = None, jobqueue: str | None = None, jobs: int = 1) -> dict:
@@ -193,7 +227,7 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     manifest_path = out_dir / "study.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"profile": profile, "executions": {}}
     if dry_run:
-        return {"planned": [str(t["output"]) for t in todo]}
+        return {"planned": [str(t["output"]) for t in todo], **dry_run_estimate(todo, out_dir, profile)}
     timeout = timeout or prof.get("timeout", 3600)
     t_study = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +348,8 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 130
     if a.dry_run:
-        print(json.dumps(res, indent=2))
+        print(json.dumps({"planned": res["planned"]}, indent=2))
+        print(format_estimate(res))
         return 0
     out = Path(a.results_dir).resolve() if a.results_dir else profile_dir(profile_name(a.profile))
     print(summary(out, res.get("last_study_seconds")))
