@@ -1,0 +1,131 @@
+"""The speed levers of issue 29, measured old vs new in one process, and their accuracy check.
+
+``python -m itr_lib.bench levers --dataset ucm --threads 1 2`` (:func:`time_levers`): per method and thread count,
+the study's config as recorded (float32, one padded caption group: *old*) against the same config with bf16
+autocast (:mod:`itr_lib.precision`) and, for the methods with a text transformer (TGDT, ALADIN), length buckets
+(*new*). Each is timed on the same training batches (:func:`itr_lib.bench.time_train_step`) and on the per-epoch
+validation score (:func:`itr_lib.scoring.evaluate` with ``selection=True``: the two-stage score of TGDT / MrSw /
+ALADIN's teacher... as the training loop runs it) of the same freshly initialised model; old and new alternate, so
+the machine's load (recorded as ``load_1min``) falls on both alike: the *ratios* are what count, not the seconds.
+``run_speedup`` is the ratio of one epoch (steps x step time + the validation score).
+
+:func:`accuracy_check`: old records (``results/<profile>/metrics``) against new runs of the same configs
+(identical identity, so identical run names) trained with the lever: the paired bootstrap of test mR
+(:func:`itr_lib.metrics.paired_bootstrap`, seeds and queries resampled) must include zero and have a half-width
+under 1 mR (:data:`BAR_HALF_WIDTH`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import precision as prec
+from .bench import study_config, time_train_step
+from .io import atomic_write_text, git_commit
+
+BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
+BUCKETS = 8
+BAR_HALF_WIDTH = 1.0
+
+
+def lever_configs(variant: str, dataset: str) -> dict:
+    """name -> config: ``fp32`` (the study's, old), ``bf16``, and for TGDT / ALADIN ``bf16+buckets``."""
+    out = {"fp32": study_config(variant, dataset, 0), "bf16": study_config(variant, dataset, 0, precision="bf16")}
+    if variant in BUCKETED:
+        out["bf16+buckets"] = study_config(variant, dataset, 0, precision="bf16", length_buckets=BUCKETS)
+    return out
+
+
+def time_val_selection(cfg, threads: int, model=None) -> float:
+    """Seconds of one per-epoch validation score of ``cfg`` (the training loop's), under ``cfg.precision``."""
+    import torch
+    from .scoring import evaluate
+    from .splits import load_split_tensors
+    from .train import make_model
+    torch.set_num_threads(threads)
+    va = load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
+    if model is None:
+        torch.manual_seed(cfg.seed)
+        model = make_model(cfg)
+    with prec.policy(prec.resolve(cfg.precision, cfg.device)[0]):
+        t0 = time.perf_counter()
+        evaluate(model, va, cfg.device, cfg.eval_batch_size, selection=True)
+        return time.perf_counter() - t0
+
+
+def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4) -> list[dict]:
+    """One row per (method, threads, lever config): step phases, step and validation seconds, and the speed-ups
+    over ``fp32`` of the same method and thread count (see the module docstring)."""
+    import torch
+    from .train import make_model
+    rows = []
+    for th in threads:
+        for v in variants:
+            cfgs = lever_configs(v, dataset)
+            torch.manual_seed(0)
+            model = make_model(cfgs["fp32"])  # one model for every validation timing (the same scores' work)
+            got = {}
+            for name, cfg in cfgs.items():
+                r = time_train_step(cfg, th, steps, warmup=1, name=v)
+                r["val_s"] = round(time_val_selection(cfg, th, model), 3)
+                got[name] = r
+            base = got["fp32"]
+            for name, r in got.items():
+                epoch = r["step_s"] * r["steps_per_epoch"] + r["val_s"]
+                base_epoch = base["step_s"] * base["steps_per_epoch"] + base["val_s"]
+                rows.append({**{k: r[k] for k in ("dataset", "variant", "threads", "texts_per_step")},
+                             "method": v, "lever": name, **{k: r[k] for k in r if k.endswith("_s")},
+                             "step_speedup": base["step_s"] / r["step_s"], "val_speedup": base["val_s"] / r["val_s"],
+                             "run_speedup": base_epoch / epoch, "load_1min": os.getloadavg()[0],
+                             "precision_used": prec.resolve(cfgs[name].precision)[0], "git_commit": git_commit()})
+                print({k: rows[-1][k] for k in ("method", "lever", "threads", "step_s", "val_s", "step_speedup",
+                                                  "run_speedup", "load_1min")}, flush=True)
+    return rows
+
+
+def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, variants, seeds=(0, 1, 2),
+                   lever: str = "bf16", n_boot: int = 2000) -> list[dict]:
+    """Per method: old records vs the lever's reruns of the same configs, seed-matched; the paired bootstrap of test
+    mR (seeds and queries resampled) and whether it passes the bar (interval includes 0, half-width < 1 mR).
+    Methods with a re-scorer are compared on their own recorded score (the run's test metrics)."""
+    from .io import read_json
+    from .metrics import paired_bootstrap
+    from .runs import load_hits
+    rows = []
+    for v in variants:
+        names = [study_config(v, dataset, s).run_name() for s in seeds]
+        have = [n for n in names if (Path(old_dir) / "metrics" / f"{n}.json").is_file()
+                and (Path(new_dir) / "metrics" / f"{n}.json").is_file()]
+        if not have:
+            rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": 0, "verdict": "not run"})
+            continue
+        old = [read_json(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
+        new = [read_json(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
+        bs = paired_bootstrap([load_hits(old_dir, n) for n in have], [load_hits(new_dir, n) for n in have],
+                              n_boot=n_boot, resample_seeds=True)
+        lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
+        half = (hi - lo) / 2
+        passed = lo <= 0 <= hi and half < BAR_HALF_WIDTH
+        rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": len(have),
+                     "seeds": ",".join(str(m["seed"]) for m in new),
+                     "mr_old": float(np.mean([m["test"]["standard"]["mr"] for m in old])),
+                     "mr_new": float(np.mean([m["test"]["standard"]["mr"] for m in new])),
+                     "delta_mr": d, "ci_lo_mr": lo, "ci_hi_mr": hi, "half_width_mr": half,
+                     "seed_std_mr_old": float(np.std([m["test"]["standard"]["mr"] for m in old], ddof=1))
+                     if len(old) > 1 else np.nan,
+                     "train_s_old": float(np.mean([m["train_seconds"] for m in old])),
+                     "train_s_new": float(np.mean([m["train_seconds"] for m in new])),
+                     "precision_new": ",".join(sorted({str(m.get("precision")) for m in new})),
+                     "verdict": "passes" if passed else ("fails: interval excludes 0" if not lo <= 0 <= hi
+                                                         else "inconclusive: half-width >= 1 mR")})
+    return rows
+
+
+def write_table(df: pd.DataFrame, path: Path, title: str) -> None:
+    """``df`` as ``<path>.csv`` and a Markdown table ``<path>.md`` under a title line (atomic writes)."""
+    atomic_write_text(path.with_suffix(".csv"), df.to_csv(index=False))
+    atomic_write_text(path.with_suffix(".md"), f"{title}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n")
