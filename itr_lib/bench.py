@@ -288,11 +288,16 @@ def main(argv=None) -> int:
                      choices=sorted(METHOD_VARIANTS))
     lev.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     lev.add_argument("--steps", type=int, default=4)
+    qe = sub.add_parser("query-encoder", help="MiniLM query encoder fp32 vs int8 vs bf16 at batch 1: latency, top-10 "
+                                              "agreement, test mR (efficiency.query_encoder) -> query_encoder.csv")
+    qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
+                    help="folder whose runs/ holds the study baseline's checkpoint (looked up by its config)")
+    qe.add_argument("--threads", type=int, default=1)
     exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp, lev):
+    for s in (step, run, enc, dk, exp, lev, qe):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -329,6 +334,18 @@ def main(argv=None) -> int:
         path = write_benchmark(rows, "speed_levers_steps", a.dataset, ["method", "lever", "threads"], a.out_dir)
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
+    elif a.kind == "query-encoder":
+        from .efficiency.query_encoder import query_encoder_rows
+        try:
+            ck = checkpoint_for(study_config("baseline", a.dataset, a.seed), a.results_dir)
+        except FileNotFoundError as err:
+            print(f"error: {err}", flush=True)
+            return 2
+        rows = query_encoder_rows(ck, threads=a.threads)
+        path = Path(a.out_dir) / "query_encoder.csv"
+        atomic_write_text(path, merge_rows(pd.DataFrame(rows), path, ["dataset", "variant"]).to_csv(index=False))
+        cols = ["variant", "ms_median", "speedup_vs_fp32", "top10_agreement", "top10_overlap", "mr", "delta_mr",
+                "adopt"]
     elif a.kind == "explore":
         from .explore import ExploreError
         try:
