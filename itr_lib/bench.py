@@ -293,11 +293,17 @@ def main(argv=None) -> int:
     qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
                     help="folder whose runs/ holds the study baseline's checkpoint (looked up by its config)")
     qe.add_argument("--threads", type=int, default=1)
+    rep = sub.add_parser("levers-report", help="speed_levers.csv/.md (timings + accuracy check) and the study's "
+                                               "cost tables with the adopted levers")
+    rep.add_argument("--new-dir", required=True, help="results folder of the lever's reruns (metrics/)")
+    rep.add_argument("--old-dir", default=str(REPO_ROOT / "results" / "full"), help="the float32 records")
+    rep.add_argument("--datasets", nargs="+", default=["ucm"])
+    rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp, lev, qe):
+    for s in (step, run, enc, dk, exp, lev, qe, rep):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -346,6 +352,14 @@ def main(argv=None) -> int:
         atomic_write_text(path, merge_rows(pd.DataFrame(rows), path, ["dataset", "variant"]).to_csv(index=False))
         cols = ["variant", "ms_median", "speedup_vs_fp32", "top10_agreement", "top10_overlap", "mr", "delta_mr",
                 "adopt"]
+    elif a.kind == "levers-report":
+        from .levers import levers_report
+        out = Path(a.out_dir)
+        rows = levers_report([out / f"speed_levers_steps_{d}.csv" for d in a.datasets], a.old_dir, a.new_dir,
+                             a.datasets, a.variants, out).to_dict("records")
+        path = out / "speed_levers.csv"
+        cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
+                "verdict"]
     elif a.kind == "explore":
         from .explore import ExploreError
         try:
@@ -365,7 +379,8 @@ def main(argv=None) -> int:
         rows = [time_encode(ck, a.split, th, a.repeats) for th in a.threads for ck in cks]
         path = write_benchmark(rows, "encode_split", a.dataset, ["variant", "threads", "split"], a.out_dir)
         cols = ["variant", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median"]
-    print(pd.DataFrame(rows)[cols].to_string(index=False))
+    df = pd.DataFrame(rows)
+    print(df[[c for c in cols if c in df]].to_string(index=False))
     print("->", path)
     return 0
 

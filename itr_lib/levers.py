@@ -34,7 +34,8 @@ BAR_HALF_WIDTH = 1.0
 
 def lever_configs(variant: str, dataset: str) -> dict:
     """name -> config: ``fp32`` (the study's, old), ``bf16``, and for TGDT / ALADIN ``bf16+buckets``."""
-    out = {"fp32": study_config(variant, dataset, 0), "bf16": study_config(variant, dataset, 0, precision="bf16")}
+    out = {"fp32": study_config(variant, dataset, 0, precision="fp32"),
+           "bf16": study_config(variant, dataset, 0, precision="bf16")}
     if variant in BUCKETED:
         out["bf16+buckets"] = study_config(variant, dataset, 0, precision="bf16", length_buckets=BUCKETS)
     return out
@@ -125,7 +126,61 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
     return rows
 
 
+def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """speed_levers.csv: per (dataset, method, lever) the step / validation / epoch speed-ups over float32 at each
+    thread count measured (columns ``*_speedup_<n>t``), the load average during the timing, and the accuracy check
+    of that lever (``accuracy`` rows of :func:`accuracy_check`, matched on dataset, method and lever; a lever without
+    its own check is ``not checked``); ``adopted`` = the check passed on every dataset it ran on; ``train_speedup`` =
+    the 1-thread step speed-up (what :mod:`itr_lib.cost` applies)."""
+    new = steps[steps.lever != "fp32"]
+    wide = new.pivot_table(index=["dataset", "method", "lever"], columns="threads",
+                           values=["step_speedup", "val_speedup", "run_speedup"], aggfunc="mean")
+    wide.columns = [f"{v}_{t}t" for v, t in wide.columns]
+    wide = wide.reset_index()
+    wide["load_1min"] = wide.apply(lambda r: steps[(steps.method == r.method) & (steps.dataset == r.dataset)]
+                                   .load_1min.mean(), axis=1)
+    acc = accuracy.drop(columns=[c for c in ("train_s_old", "train_s_new") if c in accuracy]) if len(accuracy) else \
+        pd.DataFrame(columns=["dataset", "method", "lever", "verdict"])
+    out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
+    out["verdict"] = out.verdict.fillna("not checked")
+    # a lever is adopted for a method when every dataset it was checked on passes (and at least one was)
+    ok = out.groupby(["method", "lever"]).verdict.agg(lambda v: (v != "not checked").any() and
+                                                      v[v != "not checked"].eq("passes").all())
+    out["adopted"] = [bool(ok[(m, lv)]) for m, lv in zip(out.method, out.lever)]
+    out["train_speedup"] = out.get("step_speedup_1t", np.nan)
+    return out
+
+
 def write_table(df: pd.DataFrame, path: Path, title: str) -> None:
     """``df`` as ``<path>.csv`` and a Markdown table ``<path>.md`` under a title line (atomic writes)."""
     atomic_write_text(path.with_suffix(".csv"), df.to_csv(index=False))
     atomic_write_text(path.with_suffix(".md"), f"{title}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
+NOTES = """Step, validation and epoch speed-ups are ratios of float32 (old) over the lever (new), measured in one process
+with old and new alternating (`python -m itr_lib.bench levers`); `load_1min` is the machine's load during the
+timing (a shared 2-core machine: absolute seconds are not comparable between rows, ratios within a row are).
+The accuracy check compares the committed float32 records with reruns of the same configs (same run names) under
+the lever: paired bootstrap of test mR over seeds and queries; the bar is an interval that includes 0 with a
+half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16: the same function up to rounding
+(tests), not trained for an accuracy check of its own here."""
+
+
+def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
+                  out_dir: str | Path = "results/benchmarks", n_boot: int = 2000) -> pd.DataFrame:
+    """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
+    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records) and the study's cost tables with the
+    adopted levers (``study_cost_notebooks`` / ``study_cost_methods``, :func:`itr_lib.cost.cost_tables`)."""
+    from .cost import cost_tables, lever_speedups
+    out_dir = Path(out_dir)
+    steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
+    acc = pd.DataFrame([r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)])
+    table = levers_table(steps, acc)
+    write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
+    by_nb, by_m = cost_tables(old_dir, lever_speedups(out_dir / "speed_levers.csv"))
+    note = ("# The study from scratch: core-hours from the records\n\n`core_h`: as recorded (train + val + test + load "
+            "seconds x threads); `core_h_levers`: training divided by the adopted levers' 1-thread step speed-up "
+            "(speed_levers.csv; measured on UCM, applied to both datasets). Source: itr_lib.cost.")
+    write_table(by_nb, out_dir / "study_cost_notebooks", note)
+    write_table(by_m, out_dir / "study_cost_methods", note)
+    return table
