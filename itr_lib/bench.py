@@ -336,8 +336,12 @@ def main(argv=None) -> int:
         print("medians over repeats:\n" + med.to_string() + "\n")
     elif a.kind == "levers":
         from .levers import time_levers
-        rows = time_levers(a.variants, a.dataset, a.threads, a.steps)
-        path = write_benchmark(rows, "speed_levers_steps", a.dataset, ["method", "lever", "threads"], a.out_dir)
+        rows = []
+        for th in a.threads:  # written after each method: a long timing interrupted keeps what it measured
+            for v in a.variants:
+                rows += time_levers([v], a.dataset, [th], a.steps)
+                path = write_benchmark(rows, "speed_levers_steps", a.dataset, ["method", "lever", "threads"],
+                                       a.out_dir)
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
     elif a.kind == "query-encoder":
