@@ -3,10 +3,11 @@
 ``python -m itr_lib.bench levers --dataset ucm --threads 1 2`` (:func:`time_levers`): per method and thread count,
 the study's config as recorded (float32, one padded caption group: *old*) against the same config with bf16
 autocast (:mod:`itr_lib.precision`) and, for the methods with a text transformer (TGDT, ALADIN), length buckets
-(*new*). Each is timed on the same training batches (:func:`itr_lib.bench.time_train_step`) and on the per-epoch
-validation score (:func:`itr_lib.scoring.evaluate` with ``selection=True``: the two-stage score of TGDT / MrSw /
-ALADIN's teacher... as the training loop runs it) of the same freshly initialised model; old and new alternate, so
-the machine's load (recorded as ``load_1min``) falls on both alike: the *ratios* are what count, not the seconds.
+(*new*). They are timed step by step in alternation on the same training batches (each config training its own
+copy of one initial model, :func:`itr_lib.train.train_step` under its precision) and on the per-epoch validation
+score (:func:`itr_lib.scoring.evaluate` with ``selection=True``: the two-stage score of TGDT / MrSw / ALADIN's
+teacher, the exhaustive one of SCAN, as the training loop runs it) of the same weights, so the machine's load
+(recorded as ``load_1min``) falls on old and new alike: the *ratios* (medians of paired ratios) are what count.
 ``run_speedup`` is the ratio of one epoch (steps x step time + the validation score).
 
 :func:`accuracy_check`: old records (``results/<profile>/metrics``) against new runs of the same configs
@@ -24,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import precision as prec
-from .bench import study_config, time_train_step
+from .bench import study_config
 from .io import atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
@@ -41,50 +42,83 @@ def lever_configs(variant: str, dataset: str) -> dict:
     return out
 
 
-def time_val_selection(cfg, threads: int, model=None) -> float:
-    """Seconds of one per-epoch validation score of ``cfg`` (the training loop's), under ``cfg.precision``."""
+def _val_data(cfg):
+    from .splits import load_split_tensors
+    return load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
+
+
+def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 1, val_repeats: int = 2) -> dict:
+    """Per config name: seconds of each training step and of each per-epoch validation score, the configs
+    alternating step by step on the same batches (a busy machine's load falls on all of them alike; the paired
+    per-step ratios are what :func:`time_levers` reports). Each config trains its own copy of one initial model."""
+    import copy
     import torch
     from .scoring import evaluate
     from .splits import load_split_tensors
-    from .train import make_model
+    from .train import make_model, make_optimizer, multi_caption, train_step
     torch.set_num_threads(threads)
-    va = load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
-    if model is None:
-        torch.manual_seed(cfg.seed)
+    first = next(iter(cfgs.values()))
+    tr = load_split_tensors(first, "train", first.max_train_images)
+    torch.manual_seed(first.seed)
+    model0 = make_model(first)
+    state = {}
+    for name, cfg in cfgs.items():
         model = make_model(cfg)
-    with prec.policy(prec.resolve(cfg.precision, cfg.device)[0]):
-        t0 = time.perf_counter()
-        evaluate(model, va, cfg.device, cfg.eval_batch_size, selection=True)
-        return time.perf_counter() - t0
+        model.load_state_dict(model0.state_dict())
+        state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0])
+    multi = multi_caption(first, model0)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(tr.n_images)
+    cap_choice = np.array([c[rng.integers(len(c))] for c in tr.img2txt])
+    n_batches = max(1, tr.n_images // first.batch_size)
+    out = {name: {"step": [], "val": [], "texts": []} for name in cfgs}
+    for s in range(warmup + steps):
+        b = s % n_batches
+        ii = torch.from_numpy(order[b * first.batch_size:(b + 1) * first.batch_size])
+        batch = tr.train_batch(ii, first, multi, cap_choice, torch.Generator().manual_seed(s))
+        for name, (cfg, model, opt, used) in state.items():
+            t0 = time.perf_counter()
+            with prec.policy(used):
+                train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip)
+            if s >= warmup:
+                out[name]["step"].append(time.perf_counter() - t0)
+                out[name]["texts"].append(batch.text.shape[0])
+    va = _val_data(first)
+    for _ in range(val_repeats):
+        for name, (cfg, model, _, used) in state.items():
+            m = copy.deepcopy(model0)  # the same weights for every config: the same scoring work
+            with prec.policy(used):
+                t0 = time.perf_counter()
+                evaluate(m, va, cfg.device, cfg.eval_batch_size, selection=True)
+                out[name]["val"].append(time.perf_counter() - t0)
+    out["_steps_per_epoch"] = (tr.n_images + first.batch_size - 1) // first.batch_size
+    return out
 
 
 def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4) -> list[dict]:
-    """One row per (method, threads, lever config): step phases, step and validation seconds, and the speed-ups
-    over ``fp32`` of the same method and thread count (see the module docstring)."""
-    import torch
-    from .train import make_model
+    """One row per (method, threads, lever config): median step and validation seconds, and the speed-ups over
+    ``fp32`` of the same method and thread count: medians of the paired per-step (per-repeat) ratios
+    (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score."""
     rows = []
     for th in threads:
         for v in variants:
             cfgs = lever_configs(v, dataset)
-            torch.manual_seed(0)
-            model = make_model(cfgs["fp32"])  # one model for every validation timing (the same scores' work)
-            got = {}
-            for name, cfg in cfgs.items():
-                r = time_train_step(cfg, th, steps, warmup=1, name=v)
-                r["val_s"] = round(time_val_selection(cfg, th, model), 3)
-                got[name] = r
-            base = got["fp32"]
-            for name, r in got.items():
-                epoch = r["step_s"] * r["steps_per_epoch"] + r["val_s"]
-                base_epoch = base["step_s"] * base["steps_per_epoch"] + base["val_s"]
-                rows.append({**{k: r[k] for k in ("dataset", "variant", "threads", "texts_per_step")},
-                             "method": v, "lever": name, **{k: r[k] for k in r if k.endswith("_s")},
-                             "step_speedup": base["step_s"] / r["step_s"], "val_speedup": base["val_s"] / r["val_s"],
-                             "run_speedup": base_epoch / epoch, "load_1min": os.getloadavg()[0],
+            t = interleaved_timings(cfgs, th, steps)
+            n = t.pop("_steps_per_epoch")
+            base = t["fp32"]
+            for name, r in t.items():
+                step, val = float(np.median(r["step"])), float(np.median(r["val"]))
+                b_step, b_val = float(np.median(base["step"])), float(np.median(base["val"]))
+                rows.append({"dataset": dataset, "method": v, "lever": name, "threads": th, "steps": len(r["step"]),
+                             "texts_per_step": float(np.mean(r["texts"])), "step_s": round(step, 4),
+                             "val_s": round(val, 4),
+                             "step_speedup": float(np.median(np.array(base["step"]) / np.array(r["step"]))),
+                             "val_speedup": float(np.median(np.array(base["val"]) / np.array(r["val"]))),
+                             "run_speedup": (b_step * n + b_val) / (step * n + val), "steps_per_epoch": n,
+                             "load_1min": os.getloadavg()[0],
                              "precision_used": prec.resolve(cfgs[name].precision)[0], "git_commit": git_commit()})
                 print({k: rows[-1][k] for k in ("method", "lever", "threads", "step_s", "val_s", "step_speedup",
-                                                  "run_speedup", "load_1min")}, flush=True)
+                                                  "val_speedup", "run_speedup", "load_1min")}, flush=True)
     return rows
 
 
