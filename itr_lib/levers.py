@@ -164,8 +164,9 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     """speed_levers.csv: per (dataset, method, lever) the step / validation / epoch speed-ups over float32 at each
     thread count measured (columns ``*_speedup_<n>t``), the load average during the timing, and the accuracy check
     of that lever (``accuracy`` rows of :func:`accuracy_check`, matched on dataset, method and lever; a lever without
-    its own check is ``not checked``); ``adopted`` = the check passed on every dataset it ran on; ``train_speedup`` =
-    the 1-thread step speed-up (what :mod:`itr_lib.cost` applies)."""
+    its own check is ``not checked``); ``adopted``: every check of that lever passed (the issue checks a lever on
+    baseline, LCA+CRA and TGDT; an adopted lever becomes every method's default); ``train_speedup`` = the 1-thread
+    step speed-up (what :mod:`itr_lib.cost` applies)."""
     new = steps[steps.lever != "fp32"]
     wide = new.pivot_table(index=["dataset", "method", "lever"], columns="threads",
                            values=["step_speedup", "val_speedup", "run_speedup"], aggfunc="mean")
@@ -177,10 +178,10 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
         pd.DataFrame(columns=["dataset", "method", "lever", "verdict"])
     out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
     out["verdict"] = out.verdict.fillna("not checked")
-    # a lever is adopted for a method when every dataset it was checked on passes (and at least one was)
-    ok = out.groupby(["method", "lever"]).verdict.agg(lambda v: (v != "not checked").any() and
-                                                      v[v != "not checked"].eq("passes").all())
-    out["adopted"] = [bool(ok[(m, lv)]) for m, lv in zip(out.method, out.lever)]
+    # a lever is adopted (for every method: it becomes the default) when every check of it passes, at least one ran
+    ok = out.groupby("lever").verdict.agg(lambda v: (v != "not checked").any() and
+                                          v[v != "not checked"].eq("passes").all())
+    out["adopted"] = [bool(ok[lv]) for lv in out.lever]
     out["train_speedup"] = out.get("step_speedup_1t", np.nan)
     return out
 
