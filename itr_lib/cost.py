@@ -149,7 +149,8 @@ def cost_tables(results_dir: str | Path, speedups: dict[str, float] | None = Non
     return by_nb, by_m.sort_values("core_h", ascending=False, ignore_index=True)
 
 
-def execution_estimates(todo: list[dict], results_dir: str | Path, speedups: dict[str, float] | None = None) -> list[dict]:
+def execution_estimates(todo: list[dict], results_dir: str | Path,
+                        speedups: dict[str, float] | None = None) -> list[dict]:
     """The dry run's estimate per planned execution (``itr_lib.study.executions`` items): core-hours from scratch
     of the notebook it executes, split evenly over that notebook's executions, with and without the levers."""
     by_nb, _ = cost_tables(results_dir, speedups)

@@ -192,8 +192,8 @@ def write_table(df: pd.DataFrame, path: Path, title: str) -> None:
     atomic_write_text(path.with_suffix(".md"), f"{title}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n")
 
 
-NOTES = """Step, validation and epoch speed-ups are ratios of float32 (old) over the lever (new), measured in one process
-with old and new alternating (`python -m itr_lib.bench levers`); `load_1min` is the machine's load during the
+NOTES = """Step, validation and epoch speed-ups are ratios of float32 (old) over the lever (new), measured in one
+process with old and new alternating (`python -m itr_lib.bench levers`); `load_1min` is the machine's load during the
 timing (a shared 2-core machine: absolute seconds are not comparable between rows, ratios within a row are).
 The accuracy check compares the committed float32 records with reruns of the same configs (same run names) under
 the lever: paired bootstrap of test mR over seeds and queries; the bar is an interval that includes 0 with a

@@ -213,7 +213,8 @@ def encode_texts(model: RetrievalModel, data: SplitTensors, texts: np.ndarray, d
     rows = []
     for s in range(0, len(idx), batch_size):
         text, mask, word = data.text_batch(idx[s:s + batch_size])
-        rows.append(model.text_vectors(prec.encode_texts(model, text.to(device), mask.to(device), word.to(device))).cpu())
+        out = prec.encode_texts(model, text.to(device), mask.to(device), word.to(device))
+        rows.append(model.text_vectors(out).cpu())
     return torch.cat(rows)
 
 

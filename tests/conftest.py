@@ -45,3 +45,13 @@ def mini_cfg(tmp_path, mini_cache, fixture_root):
         return TrainConfig(**base, run_dir=str(tmp_path / "run"))
     return make
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread avoids OpenMP waits on a busy 2-core machine; restored after the module."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -15,12 +15,7 @@ METHODS = ["baseline", "selfalign", "tgdt", "aladin", "scan", "mrsw"]
 TOL = 0.03
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(method, **kw):
