@@ -179,8 +179,9 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
     out["verdict"] = out.verdict.fillna("not checked")
     # a lever is adopted (for every method: it becomes the default) when every check of it passes, at least one ran
-    ok = out.groupby("lever").verdict.agg(lambda v: (v != "not checked").any() and
-                                          v[v != "not checked"].eq("passes").all())
+    ran = ~out.verdict.isin(["not checked", "not run"])
+    ok = out[ran].groupby("lever").verdict.agg(lambda v: v.eq("passes").all())
+    ok = ok.reindex(out.lever.unique(), fill_value=False)
     out["adopted"] = [bool(ok[lv]) for lv in out.lever]
     out["train_speedup"] = out.get("step_speedup_1t", np.nan)
     return out
