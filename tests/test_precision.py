@@ -136,3 +136,18 @@ def test_precision_is_runtime_and_recorded(mini_cfg):
     m = train(mini_cfg(precision="auto", epochs=1))
     assert m["precision"] == prec.resolve("auto")[0]
     assert "precision" not in m["config_identity"] and m["config"]["precision"] == "auto"
+
+
+@pytest.mark.parametrize("method", ["tgdt", "scan"])
+def test_fp32_path_is_bitwise_the_old_one(method):
+    """Outside a bf16 policy (every tool that re-scores a checkpoint, and precision='fp32') the encoders' outputs and
+    the scores are bit-identical to calling the model directly, as before the lever existed."""
+    m = _model(method).eval()
+    b = _batch()
+    with torch.no_grad():
+        img, txt = prec.encode_images(m, b.regions, b.region_mask), prec.encode_texts(m, b.text, b.text_mask,
+                                                                                       b.word_mask)
+        img0, txt0 = m.encode_images(b.regions, b.region_mask), m.encode_texts(b.text, b.text_mask, b.word_mask)
+        for new, old in ((img, img0), (txt, txt0)):
+            assert all(torch.equal(new[k], old[k]) for k in old if torch.is_tensor(old[k]))
+        assert torch.equal(m.similarity(img, txt), m.similarity(img0, txt0))
