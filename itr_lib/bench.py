@@ -6,6 +6,7 @@ encoding a whole split with a trained model. Query-side costs (search, floors, s
     python -m itr_lib.bench train-run --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
     python -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2
     python -m itr_lib.bench dask --dataset ucm --variants baseline --seeds 0 1 2 3 --epochs 2 --workers 1 2
+    python -m itr_lib.bench levers --dataset ucm --threads 1 2   # issue 29's levers, old vs new (itr_lib.levers)
 
 (``make bench-train-step``, ``make bench-train``, ``make bench-encode``.) Every configuration is the one the study
 trains: the fair comparison's (:func:`itr_lib.experiments.comparison_plan`, study loss, ``COMPARISON_BASE``), keyed
@@ -32,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from . import precision as prec
 from .config import TrainConfig, variant_label
 from .experiments import METHOD_VARIANTS, comparison_configs
 from .io import REPO_ROOT, atomic_write_text, git_commit
@@ -61,6 +63,7 @@ def time_train_step(cfg: TrainConfig, threads: int, steps: int = 8, warmup: int 
     from .splits import load_split_tensors
     from .train import make_model, make_optimizer, multi_caption, train_step
     torch.set_num_threads(threads)
+    used = prec.resolve(cfg.precision, cfg.device)[0]
     tr = load_split_tensors(cfg, "train", cfg.max_train_images)
     torch.manual_seed(cfg.seed)
     model = make_model(cfg).train()
@@ -79,8 +82,9 @@ def time_train_step(cfg: TrainConfig, threads: int, steps: int = 8, warmup: int 
         ii = torch.from_numpy(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])
         batch = tr.train_batch(ii, cfg, multi, cap_choice, gen)
         stamps["batch"] = time.perf_counter()
-        train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip,
-                   lap=lambda phase: stamps.__setitem__(phase, time.perf_counter()))
+        with prec.policy(used):  # cfg.precision, as train() runs it
+            train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip,
+                       lap=lambda phase: stamps.__setitem__(phase, time.perf_counter()))
         if s >= warmup:
             t = [stamps[k] for k in ("start",) + PARTS]
             for p, a, c in zip(PARTS, t[:-1], t[1:]):
@@ -278,11 +282,28 @@ def main(argv=None) -> int:
     enc.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     enc.add_argument("--repeats", type=int, default=5)
     enc.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
+    lev = sub.add_parser("levers", help="speed levers old vs new per method: step and val time, ratios "
+                                        "(itr_lib.levers); writes speed_levers_steps_<dataset>.csv")
+    lev.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt", "scan", "mrsw", "aladin"],
+                     choices=sorted(METHOD_VARIANTS))
+    lev.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    lev.add_argument("--steps", type=int, default=4)
+    qe = sub.add_parser("query-encoder", help="MiniLM query encoder fp32 vs int8 vs bf16 at batch 1: latency, top-10 "
+                                              "agreement, test mR (efficiency.query_encoder) -> query_encoder.csv")
+    qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
+                    help="folder whose runs/ holds the study baseline's checkpoint (looked up by its config)")
+    qe.add_argument("--threads", type=int, default=1)
+    rep = sub.add_parser("levers-report", help="speed_levers.csv/.md (timings + accuracy check) and the study's "
+                                               "cost tables with the adopted levers")
+    rep.add_argument("--new-dir", required=True, help="results folder of the lever's reruns (metrics/)")
+    rep.add_argument("--old-dir", default=str(REPO_ROOT / "results" / "full"), help="the float32 records")
+    rep.add_argument("--datasets", nargs="+", default=["ucm"])
+    rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp):
+    for s in (step, run, enc, dk, exp, lev, qe, rep):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -313,6 +334,36 @@ def main(argv=None) -> int:
                 "overhead_per_task_ms", "load_1min"]
         med = pd.DataFrame(rows).groupby(["mode", "workers"], sort=False)[["wall_s", "speedup", "efficiency"]].median()
         print("medians over repeats:\n" + med.to_string() + "\n")
+    elif a.kind == "levers":
+        from .levers import time_levers
+        rows = []
+        for th in a.threads:  # written after each method: a long timing interrupted keeps what it measured
+            for v in a.variants:
+                rows += time_levers([v], a.dataset, [th], a.steps)
+                path = write_benchmark(rows, "speed_levers_steps", a.dataset, ["method", "lever", "threads"],
+                                       a.out_dir)
+        cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
+                "load_1min"]
+    elif a.kind == "query-encoder":
+        from .efficiency.query_encoder import query_encoder_rows
+        try:
+            ck = checkpoint_for(study_config("baseline", a.dataset, a.seed), a.results_dir)
+        except FileNotFoundError as err:
+            print(f"error: {err}", flush=True)
+            return 2
+        rows = query_encoder_rows(ck, threads=a.threads)
+        path = Path(a.out_dir) / "query_encoder.csv"
+        atomic_write_text(path, merge_rows(pd.DataFrame(rows), path, ["dataset", "variant"]).to_csv(index=False))
+        cols = ["variant", "ms_median", "speedup_vs_fp32", "top10_agreement", "top10_overlap", "mr", "delta_mr",
+                "adopt"]
+    elif a.kind == "levers-report":
+        from .levers import levers_report
+        out = Path(a.out_dir)
+        rows = levers_report([out / f"speed_levers_steps_{d}.csv" for d in a.datasets], a.old_dir, a.new_dir,
+                             a.datasets, a.variants, out).to_dict("records")
+        path = out / "speed_levers.csv"
+        cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
+                "verdict"]
     elif a.kind == "explore":
         from .explore import ExploreError
         try:
@@ -332,7 +383,8 @@ def main(argv=None) -> int:
         rows = [time_encode(ck, a.split, th, a.repeats) for th in a.threads for ck in cks]
         path = write_benchmark(rows, "encode_split", a.dataset, ["variant", "threads", "split"], a.out_dir)
         cols = ["variant", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median"]
-    print(pd.DataFrame(rows)[cols].to_string(index=False))
+    df = pd.DataFrame(rows)
+    print(df[[c for c in cols if c in df]].to_string(index=False))
     print("->", path)
     return 0
 

@@ -18,7 +18,7 @@ from .io import REPO_ROOT
 
 # fields that do not change the result of a run (excluded from its identity)
 RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size",
-                  "length_buckets")
+                  "length_buckets", "precision")
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
@@ -151,13 +151,20 @@ class TrainConfig:
     eval_batch_size: int = 256
     device: str = "cpu"
     threads: int | None = None
-    length_buckets: int | None = None   # ALADIN, training: encode the batch's captions in this many groups of
+    length_buckets: int | None = None   # ALADIN, TGDT (their text transformers; SCAN / MrSw have none: a per-token
+                                        # projection of the valid tokens, and their scores are already computed
+                                        # in length-sorted, trimmed blocks): encode the captions in this many groups of
                                         # similar length, each cut to its own longest caption, instead of one
                                         # group padded to the longest (the same function per caption, faster
                                         # steps: `python -m itr_lib.bench train-step --variants aladin
                                         # --length-buckets 1 8`). Like ``threads`` it is outside the run's
                                         # identity: it changes float rounding and how the dropout draws are laid
                                         # out, not the method. None or 1: off
+    precision: str = "auto"             # fp32 | bf16 | auto: bf16 autocast of the encoders where the CPU has native
+                                        # bf16 (itr_lib.precision; else float32 with a logged reason). Runtime
+                                        # field (outside the identity), recorded in metrics.json. Default auto
+                                        # since its accuracy check passed (results/benchmarks/speed_levers.md);
+                                        # fp32 reproduces the records made before it
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 
@@ -170,6 +177,8 @@ class TrainConfig:
         if self.length_buckets is not None and (not isinstance(self.length_buckets, int) or self.length_buckets < 1):
             raise ValueError(f"TrainConfig.length_buckets must be a positive integer or None, got "
                              f"{self.length_buckets!r}")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         if self.image_transforms is not None:
             self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
         if self.image_top_blocks:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import precision as prec
 from .metrics import Ties, evaluate_split, metrics_from_ranks, protocol_metrics, retrieval_metrics_dup
 from .models import RetrievalModel
 from .rerank import model_rescorer, two_stage_ranks
@@ -73,10 +74,11 @@ def encode_split(model: RetrievalModel, data: SplitTensors, device: str = "cpu",
     for s in range(0, data.n_images, batch_size):
         idx = torch.arange(s, min(s + batch_size, data.n_images))
         regions, mask = data.image_batch(idx, view=view)
-        imgs.append(keep(model.encode_images(regions.to(device), mask.to(device)), model.image_vectors))
+        imgs.append(keep(prec.encode_images(model, regions.to(device), mask.to(device)), model.image_vectors))
     for s in range(0, len(text_idx), batch_size):
         text, mask, word = data.text_batch(text_idx[s:s + batch_size])
-        txts.append(keep(model.encode_texts(text.to(device), mask.to(device), word.to(device)), model.text_vectors))
+        txts.append(keep(prec.encode_texts(model, text.to(device), mask.to(device), word.to(device)),
+                         model.text_vectors))
     if not txts:
         raise ValueError("no captions to encode")
     return _cat(imgs), _cat(txts)
@@ -198,7 +200,7 @@ def encode_images(model: RetrievalModel, data: SplitTensors, device: str = "cpu"
     rows = []
     for s in range(0, data.n_images, batch_size):
         regions, mask = data.image_batch(torch.arange(s, min(s + batch_size, data.n_images)), view=view)
-        rows.append(model.image_vectors(model.encode_images(regions.to(device), mask.to(device))).cpu())
+        rows.append(model.image_vectors(prec.encode_images(model, regions.to(device), mask.to(device))).cpu())
     return torch.cat(rows)
 
 
@@ -238,7 +240,8 @@ def encode_texts(model: RetrievalModel, data: SplitTensors, texts: np.ndarray, d
     rows = []
     for s in range(0, len(idx), batch_size):
         text, mask, word = data.text_batch(idx[s:s + batch_size])
-        rows.append(model.text_vectors(model.encode_texts(text.to(device), mask.to(device), word.to(device))).cpu())
+        out = prec.encode_texts(model, text.to(device), mask.to(device), word.to(device))
+        rows.append(model.text_vectors(out).cpu())
     return torch.cat(rows)
 
 

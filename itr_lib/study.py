@@ -39,6 +39,7 @@ from pathlib import Path
 
 from .failures import strip_ansi
 from .io import REPO_ROOT, git_commit, read_json, write_json
+from .cost import dry_run_estimate, format_estimate
 from .notebook_task import encrypted_kernel_manager  # noqa: F401  (the runner's kernel manager, for callers)
 
 log = logging.getLogger(__name__)
@@ -203,7 +204,8 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
     manifest_path = out_dir / "study.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"profile": profile, "executions": {}}
     if dry_run:
-        return {"planned": [str(t["output"]) for t in todo], "results_dir": str(out_dir)}
+        return {"planned": [str(t["output"]) for t in todo], "results_dir": str(out_dir),
+                **dry_run_estimate(todo, out_dir, profile_dir(profile_name(profile)))}
     timeout = timeout or prof.get("timeout", 3600)
     t_study = time.perf_counter()
     build_missing_caches(todo, say=lambda m: print(f"[study] {m}", flush=True))
@@ -352,7 +354,8 @@ def main(argv=None) -> int:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     if a.dry_run:
-        print(json.dumps(res, indent=2))
+        print(json.dumps({"planned": res["planned"], "results_dir": res["results_dir"]}, indent=2))
+        print(format_estimate(res), file=sys.stderr)  # stdout stays one JSON document
         return 0
     print(summary(out, res.get("last_study_seconds")))
     return 0

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import checkpoints
+from . import precision as prec
 from .config import TrainConfig, dataset_name
 from .features import load_glove
 from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, read_json, resolve_device,
@@ -53,8 +54,8 @@ def train_step(model: RetrievalModel, opt: torch.optim.Optimizer, batch, epoch: 
     when given, is called after each phase ("encode", "loss", "backward", "optimizer") for timing."""
     lap = lap or (lambda name: None)
     model.on_step_start(epoch)
-    img = model.encode_images(batch.regions, batch.region_mask)
-    txt = model.encode_texts(batch.text, batch.text_mask, batch.word_mask)
+    img = prec.encode_images(model, batch.regions, batch.region_mask)  # the active precision (precision.policy)
+    txt = prec.encode_texts(model, batch.text, batch.text_mask, batch.word_mask)
     lap("encode")
     loss, terms = model.compute_loss(img, txt, batch, epoch)
     lap("loss")
@@ -85,7 +86,15 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     """Run, resume or skip one training run; returns its metrics (also in ``<run_dir>/metrics.json``).
 
     ``stop_after_epochs`` stops early after that many epochs in this call (simulates an interruption;
-    the run stays resumable and returns ``{}``)."""
+    the run stays resumable and returns ``{}``). Training and evaluation run under ``cfg.precision``
+    (:mod:`itr_lib.precision`; recorded as ``metrics.json["precision"]``)."""
+    used, why = prec.resolve(cfg.precision, cfg.device)
+    log.info("precision %s (%s)", used, why)
+    with prec.policy(used, resolve_device(cfg.device).split(":")[0]):
+        return _train(cfg, stop_after_epochs)
+
+
+def _train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     from tqdm.auto import tqdm
     run_dir = cfg.resolved_run_dir()
     metrics_path = run_dir / "metrics.json"
@@ -241,7 +250,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),
         "git_commit": git_commit(), "torch": torch.__version__, "device": device,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "precision": prec.current(),
     }
     # the record stores run_dir relative to its results folder (the same on any clone); the caller gets it resolved
     write_json(run_dir / "metrics.json", {**out, "config": {**out["config"], "run_dir": portable_run_dir(run_dir)}})

@@ -81,3 +81,13 @@ def tests_leave_the_repository_alone():
     new = sorted(repo_files_outside_git() - before)
     assert not new, (f"the tests wrote into the repository {REPO}: {new}. Fix: point the test that writes them at a "
                      f"temporary folder (tmp_path / tmp_path_factory).")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread avoids OpenMP waits on a busy 2-core machine; restored after the module."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

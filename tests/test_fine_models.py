@@ -380,11 +380,12 @@ def test_aladin_vectors_teacher_student_and_distillation():
     assert "distill" not in terms2
 
 
+@pytest.mark.parametrize("method", ["aladin", "tgdt"])
 @pytest.mark.parametrize("pack", [True, False])
-def test_aladin_length_buckets_same_outputs_and_gradients(pack):
+def test_length_buckets_same_outputs_and_gradients(pack, method):
     """Encoding the captions in length groups (TrainConfig.length_buckets) gives every caption the outputs and the
-    gradients of one padded group (dropout off, so only rounding can differ); the field is a runtime one (outside
-    the identity) and an error for a method that cannot honour it."""
+    gradients of one padded group (dropout off, so only rounding can differ), in training and in eval mode; the
+    field is a runtime one (outside the identity) and an error for a method that cannot honour it."""
     g = torch.Generator().manual_seed(3)
     n, l = 12, 9
     text = torch.randn(n, l, 384, generator=g)
@@ -392,28 +393,35 @@ def test_aladin_length_buckets_same_outputs_and_gradients(pack):
     tmask = torch.arange(l)[None] < lengths[:, None]
     tmask[1, 2] = tmask[4, 5] = False  # token drop: holes inside captions (packed away with pack=True)
     wmask = tmask & (torch.arange(l)[None] > 0)
+    text[~tmask] = 1e3  # garbage in the padding must not matter either way
+    vec, tok = ("emb", "tokens") if method == "aladin" else ("global", "locals")
     outs = []
     for k in (None, 4):
         torch.manual_seed(0)
-        m = build_model(TrainConfig(method="aladin", dim=32, length_buckets=k, extra=dict(dropout=0.0, pack=pack)))
+        m = build_model(TrainConfig(method=method, dim=32, length_buckets=k, extra=dict(dropout=0.0, pack=pack)))
         assert m.length_buckets == (k or 1)
+        m.eval()
+        with torch.no_grad():
+            ev = m.encode_texts(text, tmask, wmask)
         m.train()
         txt = m.encode_texts(text, tmask, wmask)
-        (txt["emb"].square().sum() + txt["tokens"][..., 0].sum()).backward()
-        outs.append((txt, {k_: p.grad.clone() for k_, p in m.named_parameters() if p.grad is not None}))
-    (a, ga), (b, gb) = outs
-    assert a["tokens"].shape == b["tokens"].shape and torch.equal(a["mask"], b["mask"])
-    torch.testing.assert_close(b["emb"], a["emb"], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(b["tokens"], a["tokens"], atol=1e-5, rtol=1e-5)
+        (txt[vec].square().sum() + txt[tok][..., 0].sum()).backward()
+        outs.append((ev, txt, {k_: p.grad.clone() for k_, p in m.named_parameters() if p.grad is not None}))
+    (ea, a, ga), (eb, b, gb) = outs
+    for x, y in ((a, b), (ea, eb)):
+        assert x[tok].shape == y[tok].shape and torch.equal(x["mask"], y["mask"])
+        torch.testing.assert_close(y[vec], x[vec], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(y[tok], x[tok], atol=1e-5, rtol=1e-5)
     assert set(ga) == set(gb) and len(ga) > 5
     for name in ga:
         torch.testing.assert_close(gb[name], ga[name], atol=1e-4, rtol=1e-4, msg=name)
-    # runtime field: same run name; other methods refuse it; nonsense values refused
-    assert TrainConfig(method="aladin", length_buckets=8).run_name() == TrainConfig(method="aladin").run_name()
+    # runtime field: same run name; methods without a text transformer refuse it; nonsense values refused
+    assert TrainConfig(method=method, length_buckets=8).run_name() == TrainConfig(method=method).run_name()
+    for other in ("scan", "mrsw", "baseline"):
+        with pytest.raises(ValueError, match="length_buckets"):
+            build_model(TrainConfig(method=other, dim=32, length_buckets=4))
     with pytest.raises(ValueError, match="length_buckets"):
-        build_model(TrainConfig(method="tgdt", dim=32, length_buckets=4))
-    with pytest.raises(ValueError, match="length_buckets"):
-        TrainConfig(method="aladin", length_buckets=0)
+        TrainConfig(method=method, length_buckets=0)
 
 
 @pytest.mark.parametrize("method", ["scan", "mrsw"])

@@ -19,7 +19,8 @@ COMMON_FIELDS = frozenset({
     "epochs", "batch_size", "lr", "lr_decay_frac", "lr_decay_gamma", "grad_clip", "weight_decay", "region_drop",
     "token_drop", "image_transforms", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images",
     "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress",
-    "image_top_blocks", "image_top_lr_factor"})  # the top: every model routes its grid through it (models.adapt)
+    "image_top_blocks", "image_top_lr_factor",  # the top: every model routes its grid through it (models.adapt)
+    "precision"})
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
 

@@ -45,8 +45,9 @@ from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
 from .encoders import l2norm
-from .fine import (CLSTransformer, extra_get, gather_tokens, loss_defaults, loss_on, mrsw_pair_scores, mrsw_scores,
-                   normed_locals, pack_valid, per_word, sequence_inputs, transformer_encoder)
+from .fine import (CLSTransformer, encode_by_length, extra_get, gather_tokens, loss_defaults, loss_on,
+                   mrsw_pair_scores, mrsw_scores, normed_locals, pack_valid, per_word, sequence_inputs,
+                   transformer_encoder, use_buckets)
 
 
 def aladin_defaults(cfg) -> dict:
@@ -93,25 +94,13 @@ class ALADINModel(RetrievalModel):
         order, mask = self._pack(text_mask)
         x = self.txt_enc(gather_tokens(text, order), order) + self.modality[1]
         align = gather_tokens(word_mask & text_mask, order)
-        if self.training and self.length_buckets > 1 and x.shape[0] >= 2 * self.length_buckets:
-            return self._encode_by_length(x, mask, align)
+        if use_buckets(self.length_buckets, x.shape[0]):  # encode_by_length: the same outputs, less padding
+            def part(i, w):
+                out = self._encode(x[i, :w], mask[i, :w], align[i, :w])
+                return {"emb": out["emb"], "tokens": out["tokens"]}
+            out = encode_by_length(part, mask, self.length_buckets, token_keys=("tokens",))
+            return {"emb": out["emb"], "tokens": out["tokens"], "mask": align}
         return self._encode(x, mask, align)
-
-    def _encode_by_length(self, x: torch.Tensor, attn_mask: torch.Tensor, align_mask: torch.Tensor) -> dict:
-        """:meth:`_encode` over ``length_buckets`` groups of sequences sorted by their last valid position, each
-        cut after its own last valid position (a caption's outputs do not depend on the padding after it, which
-        the attention masks out), then put back in order and padded to the batch width."""
-        width = x.shape[1]
-        last = (attn_mask.long() * torch.arange(1, width + 1, device=x.device)).amax(1)
-        order = torch.argsort(last, stable=True)
-        embs, toks = [], []
-        for idx in torch.tensor_split(order, self.length_buckets):
-            w = max(1, int(last[idx].max()))
-            out = self._encode(x[idx, :w], attn_mask[idx, :w], align_mask[idx, :w])
-            embs.append(out["emb"])
-            toks.append(nn.functional.pad(out["tokens"], (0, 0, 0, width - w)))
-        inv = torch.argsort(order)
-        return {"emb": torch.cat(embs)[inv], "tokens": torch.cat(toks)[inv], "mask": align_mask}
 
     def image_vectors(self, img: dict) -> torch.Tensor:
         return img["emb"]

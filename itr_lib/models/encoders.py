@@ -34,7 +34,10 @@ class _L2Norm(torch.autograd.Function):
 
 
 def l2norm(x: torch.Tensor, dim: int = -1, eps: float = 1e-8) -> torch.Tensor:
-    """x / (|x| + eps) along ``dim`` (exact gradient, see _L2Norm)."""
+    """x / (|x| + eps) along ``dim`` (exact gradient, see _L2Norm); a reduced-precision input (bf16 autocast) is
+    normalised in float32 and comes out float32."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        x = x.float()
     if torch.is_grad_enabled() and x.requires_grad:
         return _L2Norm.apply(x, dim, eps)
     return x / (x.norm(dim=dim, keepdim=True) + eps)

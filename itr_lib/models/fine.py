@@ -279,6 +279,33 @@ class CLSTransformer(nn.Module):
         return h[:, 0], h[:, 1:]
 
 
+def encode_by_length(fn, attn_mask: torch.Tensor, buckets: int, token_keys: tuple[str, ...]) -> dict:
+    """Length buckets: ``fn(idx, w) -> dict`` encodes the sequences ``idx`` cut to width ``w``; it is called on
+    ``buckets`` groups of sequences sorted by their last valid position, each group cut after its own last valid
+    position (a transformer's outputs for a sequence do not depend on the padding after it: the key-padding mask
+    hides it), and the outputs are put back in order, the ``token_keys`` ones (n, w, ...) zero-padded to the batch
+    width. The same function of every sequence as one padded group, at the cost of the real lengths."""
+    width = attn_mask.shape[1]
+    last = (attn_mask.long() * torch.arange(1, width + 1, device=attn_mask.device)).amax(1)
+    order = torch.argsort(last, stable=True)
+    parts: dict[str, list] = {}
+    for idx in torch.tensor_split(order, buckets):
+        if len(idx) == 0:
+            continue
+        w = max(1, int(last[idx].max()))
+        for k, v in fn(idx, w).items():
+            if k in token_keys:
+                v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, width - w))
+            parts.setdefault(k, []).append(v)
+    inv = torch.argsort(order)
+    return {k: torch.cat(v)[inv] for k, v in parts.items()}
+
+
+def use_buckets(buckets: int, n: int) -> bool:
+    """Whether length buckets pay off for ``n`` sequences (at least two per bucket)."""
+    return buckets > 1 and n >= 2 * buckets
+
+
 def normed_locals(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """l2-normalised locals with padded positions zeroed."""
     return l2norm(h).masked_fill(~mask.unsqueeze(-1), 0.0)
@@ -309,7 +336,7 @@ def extra_get(extra: dict, defaults: dict) -> dict:
     return {**defaults, **extra}
 
 
-__all__ = ["mrsw_scores", "mrsw_pair_scores", "per_word", "loss_defaults", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
+__all__ = ["encode_by_length", "use_buckets", "mrsw_scores", "mrsw_pair_scores", "per_word", "loss_defaults", "scan_t2i_scores", "SequenceInput", "CLSTransformer", "pack_valid",
            "gather_tokens", "transformer_encoder", "normed_locals", "extra_get", "DEFAULT_MAX_ELEMENTS"]
 
 

@@ -44,8 +44,8 @@ import torch
 from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
-from .fine import (CLSTransformer, extra_get, gather_tokens, loss_defaults, loss_on, mrsw_pair_scores, mrsw_scores,
-                   normed_locals, pack_valid, per_word, sequence_inputs)
+from .fine import (CLSTransformer, encode_by_length, extra_get, gather_tokens, loss_defaults, loss_on,
+                   mrsw_pair_scores, mrsw_scores, normed_locals, pack_valid, per_word, sequence_inputs, use_buckets)
 from .encoders import l2norm
 
 
@@ -63,9 +63,10 @@ class TGDTModel(RetrievalModel):
     supports_multi_caption = True
 
     def __init__(self, dim: int = 512, text_encoder: str = "minilm", glove: torch.Tensor | None = None,
-                 region_dim: int = 1280, text_dim: int = 384, **hp):
+                 region_dim: int = 1280, text_dim: int = 384, length_buckets: int | None = None, **hp):
         super().__init__()
         self.hp = hp
+        self.length_buckets = int(length_buckets or 1)  # TrainConfig.length_buckets (speed only: fine.encode_by_length)
         self.text_kind = text_encoder
         self.img_in, self.txt_enc = sequence_inputs(text_encoder, dim, glove, region_dim, text_dim, hp)
         self.img_tf = CLSTransformer(dim, hp["layers"], hp["heads"], hp["ff"], hp["dropout"])
@@ -83,7 +84,13 @@ class TGDTModel(RetrievalModel):
     def encode_texts(self, text, text_mask, word_mask) -> dict:
         order, mask = self._pack(text_mask)
         words = gather_tokens(word_mask & text_mask, order)
-        g, h = self.txt_tf(self.txt_enc(gather_tokens(text, order), order), mask)
+        x = self.txt_enc(gather_tokens(text, order), order)
+        if use_buckets(self.length_buckets, x.shape[0]):
+            out = encode_by_length(lambda i, w: dict(zip("gh", self.txt_tf(x[i, :w], mask[i, :w]))), mask,
+                                   self.length_buckets, token_keys=("h",))
+            g, h = out["g"], out["h"]
+        else:
+            g, h = self.txt_tf(x, mask)
         return {"global": l2norm(g), "locals": normed_locals(h, words), "mask": words}
 
     def image_vectors(self, img: dict) -> torch.Tensor:
@@ -127,7 +134,8 @@ class TGDTModel(RetrievalModel):
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
-@register("tgdt")
+@register("tgdt", uses=("length_buckets",))
 def _tgdt(cfg, glove):
     hp = {**loss_defaults(cfg), **extra_get(cfg.extra, tgdt_defaults(cfg))}
-    return TGDTModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, **hp)
+    return TGDTModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, length_buckets=cfg.length_buckets,
+                     **hp)

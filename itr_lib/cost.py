@@ -1,0 +1,203 @@
+"""What the study costs to rerun from scratch: core-hours per notebook and per method, measured from the records.
+
+Every recorded run (``results/<profile>/metrics``, ``probe/**/metrics``, ``recipe/metrics``) carries its own
+``train_seconds``, ``val_eval_seconds``, ``test_eval_seconds``, ``load_seconds`` and ``threads``; a run's core
+seconds are their sum times its threads. A run is attributed to the notebook that trains it in the profile:
+
+- ``recipe/metrics`` -> ``07_recipe``; ``probe/**/metrics`` -> ``02_ablations`` (its capacity probe);
+- ``metrics/``: runs listed in the plans the study wrote (``tables/comparison_plan.csv``, ``tables/ablation_runs.csv``)
+  -> ``02_ablations``; RSICD baseline runs of 10 epochs (the schedule probe) -> ``01_train``; every other record is
+  *history* (earlier settings the profile no longer trains: counted apart, not in the rerun's cost).
+
+Notebooks that train nothing are costed at the wall seconds ``study.json`` recorded for their executions (one
+process each); ``00_data_prep`` adds the frozen feature extraction (``results/benchmarks/feature_extraction.csv``,
+seconds x cores). The estimate with the speed levers divides each method's training seconds by its measured step
+speed-up (``results/benchmarks/speed_levers.csv``, column ``train_speedup``; 1 where a method has none).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import dataset_name, variant_label
+from .io import REPO_ROOT
+
+HISTORY = "history (not in the profile)"
+TIME_FIELDS = ("train_seconds", "val_eval_seconds", "test_eval_seconds", "load_seconds")
+
+
+def _record_files(results_dir: Path) -> list[tuple[Path, str]]:
+    out = [(f, "metrics") for f in sorted((results_dir / "metrics").glob("*.json"))]
+    out += [(f, "probe") for f in sorted((results_dir / "probe").glob("**/metrics/*.json"))]
+    out += [(f, "recipe") for f in sorted((results_dir / "recipe").glob("**/metrics/*.json"))]
+    return out
+
+
+def _planned_runs(results_dir: Path) -> set[str]:
+    names: set[str] = set()
+    for name in ("comparison_plan.csv", "ablation_runs.csv"):
+        p = results_dir / "tables" / name
+        if p.is_file():
+            names |= set(pd.read_csv(p, usecols=["run"]).run)
+    return names
+
+
+def method_key(cfg: dict) -> str:
+    """The method of a config as the cost tables name it (SelfAlign by its modules: lca, cra, lca+cra)."""
+    if cfg.get("method") == "selfalign":
+        return "+".join(m for m in ("lca", "cra") if cfg.get(m)) or "selfalign"
+    return cfg.get("method", "?")
+
+
+def record_costs(results_dir: str | Path) -> pd.DataFrame:
+    """One row per recorded run: run, folder, notebook, dataset, method, variant, seed, the time fields, threads and
+    ``core_seconds``."""
+    results_dir = Path(results_dir)
+    planned = _planned_runs(results_dir)
+    rows = []
+    for f, folder in _record_files(results_dir):
+        try:
+            m = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{f} is not a readable run record ({err}). Fix: restore it from git.") from None
+        if not isinstance(m, dict) or "config" not in m:
+            continue  # not a run record
+        cfg = m["config"]
+        if folder == "recipe":
+            nb = "07_recipe"
+        elif folder == "probe" or f.stem in planned:
+            nb = "02_ablations"
+        elif cfg.get("method") == "baseline" and dataset_name(cfg.get("dataset", "")) == "rsicd" \
+                and cfg.get("epochs") == 10:
+            nb = "01_train"
+        else:
+            nb = HISTORY
+        threads = int(m.get("threads") or 1)
+        t = {k: float(m.get(k) or 0.0) for k in TIME_FIELDS}
+        rows.append({"run": f.stem, "folder": folder, "notebook": nb, "dataset": dataset_name(cfg.get("dataset", "")),
+                     "method": method_key(cfg), "variant": variant_label(cfg), "seed": cfg.get("seed"),
+                     "threads": threads, **t, "core_seconds": threads * sum(t.values())})
+    return pd.DataFrame(rows)
+
+
+def lever_speedups(path: str | Path | None) -> dict[str, float]:
+    """method -> measured training speed-up of the adopted levers (``speed_levers.csv``: rows with ``adopted`` true,
+    column ``train_speedup``); empty when the file is missing."""
+    if path is None or not Path(path).is_file():
+        return {}
+    t = pd.read_csv(path)
+    if "adopted" in t:
+        t = t[t.adopted.astype(bool)]
+    if not {"method", "train_speedup"} <= set(t.columns) or t.empty:
+        return {}
+    return t.groupby("method").train_speedup.max().to_dict()
+
+
+def _notebook_seconds(results_dir: Path) -> dict[str, float]:
+    """notebook stem -> wall seconds of its executions in ``study.json`` (summed over runs of one notebook)."""
+    p = results_dir / "study.json"
+    if not p.is_file():
+        return {}
+    out: dict[str, float] = {}
+    for ex in json.loads(p.read_text()).get("executions", {}).values():
+        stem = Path(ex.get("notebook", "")).stem
+        out[stem] = out.get(stem, 0.0) + float(ex.get("seconds") or 0.0)
+    return out
+
+
+TRAINING_NOTEBOOKS = ("01_train", "02_ablations", "07_recipe")
+
+
+def cost_tables(results_dir: str | Path, speedups: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(per notebook, per method)`` core-hours of a rerun from scratch, from the records (module docstring).
+    Columns: ``core_h`` (as recorded), ``core_h_levers`` (training seconds divided by the method's speed-up from
+    ``speedups``), ``runs``; the per-notebook table adds the non-training notebooks (``study.json`` seconds) and a
+    ``total`` row; history runs are listed apart (``notebook`` = HISTORY) and left out of the total."""
+    results_dir = Path(results_dir)
+    speedups = speedups or {}
+    rec = record_costs(results_dir)
+    if rec.empty:
+        raise ValueError(f"no run records under {results_dir} (metrics/, probe/, recipe/). Fix: pass the results "
+                         f"folder of a study profile, e.g. results/full.")
+    sp = rec.method.map(lambda m: speedups.get(m, 1.0))
+    rec["core_seconds_levers"] = rec.core_seconds - rec.train_seconds * rec.threads * (1 - 1 / sp)
+    agg = dict(runs=("run", "size"), core_h=("core_seconds", "sum"), core_h_levers=("core_seconds_levers", "sum"),
+               train_h=("train_seconds", "sum"))
+    by_nb = rec.groupby("notebook").agg(**agg).reset_index()
+    other = {k: v for k, v in _notebook_seconds(results_dir).items() if k not in TRAINING_NOTEBOOKS}
+    feats = results_dir.parent / "benchmarks" / "feature_extraction.csv"
+    if feats.is_file():  # the frozen encoders' caches, built once before 00_data_prep (seconds x the cores used)
+        f = pd.read_csv(feats)
+        other["00_data_prep"] = other.get("00_data_prep", 0.0) + float((f.seconds * f.get("cpus", 1)).sum())
+    extra = pd.DataFrame([{"notebook": k, "runs": 0, "core_h": v, "core_h_levers": v, "train_h": 0.0}
+                          for k, v in sorted(other.items())])
+    by_nb = pd.concat([by_nb, extra], ignore_index=True)
+    for c in ("core_h", "core_h_levers", "train_h"):
+        by_nb[c] = by_nb[c] / 3600
+    scratch = by_nb[by_nb.notebook != HISTORY]
+    total = {"notebook": "total (from scratch)", "runs": int(scratch.runs.sum()),
+             **{c: scratch[c].sum() for c in ("core_h", "core_h_levers", "train_h")}}
+    by_nb = pd.concat([by_nb.sort_values("notebook"), pd.DataFrame([total])], ignore_index=True)
+    by_nb["levers_ratio"] = by_nb.core_h / by_nb.core_h_levers.replace(0, np.nan)
+    live = rec[rec.notebook != HISTORY]
+    by_m = live.groupby(["method"]).agg(**agg).reset_index()
+    for c in ("core_h", "core_h_levers", "train_h"):
+        by_m[c] = by_m[c] / 3600
+    by_m["train_speedup"] = by_m.method.map(lambda m: speedups.get(m, 1.0))
+    return by_nb, by_m.sort_values("core_h", ascending=False, ignore_index=True)
+
+
+def execution_estimates(todo: list[dict], results_dir: str | Path,
+                        speedups: dict[str, float] | None = None) -> list[dict]:
+    """The dry run's estimate per planned execution (``itr_lib.study.executions`` items): core-hours from scratch
+    of the notebook it executes, split evenly over that notebook's executions, with and without the levers."""
+    by_nb, _ = cost_tables(results_dir, speedups)
+    cost = by_nb.set_index("notebook")
+    n_exec: dict[str, int] = {}
+    for t in todo:
+        n_exec[Path(t["notebook"]).stem[:2]] = n_exec.get(Path(t["notebook"]).stem[:2], 0) + 1
+    rows = []
+    for t in todo:
+        stem = Path(t["notebook"]).stem
+        hit = [nb for nb in cost.index if nb[:2] == stem[:2] and nb[:1].isdigit()]
+        share = 1 / n_exec[stem[:2]]
+        core = float(cost.loc[hit, "core_h"].sum()) * share if hit else np.nan
+        lev = float(cost.loc[hit, "core_h_levers"].sum()) * share if hit else np.nan
+        rows.append({"execution": Path(t["output"]).stem, "core_h": core, "core_h_levers": lev})
+    return rows
+
+
+def dry_run_estimate(todo: list[dict], out_dir: Path, profile_dir: Path) -> dict:
+    """The estimated cost of the planned executions from scratch (:func:`itr_lib.cost.execution_estimates`), from
+    the records of ``out_dir`` or, when it has none, of the profile's folder ``profile_dir``; ``{}`` when neither has records."""
+    speedups = lever_speedups(REPO_ROOT / "results" / "benchmarks" / "speed_levers.csv")
+    for src in (out_dir, profile_dir):
+        try:
+            return {"estimate_from": str(src), "estimates": execution_estimates(todo, src, speedups)}
+        except ValueError:
+            continue
+    return {}
+
+
+def format_estimate(res: dict) -> str:
+    """The dry run's estimate as lines: per execution and the total, core-hours as recorded and with the levers."""
+    if not res.get("estimates"):
+        return "no run records to estimate the cost from (results/<profile>/metrics is empty)"
+    lines = [f"estimated cost from scratch (core-hours, from the records in {res['estimate_from']}; "
+             f"'levers': training divided by the measured speed-ups of results/benchmarks/speed_levers.csv):",
+             f"  {'execution':<48} {'core-h':>8} {'levers':>8}"]
+    import math
+    tot, unknown = [0.0, 0.0], []
+    for e in res["estimates"]:
+        if math.isnan(e["core_h"]):
+            unknown.append(e["execution"])
+            lines.append(f"  {e['execution'][:48]:<48} {'-':>8} {'-':>8}")
+            continue
+        lines.append(f"  {e['execution'][:48]:<48} {e['core_h']:8.2f} {e['core_h_levers']:8.2f}")
+        tot = [tot[0] + e["core_h"], tot[1] + e["core_h_levers"]]
+    lines.append(f"  {'total':<48} {tot[0]:8.2f} {tot[1]:8.2f}" + (f"  (no record of {', '.join(unknown)})"
+                                                                  if unknown else ""))
+    return "\n".join(lines)

@@ -1,0 +1,222 @@
+"""The speed levers of issue 29, measured old vs new in one process, and their accuracy check.
+
+``python -m itr_lib.bench levers --dataset ucm --threads 1 2`` (:func:`time_levers`): per method and thread count,
+the study's config as recorded (float32, one padded caption group: *old*) against the same config with bf16
+autocast (:mod:`itr_lib.precision`) and, for the methods with a text transformer (TGDT, ALADIN), length buckets
+(*new*). They are timed step by step in alternation on the same training batches (each config training its own
+copy of one initial model, :func:`itr_lib.train.train_step` under its precision) and on the per-epoch validation
+score (:func:`itr_lib.scoring.evaluate` with ``selection=True``: the two-stage score of TGDT / MrSw / ALADIN's
+teacher, the exhaustive one of SCAN, as the training loop runs it) of the same weights, so the machine's load
+(recorded as ``load_1min``) falls on old and new alike: the *ratios* (medians of paired ratios) are what count.
+``run_speedup`` is the ratio of one epoch (steps x step time + the validation score).
+
+:func:`accuracy_check`: old records (``results/<profile>/metrics``) against new runs of the same configs
+(identical identity, so identical run names) trained with the lever: the paired bootstrap of test mR
+(:func:`itr_lib.metrics.paired_bootstrap`, seeds and queries resampled) must include zero and have a half-width
+under 1 mR (:data:`BAR_HALF_WIDTH`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import precision as prec
+from .bench import study_config
+from .io import atomic_write_text, git_commit
+
+BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
+BUCKETS = 8
+BAR_HALF_WIDTH = 1.0
+
+
+def lever_configs(variant: str, dataset: str) -> dict:
+    """name -> config: ``fp32`` (the study's, old), ``bf16``, and for TGDT / ALADIN ``bf16+buckets``."""
+    out = {"fp32": study_config(variant, dataset, 0, precision="fp32"),
+           "bf16": study_config(variant, dataset, 0, precision="bf16")}
+    if variant in BUCKETED:
+        out["bf16+buckets"] = study_config(variant, dataset, 0, precision="bf16", length_buckets=BUCKETS)
+    return out
+
+
+def _val_data(cfg):
+    from .splits import load_split_tensors
+    return load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)
+
+
+def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 1, val_repeats: int = 2) -> dict:
+    """Per config name: seconds of each training step and of each per-epoch validation score, the configs
+    alternating step by step on the same batches (a busy machine's load falls on all of them alike; the paired
+    per-step ratios are what :func:`time_levers` reports). Each config trains its own copy of one initial model."""
+    import copy
+    import torch
+    from .scoring import evaluate
+    from .splits import load_split_tensors
+    from .train import make_model, make_optimizer, multi_caption, train_step
+    torch.set_num_threads(threads)
+    first = next(iter(cfgs.values()))
+    tr = load_split_tensors(first, "train", first.max_train_images)
+    torch.manual_seed(first.seed)
+    model0 = make_model(first)
+    state = {}
+    for name, cfg in cfgs.items():
+        model = make_model(cfg)
+        model.load_state_dict(model0.state_dict())
+        state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0])
+    multi = multi_caption(first, model0)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(tr.n_images)
+    cap_choice = np.array([c[rng.integers(len(c))] for c in tr.img2txt])
+    n_batches = max(1, tr.n_images // first.batch_size)
+    out = {name: {"step": [], "val": [], "texts": []} for name in cfgs}
+    for s in range(warmup + steps):
+        b = s % n_batches
+        ii = torch.from_numpy(order[b * first.batch_size:(b + 1) * first.batch_size])
+        batch = tr.train_batch(ii, first, multi, cap_choice, torch.Generator().manual_seed(s))
+        for name, (cfg, model, opt, used) in state.items():
+            t0 = time.perf_counter()
+            with prec.policy(used):
+                train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip)
+            if s >= warmup:
+                out[name]["step"].append(time.perf_counter() - t0)
+                out[name]["texts"].append(batch.text.shape[0])
+    va = _val_data(first)
+    for _ in range(val_repeats):
+        for name, (cfg, model, _, used) in state.items():
+            m = copy.deepcopy(model0)  # the same weights for every config: the same scoring work
+            with prec.policy(used):
+                t0 = time.perf_counter()
+                evaluate(m, va, cfg.device, cfg.eval_batch_size, selection=True)
+                out[name]["val"].append(time.perf_counter() - t0)
+    out["_steps_per_epoch"] = (tr.n_images + first.batch_size - 1) // first.batch_size
+    return out
+
+
+def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4) -> list[dict]:
+    """One row per (method, threads, lever config): median step and validation seconds, and the speed-ups over
+    ``fp32`` of the same method and thread count: medians of the paired per-step (per-repeat) ratios
+    (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score."""
+    rows = []
+    for th in threads:
+        for v in variants:
+            cfgs = lever_configs(v, dataset)
+            t = interleaved_timings(cfgs, th, steps)
+            n = t.pop("_steps_per_epoch")
+            base = t["fp32"]
+            for name, r in t.items():
+                step, val = float(np.median(r["step"])), float(np.median(r["val"]))
+                b_step, b_val = float(np.median(base["step"])), float(np.median(base["val"]))
+                rows.append({"dataset": dataset, "method": v, "lever": name, "threads": th, "steps": len(r["step"]),
+                             "texts_per_step": float(np.mean(r["texts"])), "step_s": round(step, 4),
+                             "val_s": round(val, 4),
+                             "step_speedup": float(np.median(np.array(base["step"]) / np.array(r["step"]))),
+                             "val_speedup": float(np.median(np.array(base["val"]) / np.array(r["val"]))),
+                             "run_speedup": (b_step * n + b_val) / (step * n + val), "steps_per_epoch": n,
+                             "load_1min": os.getloadavg()[0],
+                             "precision_used": prec.resolve(cfgs[name].precision)[0], "git_commit": git_commit()})
+                print({k: rows[-1][k] for k in ("method", "lever", "threads", "step_s", "val_s", "step_speedup",
+                                                  "val_speedup", "run_speedup", "load_1min")}, flush=True)
+    return rows
+
+
+def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, variants, seeds=(0, 1, 2),
+                   lever: str = "bf16", n_boot: int = 2000) -> list[dict]:
+    """Per method: old records vs the lever's reruns of the same configs, seed-matched; the paired bootstrap of test
+    mR (seeds and queries resampled) and whether it passes the bar (interval includes 0, half-width < 1 mR).
+    Methods with a re-scorer are compared on their own recorded score (the run's test metrics)."""
+    from .io import read_json
+    from .metrics import paired_bootstrap
+    from .runs import load_hits
+    rows = []
+    for v in variants:
+        names = [study_config(v, dataset, s).run_name() for s in seeds]
+        have = [n for n in names if (Path(old_dir) / "metrics" / f"{n}.json").is_file()
+                and (Path(new_dir) / "metrics" / f"{n}.json").is_file()]
+        if not have:
+            rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": 0, "verdict": "not run"})
+            continue
+        old = [read_json(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
+        new = [read_json(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
+        bs = paired_bootstrap([load_hits(old_dir, n) for n in have], [load_hits(new_dir, n) for n in have],
+                              n_boot=n_boot, resample_seeds=True)
+        lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
+        half = (hi - lo) / 2
+        passed = lo <= 0 <= hi and half < BAR_HALF_WIDTH
+        rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": len(have),
+                     "seeds": ",".join(str(m["seed"]) for m in new),
+                     "mr_old": float(np.mean([m["test"]["standard"]["mr"] for m in old])),
+                     "mr_new": float(np.mean([m["test"]["standard"]["mr"] for m in new])),
+                     "delta_mr": d, "ci_lo_mr": lo, "ci_hi_mr": hi, "half_width_mr": half,
+                     "seed_std_mr_old": float(np.std([m["test"]["standard"]["mr"] for m in old], ddof=1))
+                     if len(old) > 1 else np.nan,
+                     "train_s_old": float(np.mean([m["train_seconds"] for m in old])),
+                     "train_s_new": float(np.mean([m["train_seconds"] for m in new])),
+                     "precision_new": ",".join(sorted({str(m.get("precision")) for m in new})),
+                     "verdict": "passes" if passed else ("fails: interval excludes 0" if not lo <= 0 <= hi
+                                                         else "inconclusive: half-width >= 1 mR")})
+    return rows
+
+
+def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
+    """speed_levers.csv: per (dataset, method, lever) the step / validation / epoch speed-ups over float32 at each
+    thread count measured (columns ``*_speedup_<n>t``), the load average during the timing, and the accuracy check
+    of that lever (``accuracy`` rows of :func:`accuracy_check`, matched on dataset, method and lever; a lever without
+    its own check is ``not checked``); ``adopted``: every check of that lever passed (the issue checks a lever on
+    baseline, LCA+CRA and TGDT; an adopted lever becomes every method's default); ``train_speedup`` = the 1-thread
+    step speed-up (what :mod:`itr_lib.cost` applies)."""
+    new = steps[steps.lever != "fp32"]
+    wide = new.pivot_table(index=["dataset", "method", "lever"], columns="threads",
+                           values=["step_speedup", "val_speedup", "run_speedup"], aggfunc="mean")
+    wide.columns = [f"{v}_{t}t" for v, t in wide.columns]
+    wide = wide.reset_index()
+    wide["load_1min"] = wide.apply(lambda r: steps[(steps.method == r.method) & (steps.dataset == r.dataset)]
+                                   .load_1min.mean(), axis=1)
+    acc = accuracy.drop(columns=[c for c in ("train_s_old", "train_s_new") if c in accuracy]) if len(accuracy) else \
+        pd.DataFrame(columns=["dataset", "method", "lever", "verdict"])
+    out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
+    out["verdict"] = out.verdict.fillna("not checked")
+    # a lever is adopted (for every method: it becomes the default) when every check of it passes, at least one ran
+    ran = ~out.verdict.isin(["not checked", "not run"])
+    ok = out[ran].groupby("lever").verdict.agg(lambda v: v.eq("passes").all())
+    ok = ok.reindex(out.lever.unique(), fill_value=False)
+    out["adopted"] = [bool(ok[lv]) for lv in out.lever]
+    out["train_speedup"] = out.get("step_speedup_1t", np.nan)
+    return out
+
+
+def write_table(df: pd.DataFrame, path: Path, title: str) -> None:
+    """``df`` as ``<path>.csv`` and a Markdown table ``<path>.md`` under a title line (atomic writes)."""
+    atomic_write_text(path.with_suffix(".csv"), df.to_csv(index=False))
+    atomic_write_text(path.with_suffix(".md"), f"{title}\n\n" + df.to_markdown(index=False, floatfmt=".3g") + "\n")
+
+
+NOTES = """Step, validation and epoch speed-ups are ratios of float32 (old) over the lever (new), measured in one
+process with old and new alternating (`python -m itr_lib.bench levers`); `load_1min` is the machine's load during the
+timing (a shared 2-core machine: absolute seconds are not comparable between rows, ratios within a row are).
+The accuracy check compares the committed float32 records with reruns of the same configs (same run names) under
+the lever: paired bootstrap of test mR over seeds and queries; the bar is an interval that includes 0 with a
+half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16: the same function up to rounding
+(tests), not trained for an accuracy check of its own here."""
+
+
+def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
+                  out_dir: str | Path = "results/benchmarks", n_boot: int = 2000) -> pd.DataFrame:
+    """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
+    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records) and the study's cost tables with the
+    adopted levers (``study_cost_notebooks`` / ``study_cost_methods``, :func:`itr_lib.cost.cost_tables`)."""
+    from .cost import cost_tables, lever_speedups
+    out_dir = Path(out_dir)
+    steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
+    acc = pd.DataFrame([r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)])
+    table = levers_table(steps, acc)
+    write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
+    by_nb, by_m = cost_tables(old_dir, lever_speedups(out_dir / "speed_levers.csv"))
+    note = ("# The study from scratch: core-hours from the records\n\n`core_h`: as recorded (train + val + test + load "
+            "seconds x threads); `core_h_levers`: training divided by the adopted levers' 1-thread step speed-up "
+            "(speed_levers.csv; measured on UCM, applied to both datasets). Source: itr_lib.cost.")
+    write_table(by_nb, out_dir / "study_cost_notebooks", note)
+    write_table(by_m, out_dir / "study_cost_methods", note)
+    return table

@@ -1,0 +1,67 @@
+"""The study's cost from its records (itr_lib.cost) and the dry run's estimate (itr_lib.study)."""
+import json
+
+import pandas as pd
+import pytest
+
+from itr_lib.config import TrainConfig
+from itr_lib.cost import HISTORY, cost_tables, execution_estimates, lever_speedups, record_costs
+from itr_lib.cost import format_estimate
+
+
+def _record(path, cfg: TrainConfig, train, val=10.0, test=5.0, load=5.0, threads=1):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from dataclasses import asdict
+    path.write_text(json.dumps({"config": asdict(cfg), "train_seconds": train, "val_eval_seconds": val,
+                                "test_eval_seconds": test, "load_seconds": load, "threads": threads}))
+
+
+@pytest.fixture
+def results(tmp_path):
+    r = tmp_path / "full"
+    a = TrainConfig(method="tgdt", dataset="ucm")
+    b = TrainConfig(method="selfalign", lca=True, cra=True, dataset="ucm")
+    old = TrainConfig(method="scan", dataset="ucm", epochs=3)
+    _record(r / "metrics" / f"{a.run_name()}.json", a, 3580.0)            # planned: 1 h
+    _record(r / "metrics" / f"{old.run_name()}.json", old, 7180.0)        # not planned: history
+    _record(r / "recipe" / "metrics" / f"{b.run_name()}.json", b, 1780.0, threads=2)  # 2 x 1800 s
+    (r / "tables").mkdir()
+    pd.DataFrame({"run": [a.run_name()]}).to_csv(r / "tables" / "comparison_plan.csv", index=False)
+    (r / "study.json").write_text(json.dumps({"executions": {
+        "04_efficiency.ipynb": {"notebook": "04_efficiency.ipynb", "seconds": 1800.0}}}))
+    return r
+
+
+def test_cost_tables_from_records(results, tmp_path):
+    rec = record_costs(results).set_index("method")
+    assert rec.loc["tgdt", "notebook"] == "02_ablations" and rec.loc["scan", "notebook"] == HISTORY
+    assert rec.loc["lca+cra", "notebook"] == "07_recipe" and rec.loc["lca+cra", "core_seconds"] == 3600.0
+    by_nb, by_m = cost_tables(results)
+    nb = by_nb.set_index("notebook")
+    assert nb.loc["02_ablations", "core_h"] == pytest.approx(1.0)
+    assert nb.loc["07_recipe", "core_h"] == pytest.approx(1.0)
+    assert nb.loc["04_efficiency", "core_h"] == pytest.approx(0.5)
+    assert nb.loc[HISTORY, "core_h"] == pytest.approx(2.0)
+    assert nb.loc["total (from scratch)", "core_h"] == pytest.approx(2.5)  # history left out
+    assert set(by_m.method) == {"tgdt", "lca+cra"}
+    # levers: training seconds divided by the method's speed-up
+    nb2 = cost_tables(results, {"tgdt": 2.0})[0].set_index("notebook")
+    assert nb2.loc["02_ablations", "core_h_levers"] == pytest.approx((3580 / 2 + 20) / 3600)
+    csv = tmp_path / "levers.csv"
+    pd.DataFrame({"method": ["tgdt", "tgdt", "scan"], "train_speedup": [1.5, 2.0, 3.0],
+                  "adopted": [True, True, False]}).to_csv(csv, index=False)
+    assert lever_speedups(csv) == {"tgdt": 2.0}
+    assert lever_speedups(tmp_path / "missing.csv") == {}
+    with pytest.raises(ValueError, match="no run records"):
+        cost_tables(tmp_path / "empty")
+
+
+def test_dry_run_estimate_per_execution(results, tmp_path):
+    todo = [{"notebook": tmp_path / "02_ablations.ipynb", "output": tmp_path / "02_ablations.ipynb"},
+            {"notebook": tmp_path / "04_efficiency.ipynb", "output": tmp_path / "04_efficiency.ipynb"},
+            {"notebook": tmp_path / "06_explore.ipynb", "output": tmp_path / "06_explore-ucm.ipynb"}]
+    est = execution_estimates(todo, results, {"tgdt": 2.0})
+    assert [e["execution"] for e in est] == ["02_ablations", "04_efficiency", "06_explore-ucm"]
+    assert est[0]["core_h"] == pytest.approx(1.0) and est[1]["core_h"] == pytest.approx(0.5)
+    text = format_estimate({"estimate_from": str(results), "estimates": est})
+    assert "1.50" in text and "no record of 06_explore-ucm" in text

@@ -1,0 +1,80 @@
+"""The speed levers' accuracy check (itr_lib.levers) and the query-encoder precision variants
+(itr_lib.efficiency.query_encoder)."""
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from itr_lib.bench import study_config
+from itr_lib.efficiency import query_encoder as qe
+from itr_lib.levers import accuracy_check, lever_configs
+
+
+def _write(d, name, mr, i2t, t2i, seed, precision):
+    (d / "metrics").mkdir(parents=True, exist_ok=True)
+    (d / "metrics" / f"{name}.json").write_text(json.dumps({
+        "seed": seed, "test": {"standard": {"mr": mr}}, "train_seconds": 10.0, "precision": precision}))
+    np.savez(d / "metrics" / f"{name}.ranks.npz", i2t=i2t, t2i=t2i)
+
+
+def test_accuracy_check_passes_equal_runs_and_fails_a_worse_lever(tmp_path):
+    rng = np.random.default_rng(0)
+    old, same, worse = tmp_path / "old", tmp_path / "same", tmp_path / "worse"
+    for s in (0, 1, 2):
+        name = study_config("baseline", "ucm", s).run_name()
+        i2t, t2i = rng.integers(0, 20, 400), rng.integers(0, 20, 2000)
+        _write(old, name, 40.0, i2t, t2i, s, "fp32")
+        _write(same, name, 40.0, i2t, t2i, s, "bf16")
+        _write(worse, name, 30.0, i2t + 15, t2i + 15, s, "bf16")  # every query 15 ranks lower
+    ok = accuracy_check(old, same, "ucm", ["baseline", "tgdt"], n_boot=200)
+    assert ok[0]["verdict"] == "passes" and ok[0]["delta_mr"] == 0 and ok[0]["half_width_mr"] < 1
+    assert ok[0]["precision_new"] == "bf16" and ok[0]["n_seeds"] == 3
+    assert ok[1]["verdict"] == "not run"  # no tgdt records
+    bad = accuracy_check(old, worse, "ucm", ["baseline"], n_boot=200)[0]
+    assert bad["delta_mr"] < -5 and bad["verdict"].startswith("fails")
+
+
+def test_lever_configs_keep_the_run_identity():
+    cfgs = lever_configs("tgdt", "ucm")
+    assert set(cfgs) == {"fp32", "bf16", "bf16+buckets"}
+    assert len({c.run_name() for c in cfgs.values()}) == 1  # runtime fields only
+    assert cfgs["bf16+buckets"].length_buckets == 8 and cfgs["fp32"].precision == "fp32"
+    assert set(lever_configs("scan", "ucm")) == {"fp32", "bf16"}  # no text transformer to bucket
+
+
+class _TinyEncoder(torch.nn.Module):
+    """A stand-in for the HF MiniLM: ids -> embedding -> two linear layers (what int8 quantises)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(50, 384)
+        self.l1, self.l2 = torch.nn.Linear(384, 384), torch.nn.Linear(384, 384)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(last_hidden_state=self.l2(torch.relu(self.l1(self.emb(input_ids)))))
+
+
+def test_query_encoder_variants():
+    m = _TinyEncoder().eval()
+    q = qe.variant_model(m, "int8")
+    assert "quantized" in type(q.l1).__module__ and isinstance(m.l1, torch.nn.Linear)  # a copy, original kept
+    assert qe.variant_model(m, "bf16").l1.weight.dtype == torch.bfloat16 and m.l1.weight.dtype == torch.float32
+    with pytest.raises(ValueError, match="variant"):
+        qe.variant_model(m, "fp8")
+    ids, lengths = np.array([[1, 5, 7, 2, 0], [1, 9, 2, 0, 0]]), np.array([4, 3])
+    models = {k: qe.variant_model(m, k) for k in qe.VARIANTS}
+    states, secs = qe.encode_queries(models, ids, lengths, warmup=1)
+    assert states["fp32"].shape == (2, 5, 384) and states["fp32"].dtype == np.float16
+    assert not states["fp32"][1, 3:].any() and states["fp32"][1, :3].any()  # zero padding after the query
+    ref = m(torch.from_numpy(ids[:1, :4]), None).last_hidden_state[0].detach().numpy().astype(np.float16)
+    np.testing.assert_array_equal(states["fp32"][0, :4], ref)
+    for k in ("int8", "bf16"):  # close to float32, not equal
+        d = np.abs(states[k].astype(np.float32) - states["fp32"].astype(np.float32)).max()
+        assert 0 < d < 0.2, k
+    assert all(s.shape == (2,) and (s > 0).all() for s in secs.values())
+    assert qe.adoptable({"top10_agreement": 0.995, "delta_mr": -0.2}, noise_mr=1.0)
+    assert not qe.adoptable({"top10_agreement": 0.98, "delta_mr": 0.0}, noise_mr=1.0)
+    assert not qe.adoptable({"top10_agreement": 1.0, "delta_mr": -1.5}, noise_mr=1.0)
