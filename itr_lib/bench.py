@@ -35,19 +35,11 @@ import torch
 
 from . import precision as prec
 from .config import TrainConfig, variant_label
-from .experiments import METHOD_VARIANTS, comparison_configs
+from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
 
 PARTS = ("batch", "encode", "loss", "backward", "optimizer")
 BENCH_DIR = REPO_ROOT / "results" / "benchmarks"
-
-
-def study_config(variant: str, dataset: str, seed: int = 0, **overrides) -> TrainConfig:
-    """The config the study trains for ``variant`` on ``dataset`` (the fair comparison under the study loss), with
-    ``overrides`` (runtime fields, a shorter schedule for tests) recorded in it."""
-    if variant not in METHOD_VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(METHOD_VARIANTS)}")
-    return comparison_configs([dataset], [seed], [variant], base=overrides)[0]
 
 
 def _machine() -> dict:

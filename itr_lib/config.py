@@ -160,11 +160,11 @@ class TrainConfig:
                                         # --length-buckets 1 8`). Like ``threads`` it is outside the run's
                                         # identity: it changes float rounding and how the dropout draws are laid
                                         # out, not the method. None or 1: off
-    precision: str = "auto"             # fp32 | bf16 | auto: bf16 autocast of the encoders where the CPU has native
+    precision: str = "fp32"             # fp32 | bf16 | auto: bf16 autocast of the encoders where the CPU has native
                                         # bf16 (itr_lib.precision; else float32 with a logged reason). Runtime
-                                        # field (outside the identity), recorded in metrics.json. Default auto
-                                        # since its accuracy check passed (results/benchmarks/speed_levers.md);
-                                        # fp32 reproduces the records made before it
+                                        # field (outside the identity), recorded in metrics.json. Default fp32
+                                        # until the lever's accuracy check is complete (RSICD TGDT and 2 RSICD
+                                        # LCA+CRA seeds missing: results/benchmarks/speed_levers.md)
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 

@@ -187,3 +187,11 @@ def probe_configs(dataset: str, seed: int, variant: str, names=None,
             continue
         out.append((name, change, _probe_config(change, dataset, seed, variant, base)))
     return out
+
+
+def study_config(variant: str, dataset: str, seed: int = 0, **overrides) -> TrainConfig:
+    """The config the study trains for ``variant`` on ``dataset`` (the fair comparison under the study loss), with
+    ``overrides`` (runtime fields, a shorter schedule for tests) recorded in it."""
+    if variant not in METHOD_VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose from {sorted(METHOD_VARIANTS)}")
+    return comparison_configs([dataset], [seed], [variant], base=overrides)[0]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import precision as prec
-from .bench import study_config
+from .experiments import study_config
 from .io import atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
@@ -141,7 +141,7 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
         old = [read_json(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
         new = [read_json(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
         bs = paired_bootstrap([load_hits(old_dir, n) for n in have], [load_hits(new_dir, n) for n in have],
-                              n_boot=n_boot, resample_seeds=True)
+                              n_boot=n_boot)
         lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
         half = (hi - lo) / 2
         passed = lo <= 0 <= hi and half < BAR_HALF_WIDTH
@@ -160,12 +160,27 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
     return rows
 
 
+REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
+MIN_SEEDS = 3
+
+
+def adoptable(table: pd.DataFrame, lever: str) -> bool:
+    """The bar of a speed lever: each of :data:`REQUIRED_CHECKS` has an accuracy check of ``lever`` that ran on at
+    least :data:`MIN_SEEDS` seeds and passes (a missing or partial check keeps the lever off by default)."""
+    t = table[table.lever == lever]
+    for ds, m in REQUIRED_CHECKS:
+        row = t[(t.dataset == ds) & (t.method == m)]
+        if row.empty or row.verdict.iloc[0] != "passes" or not (row.n_seeds.fillna(0).iloc[0] >= MIN_SEEDS):
+            return False
+    return True
+
+
 def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     """speed_levers.csv: per (dataset, method, lever) the step / validation / epoch speed-ups over float32 at each
     thread count measured (columns ``*_speedup_<n>t``), the load average during the timing, and the accuracy check
     of that lever (``accuracy`` rows of :func:`accuracy_check`, matched on dataset, method and lever; a lever without
-    its own check is ``not checked``); ``adopted``: every check of that lever passed (the issue checks a lever on
-    baseline, LCA+CRA and TGDT; an adopted lever becomes every method's default); ``train_speedup`` = the 1-thread
+    its own check is ``not checked``); ``adopted``: :func:`adoptable` (baseline, LCA+CRA and TGDT on both datasets, 3 seeds
+    each, all passing; an adopted lever becomes every method's default); ``train_speedup`` = the 1-thread
     step speed-up (what :mod:`itr_lib.cost` applies)."""
     new = steps[steps.lever != "fp32"]
     wide = new.pivot_table(index=["dataset", "method", "lever"], columns="threads",
@@ -178,11 +193,9 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
         pd.DataFrame(columns=["dataset", "method", "lever", "verdict"])
     out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
     out["verdict"] = out.verdict.fillna("not checked")
-    # a lever is adopted (for every method: it becomes the default) when every check of it passes, at least one ran
-    ran = ~out.verdict.isin(["not checked", "not run"])
-    ok = out[ran].groupby("lever").verdict.agg(lambda v: v.eq("passes").all())
-    ok = ok.reindex(out.lever.unique(), fill_value=False)
-    out["adopted"] = [bool(ok[lv]) for lv in out.lever]
+    # a lever is adopted (for every method: it becomes the default) only when the issue's whole bar is met: every
+    # required (dataset, method) check ran on MIN_SEEDS seeds and passes; a check not run blocks adoption
+    out["adopted"] = [adoptable(out, lv) for lv in out.lever]
     out["train_speedup"] = out.get("step_speedup_1t", np.nan)
     return out
 

@@ -78,3 +78,20 @@ def test_query_encoder_variants():
     assert qe.adoptable({"top10_agreement": 0.995, "delta_mr": -0.2}, noise_mr=1.0)
     assert not qe.adoptable({"top10_agreement": 0.98, "delta_mr": 0.0}, noise_mr=1.0)
     assert not qe.adoptable({"top10_agreement": 1.0, "delta_mr": -1.5}, noise_mr=1.0)
+
+
+def test_a_lever_is_adopted_only_when_every_required_check_ran_on_three_seeds_and_passes():
+    """The issue's bar: baseline, LCA+CRA and TGDT on UCM and RSICD, 3 seeds each; a check not run (or on fewer
+    seeds) keeps the lever off by default."""
+    import pandas as pd
+    from itr_lib.levers import REQUIRED_CHECKS, adoptable
+    full = pd.DataFrame([{"dataset": d, "method": m, "lever": "bf16", "verdict": "passes", "n_seeds": 3}
+                         for d, m in REQUIRED_CHECKS])
+    assert adoptable(full, "bf16")
+    assert not adoptable(full[~((full.dataset == "rsicd") & (full.method == "tgdt"))], "bf16")
+    partial = full.copy()
+    partial.loc[(partial.dataset == "rsicd") & (partial.method == "lca+cra"), "n_seeds"] = 1
+    assert not adoptable(partial, "bf16")
+    failing = full.copy()
+    failing.loc[0, "verdict"] = "fails"
+    assert not adoptable(failing, "bf16")
