@@ -129,3 +129,15 @@ def test_frontier_names_every_row_has_legends_and_the_recipe_its_own_title():
     rec = eff_plots.frontier_figure(frontier_rows(final, eff), "rsicd")
     assert rec.axes[0].get_title() != ax.get_title() and "recipe" in rec.axes[0].get_title()
     assert "baseline (recipe)" in [a.get_text() for a in rec.axes[0].texts]
+
+
+def test_ablation_figure_names_its_colours_seeds_and_zero_line():
+
+    t = pd.DataFrame({"method": ["baseline", "selfalign"], "variant": ["baseline | 6 ep", "CRA | 6 ep"],
+                      "n_seeds": [3, 1], "mr": [19.5, 20.6], "mr_std": [0.1, np.nan],
+                      "delta_rsum": [np.nan, 6.9], "ci_lo": [np.nan, 2.4], "ci_hi": [np.nan, 11.4]})
+    fig = charts.ablation_bars(t, "rsicd")
+    left, right = fig.axes[:2]
+    assert [tl.get_text() for tl in left.get_yticklabels()] == ["baseline | 6 ep (3 seeds)", "CRA | 6 ep (1 seed)"]
+    assert {x.get_text() for x in left.get_legend().get_texts()} == {"independent embeddings", "SelfAlign"}
+    assert {x.get_text() for x in right.get_legend().get_texts()} == {"no difference", "gain, 95% paired bootstrap CI"}

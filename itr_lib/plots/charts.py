@@ -50,23 +50,34 @@ def training_curves(history: list[dict], title: str = ""):
 
 
 def ablation_bars(table: pd.DataFrame, dataset: str, metric: str = "mr"):
-    """Mean +- std of a metric per variant (dots: seeds are in the CSV), and rsum gain vs baseline with CI."""
+    """Mean +- std of a metric per variant (seeds per row in its label; colour: the method family, in a legend), and
+    the rsum gain over the baseline of the same loss with its 95% paired bootstrap CI (seeds and test queries)."""
+    from .style import FAMILY_COLOURS, colour_of, family_legend, family_of
     t = table.reset_index(drop=True)
     fig, axes = plt.subplots(1, 2, figsize=(12, 0.45 * len(t) + 2.2))
     y = np.arange(len(t))
-    axes[0].barh(y, t[metric], xerr=t[f"{metric}_std"], color=["#888" if m == "baseline" else "#3a7" for m in t.method])
-    axes[0].set_yticks(y, t.variant, fontsize=8)
-    axes[0].invert_yaxis()
-    axes[0].set(xlabel=f"test {metric} (mean ± std over seeds)", title=f"{dataset}: SelfAlign ablation")
+    names = ["baseline" if m == "baseline" else "selfalign" for m in t.method]
+    seeds = t.n_seeds if "n_seeds" in t else pd.Series([np.nan] * len(t))
+    labels = [f"{v} ({int(n)} seed{'s' if n != 1 else ''})" if pd.notna(n) else str(v) for v, n in zip(t.variant, seeds)]
+    axes[0].barh(y, t[metric], xerr=t[f"{metric}_std"].fillna(0), color=[colour_of(n) for n in names],
+                 edgecolor="k", lw=0.4, capsize=2)
+    axes[0].set_yticks(y, labels, fontsize=8)
+    axes[0].set_ylim(len(t) + 1.4, -0.7)  # top row first; two empty rows at the bottom hold the legends
+    axes[0].set(xlabel=f"test {metric} (mean ± std over the row's seeds)", title=f"{dataset.upper()}: SelfAlign ablation")
+    family_legend(axes[0], {family_of(n) for n in names} & set(FAMILY_COLOURS), fontsize=8, loc="lower right",
+                  title="method family", title_fontsize=8)
     if "delta_rsum" in t:
         d = t.delta_rsum.to_numpy(float)
         lo, hi = t.ci_lo.to_numpy(float), t.ci_hi.to_numpy(float)
         ok = ~np.isnan(d)
-        axes[1].errorbar(d[ok], y[ok], xerr=[d[ok] - lo[ok], hi[ok] - d[ok]], fmt="o", color="k", capsize=3)
-        axes[1].axvline(0, color="r", lw=1)
-        axes[1].set_yticks(y, t.variant, fontsize=8)
-        axes[1].invert_yaxis()
-        axes[1].set(xlabel="rsum gain over baseline (95% paired bootstrap CI)", title="paired difference")
+        axes[1].errorbar(d[ok], y[ok], xerr=[d[ok] - lo[ok], hi[ok] - d[ok]], fmt="o", color="k", capsize=3,
+                         label="gain, 95% paired bootstrap CI")
+        axes[1].axvline(0, color="r", lw=1, label="no difference")
+        axes[1].set_yticks(y, labels, fontsize=8)
+        axes[1].set_ylim(axes[0].get_ylim())
+        axes[1].set(xlabel="test rsum gain over the baseline of the same loss (baselines: no row)",
+                    title="paired difference")
+        axes[1].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 
