@@ -43,7 +43,7 @@ class ImageTop(nn.Module):
 
     def __init__(self, blocks: int):
         super().__init__()
-        from ..features import _image_weights_path, _quiet
+        from ..backbones import _image_weights_path, _quiet
         from efficientnet_lite_pytorch import EfficientNet
         self.cut = top_cut(blocks)
         with _quiet():  # the ImageNet weights; a checkpoint's state_dict overwrites them

