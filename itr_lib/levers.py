@@ -127,7 +127,7 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
     """Per method: old records vs the lever's reruns of the same configs, seed-matched; the paired bootstrap of test
     mR (seeds and queries resampled) and whether it passes the bar (interval includes 0, half-width < 1 mR).
     Methods with a re-scorer are compared on their own recorded score (the run's test metrics)."""
-    from .io import read_json
+    from .recordio import read_record
     from .metrics import paired_bootstrap
     from .runs import load_hits
     rows = []
@@ -138,8 +138,8 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
         if not have:
             rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": 0, "verdict": "not run"})
             continue
-        old = [read_json(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
-        new = [read_json(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
+        old = [read_record(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
+        new = [read_record(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
         bs = paired_bootstrap([load_hits(old_dir, n) for n in have], [load_hits(new_dir, n) for n in have],
                               n_boot=n_boot)
         lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
