@@ -98,11 +98,32 @@ RANGES = {
 }
 
 
+def _method_rule():
+    """METHOD: a registered model (:data:`itr_lib.models.BUILDERS`, read when checked, so a method registered as
+    docs/extending.md says is accepted)."""
+    from .models import BUILDERS, _load_plugins
+    _load_plugins()
+    known = sorted(BUILDERS)
+    return (lambda v: v in known), "one of " + " | ".join(known)
+
+
+def _field_rule(field: str):
+    """A notebook parameter that sets one TrainConfig field: that field's rule (:mod:`itr_lib.config`)."""
+    from .config import FIELD_RANGES
+    return FIELD_RANGES[field]
+
+
+# parameters whose allowed values live elsewhere (read when checked)
+LATE_RULES = {"METHOD": _method_rule, "BASE_LOSS": lambda: _field_rule("base_loss"),
+              "TEXT_ENCODER": lambda: _field_rule("text_encoder")}
+
+
 def range_errors(values: dict) -> list[str]:
-    """One line per value outside its allowed range (:data:`RANGES`): ``EPOCHS = -1: must be an integer >= 1``."""
+    """One line per value outside its allowed range (:data:`RANGES`, :data:`LATE_RULES`): ``EPOCHS = -1: must be an
+    integer >= 1``, ``METHOD = 'nosuch': must be one of aladin | baseline | ...``."""
     bad = []
     for name, value in values.items():
-        rule = RANGES.get(name)
+        rule = RANGES.get(name) or (LATE_RULES[name]() if name in LATE_RULES else None)
         if rule is not None and value is not None and not rule[0](value):
             bad.append(f"{name} = {value!r}: must be {rule[1]}")
     return bad

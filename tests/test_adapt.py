@@ -210,3 +210,76 @@ def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache
     assert list(again.run) == list(t.run)
     on_ref = recipe.adapt_configs(change, "mini", base=base, on="reference")
     assert [c.epochs for c in on_ref] == [recipe.REFERENCE["epochs"]] * 3 and on_ref[0].image_transforms is None
+
+
+def test_adapt_plan_names_what_each_lever_changes():
+    from itr_lib import recipe
+    cut14 = recipe.ADAPT_LEVERS[-1][0]
+    plan = recipe.adapt_plan({"reference": [n for n, _, _ in recipe.ADAPT_LEVERS], "recipe": [cut14]})
+    assert [(on, [n for n, _, _ in lv]) for on, lv in plan] == [
+        ("reference", [n for n, _, _ in recipe.ADAPT_LEVERS]), ("recipe", [cut14])]
+    assert recipe.adapt_plan({}) == [] and recipe.adapt_plan({"recipe": []}) == []
+    with pytest.raises(ValueError, match="unknown key.*'recipe'"):
+        recipe.adapt_plan({"recipes": [cut14]})
+    with pytest.raises(ValueError, match="unknown lever"):
+        recipe.adapt_plan({"recipe": ["image top: everything"]})
+    with pytest.raises(ValueError, match="must map"):
+        recipe.adapt_plan([cut14])  # the old list form: which point it changes is not said
+
+
+def test_the_adapted_final_lever_is_chosen_on_val_among_those_on_the_recipe():
+    import pandas as pd
+    from itr_lib import recipe
+    (n19, _, ch19), (n14, _, ch14) = recipe.ADAPT_LEVERS
+    on_ref, on_rec = "adapted top (alone, on the reference)", "adapted top (alone, on the recipe without rotations)"
+    t = pd.DataFrame({"stage": [on_ref, on_ref, on_rec, on_rec], "lever": [n19, n14, n19, n14],
+                      "val_gain": [9.0, 1.0, 0.5, 2.0], "test_mr": [0.0, 0.0, 99.0, 1.0]})
+    # the reference's larger gain and cut 19's test mR do not choose: val, on the point the final runs train at
+    assert recipe.chosen_adapt_lever(t) == (n14, ch14)
+    with pytest.raises(ValueError, match="no adapted lever raised val"):
+        recipe.chosen_adapt_lever(t.assign(val_gain=[9.0, 1.0, -0.5, 0.0]))
+    with pytest.raises(ValueError, match="measured on the recipe"):
+        recipe.chosen_adapt_lever(t[t.stage == on_ref])
+
+
+def test_adapted_final_trains_the_recipe_with_the_top_and_scores_views_through_it(cut_cache, fixture_root, tmp_path):
+    """The recipe at the adapted operating point: no train rotations, the lever's top; a test-time view is scored
+    from its own activation cache (built by the evaluator), and the rows land in the main tables under their own
+    setting and on the frontier under their own label."""
+    import pandas as pd
+    from itr_lib import recipe
+    from itr_lib.features import cache_status, image_sidecar
+    from itr_lib.data import load_dataset
+    from itr_lib.splits import load_split_tensors
+    root, _ = cut_cache
+    base = dict(data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8, progress=False)
+    lever = (recipe.ADAPT_LEVERS[0][0], recipe.ADAPT_LEVERS[0][2])  # block 20 + head: cut 19
+    spec = recipe.InferenceSpec(tta=("r0", "r90"))
+    f = recipe.adapted_final({"image_transforms": ["r0", "r90"], "epochs": 1}, spec, lever, ["mini"], tmp_path,
+                             seeds=[0], variants=["baseline"], base=base, n_boot=20, latency=False)
+    assert list(f.scoring) == ["plain", "recipe"] and set(f.operating_point) == {recipe.operating_point(lever[0])}
+    rec = json.loads((tmp_path / "recipe" / "metrics" / f"{f.runs.iloc[0]}.json").read_text())
+    assert rec["config"]["image_top_blocks"] == 1 and rec["config"]["image_transforms"] is None
+    ds = load_dataset("mini", str(fixture_root))
+    tag = "efficientnet-lite2-224.cut19.r90"
+    for split in ("val", "test"):  # the view's cut cache, sidecar-checked: not the frozen r90 grid
+        paths = (root / "mini" / f"{split}.image.{tag}.npy", root / "mini" / f"{split}.image.{tag}.json")
+        assert cache_status(*paths, image_sidecar(ds, ds.split(split), "efficientnet-lite2", 224, "r90", 19)) == "ok"
+    cfg = recipe.lever_config({**lever[1], "epochs": 1}, "mini", 0, base=base)
+    views = load_split_tensors(cfg, "test", transforms=["r0", "r90"])
+    assert views.views["r90"].shape == views.images.shape and views.images.shape[1:] == (49, 208)
+    assert not torch.equal(views.views["r90"], views.images)  # the rotated image's activations, not a copy
+    model, _ = __import__("itr_lib.train", fromlist=["x"]).load_checkpoint(
+        tmp_path / "recipe" / "runs" / f.runs.iloc[0] / "best.pt")
+    from itr_lib.scoring import tta_image_vectors
+    with torch.no_grad():  # the scored vectors: each view through the top, averaged (not the frozen r90 grid)
+        by_hand = torch.nn.functional.normalize(sum(
+            model.image_vectors(model.encode_images(v, torch.ones(v.shape[:2], dtype=torch.bool))).float()
+            for v in (views.images, views.views["r90"])), dim=-1)
+    torch.testing.assert_close(tta_image_vectors(model, views, ["r0", "r90"], "cpu", 8)[0], by_hand)
+    main = recipe.main_rows(tmp_path, f)
+    assert list(main.setting) == ["recipe, adapted top"] and main.variant.iloc[0].endswith(recipe.operating_point(lever[0]))
+    # a table written before operating points: its rows stay the frozen "recipe"
+    assert list(recipe.main_rows(tmp_path, f.drop(columns="operating_point")).setting) == ["recipe"]
+    fr = recipe.frontier_rows(f.assign(ms_per_query=1.0, bytes_per_item=8.0), pd.DataFrame())
+    assert list(fr.method) == ["recipe: baseline (plain), adapted top", "recipe: baseline (recipe), adapted top"]

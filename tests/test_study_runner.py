@@ -112,6 +112,11 @@ def test_a_negative_epoch_count_is_one_line_before_anything_starts(tmp_path, cap
     assert rc == 2 and "OVERRIDES.epochs = 0 (07_recipe): must be an integer >= 1" in capsys.readouterr().err
     rc = main(["--profile", "smoke", "--only", "01", "-p", "DATASET", "nosuch", "--dry-run"])
     assert rc == 2 and "dataset 'nosuch' (01_train): dataset JSON" in capsys.readouterr().err
+    rc = main(["--profile", "smoke", "--only", "01", "-p", "METHOD", "nosuch", "--dry-run"])  # the registry's names
+    err = capsys.readouterr().err
+    assert rc == 2 and err.strip().count("\n") == 0, err
+    assert "METHOD = 'nosuch' (01_train): must be one of aladin | baseline | mrsw | scan | selfalign | tgdt" in err
+    assert main(["--profile", "smoke", "--only", "01", "-p", "METHOD", "tgdt", "--dry-run"]) == 0
 
 
 def test_the_committed_profiles_pass_the_value_checks(capsys):
@@ -212,10 +217,11 @@ NOISE = ("Traceback", "KeyboardInterrupt", "CancelledError", "Parent appears", "
 
 @pytest.mark.slow
 def test_a_failed_notebook_is_run_once_and_its_message_printed_once(tmp_path, mini_cache):
-    proc, out = _runner(tmp_path, mini_cache, 1, "-p", "METHOD", "nosuch")
+    # values that pass the up-front checks but fail inside the notebook (an unknown METHOD is refused before)
+    proc, out = _runner(tmp_path, mini_cache, 1, "-p", "METHOD", "selfalign", "-p", "LCA", "false", "-p", "CRA", "false")
     text = _finish(proc, 300)
     assert proc.returncode == 1, text
-    assert text.count("unknown method 'nosuch'") == 1, text
+    assert text.count("needs lca=True and/or cra=True") == 1, text
     assert text.count("[study] 01_train.ipynb ->") == 1, text  # one attempt of the notebook
     assert not [n for n in NOISE if n in text], text
     assert not list(out.glob("runs/*"))  # the failed run left no folder

@@ -80,3 +80,59 @@ def adapt_levers(change: dict, dataset: str, results_dir: str | Path, *, seed: i
         bs = paired_bootstrap([ref_hits], [load_hits(mdir, m["run"])], n_boot=n_boot)
         rows.append(_row(f"adapted top (alone, on {ON[on]})", name, _change_str(ch), m, ref, bs))
     return lever_table(rows).assign(chosen=False)
+
+
+# ----------------------------------------------------------------------------------------------- the adapted recipe
+FROZEN = "frozen"  # the operating point of every final row trained on the frozen grid
+
+
+def operating_points(final: pd.DataFrame) -> pd.Series:
+    """Each final row's operating point (:data:`FROZEN` for a table written before it carried one)."""
+    op = final["operating_point"] if "operating_point" in final else pd.Series(FROZEN, index=final.index)
+    return op.fillna(FROZEN).astype(str)
+
+
+def adapt_plan(levers_by_on: dict) -> list[tuple[str, list]]:
+    """07's ``ADAPT_LEVERS`` (``{"recipe" | "reference": [lever names]}``) as ``[(on, levers)]``; an unknown key or
+    lever name is an error naming the known ones."""
+    from .levers import lever_names
+    if not isinstance(levers_by_on, dict):
+        raise ValueError(f"ADAPT_LEVERS must map what the levers change ({sorted(ON)}) to lever names, e.g. "
+                         f"{{'recipe': [{ADAPT_LEVERS[-1][0]!r}]}}; got {levers_by_on!r}")
+    bad = sorted(set(levers_by_on) - set(ON))
+    if bad:
+        raise ValueError(f"ADAPT_LEVERS: unknown key(s) {bad}; the levers are measured on one of {sorted(ON)}")
+    return [(on, lever_names(ADAPT_LEVERS, names)) for on, names in levers_by_on.items() if names]
+
+
+def chosen_adapt_lever(table: pd.DataFrame) -> tuple[str, dict]:
+    """The adapted lever of the final runs, chosen on val: among the levers measured on the recipe (without
+    rotations, the point the final runs train at), the one with the largest val gain over that recipe on the frozen
+    grid; an error when none was measured there or none gains."""
+    on = table[table.stage == f"adapted top (alone, on {ON['recipe']})"] if "stage" in table else table.iloc[0:0]
+    if on.empty:
+        raise ValueError("ADAPT_FINAL needs an adapted lever measured on the recipe: set ADAPT_LEVERS = "
+                         "{'recipe': [...]} (names in recipe.ADAPT_LEVERS)")
+    best = on.sort_values("val_gain").iloc[-1]
+    if not best.val_gain > 0:
+        raise ValueError(f"ADAPT_FINAL: no adapted lever raised val mR over the frozen recipe (best: {best.lever}, "
+                         f"{best.val_gain:+.2f}); nothing to carry to the final runs")
+    return best.lever, dict(next(ch for n, _, ch in ADAPT_LEVERS if n == best.lever))
+
+
+def operating_point(lever: str) -> str:
+    """The final rows' label of an adapted operating point."""
+    return f"adapted: {lever}, no train rotations"
+
+
+def adapted_final(change: dict, spec, lever: tuple[str, dict], datasets, results_dir: str | Path,
+                  **final_kw) -> pd.DataFrame:
+    """The chosen recipe at the adapted operating point: its training change without rotations (no activation
+    caches of rotated training views) plus the chosen adapted ``lever`` (:func:`chosen_adapt_lever`), trained and
+    scored as :func:`~itr_lib.recipe.stages.final_runs` does (same seeds, variants and inference ``spec``; test-time
+    views score through the top from their own activation caches, built where missing). Rows carry
+    ``operating_point`` (:func:`operating_point`); SelfAlign's paired gain is against the baseline of the same point."""
+    from .stages import final_runs
+    name, ch = lever
+    final = final_runs({**without_rotations(change), **ch}, spec, datasets, results_dir, **final_kw)
+    return final.assign(operating_point=operating_point(name))

@@ -164,7 +164,7 @@ class _Evaluator:
             from .levers import ensure_caches
             c0 = self.cfgs[0]
             if self.views and set(self.views) - {IDENTITY}:
-                ensure_caches(c0.dataset, {name: self.views}, c0.data_root, c0.cache_dir)
+                ensure_caches(c0.dataset, {name: self.views}, c0.data_root, c0.cache_dir, cut=c0.image_cut)
             self._splits[name] = load_split_tensors(c0, name, transforms=self.views)
         return self._splits[name]
 

@@ -90,11 +90,14 @@ def measure_recipe(models: Sequence | Callable[[], Sequence], cfgs: Sequence, sp
 
 def frontier_rows(final, efficiency) -> "pd.DataFrame":  # noqa: F821
     """04's frontier table for one dataset (``efficiency``) with the recipe's scored rows of ``final`` (one dataset)
-    appended as methods ``recipe: <variant> (<scoring>)``, so :func:`itr_lib.plots.efficiency.frontier_figure`
-    draws them on the same axes. Rows without a measured latency are left out."""
+    appended as methods ``recipe: <variant> (<scoring>)`` (``..., adapted top`` at the adapted operating point),
+    so :func:`itr_lib.plots.efficiency.frontier_figure` draws them on the same axes. Rows without a measured latency are left out."""
     import pandas as pd
     rec = final[final.ms_per_query.notna()] if "ms_per_query" in final else final.iloc[0:0]
-    add = pd.DataFrame({"method": "recipe: " + rec.variant + " (" + rec.scoring + ")", "mr": rec.test_mr,
+    from .adapt import FROZEN, operating_points
+    op = operating_points(rec)
+    add = pd.DataFrame({"method": "recipe: " + rec.variant + " (" + rec.scoring + ")"
+                        + np.where(op != FROZEN, ", adapted top", ""), "mr": rec.test_mr,
                         "mr_std": rec.test_mr_std, "ms_per_query": rec.ms_per_query, "family": "recipe (07)",
                         "bytes_per_item": rec.bytes_per_item, "device": rec.get("device", "cpu"), "mode": "vector"})
     cols = ["method", "mr", "mr_std", "ms_per_query", "family", "bytes_per_item", "device", "mode", "variant"]

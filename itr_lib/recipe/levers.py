@@ -172,12 +172,14 @@ def unrecorded(levers, dataset: str, results_dir: str | Path, seed: int = 0, bas
 
 
 def ensure_caches(dataset: str, needs: dict[str, list[str]], data_root=None, cache_dir=None,
-                  progress: bool | None = None) -> None:
-    """Build (or reuse, sidecar-checked) the transform caches of :func:`needed_transforms`."""
+                  progress: bool | None = None, cut: int | None = None) -> None:
+    """Build (or reuse, sidecar-checked) the transform caches of :func:`needed_transforms`; ``cut``: the block
+    activation caches of those views (a model with a trainable image top, ``TrainConfig.image_cut``) instead of
+    the grids."""
     from ..features import ensure_features
     for split, transforms in needs.items():
         ensure_features(dataset, [split], data_root=data_root, root=cache_dir, progress=progress,
-                        transforms=list(transforms))
+                        transforms=list(transforms), cut=cut)
 
 
 def lever_names(levers, names: Sequence[str] | None):

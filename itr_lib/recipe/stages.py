@@ -259,7 +259,8 @@ def with_record_columns(results_dir: str | Path, final: pd.DataFrame) -> pd.Data
 
 def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.DataFrame:
     """The recipe's rows for the main tables (``tables/recipe_final.csv``): one per dataset x variant under the
-    recipe's scoring, in the main table's columns (setting ``recipe``), with its tie bracket (``tie_rule``,
+    recipe's scoring, in the main table's columns (setting ``recipe``; ``recipe, adapted top`` for the rows of an
+    adapted operating point, :func:`itr_lib.recipe.adapt.adapted_final`), with its tie bracket (``tie_rule``,
     ``mr_optimistic``, ``mr_pessimistic``: from the final table, or from its inference records when the table
     predates them), per-query latency (``ms_per_query``, 04's protocol) and ``bytes_per_item``."""
     path = Path(results_dir) / "tables" / "recipe_final.csv"
@@ -269,9 +270,13 @@ def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.
         final = pd.read_csv(path)
     final = with_record_columns(results_dir, final)
     d = final[final.scoring != "plain"] if (final.scoring != "plain").any() else final
-    out = pd.DataFrame({"dataset": d.dataset, "setting": "recipe",
+    from .adapt import FROZEN, operating_points
+    op = operating_points(d)
+    adapted = op != FROZEN  # the adapted operating point (issue 28): its own setting, its point in the label
+    out = pd.DataFrame({"dataset": d.dataset, "setting": np.where(adapted, "recipe, adapted top", "recipe"),
                         "method": d.variant.map(lambda v: VARIANTS[v]["method"]),
-                        "variant": "recipe: " + d.variant + " | " + d.scoring + " [" + d.spec + "]",
+                        "variant": "recipe: " + d.variant + " | " + d.scoring + " [" + d.spec + "]"
+                        + np.where(adapted, " | " + op, ""),
                         "n_seeds": d.n_seeds, "mr": d.test_mr, "mr_std": d.test_mr_std, "published": False,
                         "tie_rule": d.tie_rule, "mr_optimistic": d.test_mr_optimistic,
                         "mr_pessimistic": d.test_mr_pessimistic,

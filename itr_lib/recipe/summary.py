@@ -62,6 +62,26 @@ def _gain(f: pd.DataFrame) -> list[str]:
             for d, lo, hi in zip(f.delta_rsum_vs_baseline, f.ci_lo, f.ci_hi)]
 
 
+def operating_point_lines(f: pd.DataFrame) -> list[str]:
+    """SelfAlign's paired gain over the baseline of the same recipe at each operating point (frozen grid / adapted
+    top), per dataset and scoring: which verdict holds, flips or stays inconclusive (nothing when only one point
+    was trained)."""
+    from .adapt import FROZEN
+    g = f[(f.variant != "baseline") & f.delta_rsum_vs_baseline.notna() & ~f.scoring.str.contains("ensemble")]
+    if g.operating_point.nunique() < 2:
+        return []
+    g = g.assign(cell=_gain(g), point=["frozen grid" if op == FROZEN else "adapted top" for op in g.operating_point],
+                 seeds=g.n_seeds.astype(int).astype(str))
+    wide = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="cell", aggfunc="first")
+    n = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="seeds", aggfunc="first")
+    wide.columns = [f"{c}: rsum gain [95% CI]" for c in wide.columns]
+    wide.insert(0, "seeds (frozen / adapted)", [f"{a} / {b}" for a, b in zip(n.get("frozen grid", ""),
+                                                                           n.get("adapted top", ""))])
+    return ["The study's question at both operating points: SelfAlign's paired gain over the baseline of the same "
+            "recipe, seeds and inference (frozen grid: the chosen recipe; adapted top: the same recipe without train "
+            "rotations plus the adapted lever chosen on val):", "", to_markdown(wide.reset_index(), index=False), ""]
+
+
 def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     """The strongest frozen-feature recipe (07_recipe), from its tables: the greedy steps on val (how far each lever
     carried), the chosen recipe over seeds with its latency and SelfAlign's paired gain, the published neighbours of
@@ -107,10 +127,13 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
         from .stages import with_record_columns
+        from .adapt import operating_points
         f = with_record_columns(results_dir, pd.read_csv(fin_path))
+        f = f.assign(operating_point=operating_points(f))
         if full:
             show = pd.DataFrame({
-                "dataset": f.dataset, "variant": f.variant, "scoring": f.scoring, "spec": f.spec,
+                "dataset": f.dataset, "backbone": f.operating_point, "variant": f.variant, "scoring": f.scoring,
+                "spec": f.spec,
                 "n_seeds": f.n_seeds, "val mR": f.val_mr.map("{:.2f}".format), "test mR": _mean_std(f),
                 "ties [pess., opt.]": _ties(f), "beta (chosen on val)": _betas(f),
                 "ms/query": _num(f, "ms_per_query", "{:.2f}"), "bytes/item": _num(f, "bytes_per_item", "{:.0f}"),
@@ -122,11 +145,11 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
         else:  # the README: one row per dataset x variant, a column per scoring
             f = f.assign(_mr=_mean_std(f), _ties=_ties(f), _gain=_gain(f), _ms=_num(f, "ms_per_query", "{:.1f}"))
             rows = []
-            for (ds, v), g in f.groupby(["dataset", "variant"], sort=False):
+            for (ds, op, v), g in f.groupby(["dataset", "operating_point", "variant"], sort=False):
                 plain, rec = g[g.scoring == "plain"], g[g.scoring == "recipe"]
                 ens = g[g.scoring.str.contains("ensemble")]
                 first = lambda d, col: d[col].iloc[0] if len(d) else ""  # noqa: E731
-                rows.append({"dataset": ds, "variant": v, "training only": first(plain, "_mr"),
+                rows.append({"dataset": ds, "backbone": op, "variant": v, "training only": first(plain, "_mr"),
                              "recipe": first(rec, "_mr"), "ties [pess., opt.]": first(rec, "_ties"),
                              "ensemble": first(ens, "_mr"),
                              "ms/query": " → ".join(x for x in (first(d, "_ms") for d in (plain, rec, ens)) if x),
@@ -136,13 +159,14 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                       f"plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
         single = f[(f.variant == "baseline") & ~f.scoring.str.contains("ensemble")]
-        for ds, g in single.groupby("dataset", sort=False):
+        for (ds, op), g in single.groupby(["dataset", "operating_point"], sort=False):
             best = g.sort_values("val_mr").iloc[-1]  # the scoring chosen on val
             near = _published_neighbours(ds, best.test_mr)
             if near:
-                lines.append(f"- {ds.upper()}: the recipe's baseline ({best.scoring}, {int(best.n_seeds)} seeds) "
-                             f"scores {best.test_mr:.2f} ± {best.test_mr_std:.2f}: {near}.")
+                lines.append(f"- {ds.upper()} ({op}): the recipe's baseline ({best.scoring}, {int(best.n_seeds)} "
+                             f"seeds) scores {best.test_mr:.2f} ± {best.test_mr_std:.2f}: {near}.")
         lines.append("")
+        lines += operating_point_lines(f)
     if full:
         for p in sorted(figs.glob("recipe_levers_*.png")) + sorted(figs.glob("recipe_frontier_*.png")):
             lines += [f"![{p.stem}]({rel}/figures/{p.name})", ""]
