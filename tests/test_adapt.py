@@ -283,3 +283,15 @@ def test_adapted_final_trains_the_recipe_with_the_top_and_scores_views_through_i
     assert list(recipe.main_rows(tmp_path, f.drop(columns="operating_point")).setting) == ["recipe"]
     fr = recipe.frontier_rows(f.assign(ms_per_query=1.0, bytes_per_item=8.0), pd.DataFrame())
     assert list(fr.method) == ["recipe: baseline (plain), adapted top", "recipe: baseline (recipe), adapted top"]
+
+
+def test_adapt_final_plan_fills_defaults_and_refuses_unknowns():
+    from itr_lib import recipe
+    plan = recipe.adapt_final_plan([{"dataset": "ucm"}, {"dataset": "rsicd", "seeds": [0, 1], "variants": ["baseline"]}],
+                                   [0, 1, 2], ["baseline", "lca+cra"])
+    assert plan == [{"dataset": "ucm", "seeds": [0, 1, 2], "variants": ["baseline", "lca+cra"]},
+                    {"dataset": "rsicd", "seeds": [0, 1], "variants": ["baseline"]}]
+    with pytest.raises(ValueError, match="unknown variant"):
+        recipe.adapt_final_plan([{"dataset": "ucm", "variants": ["lca+crx"]}], [0], ["baseline"])
+    with pytest.raises(ValueError, match="entries are"):
+        recipe.adapt_final_plan([{"datasets": "ucm"}], [0], ["baseline"])

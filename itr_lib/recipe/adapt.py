@@ -120,6 +120,24 @@ def chosen_adapt_lever(table: pd.DataFrame) -> tuple[str, dict]:
     return best.lever, dict(next(ch for n, _, ch in ADAPT_LEVERS if n == best.lever))
 
 
+def adapt_final_plan(entries: list, seeds, variants) -> list[dict]:
+    """07's ``ADAPT_FINAL``: the adapted operating point's final runs, one entry per dataset (or per part of one),
+    ``{"dataset": D, "seeds": [...], "variants": [...]}`` (seeds and variants default to the recipe's ``seeds`` and
+    ``variants``), as a list of complete dicts; an unknown key, variant or a missing dataset is an error."""
+    from ..experiments import VARIANTS
+    out = []
+    for e in entries:
+        if not isinstance(e, dict) or "dataset" not in e or set(e) - {"dataset", "seeds", "variants"}:
+            raise ValueError(f"ADAPT_FINAL entries are {{'dataset': D, 'seeds': [...], 'variants': [...]}} (seeds and "
+                             f"variants optional); got {e!r}")
+        vs = list(e.get("variants", variants))
+        bad = sorted(set(vs) - set(VARIANTS))
+        if bad:
+            raise ValueError(f"ADAPT_FINAL: unknown variant(s) {bad}; choose from {sorted(VARIANTS)}")
+        out.append({"dataset": e["dataset"], "seeds": [int(x) for x in e.get("seeds", seeds)], "variants": vs})
+    return out
+
+
 def operating_point(lever: str) -> str:
     """The final rows' label of an adapted operating point."""
     return f"adapted: {lever}, no train rotations"
