@@ -90,3 +90,24 @@ def test_methods_parameter_is_checked_before_anything_is_timed():
         "METHODS = 'SelfAlign CRA': must be a list of method labels of itr_lib/efficiency/specs.py METHODS "
         "([] for every method)"]
     assert range_errors({"METHODS": ["SelfAlign CRA"]}) == [] == range_errors({"METHODS": []})
+
+
+def test_rows_timed_on_another_cpu_say_so_and_the_frontier_marks_them(tmp_path):
+    from itr_lib.io import write_json
+    from itr_lib.plots import efficiency as eff_plots
+    old = _table(["baseline", "SCAN (cross-attention)"], np.array([1.2, 368.0]), 3)
+    old["device"], old["mode"] = "cpu", "vector"
+    write_table(old, "efficiency_rsicd", tmp_path)
+    write_json(tmp_path / "efficiency_hardware.json", {"cpu": "AMD EPYC"})
+    new = _table(["SelfAlign CRA"], np.array([2.0]), 4)
+    new["device"], new["mode"] = "cpu", "vector"
+    same, _ = eff.merge_efficiency(tmp_path, "rsicd", new, _detail(["SelfAlign CRA"], 4), hw={"cpu": "AMD EPYC"})
+    assert list(same.device) == ["cpu"] * 3                                     # the recorded machine: nothing said
+    table, detail = eff.merge_efficiency(tmp_path, "rsicd", new, _detail(["SelfAlign CRA"], 4),
+                                         hw={"cpu": "Intel Xeon"})
+    assert list(table.device) == ["cpu", "cpu (Intel Xeon)", "cpu"]
+    ax = eff_plots.frontier_figure(table, "rsicd").axes[0]
+    assert [a.get_text() for a in ax.texts] == ["baseline", "SelfAlign CRA \u2020", "SCAN (cross-attention)"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "\u2020 timed later, on another machine:\ncpu (Intel Xeon)" in legend
+    assert ax.get_xlabel().endswith("; cpu)")                                    # the x axis names the others'

@@ -8,7 +8,9 @@ order and byte for byte (the merge works on the CSV text, so no number is re-par
 the table goes where :data:`~.specs.METHODS` puts it. The Markdown copies are re-rendered from the merged CSV.
 
 A new row's speed-up over the interactive reference (SCAN) is taken against the reference row already in the table,
-so the reference itself is only re-timed with every method (its time is every row's denominator)."""
+so the reference itself is only re-timed with every method (its time is every row's denominator). Rows timed on
+another CPU than the recorded ``efficiency_hardware.json`` names say so in their ``device`` column, and the frontier
+marks them."""
 from __future__ import annotations
 
 import csv
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_json
 from ..tables import CSV_FLOAT_FORMAT, write_markdown
 from .specs import METHODS, MethodSpec
 
@@ -101,12 +103,29 @@ def merge_csv(path: str | Path, new: pd.DataFrame, order: Sequence[str] = ORDER)
     return out.getvalue()
 
 
+def on_this_machine(frame: pd.DataFrame, hw: dict | None, recorded: dict | None) -> pd.DataFrame:
+    """``frame`` with its ``device`` naming this machine's CPU (``cpu (Intel Xeon ...)``) when the recorded hardware
+    (``efficiency_hardware.json`` of the rows kept) names another CPU: the merged rows then say they were timed
+    elsewhere, and :func:`itr_lib.plots.efficiency.frontier_figure` marks them."""
+    here, there = (hw or {}).get("cpu"), (recorded or {}).get("cpu")
+    if not here or not there or here == there or frame.empty or "device" not in frame:
+        return frame
+    out = frame.copy()
+    out["device"] = [f"{d} ({here})" for d in out.device]
+    return out
+
+
 def merge_efficiency(tables_dir: str | Path, dataset: str, table: pd.DataFrame, detail: pd.DataFrame,
-                     floatfmt: str = ".4g") -> tuple[pd.DataFrame, pd.DataFrame]:
+                     floatfmt: str = ".4g", hw: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Merge re-timed rows (``table``, ``detail`` of :func:`~.benchmark.benchmark_dataset`) into
     ``<tables_dir>/efficiency_<dataset>.csv`` and ``_detail.csv`` (atomic writes), re-render both ``.md``, and
-    return the merged tables (as read back from the written CSVs)."""
+    return the merged tables (as read back from the written CSVs). ``hw``: the hardware measured for the timed rows
+    (:func:`~.hardware.measure_hardware`); when ``<tables_dir>/efficiency_hardware.json`` names another CPU, the
+    timed rows' ``device`` names this one (:func:`on_this_machine`)."""
     tables_dir = Path(tables_dir)
+    hw_path = tables_dir / "efficiency_hardware.json"
+    recorded = read_json(hw_path) if hw_path.is_file() else None
+    table, detail = on_this_machine(table, hw, recorded), on_this_machine(detail, hw, recorded)
     main = tables_dir / f"efficiency_{dataset}.csv"
     old = pd.read_csv(main) if main.is_file() else pd.DataFrame()
     merged = []

@@ -62,6 +62,9 @@ def _point_label(r) -> str:
     return label
 
 
+OTHER_MACHINE = "\u2020"  # dagger: a point timed on another machine than the x axis names
+
+
 def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query", title: str | None = None):
     """mR (mean +- std over seeds) against per-query latency (log scale), every method of ``table`` labelled at its
     point, the Pareto front drawn. Colour: the method family (:mod:`itr_lib.plots.style`, the same as every
@@ -87,11 +90,17 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
                 for f in fams]
     handles += [Line2D([], [], ls="", marker=mk, ms=7, color="w", mec="k", label=lab)
                 for m, (mk, lab) in MODE_MARKERS.items() if m in set(modes)]
+    dev = t.device.iloc[0] if "device" in t and len(t) else ""
+    # rows timed on another machine (merged later: efficiency.merge) are marked, and that machine named
+    elsewhere = [str(d) != str(dev) for d in t.device] if "device" in t else [False] * len(t)
+    others = list(dict.fromkeys(str(d) for d, e in zip(t.device, elsewhere) if e))
+    if others:
+        handles.append(Line2D([], [], ls="", marker="", label=f"{OTHER_MACHINE} timed later, on another machine:\n"
+                                                                  + "\n".join(others)))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
               title="colour: family; marker: search", title_fontsize=8)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
-    dev = t.device.iloc[0] if "device" in t and len(t) else ""
     recipe = any(str(m).startswith("recipe") for m in t.method)
     title = title or (f"{dataset.upper()}: the recipe (07) beside every method, accuracy vs query latency" if recipe
                       else f"{dataset.upper()}: accuracy vs query latency")
@@ -100,7 +109,8 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.08, y=0.1)
     fig.tight_layout()
-    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float), [_point_label(r) for _, r in t.iterrows()])
+    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float),
+                 [_point_label(r) + (f" {OTHER_MACHINE}" if e else "") for (_, r), e in zip(t.iterrows(), elsewhere)])
     return fig
 
 
