@@ -110,4 +110,7 @@ def test_rows_timed_on_another_cpu_say_so_and_the_frontier_marks_them(tmp_path):
     assert [a.get_text() for a in ax.texts] == ["baseline", "SelfAlign CRA \u2020", "SCAN (cross-attention)"]
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "\u2020 timed later, on another machine:\ncpu (Intel Xeon)" in legend
+    assert "Pareto front (without \u2020)" in legend
+    front = [ln for ln in ax.get_lines() if ln.get_linestyle() == "--"][0]
+    np.testing.assert_allclose(sorted(front.get_xdata()), [1.2, 368.0])         # not through the other machine's row
     assert ax.get_xlabel().endswith("; cpu)")                                    # the x axis names the others'

@@ -79,21 +79,22 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     for (_, r), mode in zip(t.iterrows(), modes):
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt=MODE_MARKERS.get(mode, ("o",))[0],
                     capsize=3, ms=7, color=colour_of(r.method), mec="k", mew=0.5)
+    dev = t.device.iloc[0] if "device" in t and len(t) else ""
+    # rows timed on another machine (merged later: efficiency.merge) are marked, named, and left off the front
+    elsewhere = pd.Series([str(d) != str(dev) for d in t.device] if "device" in t else [False] * len(t), dtype=bool)
+    others = list(dict.fromkeys(str(d) for d, e in zip(t.get("device", []), elsewhere) if e))
     handles = []
-    if not t.empty:
-        f = _pareto(t[latency_col], t.mr)
-        p = t[f].sort_values(latency_col)
+    if not t[~elsewhere].empty:
+        same = t[~elsewhere]
+        p = same[_pareto(same[latency_col], same.mr)].sort_values(latency_col)
         ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--")
-        handles.append(Line2D([], [], color="k", ls="--", lw=1.2, label="Pareto front"))
+        handles.append(Line2D([], [], color="k", ls="--", lw=1.2,
+                              label=f"Pareto front{f' (without {OTHER_MACHINE})' if others else ''}"))
     fams = [f for f in FAMILY_COLOURS if f in {family_of(m) for m in t.method}]
     handles += [Line2D([], [], ls="", marker="o", ms=8, color=FAMILY_COLOURS[f], mec="k", mew=0.5, label=f)
                 for f in fams]
     handles += [Line2D([], [], ls="", marker=mk, ms=7, color="w", mec="k", label=lab)
                 for m, (mk, lab) in MODE_MARKERS.items() if m in set(modes)]
-    dev = t.device.iloc[0] if "device" in t and len(t) else ""
-    # rows timed on another machine (merged later: efficiency.merge) are marked, and that machine named
-    elsewhere = [str(d) != str(dev) for d in t.device] if "device" in t else [False] * len(t)
-    others = list(dict.fromkeys(str(d) for d, e in zip(t.device, elsewhere) if e))
     if others:
         handles.append(Line2D([], [], ls="", marker="", label=f"{OTHER_MACHINE} timed later, on another machine:\n"
                                                                   + "\n".join(others)))
