@@ -23,23 +23,29 @@ SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6,
          (6, -31), (-6, -31)]  # label offsets tried, points
 
 
-def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
+def place_labels(ax, xs, ys, texts, fontsize: int = 8, marker_pt: float = 7.0) -> list:
     """Annotate each point with its text at the first offset of :data:`SLOTS` whose box overlaps no label placed
-    before it and stays within the axes' height (measured with the figure's renderer, so the text's real width
-    counts); a label left of its point is right-aligned. Call after the axes' scales and limits are set. Returns the
-    annotations."""
+    before it and no other point's marker (``marker_pt`` wide), and stays within the axes (measured with the
+    figure's renderer, so the text's real width counts); a label left of its point is right-aligned. Call after the
+    axes' scales and limits are set. Returns the annotations."""
+    from matplotlib.transforms import Bbox
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
+    r = marker_pt / 2 * fig.dpi / 72
+    centres = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    markers = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r) for cx, cy in centres]
     placed, out = [], []
-    for x, y, text in zip(xs, ys, texts):
+    for i, (x, y, text) in enumerate(zip(xs, ys, texts)):
+        others = [m for j, m in enumerate(markers) if j != i]
         for k, (dx, dy) in enumerate(SLOTS):
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
                               ha="left" if dx > 0 else "right")
             box = ann.get_window_extent(renderer)
             inside = (frame.y0 <= box.y0 and box.y1 <= frame.y1  # not over the title, the axis labels or a legend
                       and frame.x0 <= box.x0 and box.x1 <= frame.x1)
-            if inside and not any(box.overlaps(b) for b in placed) or k == len(SLOTS) - 1:
+            free = not any(box.overlaps(b) for b in placed + others)
+            if inside and free or k == len(SLOTS) - 1:
                 break
             ann.remove()
         placed.append(box)
