@@ -93,6 +93,10 @@ RANGES = {
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                       and x > 0 for x in v)), "a list of numbers > 0"),
     "STALE_BETA": ((lambda v: v in ("rescore", "keep")), '"rescore" or "keep"'),
+    # 04's METHODS: labels of itr_lib/efficiency/specs.py (the notebook checks them by name before timing anything:
+    # efficiency.select_methods; importing the efficiency package here would make an import circle)
+    "METHODS": ((lambda v: isinstance(v, list) and all(isinstance(x, str) and x.strip() for x in v)),
+                "a list of method labels of itr_lib/efficiency/specs.py METHODS ([] for every method)"),
     "DEVICE": ((lambda v: isinstance(v, str) and (v in ("cpu", "auto") or v.split(":")[0] == "cuda")),
                '"cpu", "cuda" (or "cuda:N") or "auto"'),
 }

@@ -120,19 +120,28 @@ def reader_view(df: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFr
     return t[keep[:MD_MAX_COLUMNS]]
 
 
+CSV_FLOAT_FORMAT = "%.4f"  # every table CSV's floats (write_table)
+
+
 def write_table(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = ".2f",
                 md_columns: list[str] | None = None) -> tuple[Path, Path]:
     """Write ``<name>.csv`` (every column, the source of truth) and ``<name>.md`` (:func:`reader_view`)
     atomically; returns both paths."""
     tables_dir = Path(tables_dir)
     buf = io.StringIO()
-    df.to_csv(buf, index=False, float_format="%.4f")
+    df.to_csv(buf, index=False, float_format=CSV_FLOAT_FORMAT)
     csv = tables_dir / f"{name}.csv"
     atomic_write_text(csv, buf.getvalue())
-    md = tables_dir / f"{name}.md"
+    return csv, write_markdown(df, name, tables_dir, floatfmt, md_columns)
+
+
+def write_markdown(df: pd.DataFrame, name: str, tables_dir: Path, floatfmt: str = ".2f",
+                   md_columns: list[str] | None = None) -> Path:
+    """Write ``<name>.md`` (:func:`reader_view` of ``df``) atomically; returns its path."""
+    md = Path(tables_dir) / f"{name}.md"
     view = reader_view(df, md_columns) if len(df) else df
     atomic_write_text(md, to_markdown(view, index=False, floatfmt=floatfmt) + "\n")
-    return csv, md
+    return md
 
 
 def format_mean_std(df: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:

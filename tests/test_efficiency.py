@@ -401,6 +401,17 @@ def test_notebook_04_through_study_runner(tmp_path, mini_cache, fixture_root):
     for f in ("efficiency_frontier_mini.png", "efficiency_scaling.png", "efficiency_synthetic_gallery.png"):
         assert (out / "figures" / f).stat().st_size > 1000
     assert (out / "tables" / "efficiency_targets.csv").is_file()
+    # METHODS: one method re-timed, merged; every other row and every other output of 04 left as it was
+    tables = out / "tables"
+    kept = {p.name: p.read_bytes() for p in tables.iterdir() if not p.name.startswith("efficiency_mini")}
+    before = (tables / "efficiency_mini.csv").read_text().splitlines()
+    run_study(str(profile), results_dir=out, overrides={"METHODS": ["TGDT two-stage"]})
+    after = (tables / "efficiency_mini.csv").read_text().splitlines()
+    moved = [i for i, (a, b) in enumerate(zip(before, after)) if a != b]
+    assert len(after) == len(before) and [after[i].split(",")[0] for i in moved] == ["TGDT two-stage"]
+    assert {p.name: p.read_bytes() for p in tables.iterdir() if not p.name.startswith("efficiency_mini")} == kept
+    with pytest.raises(Exception, match=r"unknown method label\(s\) \['CRA'\]"):
+        run_study(str(profile), results_dir=out, overrides={"METHODS": ["CRA"]})
 
 
 

@@ -96,6 +96,36 @@ def test_every_readme_method_is_timed_for_the_frontier():
             assert any(s.method == head for s in METHODS), row
 
 
+def frontier_rows_missing(dataset: str, tables_dir: Path = FULL) -> list[str]:
+    """The README-table rows of ``dataset`` without a point on its efficiency frontier (drawn from
+    ``<tables_dir>/efficiency_<dataset>.csv``): a SelfAlign variant needs its own row (CRA, LCA, LCA+CRA), another
+    method any row of its ``MethodSpec.method``."""
+    from itr_lib.efficiency.specs import METHODS
+    method_of = {s.label: s.method for s in METHODS}
+    t = pd.read_csv(tables_dir / f"efficiency_{dataset}.csv")
+    texts = {a.get_text().removesuffix(f" {eff_plots.OTHER_MACHINE}")  # (timed on another machine)
+             for a in eff_plots.frontier_figure(t, dataset).axes[0].texts}
+    missing = []
+    for row in readme_rows(dataset):
+        head = re.sub(r"\s*\[.*\]$", "", row).split(" K=")[0]
+        if head in ("CRA", "LCA", "LCA+CRA"):
+            mine = t[t.method.map(method_of).eq("selfalign")
+                     & t.variant.astype(str).str.split(" |", regex=False).str[0].str.split(" K=").str[0].eq(head)]
+        else:
+            mine = t[t.method.map(method_of).eq(head)]
+        if not any(eff_plots._point_label(r) in texts for _, r in mine.iterrows()):
+            missing.append(row)
+    return missing
+
+
+@pytest.mark.parametrize("dataset", ["rsicd", "ucm"])
+def test_every_readme_method_is_a_labelled_point_of_the_committed_frontier(dataset):
+    """The figure the README shows under its table: CRA (the README's top RSICD row) and LCA were missing."""
+    if not (FULL / f"efficiency_{dataset}.csv").is_file() or not readme_rows(dataset):
+        pytest.skip("results/full has no efficiency table or the README no results table")
+    assert frontier_rows_missing(dataset) == []
+
+
 def test_a_selfalign_variant_row_never_times_another_variants_run():
     from itr_lib.efficiency.specs import spec_by_label
     from itr_lib.runs import select_runs

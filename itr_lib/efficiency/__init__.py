@@ -46,7 +46,8 @@ synthetic
 gallery), :mod:`.indexes` (faiss indexes, their floors and tuning); then :mod:`.methods` (per-query
 cost of one method), :mod:`.benchmark` (a dataset's table), :mod:`.scaling` (``scaling.csv``), :mod:`.targets` and
 :mod:`.query_cost` (encode vs search by gallery size); :mod:`.streamed` (a size past memory: IVF-PQ at 10M items,
-streamed in chunks, before :mod:`.scaling`); :mod:`.atscale` (one large size, no checkpoint) is a CLI.
+streamed in chunks, before :mod:`.scaling`); :mod:`.merge` (some methods re-timed, their rows merged into the
+recorded tables); :mod:`.atscale` (one large size, no checkpoint) is a CLI.
 Figures are in :mod:`itr_lib.plots.efficiency`. Everything notebooks and tests use is re-exported here.
 """
 from __future__ import annotations
@@ -59,6 +60,7 @@ from .gallery import FINE_GALLERY_METHOD, SCALING_GALLERY_METHOD, GrowingGallery
 from .hardware import (ensure_read_bandwidth, flat_floor_ms, measure_hardware, measure_read_bandwidth, read_bandwidth,
                        roofline_ms, set_threads)
 from .memory import _local_stats, bytes_per_item
+from .merge import merge_efficiency, merge_rows, select_methods
 from .methods import _rescore_topk, _score_fn, _search_floor, _take, _to, encode_gallery, measure_method
 from .pareto import pareto_front
 from .indexes import (KINDS, build_faiss, index_bytes_per_item, index_floor_ms, make_index, recall_at_k, search_work,
@@ -86,4 +88,5 @@ __all__ = ["MethodSpec", "METHODS", "MODES", "DIRECTIONS", "spec_by_label", "mea
            "index_bytes_per_item", "index_floor_ms", "recall_at_k", "search_work", "tune_search_param", "sweep_table",
            "minilm_ms_per_caption", "query_side_table", "with_settings", "untrained_run_model", "TRAINED",
            "UNTRAINED", "STUDY", "make_index", "time_index", "train_items", "STREAMABLE", "KnnMerge", "chunked_knn",
-           "build_streamed", "check_streamed_memory", "streamed_index_measure", "flat_extrapolated"]
+           "build_streamed", "check_streamed_memory", "streamed_index_measure", "flat_extrapolated",
+           "select_methods", "merge_rows", "merge_efficiency"]

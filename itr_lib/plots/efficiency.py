@@ -23,23 +23,29 @@ SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6,
          (6, -31), (-6, -31)]  # label offsets tried, points
 
 
-def place_labels(ax, xs, ys, texts, fontsize: int = 8) -> list:
+def place_labels(ax, xs, ys, texts, fontsize: int = 8, marker_pt: float = 7.0) -> list:
     """Annotate each point with its text at the first offset of :data:`SLOTS` whose box overlaps no label placed
-    before it and stays within the axes' height (measured with the figure's renderer, so the text's real width
-    counts); a label left of its point is right-aligned. Call after the axes' scales and limits are set. Returns the
-    annotations."""
+    before it and no other point's marker (``marker_pt`` wide), and stays within the axes (measured with the
+    figure's renderer, so the text's real width counts); a label left of its point is right-aligned. Call after the
+    axes' scales and limits are set. Returns the annotations."""
+    from matplotlib.transforms import Bbox
     fig = ax.figure
     renderer = fig.canvas.get_renderer()
     frame = ax.get_window_extent(renderer)
+    r = marker_pt / 2 * fig.dpi / 72
+    centres = ax.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    markers = [Bbox.from_extents(cx - r, cy - r, cx + r, cy + r) for cx, cy in centres]
     placed, out = [], []
-    for x, y, text in zip(xs, ys, texts):
+    for i, (x, y, text) in enumerate(zip(xs, ys, texts)):
+        others = [m for j, m in enumerate(markers) if j != i]
         for k, (dx, dy) in enumerate(SLOTS):
             ann = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
                               ha="left" if dx > 0 else "right")
             box = ann.get_window_extent(renderer)
             inside = (frame.y0 <= box.y0 and box.y1 <= frame.y1  # not over the title, the axis labels or a legend
                       and frame.x0 <= box.x0 and box.x1 <= frame.x1)
-            if inside and not any(box.overlaps(b) for b in placed) or k == len(SLOTS) - 1:
+            free = not any(box.overlaps(b) for b in placed + others)
+            if inside and free or k == len(SLOTS) - 1:
                 break
             ann.remove()
         placed.append(box)
@@ -62,6 +68,9 @@ def _point_label(r) -> str:
     return label
 
 
+OTHER_MACHINE = "\u2020"  # dagger: a point timed on another machine than the x axis names
+
+
 def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_per_query", title: str | None = None):
     """mR (mean +- std over seeds) against per-query latency (log scale), every method of ``table`` labelled at its
     point, the Pareto front drawn. Colour: the method family (:mod:`itr_lib.plots.style`, the same as every
@@ -76,22 +85,29 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     for (_, r), mode in zip(t.iterrows(), modes):
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt=MODE_MARKERS.get(mode, ("o",))[0],
                     capsize=3, ms=7, color=colour_of(r.method), mec="k", mew=0.5)
+    dev = t.device.iloc[0] if "device" in t and len(t) else ""
+    # rows timed on another machine (merged later: efficiency.merge) are marked, named, and left off the front
+    elsewhere = pd.Series([str(d) != str(dev) for d in t.device] if "device" in t else [False] * len(t), dtype=bool)
+    others = list(dict.fromkeys(str(d) for d, e in zip(t.get("device", []), elsewhere) if e))
     handles = []
-    if not t.empty:
-        f = _pareto(t[latency_col], t.mr)
-        p = t[f].sort_values(latency_col)
+    if not t[~elsewhere].empty:
+        same = t[~elsewhere]
+        p = same[_pareto(same[latency_col], same.mr)].sort_values(latency_col)
         ax.step(p[latency_col], p.mr, where="post", color="k", lw=1.2, ls="--")
-        handles.append(Line2D([], [], color="k", ls="--", lw=1.2, label="Pareto front"))
+        handles.append(Line2D([], [], color="k", ls="--", lw=1.2,
+                              label=f"Pareto front{f' (without {OTHER_MACHINE})' if others else ''}"))
     fams = [f for f in FAMILY_COLOURS if f in {family_of(m) for m in t.method}]
     handles += [Line2D([], [], ls="", marker="o", ms=8, color=FAMILY_COLOURS[f], mec="k", mew=0.5, label=f)
                 for f in fams]
     handles += [Line2D([], [], ls="", marker=mk, ms=7, color="w", mec="k", label=lab)
                 for m, (mk, lab) in MODE_MARKERS.items() if m in set(modes)]
+    if others:
+        handles.append(Line2D([], [], ls="", marker="", label=f"{OTHER_MACHINE} timed later, on another machine:\n"
+                                                                  + "\n".join(others)))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False,
               title="colour: family; marker: search", title_fontsize=8)
     ax.set_xscale("log")
     _plain_log_ticks(ax.xaxis)
-    dev = t.device.iloc[0] if "device" in t and len(t) else ""
     recipe = any(str(m).startswith("recipe") for m in t.method)
     title = title or (f"{dataset.upper()}: the recipe (07) beside every method, accuracy vs query latency" if recipe
                       else f"{dataset.upper()}: accuracy vs query latency")
@@ -100,7 +116,8 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     ax.grid(True, which="both", alpha=0.3)
     ax.margins(x=0.08, y=0.1)
     fig.tight_layout()
-    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float), [_point_label(r) for _, r in t.iterrows()])
+    place_labels(ax, t[latency_col].astype(float), t.mr.astype(float),
+                 [_point_label(r) + (f" {OTHER_MACHINE}" if e else "") for (_, r), e in zip(t.iterrows(), elsewhere)])
     return fig
 
 
