@@ -316,8 +316,10 @@ def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu"
             c is not None or (ids_path.is_file() and len_path.is_file()))
     if not rebuild and ok(cut, npy, side):
         rep = BuildReport(npy, False, 0.0, sp.n_texts)
-        rep.also = [ensure_text_features(ds, split, root, device, batch_size, max_length, progress, rebuild, c)
-                    for c in also_cuts]
+        if also_cuts:  # the further cuts, in one pass of their own
+            r = ensure_text_features(ds, split, root, device, batch_size, max_length, progress, rebuild,
+                                     also_cuts[0], tuple(also_cuts[1:]))
+            rep.also = [r] + r.also
         return rep
     also = [c for c in also_cuts if rebuild or not ok(c, *_paths(ds.name, split, "text", _text_tag(max_length, c),
                                                                  root))]
