@@ -9,11 +9,12 @@ import torch
 
 from itr_lib.config import TrainConfig
 from itr_lib.features import CacheError, ImageEncoder, ensure_features, load_features
-from itr_lib.models import BUILDERS, build_model
+from itr_lib.models import BUILDERS, _load_plugins, build_model
 from itr_lib.models.adapt import ImageTop, attach_image_top
 from itr_lib.models.base import RetrievalModel
 
 REPO = Path(__file__).resolve().parents[1]
+_load_plugins()  # the registry in full (tgdt, aladin, scan, mrsw) before the tests are parametrised over it
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,8 @@ def cut_cache(tmp_path_factory, fixture_root):
 
 @pytest.fixture
 def top_cfg(tmp_path, cut_cache, fixture_root):
-    root, _ = cut_cache
-
-    def make(**kw):
-        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8,
-                    epochs=1, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="mean",
-                    base_loss="infonce")
-        base.update(kw)
-        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
-    return make
+    from conftest import tiny_config_factory
+    return tiny_config_factory(tmp_path, cut_cache[0], fixture_root)
 
 
 def test_cut_caches_are_named_by_their_cut(cut_cache, fixture_root):
@@ -131,7 +125,7 @@ def test_gradients_reach_only_the_unfrozen_top(top_cfg):
 
 @pytest.mark.parametrize("method", sorted(set(BUILDERS) - {"selfalign"}))
 def test_every_method_consumes_the_adapted_grid(top_cfg, method):
-    cfg = top_cfg(method=method, image_top_blocks=1)
+    cfg = top_cfg(method=method, image_top_blocks=1, **({} if method == "baseline" else {"pooling": "gpo"}))
     model = build_model(cfg).eval()
     acts = torch.randn(2, 49, 208)
     mask = torch.ones(2, 49, dtype=torch.bool)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from itr_lib.config import TrainConfig
 from itr_lib.features import CacheError, TextEncoder, ensure_features, load_features
 from itr_lib.models import BUILDERS, _load_plugins, build_model
 from itr_lib.models.base import RetrievalModel
@@ -28,15 +27,8 @@ def text_cache(tmp_path_factory, fixture_root):
 
 @pytest.fixture
 def tcfg(tmp_path, text_cache, fixture_root):
-    root, _ = text_cache
-
-    def make(**kw):
-        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8,
-                    epochs=1, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="mean",
-                    base_loss="infonce")
-        base.update(kw)
-        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
-    return make
+    from conftest import tiny_config_factory
+    return tiny_config_factory(tmp_path, text_cache[0], fixture_root)
 
 
 def test_text_cut_caches_are_named_and_checked_by_their_cut(text_cache, fixture_root, tmp_path):

@@ -87,22 +87,19 @@ def attach_text_top(model: nn.Module, layers: int, text_encoder: str = "minilm")
     """Give ``model`` a trainable text top of ``layers`` MiniLM layers (``model.text_top``, in its state_dict);
     refuses the GRU/GloVe text encoder and a model class whose ``encode_texts`` does not route the states through
     it."""
-    from .base import RetrievalModel
+    from .adapt import refuse_override
     if text_encoder != "minilm":
         raise ValueError(f"text_top_layers={layers} trains MiniLM's last layers, but text_encoder={text_encoder!r} "
                          f"reads GloVe word ids, not MiniLM states. Fix: set text_top_layers=0, or "
                          f"text_encoder='minilm'.")
-    if type(model).encode_texts is not RetrievalModel.encode_texts:
-        raise ValueError(f"{type(model).__name__} overrides encode_texts, so it cannot consume adapted token states "
-                         f"(TrainConfig.text_top_layers={layers}). Fix: set text_top_layers=0, or implement "
-                         f"encode_tokens instead of encode_texts in {type(model).__name__}.")
+    refuse_override(model, "encode_texts", "encode_tokens", "adapted token states", f"text_top_layers={layers}")
     model.text_top = TextTop(layers)
     return model
 
 
 def text_top_parameters(model: nn.Module) -> list[nn.Parameter]:
-    top = getattr(model, "text_top", None)
-    return [] if top is None else [p for p in top.parameters() if p.requires_grad]
+    from .adapt import top_parameters
+    return top_parameters(model, "text_top")
 
 
 def text_cut_of(model: nn.Module) -> int | None:
