@@ -90,6 +90,10 @@ def test_zero_layers_is_todays_path(tcfg):
     assert getattr(model, "text_top", None) is None and not any(k.startswith("text_top") for k in model.state_dict())
     assert len(make_optimizer(cfg, model)[0].param_groups) == 1
     assert tcfg(text_top_layers=1).run_name() != cfg.run_name() and tcfg(text_top_layers=2).text_cut == 4
+    from dataclasses import asdict
+    from itr_lib.config import variant_label
+    assert "text top" not in variant_label(asdict(cfg))
+    assert variant_label(asdict(tcfg(text_top_layers=2, text_top_lr_factor=0.1))).endswith("| text top 2 lyr x0.1 lr")
     with pytest.raises(ValueError, match="text_top_lr_factor"):
         tcfg(text_top_lr_factor=0.3)
     with pytest.raises(ValueError, match="text_top_layers"):
