@@ -1,8 +1,8 @@
 """Frozen pretrained features, extracted once and cached with a JSON sidecar.
 
 Why one module of ~630 lines (the backbones themselves live in :mod:`itr_lib.backbones`): the image (one cache per
-transform and cut), text (one per MiniLM cut) and GloVe caches share one cache / sidecar / chunked-resume machinery; splitting by modality
-would split that machinery or import it back.
+transform and cut), text (one per MiniLM cut) and GloVe caches share one cache / sidecar / chunked-resume machinery;
+splitting by modality would split that machinery or import it back.
 
 Per split of a dataset, under ``<cache root>/<dataset>/``:
 

@@ -2,9 +2,9 @@
 image, the false-negative mask) and evaluation batches; the groups of identical caption inputs.
 
 ``load_split_tensors(cfg, split)`` keeps one copy per process (keyed by dataset checksum, split, cache, text
-encoder, text cut and image transforms), so a grid of runs loads each split once. With ``transforms`` it also holds the grids
-of the rotated / mirrored images (:mod:`itr_lib.dihedral`), one *view* per transform: training draws one per image
-and step, test-time augmentation encodes each.
+encoder, text cut and image transforms), so a grid of runs loads each split once. With ``transforms`` it also holds
+the grids of the rotated / mirrored images (:mod:`itr_lib.dihedral`), one *view* per transform: training draws one per
+image and step, test-time augmentation encodes each.
 """
 from __future__ import annotations
 
