@@ -111,17 +111,33 @@ class TextEncoder:
                              return_tensors="np")
         return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(1).astype(np.int32)
 
-    def encode_ids(self, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L."""
+    def encode_ids(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
+        """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L:
+        ``last_hidden_state``, or with ``layer`` MiniLM's ``hidden_states[layer]`` (the input of layers
+        ``layer + 1 ..``: what a model with a trainable text top reads, :mod:`itr_lib.models.text_top`)."""
+        return self.encode_layers(ids, lengths, [layer])[layer]
+
+    def encode_layers(self, ids: np.ndarray, lengths: np.ndarray, layers=(None,)) -> dict:
+        """{layer: (B, L, 384) float32} in one forward pass (None: the last hidden state), each zero past the
+        row's length."""
         import torch
         width = int(lengths.max())
         t_ids = torch.from_numpy(ids[:, :width].astype(np.int64)).to(self.device)
         mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long().to(self.device)
+        n = self.model.config.num_hidden_layers
+        for layer in layers:
+            if layer is not None and not 0 <= layer <= n:
+                raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
         with torch.inference_mode():
-            h = self.model(input_ids=t_ids, attention_mask=mask).last_hidden_state
-        out = np.zeros((len(ids), ids.shape[1], h.shape[-1]), dtype=np.float32)
-        out[:, :width] = (h * mask[..., None]).float().cpu().numpy()
-        return out
+            out = self.model(input_ids=t_ids, attention_mask=mask,
+                             output_hidden_states=any(la is not None for la in layers))
+        res = {}
+        for layer in layers:
+            h = out.last_hidden_state if layer is None else out.hidden_states[layer]
+            arr = np.zeros((len(ids), ids.shape[1], h.shape[-1]), dtype=np.float32)
+            arr[:, :width] = (h * mask[..., None]).float().cpu().numpy()
+            res[layer] = arr
+        return res
 
 
 class _quiet:

@@ -23,7 +23,8 @@ RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "pro
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
 # added later with a non-None default: they enter the identity only when off that default
-ADDED_LATER_DEFAULTS = {"image_top_blocks": 0, "image_top_lr_factor": 1.0}
+ADDED_LATER_DEFAULTS = {"image_top_blocks": 0, "image_top_lr_factor": 1.0, "text_top_layers": 0,
+                        "text_top_lr_factor": 1.0}
 
 
 class ConfigError(ValueError):
@@ -140,6 +141,11 @@ class TrainConfig:
     image_top_blocks: int = 0           # 0: the frozen grid (today's path) | k: blocks 21-k..20 + head train, from
                                         # block 20-k's activation cache (1: block 20 + head; 6: the last stage)
     image_top_lr_factor: float = 1.0    # the top's learning rate = lr * this factor (only with image_top_blocks)
+    # the text side (itr_lib.models.text_top): train MiniLM's last layers from cached hidden states below them;
+    # every method reading MiniLM states consumes the adapted ones (gru: an error)
+    text_top_layers: int = 0            # 0: the frozen token states (today's path) | k in 1..2: MiniLM layers 7-k..6
+                                        # train, from the hidden_states[6 - k] cache (features --text-cut 6-k)
+    text_top_lr_factor: float = 1.0     # the text top's learning rate = lr * this factor (only with text_top_layers)
     # method-specific extras (TGDT, ALADIN, ...)
     extra: dict = field(default_factory=dict)
     # data / runtime
@@ -187,6 +193,17 @@ class TrainConfig:
         elif self.image_top_lr_factor != 1.0:
             raise ValueError(f"TrainConfig.image_top_lr_factor={self.image_top_lr_factor!r} has no effect with "
                              f"image_top_blocks=0 (the frozen grid). Fix: leave it at 1.0 or set image_top_blocks.")
+        if self.text_top_layers:
+            from .models.text_top import text_cut
+            text_cut(self.text_top_layers)  # a clear error for a count outside the cached cuts
+            if self.text_encoder != "minilm":
+                raise ValueError(f"TrainConfig.text_top_layers={self.text_top_layers} trains MiniLM's last layers, "
+                                 f"but text_encoder={self.text_encoder!r} reads GloVe word ids, not MiniLM states. "
+                                 f"Fix: set text_top_layers=0, or text_encoder='minilm'.")
+        elif self.text_top_lr_factor != 1.0:
+            raise ValueError(f"TrainConfig.text_top_lr_factor={self.text_top_lr_factor!r} has no effect with "
+                             f"text_top_layers=0 (the frozen token states). Fix: leave it at 1.0 or set "
+                             f"text_top_layers.")
 
     @property
     def image_cut(self) -> int | None:
@@ -195,6 +212,14 @@ class TrainConfig:
             return None
         from .models.adapt import top_cut
         return top_cut(self.image_top_blocks)
+
+    @property
+    def text_cut(self) -> int | None:
+        """The MiniLM hidden state whose cache the run loads (None: the frozen last hidden state)."""
+        if not self.text_top_layers:
+            return None
+        from .models.text_top import text_cut
+        return text_cut(self.text_top_layers)
 
     def identity(self) -> dict:
         return config_identity(asdict(self))
@@ -255,6 +280,10 @@ def variant_label(cfg: dict) -> str:
         v += f" | image top {cfg['image_top_blocks']} blk"
         if cfg.get("image_top_lr_factor", 1.0) != 1.0:
             v += f" x{cfg['image_top_lr_factor']:g} lr"
+    if cfg.get("text_top_layers"):  # MiniLM's last layers trained (itr_lib.models.text_top)
+        v += f" | text top {cfg['text_top_layers']} lyr"
+        if cfg.get("text_top_lr_factor", 1.0) != 1.0:
+            v += f" x{cfg['text_top_lr_factor']:g} lr"
     if cfg.get("image_transforms"):  # trained on rotated / mirrored grids
         v += f" | {dihedral.label(cfg['image_transforms'])}"
     if cfg.get("text_encoder", "minilm") != "minilm":

@@ -27,8 +27,9 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data
           f"(a minute or more per thousand images on a CPU)", file=sys.stderr, flush=True)
     # a model with a trainable image top reads the activations below it (its cut), not the frozen grid
     ensure_features(ds, [split], root=cache_dir, device=device, progress=progress, benchmark=False,
-                    cut=cfg.image_cut)
-    feats: SplitFeatures = load_features(ds, split, root=cache_dir, cut=cfg.image_cut)
+                    cut=cfg.image_cut, text_cut=cfg.text_cut)
+    # and a trainable text top reads MiniLM's hidden states below it (its text cut)
+    feats: SplitFeatures = load_features(ds, split, root=cache_dir, cut=cfg.image_cut, text_cut=cfg.text_cut)
     data = SplitTensors(feats, cfg.text_encoder)
     if cfg.text_encoder == "gru":  # the model's vocabulary is the training dataset's, not this one's
         from .features import glove_ids, load_glove

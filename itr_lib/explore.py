@@ -144,17 +144,18 @@ class Explorer:
             self._load(e)
         return e
 
-    def _data(self, text_encoder: str, cut: int | None = None):
-        """The split's tensors for a model's text encoder; ``cut``: its image top's activations (not the grid)."""
-        if (text_encoder, cut) not in self._tensors:
+    def _data(self, text_encoder: str, cut: int | None = None, text_cut: int | None = None):
+        """The split's tensors for a model's text encoder; ``cut``: its image top's activations (not the grid);
+        ``text_cut``: its text top's MiniLM hidden states (not the token states)."""
+        if (text_encoder, cut, text_cut) not in self._tensors:
             from .features import CacheError, load_features
             from .splits import SplitTensors
             try:
-                feats = load_features(self.ds, self.split_name, root=self.cache_dir, cut=cut)
+                feats = load_features(self.ds, self.split_name, root=self.cache_dir, cut=cut, text_cut=text_cut)
             except CacheError as err:
                 raise ExploreError(str(err)) from None
-            self._tensors[(text_encoder, cut)] = SplitTensors(feats, text_encoder)
-        return self._tensors[(text_encoder, cut)]
+            self._tensors[(text_encoder, cut, text_cut)] = SplitTensors(feats, text_encoder)
+        return self._tensors[(text_encoder, cut, text_cut)]
 
     def _load(self, e: Entry) -> None:
         from .scoring import encode_split, has_two_stage
@@ -164,7 +165,7 @@ class Explorer:
             model, cfg = load_checkpoint(e.checkpoint, self.device)
         except (FileNotFoundError, ValueError) as err:
             raise ExploreError(f"{e.label}: {err}") from None
-        data = self._data(cfg.text_encoder, cfg.image_cut)
+        data = self._data(cfg.text_encoder, cfg.image_cut, cfg.text_cut)
         if cfg.text_encoder == "gru":  # the model's vocabulary is its training dataset's
             from .features import load_glove
             itos, _ = load_glove(cfg.dataset, self.data_root, self.cache_dir)
@@ -241,7 +242,8 @@ class Explorer:
         else:
             enc = self.text_encoder()
             ids, lengths = enc.tokenize([query])
-            states = enc.encode_ids(ids, lengths).astype(np.float16)  # as the cache stores them
+            # as the cache stores them; a trainable text top: MiniLM to its cut, the model's top runs the rest
+            states = enc.encode_ids(ids, lengths, layer=e.cfg.text_cut).astype(np.float16)
             width = int(lengths.max())
             text = torch.from_numpy(states[:, :width])
             pos = torch.arange(width)[None, :]
@@ -325,7 +327,7 @@ class Explorer:
             raise ExploreError(f"Word -> region maps are read from the pre-context word and region vectors of the "
                                f"baseline and SelfAlign models on MiniLM features (itr_lib.wordobj); {e.label} "
                                f"({e.method}, {e.cfg.text_encoder}) has none. Pick a baseline or SelfAlign method.")
-        regions = self._data(e.cfg.text_encoder, e.cfg.image_cut).images[int(image)]
+        regions = self._data(e.cfg.text_encoder, e.cfg.image_cut, e.cfg.text_cut).images[int(image)]
         return word_maps(e.model, regions, q, self.text_encoder())
 
     # ------------------------------------------------------------------------------------------- images

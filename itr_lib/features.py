@@ -1,8 +1,8 @@
 """Frozen pretrained features, extracted once and cached with a JSON sidecar.
 
-Why one module of ~560 lines (the backbones themselves live in :mod:`itr_lib.backbones`): the image (one cache per
-transform and cut), text and GloVe caches share one cache / sidecar / chunked-resume machinery; splitting by modality
-would split that machinery or import it back.
+Why one module of ~630 lines (the backbones themselves live in :mod:`itr_lib.backbones`): the image (one cache per
+transform and cut), text (one per MiniLM cut) and GloVe caches share one cache / sidecar / chunked-resume machinery;
+splitting by modality would split that machinery or import it back.
 
 Per split of a dataset, under ``<cache root>/<dataset>/``:
 
@@ -14,6 +14,9 @@ Per split of a dataset, under ``<cache root>/<dataset>/``:
   train the blocks above K and the conv head (:mod:`itr_lib.models.adapt`); the cut is named in the sidecar,
 - ``{split}.text.minilm-{L}.npy``: (M, L, 384) float16 all-MiniLM-L6-v2 token states (padding rows are zero),
   with ``.lengths.npy`` (M,) and ``.ids.npy`` (M, L) word-piece ids beside it,
+- ``{split}.text.minilm-{L}.cut{K}.npy``: (M, L, 384) float16 ``hidden_states[K]`` of MiniLM (K = 5: below its last
+  layer; 4: below the last two), zero-padded alike, for models that train the layers above K
+  (:mod:`itr_lib.models.text_top`); the cut is named in the sidecar (``text_cut``),
 - ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split,
 
 each with a ``.json`` sidecar (model id and weights hash, input size, preprocessing, dataset file checksum,
@@ -23,8 +26,9 @@ where it stopped; the final file appears by atomic rename, and its sidecar is wr
 half-written is ever read back as complete.
 
 CLI: ``python -m itr_lib.features --data-root DIR --dataset NAME [--splits test ...] [--transforms r0 r90 ...]
-[--cut 14 19]`` (``--cut``: the activation caches of those blocks, in one pass, instead of the grids; the text
-caches are built or reused as usual).
+[--cut 14 19] [--text-cut 5 4]`` (``--cut``: the activation caches of those blocks, in one pass, instead of the
+grids; the text caches are built or reused as usual; ``--text-cut``: also MiniLM's hidden states below its last
+layers, ``{split}.text.minilm-{L}.cut{K}.npy``, for :mod:`itr_lib.models.text_top`).
 """
 from __future__ import annotations
 
@@ -109,8 +113,8 @@ def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", 
     return side
 
 
-def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> dict:
-    return {
+def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN, cut: int | None = None) -> dict:
+    side = {
         "format_version": FORMAT_VERSION, "kind": "text", "model_id": TEXT_MODEL_ID,
         "weights_sha256": _weights_sha256(str(_text_model_dir() / "model.safetensors")),
         "max_length": max_length, "dim": 384, "dtype": "float16",
@@ -120,6 +124,15 @@ def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN) -> d
         "n_rows": split.n_texts, "row_order": "captions of the split, image by image in JSON order (Split.captions)",
         "row_order_sha256": _row_order_sha(split.captions),
     }
+    if cut is not None:  # the token-state caches' sidecars keep their fields (their caches stay valid)
+        side.update({"kind": "text-hidden", "text_cut": cut,  # (a mismatch names text_cut: the first field)
+                     "text_output": f"hidden_states[{cut}] (embeddings + layers 1..{cut}, eval mode), before layers "
+                               f"{cut + 1}..6; rows past each length are zero"})
+    return side
+
+
+def _text_tag(max_length: int, cut: int | None = None) -> str:
+    return f"minilm-{max_length}{'' if cut is None else f'.cut{cut}'}"
 
 
 def _image_tag(model: str, size: int, transform: str = dihedral.IDENTITY, cut: int | None = None) -> str:
@@ -286,35 +299,70 @@ def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-li
 
 def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu", batch_size: int = 128,
                          max_length: int = TEXT_MAX_LEN, progress: bool | None = None,
-                         rebuild: bool = False) -> BuildReport:
-    """MiniLM token states. Identical caption strings are encoded once (RSICD repeats most of them)."""
+                         rebuild: bool = False, cut: int | None = None, also_cuts: tuple = ()) -> BuildReport:
+    """MiniLM token states (with ``cut``: ``hidden_states[cut]``, the input of a trainable text top,
+    :mod:`itr_lib.models.text_top`). Identical caption strings are encoded once (RSICD repeats most of them).
+    ``also_cuts``: further cuts the same forward pass fills (held in RAM per distinct caption, written after the
+    pass; a resumed pass builds them on their own); their reports are the result's ``also``. The word-piece ids
+    and lengths live beside the token-state cache (``cut`` None) only."""
     sp = ds.split(split)
-    tag = f"minilm-{max_length}"
-    npy, side = _paths(ds.name, split, "text", tag, root)
+    npy, side = _paths(ds.name, split, "text", _text_tag(max_length, cut), root)
     ids_path, len_path = npy.with_suffix(".ids.npy"), npy.with_suffix(".lengths.npy")
-    expected = text_sidecar(ds, sp, max_length)
-    if not rebuild and cache_status(npy, side, expected) == "ok" and ids_path.is_file() and len_path.is_file():
-        return BuildReport(npy, False, 0.0, sp.n_texts)
+    expected = text_sidecar(ds, sp, max_length, cut)
+    also_cuts = [c for c in also_cuts if c != cut]
+
+    def ok(c, n, s_):
+        return cache_status(n, s_, text_sidecar(ds, sp, max_length, c)) == "ok" and (
+            c is not None or (ids_path.is_file() and len_path.is_file()))
+    if not rebuild and ok(cut, npy, side):
+        rep = BuildReport(npy, False, 0.0, sp.n_texts)
+        if also_cuts:  # the further cuts, in one pass of their own
+            r = ensure_text_features(ds, split, root, device, batch_size, max_length, progress, rebuild,
+                                     also_cuts[0], tuple(also_cuts[1:]))
+            rep.also = [r] + r.also
+        return rep
+    also = [c for c in also_cuts if rebuild or not ok(c, *_paths(ds.name, split, "text", _text_tag(max_length, c),
+                                                                 root))]
     enc = TextEncoder(device, max_length)
     uniq, inverse = np.unique(np.asarray(sp.captions, dtype=object), return_inverse=True)
     u_ids, u_len = enc.tokenize(list(uniq))
-    atomic_save_npy(ids_path, u_ids[inverse])
-    atomic_save_npy(len_path, u_len[inverse])
+    if cut is None:
+        atomic_save_npy(ids_path, u_ids[inverse])
+        atomic_save_npy(len_path, u_len[inverse])
     order = np.argsort(u_len, kind="stable")  # length-sorted batches pad little
     by_u = np.argsort(inverse, kind="stable")
     rows_of = np.split(by_u, np.cumsum(np.bincount(inverse, minlength=len(uniq)))[:-1])
+    held = {c: np.zeros((len(uniq), max_length, 384), np.float16) for c in also}  # per distinct caption
+    filled = np.zeros(len(uniq), dtype=bool)
+
+    def expand(states, us):  # distinct captions' rows -> every caption's row
+        return np.repeat(states, [len(rows_of[u]) for u in us], axis=0), np.concatenate([rows_of[u] for u in us])
 
     def compute(start, stop):
         us = order[start:stop]
-        states = np.concatenate([enc.encode_ids(u_ids[us[i:i + batch_size]], u_len[us[i:i + batch_size]])
-                                 for i in range(0, len(us), batch_size)])
-        counts = [len(rows_of[u]) for u in us]
-        dest = np.concatenate([rows_of[u] for u in us])
-        return np.repeat(states, counts, axis=0), dest
+        parts = [enc.encode_layers(u_ids[us[i:i + batch_size]], u_len[us[i:i + batch_size]], [cut] + also)
+                 for i in range(0, len(us), batch_size)]
+        for c in also:
+            held[c][us] = np.concatenate([p[c] for p in parts])
+        filled[us] = True
+        return expand(np.concatenate([p[cut] for p in parts]), us)
 
-    secs = build_array(npy, side, expected, (sp.n_texts, max_length, 384), np.float16, len(uniq), batch_size * 4,
-                       compute, desc=f"{ds.name}/{split} captions ({len(uniq)} unique)", progress=progress)
-    return BuildReport(npy, True, secs, sp.n_texts)
+    shape, chunk = (sp.n_texts, max_length, 384), batch_size * 4
+    secs = build_array(npy, side, expected, shape, np.float16, len(uniq), chunk, compute,
+                       desc=f"{ds.name}/{split} captions{'' if cut is None else f'.cut{cut}'} ({len(uniq)} unique)",
+                       progress=progress)
+    rep = BuildReport(npy, True, secs, sp.n_texts)
+    for c in also_cuts:
+        if c in also and filled.all():  # the pass saw every caption: its held rows are what a build of its own gives
+            c_npy, c_side = _paths(ds.name, split, "text", _text_tag(max_length, c), root)
+            c_secs = build_array(c_npy, c_side, text_sidecar(ds, sp, max_length, c), shape, np.float16, len(uniq),
+                                 chunk, lambda a, b, _c=c: expand(held[_c][order[a:b]], order[a:b]),
+                                 desc=f"{ds.name}/{split} captions.cut{c} (held)", progress=progress)
+            rep.also.append(BuildReport(c_npy, True, c_secs, sp.n_texts))
+        else:
+            rep.also.append(ensure_text_features(ds, split, root, device, batch_size, max_length, progress, rebuild,
+                                                 c))
+    return rep
 
 
 # ----------------------------------------------------------------------------------------------- GloVe
@@ -394,21 +442,28 @@ class SplitFeatures:
 
 def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
                   image_model: str = "efficientnet-lite2", size: int = 224, max_length: int = TEXT_MAX_LEN,
-                  mmap: bool = True, cut: int | None = None) -> SplitFeatures:
+                  mmap: bool = True, cut: int | None = None, text_cut: int | None = None) -> SplitFeatures:
     """Open a split's caches; raises :class:`CacheError` (with the command to fix it) if any is missing or stale.
-    ``cut``: the images are block ``cut``'s activations (:func:`ensure_image_features`) instead of the grids."""
+    ``cut``: the images are block ``cut``'s activations (:func:`ensure_image_features`) instead of the grids;
+    ``text_cut``: the text is MiniLM's ``hidden_states[text_cut]`` (:func:`ensure_text_features`) instead of the
+    token states (whose cache still gives the word-piece ids and lengths)."""
     ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
     sp = ds.split(split)
     hint = _build_hint(ds)
     inpy, iside = _paths(ds.name, split, "image", _image_tag(image_model, size, cut=cut), root)
     _check(inpy, iside, image_sidecar(ds, sp, image_model, size, cut=cut),
            hint + ("" if cut is None else f" --splits {split} --cut {cut}"))
-    tnpy, tside = _paths(ds.name, split, "text", f"minilm-{max_length}", root)
+    tnpy, tside = _paths(ds.name, split, "text", _text_tag(max_length), root)
     _check(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
+    snpy = tnpy  # the states the model reads
+    if text_cut is not None:
+        snpy, sside = _paths(ds.name, split, "text", _text_tag(max_length, text_cut), root)
+        _check(snpy, sside, text_sidecar(ds, sp, max_length, text_cut),
+               f"{hint} --splits {split} --text-cut {text_cut}")
     mode = "r" if mmap else None
-    images, text = np.load(inpy, mmap_mode=mode), np.load(tnpy, mmap_mode=mode)
+    images, text = np.load(inpy, mmap_mode=mode), np.load(snpy, mmap_mode=mode)
     if images.shape[0] != sp.n_images or text.shape[0] != sp.n_texts:
-        raise CacheError(f"feature cache {inpy} / {tnpy} has {images.shape[0]} / {text.shape[0]} rows, the split "
+        raise CacheError(f"feature cache {inpy} / {snpy} has {images.shape[0]} / {text.shape[0]} rows, the split "
                          f"has {sp.n_images} / {sp.n_texts}. Fix: rebuild with `{hint} --rebuild`.")
     vocab_json, _ = ensure_glove_vocab(ds, root)
     stoi = {w: i for i, w in enumerate(read_json(vocab_json)["itos"])}
@@ -450,11 +505,14 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
                     image_model: str = "efficientnet-lite2", size: int = 224, device: str = "cpu",
                     progress: bool | None = None, rebuild: bool = False,
                     benchmark: bool | str | os.PathLike = False, transforms: list[str] | None = None,
-                    cut: int | list[int] | None = None, threads: int | None = None) -> list[dict]:
+                    cut: int | list[int] | None = None, threads: int | None = None,
+                    text_cut: int | list[int] | None = None) -> list[dict]:
     """Build (or reuse) image, text and GloVe caches for the given splits (default: every split of the JSON),
     the image caches once per transform in ``transforms`` (default ``["r0"]``, the images as they are).
 
     ``cut`` (a block, or a list of blocks filled in one pass): block activation caches instead of the grids.
+    ``text_cut`` (a MiniLM hidden state, or a list): also the caches of ``hidden_states[k]`` (a trainable text
+    top's input), filled in the token states' pass when those are built, else in one pass of their own.
 
     Returns one row per cache: path, whether it was built, seconds and throughput (``kind`` is ``image`` for
     ``r0``, ``image.<transform>`` for the others, ``image.cut<K>[.<transform>]`` with ``cut``); with ``benchmark``,
@@ -466,6 +524,8 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
     splits = splits or ds.split_names
     transforms = dihedral.validate(transforms or [dihedral.IDENTITY], "--transforms")
     cuts = sorted(cut) if isinstance(cut, (list, tuple)) else [cut]
+    tcuts = sorted(text_cut, reverse=True) if isinstance(text_cut, (list, tuple)) else \
+        ([] if text_cut is None else [text_cut])
     todo = [s for s in splits if rebuild or any(
         cache_status(*_paths(ds.name, s, "image", _image_tag(image_model, size, t, c), root),
                      image_sidecar(ds, ds.split(s), image_model, size, t, c)) != "ok"
@@ -479,10 +539,11 @@ def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, dat
                                             also_cuts=tuple(cuts[1:])))
                       for t in transforms]
         for t, fn in image_jobs + [(None, lambda: ensure_text_features(ds, s, root, device, progress=progress,
-                                                                        rebuild=rebuild))]:
+                                                                        rebuild=rebuild, also_cuts=tuple(tcuts)))]:
             r = fn()
-            for c, rep in zip(cuts, [r] + r.also):
-                kind = "text" if t is None else f"image{'' if c is None else f'.cut{c}'}{dihedral.cache_suffix(t)}"
+            for c, rep in zip(cuts if t is not None else [None] + tcuts, [r] + r.also):
+                kind = (f"text{'' if c is None else f'.cut{c}'}" if t is None else
+                        f"image{'' if c is None else f'.cut{c}'}{dihedral.cache_suffix(t)}")
                 rows.append({"dataset": ds.name, "split": s, "kind": kind, "path": str(rep.path), "built": rep.built,
                              "items": rep.items, "seconds": round(rep.seconds, 2), "items_per_s":
                              round(rep.items / rep.seconds, 1) if rep.built and rep.seconds > 0 else None})
@@ -534,6 +595,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="build the activation caches of EfficientNet-Lite2's block K (14: 14x14x120, the input of the "
                         "last stage; 19: 7x7x208) instead of the grids, for models that train the blocks above K "
                         "(TrainConfig.image_top_blocks = 20 - K); several cuts are filled in one pass")
+    p.add_argument("--text-cut", type=int, nargs="+", default=None, metavar="K",
+                   help="also build the caches of MiniLM's hidden_states[K] (5: below the last layer; 4: below the "
+                        "last two), for models that train the layers above K (TrainConfig.text_top_layers = 6 - K); "
+                        "several cuts are filled in one pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when the caches match")
@@ -549,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         rows = ensure_features(ds, a.splits, root=a.cache_dir, image_model=a.image_model, device=a.device,
                                progress=not a.no_progress, rebuild=a.rebuild, benchmark=a.benchmark or False,
-                               transforms=a.transforms, cut=a.cut, threads=a.threads)
+                               transforms=a.transforms, cut=a.cut, threads=a.threads, text_cut=a.text_cut)
     except ValueError as err:  # DataError / CacheError, or an unknown transform name
         print(f"error: {err}", file=sys.stderr)
         return 2

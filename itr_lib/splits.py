@@ -2,9 +2,9 @@
 image, the false-negative mask) and evaluation batches; the groups of identical caption inputs.
 
 ``load_split_tensors(cfg, split)`` keeps one copy per process (keyed by dataset checksum, split, cache, text
-encoder and image transforms), so a grid of runs loads each split once. With ``transforms`` it also holds the grids
-of the rotated / mirrored images (:mod:`itr_lib.dihedral`), one *view* per transform: training draws one per image
-and step, test-time augmentation encodes each.
+encoder, text cut and image transforms), so a grid of runs loads each split once. With ``transforms`` it also holds
+the grids of the rotated / mirrored images (:mod:`itr_lib.dihedral`), one *view* per transform: training draws one per
+image and step, test-time augmentation encodes each.
 """
 from __future__ import annotations
 
@@ -186,12 +186,14 @@ def load_split_tensors(cfg, split: str, max_images: int | None = None,
     :class:`~itr_lib.features.CacheError` names the command that builds it)."""
     ds = load_dataset(cfg.dataset, cfg.data_root)
     cut = getattr(cfg, "image_cut", None)  # a trainable image top: the activations below it, not the grids
-    feats = load_features(ds, split, root=cfg.cache_dir, cut=cut)  # validates the sidecars
+    text_cut = getattr(cfg, "text_cut", None)  # a trainable text top: MiniLM's hidden states below it
+    feats = load_features(ds, split, root=cfg.cache_dir, cut=cut, text_cut=text_cut)  # validates the sidecars
     names = dihedral.validate(transforms, "transforms") if transforms is not None else None
     grids = {t: load_image_grid(ds, split, t, root=cfg.cache_dir, cut=cut) for t in names
              if t != dihedral.IDENTITY} if names else {}
     key = (ds.json_sha256, split, str(feats.images.filename if hasattr(feats.images, "filename") else id(feats)),
-           cfg.text_encoder, max_images) + ((tuple(names),) if names else ())
+           cfg.text_encoder, max_images) + ((text_cut,) if text_cut is not None else ()) \
+        + ((tuple(names),) if names else ())
     if key not in _TENSORS:
         if len(_TENSORS) >= 6:
             _TENSORS.pop(next(iter(_TENSORS)))

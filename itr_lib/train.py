@@ -29,6 +29,7 @@ from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, 
 from .metrics import STUDY_TIE_RULE
 from .models import RetrievalModel, build_model
 from .models.adapt import image_top_parameters
+from .models.text_top import text_top_parameters
 from .recordio import portable_run_dir, read_record
 from .scoring import evaluate, evaluate_two_stage, has_two_stage, ties_arrays
 from .splits import load_split_tensors
@@ -72,12 +73,14 @@ def train_step(model: RetrievalModel, opt: torch.optim.Optimizer, batch, epoch: 
 
 def make_optimizer(cfg: TrainConfig, model: RetrievalModel):
     """Adam over the trainable parameters and the step decay (lr x gamma after ``lr_decay_frac`` of the epochs);
-    a trainable image top (``image_top_blocks``) is a second group at ``lr * image_top_lr_factor``."""
-    top = {id(p) for p in image_top_parameters(model)}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in top]
-    groups = [{"params": params}] + ([{"params": image_top_parameters(model),
-                                       "lr": cfg.lr * cfg.image_top_lr_factor}] if top else [])
-    opt = torch.optim.Adam(groups if top else params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    a trainable image top (``image_top_blocks``) is a second group at ``lr * image_top_lr_factor``, a trainable text
+    top (``text_top_layers``) a group of its own at ``lr * text_top_lr_factor``."""
+    tops = [(ps, cfg.lr * f) for ps, f in ((image_top_parameters(model), cfg.image_top_lr_factor),
+                                          (text_top_parameters(model), cfg.text_top_lr_factor)) if ps]
+    in_top = {id(p) for ps, _ in tops for p in ps}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in in_top]
+    groups = [{"params": params}] + [{"params": ps, "lr": lr} for ps, lr in tops]
+    opt = torch.optim.Adam(groups if tops else params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     decay_epoch = max(1, int(round(cfg.lr_decay_frac * cfg.epochs)))
     return opt, torch.optim.lr_scheduler.StepLR(opt, step_size=decay_epoch, gamma=cfg.lr_decay_gamma)
 
@@ -246,6 +249,10 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
                           "n_params": sum(p.numel() for p in image_top_parameters(model)),
                           "batchnorm": "frozen statistics (eval mode)", "drop_connect": "off"}}
            if cfg.image_top_blocks else {}),  # the trainable backbone top (itr_lib.models.adapt)
+        **({"text_top": {"layers": cfg.text_top_layers, "cut": cfg.text_cut, "lr_factor": cfg.text_top_lr_factor,
+                         "n_params": sum(p.numel() for p in text_top_parameters(model)),
+                         "dropout": "off (eval mode)", "attention_mask": "the caption lengths"}}
+           if cfg.text_top_layers else {}),  # MiniLM's trainable last layers (itr_lib.models.text_top)
         "train_seconds": round(sum(h["train_seconds"] for h in history), 2),
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),

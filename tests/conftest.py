@@ -91,3 +91,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def tiny_config_factory(tmp_path, cache_root, fixture_root):
+    """Tiny TrainConfigs (D 32, batch 8, 1 epoch, InfoNCE, mean pooling, no drop) on the mini fixture's caches in
+    ``cache_root`` (run folder ``tmp_path/run``): the backbone-top tests' configs."""
+    from itr_lib.config import TrainConfig
+
+    def make(**kw):
+        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(cache_root), dim=32, batch_size=8,
+                    epochs=1, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="mean",
+                    base_loss="infonce")
+        base.update(kw)
+        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
+    return make

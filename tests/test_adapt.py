@@ -9,11 +9,12 @@ import torch
 
 from itr_lib.config import TrainConfig
 from itr_lib.features import CacheError, ImageEncoder, ensure_features, load_features
-from itr_lib.models import BUILDERS, build_model
+from itr_lib.models import BUILDERS, _load_plugins, build_model
 from itr_lib.models.adapt import ImageTop, attach_image_top
 from itr_lib.models.base import RetrievalModel
 
 REPO = Path(__file__).resolve().parents[1]
+_load_plugins()  # the registry in full (tgdt, aladin, scan, mrsw) before the tests are parametrised over it
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,8 @@ def cut_cache(tmp_path_factory, fixture_root):
 
 @pytest.fixture
 def top_cfg(tmp_path, cut_cache, fixture_root):
-    root, _ = cut_cache
-
-    def make(**kw):
-        base = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8,
-                    epochs=1, lr=2e-3, progress=False, region_drop=0.0, token_drop=0.0, pooling="mean",
-                    base_loss="infonce")
-        base.update(kw)
-        return TrainConfig(**base, run_dir=str(tmp_path / "run"))
-    return make
+    from conftest import tiny_config_factory
+    return tiny_config_factory(tmp_path, cut_cache[0], fixture_root)
 
 
 def test_cut_caches_are_named_by_their_cut(cut_cache, fixture_root):
@@ -84,7 +78,8 @@ def test_cached_activation_forward_equals_full_backbone(cut_cache, fixture_root,
 def test_zero_blocks_is_todays_path(mini_cfg):
     """0 trainable blocks: identity, run name, model and optimiser of today's frozen path."""
     from itr_lib.train import make_optimizer
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"image_top_blocks", "image_top_lr_factor", "precision"}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
+        "image_top_blocks", "image_top_lr_factor", "precision", "text_top_layers", "text_top_lr_factor"}
     recorded = [r for r in (json.loads(p.read_text()) for p in sorted((REPO / "results" / "full").glob(
         "**/metrics/rsicd-baseline-*.json"))) if set(r["config"]) == fields]  # records of the current schema
     assert len(recorded) >= 3
@@ -130,7 +125,7 @@ def test_gradients_reach_only_the_unfrozen_top(top_cfg):
 
 @pytest.mark.parametrize("method", sorted(set(BUILDERS) - {"selfalign"}))
 def test_every_method_consumes_the_adapted_grid(top_cfg, method):
-    cfg = top_cfg(method=method, image_top_blocks=1)
+    cfg = top_cfg(method=method, image_top_blocks=1, **({} if method == "baseline" else {"pooling": "gpo"}))
     model = build_model(cfg).eval()
     acts = torch.randn(2, 49, 208)
     mask = torch.ones(2, 49, dtype=torch.bool)
@@ -199,7 +194,8 @@ def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache
     assert list(t.lever) == ["frozen backbone"] + [n for n, _, _ in recipe.ADAPT_LEVERS]
     assert t.change.iloc[0] == "epochs=1" and not t.chosen.any()
     recs = [json.loads((tmp_path / "recipe" / "metrics" / f"{r}.json").read_text()) for r in t.run]
-    assert [r["config"]["image_top_blocks"] for r in recs] == [0, 1, 6]
+    assert [r["config"]["image_top_blocks"] for r in recs] == [0, 1, 6, 0, 0]
+    assert [r["config"].get("text_top_layers", 0) for r in recs] == [0, 0, 0, 1, 2]
     assert all(r["config"]["image_transforms"] is None and r["epochs"] == 1 for r in recs)
     assert t.val_mr.iloc[1] == pytest.approx(recs[1]["val"]["standard"]["rsum"] / 6, abs=0.01)
     assert t.ref_val_mr.iloc[2] == pytest.approx(recs[0]["val"]["standard"]["rsum"] / 6, abs=0.01)
@@ -209,12 +205,12 @@ def test_adapt_levers_measure_each_top_on_the_recipe_without_rotations(cut_cache
     again = recipe.adapt_levers(change, "mini", tmp_path, base=base, n_boot=50)
     assert list(again.run) == list(t.run)
     on_ref = recipe.adapt_configs(change, "mini", base=base, on="reference")
-    assert [c.epochs for c in on_ref] == [recipe.REFERENCE["epochs"]] * 3 and on_ref[0].image_transforms is None
+    assert [c.epochs for c in on_ref] == [recipe.REFERENCE["epochs"]] * 5 and on_ref[0].image_transforms is None
 
 
 def test_adapt_plan_names_what_each_lever_changes():
     from itr_lib import recipe
-    cut14 = recipe.ADAPT_LEVERS[-1][0]
+    cut14 = recipe.ADAPT_LEVERS[1][0]
     plan = recipe.adapt_plan({"reference": [n for n, _, _ in recipe.ADAPT_LEVERS], "recipe": [cut14]})
     assert [(on, [n for n, _, _ in lv]) for on, lv in plan] == [
         ("reference", [n for n, _, _ in recipe.ADAPT_LEVERS]), ("recipe", [cut14])]
@@ -230,7 +226,7 @@ def test_adapt_plan_names_what_each_lever_changes():
 def test_the_adapted_final_lever_is_chosen_on_val_among_those_on_the_recipe():
     import pandas as pd
     from itr_lib import recipe
-    (n19, _, ch19), (n14, _, ch14) = recipe.ADAPT_LEVERS
+    (n19, _, ch19), (n14, _, ch14) = recipe.ADAPT_LEVERS[:2]
     on_ref, on_rec = "adapted top (alone, on the reference)", "adapted top (alone, on the recipe without rotations)"
     t = pd.DataFrame({"stage": [on_ref, on_ref, on_rec, on_rec], "lever": [n19, n14, n19, n14],
                       "val_gain": [9.0, 1.0, 0.5, 2.0], "test_mr": [0.0, 0.0, 99.0, 1.0]})

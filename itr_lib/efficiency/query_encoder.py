@@ -122,6 +122,10 @@ def query_encoder_rows(checkpoint, split: str = "test", threads: int = 1, noise_
     import os
     torch.set_num_threads(threads)
     model, cfg = load_checkpoint(checkpoint)
+    if cfg.text_top_layers:
+        raise ValueError(f"{checkpoint}: the query-encoder variants re-encode captions with the whole frozen MiniLM, "
+                         f"but this model has a trainable text top (text_top_layers={cfg.text_top_layers}) that "
+                         f"reads hidden_states[{cfg.text_cut}]. Fix: measure a checkpoint with text_top_layers=0.")
     data = load_split_tensors(cfg, split)
     captions = load_dataset(cfg.dataset, cfg.data_root).split(split).captions
     if len(captions) != data.n_texts:

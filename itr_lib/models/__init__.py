@@ -20,6 +20,7 @@ COMMON_FIELDS = frozenset({
     "token_drop", "image_transforms", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images",
     "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress",
     "image_top_blocks", "image_top_lr_factor",  # the top: every model routes its grid through it (models.adapt)
+    "text_top_layers", "text_top_lr_factor",  # and its token states through the text top (models.text_top)
     "precision"})
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
@@ -93,6 +94,9 @@ def build_model(cfg, glove=None) -> RetrievalModel:
     if getattr(cfg, "image_top_blocks", 0):
         from .adapt import attach_image_top
         attach_image_top(model, cfg.image_top_blocks)
+    if getattr(cfg, "text_top_layers", 0):
+        from .text_top import attach_text_top
+        attach_text_top(model, cfg.text_top_layers, cfg.text_encoder)
     return model
 
 

@@ -74,15 +74,26 @@ class ImageTop(nn.Module):
 def attach_image_top(model: nn.Module, blocks: int) -> nn.Module:
     """Give ``model`` a trainable top of ``blocks`` blocks (``model.image_top``, in its state_dict); refuses a
     model class whose ``encode_images`` does not route the grid through it."""
-    from .base import RetrievalModel
-    if type(model).encode_images is not RetrievalModel.encode_images:
-        raise ValueError(f"{type(model).__name__} overrides encode_images, so it cannot consume an adapted grid "
-                         f"(TrainConfig.image_top_blocks={blocks}). Fix: set image_top_blocks=0, or implement "
-                         f"encode_grid instead of encode_images in {type(model).__name__}.")
+    refuse_override(model, "encode_images", "encode_grid", "an adapted grid", f"image_top_blocks={blocks}")
     model.image_top = ImageTop(blocks)
     return model
 
 
-def image_top_parameters(model: nn.Module) -> list[nn.Parameter]:
-    top = getattr(model, "image_top", None)
+def refuse_override(model: nn.Module, method: str, hook: str, what: str, setting: str) -> None:
+    """A model class that overrides ``method`` itself (instead of the ``hook`` it calls after a top) cannot consume
+    ``what``: the error names the setting and the fix."""
+    from .base import RetrievalModel
+    if getattr(type(model), method) is not getattr(RetrievalModel, method):
+        name, field = type(model).__name__, setting.split("=")[0]
+        raise ValueError(f"{name} overrides {method}, so it cannot consume {what} (TrainConfig.{setting}). Fix: set "
+                         f"{field}=0, or implement {hook} instead of {method} in {name}.")
+
+
+def top_parameters(model: nn.Module, name: str = "image_top") -> list[nn.Parameter]:
+    """The trainable parameters of the model's top ``name`` (``image_top`` / ``text_top``; none without one)."""
+    top = getattr(model, "_modules", {}).get(name)
     return [] if top is None else [p for p in top.parameters() if p.requires_grad]
+
+
+def image_top_parameters(model: nn.Module) -> list[nn.Parameter]:
+    return top_parameters(model, "image_top")

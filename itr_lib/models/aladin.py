@@ -90,7 +90,7 @@ class ALADINModel(RetrievalModel):
         x = self.img_in(gather_tokens(regions, order), order) + self.modality[0]
         return self._encode(x, mask, mask)
 
-    def encode_texts(self, text, text_mask, word_mask) -> dict:
+    def encode_tokens(self, text, text_mask, word_mask) -> dict:
         order, mask = self._pack(text_mask)
         x = self.txt_enc(gather_tokens(text, order), order) + self.modality[1]
         align = gather_tokens(word_mask & text_mask, order)

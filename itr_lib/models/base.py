@@ -57,6 +57,17 @@ class RetrievalModel(nn.Module):
         raise NotImplementedError
 
     def encode_texts(self, text: torch.Tensor, text_mask: torch.Tensor, word_mask: torch.Tensor) -> dict:
+        """The method's text encoding (:meth:`encode_tokens`) of the token states; with a trainable text top
+        (submodule ``text_top``, :mod:`itr_lib.models.text_top`), ``text`` are cached MiniLM hidden states below
+        it and the top turns them into the (adapted) token states first."""
+        top = self._modules.get("text_top")
+        if top is not None:
+            text = top(text, text_mask)
+        return self.encode_tokens(text, text_mask, word_mask)
+
+    def encode_tokens(self, text: torch.Tensor, text_mask: torch.Tensor, word_mask: torch.Tensor) -> dict:
+        """(B, L, 384) MiniLM token states (or (B, L) GloVe ids), their (B, L) valid mask and word mask -> the
+        method's text encoding (a dict of tensors)."""
         raise NotImplementedError
 
     def image_vectors(self, img: dict) -> torch.Tensor:

@@ -46,7 +46,7 @@ class _FineModel(RetrievalModel):
         loc = normed_locals(h, region_mask)
         return {"locals": loc, "mask": region_mask, "mean": l2norm(masked_mean(loc, region_mask))}
 
-    def encode_texts(self, text, text_mask, word_mask) -> dict:
+    def encode_tokens(self, text, text_mask, word_mask) -> dict:
         text = text if self.text_kind == "gru" else text.float()
         _, h = self.txt_enc(text, text_mask)
         words = word_mask & text_mask

@@ -81,7 +81,7 @@ class TGDTModel(RetrievalModel):
         g, h = self.img_tf(self.img_in(gather_tokens(regions, order), order), mask)
         return {"global": l2norm(g), "locals": normed_locals(h, mask), "mask": mask}
 
-    def encode_texts(self, text, text_mask, word_mask) -> dict:
+    def encode_tokens(self, text, text_mask, word_mask) -> dict:
         order, mask = self._pack(text_mask)
         words = gather_tokens(word_mask & text_mask, order)
         x = self.txt_enc(gather_tokens(text, order), order)

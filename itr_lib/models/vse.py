@@ -87,7 +87,7 @@ class VSEModel(RetrievalModel):
         pre, h = self.img_enc.forward_flat(valid_rows(regions, region_mask).float())
         return self._finish(pre, h, region_mask, self.img_pool, self.img_cra if self.use_cra else None)
 
-    def encode_texts(self, text, text_mask, word_mask) -> dict:
+    def encode_tokens(self, text, text_mask, word_mask) -> dict:
         if self.text_kind == "gru":  # the BiGRU reads the padded sequence
             pre, h = self.txt_enc(text, text_mask)
             pre, h = pre[text_mask], h[text_mask]

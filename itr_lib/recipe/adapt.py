@@ -21,6 +21,8 @@ from .records import _change_str, _row, lever_table
 ADAPT_LEVERS: list[tuple[str, str, dict]] = [
     ("image top: block 20 + head (cut 19)", "image top", {"image_top_blocks": 1}),
     ("image top: last stage, blocks 15-20 + head (cut 14)", "image top", {"image_top_blocks": 6}),
+    ("text top: last MiniLM layer", "text top", {"text_top_layers": 1}),
+    ("text top: last two MiniLM layers", "text top", {"text_top_layers": 2}),
 ]
 ON = {"recipe": "the recipe without rotations", "reference": "the reference"}
 
@@ -49,13 +51,17 @@ def adapt_configs(change: dict, dataset: str, seed: int = 0, levers=None, base: 
 def ensure_cut_caches(cfgs, dataset: str, results_dir: str | Path, data_root=None, cache_dir=None,
                       progress: bool | None = None) -> list[int]:
     """Build (or reuse, sidecar-checked) the activation caches of every split for the cuts of the configs that are
-    not recorded yet, in one forward pass per split; returns the cuts built or checked."""
+    not recorded yet, in one forward pass per split, and the MiniLM hidden-state caches of their text cuts
+    (:mod:`itr_lib.models.text_top`); returns the image cuts built or checked."""
     from ..features import ensure_features
     from ..runs import recorded
     mdir = recipe_dir(results_dir)
-    cuts = sorted({c.image_cut for c in cfgs if c.image_cut is not None and recorded(c, mdir) is None})
-    if cuts:
-        ensure_features(dataset, None, data_root=data_root, root=cache_dir, progress=progress, cut=cuts)
+    todo = [c for c in cfgs if recorded(c, mdir) is None]
+    cuts = sorted({c.image_cut for c in todo if c.image_cut is not None})
+    text_cuts = sorted({c.text_cut for c in todo if c.text_cut is not None})
+    if cuts or text_cuts:
+        ensure_features(dataset, None, data_root=data_root, root=cache_dir, progress=progress, cut=cuts or None,
+                        text_cut=text_cuts or None)
     return cuts
 
 

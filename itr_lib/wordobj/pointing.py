@@ -16,6 +16,7 @@ from ..data import DataError, Dataset, load_dataset, load_image, scene_class
 
 log = logging.getLogger(__name__)
 
+from ..models.text_top import text_cut_of
 from .words import _check_text_kind, caption_words, encode_region_pre, encode_text_pre, get_tokenizer
 
 TILE = 224          # quadrant side in pixels (the training input size)
@@ -316,6 +317,11 @@ def cluster_bootstrap(hits: np.ndarray, clusters: np.ndarray, n_boot: int = 1000
 def score_pointing(model, pset: PointingSet, n_boot: int = 1000, seed: int = 0) -> dict:
     """Run one model on a :class:`PointingSet`: each target word's matched region over all 196 regions."""
     _check_text_kind(model)
+    if text_cut_of(model) is not None:
+        raise ValueError("the pointing game's caption states are MiniLM's last hidden states, but this model has a "
+                         "trainable text top (TrainConfig.text_top_layers) that reads hidden_states"
+                         f"[{text_cut_of(model)}]. Fix: score a checkpoint with text_top_layers=0 (pointing sets of "
+                         "hidden states below the top are not built yet).")
     w = encode_text_pre(model, pset.states, pset.lengths)                # (n_captions, W, D)
     v = encode_region_pre(model, pset.features)                          # (n_mosaics, 196, D)
     records = []

@@ -12,6 +12,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ..models.text_top import text_cut_of
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ def word_maps(model, regions, caption: str, text_encoder, skip_punct: bool = Tru
     if regions.dim() != 2:
         raise ValueError(f"regions must be (R, C) for one image, got shape {tuple(regions.shape)}")
     ids, lengths = text_encoder.tokenize([caption])
-    states = text_encoder.encode_ids(ids, lengths)
+    cut = text_cut_of(model)  # a trainable text top reads MiniLM's hidden states below it, then runs the rest
+    states = text_encoder.encode_ids(ids, lengths) if cut is None else text_encoder.encode_ids(ids, lengths, layer=cut)
     w = encode_text_pre(model, states, lengths)[0]           # (W, D)
     v = encode_region_pre(model, regions[None])[0]           # (R, D): the model's grid (a top's 7 x 7 output)
     g = _grid_side(v.shape[0])
