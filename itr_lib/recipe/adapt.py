@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from .levers import lever_config, recipe_dir
-from .records import _change_str, _row, lever_table
+from .records import FROZEN, _change_str, _row, lever_table, operating_points  # noqa: F401 (re-exported)
 
 # (name, group, change): one group, alternatives
 ADAPT_LEVERS: list[tuple[str, str, dict]] = [
@@ -89,13 +89,6 @@ def adapt_levers(change: dict, dataset: str, results_dir: str | Path, *, seed: i
 
 
 # ----------------------------------------------------------------------------------------------- the adapted recipe
-FROZEN = "frozen"  # the operating point of every final row trained on the frozen grid
-
-
-def operating_points(final: pd.DataFrame) -> pd.Series:
-    """Each final row's operating point (:data:`FROZEN` for a table written before it carried one)."""
-    op = final["operating_point"] if "operating_point" in final else pd.Series(FROZEN, index=final.index)
-    return op.fillna(FROZEN).astype(str)
 
 
 def adapt_plan(levers_by_on: dict) -> list[tuple[str, list]]:

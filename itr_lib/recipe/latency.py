@@ -94,7 +94,7 @@ def frontier_rows(final, efficiency) -> "pd.DataFrame":  # noqa: F821
     so :func:`itr_lib.plots.efficiency.frontier_figure` draws them on the same axes. Rows without a measured latency are left out."""
     import pandas as pd
     rec = final[final.ms_per_query.notna()] if "ms_per_query" in final else final.iloc[0:0]
-    from .adapt import FROZEN, operating_points
+    from .records import FROZEN, operating_points
     op = operating_points(rec)
     add = pd.DataFrame({"method": "recipe: " + rec.variant + " (" + rec.scoring + ")"
                         + np.where(op != FROZEN, ", adapted top", ""), "mr": rec.test_mr,

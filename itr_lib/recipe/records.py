@@ -123,3 +123,10 @@ def _spec_row(stage: str, name: str, rec: dict, ref: dict, bs: dict | None, chos
             "run": ",".join(rec["key"]["runs"])}
 
 
+FROZEN = "frozen"  # the operating point of every final row trained on the frozen grid (:mod:`itr_lib.recipe.adapt`)
+
+
+def operating_points(final: pd.DataFrame) -> pd.Series:
+    """Each final row's operating point (:data:`FROZEN` for a table written before it carried one)."""
+    op = final["operating_point"] if "operating_point" in final else pd.Series(FROZEN, index=final.index)
+    return op.fillna(FROZEN).astype(str)

@@ -270,7 +270,7 @@ def main_rows(results_dir: str | Path, final: pd.DataFrame | None = None) -> pd.
         final = pd.read_csv(path)
     final = with_record_columns(results_dir, final)
     d = final[final.scoring != "plain"] if (final.scoring != "plain").any() else final
-    from .adapt import FROZEN, operating_points
+    from .records import FROZEN, operating_points
     op = operating_points(d)
     adapted = op != FROZEN  # the adapted operating point (issue 28): its own setting, its point in the label
     out = pd.DataFrame({"dataset": d.dataset, "setting": np.where(adapted, "recipe, adapted top", "recipe"),

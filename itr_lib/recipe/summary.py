@@ -66,7 +66,7 @@ def operating_point_lines(f: pd.DataFrame) -> list[str]:
     """SelfAlign's paired gain over the baseline of the same recipe at each operating point (frozen grid / adapted
     top), per dataset and scoring: which verdict holds, flips or stays inconclusive (nothing when only one point
     was trained)."""
-    from .adapt import FROZEN
+    from .records import FROZEN
     g = f[(f.variant != "baseline") & f.delta_rsum_vs_baseline.notna() & ~f.scoring.str.contains("ensemble")]
     if g.operating_point.nunique() < 2:
         return []
@@ -127,7 +127,7 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
         from .stages import with_record_columns
-        from .adapt import operating_points
+        from .records import operating_points
         f = with_record_columns(results_dir, pd.read_csv(fin_path))
         f = f.assign(operating_point=operating_points(f))
         if full:
