@@ -133,7 +133,7 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
     text = "\n".join(recipe_summary(tmp_path, "res", full=False))
     assert "reference 15.37 (21.77) → + 10 epochs 16.22 (21.46)." in text   # the kept steps in one line
     assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
-    assert "| rsicd | baseline |  | 23.00 ± 0.20 | [22.40, 23.70] |  | 2.5 |" in text  # one row per variant + ties
+    assert "| rsicd | frozen | baseline |  | 23.00 ± 0.20 | [22.40, 23.70] |  | 2.5 |" in text  # a row per variant
     # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
     assert "above GaLR (published)" in text and "by 4.04" in text and "below PIR (published)" in text and "by 1.46" in text
     assert "Every lever alone" not in text and "4096" not in text and "RESULTS.md" in text  # the detail is there
@@ -141,6 +141,14 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
     assert "Every lever alone" in full and "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in full
     assert "4096" in full and "23.00 ± 0.20" in full and "| [22.00, 23.30] |" in full
     assert "| 10 (grid extended to 5) |" in full  # the beta flagged where the grid was extended on val
+    assert "both operating points" not in full  # one operating point: no side-by-side
+    # the same recipe at the adapted operating point: its own rows, and SelfAlign's gain at both points side by side
+    fin = pd.read_csv(t / "recipe_final.csv")
+    pd.concat([fin, fin.assign(operating_point="adapted: cut 14", test_mr=[27.5, 28.0], delta_rsum_vs_baseline=
+                               [None, 3.0], ci_lo=[None, 1.0], ci_hi=[None, 5.0])]).to_csv(t / "recipe_final.csv", index=False)
+    text = re.sub(" +", " ", "\n".join(recipe_summary(tmp_path, "res", full=False)))
+    assert "| rsicd | adapted: cut 14 | baseline | | 27.50 ± 0.20 |" in text
+    assert "| rsicd | lca+cra | recipe | 3 / 3 | -2.40 [-4.00, -0.50] does not hold | +3.00 [+1.00, +5.00] holds |" in text
 
 
 def test_the_schedule_caption_says_what_val_preferred_and_what_the_study_trains():

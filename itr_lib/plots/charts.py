@@ -216,7 +216,7 @@ def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = No
     for i, st in enumerate(stages):
         if i == 0 or st != stages[i - 1]:
             axes[0].text(0.99, y[i] + 0.42, st, transform=trans, ha="right", va="top", fontsize=8, style="italic",
-                         color="#555")
+                         color="#555", zorder=5, bbox=dict(facecolor="white", alpha=0.9, edgecolor="none", pad=1.5))
     axes[0].set(xlabel="val mR gain over the reference (decides)", title="val: what the greedy rule chooses on")
     axes[1].set(xlabel="test mR gain over the reference, 95% paired bootstrap CI", title="test: reported, never chosen on")
     from matplotlib.patches import Patch

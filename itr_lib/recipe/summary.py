@@ -74,6 +74,7 @@ def operating_point_lines(f: pd.DataFrame) -> list[str]:
                  seeds=g.n_seeds.astype(int).astype(str))
     wide = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="cell", aggfunc="first")
     n = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="seeds", aggfunc="first")
+    wide = wide.reindex(columns=["frozen grid", "adapted top"])
     wide.columns = [f"{c}: rsum gain [95% CI]" for c in wide.columns]
     wide.insert(0, "seeds (frozen / adapted)", [f"{a} / {b}" for a, b in zip(n.get("frozen grid", ""),
                                                                            n.get("adapted top", ""))])
