@@ -145,10 +145,12 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
     # the same recipe at the adapted operating point: its own rows, and SelfAlign's gain at both points side by side
     fin = pd.read_csv(t / "recipe_final.csv")
     pd.concat([fin, fin.assign(operating_point="adapted: cut 14", test_mr=[27.5, 28.0], delta_rsum_vs_baseline=
-                               [None, 3.0], ci_lo=[None, 1.0], ci_hi=[None, 5.0])]).to_csv(t / "recipe_final.csv", index=False)
+                               [None, 3.0], ci_lo=[None, 1.0], ci_hi=[None, 5.0]),
+               fin.assign(dataset="ucm")]).to_csv(t / "recipe_final.csv", index=False)
     text = re.sub(" +", " ", "\n".join(recipe_summary(tmp_path, "res", full=False)))
-    assert "| rsicd | adapted: cut 14 | baseline | | 27.50 ± 0.20 |" in text
+    assert "| rsicd | adapted top | baseline | | 27.50 ± 0.20 |" in text
     assert "| rsicd | lca+cra | recipe | 3 / 3 | -2.40 [-4.00, -0.50] does not hold | +3.00 [+1.00, +5.00] holds |" in text
+    assert "| ucm | lca+cra | recipe | 3 / - | -2.40 [-4.00, -0.50] does not hold | |" in text  # not at that point
 
 
 def test_the_schedule_caption_says_what_val_preferred_and_what_the_study_trains():

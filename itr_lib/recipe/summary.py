@@ -76,8 +76,8 @@ def operating_point_lines(f: pd.DataFrame) -> list[str]:
     n = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="seeds", aggfunc="first")
     wide = wide.reindex(columns=["frozen grid", "adapted top"])
     wide.columns = [f"{c}: rsum gain [95% CI]" for c in wide.columns]
-    wide.insert(0, "seeds (frozen / adapted)", [f"{a} / {b}" for a, b in zip(n.get("frozen grid", ""),
-                                                                           n.get("adapted top", ""))])
+    n = n.reindex(columns=["frozen grid", "adapted top"]).fillna("-")
+    wide.insert(0, "seeds (frozen / adapted)", [f"{a} / {b}" for a, b in zip(n["frozen grid"], n["adapted top"])])
     return ["The study's question at both operating points: SelfAlign's paired gain over the baseline of the same "
             "recipe, seeds and inference (frozen grid: the chosen recipe; adapted top: the same recipe without train "
             "rotations plus the adapted lever chosen on val):", "", to_markdown(wide.reset_index(), index=False), ""]
@@ -128,7 +128,7 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
         from .stages import with_record_columns
-        from .records import operating_points
+        from .records import FROZEN, operating_points
         f = with_record_columns(results_dir, pd.read_csv(fin_path))
         f = f.assign(operating_point=operating_points(f))
         if full:
@@ -150,12 +150,14 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                 plain, rec = g[g.scoring == "plain"], g[g.scoring == "recipe"]
                 ens = g[g.scoring.str.contains("ensemble")]
                 first = lambda d, col: d[col].iloc[0] if len(d) else ""  # noqa: E731
-                rows.append({"dataset": ds, "backbone": op, "variant": v, "training only": first(plain, "_mr"),
+                rows.append({"dataset": ds, "backbone": "frozen" if op == FROZEN else "adapted top",
+                             "variant": v, "training only": first(plain, "_mr"),
                              "recipe": first(rec, "_mr"), "ties [pess., opt.]": first(rec, "_ties"),
                              "ensemble": first(ens, "_mr"),
                              "ms/query": " → ".join(x for x in (first(d, "_ms") for d in (plain, rec, ens)) if x),
                              "SelfAlign - baseline, rsum": first(rec, "_gain")})
-            lines += [f"The chosen recipe, test mR (mean ± std over seeds; ties: the recipe's mR with ties resolved "
+            lines += [f"The chosen recipe, test mR (mean ± std over seeds; backbone: frozen grids, or the adapted top "
+                      f"(the same recipe without train rotations plus the adapted lever chosen on val); ties: the recipe's mR with ties resolved "
                       f"against / for the query; ms/query under 04's protocol; every scoring, spec, bracket and the "
                       f"plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
