@@ -27,6 +27,11 @@ ADAPT_LEVERS: list[tuple[str, str, dict]] = [
 ON = {"recipe": "the recipe without rotations", "reference": "the reference"}
 
 
+def lever_stage(on: str) -> str:
+    """The lever table's stage of the adapted levers measured on ``on`` (a key of :data:`ON`)."""
+    return f"adapted top (alone, on {ON[on]})"
+
+
 def without_rotations(change: dict) -> dict:
     """The training change without ``image_transforms`` (no activation caches of rotated views)."""
     return {k: v for k, v in change.items() if k != "image_transforms"}
@@ -84,7 +89,7 @@ def adapt_levers(change: dict, dataset: str, results_dir: str | Path, *, seed: i
                  _change_str(_base_change(change, on)), ref, ref, None)]
     for (name, _, ch), m in zip(levers, metrics[1:]):
         bs = paired_bootstrap([ref_hits], [load_hits(mdir, m["run"])], n_boot=n_boot)
-        rows.append(_row(f"adapted top (alone, on {ON[on]})", name, _change_str(ch), m, ref, bs))
+        rows.append(_row(lever_stage(on), name, _change_str(ch), m, ref, bs))
     return lever_table(rows).assign(chosen=False)
 
 
@@ -108,7 +113,7 @@ def chosen_adapt_lever(table: pd.DataFrame) -> tuple[str, dict]:
     """The adapted lever of the final runs, chosen on val: among the levers measured on the recipe (without
     rotations, the point the final runs train at), the one with the largest val gain over that recipe on the frozen
     grid; an error when none was measured there or none gains."""
-    on = table[table.stage == f"adapted top (alone, on {ON['recipe']})"] if "stage" in table else table.iloc[0:0]
+    on = table[table.stage == lever_stage("recipe")] if "stage" in table else table.iloc[0:0]
     if on.empty:
         raise ValueError("ADAPT_FINAL needs an adapted lever measured on the recipe: set ADAPT_LEVERS = "
                          "{'recipe': [...]} (names in recipe.ADAPT_LEVERS)")
@@ -117,6 +122,11 @@ def chosen_adapt_lever(table: pd.DataFrame) -> tuple[str, dict]:
         raise ValueError(f"ADAPT_FINAL: no adapted lever raised val mR over the frozen recipe (best: {best.lever}, "
                          f"{best.val_gain:+.2f}); nothing to carry to the final runs")
     return best.lever, dict(next(ch for n, _, ch in ADAPT_LEVERS if n == best.lever))
+
+
+def mark_chosen(table: pd.DataFrame, lever: str) -> pd.DataFrame:
+    """The lever table with ``lever``'s row measured on the recipe marked ``chosen`` (the final runs carry it)."""
+    return table.assign(chosen=table.chosen | ((table.stage == lever_stage("recipe")) & (table.lever == lever)))
 
 
 def adapt_final_plan(entries: list, seeds, variants) -> list[dict]:
