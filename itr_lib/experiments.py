@@ -91,15 +91,38 @@ def ablation_configs(datasets, seeds, variants=("baseline", "lca", "cra", "lca+c
 
 
 STUDY_SETTING, AUTHORS_SETTING = "study loss", "authors' loss"
+# issue 28: the study's question again at the adapted operating point (the image backbone's top trained,
+# itr_lib.models.adapt): the same study-loss protocol with ADAPTED_CHANGE, setting ADAPTED_SETTING
+ADAPTED_SETTING = "study loss, adapted top"
+ADAPTED_CHANGE = dict(image_top_blocks=6)  # the whole last stage + head from block 14's cache, lr factor 1.0 (the
+# lever 07_recipe chose on val: recipe_rsicd.csv)
+
+
+def adapted_entries(entries) -> list[tuple[str, list[int], list[str]]]:
+    """The adapted comparison's ``[{dataset, seeds, methods}, ...]`` (02's ``ADAPTED_COMPARISON``) checked and
+    normalised to ``(dataset, seeds, methods)``; an unknown key or method is an error naming the entry."""
+    out = []
+    for i, e in enumerate(entries or ()):
+        if not isinstance(e, dict) or set(e) - {"dataset", "seeds", "methods"} or not {"dataset", "seeds", "methods"} <= set(e):
+            raise ValueError(f"ADAPTED_COMPARISON[{i}] = {e!r}: each entry is {{dataset, seeds, methods}} "
+                             f"(e.g. {{dataset: ucm, seeds: [0, 1, 2], methods: [baseline, lca+cra]}})")
+        unknown = sorted(set(e["methods"]) - set(METHOD_VARIANTS))
+        if unknown:
+            raise ValueError(f"ADAPTED_COMPARISON[{i}]: unknown method(s) {unknown}; choose from "
+                             f"{sorted(METHOD_VARIANTS)}")
+        out.append((str(e["dataset"]), [int(s) for s in e["seeds"]], list(e["methods"])))
+    return out
 
 
 def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_seeds=(), loss_ablation_datasets=(),
-                    base: dict | None = None) -> list[tuple[str, str, TrainConfig]]:
+                    base: dict | None = None, adapted=()) -> list[tuple[str, str, TrainConfig]]:
     """The fair-comparison grid as ``(setting, variant key, config)``, most informative runs first (so an
     interrupted grid leaves whole seeds): per seed, every method of ``methods`` (keys of :data:`METHOD_VARIANTS`)
     under the study loss on every dataset (setting :data:`STUDY_SETTING`); then the authors' losses on
     ``authors_seeds`` (:data:`AUTHORS_SETTING`); then the loss ablation (:data:`LOSS_ABLATION` on the baseline,
-    setting ``"loss ablation: <loss>"``) on ``loss_ablation_datasets`` x ``loss_ablation_seeds``. ``base``
+    setting ``"loss ablation: <loss>"``) on ``loss_ablation_datasets`` x ``loss_ablation_seeds``; then the
+    adapted operating point (``adapted``: entries of :func:`adapted_entries`, seed-major per entry; the study loss
+    with :data:`ADAPTED_CHANGE`, setting :data:`ADAPTED_SETTING`). ``base``
     (runtime fields, overrides such as a shorter schedule for tests) is applied last and recorded in each config."""
     unknown = sorted(set(methods) - set(METHOD_VARIANTS))
     if unknown:
@@ -107,8 +130,8 @@ def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_se
     base = dict(base or {})
     plan, seen = [], set()
 
-    def add(setting: str, variant: str, ds: str, seed: int, loss: dict) -> None:
-        kw = dict(COMPARISON_BASE, **METHOD_VARIANTS[variant], **loss)
+    def add(setting: str, variant: str, ds: str, seed: int, loss: dict, change: dict | None = None) -> None:
+        kw = dict(COMPARISON_BASE, **METHOD_VARIANTS[variant], **loss, **(change or {}))
         if kw["method"] in ("baseline", "selfalign"):
             kw.update(VSE_BASE)
             if not kw.get("lca"):
@@ -129,6 +152,10 @@ def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_se
         for ds in loss_ablation_datasets:
             for loss in LOSS_ABLATION:
                 add(f"loss ablation: {loss}", "baseline", ds, s, LOSSES[loss])
+    for ds, ad_seeds, ad_methods in adapted_entries(adapted):
+        for s in ad_seeds:
+            for v in ad_methods:
+                add(ADAPTED_SETTING, v, ds, s, STUDY_LOSS, ADAPTED_CHANGE)
     return plan
 
 
