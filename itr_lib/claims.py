@@ -127,6 +127,61 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
     return pd.DataFrame(rows)
 
 
+def operating_point(setting: str) -> str:
+    """The operating point a comparison setting measures: ``frozen`` (the study loss on frozen backbone features)
+    or ``adapted`` (the same with the image backbone's top trained, issue 28)."""
+    from .experiments import ADAPTED_SETTING, STUDY_SETTING
+    points = {STUDY_SETTING: "frozen", ADAPTED_SETTING: "adapted"}
+    if setting not in points:
+        raise ValueError(f"no operating point for setting {setting!r}; known: {sorted(points)}")
+    return points[setting]
+
+
+def claims_tables(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.DataFrame | None = None,
+                  n_boot: int = 2000) -> pd.DataFrame:
+    """:func:`claims_table` at each operating point with runs on ``dataset`` (the study loss on the frozen
+    features, then on the adapted ones), one frame with ``setting``. The latency ratios are the frozen models'
+    (04 times those); the adapted rows leave them blank rather than borrow them."""
+    from .experiments import ADAPTED_SETTING, STUDY_SETTING
+    parts = [claims_table(df, dataset, results_dir, latency if st == STUDY_SETTING else None, n_boot=n_boot,
+                          setting=st) for st in (STUDY_SETTING, ADAPTED_SETTING)]
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def verdict_changes(c: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and claim, the verdict at each operating point and what became of it once the features
+    adapted: ``survives`` (same verdict, run at both), ``flips`` (holds <-> does not hold), ``now holds`` /
+    ``no longer holds`` / ``now does not hold`` / ``no longer fails`` (to or from inconclusive), ``not run
+    adapted``. The "strongest model" claim names different models per point, so it is left out."""
+    if "setting" not in c or c.empty:
+        return pd.DataFrame()
+    c = c[c.claim != "strongest"]
+    c = c.assign(point=[operating_point(s) for s in c.setting])
+    w = c.pivot_table(index=["dataset", "claim"], columns="point", values="verdict", aggfunc="first").reset_index()
+    for col in ("frozen", "adapted"):
+        if col not in w:
+            w[col] = "not run"
+    w = w.fillna("not run")
+
+    def change(f: str, a: str) -> str:
+        if a == "not run" or f == "not run":
+            return "not run adapted" if a == "not run" else "not run frozen"
+        if f == a:
+            return "survives"
+        if {f, a} == {"holds", "does not hold"}:
+            return "flips"
+        if a == "inconclusive":
+            return {"holds": "no longer holds", "does not hold": "no longer fails"}[f]
+        return {"holds": "now holds", "does not hold": "now does not hold"}[a]
+    w["change"] = [change(f, a) for f, a in zip(w.frozen, w.adapted)]
+    first = c.drop_duplicates("claim").set_index("claim")
+    w.insert(2, "statement", first.statement.reindex(w.claim).to_numpy())
+    order = {k: i for i, k in enumerate(dict.fromkeys(c.claim))}
+    return w.sort_values(["dataset", "claim"], key=lambda s: s.map(order) if s.name == "claim" else s)[
+        ["dataset", "claim", "statement", "frozen", "adapted", "change"]].reset_index(drop=True)
+
+
 def claim_rule() -> str:
     """The verdict rule of the claims, as the README and RESULTS.md state it (bars from :data:`CLAIMS`)."""
     tols = sorted({tol for *_, kind, tol, _ in CLAIMS if kind == "not_worse"})
@@ -150,8 +205,11 @@ def with_bar(c: pd.DataFrame) -> pd.DataFrame:
 
 def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
     """One row per claim, one column per dataset: ``"+1.14 [+0.44, +1.81] (3) holds"``. The "strongest model"
-    claim names its two models per dataset, so its cell carries them."""
+    claim names its two models per dataset, so its cell carries them. Claims at more than one operating point
+    (``setting``, :func:`operating_point`) get a column per dataset and point: ``RSICD frozen``, ``RSICD adapted``."""
     c = with_bar(c)
+    if "setting" in c and c.setting.nunique() > 1:
+        c["dataset"] = [f"{d} {operating_point(s)}" for d, s in zip(c.dataset, c.setting)]
     c["cell"] = [f"{ci} ({n}) {v}" for ci, n, v in zip(c["B - A mR [95% CI]"], c.n_seeds, c.verdict)]
     strongest = c.claim == "strongest"
     c.loc[strongest, "cell"] = [f"{top} vs {runner_up}: {cell}" for top, runner_up, cell in
@@ -160,7 +218,8 @@ def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
     c.loc[strongest, "statement"] = "The top model beats the runner-up"
     order = list(dict.fromkeys(c.claim))
     wide = c.pivot_table(index="claim", columns="dataset", values="cell", aggfunc="first").reindex(order)
-    wide.columns = [str(d).upper() for d in wide.columns]
+    wide = wide[sorted(wide.columns, key=lambda d: (str(d).split(" ")[0], " adapted" in str(d)))]
+    wide.columns = [" ".join([str(d).split(" ")[0].upper()] + str(d).split(" ")[1:]) for d in wide.columns]
     first = c.drop_duplicates("claim").set_index("claim")
     wide.insert(0, "statement", first.statement.reindex(order))
     wide.insert(1, "bar", first.bar.reindex(order))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .claims import claim_rule, claims_by_dataset, with_bar
+from .claims import claim_rule, claims_by_dataset, verdict_changes, with_bar
 from .io import REPO_ROOT, atomic_write_text, read_json
 from .recordio import read_record
 from .recipe.summary import recipe_summary
@@ -265,14 +265,31 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             for part in shared_all:
                 c["statement"] = c.statement.str.replace(f" | {part}", "", regex=False)
         c["latency A/B"] = ["" if pd.isna(v) else f"{v:.2g}x" for v in c.latency_ratio_a_over_b]
-        lines += ["### Claims (study loss; paired bootstrap over seeds and test queries)", "", claim_rule(), ""]
+        points = "setting" in c and c.setting.nunique() > 1
+        lines += ["### Claims (study loss" + (", frozen and adapted features" if points else "")
+                  + "; paired bootstrap over seeds and test queries)", "", claim_rule(), ""]
+        if points:
+            lines += ["*frozen*: every method on the frozen ImageNet / MiniLM features; *adapted*: the same protocol "
+                      "with EfficientNet-Lite2's last stage and head trained (`image_top_blocks` 6, issue 28; "
+                      "setting `study loss, adapted top`). Latency ratios are the frozen models' (04 times those).", ""]
         if full:
             c = with_bar(c)
-            lines += [to_markdown(c[["dataset", "statement", "bar", "n_seeds", "B - A mR [95% CI]", "latency A/B",
-                                     "verdict"]], index=False), ""]
+            cols = (["dataset", "setting"] if points else ["dataset"]) + ["statement", "bar", "n_seeds",
+                                                                          "B - A mR [95% CI]", "latency A/B", "verdict"]
+            lines += [to_markdown(c[cols], index=False), ""]
         else:
             lines += ["B - A test mR [95% CI] (seeds), verdict; latency ratios and the two numbers compared in "
                       "RESULTS.md.", "", to_markdown(claims_by_dataset(c), index=False, compact=True), ""]
+        if points:
+            ch = verdict_changes(c)
+            run = ch[~ch.change.str.startswith("not run")]
+            lines += ["What became of each verdict once the features adapted: " + "; ".join(
+                f"{ds.upper()}: " + ", ".join(f"{n} {k}" for k, n in g.change.value_counts().items())
+                for ds, g in run.groupby("dataset")) + " (claims run at both points; the top-model claim names "
+                "different models, so it is left out)." if len(run) else
+                "No claim has runs at both operating points yet.", ""]
+            if full and len(ch):
+                lines += [to_markdown(ch.drop(columns=["claim"]), index=False), ""]
     if full:
         for ds in ("rsicd", "ucm"):
             f = tables / f"loss_ablation_{ds}.csv"

@@ -122,3 +122,48 @@ def test_every_row_of_the_reports_run_tables_carries_its_tie_bracket_or_its_rule
     assert tie_cells(df) == ["[19.50, 20.70]", "index rule", ""]
     md = _fmt(df)
     assert "ties [pess., opt.]" in md.splitlines()[0] and "[19.50, 20.70]" in md and "index rule" in md
+
+
+# ------------------------------------------------------------------- the study's question at two operating points
+def test_adapted_comparison_plans_the_study_protocol_with_the_top_trained():
+    import dataclasses
+    import pytest
+    from itr_lib import experiments as e
+    plan = e.comparison_plan(["ucm"], [0], ["baseline", "tgdt"],
+                             adapted=[{"dataset": "ucm", "seeds": [0, 1], "methods": ["baseline", "tgdt"]}])
+    frozen = {(v, c.seed): c for st, v, c in plan if st == e.STUDY_SETTING}
+    adapted = {(v, c.seed): c for st, v, c in plan if st == e.ADAPTED_SETTING}
+    assert sorted(adapted) == [("baseline", 0), ("baseline", 1), ("tgdt", 0), ("tgdt", 1)]
+    for k, c in frozen.items():  # the same run but for the top: nothing else of the protocol moves
+        assert c.image_top_blocks == 0 and adapted[k].image_top_blocks == 6
+        assert dataclasses.replace(adapted[k], image_top_blocks=0, run_dir=None) == dataclasses.replace(c, run_dir=None)
+        assert adapted[k].run_name() != c.run_name()
+    with pytest.raises(ValueError, match=r"ADAPTED_COMPARISON\[0\]: unknown method\(s\) \['nosuch'\]"):
+        e.comparison_plan([], [], [], adapted=[{"dataset": "ucm", "seeds": [0], "methods": ["nosuch"]}])
+    with pytest.raises(ValueError, match=r"ADAPTED_COMPARISON\[0\] = .*each entry is \{dataset, seeds, methods\}"):
+        e.comparison_plan([], [], [], adapted=[{"dataset": "ucm", "seed": [0], "methods": ["baseline"]}])
+
+
+def test_claims_at_two_operating_points_get_a_column_each_and_a_verdict_change(tmp_path):
+    """The same records under both settings give the same interval at both points (one rule); the reader's view
+    has a column per dataset and point (frozen first) and the change table says which verdicts survive."""
+    import pandas as pd
+    from itr_lib.claims import claims_by_dataset, claims_tables, verdict_changes
+    from itr_lib.experiments import ADAPTED_SETTING
+    df, _ = _claim_records(tmp_path)
+    both = pd.concat([df, df.assign(setting=ADAPTED_SETTING)], ignore_index=True)
+    c = claims_tables(both, "ucm", tmp_path, n_boot=200)
+    assert set(c.setting) == {"study loss", ADAPTED_SETTING}
+    sa = c[c.claim == "selfalign_vs_baseline"].set_index("setting")
+    assert sa.loc["study loss", "ci_lo_mr"] == sa.loc[ADAPTED_SETTING, "ci_lo_mr"]
+    c["B - A mR [95% CI]"] = "x"
+    wide = claims_by_dataset(c)
+    assert list(wide.columns) == ["statement", "bar", "UCM frozen", "UCM adapted"]
+    ch = verdict_changes(c).set_index("claim")
+    assert ch.loc["selfalign_vs_baseline", "change"] == "survives"
+    assert ch.loc["tgdt_vs_baseline", "change"] == "not run adapted" and "strongest" not in ch.index
+    flipped = c.assign(verdict=[("does not hold" if (k == "selfalign_vs_baseline" and s == ADAPTED_SETTING
+                                                      and v == "holds") else v)
+                                for k, s, v in zip(c.claim, c.setting, c.verdict)])
+    expect = {"holds": "flips", "inconclusive": "survives"}[sa.loc["study loss", "verdict"]]
+    assert verdict_changes(flipped).set_index("claim").loc["selfalign_vs_baseline", "change"] == expect
