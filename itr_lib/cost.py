@@ -24,6 +24,7 @@ import pandas as pd
 
 from .config import dataset_name, variant_label
 from .io import REPO_ROOT
+from .recordio import read_record
 
 HISTORY = "history (not in the profile)"
 TIME_FIELDS = ("train_seconds", "val_eval_seconds", "test_eval_seconds", "load_seconds")
@@ -59,11 +60,8 @@ def record_costs(results_dir: str | Path) -> pd.DataFrame:
     planned = _planned_runs(results_dir)
     rows = []
     for f, folder in _record_files(results_dir):
-        try:
-            m = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise ValueError(f"{f} is not a readable run record ({err}). Fix: restore it from git.") from None
-        if not isinstance(m, dict) or "config" not in m:
+        m = read_record(f)  # a damaged record stops the cost table with its name and the fix (recordio)
+        if "config" not in m:
             continue  # not a run record
         cfg = m["config"]
         if folder == "recipe":

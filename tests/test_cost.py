@@ -65,3 +65,14 @@ def test_dry_run_estimate_per_execution(results, tmp_path):
     assert est[0]["core_h"] == pytest.approx(1.0) and est[1]["core_h"] == pytest.approx(0.5)
     text = format_estimate({"estimate_from": str(results), "estimates": est})
     assert "1.50" in text and "no record of 06_explore-ucm" in text
+
+
+def test_a_damaged_record_stops_the_cost_table_with_its_name(tmp_path):
+    """A truncated metrics/<run>.json is never skipped (the cost table would silently lose its hours)."""
+    import pytest
+    from itr_lib.recordio import RunStoreError
+    (tmp_path / "metrics").mkdir()
+    bad = tmp_path / "metrics" / "ucm-baseline-minilm-s0-x.json"
+    bad.write_text('{"config": {"method": "baseline"')
+    with pytest.raises(RunStoreError, match=r"ucm-baseline-minilm-s0-x\.json cannot be read .*Fix"):
+        record_costs(tmp_path)
