@@ -134,10 +134,11 @@ def test_recipe_summary_shows_the_steps_the_final_rows_the_verdict_and_the_publi
     assert "reference 15.37 (21.77) → + 10 epochs 16.22 (21.46)." in text   # the kept steps in one line
     assert "-2.40 [-4.00, -0.50] does not hold" in text            # the CI excludes zero on the negative side
     assert "| rsicd | frozen | baseline |  | 23.00 ± 0.20 | [22.40, 23.70] |  | 2.5 |" in text  # a row per variant
-    # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
-    assert "above GaLR (published)" in text and "by 4.04" in text and "below PIR (published)" in text and "by 1.46" in text
     assert "Every lever alone" not in text and "4096" not in text and "RESULTS.md" in text  # the detail is there
+    assert "above GaLR" not in text  # the published neighbours: RESULTS.md only (the README stays a front door)
     full = re.sub(" +", " ", "\n".join(recipe_summary(tmp_path, "res", full=True)))  # padded tables, one space
+    # the published rows just below and above (configs/published.yaml: GaLR 18.96, PIR 24.46)
+    assert "above GaLR (published)" in full and "by 4.04" in full and "below PIR (published)" in full and "by 1.46" in full
     assert "Every lever alone" in full and "the probe's D 1024 + MLP baseline | 15.37 | 21.77 | - |" in full
     assert "4096" in full and "23.00 ± 0.20" in full and "| [22.00, 23.30] |" in full
     assert "| 10 (grid extended to 5) |" in full  # the beta flagged where the grid was extended on val

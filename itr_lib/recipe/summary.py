@@ -162,6 +162,9 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                       f"plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
         single = f[(f.variant == "baseline") & ~f.scoring.str.contains("ensemble")]
+        if not full:  # the README: the neighbours' sentence per dataset and point lives in RESULTS.md
+            single = single.iloc[:0]
+            lines.append(f"Each best single-model number beside its published neighbours: [RESULTS.md]({rel}/RESULTS.md).")
         for (ds, op), g in single.groupby(["dataset", "operating_point"], sort=False):
             best = g.sort_values("val_mr").iloc[-1]  # the scoring chosen on val
             near = _published_neighbours(ds, best.test_mr)
