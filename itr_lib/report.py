@@ -290,6 +290,9 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
                 "No claim has runs at both operating points yet.", ""]
             if full and len(ch):
                 lines += [to_markdown(ch.drop(columns=["claim"]), index=False), ""]
+            for ds in ("rsicd", "ucm"):
+                if (figs / f"operating_points_{ds}.png").is_file():
+                    lines += [f"![{ds} frozen vs adapted]({rel}/figures/operating_points_{ds}.png)", ""]
     if full:
         for ds in ("rsicd", "ucm"):
             f = tables / f"loss_ablation_{ds}.csv"

@@ -171,3 +171,32 @@ def test_ablation_figure_names_its_colours_seeds_and_zero_line():
     assert [tl.get_text() for tl in left.get_yticklabels()] == ["baseline | 6 ep (3 seeds)", "CRA | 6 ep (1 seed)"]
     assert {x.get_text() for x in left.get_legend().get_texts()} == {"independent embeddings", "SelfAlign"}
     assert {x.get_text() for x in right.get_legend().get_texts()} == {"no difference", "gain, 95% paired bootstrap CI"}
+
+
+def test_operating_point_figure_has_a_labelled_point_per_method_and_point():
+    """Frozen vs adapted (issue 28): each method at each point it ran is one marker at its mean mR, the two points
+    are named in the legend; without adapted rows there is no figure."""
+    from itr_lib.experiments import ADAPTED_SETTING
+    rows = [dict(setting="study loss", key=k, method=m, variant=v, mr=mr, mr_std=0.5, n_seeds=3)
+            for k, m, v, mr in (("baseline", "baseline", "baseline | 6 ep", 46.0),
+                                ("tgdt", "tgdt", "tgdt | 6 ep [two_stage]", 47.0),
+                                ("tgdt", "tgdt", "tgdt | 6 ep [global]", 45.0),
+                                ("scan", "scan", "scan | 6 ep", 48.0))]
+    t = pd.DataFrame(rows)
+    assert charts.operating_point_shift(t, "ucm") is None
+    ad = t[t.key.isin(["baseline", "tgdt"])].assign(setting=ADAPTED_SETTING, mr=lambda d: d.mr + 4,
+                                                     variant=lambda d: d.variant.str.replace("| 6 ep", "| top | 6 ep"))
+    fig = charts.operating_point_shift(pd.concat([t, ad]), "ucm")
+    ax = fig.axes[0]
+    labels = [lab.get_text() for lab in ax.get_yticklabels()]
+    assert sorted(labels) == ["baseline", "scan", "tgdt [two_stage]"]  # the deployed mode only, one row per method
+    got = {}
+    for c in ax.containers:  # errorbar containers: one per operating point
+        xs = c.lines[0].get_xdata()
+        got[c.get_label()] = sorted(np.round(np.asarray(xs, dtype=float), 2).tolist())
+    frozen = next(k for k in got if k.startswith("frozen"))
+    adapted = next(k for k in got if k.startswith("adapted"))
+    assert got[frozen] == [46.0, 47.0, 48.0] and got[adapted] == [50.0, 51.0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [frozen, adapted] or sorted(legend) == sorted([frozen, adapted])
+    charts.plt.close(fig)

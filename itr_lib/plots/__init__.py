@@ -13,13 +13,13 @@ scaling). Every function takes plain data and returns a Figure.
 from __future__ import annotations
 
 from .backend import DPI, SVG_HASHSALT, plt, save
-from .charts import (ablation_bars, caption_stats, codebook_sweep, comparison_bars, results_overview,
-                     training_curves)
+from .charts import (ablation_bars, caption_stats, codebook_sweep, comparison_bars, operating_point_shift,
+                     results_overview, training_curves)
 from .images import (crop_region, overlay_word_map, plot_caption_word_maps, plot_codebook_usage,
                      plot_concept_patches, plot_pointing_game, plot_retrieval_examples, plot_word_maps_compare,
                      sample_grid)
 
-__all__ = ["plt", "save", "ablation_bars", "caption_stats", "codebook_sweep", "comparison_bars", "results_overview",
-           "training_curves", "crop_region", "overlay_word_map", "plot_caption_word_maps", "plot_codebook_usage",
+__all__ = ["plt", "save", "ablation_bars", "caption_stats", "codebook_sweep", "comparison_bars",
+           "operating_point_shift", "results_overview", "training_curves", "crop_region", "overlay_word_map", "plot_caption_word_maps", "plot_codebook_usage",
            "plot_concept_patches", "plot_pointing_game", "plot_retrieval_examples", "plot_word_maps_compare",
            "sample_grid"]

@@ -232,3 +232,46 @@ def recipe_levers(table: pd.DataFrame, dataset: str, published: dict | None = No
         fig.text(0.01, 0.045, note, fontsize=8, color="#333", ha="left")
     fig.tight_layout(rect=(0, 0.07, 1, 1))
     return fig
+
+
+def operating_point_shift(table: pd.DataFrame, dataset: str, modes: dict | None = None):
+    """Test mR of each method at both operating points (issue 28): on the frozen features (setting ``study loss``)
+    and with the image backbone's top trained (``study loss, adapted top``), same protocol and seeds plan; a row per
+    method (fine-grained methods in their deployed mode) with a point per operating point (mean over seeds, ± std as
+    error bars, the seed count beside it) and a line joining them. Methods run at one point only show one point.
+    None when no method has an adapted row."""
+    from ..experiments import ADAPTED_SETTING, STUDY_SETTING
+    t = _deployed_rows(table[table.setting.isin([STUDY_SETTING, ADAPTED_SETTING])], modes)
+    if not (t.setting == ADAPTED_SETTING).any():
+        return None
+    name = lambda v: v.split(" | ")[0] + (" " + v.split(" ")[-1] if v.endswith("]") else "")  # noqa: E731
+    t = t.assign(label=[name(v) for v in t.variant])
+    order = (t[t.setting == ADAPTED_SETTING].sort_values("mr").label.tolist()
+             + t[t.setting == STUDY_SETTING].sort_values("mr").label.tolist())
+    order = list(dict.fromkeys(order))
+    frozen_only = [lab for lab in order if lab not in set(t[t.setting == ADAPTED_SETTING].label)]
+    order = frozen_only + [lab for lab in order if lab not in frozen_only]
+    y = {lab: i for i, lab in enumerate(order)}
+    fig, ax = plt.subplots(figsize=(9.5, 0.45 * len(order) + 2.2))
+    style = {STUDY_SETTING: dict(marker="o", color="#4c72b0", label="frozen features (study loss)"),
+             ADAPTED_SETTING: dict(marker="^", color="#dd8452", label="adapted image top (study loss, Lite2 last stage "
+                                                                           "+ head trained)")}
+    for lab, g in t.groupby("label"):
+        if len(g) == 2:
+            ax.plot(g.mr, [y[lab]] * 2, color="#999", lw=1.0, zorder=1)
+    for st, g in t.groupby("setting"):
+        yy = [y[lab] for lab in g.label]
+        ax.errorbar(g.mr, yy, xerr=g.mr_std.fillna(0), fmt=style[st]["marker"], color=style[st]["color"], ms=7,
+                    capsize=3, label=style[st]["label"], zorder=2)
+        for x, yi, n in zip(g.mr, yy, g.n_seeds):
+            ax.annotate(f"n={int(n)}", (x, yi), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7,
+                        color=style[st]["color"])
+    ax.set_yticks(range(len(order)), order, fontsize=9)
+    ax.set_ylim(-0.7, len(order) - 0.3)
+    ax.set_xlabel("test mR (mean over seeds; bars ± std; n = seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.6 / max(len(order), 1)), ncol=1,
+              frameon=False)
+    fig.suptitle(f"{dataset.upper()}: each method on frozen and on adapted features (same protocol)")
+    fig.tight_layout()
+    return fig
