@@ -73,13 +73,14 @@ def _verdict(lo: float, hi: float, kind: str, tol: float, margin: float) -> str:
 
 
 def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.DataFrame | None = None,
-                 n_boot: int = 2000, setting: str = "study loss") -> pd.DataFrame:
+                 n_boot: int = 2000, setting: str = "study loss", latency_suffix: str = "") -> pd.DataFrame:
     """The study's claims under one ``setting`` (default the study loss): per claim the two mR compared (means
     over the seeds both have), their difference, a 95% paired bootstrap CI over seeds and test queries
     (:func:`itr_lib.metrics.paired_bootstrap`), the latency ratio A/B from ``latency``
     (the efficiency table: ``method``, ``ms_per_query``) and a verdict. With one seed the CI covers query
     sampling only, so the verdict must clear twice the largest seed std of mR among this dataset's rows with 2+
-    seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. ``bar_mr``: what the interval is held
+    seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. ``latency_suffix``: appended to the
+    efficiency labels (the adapted point's rows: :data:`itr_lib.efficiency.specs.ADAPTED_SUFFIX`). ``bar_mr``: what the interval is held
     against (:func:`claim_bar`: 0 for "beats", minus the tolerance for "keeps ... within"). The last claim names the strongest
     row (highest mean mR) and tests it against the runner-up."""
     d = df[(df.dataset == dataset) & (df.setting == setting)]
@@ -105,7 +106,8 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
                "b": b.variant.iloc[0] if len(b) else f"{kb} {mb}".strip(), "seeds": ",".join(map(str, seeds)),
                "n_seeds": len(seeds), "missing_seeds": _missing(planned, seeds),
                "kind": kind, "tolerance_mr": tol, "bar_mr": claim_bar(kind, tol)}
-        ms_a, ms_b = (lat.get(labels[0]), lat.get(labels[1])) if labels else (None, None)
+        ms_a, ms_b = (lat.get(labels[0] + latency_suffix), lat.get(labels[1] + latency_suffix)) if labels \
+            else (None, None)
         row["latency_ratio_a_over_b"] = ms_a / ms_b if ms_a and ms_b else np.nan
         if not seeds:
             rows.append({**row, "verdict": "not run", "note": "no seed has both runs recorded"})
@@ -140,11 +142,14 @@ def operating_point(setting: str) -> str:
 def claims_tables(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.DataFrame | None = None,
                   n_boot: int = 2000) -> pd.DataFrame:
     """:func:`claims_table` at each operating point with runs on ``dataset`` (the study loss on the frozen
-    features, then on the adapted ones), one frame with ``setting``. The latency ratios are the frozen models'
-    (04 times those); the adapted rows leave them blank rather than borrow them."""
+    features, then on the adapted ones), one frame with ``setting``. Each point's latency ratios come from its own
+    rows of the efficiency table (04 labels the adapted ones ``..., adapted top``); a pair 04 has not timed stays
+    blank, never borrowed from the other point."""
+    from .efficiency.specs import ADAPTED_SUFFIX
     from .experiments import ADAPTED_SETTING, STUDY_SETTING
-    parts = [claims_table(df, dataset, results_dir, latency if st == STUDY_SETTING else None, n_boot=n_boot,
-                          setting=st) for st in (STUDY_SETTING, ADAPTED_SETTING)]
+    parts = [claims_table(df, dataset, results_dir, latency, n_boot=n_boot, setting=st,
+                          latency_suffix="" if st == STUDY_SETTING else ADAPTED_SUFFIX)
+             for st in (STUDY_SETTING, ADAPTED_SETTING)]
     parts = [p for p in parts if len(p)]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 

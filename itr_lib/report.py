@@ -271,7 +271,8 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
         if points:
             lines += ["*frozen*: every method on the frozen ImageNet / MiniLM features; *adapted*: the same protocol "
                       "with EfficientNet-Lite2's last stage and head trained (`image_top_blocks` 6, issue 28; "
-                      "setting `study loss, adapted top`). Latency ratios are the frozen models' (04 times those).", ""]
+                      "setting `study loss, adapted top`). Each point's latency ratios are its own models' (04's rows "
+                      "`..., adapted top` run the top in every image encode); blank where 04 has not timed them.", ""]
         if full:
             c = with_bar(c)
             cols = (["dataset", "setting"] if points else ["dataset"]) + ["statement", "bar", "n_seeds",

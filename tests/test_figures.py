@@ -137,6 +137,14 @@ def test_a_selfalign_variant_row_never_times_another_variants_run():
     assert cra.mismatch(select_runs(runs, "selfalign", "rsicd", cra.prefer)[1]) == ["lca"]   # no CRA-only run
     lca = spec_by_label("SelfAlign LCA")
     assert lca.mismatch(select_runs(runs, "selfalign", "rsicd", lca.prefer)[1]) == []        # run b is its own
+    # the adapted operating point's rows time only adapted runs: none recorded -> the row is skipped
+    ad = spec_by_label("SelfAlign, adapted top")
+    assert ad.mismatch(select_runs(runs, "selfalign", "rsicd", ad.prefer)[1]) == ["setting"]
+    runs2 = pd.concat([runs, runs.assign(run=["c", "d"], group=["g3", "g4"], setting="study loss, adapted top")])
+    timed, group = select_runs(runs2, "selfalign", "rsicd", ad.prefer)
+    assert ad.mismatch(group) == [] and timed.run == "c"        # the adapted LCA+CRA run
+    frozen = spec_by_label("SelfAlign")
+    assert select_runs(runs2, "selfalign", "rsicd", frozen.prefer)[0].run == "a"   # the frozen row is unchanged
 
 
 def test_frontier_names_every_row_has_legends_and_the_recipe_its_own_title():

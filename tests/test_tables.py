@@ -152,10 +152,13 @@ def test_claims_at_two_operating_points_get_a_column_each_and_a_verdict_change(t
     from itr_lib.experiments import ADAPTED_SETTING
     df, _ = _claim_records(tmp_path)
     both = pd.concat([df, df.assign(setting=ADAPTED_SETTING)], ignore_index=True)
-    c = claims_tables(both, "ucm", tmp_path, n_boot=200)
+    lat = pd.DataFrame({"method": ["baseline", "SelfAlign", "baseline, adapted top", "SelfAlign, adapted top"],
+                        "ms_per_query": [1.0, 2.0, 3.0, 12.0]})
+    c = claims_tables(both, "ucm", tmp_path, lat, n_boot=200)
     assert set(c.setting) == {"study loss", ADAPTED_SETTING}
     sa = c[c.claim == "selfalign_vs_baseline"].set_index("setting")
     assert sa.loc["study loss", "ci_lo_mr"] == sa.loc[ADAPTED_SETTING, "ci_lo_mr"]
+    assert sa.loc["study loss", "latency_ratio_a_over_b"] == 0.5 and sa.loc[ADAPTED_SETTING, "latency_ratio_a_over_b"] == 0.25
     c["B - A mR [95% CI]"] = "x"
     wide = claims_by_dataset(c)
     assert list(wide.columns) == ["statement", "bar", "UCM frozen", "UCM adapted"]
