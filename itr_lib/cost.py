@@ -168,16 +168,61 @@ def execution_estimates(todo: list[dict], results_dir: str | Path,
     return rows
 
 
+def notebook_defaults(nb: Path) -> dict:
+    """The defaults of a notebook's ``parameters`` cell (papermill's inspection, values read as Python literals)."""
+    import ast
+    import papermill as pm
+    return {k: ast.literal_eval(v["default"]) for k, v in pm.inspect_notebook(str(nb)).items()}
+
+
+def missing_runs(todo: list[dict], results_dir: str | Path) -> pd.DataFrame:
+    """What the planned 02_ablations executions would train now: their ablation grid and comparison plan
+    (:func:`itr_lib.experiments.notebook_grids`, the notebook's own call) less the runs recorded under
+    ``results_dir``, one row each (setting, dataset, method, seed, run) with ``est_core_h``: the mean core-hours of
+    the recorded runs of the same dataset, method and operating point (image top trained or not), NaN where none is
+    recorded. 07's recipe grids and the capacity probe are not listed."""
+    from .experiments import notebook_grids
+    from .runs import recorded
+    results_dir = Path(results_dir)
+    rec = record_costs(results_dir)
+    if len(rec):
+        tops = {}
+        for f, _ in _record_files(results_dir):
+            tops[f.stem] = bool(read_record(f).get("config", {}).get("image_top_blocks"))
+        rec["adapted"] = rec.run.map(tops).fillna(False)
+        mean_h = (rec.groupby(["dataset", "method", "adapted"]).core_seconds.mean() / 3600).to_dict()
+    else:
+        mean_h = {}
+    rows, seen = [], set()
+    for t in todo:
+        if not Path(t["notebook"]).name.startswith("02_"):
+            continue
+        cfgs, plan = notebook_grids({**notebook_defaults(Path(t["notebook"])), **t["parameters"]})
+        for setting, cfg in [("ablation", c) for c in cfgs] + [(st, c) for st, _, c in plan]:
+            name = cfg.run_name()
+            if name in seen or recorded(cfg, results_dir) is not None:
+                continue
+            seen.add(name)
+            key = (dataset_name(cfg.dataset), method_key({"method": cfg.method, "lca": cfg.lca, "cra": cfg.cra}),
+                   bool(cfg.image_top_blocks))
+            rows.append({"setting": setting, "dataset": key[0], "method": key[1], "seed": cfg.seed, "run": name,
+                         "est_core_h": mean_h.get(key, np.nan)})
+    return pd.DataFrame(rows, columns=["setting", "dataset", "method", "seed", "run", "est_core_h"])
+
+
 def dry_run_estimate(todo: list[dict], out_dir: Path, profile_dir: Path) -> dict:
     """The estimated cost of the planned executions from scratch (:func:`itr_lib.cost.execution_estimates`), from
     the records of ``out_dir`` or, when it has none, of the profile's folder ``profile_dir``; ``{}`` when neither has records."""
     speedups = lever_speedups(REPO_ROOT / "results" / "benchmarks" / "speed_levers.csv")
+    miss = missing_runs(todo, out_dir)
+    missing = {"missing": miss.to_dict("records")} if any(Path(t["notebook"]).name.startswith("02_")
+                                                            for t in todo) else {}
     for src in (out_dir, profile_dir):
         try:
-            return {"estimate_from": str(src), "estimates": execution_estimates(todo, src, speedups)}
+            return {"estimate_from": str(src), "estimates": execution_estimates(todo, src, speedups), **missing}
         except ValueError:
             continue
-    return {}
+    return missing
 
 
 def format_estimate(res: dict) -> str:
@@ -198,4 +243,18 @@ def format_estimate(res: dict) -> str:
         tot = [tot[0] + e["core_h"], tot[1] + e["core_h_levers"]]
     lines.append(f"  {'total':<48} {tot[0]:8.2f} {tot[1]:8.2f}" + (f"  (no record of {', '.join(unknown)})"
                                                                   if unknown else ""))
+    if "missing" in res:  # what 02 would train now, in this results folder
+        m = pd.DataFrame(res["missing"], columns=["setting", "dataset", "method", "seed", "run", "est_core_h"])
+        if m.empty:
+            lines.append("02_ablations would train nothing now: every run of its grids is recorded.")
+        else:
+            known = m.est_core_h.notna()
+            lines.append(f"02_ablations would train {len(m)} run(s) now (not recorded here), about "
+                         f"{m.est_core_h.sum():.2f} core-h from the recorded runs of the same dataset, method and "
+                         f"operating point" + (f" ({(~known).sum()} with no such record: not estimated)"
+                                                if (~known).any() else "") + ":")
+            for (st, ds, meth), g in m.groupby(["setting", "dataset", "method"], sort=False):
+                est = f"{g.est_core_h.sum():.2f}" if g.est_core_h.notna().all() else "?"
+                lines.append(f"  {st:<28} {ds:<6} {meth:<9} seeds {','.join(map(str, sorted(g.seed))):<8} "
+                             f"{est:>6} core-h")
     return "\n".join(lines)

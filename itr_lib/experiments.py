@@ -159,6 +159,32 @@ def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_se
     return plan
 
 
+def runtime_fields(p: dict) -> dict:
+    """The runtime TrainConfig fields of 02's parameters ``p`` (subset, data root, cache, device; not identity)."""
+    from .io import repo_path
+    return dict(max_train_images=p["MAX_TRAIN_IMAGES"] or None,
+                data_root=str(repo_path(p["DATA_ROOT"])) if p["DATA_ROOT"] else None,
+                cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], progress=False)
+
+
+def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, TrainConfig]]]:
+    """02_ablations' two grids from its parameters ``p`` (the notebook's names: ``DATASETS``, ``SEEDS``, ...,
+    ``COMPARISON_*``, ``ADAPTED_COMPARISON``, ``MAX_TRAIN_IMAGES``, ``DATA_ROOT``, ``CACHE_DIR``, ``DEVICE``):
+    ``(ablation configs, comparison plan)``. The notebook and the study runner's dry run both call this, so what the
+    dry run says would train is what 02 trains."""
+    runtime = runtime_fields(p)
+    base = dict(runtime, dim=p["DIM"], pooling=p["POOLING"], epochs=p["EPOCHS"], codebook_size=p["CODEBOOK_SIZE"])
+    cfgs = ablation_configs(p["DATASETS"], p["SEEDS"], p["VARIANTS"], p["LOSSES"], p["CODEBOOK_SIZES"],
+                            sweep_seeds=p["SWEEP_SEEDS"], base=base, loss_variants=p["LOSS_VARIANTS"],
+                            loss_seeds=p["LOSS_SEEDS"], sweep_epochs=p["SWEEP_EPOCHS"] or None,
+                            lca_weights=p["LCA_WEIGHTS"])
+    plan = comparison_plan(p["COMPARISON_DATASETS"], p["COMPARISON_SEEDS"], p["COMPARISON_METHODS"],
+                           authors_seeds=p["AUTHORS_SEEDS"], loss_ablation_seeds=p["LOSS_ABLATION_SEEDS"],
+                           loss_ablation_datasets=p["LOSS_ABLATION_DATASETS"],
+                           base=dict(runtime, **p["COMPARISON_OVERRIDES"]), adapted=p["ADAPTED_COMPARISON"])
+    return cfgs, plan
+
+
 def comparison_configs(*args, **kw) -> list[TrainConfig]:
     """The configs of :func:`comparison_plan`, in its order."""
     return [c for _, _, c in comparison_plan(*args, **kw)]

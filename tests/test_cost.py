@@ -76,3 +76,28 @@ def test_a_damaged_record_stops_the_cost_table_with_its_name(tmp_path):
     bad.write_text('{"config": {"method": "baseline"')
     with pytest.raises(RunStoreError, match=r"ucm-baseline-minilm-s0-x\.json cannot be read .*Fix"):
         record_costs(tmp_path)
+
+
+def test_dry_run_lists_what_02_would_train_now_with_an_estimate_from_like_records(tmp_path, monkeypatch):
+    """The dry run names the runs of 02's grids that are not recorded (the notebook's own plan: the adapted point
+    included), each estimated from recorded runs of the same dataset, method and operating point."""
+    from pathlib import Path
+    from itr_lib import runs
+    from itr_lib.cost import missing_runs
+    from itr_lib.experiments import ADAPTED_SETTING
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "02_ablations.ipynb"
+    params = {"DATASETS": [], "COMPARISON_DATASETS": ["ucm"], "COMPARISON_SEEDS": [0, 1],
+              "COMPARISON_METHODS": ["baseline"], "AUTHORS_SEEDS": [],
+              "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0, 1], "methods": ["baseline", "tgdt"]}]}
+    todo = [{"notebook": nb, "output": tmp_path / "02_ablations.ipynb", "parameters": params}]
+    monkeypatch.setattr(runs, "recorded", lambda cfg, d: {} if not cfg.image_top_blocks else None)
+    adapted = TrainConfig(method="baseline", dataset="ucm", image_top_blocks=6, epochs=10)
+    _record(tmp_path / "recipe" / "metrics" / f"{adapted.run_name()}.json", adapted, 1780.0, threads=2)  # 1 core-h
+    m = missing_runs(todo, tmp_path)
+    assert set(m.setting) == {ADAPTED_SETTING} and len(m) == 4   # the frozen runs are recorded
+    est = m.groupby("method").est_core_h.sum(min_count=1)
+    assert est["baseline"] == pytest.approx(2.0) and pd.isna(est["tgdt"])  # 2 seeds x 1 h; no adapted TGDT record
+    text = format_estimate({"estimates": [{"execution": "02_ablations", "core_h": 1.0, "core_h_levers": 1.0}],
+                            "estimate_from": str(tmp_path), "missing": m.to_dict("records")})
+    assert "02_ablations would train 4 run(s) now" in text and "(2 with no such record: not estimated)" in text
+    assert "ucm    tgdt      seeds 0,1" in text
