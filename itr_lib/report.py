@@ -221,6 +221,27 @@ def _drop_shared_parts(labels: pd.Series) -> tuple[pd.Series, list[str]]:
     return pd.Series(short, index=labels.index), shared
 
 
+def _schedule_note(t: pd.DataFrame) -> list[str]:
+    """Per setting: how many runs chose their schedule's last epoch on val (``best_epochs`` "5,6,4 of 6"); where
+    many did, val would likely take more epochs, so the schedule is a cost cap there, not a val choice."""
+    if "best_epochs" not in t:
+        return []
+    parts = []
+    for st, g in t.drop_duplicates(["setting", "variant"] if "mode" not in t else ["setting", "key"]).groupby(
+            "setting", sort=False):
+        last = total = 0
+        for cell in g.best_epochs.dropna().astype(str):
+            eps, _, of = cell.partition(" of ")
+            eps = [e for e in eps.split(",") if e.isdigit()]
+            total += len(eps)
+            last += sum(of.isdigit() and int(e) == int(of) for e in eps)
+        if total:
+            parts.append(f"{st}: {last} of {total} runs chose the last epoch")
+    return ["Best epoch on val (`best_epochs`, per seed): " + "; ".join(parts) + ". A run that chose the last "
+            "epoch would likely gain from more: the schedule is the protocol's cost cap, not a val choice.", ""] \
+        if parts else []
+
+
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
@@ -242,14 +263,15 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             shared_all |= set(shared)
         t["ties [pess., opt.]"] = tie_cells(t)
         cols = (["setting"] if full else []) + ["variant", "n_seeds", "seeds"] + \
-            (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"]
+            (["i2t_r1", "t2i_r1", "rsum"] if full else []) + ["mr", "ties [pess., opt.]", "train_min"] + \
+            (["best_epochs"] if full and "best_epochs" in t else [])
         lines += [f"### {ds.upper()}: every method under one protocol" + (" (study loss)" if not full else ""), ""]
         if not full and shared:
             lines += [f"Every row: `{' | '.join(shared)}`; fine-grained methods in their deployed inference mode "
                       "(every mode in RESULTS.md).", ""]
         lines += [
                   to_markdown(t[cols], index=False, floatfmt=".1f", compact=not full), ""]
-        lines += _bucketed_note(t) + _missing_note(t)
+        lines += _bucketed_note(t) + _missing_note(t) + (_schedule_note(t) if full else [])
         if not full:
             pub = published_rows(ds)
             if len(pub):

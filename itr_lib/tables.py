@@ -309,6 +309,12 @@ def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
     bucketed = d.assign(_lb=lb.fillna(1).astype(float) > 1).groupby(["setting", "variant"], sort=False).apply(
         lambda g: ",".join(str(int(s)) for s in sorted(g[g._lb].seed.unique())), include_groups=False)
     out = out.merge(bucketed.rename("bucketed_seeds").reset_index(), on=["setting", "variant"], how="left")
+    if "best_epoch" in d:  # the val-chosen epoch of each seed (1-based) "of" the schedule: is the schedule a cap?
+        best = d.groupby(["setting", "variant"], sort=False).apply(
+            lambda g: ",".join(str(int(b) + 1) if pd.notna(b) else "?" for b in g.sort_values("seed").best_epoch)
+            + (f" of {int(g.epochs.max())}" if "epochs" in g and g.epochs.notna().any() else ""),
+            include_groups=False)
+        out = out.merge(best.rename("best_epochs").reset_index(), on=["setting", "variant"], how="left")
     if "missing_seeds" not in out:  # no plan: nothing known to be missing
         out["missing_seeds"] = ""
     order = {s: i for i, s in enumerate(sorted(out.setting.unique(), key=lambda s: (s != "study loss", s)))}

@@ -164,3 +164,16 @@ def test_the_schedule_caption_says_what_val_preferred_and_what_the_study_trains(
     assert "chosen on val" not in cap
     assert "the val choice" in schedule_caption("ucm", sched.iloc[:2]) and "cost cap" not in schedule_caption(
         "ucm", sched.iloc[:2])
+
+
+def test_schedule_note_counts_runs_that_chose_the_last_epoch_once_per_run():
+    """TGDT's three modes are one run per seed: counted once; "6 of 6" is a run whose val still rose at the end."""
+    from itr_lib.report import _schedule_note
+    t = pd.DataFrame({"setting": ["study loss"] * 3 + ["study loss, adapted top"] * 2,
+                      "key": ["tgdt", "tgdt", "baseline", "baseline", "tgdt"],
+                      "mode": ["two_stage", "global", "", "", "two_stage"],
+                      "variant": ["t [two_stage]", "t [global]", "b", "b | top", "t | top [two_stage]"],
+                      "best_epochs": ["6,5,6 of 6", "6,5,6 of 6", "4,4,4 of 6", "6,6,5 of 6", "6 of 6"]})
+    note = " ".join(_schedule_note(t))
+    assert "study loss: 2 of 6 runs chose the last epoch" in note
+    assert "study loss, adapted top: 3 of 4 runs chose the last epoch" in note and "cost cap" in note
