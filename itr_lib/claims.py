@@ -72,6 +72,17 @@ def _verdict(lo: float, hi: float, kind: str, tol: float, margin: float) -> str:
     return "inconclusive"
 
 
+def top_and_runner_up(agg: pd.DataFrame):
+    """The rows of the "strongest model" claim in an aggregate (``key``, ``mode``, ``mr``): the highest mean mR and
+    the best row of *another* model (another inference mode of the top model is not a runner-up); None with fewer
+    than two models."""
+    ranked = agg.sort_values("mr", ascending=False)
+    if ranked.key.nunique() < 2:
+        return None
+    top = ranked.iloc[0]
+    return top, ranked[ranked.key != top.key].iloc[0]
+
+
 def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.DataFrame | None = None,
                  n_boot: int = 2000, setting: str = "study loss", latency_suffix: str = "") -> pd.DataFrame:
     """The study's claims under one ``setting`` (default the study loss): per claim the two mR compared (means
@@ -82,7 +93,8 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
     seeds (the measured run-to-run noise); otherwise it is ``inconclusive``. ``latency_suffix``: appended to the
     efficiency labels (the adapted point's rows: :data:`itr_lib.efficiency.specs.ADAPTED_SUFFIX`). ``bar_mr``: what the interval is held
     against (:func:`claim_bar`: 0 for "beats", minus the tolerance for "keeps ... within"). The last claim names the strongest
-    row (highest mean mR) and tests it against the runner-up."""
+    row (highest mean mR) and tests it against the runner-up: the best row of another model, not another inference
+    mode of the same one."""
     d = df[(df.dataset == dataset) & (df.setting == setting)]
     if d.empty:
         return pd.DataFrame()
@@ -91,9 +103,9 @@ def claims_table(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd.
     noise = float(multi.mr_std.max()) if len(multi) else np.nan
     lat = {} if latency is None or latency.empty else dict(zip(latency.method, latency.ms_per_query))
     claims = list(CLAIMS)
-    ranked = agg.sort_values("mr", ascending=False)
-    if len(ranked) >= 2:
-        top, second = ranked.iloc[0], ranked.iloc[1]
+    pair = top_and_runner_up(agg)
+    if pair is not None:
+        top, second = pair
         claims.append(("strongest", f"{top.variant} is the strongest model (vs runner-up {second.variant})",
                        (second.key, second["mode"]), (top.key, top["mode"]), "better", 0.0, None))
     rows = []
@@ -215,7 +227,7 @@ def claims_by_dataset(c: pd.DataFrame) -> pd.DataFrame:
     c = with_bar(c)
     if "setting" in c and c.setting.nunique() > 1:
         c["dataset"] = [f"{d} {operating_point(s)}" for d, s in zip(c.dataset, c.setting)]
-    c["cell"] = [f"{ci} ({n}) {v}" for ci, n, v in zip(c["B - A mR [95% CI]"], c.n_seeds, c.verdict)]
+    c["cell"] = [f"{ci} ({n}) {v}" if n else v for ci, n, v in zip(c["B - A mR [95% CI]"], c.n_seeds, c.verdict)]
     strongest = c.claim == "strongest"
     c.loc[strongest, "cell"] = [f"{top} vs {runner_up}: {cell}" for top, runner_up, cell in
                                 zip(c.b[strongest].str.split(" | ").str[0], c.a[strongest].str.split(" | ").str[0],

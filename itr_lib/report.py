@@ -307,7 +307,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             ch = verdict_changes(c)
             run = ch[~ch.change.str.startswith("not run")]
             lines += ["What became of each verdict once the features adapted: " + "; ".join(
-                f"{ds.upper()}: " + ", ".join(f"{n} {k}" for k, n in g.change.value_counts().items())
+                f"{ds.upper()}: " + ", ".join(f"{k} {n}" for k, n in g.change.value_counts().items())
                 for ds, g in run.groupby("dataset")) + " (claims run at both points; the top-model claim names "
                 "different models, so it is left out)." if len(run) else
                 "No claim has runs at both operating points yet.", ""]

@@ -170,3 +170,15 @@ def test_claims_at_two_operating_points_get_a_column_each_and_a_verdict_change(t
                                 for k, s, v in zip(c.claim, c.setting, c.verdict)])
     expect = {"holds": "flips", "inconclusive": "survives"}[sa.loc["study loss", "verdict"]]
     assert verdict_changes(flipped).set_index("claim").loc["selfalign_vs_baseline", "change"] == expect
+
+
+def test_the_runner_up_is_another_model_not_another_mode_of_the_top_one():
+    """TGDT's two-stage and exhaustive modes score alike; the "strongest" claim sets the top model against the best
+    row of a different model."""
+    import pandas as pd
+    from itr_lib.claims import top_and_runner_up
+    agg = pd.DataFrame({"key": ["tgdt", "tgdt", "baseline", "cra"], "mode": ["two_stage", "exhaustive", "", ""],
+                        "mr": [53.1, 53.1, 51.4, 52.0]})
+    top, second = top_and_runner_up(agg)
+    assert (top.key, second.key, second.mr) == ("tgdt", "cra", 52.0)
+    assert top_and_runner_up(agg[agg.key == "tgdt"]) is None
