@@ -313,7 +313,14 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
                 "No claim has runs at both operating points yet.", ""]
             if full and len(ch):
                 lines += [to_markdown(ch.drop(columns=["claim"]), index=False), ""]
+            from .tables import operating_point_table
             for ds in ("rsicd", "ucm"):
+                f = tables / f"comparison_{ds}.csv"
+                op = operating_point_table(pd.read_csv(f)) if f.is_file() else pd.DataFrame()
+                if len(op):
+                    lines += [f"{ds.upper()}, test mR per method at both points (mean ± std (seeds); change: "
+                              "adapted - frozen, a difference of means, not a paired interval):", "",
+                              to_markdown(op, index=False, compact=not full), ""]
                 if (figs / f"operating_points_{ds}.png").is_file():
                     lines += [f"![{ds} frozen vs adapted]({rel}/figures/operating_points_{ds}.png)", ""]
     if full:

@@ -182,3 +182,21 @@ def test_the_runner_up_is_another_model_not_another_mode_of_the_top_one():
     top, second = top_and_runner_up(agg)
     assert (top.key, second.key, second.mr) == ("tgdt", "cra", 52.0)
     assert top_and_runner_up(agg[agg.key == "tgdt"]) is None
+
+
+def test_operating_point_table_one_row_per_method_in_its_deployed_mode():
+    import pandas as pd
+    from itr_lib.experiments import ADAPTED_SETTING
+    from itr_lib.tables import operating_point_table
+    t = pd.DataFrame({"setting": ["study loss"] * 3 + [ADAPTED_SETTING] * 2,
+                      "key": ["baseline", "tgdt", "tgdt", "baseline", "tgdt"],
+                      "mode": ["", "two_stage", "global", "", "two_stage"],
+                      "variant": ["baseline | 6 ep", "tgdt | 6 ep [two_stage]", "tgdt | 6 ep [global]",
+                                  "baseline | top | 6 ep", "tgdt | top | 6 ep [two_stage]"],
+                      "mr": [46.0, 47.0, 40.0, 51.5, 53.0], "mr_std": [1.0, 0.5, 0.5, 0.25, 0.0],
+                      "n_seeds": [3, 3, 3, 3, 1]})
+    op = operating_point_table(t).set_index("method")
+    assert list(op.index) == ["tgdt [two_stage]", "baseline"]           # the global mode is not deployed
+    assert op.loc["baseline"].tolist() == ["46.00 ± 1.00 (3)", "51.50 ± 0.25 (3)", "+5.50"]
+    assert op.loc["tgdt [two_stage]", "adapted"] == "53.00 (1)" and op.loc["tgdt [two_stage]", "change"] == "+6.00"
+    assert operating_point_table(t[t.setting == "study loss"]).empty
