@@ -166,6 +166,41 @@ def claims_tables(df: pd.DataFrame, dataset: str, results_dir: Path, latency: pd
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
+def adaptation_gains(df: pd.DataFrame, dataset: str, results_dir: Path, n_boot: int = 2000) -> pd.DataFrame:
+    """What adapting the image top did to each method (deployed mode) on ``dataset``: its adapted runs against its
+    frozen runs of the same seeds under the study loss, the study's paired bootstrap over seeds and test queries
+    (mR), with the claims' verdict rule for "the adapted model beats the frozen one" (a one-seed gain must clear twice
+    the largest seed std of the two settings' rows). One row per method with adapted runs."""
+    from .experiments import ADAPTED_SETTING, STUDY_SETTING
+    from .tables import DEPLOYED_MODES
+    d = df[(df.dataset == dataset) & df.setting.isin([STUDY_SETTING, ADAPTED_SETTING])]
+    if not (d.setting == ADAPTED_SETTING).any():
+        return pd.DataFrame()
+    agg = aggregate(d, by=("setting", "key", "mode", "variant"))
+    multi = agg[agg.n_seeds >= 2]
+    noise = float(multi.mr_std.max()) if len(multi) else np.nan
+    rows = []
+    for key in dict.fromkeys(d[d.setting == ADAPTED_SETTING].key):
+        mode = DEPLOYED_MODES.get(key, "")
+        f = d[(d.setting == STUDY_SETTING) & (d.key == key) & (d["mode"] == mode)]
+        a = d[(d.setting == ADAPTED_SETTING) & (d.key == key) & (d["mode"] == mode)]
+        seeds = sorted(set(f.seed) & set(a.seed))
+        row = {"dataset": dataset, "key": key, "mode": mode, "seeds": ",".join(map(str, seeds)),
+               "n_seeds": len(seeds)}
+        if not seeds:
+            rows.append({**row, "verdict": "not run"})
+            continue
+        f, a = f[f.seed.isin(seeds)].sort_values("seed"), a[a.seed.isin(seeds)].sort_values("seed")
+        _rules(f"{dataset} adaptation of {key!r}", f, a)
+        bs = paired_bootstrap([load_hits(results_dir, r, mode) for r in f.run],
+                              [load_hits(results_dir, r, mode) for r in a.run], n_boot=n_boot)
+        lo, hi = bs["ci_lo"] / 6, bs["ci_hi"] / 6
+        margin = 0.0 if len(seeds) >= 2 else (2 * noise if np.isfinite(noise) else np.inf)
+        rows.append({**row, "mr_frozen": f.mr.mean(), "mr_adapted": a.mr.mean(), "delta_mr": bs["delta_rsum"] / 6,
+                     "ci_lo_mr": lo, "ci_hi_mr": hi, "verdict": _verdict(lo, hi, "better", 0.0, margin)})
+    return pd.DataFrame(rows)
+
+
 def verdict_changes(c: pd.DataFrame) -> pd.DataFrame:
     """Per dataset and claim, the verdict at each operating point and what became of it once the features
     adapted: ``survives`` (same verdict, run at both), ``flips`` (holds <-> does not hold), ``now holds`` /

@@ -314,13 +314,16 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             if full and len(ch):
                 lines += [to_markdown(ch.drop(columns=["claim"]), index=False), ""]
             from .tables import operating_point_table
+            g_path = tables / "adaptation_gains.csv"
+            gains = pd.read_csv(g_path) if g_path.is_file() else pd.DataFrame(columns=["dataset"])
             for ds in ("rsicd", "ucm"):
                 f = tables / f"comparison_{ds}.csv"
-                op = operating_point_table(pd.read_csv(f)) if f.is_file() else pd.DataFrame()
+                op = operating_point_table(pd.read_csv(f), gains[gains.dataset == ds]) if f.is_file() \
+                    else pd.DataFrame()
                 if len(op):
-                    lines += [f"{ds.upper()}, test mR per method at both points (mean ± std (seeds); change: "
-                              "adapted - frozen, a difference of means, not a paired interval):", "",
-                              to_markdown(op, index=False, compact=not full), ""]
+                    lines += [f"{ds.upper()}, test mR per method at both points (mean ± std (seeds); change: adapted "
+                              "- frozen, mR [95% CI] (seeds) over the seeds both points share, the claims' paired "
+                              "bootstrap and rule):", "", to_markdown(op, index=False, compact=not full), ""]
                 if (figs / f"operating_points_{ds}.png").is_file():
                     lines += [f"![{ds} frozen vs adapted]({rel}/figures/operating_points_{ds}.png)", ""]
     if full:

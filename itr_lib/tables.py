@@ -322,11 +322,21 @@ def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)
 
 
-def operating_point_table(t: pd.DataFrame) -> pd.DataFrame:
+def _gain_cell(gains: pd.DataFrame | None, key: str) -> str:
+    if gains is None or gains.empty or "delta_mr" not in gains or not (gains.key == key).any():
+        return ""
+    g = gains[gains.key == key].iloc[0]
+    if pd.isna(g.get("delta_mr")):
+        return ""
+    return f"{g.delta_mr:+.2f} [{g.ci_lo_mr:+.2f}, {g.ci_hi_mr:+.2f}] ({int(g.n_seeds)}) {g.verdict}"
+
+
+def operating_point_table(t: pd.DataFrame, gains: pd.DataFrame | None = None) -> pd.DataFrame:
     """A comparison table (:func:`comparison_table`) as one row per method in its deployed mode with its test mR on
     the frozen features and at the adapted point (``"mean ± std (n)"``) and the change of the means (adapted -
-    frozen); empty without adapted rows. The change is a difference of means over the seeds each side has, not a
-    paired interval (the claims compare methods within a point)."""
+    frozen); empty without adapted rows. The change is a difference of means over the seeds each side has; with
+    ``gains`` (:func:`itr_lib.claims.adaptation_gains`, same dataset) it is the paired gain over the seeds both
+    points share, ``"+5.00 [+4.10, +5.90] holds"``."""
     from .experiments import ADAPTED_SETTING, STUDY_SETTING
     if t.empty or not (t.setting == ADAPTED_SETTING).any():
         return pd.DataFrame()
@@ -342,7 +352,8 @@ def operating_point_table(t: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": label + (f" [{DEPLOYED_MODES[key]}]" if key in DEPLOYED_MODES else ""),
                      "frozen": cell(f.iloc[0]) if len(f) else "not run",
                      "adapted": cell(a.iloc[0]) if len(a) else "not run",
-                     "change": f"{a.mr.iloc[0] - f.mr.iloc[0]:+.2f}" if len(f) and len(a) else "",
+                     "change": _gain_cell(gains, key) or (f"{a.mr.iloc[0] - f.mr.iloc[0]:+.2f}"
+                                                          if len(f) and len(a) else ""),
                      "_order": a.mr.iloc[0] if len(a) else -1e9 + (f.mr.iloc[0] if len(f) else 0)})
     return pd.DataFrame(rows).sort_values("_order", ascending=False).drop(columns="_order").reset_index(drop=True)
 

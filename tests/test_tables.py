@@ -200,3 +200,25 @@ def test_operating_point_table_one_row_per_method_in_its_deployed_mode():
     assert op.loc["baseline"].tolist() == ["46.00 ± 1.00 (3)", "51.50 ± 0.25 (3)", "+5.50"]
     assert op.loc["tgdt [two_stage]", "adapted"] == "53.00 (1)" and op.loc["tgdt [two_stage]", "change"] == "+6.00"
     assert operating_point_table(t[t.setting == "study loss"]).empty
+
+
+def test_adaptation_gains_pair_each_method_with_itself_over_shared_seeds(tmp_path):
+    """The adapted runs of a method against its frozen runs of the same seeds: the claims' one interval (the same
+    records at both points give exactly zero) and the gain cell of the operating-point table."""
+    import pandas as pd
+    from itr_lib.claims import adaptation_gains
+    from itr_lib.experiments import ADAPTED_SETTING
+    from itr_lib.tables import _gain_cell
+    df, _ = _claim_records(tmp_path)
+    both = pd.concat([df, df[df.key == "baseline"].assign(setting=ADAPTED_SETTING)], ignore_index=True)
+    g = adaptation_gains(both, "ucm", tmp_path, n_boot=100).set_index("key")
+    assert list(g.index) == ["baseline"] and g.loc["baseline", "n_seeds"] == 3
+    assert g.loc["baseline", "delta_mr"] == 0.0 and g.loc["baseline", "verdict"] == "inconclusive"
+    assert _gain_cell(g.reset_index(), "baseline") == "+0.00 [+0.00, +0.00] (3) inconclusive"
+    assert adaptation_gains(df, "ucm", tmp_path).empty
+    # the LCA+CRA runs standing in for the adapted baseline: the gain is the SelfAlign claim's interval
+    from itr_lib.claims import claims_table
+    swap = df[df.key == "lca+cra"].assign(key="baseline", setting=ADAPTED_SETTING)
+    g2 = adaptation_gains(pd.concat([df[df.key == "baseline"], swap]), "ucm", tmp_path, n_boot=100).iloc[0]
+    c = claims_table(df, "ucm", tmp_path, n_boot=100).set_index("claim").loc["selfalign_vs_baseline"]
+    assert (g2.delta_mr, g2.ci_lo_mr, g2.ci_hi_mr) == (c.delta_mr, c.ci_lo_mr, c.ci_hi_mr) and g2.delta_mr > 0
