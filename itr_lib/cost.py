@@ -54,8 +54,8 @@ def method_key(cfg: dict) -> str:
 
 
 def record_costs(results_dir: str | Path) -> pd.DataFrame:
-    """One row per recorded run: run, folder, notebook, dataset, method, variant, seed, the time fields, threads and
-    ``core_seconds``."""
+    """One row per recorded run: run, folder, notebook, dataset, method, variant, seed, ``adapted`` (the image top
+    trained), the time fields, threads and ``core_seconds``."""
     results_dir = Path(results_dir)
     planned = _planned_runs(results_dir)
     rows = []
@@ -77,6 +77,7 @@ def record_costs(results_dir: str | Path) -> pd.DataFrame:
         t = {k: float(m.get(k) or 0.0) for k in TIME_FIELDS}
         rows.append({"run": f.stem, "folder": folder, "notebook": nb, "dataset": dataset_name(cfg.get("dataset", "")),
                      "method": method_key(cfg), "variant": variant_label(cfg), "seed": cfg.get("seed"),
+                     "adapted": bool(cfg.get("image_top_blocks")),
                      "threads": threads, **t, "core_seconds": threads * sum(t.values())})
     return pd.DataFrame(rows)
 
@@ -185,14 +186,7 @@ def missing_runs(todo: list[dict], results_dir: str | Path) -> pd.DataFrame:
     from .runs import recorded
     results_dir = Path(results_dir)
     rec = record_costs(results_dir)
-    if len(rec):
-        tops = {}
-        for f, _ in _record_files(results_dir):
-            tops[f.stem] = bool(read_record(f).get("config", {}).get("image_top_blocks"))
-        rec["adapted"] = rec.run.map(tops).fillna(False)
-        mean_h = (rec.groupby(["dataset", "method", "adapted"]).core_seconds.mean() / 3600).to_dict()
-    else:
-        mean_h = {}
+    mean_h = (rec.groupby(["dataset", "method", "adapted"]).core_seconds.mean() / 3600).to_dict() if len(rec) else {}
     rows, seen = [], set()
     for t in todo:
         if not Path(t["notebook"]).name.startswith("02_"):
