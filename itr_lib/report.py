@@ -245,7 +245,7 @@ def _schedule_note(t: pd.DataFrame) -> list[str]:
 def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
     """The fair comparison per dataset (mR mean ± std, tie bounds, seeds), the claims with verdicts, the loss
     ablation and the duplicate-caption ceilings; ``full=False``: the README's short form."""
-    from .tables import DEPLOYED_MODES, format_mean_std, published_rows, tie_cells
+    from .tables import deployed_mask, format_mean_std, published_rows, tie_cells
     tables, figs = Path(results_dir) / "tables", Path(results_dir) / "figures"
     lines, shared, shared_all = [], [], set()
     for ds in ("rsicd", "ucm"):
@@ -254,9 +254,7 @@ def comparison_sections(results_dir: Path, rel, full: bool) -> list[str]:
             continue
         t = pd.read_csv(f)
         if not full:  # the study loss, one row per method: its deployed inference mode
-            mode = t["mode"].fillna("").astype(str)
-            deployed = pd.Series([m == DEPLOYED_MODES.get(k, m) for k, m in zip(t.key, mode)], index=t.index)
-            t = t[(t.setting == "study loss") & deployed]
+            t = t[(t.setting == "study loss") & deployed_mask(t)]
         t = format_mean_std(t)
         if not full:
             t["variant"], shared = _drop_shared_parts(t.variant)

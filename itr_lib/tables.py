@@ -322,6 +322,13 @@ def comparison_table(df: pd.DataFrame, dataset: str) -> pd.DataFrame:
                            kind="stable").reset_index(drop=True)
 
 
+def deployed_mask(t: pd.DataFrame) -> pd.Series:
+    """Rows of a comparison table (``key``, ``mode``) in their method's deployed inference mode
+    (:data:`DEPLOYED_MODES`; a method without one keeps every row)."""
+    mode = t["mode"].fillna("").astype(str)
+    return pd.Series([m == DEPLOYED_MODES.get(k, m) for k, m in zip(t.key, mode)], index=t.index)
+
+
 def _gain_cell(gains: pd.DataFrame | None, key: str) -> str:
     if gains is None or gains.empty or "delta_mr" not in gains or not (gains.key == key).any():
         return ""
@@ -340,9 +347,7 @@ def operating_point_table(t: pd.DataFrame, gains: pd.DataFrame | None = None) ->
     from .experiments import ADAPTED_SETTING, STUDY_SETTING
     if t.empty or not (t.setting == ADAPTED_SETTING).any():
         return pd.DataFrame()
-    mode = t["mode"].fillna("").astype(str)
-    keep = pd.Series([m == DEPLOYED_MODES.get(k, m) for k, m in zip(t.key, mode)], index=t.index)
-    d = t[keep & t.setting.isin([STUDY_SETTING, ADAPTED_SETTING])]
+    d = t[deployed_mask(t) & t.setting.isin([STUDY_SETTING, ADAPTED_SETTING])]
     cell = lambda r: f"{r.mr:.2f} ± {r.mr_std:.2f} ({int(r.n_seeds)})" if r.n_seeds > 1 else \
         f"{r.mr:.2f} ({int(r.n_seeds)})"  # noqa: E731
     rows = []
