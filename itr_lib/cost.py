@@ -96,14 +96,16 @@ def lever_speedups(path: str | Path | None) -> dict[str, float]:
 
 
 def _notebook_seconds(results_dir: Path) -> dict[str, float]:
-    """notebook stem -> wall seconds of its executions in ``study.json`` (summed over runs of one notebook)."""
+    """notebook stem -> wall seconds of its executions in ``study.json`` (summed over runs of one notebook). An
+    execution last run with ``-p`` overrides counts at the seconds of its last run without them (``full``)."""
     p = results_dir / "study.json"
     if not p.is_file():
         return {}
     out: dict[str, float] = {}
     for ex in json.loads(p.read_text()).get("executions", {}).values():
         stem = Path(ex.get("notebook", "")).stem
-        out[stem] = out.get(stem, 0.0) + float(ex.get("seconds") or 0.0)
+        secs = (ex.get("full") or ex).get("seconds") if ex.get("overrides") else ex.get("seconds")
+        out[stem] = out.get(stem, 0.0) + float(secs or 0.0)
     return out
 
 

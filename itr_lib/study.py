@@ -128,13 +128,28 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
             params.pop("_suffix", None)
             stem = nb.stem + (f"-{suffix}" if suffix else "")
             todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params,
-                         "group": len(todo) if i == 0 else todo[-1]["group"], "workers": int(entry.get("workers", 1))})
+                         "overrides": mine, "group": len(todo) if i == 0 else todo[-1]["group"], "workers": int(entry.get("workers", 1))})
     unknown = sorted(set(overrides) - used)
     if unknown:
         raise StudyError(f"-p {', '.join(unknown)}: no selected notebook takes {'it' if len(unknown) == 1 else 'them'} "
                          f"(selected: {', '.join(selected) or 'none'}). Fix: check the name, or select the notebook "
                          f"that declares it with --only.")
     return todo
+
+
+def execution_entry(t: dict, secs: float, previous: dict | None) -> dict:
+    """The ``study.json`` entry of a finished execution. One run with ``-p`` overrides (a ``METHODS`` subset, say)
+    is not the profile's execution: it records its ``overrides`` and carries the last execution without overrides
+    under ``full`` (its seconds, commit and time), which the cost tables read (:mod:`itr_lib.cost`)."""
+    entry = {"notebook": t["notebook"].name, "parameters": t["parameters"], "seconds": round(secs, 1),
+             "git_commit": git_commit(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    overrides = t.get("overrides") or {}
+    if overrides:
+        entry["overrides"] = overrides
+        full = (previous or {}).get("full") if (previous or {}).get("overrides") else previous
+        if full:
+            entry["full"] = {k: full[k] for k in ("seconds", "git_commit", "finished") if k in full}
+    return entry
 
 
 def shared_paths(todo: list[dict]) -> list[Path]:
@@ -226,9 +241,8 @@ def run_study(profile: str, only: list[str] | None = None, timeout: int | None =
             # re-read: another runner (e.g. a concurrent --only) may have recorded executions meanwhile
             if manifest_path.is_file():
                 manifest["executions"] = {**manifest["executions"], **read_json(manifest_path).get("executions", {})}
-            manifest["executions"][t["output"].name] = {"notebook": t["notebook"].name, "parameters": t["parameters"],
-                                                         "seconds": round(secs, 1), "git_commit": git_commit(),
-                                                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            name = t["output"].name
+            manifest["executions"][name] = execution_entry(t, secs, manifest["executions"].get(name))
             write_json(manifest_path, manifest)
             print(f"[study]   {t['output'].name} done in {secs:.0f}s", flush=True)
             for line in _reused_lines(t["output"]):

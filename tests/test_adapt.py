@@ -291,3 +291,19 @@ def test_adapt_final_plan_fills_defaults_and_refuses_unknowns():
         recipe.adapt_final_plan([{"dataset": "ucm", "variants": ["lca+crx"]}], [0], ["baseline"])
     with pytest.raises(ValueError, match="entries are"):
         recipe.adapt_final_plan([{"datasets": "ucm"}], [0], ["baseline"])
+
+
+def test_the_image_top_runs_in_float32_under_bf16_autocast(top_cfg):
+    """Under precision bf16 the heads autocast, the adapted top does not: its grid equals the float32 top's exactly."""
+    from itr_lib import precision as prec
+    cfg = top_cfg(image_top_blocks=1)
+    model = build_model(cfg).eval()
+    acts = torch.randn(2, 49, 208)
+    seen = {}
+    model.image_top.register_forward_hook(lambda m, i, o: seen.update(dtype=o.dtype, grid=o.detach().clone()))
+    with torch.no_grad():
+        ref = model.image_top(acts)
+        with prec.policy("bf16"), prec.autocast():
+            model.encode_images(acts, torch.ones(2, 49, dtype=torch.bool))
+    assert seen["dtype"] == torch.float32
+    torch.testing.assert_close(seen["grid"], ref, rtol=0, atol=0)

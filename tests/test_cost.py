@@ -101,3 +101,24 @@ def test_dry_run_lists_what_02_would_train_now_with_an_estimate_from_like_record
                             "estimate_from": str(tmp_path), "missing": m.to_dict("records")})
     assert "02_ablations would train 4 run(s) now" in text and "(2 with no such record: not estimated)" in text
     assert "ucm    tgdt      seeds 0,1" in text
+
+
+def test_a_subset_rerun_keeps_the_full_executions_seconds(results, tmp_path, monkeypatch):
+    """04 rerun with ``-p METHODS [...]`` (2 min) must not replace the full 04's seconds in the cost tables."""
+    from itr_lib import study
+    monkeypatch.setattr(study, "git_commit", lambda: "c0ffee")
+    nb = tmp_path / "04_efficiency.ipynb"
+    full = study.execution_entry({"notebook": nb, "parameters": {}, "overrides": {}}, 1800.0, None)
+    assert "overrides" not in full and "full" not in full
+    sub = study.execution_entry({"notebook": nb, "parameters": {"METHODS": ["a"]}, "overrides": {"METHODS": ["a"]}},
+                                120.0, full)
+    again = study.execution_entry({"notebook": nb, "parameters": {"METHODS": ["b"]}, "overrides": {"METHODS": ["b"]}},
+                                  60.0, sub)  # a second subset run still carries the full one
+    assert sub["seconds"] == 120.0 and sub["full"]["seconds"] == 1800.0 and again["full"]["seconds"] == 1800.0
+    (results / "study.json").write_text(json.dumps({"executions": {"04_efficiency.ipynb": again}}))
+    nb_cost = cost_tables(results)[0].set_index("notebook")
+    assert nb_cost.loc["04_efficiency", "core_h"] == pytest.approx(0.5)
+    # a subset run with no full run before it counts at its own seconds (nothing better is known)
+    (results / "study.json").write_text(json.dumps({"executions": {"04_efficiency.ipynb": study.execution_entry(
+        {"notebook": nb, "parameters": {}, "overrides": {"METHODS": ["a"]}}, 360.0, None)}}))
+    assert cost_tables(results)[0].set_index("notebook").loc["04_efficiency", "core_h"] == pytest.approx(0.1)
