@@ -162,3 +162,18 @@ class _quiet:
             from transformers.utils import logging as hf_logging
             hf_logging.set_verbosity(self._hf)
             hf_logging.enable_progress_bar()
+
+
+# EfficientNet-Lite2's blocks (0..20): the (stride, channels) of each block's output at a 224 input
+LITE2_BLOCK_OUT = [(2, 16)] + [(4, 24)] * 3 + [(8, 48)] * 3 + [(16, 88)] * 4 + [(16, 120)] * 4 + [(32, 208)] * 5 \
+    + [(32, 352)]
+
+
+def cut_shape(model: str, cut: int, size: int = 224) -> tuple[int, int]:
+    """(positions H*W, channels) of block ``cut``'s output at input ``size`` (Lite2 only)."""
+    if model != "efficientnet-lite2":
+        raise ValueError(f"activation caches (cut) are defined for efficientnet-lite2, not {model!r}")
+    if not 0 <= cut < len(LITE2_BLOCK_OUT):
+        raise ValueError(f"cut {cut} is not a block of {model} (blocks 0..{len(LITE2_BLOCK_OUT) - 1})")
+    stride, channels = LITE2_BLOCK_OUT[cut]
+    return (size // stride) ** 2, channels

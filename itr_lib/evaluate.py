@@ -32,7 +32,7 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, split: str = "test", data
     feats: SplitFeatures = load_features(ds, split, root=cache_dir, cut=cfg.image_cut, text_cut=cfg.text_cut)
     data = SplitTensors(feats, cfg.text_encoder)
     if cfg.text_encoder == "gru":  # the model's vocabulary is the training dataset's, not this one's
-        from .features import glove_ids, load_glove
+        from .glove import glove_ids, load_glove
         itos, _ = load_glove(cfg.dataset, cfg.data_root, cfg.cache_dir)
         ids, lens = glove_ids(data.split.tokens, {w: i for i, w in enumerate(itos)})
         import torch

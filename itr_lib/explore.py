@@ -167,7 +167,7 @@ class Explorer:
             raise ExploreError(f"{e.label}: {err}") from None
         data = self._data(cfg.text_encoder, cfg.image_cut, cfg.text_cut)
         if cfg.text_encoder == "gru":  # the model's vocabulary is its training dataset's
-            from .features import load_glove
+            from .glove import load_glove
             itos, _ = load_glove(cfg.dataset, self.data_root, self.cache_dir)
             e.gallery["stoi"] = {w: i for i, w in enumerate(itos)}
         two = has_two_stage(model)
@@ -233,7 +233,7 @@ class Explorer:
     def encode_query(self, e: Entry, query: str) -> dict:
         """The model's text outputs for one query (on CPU)."""
         if e.cfg.text_encoder == "gru":
-            from .features import glove_ids
+            from .glove import glove_ids
             ids, lens = glove_ids([simple_tokenize(query)], e.gallery["stoi"])
             width = int(lens.max())
             text = torch.from_numpy(ids[:, :width])

