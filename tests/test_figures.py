@@ -208,3 +208,27 @@ def test_operating_point_figure_has_a_labelled_point_per_method_and_point():
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == [frozen, adapted] or sorted(legend) == sorted([frozen, adapted])
     charts.plt.close(fig)
+
+
+@pytest.mark.parametrize("dataset", ["rsicd", "ucm"])
+def test_results_overview_has_a_bar_per_run_a_heading_per_setting_and_whole_labels(dataset):
+    """RESULTS.md's every-run figure: one bar per row of main_<ds>.csv that is ours, one bold heading per setting,
+    no label cut with an ellipsis, the recipe's 8 views named, every published number a labelled dashed line."""
+    if not (FULL / f"main_{dataset}.csv").is_file():
+        pytest.skip("results/full has no main table")
+    t = pd.read_csv(FULL / f"main_{dataset}.csv")
+    ours, pub = t[~t.published.astype(bool)], t[t.published.astype(bool)]
+    fig = charts.results_overview(t, dataset)
+    ax = fig.axes[0]
+    ticks = ax.get_yticklabels()
+    heads = [tl.get_text() for tl in ticks if tl.get_fontweight() == "bold"]
+    assert sorted(h.split(" (all rows")[0] for h in heads) == sorted(set(ours.setting.fillna("other")))
+    bars = [p for p in ax.patches if p.get_width() > 0]
+    assert len(bars) == len(ours)
+    assert sorted(round(p.get_width(), 6) for p in bars) == sorted(round(v, 6) for v in ours.mr)
+    labels = [tl.get_text() for tl in ticks]
+    assert not any("[...]" in lab or "…" in lab for lab in labels)
+    if ours.variant.str.contains("tta-r0-r90").any():
+        assert any("8-view TTA" in lab for lab in labels)
+    texts = [t_.get_text() for t_ in ax.texts]
+    assert all(any(t_.startswith(str(m).replace(" (published)", "")) for t_ in texts) for m in pub.method)

@@ -2,6 +2,7 @@
 overview. Saved with :func:`itr_lib.plots.save`."""
 from __future__ import annotations
 
+import re
 import textwrap
 
 import numpy as np
@@ -99,16 +100,53 @@ def codebook_sweep(df_runs: pd.DataFrame, dataset: str, baseline_mr: float | Non
     return fig
 
 
+#: the blocks of the results overview, top to bottom (a setting not listed follows, in table order)
+OVERVIEW_SETTINGS = ("recipe, adapted top", "recipe", "study loss, adapted top", "study loss", "authors' loss",
+                     "ablation", "history")
+
+
+def _short_tta(label: str) -> str:
+    """``[tta-r0-r90-...-f270+qb_norm]`` -> ``[8-view TTA+qb_norm]`` (display only; the table keeps the full tag)."""
+    return re.sub(r"tta-((?:[rf]\d+-?)+)", lambda m: f"{len([v for v in m.group(1).split('-') if v])}-view TTA", label)
+
+
 def results_overview(main: pd.DataFrame, dataset: str):
-    """Horizontal bars of mR: ours (mean ± std) beside published rows (hatched)."""
-    t = main.sort_values("mr").reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(8, 0.38 * len(t) + 1.5))
-    y = np.arange(len(t))
-    colors = ["#ddd" if p else "#3a7" for p in t.published]
-    ax.barh(y, t.mr, xerr=t.mr_std.fillna(0), color=colors, hatch=None, edgecolor="k", lw=0.5)
-    labels = [f"{m} — {v}" if not p else m for m, v, p in zip(t.method, t.variant, t.published)]
-    ax.set_yticks(y, [textwrap.shorten(s, 60) for s in labels], fontsize=8)
-    ax.set(xlabel="test mR (ours: mean ± std over seeds; grey: published)", title=f"{dataset.upper()}: results")
+    """Every run of ``main`` (05's ``main_<ds>.csv``) as horizontal bars of test mR (mean ± std over seeds), one block
+    per setting (:data:`OVERVIEW_SETTINGS`, sorted by mR inside a block) under a bold heading that says what every row
+    of the block shares; a row's label is its method and what sets it apart inside the block (never shortened with
+    an ellipsis). Colour: the method family (legend); published numbers: dashed lines labelled at their top."""
+    ours = main[~main.published.astype(bool)].copy()
+    ours["setting"] = ours.setting.fillna("other")
+    order = [s for s in OVERVIEW_SETTINGS if s in set(ours.setting)] + \
+        [s for s in dict.fromkeys(ours.setting) if s not in OVERVIEW_SETTINGS]
+    rows = []  # (label, mr, std, family, is_heading)
+    for st in order:
+        g = ours[ours.setting == st].sort_values("mr", ascending=False)
+        short, shared = split_shared([_short_tta(v if m in str(v).split(" | ")[0] or str(v).startswith("recipe")
+                                                 else f"{m}: {v}") for m, v in zip(g.method, g.variant)])
+        head = f"{st}" + (f" (all rows: {_short_tta(shared)})" if shared else "")
+        rows.append((textwrap.fill(head, 75), np.nan, np.nan, None, True))
+        for lab, (_, r) in zip(short, g.iterrows()):
+            seeds = f" ({int(r.n_seeds)} seed{'s' if r.n_seeds != 1 else ''})"
+            rows.append((textwrap.fill(lab + seeds, 60), r.mr, r.mr_std, family_of(r.method), False))
+    n_lines = sum(lab.count("\n") + 1 for lab, *_ in rows)
+    fig, ax = plt.subplots(figsize=(11, 0.22 * n_lines + 0.14 * len(rows) + 3.0))
+    y = np.arange(len(rows))
+    bars = [(i, r) for i, r in enumerate(rows) if not r[4]]
+    ax.barh([i for i, _ in bars], [r[1] for _, r in bars], xerr=[0 if pd.isna(r[2]) else r[2] for _, r in bars],
+            color=[FAMILY_COLOURS.get(r[3], "#555555") for _, r in bars], edgecolor="k", lw=0.4, capsize=2)
+    ax.set_yticks(y, [r[0] for r in rows], fontsize=7.5)
+    for tick, r in zip(ax.get_yticklabels(), rows):
+        if r[4]:
+            tick.set_fontweight("bold")
+            tick.set_fontsize(8)
+    ax.set_ylim(len(rows) + 4.5, -0.8)  # four empty rows at the bottom hold the legend
+    pub = main[main.published.astype(bool)]
+    if len(pub):
+        _published_lines(ax, pub)
+    ax.set_xlabel(f"{dataset.upper()} test mR (mean ± std over the row's seeds; dashed: published, other backbones)")
+    family_legend(ax, {r[3] for _, r in bars} | ({"published"} if len(pub) else set()), fontsize=8, loc="lower right",
+                  title="method family", title_fontsize=8)
     fig.tight_layout()
     return fig
 
