@@ -375,11 +375,11 @@ def scale_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
             t = pd.read_csv(tables / "efficiency_targets.csv")
             if {"target", "holds", "detail"} <= set(t):
                 verdict = {True: "holds", False: "does not hold"}
-                lines += [f"Efficiency targets (`efficiency_targets.csv`; the scaling table and what dominates a "
-                          f"query's latency: [RESULTS.md]({rel}/RESULTS.md)):", ""]
+                lines += [f"Efficiency targets (`efficiency_targets.csv`; each with the numbers compared, the scaling "
+                          f"table and what dominates a query's latency: [RESULTS.md]({rel}/RESULTS.md)):", ""]
                 for _, r in t.iterrows():
                     v = "n/a" if pd.isna(r.holds) else verdict[str(r.holds).lower() in ("true", "1", "1.0")]
-                    lines.append(f"- {r.target}: **{v}** ({r.detail})")
+                    lines.append(f"- {r.target}: **{v}**")
                 lines.append("")
         return lines
     if (tables / "scaling.csv").is_file():
