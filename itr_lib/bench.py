@@ -3,6 +3,7 @@ encoding a whole split with a trained model. Query-side costs (search, floors, s
 
     python -m itr_lib.bench train-step --dataset rsicd --threads 1 2 --variants baseline lca cra lca+cra
     python -m itr_lib.bench train-step --dataset rsicd --threads 1 --variants aladin --length-buckets 1 8
+    python -m itr_lib.bench train-step --dataset rsicd --threads 1 --variants baseline tgdt --adapted
     python -m itr_lib.bench train-run --dataset rsicd --variants lca+cra baseline --epochs 6 --threads 2
     python -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2
     python -m itr_lib.bench dask --dataset ucm --variants baseline --seeds 0 1 2 3 --epochs 2 --workers 1 2
@@ -253,6 +254,9 @@ def main(argv=None) -> int:
     step.add_argument("--length-buckets", nargs="+", type=int, default=[1],
                       help="TrainConfig.length_buckets values to time (ALADIN only; 1: off); rows named "
                            "'<variant> (length_buckets=N)' for N > 1")
+    step.add_argument("--adapted", action="store_true",
+                      help="also time each variant at the adapted operating point (experiments.ADAPTED_CHANGE: the "
+                           "image top trained from block 14's cache); rows named '<variant>, adapted top'")
     run = sub.add_parser("train-run", help="wall time of whole training runs (temporary folders)")
     run.add_argument("--variants", nargs="+", default=["baseline", "lca+cra"], choices=sorted(METHOD_VARIANTS))
     run.add_argument("--epochs", type=int, default=None, help="default: the study's schedule")
@@ -301,9 +305,11 @@ def main(argv=None) -> int:
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
     a = p.parse_args(argv)
     if a.kind == "train-step":
-        rows = [time_train_step(study_config(v, a.dataset, a.seed, **({"length_buckets": lb} if lb > 1 else {})),
-                                th, a.steps, name=v if lb <= 1 else f"{v} (length_buckets={lb})")
-                for th in a.threads for v in a.variants for lb in a.length_buckets]
+        from .experiments import ADAPTED_CHANGE
+        points = [("", {})] + ([(", adapted top", ADAPTED_CHANGE)] if a.adapted else [])
+        rows = [time_train_step(study_config(v, a.dataset, a.seed, **ch, **({"length_buckets": lb} if lb > 1 else {})),
+                                th, a.steps, name=(v if lb <= 1 else f"{v} (length_buckets={lb})") + suffix)
+                for th in a.threads for v in a.variants for lb in a.length_buckets for suffix, ch in points]
         path = write_benchmark(rows, "train_step", a.dataset, ["variant", "threads"], a.out_dir)
         cols = ["variant", "threads", "texts_per_step"] + [f"{x}_s" for x in PARTS] + ["step_s", "train_s_per_epoch"]
     elif a.kind == "train-run":

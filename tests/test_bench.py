@@ -115,3 +115,27 @@ def test_probe_second_round_must_build_on_round_one():
         probe.round_choices(t)
     t = pd.DataFrame({"probe": [n for n, _ in PROBES], "val_mr": [14, 16, 14, 15, 12, 15, 15.5, 15]})
     assert probe.round_choices(t) == ["D = 1024 (authors)"]  # the second round did not beat the first
+
+
+def test_train_step_adapted_times_the_adapted_comparisons_config(monkeypatch, tmp_path):
+    """``train-step --adapted`` adds, per variant, a row timed on the adapted comparison's own config (02's
+    ``ADAPTED_COMPARISON`` run of that variant, seed and dataset), named '<variant>, adapted top'."""
+    from itr_lib.experiments import comparison_plan
+    seen = []
+
+    def fake(cfg, threads, steps=8, warmup=2, name=None):
+        seen.append((name, cfg))
+        return {"dataset": cfg.dataset, "variant": name, "threads": threads, "step_s": 1.0}
+    monkeypatch.setattr(bench, "time_train_step", fake)
+    assert bench.main(["train-step", "--dataset", "rsicd", "--threads", "1", "--variants", "baseline", "tgdt",
+                       "--adapted", "--out-dir", str(tmp_path)]) == 0
+    names = [n for n, _ in seen]
+    assert names == ["baseline", "baseline, adapted top", "tgdt", "tgdt, adapted top"]
+    plan = {c.method: c for _, _, c in comparison_plan([], [], [], adapted=[{"dataset": "rsicd", "seeds": [0],
+                                                                               "methods": ["baseline", "tgdt"]}])}
+    for n, cfg in seen:
+        if n.endswith("adapted top"):
+            assert cfg.image_top_blocks == 6 and cfg.identity() == plan[cfg.method].identity()
+        else:
+            assert cfg.image_top_blocks == 0
+    assert set(pd.read_csv(tmp_path / "train_step_rsicd.csv").variant) == set(names)
