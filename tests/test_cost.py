@@ -122,3 +122,20 @@ def test_a_subset_rerun_keeps_the_full_executions_seconds(results, tmp_path, mon
     (results / "study.json").write_text(json.dumps({"executions": {"04_efficiency.ipynb": study.execution_entry(
         {"notebook": nb, "parameters": {}, "overrides": {"METHODS": ["a"]}}, 360.0, None)}}))
     assert cost_tables(results)[0].set_index("notebook").loc["04_efficiency", "core_h"] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_02s_precision_reaches_every_planned_run_outside_its_identity(precision):
+    """02's PRECISION is a runtime field of every run it plans (ablation, comparison, adapted point): recorded in
+    the run's config, never in its identity, so a recorded fp32 run is reused under bf16 and vice versa."""
+    from pathlib import Path
+    from itr_lib.cost import notebook_defaults
+    from itr_lib.experiments import notebook_grids
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "02_ablations.ipynb"
+    p = {**notebook_defaults(nb), "DATASETS": ["ucm"], "COMPARISON_DATASETS": ["ucm"], "COMPARISON_SEEDS": [0],
+         "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0], "methods": ["baseline"]}], "PRECISION": precision}
+    cfgs, plan = notebook_grids(p)
+    every = cfgs + [c for _, _, c in plan]
+    assert every and {c.precision for c in every} == {precision}
+    fp32 = notebook_grids({**p, "PRECISION": "fp32"})
+    assert [c.run_name() for c in every] == [c.run_name() for c in fp32[0] + [c for _, _, c in fp32[1]]]
