@@ -254,3 +254,29 @@ def format_estimate(res: dict) -> str:
                 lines.append(f"  {st:<28} {ds:<6} {meth:<9} seeds {','.join(map(str, sorted(g.seed))):<8} "
                              f"{est:>6} core-h")
     return "\n".join(lines)
+
+
+def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = None) -> list[str]:
+    """RESULTS.md's cost section: the study from scratch in core-hours per notebook and per method
+    (:func:`cost_tables` of the records, the adopted levers' speed-ups from ``speedups_csv``); ``[]`` without records.
+    The same numbers as ``python -m itr_lib.study --profile <p> --dry-run``."""
+    from .tables import to_markdown
+    speedups_csv = speedups_csv or REPO_ROOT / "results" / "benchmarks" / "speed_levers.csv"
+    try:
+        by_nb, by_m = cost_tables(results_dir, lever_speedups(speedups_csv))
+    except ValueError:
+        return []
+    total = by_nb[by_nb.notebook == "total (from scratch)"].iloc[0]
+    hist = by_nb[by_nb.notebook == HISTORY]
+    keep = ["runs", "core_h", "core_h_levers", "train_h"]
+    return ["### The study from scratch: core-hours (`itr_lib.cost`, the records)", "",
+            f"Every recorded run's train + val + test + load seconds times its threads, attributed to the notebook "
+            f"that trains it; notebooks that train nothing at their last full execution in `study.json` (a rerun "
+            f"with `-p` overrides keeps the full one's seconds); `00_data_prep` adds the feature extraction. "
+            f"`core_h_levers`: each method's training divided by the adopted speed levers' measured step speed-up "
+            f"(`speed_levers.csv`, column `adopted`; none adopted: equal). From scratch: **{total.core_h:.1f} "
+            f"core-hours** ({int(total.runs)} runs; with the adopted levers {total.core_h_levers:.1f})"
+            + (f"; history runs the profile no longer trains, not counted: {float(hist.core_h.sum()):.1f} core-hours"
+               if len(hist) else "") + ".", "",
+            to_markdown(by_nb[["notebook"] + keep], index=False, floatfmt=".2f"), "",
+            to_markdown(by_m[["method"] + keep + ["train_speedup"]], index=False, floatfmt=".2f"), ""]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .io import REPO_ROOT, atomic_write_text, read_json
+from .io import REPO_ROOT, atomic_write_text
 from .recordio import read_record
 from .recipe.summary import recipe_summary
 from .report_claims import claims_lines
@@ -40,7 +40,7 @@ def _fmt(df: pd.DataFrame, cols=SHOW) -> str:
 
 def time_summary(results_dir: Path, rel) -> list[str]:
     """How long the profile took: training compute from every run's metrics.json (robust to a study that was
-    interrupted and resumed), and the notebook executions recorded in study.json."""
+    interrupted and resumed), and the study from scratch in core-hours per notebook and method (itr_lib.cost)."""
     results_dir = Path(results_dir)
     lines = []
     runs = [read_record(p) for p in sorted((results_dir / "metrics").glob("*.json"))]  # a damaged one: named, stops
@@ -54,16 +54,8 @@ def time_summary(results_dir: Path, rel) -> list[str]:
         lines += [f"Training (train + val selection + test scoring, summed over the {len(runs)} runs' `metrics.json`, "
                   f"one torch thread each, two runs side by side on this 2-core CPU): {secs.s.sum() / 3600:.1f} h of "
                   f"run time, about {secs.s.sum() / 7200:.1f} h of wall time ({detail}).", ""]
-    study = results_dir / "study.json"
-    if study.is_file():
-        s = read_json(study)
-        ex = pd.DataFrame([{"notebook": e.get("notebook", k), "s": e.get("seconds", 0)}
-                           for k, e in s.get("executions", {}).items()])
-        if len(ex):
-            per = ex.groupby("notebook").s.agg(["count", "sum"]).reset_index()
-            detail = "; ".join(f"{n}: {int(c)}x, {v / 60:.0f} min" for n, c, v in per.itertuples(index=False))
-            lines += [f"Notebook executions recorded in `{rel}/study.json` (commit {str(s.get('git_commit', '?'))[:12]}; "
-                      f"a resumed execution records only its own time, runs it skipped are counted above): {detail}.", ""]
+    from .cost import cost_markdown
+    lines += cost_markdown(results_dir)
     return lines
 
 

@@ -139,3 +139,17 @@ def test_02s_precision_reaches_every_planned_run_outside_its_identity(precision)
     assert every and {c.precision for c in every} == {precision}
     fp32 = notebook_grids({**p, "PRECISION": "fp32"})
     assert [c.run_name() for c in every] == [c.run_name() for c in fp32[0] + [c for _, _, c in fp32[1]]]
+
+
+def test_results_md_cost_section_is_the_cost_tables(results, tmp_path):
+    """RESULTS.md's cost section carries cost_tables' numbers (the dry run's), history apart, levers applied."""
+    from itr_lib.cost import cost_markdown
+    text = "\n".join(cost_markdown(results, tmp_path / "none.csv"))
+    assert "**2.5 core-hours** (2 runs; with the adopted levers 2.5)" in text
+    assert "not counted: 2.0 core-hours" in text
+    rows = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    assert "1.00" in rows["02_ablations"] and "0.50" in rows["04_efficiency"]
+    csv = tmp_path / "levers.csv"
+    pd.DataFrame({"method": ["tgdt"], "train_speedup": [2.0], "adopted": [True]}).to_csv(csv, index=False)
+    assert f"with the adopted levers {2.5 - 3580 / 2 / 3600:.1f}" in "\n".join(cost_markdown(results, csv))
+    assert cost_markdown(tmp_path / "empty") == []
