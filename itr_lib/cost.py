@@ -84,7 +84,8 @@ def record_costs(results_dir: str | Path) -> pd.DataFrame:
 
 def lever_speedups(path: str | Path | None) -> dict[str, float]:
     """method -> measured training speed-up of the adopted levers (``speed_levers.csv``: rows with ``adopted`` true,
-    column ``train_speedup``); empty when the file is missing."""
+    column ``train_speedup``): per lever the mean over the datasets it was timed on, then the best adopted lever;
+    empty when the file is missing."""
     if path is None or not Path(path).is_file():
         return {}
     t = pd.read_csv(path)
@@ -92,7 +93,9 @@ def lever_speedups(path: str | Path | None) -> dict[str, float]:
         t = t[t.adopted.astype(bool)]
     if not {"method", "train_speedup"} <= set(t.columns) or t.empty:
         return {}
-    return t.groupby("method").train_speedup.max().to_dict()
+    t = t.dropna(subset=["train_speedup"])
+    per_lever = t.groupby(["method", "lever"] if "lever" in t else ["method"]).train_speedup.mean()
+    return per_lever.groupby(level="method").max().to_dict()
 
 
 def _notebook_seconds(results_dir: Path) -> dict[str, float]:

@@ -229,7 +229,7 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
     by_nb, by_m = cost_tables(old_dir, lever_speedups(out_dir / "speed_levers.csv"))
     note = ("# The study from scratch: core-hours from the records\n\n`core_h`: as recorded (train + val + test + load "
             "seconds x threads); `core_h_levers`: training divided by the adopted levers' 1-thread step speed-up "
-            "(speed_levers.csv; measured on UCM, applied to both datasets). Source: itr_lib.cost.")
+            "(speed_levers.csv; per lever the mean over the datasets timed, applied to both datasets). Source: itr_lib.cost.")
     write_table(by_nb, out_dir / "study_cost_notebooks", note)
     write_table(by_m, out_dir / "study_cost_methods", note)
     return table

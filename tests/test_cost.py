@@ -48,9 +48,12 @@ def test_cost_tables_from_records(results, tmp_path):
     nb2 = cost_tables(results, {"tgdt": 2.0})[0].set_index("notebook")
     assert nb2.loc["02_ablations", "core_h_levers"] == pytest.approx((3580 / 2 + 20) / 3600)
     csv = tmp_path / "levers.csv"
-    pd.DataFrame({"method": ["tgdt", "tgdt", "scan"], "train_speedup": [1.5, 2.0, 3.0],
-                  "adopted": [True, True, False]}).to_csv(csv, index=False)
-    assert lever_speedups(csv) == {"tgdt": 2.0}
+    pd.DataFrame({"method": ["tgdt", "tgdt", "scan"], "lever": ["bf16", "bf16+buckets", "bf16"],
+                  "train_speedup": [1.5, 2.0, 3.0], "adopted": [True, True, False]}).to_csv(csv, index=False)
+    assert lever_speedups(csv) == {"tgdt": 2.0}  # the best adopted lever
+    pd.DataFrame({"dataset": ["ucm", "rsicd"], "method": ["tgdt", "tgdt"], "lever": ["bf16", "bf16"],
+                  "train_speedup": [1.4, 1.6], "adopted": [True, True]}).to_csv(csv, index=False)
+    assert lever_speedups(csv) == {"tgdt": pytest.approx(1.5)}  # one lever timed on two datasets: their mean
     assert lever_speedups(tmp_path / "missing.csv") == {}
     with pytest.raises(ValueError, match="no run records"):
         cost_tables(tmp_path / "empty")
