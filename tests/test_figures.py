@@ -232,3 +232,19 @@ def test_results_overview_has_a_bar_per_run_a_heading_per_setting_and_whole_labe
         assert any("8-view TTA" in lab for lab in labels)
     texts = [t_.get_text() for t_ in ax.texts]
     assert all(any(t_.startswith(str(m).replace(" (published)", "")) for t_ in texts) for m in pub.method)
+
+
+def test_published_labels_never_start_closer_than_the_gap():
+    """Close published numbers (SCAN 14.23 and CLIP zero-shot 15.04 on RSICD) get labels at least LABEL_GAP of the
+    x range apart, in mR order, each at or right of its own line; far ones sit on their line."""
+    from itr_lib.plots.backend import plt
+    pub = pd.DataFrame({"method": ["A (published)", "B (published)", "C (published)", "D (published)"],
+                        "mr": [14.23, 15.04, 15.3, 30.39]})
+    fig, ax = plt.subplots()
+    ax.set_xlim(0, 40)
+    texts = charts._published_lines(ax, pub)
+    xs = [t.get_position()[0] for t in texts]
+    assert [t.get_text() for t in texts] == ["A 14.23", "B 15.04", "C 15.30", "D 30.39"]
+    assert all(b - a >= charts.LABEL_GAP * 40 - 1e-9 for a, b in zip(xs, xs[1:]))
+    assert xs[0] == 14.23 and xs[3] == 30.39 and all(x >= m for x, m in zip(xs, pub.mr))
+    plt.close(fig)
