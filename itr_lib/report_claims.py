@@ -53,12 +53,13 @@ def claims_lines(tables: Path, figs: Path, rel, full: bool, shared_all=()) -> li
         from .tables import operating_point_table
         g_path = tables / "adaptation_gains.csv"
         gains = pd.read_csv(g_path) if g_path.is_file() else pd.DataFrame(columns=["dataset"])
+        if not full:  # the README: the figures; each method's numbers and paired gain in RESULTS.md
+            lines += [f"Each method's test mR at both points and its paired gain from adaptation: "
+                      f"[RESULTS.md]({rel}/RESULTS.md) (`adaptation_gains.csv`).", ""]
         for ds in ("rsicd", "ucm"):
             f = tables / f"comparison_{ds}.csv"
-            op = operating_point_table(pd.read_csv(f), gains[gains.dataset == ds]) if f.is_file() \
+            op = operating_point_table(pd.read_csv(f), gains[gains.dataset == ds]) if f.is_file() and full \
                 else pd.DataFrame()
-            if len(op) and not full:  # the README: the methods run at both points (every row in RESULTS.md)
-                op = op[op.adapted != "not run"]
             if len(op):
                 lines += [f"{ds.upper()}, test mR per method at both points (mean ± std (seeds); change: adapted "
                           "- frozen, mR [95% CI] (seeds) over the seeds both points share, the claims' paired "
