@@ -165,7 +165,7 @@ def runtime_fields(p: dict) -> dict:
     from .io import repo_path
     return dict(max_train_images=p["MAX_TRAIN_IMAGES"] or None,
                 data_root=str(repo_path(p["DATA_ROOT"])) if p["DATA_ROOT"] else None,
-                cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], precision=p.get("PRECISION", "fp32"),
+                cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], precision=p["PRECISION"],
                 progress=False)
 
 

@@ -52,7 +52,7 @@ def claims_lines(tables: Path, figs: Path, rel, full: bool, shared_all=()) -> li
             lines += [to_markdown(ch.drop(columns=["claim"]), index=False), ""]
         from .tables import operating_point_table
         g_path = tables / "adaptation_gains.csv"
-        gains = pd.read_csv(g_path) if g_path.is_file() else pd.DataFrame(columns=["dataset"])
+        gains = pd.read_csv(g_path) if full and g_path.is_file() else pd.DataFrame(columns=["dataset"])
         if not full:  # the README: the figures; each method's numbers and paired gain in RESULTS.md
             lines += [f"Each method's test mR at both points and its paired gain from adaptation: "
                       f"[RESULTS.md]({rel}/RESULTS.md) (`adaptation_gains.csv`).", ""]
@@ -63,7 +63,7 @@ def claims_lines(tables: Path, figs: Path, rel, full: bool, shared_all=()) -> li
             if len(op):
                 lines += [f"{ds.upper()}, test mR per method at both points (mean ± std (seeds); change: adapted "
                           "- frozen, mR [95% CI] (seeds) over the seeds both points share, the claims' paired "
-                          "bootstrap and rule):", "", to_markdown(op, index=False, compact=not full), ""]
+                          "bootstrap and rule):", "", to_markdown(op, index=False), ""]
             if (figs / f"operating_points_{ds}.png").is_file():
                 lines += [f"![{ds} frozen vs adapted]({rel}/figures/operating_points_{ds}.png)", ""]
     return lines

@@ -128,7 +128,8 @@ def executions(prof: dict, out_dir: Path, only: list[str] | None = None,
             params.pop("_suffix", None)
             stem = nb.stem + (f"-{suffix}" if suffix else "")
             todo.append({"notebook": nb, "output": out_dir / "executed" / f"{stem}.ipynb", "parameters": params,
-                         "overrides": mine, "group": len(todo) if i == 0 else todo[-1]["group"], "workers": int(entry.get("workers", 1))})
+                         "overrides": mine, "group": len(todo) if i == 0 else todo[-1]["group"],
+                         "workers": int(entry.get("workers", 1))})
     unknown = sorted(set(overrides) - used)
     if unknown:
         raise StudyError(f"-p {', '.join(unknown)}: no selected notebook takes {'it' if len(unknown) == 1 else 'them'} "
