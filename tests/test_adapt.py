@@ -223,19 +223,41 @@ def test_adapt_plan_names_what_each_lever_changes():
         recipe.adapt_plan([cut14])  # the old list form: which point it changes is not said
 
 
-def test_the_adapted_final_lever_is_chosen_on_val_among_those_on_the_recipe():
+def test_the_adapted_final_levers_are_combined_greedily_on_val_among_those_on_the_recipe(monkeypatch):
+    """The training levers' rule: levers measured alone on the recipe that gain on val, the best of each group
+    first, kept while the combined run's val mR rises; the reference's gains and test mR never choose."""
     import pandas as pd
     from itr_lib import recipe
-    (n19, _, ch19), (n14, _, ch14) = recipe.ADAPT_LEVERS[:2]
+    from itr_lib.recipe import stages
+    (n19, _, ch19), (n14, _, ch14), (t1, _, cht1), (t2, _, cht2) = recipe.ADAPT_LEVERS[:4]
     on_ref, on_rec = "adapted top (alone, on the reference)", "adapted top (alone, on the recipe without rotations)"
-    t = pd.DataFrame({"stage": [on_ref, on_ref, on_rec, on_rec], "lever": [n19, n14, n19, n14],
-                      "val_gain": [9.0, 1.0, 0.5, 2.0], "test_mr": [0.0, 0.0, 99.0, 1.0]})
-    # the reference's larger gain and cut 19's test mR do not choose: val, on the point the final runs train at
-    assert recipe.chosen_adapt_lever(t) == (n14, ch14)
+    t = pd.DataFrame({"stage": [on_ref] * 2 + [on_rec] * 4, "lever": [n19, n14, n19, n14, t1, t2],
+                      "val_gain": [9.0, 1.0, 0.5, 2.0, 0.3, 0.4], "test_mr": [0.0, 0.0, 99.0, 1.0, 0.0, 0.0],
+                      "chosen": False})
+    change = {"epochs": 10, "image_transforms": ["r0", "r90"]}
+    trained = []
+
+    def fake_grid(cfgs, results_dir, workers):  # val mR 10 + what each part adds; the two tops add 1.5 together
+        (c,) = cfgs
+        trained.append((c.image_top_blocks, c.text_top_layers, c.epochs, c.image_transforms))
+        v = 10 + {0: 0.0, 1: 0.5, 6: 2.0}[c.image_top_blocks] + {0: 0.0, 1: 0.3, 2: 0.4}[c.text_top_layers] * bonus
+        return [{"run": f"r{len(trained)}", "tie_rule": "pessimistic", "val": {"standard": {"rsum": 6 * v}},
+                 "test": {"standard": {"mr": v}}}]
+    monkeypatch.setattr(stages, "_grid", fake_grid)
+    bonus = 1.0  # the text top still adds on top of the image top: both kept, cut 14 first (larger gain)
+    trace, (label, ch) = recipe.adapt_greedy(change, t, "mini", "unused")
+    assert trace.chosen == [n14, t2] and label == f"{n14} + {t2}" and ch == {**ch14, **cht2}
+    assert trained == [(0, 0, 10, None), (6, 0, 10, None), (6, 2, 10, None)]  # never rotations (no view caches)
+    assert [s["kept"] for s in trace.steps] == [True, True]
+    marked = recipe.mark_chosen(t, trace.chosen)
+    assert list(marked.chosen) == [False, False, False, True, False, True]
+    bonus, trained[:] = -1.0, []  # together they lose val: the image top alone is carried, under its own name
+    trace, (label, ch) = recipe.adapt_greedy(change, t, "mini", "unused")
+    assert trace.chosen == [n14] and (label, ch) == (n14, ch14) and [s["kept"] for s in trace.steps] == [True, False]
     with pytest.raises(ValueError, match="no adapted lever raised val"):
-        recipe.chosen_adapt_lever(t.assign(val_gain=[9.0, 1.0, -0.5, 0.0]))
+        recipe.adapt_greedy(change, t.assign(val_gain=[9.0, 1.0, -0.5, 0.0, 0.0, -1.0]), "mini", "unused")
     with pytest.raises(ValueError, match="measured on the recipe"):
-        recipe.chosen_adapt_lever(t[t.stage == on_ref])
+        recipe.adapt_greedy(change, t[t.stage == on_ref], "mini", "unused")
 
 
 def test_adapted_final_trains_the_recipe_with_the_top_and_scores_views_through_it(cut_cache, fixture_root, tmp_path):

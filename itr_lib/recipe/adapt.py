@@ -11,10 +11,11 @@ levers were: the cheaper first look when the machine cannot afford the recipe's 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from .levers import lever_config, recipe_dir
+from .levers import GreedyTrace, best_per_group, combine, greedy_train, lever_config, recipe_dir
 from .records import FROZEN, _change_str, _row, lever_table, operating_points  # noqa: F401 (re-exported)
 
 # (name, group, change): one group, alternatives
@@ -109,24 +110,45 @@ def adapt_plan(levers_by_on: dict) -> list[tuple[str, list]]:
     return [(on, lever_names(ADAPT_LEVERS, names)) for on, names in levers_by_on.items() if names]
 
 
-def chosen_adapt_lever(table: pd.DataFrame) -> tuple[str, dict]:
-    """The adapted lever of the final runs, chosen on val: among the levers measured on the recipe (without
-    rotations, the point the final runs train at), the one with the largest val gain over that recipe on the frozen
-    grid; an error when none was measured there or none gains."""
+def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: str | Path, *, seed: int = 0,
+                 base: dict | None = None) -> tuple[GreedyTrace, tuple[str, dict]]:
+    """The adapted levers' stage 2, the training levers' rule (:func:`~itr_lib.recipe.levers.greedy_train`): those
+    measured alone on the recipe without rotations (the point the final runs train at) that raised val mR, the best
+    of each group first (:func:`~itr_lib.recipe.levers.best_per_group`), are added one by one while the combined
+    run's val mR rises. Returns the trace and what the final runs carry, ``(label, change)``: the chosen levers
+    joined by " + " and their combined change. An error when no lever was measured on the recipe or none gains."""
+    from ..metrics import require_same_tie_rule
+    from .stages import _grid
     on = table[table.stage == lever_stage("recipe")] if "stage" in table else table.iloc[0:0]
     if on.empty:
         raise ValueError("ADAPT_FINAL needs an adapted lever measured on the recipe: set ADAPT_LEVERS = "
                          "{'recipe': [...]} (names in recipe.ADAPT_LEVERS)")
-    best = on.sort_values("val_gain").iloc[-1]
-    if not best.val_gain > 0:
+    groups = {n: g for n, g, _ in ADAPT_LEVERS}
+    order = best_per_group([(r.lever, groups[r.lever], r.val_gain) for r in on.itertuples()])
+    if not order:
+        best = on.sort_values("val_gain").iloc[-1]
         raise ValueError(f"ADAPT_FINAL: no adapted lever raised val mR over the frozen recipe (best: {best.lever}, "
                          f"{best.val_gain:+.2f}); nothing to carry to the final runs")
-    return best.lever, dict(next(ch for n, _, ch in ADAPT_LEVERS if n == best.lever))
+    start = without_rotations(change)
+
+    def run(ch: dict) -> dict:
+        return _grid([lever_config({**start, **ch}, dataset, seed, base=base)], Path(results_dir), workers=1)[0]
+    ref = run({})  # the recipe without rotations on the frozen grid: recorded by adapt_levers
+
+    def train_fn(ch: dict) -> dict:
+        m = run(ch)
+        require_same_tie_rule({ref["run"]: ref.get("tie_rule"), m["run"]: m.get("tie_rule")},
+                              f"the {dataset} adapted levers' greedy combination (val mR against the frozen recipe)")
+        return m
+    changes = {n: ch for n, _, ch in ADAPT_LEVERS}
+    trace = greedy_train(order, ref, train_fn, changes)
+    return trace, (" + ".join(trace.chosen), combine([changes[n] for n in trace.chosen]))
 
 
-def mark_chosen(table: pd.DataFrame, lever: str) -> pd.DataFrame:
-    """The lever table with ``lever``'s row measured on the recipe marked ``chosen`` (the final runs carry it)."""
-    return table.assign(chosen=table.chosen | ((table.stage == lever_stage("recipe")) & (table.lever == lever)))
+def mark_chosen(table: pd.DataFrame, levers: Sequence[str]) -> pd.DataFrame:
+    """The lever table with the rows of ``levers`` measured on the recipe marked ``chosen`` (the final runs carry
+    them)."""
+    return table.assign(chosen=table.chosen | ((table.stage == lever_stage("recipe")) & table.lever.isin(list(levers))))
 
 
 def adapt_final_plan(entries: list, seeds, variants) -> list[dict]:
@@ -155,7 +177,7 @@ def operating_point(lever: str) -> str:
 def adapted_final(change: dict, spec, lever: tuple[str, dict], datasets, results_dir: str | Path,
                   **final_kw) -> pd.DataFrame:
     """The chosen recipe at the adapted operating point: its training change without rotations (no activation
-    caches of rotated training views) plus the chosen adapted ``lever`` (:func:`chosen_adapt_lever`), trained and
+    caches of rotated training views) plus the chosen adapted ``lever`` (:func:`adapt_greedy`), trained and
     scored as :func:`~itr_lib.recipe.stages.final_runs` does (same seeds, variants and inference ``spec``; test-time
     views score through the top from their own activation caches, built where missing). Rows carry
     ``operating_point`` (:func:`operating_point`); SelfAlign's paired gain is against the baseline of the same point."""
