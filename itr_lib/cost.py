@@ -266,9 +266,11 @@ def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = Non
     from .tables import to_markdown
     speedups_csv = speedups_csv or REPO_ROOT / "results" / "benchmarks" / "speed_levers.csv"
     try:
-        by_nb, by_m = cost_tables(results_dir, lever_speedups(speedups_csv))
+        speedups = lever_speedups(speedups_csv)
+        by_nb, by_m = cost_tables(results_dir, speedups)
     except ValueError:
         return []
+    untimed = sorted(m for m in by_m.method if m not in speedups)
     total = by_nb[by_nb.notebook == "total (from scratch)"].iloc[0]
     hist = by_nb[by_nb.notebook == HISTORY]
     keep = ["runs", "core_h", "core_h_levers", "train_h"]
@@ -277,7 +279,9 @@ def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = Non
             f"that trains it; notebooks that train nothing at their last full execution in `study.json` (a rerun "
             f"with `-p` overrides keeps the full one's seconds); `00_data_prep` adds the feature extraction. "
             f"`core_h_levers`: each method's training divided by the adopted speed levers' measured step speed-up "
-            f"(`speed_levers.csv`, column `adopted`; none adopted: equal). From scratch: **{total.core_h:.1f} "
+            f"(`speed_levers.csv`, column `adopted`; none adopted: equal"
+            + (f"; never timed under a lever, so counted at their recorded cost: {', '.join(untimed)}" if untimed else "")
+            + f"). From scratch: **{total.core_h:.1f} "
             f"core-hours** ({int(total.runs)} runs; with the adopted levers {total.core_h_levers:.1f})"
             + (f"; history runs the profile no longer trains, not counted: {float(hist.core_h.sum()):.1f} core-hours"
                if len(hist) else "") + ".", "",
