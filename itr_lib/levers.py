@@ -218,18 +218,12 @@ half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
                   out_dir: str | Path = "results/benchmarks", n_boot: int = 2000) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
-    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records) and the study's cost tables with the
-    adopted levers (``study_cost_notebooks`` / ``study_cost_methods``, :func:`itr_lib.cost.cost_tables`)."""
-    from .cost import cost_tables, lever_speedups
+    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records). The study's cost with the adopted
+    levers is RESULTS.md's cost section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from
+    this table."""
     out_dir = Path(out_dir)
     steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
     acc = pd.DataFrame([r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)])
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
-    by_nb, by_m = cost_tables(old_dir, lever_speedups(out_dir / "speed_levers.csv"))
-    note = ("# The study from scratch: core-hours from the records\n\n`core_h`: as recorded (train + val + test + load "
-            "seconds x threads); `core_h_levers`: training divided by the adopted levers' 1-thread step speed-up "
-            "(speed_levers.csv; per lever the mean over the datasets timed, applied to both datasets). Source: itr_lib.cost.")
-    write_table(by_nb, out_dir / "study_cost_notebooks", note)
-    write_table(by_m, out_dir / "study_cost_methods", note)
     return table
