@@ -307,8 +307,17 @@ def test_adapt_final_plan_fills_defaults_and_refuses_unknowns():
     from itr_lib import recipe
     plan = recipe.adapt_final_plan([{"dataset": "ucm"}, {"dataset": "rsicd", "seeds": [0, 1], "variants": ["baseline"]}],
                                    [0, 1, 2], ["baseline", "lca+cra"])
-    assert plan == [{"dataset": "ucm", "seeds": [0, 1, 2], "variants": ["baseline", "lca+cra"]},
-                    {"dataset": "rsicd", "seeds": [0, 1], "variants": ["baseline"]}]
+    assert plan == [{"dataset": "ucm", "seeds": [0, 1, 2], "variants": ["baseline", "lca+cra"], "levers": None},
+                    {"dataset": "rsicd", "seeds": [0, 1], "variants": ["baseline"], "levers": None}]
+    (n14, _, ch14), (t2, _, ch2) = recipe.ADAPT_LEVERS[1], recipe.ADAPT_LEVERS[3]
+    pinned = recipe.adapt_final_plan([{"dataset": "ucm", "levers": [n14]}, {"dataset": "rsicd", "levers": [t2, n14]}],
+                                     [0], ["baseline"])
+    assert pinned[0]["levers"] == (n14, ch14)  # the label of the greedy choice when it is that lever alone
+    assert pinned[1]["levers"] == (f"{n14} + {t2}", {**ch14, **ch2})  # ADAPT_LEVERS order, changes combined
+    with pytest.raises(ValueError, match="unknown lever"):
+        recipe.adapt_final_plan([{"dataset": "ucm", "levers": ["image top: everything"]}], [0], ["baseline"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        recipe.adapt_final_plan([{"dataset": "ucm", "levers": n14}], [0], ["baseline"])
     with pytest.raises(ValueError, match="unknown variant"):
         recipe.adapt_final_plan([{"dataset": "ucm", "variants": ["lca+crx"]}], [0], ["baseline"])
     with pytest.raises(ValueError, match="entries are"):

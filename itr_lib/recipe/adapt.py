@@ -153,19 +153,31 @@ def mark_chosen(table: pd.DataFrame, levers: Sequence[str]) -> pd.DataFrame:
 
 def adapt_final_plan(entries: list, seeds, variants) -> list[dict]:
     """07's ``ADAPT_FINAL``: the adapted operating point's final runs, one entry per dataset (or per part of one),
-    ``{"dataset": D, "seeds": [...], "variants": [...]}`` (seeds and variants default to the recipe's ``seeds`` and
-    ``variants``), as a list of complete dicts; an unknown key, variant or a missing dataset is an error."""
+    ``{"dataset": D, "seeds": [...], "variants": [...], "levers": [...]}`` (seeds and variants default to the
+    recipe's ``seeds`` and ``variants``; ``levers``, names in :data:`ADAPT_LEVERS`, pins the adapted levers the runs
+    carry instead of :func:`adapt_greedy`'s choice: the rows' label names what they carry, the lever table's
+    ``chosen`` what val chose), as a list of complete dicts
+    (``levers`` None where not pinned); an unknown key, variant, lever or a missing dataset is an error."""
     from ..experiments import VARIANTS
+    from .levers import lever_names
     out = []
     for e in entries:
-        if not isinstance(e, dict) or "dataset" not in e or set(e) - {"dataset", "seeds", "variants"}:
-            raise ValueError(f"ADAPT_FINAL entries are {{'dataset': D, 'seeds': [...], 'variants': [...]}} (seeds and "
-                             f"variants optional); got {e!r}")
+        if not isinstance(e, dict) or "dataset" not in e or set(e) - {"dataset", "seeds", "variants", "levers"}:
+            raise ValueError(f"ADAPT_FINAL entries are {{'dataset': D, 'seeds': [...], 'variants': [...], 'levers': "
+                             f"[...]}} (seeds, variants and levers optional); got {e!r}")
         vs = list(e.get("variants", variants))
         bad = sorted(set(vs) - set(VARIANTS))
         if bad:
             raise ValueError(f"ADAPT_FINAL: unknown variant(s) {bad}; choose from {sorted(VARIANTS)}")
-        out.append({"dataset": e["dataset"], "seeds": [int(x) for x in e.get("seeds", seeds)], "variants": vs})
+        levers = e.get("levers")
+        if levers is not None:
+            if not isinstance(levers, list) or not levers:
+                raise ValueError(f"ADAPT_FINAL[{e['dataset']!r}]: levers is a non-empty list of names in "
+                                 f"recipe.ADAPT_LEVERS (or leave it out: the greedy choice); got {levers!r}")
+            found = lever_names(ADAPT_LEVERS, levers)  # an unknown name is an error listing the known ones
+            levers = (" + ".join(n for n, _, _ in found), combine([ch for _, _, ch in found]))
+        out.append({"dataset": e["dataset"], "seeds": [int(x) for x in e.get("seeds", seeds)], "variants": vs,
+                    "levers": levers})
     return out
 
 
