@@ -15,6 +15,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..config import TrainConfig
 from .levers import GreedyTrace, best_per_group, combine, greedy_train, lever_config, recipe_dir
 from .records import FROZEN, _change_str, _row, lever_table, operating_points  # noqa: F401 (re-exported)
 
@@ -117,8 +118,7 @@ def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: s
     of each group first (:func:`~itr_lib.recipe.levers.best_per_group`), are added one by one while the combined
     run's val mR rises. Returns the trace and what the final runs carry, ``(label, change)``: the chosen levers
     joined by " + " and their combined change. An error when no lever was measured on the recipe or none gains."""
-    from ..metrics import require_same_tie_rule
-    from .stages import _grid
+    from .stages import _grid, combination_trainer
     on = table[table.stage == lever_stage("recipe")] if "stage" in table else table.iloc[0:0]
     if on.empty:
         raise ValueError("ADAPT_FINAL needs an adapted lever measured on the recipe: set ADAPT_LEVERS = "
@@ -131,15 +131,12 @@ def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: s
                          f"{best.val_gain:+.2f}); nothing to carry to the final runs")
     start = without_rotations(change)
 
-    def run(ch: dict) -> dict:
-        return _grid([lever_config({**start, **ch}, dataset, seed, base=base)], Path(results_dir), workers=1)[0]
-    ref = run({})  # the recipe without rotations on the frozen grid: recorded by adapt_levers
-
-    def train_fn(ch: dict) -> dict:
-        m = run(ch)
-        require_same_tie_rule({ref["run"]: ref.get("tie_rule"), m["run"]: m.get("tie_rule")},
-                              f"the {dataset} adapted levers' greedy combination (val mR against the frozen recipe)")
-        return m
+    def config_of(ch: dict) -> TrainConfig:
+        return lever_config({**start, **ch}, dataset, seed, base=base)
+    ref = _grid([config_of({})], Path(results_dir), workers=1)[0]  # the recipe without rotations, frozen grid:
+    # recorded by adapt_levers
+    train_fn = combination_trainer(ref, config_of, Path(results_dir), f"the {dataset} adapted levers' greedy "
+                                   f"combination (val mR against the frozen recipe)")
     changes = {n: ch for n, _, ch in ADAPT_LEVERS}
     trace = greedy_train(order, ref, train_fn, changes)
     return trace, (" + ".join(trace.chosen), combine([changes[n] for n in trace.chosen]))

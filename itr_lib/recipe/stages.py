@@ -38,6 +38,19 @@ def _grid(cfgs: list[TrainConfig], results_dir: Path, workers: int) -> list[dict
     return run_grid(cfgs, rdir, workers=workers, threads=1)
 
 
+def combination_trainer(ref: dict, config_of, results_dir: Path, what: str):
+    """A greedy combination's ``train_fn`` (:func:`~itr_lib.recipe.levers.greedy_train`): trains (or reads) the
+    run of ``config_of(change)`` and refuses it when its val tie rule differs from the reference run ``ref``'s
+    (their val mR would not compare); ``what`` names the comparison in that error."""
+    from ..metrics import require_same_tie_rule
+
+    def train_fn(change: dict) -> dict:
+        m = _grid([config_of(change)], Path(results_dir), workers=1)[0]
+        require_same_tie_rule({ref["run"]: ref.get("tie_rule"), m["run"]: m.get("tie_rule")}, what)
+        return m
+    return train_fn
+
+
 def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, levers=None, workers: int = 1,
                     base: dict | None = None, n_boot: int = 2000,
                     greedy: bool = True) -> tuple[pd.DataFrame, GreedyTrace, dict]:
@@ -64,11 +77,8 @@ def training_levers(dataset: str, results_dir: str | Path, *, seed: int = 0, lev
     order = best_per_group([(n, g, val_mr(m) - val_mr(ref)) for (n, g, _), m in zip(levers, singles)])
     changes = {n: ch for n, _, ch in levers}
 
-    def train_fn(change: dict) -> dict:
-        m = _grid([lever_config(change, dataset, seed, base=base)], results_dir, workers=1)[0]
-        require_same_tie_rule({ref["run"]: ref.get("tie_rule"), m["run"]: m.get("tie_rule")},
-                              f"the {dataset} greedy combination (val mR against the reference)")
-        return m
+    train_fn = combination_trainer(ref, lambda ch: lever_config(ch, dataset, seed, base=base), results_dir,
+                                   f"the {dataset} greedy combination (val mR against the reference)")
     trace = greedy_train(order, ref, train_fn, changes) if greedy else GreedyTrace()
     chosen = set(trace.chosen)
     for r in rows:
