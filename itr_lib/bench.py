@@ -8,6 +8,7 @@ encoding a whole split with a trained model. Query-side costs (search, floors, s
     python -m itr_lib.bench encode --dataset rsicd --split test --threads 1 2
     python -m itr_lib.bench dask --dataset ucm --variants baseline --seeds 0 1 2 3 --epochs 2 --workers 1 2
     python -m itr_lib.bench levers --dataset ucm --threads 1 2   # issue 29's levers, old vs new (itr_lib.levers)
+    python -m itr_lib.bench heap --dataset ucm --variants baseline tgdt   # the heap setting old vs new (itr_lib.heap)
 
 (``make bench-train-step``, ``make bench-train``, ``make bench-encode``.) Every configuration is the one the study
 trains: the fair comparison's (:func:`itr_lib.experiments.comparison_plan`, study loss, ``COMPARISON_BASE``), keyed
@@ -284,6 +285,14 @@ def main(argv=None) -> int:
                      choices=sorted(METHOD_VARIANTS))
     lev.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     lev.add_argument("--steps", type=int, default=4)
+    hp = sub.add_parser("heap", help="the heap setting (itr_lib.heap) old vs new per method, each in its own "
+                                     "process, alternating: step, val and epoch ratios, peak memory -> heap_<dataset>.csv")
+    hp.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt", "scan", "mrsw", "aladin"],
+                    choices=sorted(METHOD_VARIANTS))
+    hp.add_argument("--adapted", action="store_true", help="at the adapted operating point (experiments.ADAPTED_CHANGE)")
+    hp.add_argument("--threads", type=int, default=1)
+    hp.add_argument("--steps", type=int, default=6)
+    hp.add_argument("--repeats", type=int, default=2)
     qe = sub.add_parser("query-encoder", help="MiniLM query encoder fp32 vs int8 vs bf16 at batch 1: latency, top-10 "
                                               "agreement, test mR (efficiency.query_encoder) -> query_encoder.csv")
     qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
@@ -299,7 +308,7 @@ def main(argv=None) -> int:
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp, lev, qe, rep):
+    for s in (step, run, enc, dk, exp, lev, hp, qe, rep):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -342,6 +351,15 @@ def main(argv=None) -> int:
                                        a.out_dir)
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
+    elif a.kind == "heap":
+        from .heap import time_heap
+        rows = []
+        for v in a.variants:  # written after each method: an interrupted timing keeps what it measured
+            rows += time_heap(v, a.dataset, adapted=a.adapted, steps=a.steps, repeats=a.repeats, threads=a.threads)
+            print(rows[-1], flush=True)
+            path = write_benchmark(rows, "heap", a.dataset, ["method", "heap", "threads"], a.out_dir)
+        cols = ["method", "heap", "threads", "step_s", "val_s", "peak_rss_gb", "step_speedup", "val_speedup",
+                "run_speedup", "load_1min"]
     elif a.kind == "query-encoder":
         from .efficiency.query_encoder import query_encoder_rows
         try:

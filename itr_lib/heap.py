@@ -3,11 +3,14 @@
 With glibc's default (a dynamic threshold that climbs up to 32 MiB), the many short-lived tensors of a training
 step, of changing sizes, are carved from the arenas and the freed space is rarely given back: the process keeps
 growing. Measured on 07's adapted operating point (UCM baseline, image top of 6 blocks + two MiniLM layers, one
-epoch of 14 steps, one thread): resident memory 7.4 GB after the epoch (peak 8.3 GB) with the default, 1.3 GB
-(peak 3.6 GB) with a fixed 64 KiB threshold, and the epoch (with its validation score) took 95 s instead of 140 s. The RSICD run at
-that point reached 15.5 GB, so only one fit in this machine's 24 GB; with the threshold, two run side by side at
-about 4.4 GB each. The threshold changes where memory comes from, never a number computed: the same run trains
-to bit-identical metrics either way (``tests/test_heap.py``).
+epoch of 14 steps and its validation score, one thread, beside one other training process): resident memory 7.4 GB
+after the epoch (peak 8.3 GB) with the default and 1.3 GB (peak 3.6 GB) with a 64 KiB threshold; the epoch took
+95 s instead of 140 s. With a 1 MiB threshold, beside two other processes, it ended at 1.4 GB (peak 3.6 GB) and
+trained in 111 s against 123 s at 64 KiB, so 1 MiB is the setting (fewer mmap calls for mid-sized tensors). The
+RSICD run at that point reached 15.5 GB, so only one fit in this machine's 24 GB; with the threshold, two ran side
+by side at about 4.4 GB each. The threshold changes where memory comes from, never a number computed: the same run
+trains to bit-identical metrics either way (``tests/test_heap.py``). Whether it speeds up the frozen-feature
+methods is measured per method by ``python -m itr_lib.bench heap`` (:func:`time_heap`).
 
 :func:`limit_heap` sets it once per process (:func:`itr_lib.train.train` calls it); it is a runtime setting like
 ``threads`` and ``precision``, recorded in ``metrics.json`` (``"heap"``), not part of a run's identity. Where the
@@ -24,7 +27,7 @@ import os
 log = logging.getLogger(__name__)
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-THRESHOLD = 64 * 1024
+THRESHOLD = 1 << 20  # 1 MiB
 _done: dict | None = None
 
 
@@ -62,3 +65,62 @@ def _mallopt(threshold: int) -> dict:
     if ok != 1:
         return {"mmap_threshold": None, "why": f"mallopt(M_MMAP_THRESHOLD, {threshold}) refused: the default"}
     return {"mmap_threshold": int(threshold), "set_by": f"mallopt ({gnu})"}
+
+
+def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int = 6, repeats: int = 2,
+              threads: int = 1) -> list[dict]:
+    """The heap setting old (``ITR_HEAP=default``) vs new (:func:`limit_heap`) for one method: each timing in a
+    process of its own (the setting holds for a whole process), the two alternating ``repeats`` times so the
+    machine's load falls on both alike. Each process trains ``steps`` steps after one warm-up and scores val
+    twice (:func:`itr_lib.levers.interleaved_timings`, the study's config at its recorded precision rule) and
+    reports its peak resident memory. Returns one row per setting with medians and, on ``mmap``, the paired
+    speed-ups (old / new) of the step, the val score and one epoch."""
+    import json
+    import subprocess
+    import sys
+    from .io import REPO_ROOT, git_commit
+    runs = {"default": [], "mmap": []}
+    for _ in range(repeats):
+        for name in runs:
+            env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+            env.update(ITR_HEAP="default" if name == "default" else "", OMP_NUM_THREADS=str(threads),
+                       PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+            code = ("import json, sys; from itr_lib.heap import _time_one; "
+                    "print('HEAP ' + json.dumps(_time_one(*json.loads(sys.argv[1]))))")
+            out = subprocess.run([sys.executable, "-c", code, json.dumps([variant, dataset, adapted, steps, threads])],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                raise RuntimeError(f"the heap timing of {variant} ({name}) failed:\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(out.stdout.split("HEAP ", 1)[1]))
+    rows = []
+    import numpy as np
+    for name, rs in runs.items():
+        step = [float(np.median(r["step"])) for r in rs]
+        val = [float(np.median(r["val"])) for r in rs]
+        n = rs[0]["steps_per_epoch"]
+        row = {"dataset": dataset, "method": variant + (", adapted top" if adapted else ""), "heap": name,
+               "threads": threads, "repeats": repeats, "steps": steps, "step_s": round(float(np.median(step)), 4),
+               "val_s": round(float(np.median(val)), 4), "peak_rss_gb": round(max(r["peak_rss_gb"] for r in rs), 2),
+               "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
+        if name == "mmap":
+            old = runs["default"]
+            sd = [float(np.median(o["step"])) for o in old]
+            vd = [float(np.median(o["val"])) for o in old]
+            row.update(step_speedup=float(np.median(np.array(sd) / np.array(step))),
+                       val_speedup=float(np.median(np.array(vd) / np.array(val))),
+                       run_speedup=float(np.median([(a * n + b) / (c * n + d) for a, b, c, d in zip(sd, vd, step, val)])))
+        rows.append(row)
+    return rows
+
+
+def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: int) -> dict:
+    import resource
+    import numpy as np
+    from .experiments import ADAPTED_CHANGE, study_config
+    from .levers import interleaved_timings
+    heap = limit_heap()
+    cfg = study_config(variant, dataset, 0, **(ADAPTED_CHANGE if adapted else {}))
+    t = interleaved_timings({"x": cfg}, threads, steps)
+    return {"heap": heap, "step": t["x"]["step"], "val": t["x"]["val"], "steps_per_epoch": t["_steps_per_epoch"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "median_step": float(np.median(t["x"]["step"]))}

@@ -113,7 +113,7 @@ def _train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    limit_heap()  # large tensors from mmap: a bounded, faster heap, identical numbers (itr_lib.heap)
+    limit_heap()  # tensors of 1 MiB+ from mmap: a bounded heap, identical numbers (itr_lib.heap)
     seed_everything(cfg.seed)
 
     t_load = time.perf_counter()

@@ -44,7 +44,8 @@ def test_the_mmap_threshold_is_recorded_and_trains_to_identical_numbers(tmp_path
     new = _train_in_process({**kw, "run_dir": str(tmp_path / "new")}, {})
     old = _train_in_process({**kw, "run_dir": str(tmp_path / "old")}, {"ITR_HEAP": "default"})
     env = _train_in_process({**kw, "run_dir": str(tmp_path / "env")}, {"MALLOC_MMAP_THRESHOLD_": "131072"})
-    assert new["heap"]["mmap_threshold"] == 65536 and new["heap"]["set_by"].startswith("mallopt")
+    from itr_lib.heap import THRESHOLD
+    assert THRESHOLD == 1 << 20 and new["heap"]["mmap_threshold"] == THRESHOLD and new["heap"]["set_by"].startswith("mallopt")
     assert old["heap"] == {"mmap_threshold": None, "why": "ITR_HEAP=default: the C library's default allocator"}
     assert env["heap"] == {"mmap_threshold": 131072, "set_by": "MALLOC_MMAP_THRESHOLD_"}
     assert new["losses"] == old["losses"] == env["losses"] and len(new["losses"]) == 2
