@@ -338,3 +338,29 @@ def test_the_image_top_runs_in_float32_under_bf16_autocast(top_cfg):
             model.encode_images(acts, torch.ones(2, 49, dtype=torch.bool))
     assert seen["dtype"] == torch.float32
     torch.testing.assert_close(seen["grid"], ref, rtol=0, atol=0)
+
+
+def test_two_adapted_points_get_distinct_labels_in_the_tables_and_the_frontier():
+    """The image top alone and the image + text top are two operating points of one dataset: the README's backbone
+    column, the frontier's method names and the side-by-side gain table keep them apart."""
+    import pandas as pd
+    from itr_lib import recipe
+    from itr_lib.recipe.records import point_label
+    from itr_lib.recipe.summary import operating_point_lines
+    img, txt = recipe.ADAPT_LEVERS[1][0], recipe.ADAPT_LEVERS[3][0]
+    ops = [recipe.FROZEN, recipe.operating_point(img), recipe.operating_point(f"{img} + {txt}")]
+    assert [point_label(o) for o in ops] == ["frozen", "adapted top", "adapted image + text top"]
+    f = pd.DataFrame({"dataset": "ucm", "variant": ["baseline", "lca+cra"] * 3, "scoring": "recipe",
+                      "operating_point": [o for o in ops for _ in range(2)], "test_mr": 50.0, "test_mr_std": 1.0,
+                      "ms_per_query": 2.0, "bytes_per_item": 8.0, "n_seeds": 3,
+                      "delta_rsum_vs_baseline": [None, 1.0, None, -2.0, None, 3.0], "ci_lo": [None, -1.0, None, -4.0, None, 1.0],
+                      "ci_hi": [None, 3.0, None, -0.5, None, 5.0]})
+    fr = recipe.frontier_rows(f, pd.DataFrame())
+    assert list(fr.method) == ["recipe: baseline (recipe)", "recipe: lca+cra (recipe)",
+                               "recipe: baseline (recipe), adapted top", "recipe: lca+cra (recipe), adapted top",
+                               "recipe: baseline (recipe), adapted image + text top",
+                               "recipe: lca+cra (recipe), adapted image + text top"]
+    text = "\n".join(operating_point_lines(f))
+    assert "seeds (frozen / adapted top / adapted image + text top)" in text
+    assert "+1.00 [-1.00, +3.00] inconclusive" in text and "-2.00 [-4.00, -0.50] does not hold" in text
+    assert "+3.00 [+1.00, +5.00] holds" in text

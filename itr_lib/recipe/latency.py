@@ -94,10 +94,11 @@ def frontier_rows(final, efficiency) -> "pd.DataFrame":  # noqa: F821
     so :func:`itr_lib.plots.efficiency.frontier_figure` draws them on the same axes. Rows without a measured latency are left out."""
     import pandas as pd
     rec = final[final.ms_per_query.notna()] if "ms_per_query" in final else final.iloc[0:0]
-    from .records import FROZEN, operating_points
+    from .records import FROZEN, operating_points, point_label
     op = operating_points(rec)
     add = pd.DataFrame({"method": "recipe: " + rec.variant + " (" + rec.scoring + ")"
-                        + np.where(op != FROZEN, ", adapted top", ""), "mr": rec.test_mr,
+                        + pd.Series(["" if o == FROZEN else ", " + point_label(o) for o in op], index=rec.index),
+                        "mr": rec.test_mr,
                         "mr_std": rec.test_mr_std, "ms_per_query": rec.ms_per_query, "family": "recipe (07)",
                         "bytes_per_item": rec.bytes_per_item, "device": rec.get("device", "cpu"), "mode": "vector"})
     cols = ["method", "mr", "mr_std", "ms_per_query", "family", "bytes_per_item", "device", "mode", "variant"]

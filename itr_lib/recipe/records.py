@@ -126,6 +126,17 @@ def _spec_row(stage: str, name: str, rec: dict, ref: dict, bs: dict | None, chos
 FROZEN = "frozen"  # the operating point of every final row trained on the frozen grid (:mod:`itr_lib.recipe.adapt`)
 
 
+def point_label(op: str) -> str:
+    """A final row's operating point in a table cell: ``frozen``, ``adapted top`` (the image top, the study's
+    adapted point), ``adapted image + text top`` or ``adapted text top`` (:func:`itr_lib.recipe.adapt.operating_point`
+    names the levers in full)."""
+    if op == FROZEN:
+        return FROZEN
+    if "text top" in op:
+        return "adapted image + text top" if "image top" in op else "adapted text top"
+    return "adapted top"
+
+
 def operating_points(final: pd.DataFrame) -> pd.Series:
     """Each final row's operating point (:data:`FROZEN` for a table written before it carried one)."""
     op = final["operating_point"] if "operating_point" in final else pd.Series(FROZEN, index=final.index)

@@ -66,21 +66,24 @@ def operating_point_lines(f: pd.DataFrame) -> list[str]:
     """SelfAlign's paired gain over the baseline of the same recipe at each operating point (frozen grid / adapted
     top), per dataset and scoring: which verdict holds, flips or stays inconclusive (nothing when only one point
     was trained)."""
-    from .records import FROZEN
+    from .records import FROZEN, point_label
     g = f[(f.variant != "baseline") & f.delta_rsum_vs_baseline.notna() & ~f.scoring.str.contains("ensemble")]
     if g.operating_point.nunique() < 2:
         return []
-    g = g.assign(cell=_gain(g), point=["frozen grid" if op == FROZEN else "adapted top" for op in g.operating_point],
+    g = g.assign(cell=_gain(g), point=["frozen grid" if op == FROZEN else point_label(op) for op in g.operating_point],
                  seeds=g.n_seeds.astype(int).astype(str))
+    points = ["frozen grid"] + [p for p in dict.fromkeys(g.point) if p != "frozen grid"]
     wide = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="cell", aggfunc="first")
     n = g.pivot_table(index=["dataset", "variant", "scoring"], columns="point", values="seeds", aggfunc="first")
-    wide = wide.reindex(columns=["frozen grid", "adapted top"])
+    wide = wide.reindex(columns=points)
     wide.columns = [f"{c}: rsum gain [95% CI]" for c in wide.columns]
-    n = n.reindex(columns=["frozen grid", "adapted top"]).fillna("-")
-    wide.insert(0, "seeds (frozen / adapted)", [f"{a} / {b}" for a, b in zip(n["frozen grid"], n["adapted top"])])
+    n = n.reindex(columns=points).fillna("-")
+    wide.insert(0, f"seeds ({' / '.join(p.replace(' grid', '') for p in points)})",
+                [" / ".join(r) for r in n[points].itertuples(index=False)])
     return ["The study's question at both operating points: SelfAlign's paired gain over the baseline of the same "
-            "recipe, seeds and inference (frozen grid: the chosen recipe; adapted top: the same recipe without train "
-            "rotations plus the adapted lever chosen on val):", "", to_markdown(wide.reset_index(), index=False), ""]
+            "recipe, seeds and inference (frozen grid: the chosen recipe; adapted: the same recipe without train "
+            "rotations plus the adapted levers its column names; the levers val chose: the trace's `adapted top` "
+            "stage):", "", to_markdown(wide.reset_index(), index=False), ""]
 
 
 def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
@@ -128,7 +131,7 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     fin_path = tables / "recipe_final.csv"
     if fin_path.is_file():
         from .stages import with_record_columns
-        from .records import FROZEN, operating_points
+        from .records import operating_points, point_label
         f = with_record_columns(results_dir, pd.read_csv(fin_path))
         f = f.assign(operating_point=operating_points(f))
         if full:
@@ -150,14 +153,15 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                 plain, rec = g[g.scoring == "plain"], g[g.scoring == "recipe"]
                 ens = g[g.scoring.str.contains("ensemble")]
                 first = lambda d, col: d[col].iloc[0] if len(d) else ""  # noqa: E731
-                rows.append({"dataset": ds, "backbone": "frozen" if op == FROZEN else "adapted top",
+                rows.append({"dataset": ds, "backbone": point_label(op),
                              "variant": v, "training only": first(plain, "_mr"),
                              "recipe": first(rec, "_mr"), "ties [pess., opt.]": first(rec, "_ties"),
                              "ensemble": first(ens, "_mr"),
                              "ms/query": " → ".join(x for x in (first(d, "_ms") for d in (plain, rec, ens)) if x),
                              "SelfAlign - baseline, rsum": first(rec, "_gain")})
-            lines += [f"The chosen recipe, test mR (mean ± std over seeds; backbone: frozen grids, or the adapted top "
-                      f"(the same recipe without train rotations plus the adapted lever chosen on val); ties: the recipe's mR with ties resolved "
+            lines += [f"The chosen recipe, test mR (mean ± std over seeds; backbone: frozen grids, or an adapted top "
+                      f"(the same recipe without train rotations plus the image top, or the image top and MiniLM's last layers; the "
+                      f"levers val chose: RESULTS.md's trace); ties: the recipe's mR with ties resolved "
                       f"against / for the query; ms/query under 04's protocol; every scoring, spec, bracket and the "
                       f"plain-scoring gain: [RESULTS.md]({rel}/RESULTS.md)):", "",
                       to_markdown(pd.DataFrame(rows), index=False, compact=True), ""]
