@@ -12,10 +12,16 @@ by side at about 4.4 GB each. The threshold changes where memory comes from, nev
 trains to bit-identical metrics either way (``tests/test_heap.py``). Whether it speeds up the frozen-feature
 methods is measured per method by ``python -m itr_lib.bench heap`` (:func:`time_heap`).
 
-:func:`limit_heap` sets it once per process (:func:`itr_lib.train.train` calls it); it is a runtime setting like
-``threads`` and ``precision``, recorded in ``metrics.json`` (``"heap"``), not part of a run's identity. Where the
-C library is not glibc (macOS, musl) nothing is set and the reason is recorded. ``ITR_HEAP=default`` leaves the
-allocator alone (the old behaviour); a ``MALLOC_MMAP_THRESHOLD_`` set in the environment is glibc's own and wins.
+:func:`limit_heap` sets it once per process. :func:`itr_lib.train.train` calls it for a run with a trainable
+backbone top (``image_top_blocks`` or ``text_top_layers``), where it was measured to help; on frozen features it
+leaves glibc's default alone: there the fixed threshold measured slower (UCM baseline, one training step 0.34 s
+with the default against 0.43 s at 64 KiB; and 02's Dask workers were measured slower under Dask's
+``MALLOC_TRIM_THRESHOLD_``, which fixes the threshold the same way: docs/cluster.md). Once set it holds for the rest
+of the process, so a frozen run trained after an adapted one in the same process runs with it. It is a runtime
+setting like ``threads`` and ``precision``: :func:`heap_state` is recorded in ``metrics.json`` (``"heap"``), not part
+of a run's identity. Where the C library is not glibc (macOS, musl) nothing is set and the reason is recorded.
+``ITR_HEAP=default`` leaves the allocator alone (the old behaviour); a ``MALLOC_MMAP_THRESHOLD_`` set in the
+environment is glibc's own and wins.
 """
 from __future__ import annotations
 
@@ -48,6 +54,17 @@ def limit_heap(threshold: int = THRESHOLD) -> dict:
     if _done.get("why"):
         log.info("heap: %s", _done["why"])
     return _done
+
+
+def heap_state() -> dict:
+    """What applies to this process now: :func:`limit_heap`'s record once it ran, else glibc's own setting (an
+    environment ``MALLOC_MMAP_THRESHOLD_``) or the default."""
+    if _done is not None:
+        return _done
+    env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    if env:
+        return {"mmap_threshold": int(env) if env.isdigit() else env, "set_by": "MALLOC_MMAP_THRESHOLD_"}
+    return {"mmap_threshold": None, "why": "the C library's default allocator (frozen features)"}
 
 
 def _mallopt(threshold: int) -> dict:

@@ -36,20 +36,33 @@ def _train_in_process(kw: dict, heap_env: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="module")
+def text_cut_cache(tmp_path_factory, fixture_root):
+    from itr_lib.features import ensure_features
+    root = tmp_path_factory.mktemp("cache")
+    ensure_features("mini", data_root=fixture_root, root=root, progress=False, threads=1, text_cut=[5])
+    return root
+
+
 @pytest.mark.skipif(not _glibc(), reason="the threshold is set through glibc's mallopt")
-def test_the_mmap_threshold_is_recorded_and_trains_to_identical_numbers(tmp_path, mini_cache, fixture_root):
-    root, _ = mini_cache
-    kw = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(root), dim=32, batch_size=8, epochs=2,
-              lr=2e-3, progress=False, pooling="gpo", region_drop=0.1, token_drop=0.1)
-    new = _train_in_process({**kw, "run_dir": str(tmp_path / "new")}, {})
-    old = _train_in_process({**kw, "run_dir": str(tmp_path / "old")}, {"ITR_HEAP": "default"})
-    env = _train_in_process({**kw, "run_dir": str(tmp_path / "env")}, {"MALLOC_MMAP_THRESHOLD_": "131072"})
+def test_a_trainable_top_sets_the_mmap_threshold_records_it_and_trains_to_identical_numbers(tmp_path, text_cut_cache,
+                                                                                          fixture_root):
     from itr_lib.heap import THRESHOLD
-    assert THRESHOLD == 1 << 20 and new["heap"]["mmap_threshold"] == THRESHOLD and new["heap"]["set_by"].startswith("mallopt")
+    kw = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(text_cut_cache), dim=32, batch_size=8,
+              epochs=2, lr=2e-3, progress=False, pooling="gpo", region_drop=0.1, token_drop=0.1)
+    top = {**kw, "text_top_layers": 1}
+    new = _train_in_process({**top, "run_dir": str(tmp_path / "new")}, {})
+    old = _train_in_process({**top, "run_dir": str(tmp_path / "old")}, {"ITR_HEAP": "default"})
+    env = _train_in_process({**top, "run_dir": str(tmp_path / "env")}, {"MALLOC_MMAP_THRESHOLD_": "131072"})
+    frozen = _train_in_process({**kw, "run_dir": str(tmp_path / "frozen")}, {})
+    assert THRESHOLD == 1 << 20 and new["heap"]["mmap_threshold"] == THRESHOLD
+    assert new["heap"]["set_by"].startswith("mallopt")
     assert old["heap"] == {"mmap_threshold": None, "why": "ITR_HEAP=default: the C library's default allocator"}
     assert env["heap"] == {"mmap_threshold": 131072, "set_by": "MALLOC_MMAP_THRESHOLD_"}
+    assert frozen["heap"] == {"mmap_threshold": None, "why": "the C library's default allocator (frozen features)"}
     assert new["losses"] == old["losses"] == env["losses"] and len(new["losses"]) == 2
     assert new["val"] == old["val"] == env["val"] and new["test"] == old["test"] == env["test"]
+    assert frozen["losses"] != new["losses"]  # the top trained: another model, so the comparison above can fail
 
 
 def test_limit_heap_is_set_once_per_process(monkeypatch):
