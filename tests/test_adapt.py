@@ -364,3 +364,37 @@ def test_two_adapted_points_get_distinct_labels_in_the_tables_and_the_frontier()
     assert "seeds (frozen / adapted top / adapted image + text top)" in text
     assert "+1.00 [-1.00, +3.00] inconclusive" in text and "-2.00 [-4.00, -0.50] does not hold" in text
     assert "+3.00 [+1.00, +5.00] holds" in text
+
+
+def test_point_gains_pair_the_seeds_of_two_adapted_points_and_bootstrap_their_hits(monkeypatch, tmp_path):
+    """The later adapted point against the first, seed-matched by run name, on the inference records' hits: equal to
+    the study's paired bootstrap called by hand; ensemble rows, the frozen point and one-point groups are skipped."""
+    import numpy as np
+    import pandas as pd
+    from itr_lib import recipe
+    from itr_lib.metrics import paired_bootstrap
+    from itr_lib.recipe import records
+    rng = np.random.default_rng(0)
+    hits = {}
+
+    def fake(path):
+        if path.name not in hits:
+            hits[path.name] = (rng.integers(0, 2, (20, 3)).astype(float), rng.integers(0, 2, (100, 3)).astype(float))
+        return hits[path.name]
+    monkeypatch.setattr(records, "load_spec_hits", fake)
+    img, both = recipe.operating_point("image top"), recipe.operating_point("image top + text top")
+    f = pd.DataFrame({"dataset": "ucm", "variant": "baseline",
+                      "scoring": ["recipe", "recipe", "recipe", "recipe + 3-seed ensemble", "recipe"],
+                      "spec": "tta+qb", "tie_rule": "pessimistic", "test_mr": [50.0, 52.0, 51.0, 53.0, 49.0],
+                      "operating_point": [recipe.FROZEN, img, both, both, recipe.FROZEN],
+                      "runs": ["f-s0-a,f-s1-b", "ucm-baseline-minilm-s0-aa,ucm-baseline-minilm-s1-bb,x-s2-cc",
+                               "ucm-baseline-minilm-s1-dd,ucm-baseline-minilm-s0-ee", "e-s0-z", "g-s0-y"]})
+    p = recipe.point_gains(tmp_path, f, n_boot=200)
+    assert len(p) == 1 and p.iloc[0][["point_a", "point_b", "n_seeds", "test_mr_a", "test_mr_b"]].tolist() == [
+        img, both, 2, 52.0, 51.0]
+    by_hand = paired_bootstrap([fake(tmp_path / f"tta+qb--ucm-baseline-minilm-s{s}-{h}") for s, h in ((0, "aa"), (1, "bb"))],
+                               [fake(tmp_path / f"tta+qb--ucm-baseline-minilm-s{s}-{h}") for s, h in ((0, "ee"), (1, "dd"))],
+                               n_boot=200)
+    assert p.iloc[0].delta_rsum == round(by_hand["delta_rsum"], 2) and p.iloc[0].ci_lo == round(by_hand["ci_lo"], 2)
+    assert p.iloc[0].verdict in ("holds", "does not hold", "inconclusive")
+    assert recipe.point_gains(tmp_path, f[f.operating_point != both]).empty  # one adapted point: nothing to compare

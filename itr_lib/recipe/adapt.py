@@ -194,3 +194,44 @@ def adapted_final(change: dict, spec, lever: tuple[str, dict], datasets, results
     name, ch = lever
     final = final_runs({**without_rotations(change), **ch}, spec, datasets, results_dir, **final_kw)
     return final.assign(operating_point=operating_point(name))
+
+
+def point_gains(results_dir: str | Path, final: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """The adapted operating points of one dataset against each other: for every dataset x variant x single-model
+    scoring of ``final`` (``recipe_final.csv``) trained at two or more adapted points, each later point against the
+    first (in ``ADAPT_FINAL``'s order: the image top alone, then val's combination), seed-matched over the seeds
+    both have: the study's paired bootstrap of test rsum (:func:`itr_lib.metrics.paired_bootstrap`, seeds and test
+    queries resampled) on the per-query hits of their inference records, and the claims' verdict. One row each:
+    ``point_a``, ``point_b``, their test mR, ``delta_rsum`` (B - A), ``ci_lo``, ``ci_hi``, ``verdict``."""
+    from ..claims import _verdict
+    from ..metrics import paired_bootstrap, require_same_tie_rule
+    from .records import load_spec_hits
+    cols = ["dataset", "variant", "scoring", "point_a", "point_b", "n_seeds", "test_mr_a", "test_mr_b",
+            "delta_rsum", "ci_lo", "ci_hi", "verdict"]
+    if final.empty or "runs" not in final:
+        return pd.DataFrame(columns=cols)
+    f = final.assign(operating_point=operating_points(final))
+    f = f[(f.operating_point != FROZEN) & ~f.scoring.str.contains("ensemble")]
+    inf = recipe_dir(Path(results_dir)) / "inference"
+    rows = []
+    for (ds, v, sc), g in f.groupby(["dataset", "variant", "scoring"], sort=False):
+        if g.operating_point.nunique() < 2:
+            continue
+        a = g.iloc[0]
+        for _, b in g.iloc[1:].iterrows():
+            runs_a, runs_b = a.runs.split(","), b.runs.split(",")
+            seed = lambda r: r.rsplit("-s", 1)[1].split("-")[0]  # noqa: E731  '<...>-s<seed>-<hash>'
+            by_a, by_b = {seed(r): r for r in runs_a}, {seed(r): r for r in runs_b}
+            seeds = [s for s in by_a if s in by_b]
+            if not seeds:
+                continue
+            require_same_tie_rule({f"{a.operating_point}": a.tie_rule, f"{b.operating_point}": b.tie_rule},
+                                  f"{ds} {v} ({sc}) at two adapted points")
+            bs = paired_bootstrap([load_spec_hits(inf / f"{a.spec}--{by_a[s]}") for s in seeds],
+                                  [load_spec_hits(inf / f"{b.spec}--{by_b[s]}") for s in seeds], n_boot=n_boot)
+            rows.append({"dataset": ds, "variant": v, "scoring": sc, "point_a": a.operating_point,
+                         "point_b": b.operating_point, "n_seeds": len(seeds), "test_mr_a": a.test_mr,
+                         "test_mr_b": b.test_mr, "delta_rsum": round(bs["delta_rsum"], 2),
+                         "ci_lo": round(bs["ci_lo"], 2), "ci_hi": round(bs["ci_hi"], 2),
+                         "verdict": _verdict(bs["ci_lo"], bs["ci_hi"], "better", 0.0, 0.0)})
+    return pd.DataFrame(rows, columns=cols)

@@ -179,6 +179,17 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
         lines.append("")
         if full:
             lines += operating_point_lines(f)
+            pts_path = tables / "recipe_points.csv"
+            if pts_path.is_file():
+                pts = pd.read_csv(pts_path)
+                show = pts.assign(point_a=[point_label(p) for p in pts.point_a],
+                                  point_b=[point_label(p) for p in pts.point_b],
+                                  gain=[f"{_ci(d, lo, hi)} {v}" for d, lo, hi, v in
+                                        zip(pts.delta_rsum, pts.ci_lo, pts.ci_hi, pts.verdict)])
+                lines += ["Two adapted points of one dataset against each other (`recipe_points.csv`; B - A, test rsum, "
+                          "paired bootstrap over the seeds both have and test queries):", "",
+                          to_markdown(show[["dataset", "variant", "scoring", "point_a", "point_b", "n_seeds",
+                                            "test_mr_a", "test_mr_b", "gain"]], index=False, floatfmt=".2f"), ""]
     if full:
         for p in sorted(figs.glob("recipe_levers_*.png")) + sorted(figs.glob("recipe_frontier_*.png")):
             lines += [f"![{p.stem}]({rel}/figures/{p.name})", ""]
