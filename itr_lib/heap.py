@@ -1,27 +1,26 @@
-"""The process heap of a training run: large allocations straight from ``mmap`` (glibc's ``M_MMAP_THRESHOLD``).
+"""The process heap of a training run: optionally, large allocations straight from ``mmap`` (glibc's
+``M_MMAP_THRESHOLD``), a *memory* lever, off by default.
 
-With glibc's default (a dynamic threshold that climbs up to 32 MiB), the many short-lived tensors of a training
-step, of changing sizes, are carved from the arenas and the freed space is rarely given back: the process keeps
-growing. Measured on 07's adapted operating point (UCM baseline, image top of 6 blocks + two MiniLM layers, one
-epoch of 14 steps and its validation score, one thread, beside one other training process): resident memory 7.4 GB
-after the epoch (peak 8.3 GB) with the default and 1.3 GB (peak 3.6 GB) with a 64 KiB threshold; the epoch took
-95 s instead of 140 s. With a 1 MiB threshold, beside two other processes, it ended at 1.4 GB (peak 3.6 GB) and
-trained in 111 s against 123 s at 64 KiB, so 1 MiB is the setting (fewer mmap calls for mid-sized tensors). The
-RSICD run at that point reached 15.5 GB, so only one fit in this machine's 24 GB; with the threshold, two ran side
-by side at about 4.4 GB each. The threshold changes where memory comes from, never a number computed: the same run
-trains to bit-identical metrics either way (``tests/test_heap.py``). Whether it speeds up the frozen-feature
-methods is measured per method by ``python -m itr_lib.bench heap`` (:func:`time_heap`).
+With glibc's default (a dynamic threshold that climbs up to 32 MiB), the short-lived tensors of a training step, of
+changing sizes, are carved from the arenas and much of the freed space is not given back, so the process grows.
+Measured on 07's adapted point (UCM baseline, image top of 6 blocks + two MiniLM layers, one epoch of 14 steps and
+its validation score, one thread, beside other training processes): resident memory 7.4 GB after the epoch (peak
+8.3 GB) with the default, 1.3 GB (peak 3.6 GB) with a 64 KiB threshold and 1.4 GB with 1 MiB. An RSICD run at that
+point reached 15.5 GB with the default, so only one fit in this machine's 24 GB; with 1 MiB (set through the
+environment) two ran side by side at 4.4-5.7 GB each.
 
-:func:`limit_heap` sets it once per process. :func:`itr_lib.train.train` calls it for a run with a trainable
-backbone top (``image_top_blocks`` or ``text_top_layers``), where it was measured to help; on frozen features it
-leaves glibc's default alone: there the fixed threshold measured slower (UCM baseline, one training step 0.34 s
-with the default against 0.43 s at 64 KiB; and 02's Dask workers were measured slower under Dask's
-``MALLOC_TRIM_THRESHOLD_``, which fixes the threshold the same way: docs/cluster.md). Once set it holds for the rest
-of the process, so a frozen run trained after an adapted one in the same process runs with it. It is a runtime
-setting like ``threads`` and ``precision``: :func:`heap_state` is recorded in ``metrics.json`` (``"heap"``), not part
-of a run's identity. Where the C library is not glibc (macOS, musl) nothing is set and the reason is recorded.
-``ITR_HEAP=default`` leaves the allocator alone (the old behaviour); a ``MALLOC_MMAP_THRESHOLD_`` set in the
-environment is glibc's own and wins.
+It costs speed: ``python -m itr_lib.bench heap --dataset ucm`` (each setting in its own process, alternating, two
+repeats of 6 steps and 2 val scores, one thread, load 2-4; ``results/benchmarks/heap_ucm.csv``) measured the 1 MiB
+threshold at 0.75x (baseline), 0.74x (TGDT) and 0.72x (baseline with the image top) of the default's step speed,
+val scoring 0.60-0.84x. Earlier single-epoch timings under changing load (95 s against 140 s, then 80 s against
+80 s) were noise. So it is **off by default**; ``ITR_HEAP=mmap`` switches it on for a machine whose memory, not
+its cores, limits how many runs train at once (two runs at 0.72x each still train 1.44 runs' worth at a time where
+only one fitted). The threshold changes where memory comes from, never a number computed: a run trains to
+bit-identical metrics either way (``tests/test_heap.py``). It is a runtime setting like ``threads`` and
+``precision``: :func:`heap_state` is recorded in ``metrics.json`` (``"heap"``), not part of a run's identity.
+:func:`limit_heap` applies it once per process (:func:`itr_lib.train.train` calls it); glibc only (elsewhere
+nothing is set and the reason is recorded); a ``MALLOC_MMAP_THRESHOLD_`` in the environment is glibc's own and is
+recorded as such.
 """
 from __future__ import annotations
 
@@ -38,33 +37,31 @@ _done: dict | None = None
 
 
 def limit_heap(threshold: int = THRESHOLD) -> dict:
-    """Serve allocations of ``threshold`` bytes and more from ``mmap`` (once per process; later calls return the
-    first call's record). Returns what applies: ``{"mmap_threshold": bytes, "set_by": ...}``, or
-    ``{"mmap_threshold": None, "why": ...}`` where nothing was set."""
+    """Serve allocations of ``threshold`` bytes and more from ``mmap`` when ``ITR_HEAP=mmap`` (once per process;
+    later calls return the first call's record). Returns what applies: ``{"mmap_threshold": bytes, "set_by": ...}``,
+    or ``{"mmap_threshold": None, "why": ...}`` where nothing was set."""
     global _done
     if _done is not None:
         return _done
+    mode = os.environ.get("ITR_HEAP", "").strip().lower()
+    if mode not in ("", "default", "mmap"):
+        raise ValueError(f"ITR_HEAP={mode!r}: use 'mmap' (large tensors from mmap, a bounded heap, slower steps) or "
+                         f"'default' / unset (glibc's allocator; itr_lib.heap)")
     env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    if os.environ.get("ITR_HEAP", "").strip().lower() == "default":
-        _done = {"mmap_threshold": None, "why": "ITR_HEAP=default: the C library's default allocator"}
-    elif env:
+    if env:
         _done = {"mmap_threshold": int(env) if env.isdigit() else env, "set_by": "MALLOC_MMAP_THRESHOLD_"}
+    elif mode != "mmap":
+        _done = {"mmap_threshold": None, "why": "the C library's default allocator (ITR_HEAP=mmap bounds the heap)"}
     else:
         _done = _mallopt(threshold)
     if _done.get("why"):
-        log.info("heap: %s", _done["why"])
+        log.debug("heap: %s", _done["why"])
     return _done
 
 
 def heap_state() -> dict:
-    """What applies to this process now: :func:`limit_heap`'s record once it ran, else glibc's own setting (an
-    environment ``MALLOC_MMAP_THRESHOLD_``) or the default."""
-    if _done is not None:
-        return _done
-    env = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-    if env:
-        return {"mmap_threshold": int(env) if env.isdigit() else env, "set_by": "MALLOC_MMAP_THRESHOLD_"}
-    return {"mmap_threshold": None, "why": "the C library's default allocator (frozen features)"}
+    """What applies to this process now: :func:`limit_heap`'s record once it ran, else what it would record."""
+    return _done if _done is not None else limit_heap()
 
 
 def _mallopt(threshold: int) -> dict:
@@ -100,7 +97,7 @@ def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int =
     for _ in range(repeats):
         for name in runs:
             env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
-            env.update(ITR_HEAP="default" if name == "default" else "", OMP_NUM_THREADS=str(threads),
+            env.update(ITR_HEAP="default" if name == "default" else "mmap", OMP_NUM_THREADS=str(threads),
                        PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
             code = ("import json, sys; from itr_lib.heap import _time_one; "
                     "print('HEAP ' + json.dumps(_time_one(*json.loads(sys.argv[1]))))")

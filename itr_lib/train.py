@@ -113,8 +113,7 @@ def _train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if cfg.image_top_blocks or cfg.text_top_layers:  # a trainable top: tensors of 1 MiB+ from mmap, a bounded
-        limit_heap()  # and faster heap, identical numbers (itr_lib.heap; frozen features keep glibc's default)
+    limit_heap()  # ITR_HEAP=mmap: tensors of 1 MiB+ from mmap, a bounded heap, slower steps (itr_lib.heap)
     seed_everything(cfg.seed)
 
     t_load = time.perf_counter()

@@ -45,30 +45,34 @@ def text_cut_cache(tmp_path_factory, fixture_root):
 
 
 @pytest.mark.skipif(not _glibc(), reason="the threshold is set through glibc's mallopt")
-def test_a_trainable_top_sets_the_mmap_threshold_records_it_and_trains_to_identical_numbers(tmp_path, text_cut_cache,
+def test_itr_heap_mmap_sets_the_threshold_records_it_and_trains_to_identical_numbers(tmp_path, text_cut_cache,
                                                                                           fixture_root):
     from itr_lib.heap import THRESHOLD
     kw = dict(dataset="mini", data_root=str(fixture_root), cache_dir=str(text_cut_cache), dim=32, batch_size=8,
               epochs=2, lr=2e-3, progress=False, pooling="gpo", region_drop=0.1, token_drop=0.1)
     top = {**kw, "text_top_layers": 1}
-    new = _train_in_process({**top, "run_dir": str(tmp_path / "new")}, {})
-    old = _train_in_process({**top, "run_dir": str(tmp_path / "old")}, {"ITR_HEAP": "default"})
+    new = _train_in_process({**top, "run_dir": str(tmp_path / "new")}, {"ITR_HEAP": "mmap"})
+    old = _train_in_process({**top, "run_dir": str(tmp_path / "old")}, {})
     env = _train_in_process({**top, "run_dir": str(tmp_path / "env")}, {"MALLOC_MMAP_THRESHOLD_": "131072"})
-    frozen = _train_in_process({**kw, "run_dir": str(tmp_path / "frozen")}, {})
-    assert THRESHOLD == 1 << 20 and new["heap"]["mmap_threshold"] == THRESHOLD
+    frozen = _train_in_process({**kw, "run_dir": str(tmp_path / "frozen")}, {"ITR_HEAP": "mmap"})
+    assert THRESHOLD == 1 << 20 and new["heap"]["mmap_threshold"] == THRESHOLD == frozen["heap"]["mmap_threshold"]
     assert new["heap"]["set_by"].startswith("mallopt")
-    assert old["heap"] == {"mmap_threshold": None, "why": "ITR_HEAP=default: the C library's default allocator"}
+    assert old["heap"] == {"mmap_threshold": None,
+                           "why": "the C library's default allocator (ITR_HEAP=mmap bounds the heap)"}
     assert env["heap"] == {"mmap_threshold": 131072, "set_by": "MALLOC_MMAP_THRESHOLD_"}
-    assert frozen["heap"] == {"mmap_threshold": None, "why": "the C library's default allocator (frozen features)"}
     assert new["losses"] == old["losses"] == env["losses"] and len(new["losses"]) == 2
     assert new["val"] == old["val"] == env["val"] and new["test"] == old["test"] == env["test"]
     assert frozen["losses"] != new["losses"]  # the top trained: another model, so the comparison above can fail
 
 
-def test_limit_heap_is_set_once_per_process(monkeypatch):
+def test_limit_heap_is_set_once_per_process_and_refuses_an_unknown_mode(monkeypatch):
     from itr_lib import heap
     monkeypatch.setattr(heap, "_done", None)
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.setenv("ITR_HEAP", "fast")
+    with pytest.raises(ValueError, match="ITR_HEAP='fast'"):
+        heap.limit_heap()
     monkeypatch.setenv("ITR_HEAP", "default")
     first = heap.limit_heap()
-    monkeypatch.delenv("ITR_HEAP")
-    assert heap.limit_heap(1 << 20) is first and first["mmap_threshold"] is None
+    monkeypatch.setenv("ITR_HEAP", "mmap")
+    assert heap.limit_heap(1 << 20) is first and first["mmap_threshold"] is None and heap.heap_state() is first
