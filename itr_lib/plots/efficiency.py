@@ -20,7 +20,7 @@ def _plain_log_ticks(axis):
 
 
 SLOTS = [(6, 4), (6, -11), (-6, 4), (-6, -11), (6, 14), (6, -21), (-6, 14), (-6, -21), (6, 24), (-6, 24),
-         (6, -31), (-6, -31)]  # label offsets tried, points
+         (6, -31), (-6, -31), (6, 34), (-6, 34), (6, -41), (-6, -41), (6, 44), (-6, 44)]  # label offsets tried, points
 
 
 def place_labels(ax, xs, ys, texts, fontsize: int = 8, marker_pt: float = 7.0) -> list:
@@ -80,7 +80,7 @@ def frontier_figure(table: pd.DataFrame, dataset: str, latency_col: str = "ms_pe
     from matplotlib.lines import Line2D
     ok = np.isfinite(table[latency_col].astype(float)) & np.isfinite(table.mr.astype(float))
     t = table[ok].reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(9.6, 5.2))
+    fig, ax = plt.subplots(figsize=(9.6, 5.2) if len(t) <= 24 else (11.0, 0.26 * len(t)))  # room for every label
     modes = t["mode"] if "mode" in t else pd.Series(["vector"] * len(t))
     for (_, r), mode in zip(t.iterrows(), modes):
         ax.errorbar(r[latency_col], r.mr, yerr=r.get("mr_std", 0) or 0, fmt=MODE_MARKERS.get(mode, ("o",))[0],

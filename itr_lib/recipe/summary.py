@@ -95,7 +95,7 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
     lines = []
     for lev in sorted(tables.glob("recipe_*.csv")):
         ds = lev.stem[len("recipe_"):]
-        if ds.startswith(("trace_", "final")):
+        if ds.startswith(("trace_", "final")) or ds == "points":  # not lever tables
             continue
         t = pd.read_csv(lev)
         ref = t[t.stage == "reference"]
@@ -112,16 +112,24 @@ def recipe_summary(results_dir: Path, rel, full: bool = True) -> list[str]:
                 lines += ["How far each lever carried (the greedy steps: each adds one lever to the recipe so far and "
                           "is kept only when val mR rises; inference steps score the chosen training recipe's seed-0 "
                           "model):", "", to_markdown(pd.DataFrame(steps), index=False, floatfmt=".2f"), ""]
-            else:  # the README: the kept steps in one line
-                parts, prev = [f"reference {r0.val_mr:.2f} ({r0.test_mr:.2f})"], ""
-                for st in steps[1:]:
-                    if st["kept"] is True:  # each kept step's levers are the previous kept step's plus one
-                        added = st["levers"][len(prev) + 3:] if prev and st["levers"].startswith(prev + " + ") \
-                            else st["levers"]
-                        parts.append(f"+ {added} {st['val_mr']:.2f} ({st['test_mr']:.2f})")
-                        prev = st["levers"]
-                chain = " → ".join(parts)
+            else:  # the README: the kept steps in one line (the adapted tops' steps in a line of their own: they
+                # start from the recipe without rotations, not from the step before)
+                def kept_chain(sts, parts):
+                    prev = ""
+                    for st in sts:
+                        if st["kept"] is True:  # each kept step's levers are the previous kept step's plus one
+                            added = st["levers"][len(prev) + 3:] if prev and st["levers"].startswith(prev + " + ") \
+                                else st["levers"]
+                            parts.append(f"+ {added} {st['val_mr']:.2f} ({st['test_mr']:.2f})")
+                            prev = st["levers"]
+                    return " → ".join(parts)
+                chain = kept_chain([st for st in steps[1:] if st["stage"] != "adapted top"],
+                                   [f"reference {r0.val_mr:.2f} ({r0.test_mr:.2f})"])
                 lines += [f"How far each lever carried, val mR (test), seed 0, the levers kept in turn: {chain}.", ""]
+                adapted = [st for st in steps[1:] if st["stage"] == "adapted top"]
+                if any(st["kept"] is True for st in adapted):
+                    lines += [f"The adapted tops, kept in turn on the training recipe without rotations (val mR (test), "
+                              f"seed 0): {kept_chain(adapted, [])}.", ""]
         if full:
             cols = [c for c in ("stage", "lever", "change", "val_mr", "val_gain", "test_mr", "ref_test_mr", "delta_rsum",
                                 "ci_lo", "ci_hi", "extra_query_ms", "chosen", "train_min") if c in t]
