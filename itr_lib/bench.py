@@ -352,7 +352,7 @@ def main(argv=None) -> int:
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
     elif a.kind == "heap":
-        from .heap import time_heap
+        from .levers import time_heap
         rows = []
         for v in a.variants:  # written after each method: an interrupted timing keeps what it measured
             rows += time_heap(v, a.dataset, adapted=a.adapted, steps=a.steps, repeats=a.repeats, threads=a.threads)

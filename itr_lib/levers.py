@@ -26,7 +26,7 @@ import pandas as pd
 
 from . import precision as prec
 from .experiments import study_config
-from .io import atomic_write_text, git_commit
+from .io import REPO_ROOT, atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
 BUCKETS = 8
@@ -227,3 +227,59 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
     return table
+
+
+def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int = 6, repeats: int = 2,
+              threads: int = 1) -> list[dict]:
+    """The heap setting old (``ITR_HEAP=default``) vs new (``ITR_HEAP=mmap``, :mod:`itr_lib.heap`) for one
+    method: each timing in a process of its own (the setting holds for a whole process), the two alternating
+    ``repeats`` times so the machine's load falls on both alike. Each process trains ``steps`` steps after one
+    warm-up and scores val twice (:func:`interleaved_timings`, the study's config at its recorded precision rule)
+    and reports its peak resident memory. Returns one row per setting with medians and, on ``mmap``, the paired
+    speed-ups (old / new) of the step, the val score and one epoch."""
+    import json
+    import subprocess
+    import sys
+    runs = {"default": [], "mmap": []}
+    for _ in range(repeats):
+        for name in runs:
+            env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+            env.update(ITR_HEAP="default" if name == "default" else "mmap", OMP_NUM_THREADS=str(threads),
+                       PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
+            code = ("import json, sys; from itr_lib.levers import _time_one; "
+                    "print('HEAP ' + json.dumps(_time_one(*json.loads(sys.argv[1]))))")
+            out = subprocess.run([sys.executable, "-c", code, json.dumps([variant, dataset, adapted, steps, threads])],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                raise RuntimeError(f"the heap timing of {variant} ({name}) failed:\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(out.stdout.split("HEAP ", 1)[1]))
+    rows = []
+    for name, rs in runs.items():
+        step = [float(np.median(r["step"])) for r in rs]
+        val = [float(np.median(r["val"])) for r in rs]
+        n = rs[0]["steps_per_epoch"]
+        row = {"dataset": dataset, "method": variant + (", adapted top" if adapted else ""), "heap": name,
+               "threads": threads, "repeats": repeats, "steps": steps, "step_s": round(float(np.median(step)), 4),
+               "val_s": round(float(np.median(val)), 4), "peak_rss_gb": round(max(r["peak_rss_gb"] for r in rs), 2),
+               "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
+        if name == "mmap":
+            old = runs["default"]
+            sd = [float(np.median(o["step"])) for o in old]
+            vd = [float(np.median(o["val"])) for o in old]
+            row.update(step_speedup=float(np.median(np.array(sd) / np.array(step))),
+                       val_speedup=float(np.median(np.array(vd) / np.array(val))),
+                       run_speedup=float(np.median([(a * n + b) / (c * n + d) for a, b, c, d in zip(sd, vd, step, val)])))
+        rows.append(row)
+    return rows
+
+
+def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: int) -> dict:
+    import resource
+    from .experiments import ADAPTED_CHANGE
+    from .heap import limit_heap
+    heap = limit_heap()
+    cfg = study_config(variant, dataset, 0, **(ADAPTED_CHANGE if adapted else {}))
+    t = interleaved_timings({"x": cfg}, threads, steps)
+    return {"heap": heap, "step": t["x"]["step"], "val": t["x"]["val"], "steps_per_epoch": t["_steps_per_epoch"],
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+            "median_step": float(np.median(t["x"]["step"]))}
