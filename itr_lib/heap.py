@@ -17,7 +17,7 @@ val scoring 0.60-0.84x. Earlier single-epoch timings under changing load (95 s a
 its cores, limits how many runs train at once (two runs at 0.72x each still train 1.44 runs' worth at a time where
 only one fitted). The threshold changes where memory comes from, never a number computed: a run trains to
 bit-identical metrics either way (``tests/test_heap.py``). It is a runtime setting like ``threads`` and
-``precision``: :func:`heap_state` is recorded in ``metrics.json`` (``"heap"``), not part of a run's identity.
+``precision``: :func:`limit_heap`'s record is in ``metrics.json`` (``"heap"``), not part of a run's identity.
 :func:`limit_heap` applies it once per process (:func:`itr_lib.train.train` calls it); glibc only (elsewhere
 nothing is set and the reason is recorded); a ``MALLOC_MMAP_THRESHOLD_`` in the environment is glibc's own and is
 recorded as such.
@@ -57,11 +57,6 @@ def limit_heap(threshold: int = THRESHOLD) -> dict:
     if _done.get("why"):
         log.debug("heap: %s", _done["why"])
     return _done
-
-
-def heap_state() -> dict:
-    """What applies to this process now: :func:`limit_heap`'s record once it ran, else what it would record."""
-    return _done if _done is not None else limit_heap()
 
 
 def _mallopt(threshold: int) -> dict:

@@ -281,5 +281,4 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
     cfg = study_config(variant, dataset, 0, **(ADAPTED_CHANGE if adapted else {}))
     t = interleaved_timings({"x": cfg}, threads, steps)
     return {"heap": heap, "step": t["x"]["step"], "val": t["x"]["val"], "steps_per_epoch": t["_steps_per_epoch"],
-            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "median_step": float(np.median(t["x"]["step"]))}
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}

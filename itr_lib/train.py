@@ -24,7 +24,7 @@ from . import checkpoints
 from . import precision as prec
 from .config import TrainConfig, dataset_name
 from .glove import load_glove
-from .heap import heap_state, limit_heap
+from .heap import limit_heap
 from .io import (atomic_savez, atomic_write_text, git_commit, progress_enabled, read_json, resolve_device,
                  seed_everything, write_json)
 from .metrics import STUDY_TIE_RULE
@@ -259,7 +259,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),
         "git_commit": git_commit(), "torch": torch.__version__, "device": device,
-        "threads": torch.get_num_threads(), "precision": prec.current(), "heap": heap_state(),
+        "threads": torch.get_num_threads(), "precision": prec.current(), "heap": limit_heap(),
     }
     # the record stores run_dir relative to its results folder (the same on any clone); the caller gets it resolved
     write_json(run_dir / "metrics.json", {**out, "config": {**out["config"], "run_dir": portable_run_dir(run_dir)}})

@@ -213,15 +213,15 @@ def point_gains(results_dir: str | Path, final: pd.DataFrame, n_boot: int = 2000
     f = final.assign(operating_point=operating_points(final))
     f = f[(f.operating_point != FROZEN) & ~f.scoring.str.contains("ensemble")]
     inf = recipe_dir(Path(results_dir)) / "inference"
+    def by_seed(runs: str) -> dict:  # run names end in '-s<seed>-<hash>'
+        return {r.rsplit("-s", 1)[1].split("-")[0]: r for r in runs.split(",")}
     rows = []
     for (ds, v, sc), g in f.groupby(["dataset", "variant", "scoring"], sort=False):
         if g.operating_point.nunique() < 2:
             continue
         a = g.iloc[0]
         for _, b in g.iloc[1:].iterrows():
-            runs_a, runs_b = a.runs.split(","), b.runs.split(",")
-            seed = lambda r: r.rsplit("-s", 1)[1].split("-")[0]  # noqa: E731  '<...>-s<seed>-<hash>'
-            by_a, by_b = {seed(r): r for r in runs_a}, {seed(r): r for r in runs_b}
+            by_a, by_b = by_seed(a.runs), by_seed(b.runs)
             seeds = [s for s in by_a if s in by_b]
             if not seeds:
                 continue
