@@ -398,3 +398,47 @@ def test_point_gains_pair_the_seeds_of_two_adapted_points_and_bootstrap_their_hi
     assert p.iloc[0].delta_rsum == round(by_hand["delta_rsum"], 2) and p.iloc[0].ci_lo == round(by_hand["ci_lo"], 2)
     assert p.iloc[0].verdict in ("holds", "does not hold", "inconclusive")
     assert recipe.point_gains(tmp_path, f[f.operating_point != both]).empty  # one adapted point: nothing to compare
+
+
+def test_the_tops_learning_rate_factor_is_kept_only_when_val_rises_over_the_combination(monkeypatch):
+    """The third stage: val's combination retrained with each factor on every top it trains; the best val factor
+    is carried only when it beats the combination (trained at 1); test never chooses; the paired gain is the
+    study's bootstrap against the combination's hits; the steps extend the greedy trace."""
+    import numpy as np
+    from itr_lib import metrics, recipe, runs
+    from itr_lib.recipe import stages
+    (n14, _, ch14), (t2, _, cht2) = recipe.ADAPT_LEVERS[1], recipe.ADAPT_LEVERS[3]
+    lever = (f"{n14} + {t2}", {**ch14, **cht2})
+    change = {"epochs": 10, "image_transforms": ["r0", "r90"]}
+    val_at, test_at, trained = {}, {1.0: 30.0, 0.5: 99.0, 2.0: 10.0}, []
+
+    def fake_grid(cfgs, results_dir, workers):
+        (c,) = cfgs
+        assert c.image_top_lr_factor == c.text_top_lr_factor and c.image_transforms is None
+        f = c.image_top_lr_factor
+        trained.append(f)
+        return [{"run": f"lr{f:g}", "tie_rule": "pessimistic", "val": {"standard": {"rsum": 6 * val_at[f]}},
+                 "test": {"standard": {"mr": test_at[f]}}}]
+    rng = np.random.default_rng(0)
+    hits = {f"lr{f:g}": (rng.random((20, 3)), rng.random((100, 3))) for f in (1, 0.5, 2)}
+    monkeypatch.setattr(stages, "_grid", fake_grid)
+    monkeypatch.setattr(runs, "load_hits", lambda d, run: hits[run])
+    val_at.update({1.0: 20.0, 0.5: 19.0, 2.0: 21.0})  # 2 beats the combination on val (0.5 has the best test)
+    trace = recipe.GreedyTrace(steps=[{"step": 1, "levers": lever[0], "kept": True}], chosen=[n14, t2])
+    table, (label, ch) = recipe.adapt_lr(change, lever, [0.5, 2.0], trace, "mini", "unused", n_boot=50)
+    assert trained == [1.0, 0.5, 2.0]
+    assert label == f"{lever[0]} + tops' learning-rate factor 2"
+    assert ch == {**lever[1], "image_top_lr_factor": 2.0, "text_top_lr_factor": 2.0}
+    assert list(table.chosen) == [False, True] and list(table.val_gain) == [-1.0, 1.0]
+    want = metrics.paired_bootstrap([hits["lr1"]], [hits["lr2"]], n_boot=50)
+    assert table.delta_rsum.iloc[1] == round(want["delta_rsum"], 2) and table.ci_lo.iloc[1] == round(want["ci_lo"], 2)
+    assert [s["kept"] for s in trace.steps] == [True, False, True] and trace.steps[-1]["step"] == 3
+    assert trace.chosen == [n14, t2]  # the catalogue's levers are unchanged (mark_chosen reads them)
+    val_at.update({0.5: 20.0, 2.0: 20.0})  # a tie with the combination keeps it, under its own name
+    table, kept = recipe.adapt_lr(change, lever, [0.5, 2.0], recipe.GreedyTrace(), "mini", "unused", n_boot=50)
+    assert kept == lever and not table.chosen.any()
+    for bad in ([1.0], [0.0], [-2.0], [2.0, 2.0], ["2"]):
+        with pytest.raises(ValueError, match="ADAPT_LR_FACTORS"):
+            recipe.adapt_lr(change, lever, bad, recipe.GreedyTrace(), "mini", "unused")
+    with pytest.raises(ValueError, match="trains no backbone top"):
+        recipe.adapt_lr(change, ("10 epochs", {"epochs": 10}), [2.0], recipe.GreedyTrace(), "mini", "unused")

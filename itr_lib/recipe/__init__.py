@@ -29,7 +29,7 @@ records in ``<results>/recipe/inference/`` (metrics JSON + per-query tie counts,
 rebuilt without checkpoints). The chosen recipe's per-query latency is timed under 04's protocol
 (:mod:`itr_lib.recipe.latency`, cached in ``<results>/recipe/latency/``) and drawn on 04's accuracy / latency frontier.
 """
-from .adapt import (ADAPT_LEVERS, FROZEN, adapt_configs, adapt_final_plan, adapt_levers, adapt_plan, adapt_greedy, adapted_final, mark_chosen,
+from .adapt import (ADAPT_LEVERS, FROZEN, adapt_configs, adapt_final_plan, adapt_levers, adapt_plan, adapt_greedy, adapt_lr, adapted_final, mark_chosen,
                     operating_point, operating_points, point_gains, without_rotations)
 from .latency import combine_cost, frontier_rows, measure_recipe
 from .inference import (STALE_BETA, SpecResult, check_stale_beta, checkpoints, evaluate_spec, prepare_vectors,
@@ -40,7 +40,7 @@ from .levers import (BETAS, D4, INFERENCE_LEVERS, REFERENCE, ROT4, TRAIN_LEVERS,
 from .records import lever_table, load_spec_hits, read_record, trace_table, write_record
 from .stages import final_runs, inference_levers, main_rows, recipe_configs, training_levers
 
-__all__ = ["ADAPT_LEVERS", "FROZEN", "adapt_configs", "adapt_final_plan", "adapt_levers", "adapt_plan", "adapt_greedy", "adapted_final", "mark_chosen",
+__all__ = ["ADAPT_LEVERS", "FROZEN", "adapt_configs", "adapt_final_plan", "adapt_levers", "adapt_plan", "adapt_greedy", "adapt_lr", "adapted_final", "mark_chosen",
            "operating_point", "operating_points", "point_gains", "without_rotations", "BETAS", "STALE_BETA", "check_stale_beta", "D4", "INFERENCE_LEVERS", "REFERENCE", "ROT4", "TRAIN_LEVERS", "TRANSDUCTIVE_LEVERS", "GreedyTrace",
            "InferenceSpec", "SpecResult", "best_per_group", "checkpoints", "combine", "combine_cost", "ensure_caches", "evaluate_spec",
            "final_runs", "frontier_rows", "greedy_train", "inference_levers", "lever_config", "lever_names", "lever_table",

@@ -16,7 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..config import TrainConfig
-from .levers import GreedyTrace, best_per_group, combine, greedy_train, lever_config, recipe_dir
+from .levers import GreedyTrace, best_per_group, combine, greedy_train, lever_config, recipe_dir, test_mr, val_mr
 from .records import FROZEN, _change_str, _row, lever_table, operating_points  # noqa: F401 (re-exported)
 
 # (name, group, change): one group, alternatives
@@ -140,6 +140,72 @@ def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: s
     changes = {n: ch for n, _, ch in ADAPT_LEVERS}
     trace = greedy_train(order, ref, train_fn, changes)
     return trace, (" + ".join(trace.chosen), combine([changes[n] for n in trace.chosen]))
+
+
+LR_STAGE = "adapted top: learning-rate factor (on the combination)"
+
+
+def lr_change(change: dict, factor: float) -> dict:
+    """``change`` (an adapted lever's) with ``factor`` as the learning-rate factor of every top it trains."""
+    out = dict(change)
+    if out.get("image_top_blocks"):
+        out["image_top_lr_factor"] = float(factor)
+    if out.get("text_top_layers"):
+        out["text_top_lr_factor"] = float(factor)
+    return out
+
+
+def lr_label(factor: float) -> str:
+    return f"tops' learning-rate factor {factor:g}"
+
+
+def adapt_lr(change: dict, lever: tuple[str, dict], factors: Sequence[float], trace: GreedyTrace, dataset: str,
+             results_dir: str | Path, *, seed: int = 0, base: dict | None = None,
+             n_boot: int = 2000) -> tuple[pd.DataFrame, tuple[str, dict]]:
+    """The adapted tops' third stage: val's greedy combination ``lever`` (:func:`adapt_greedy`, trained at the
+    factor 1.0 of every top) retrained with each learning-rate factor of ``factors``, applied to every top it
+    trains (image and text alike), seed 0, on the recipe without rotations. Val decides, as in the greedy rule:
+    the factor with the highest val mR is kept when it beats the combination's (ties keep 1.0); test is reported
+    beside it (paired bootstrap against the combination's run, never used to choose). Appends one step per factor
+    to ``trace`` (stage ``adapted top``) and returns lever-table rows (stage :data:`LR_STAGE`, ``chosen`` on the
+    kept factor) and what the final runs carry, ``(label, change)``. A factor that is not a positive number other
+    than 1, or a lever that trains no top, is an error."""
+    from ..metrics import paired_bootstrap
+    from ..runs import load_hits
+    from .stages import _grid, combination_trainer
+    bad = [f for f in factors if isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 or f == 1]
+    if bad or len(set(factors)) != len(factors):
+        raise ValueError(f"ADAPT_LR_FACTORS: positive learning-rate factors other than 1 (the combination's own), "
+                         f"each once; got {list(factors)!r}")
+    name, ch = lever
+    if not (ch.get("image_top_blocks") or ch.get("text_top_layers")):
+        raise ValueError(f"ADAPT_LR_FACTORS: the chosen adapted lever {name!r} trains no backbone top")
+    start = without_rotations(change)
+
+    def config_of(c: dict) -> TrainConfig:
+        return lever_config({**start, **c}, dataset, seed, base=base)
+    ref = _grid([config_of(ch)], Path(results_dir), workers=1)[0]
+    train_fn = combination_trainer(ref, config_of, Path(results_dir), f"the {dataset} adapted tops' learning-rate "
+                                   f"factors (val mR against the combination at 1)")
+    mdir = recipe_dir(results_dir) / "metrics"
+    ref_hits = load_hits(mdir, ref["run"])
+    runs = [(f, train_fn(lr_change(ch, f))) for f in factors]
+    best = max(runs, key=lambda t: val_mr(t[1]), default=None)
+    kept = best[0] if best is not None and val_mr(best[1]) > val_mr(ref) else None
+    rows = []
+    for f, m in runs:
+        bs = paired_bootstrap([ref_hits], [load_hits(mdir, m["run"])], n_boot=n_boot)
+        rows.append({**_row(LR_STAGE, lr_label(f), _change_str({k: v for k, v in lr_change(ch, f).items()
+                                                                if k.endswith("_lr_factor")}), m, ref, bs),
+                     "chosen": f == kept})
+        trace.steps.append({"step": len(trace.steps) + 1, "levers": f"{name} + {lr_label(f)}",
+                            "val_mr": round(val_mr(m), 2), "test_mr": round(test_mr(m), 2), "kept": f == kept,
+                            "run": m.get("run")})
+    table = lever_table(rows)
+    table["chosen"] = table["chosen"].astype(bool)
+    if kept is None:
+        return table, lever
+    return table, (f"{name} + {lr_label(kept)}", lr_change(ch, kept))
 
 
 def mark_chosen(table: pd.DataFrame, levers: Sequence[str]) -> pd.DataFrame:
