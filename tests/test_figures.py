@@ -248,3 +248,13 @@ def test_published_labels_never_start_closer_than_the_gap():
     assert all(b - a >= charts.LABEL_GAP * 40 - 1e-9 for a, b in zip(xs, xs[1:]))
     assert xs[0] == 14.23 and xs[3] == 30.39 and all(x >= m for x, m in zip(xs, pub.mr))
     plt.close(fig)
+
+
+def test_a_long_overview_label_gets_a_taller_slot_and_short_ones_keep_one_unit():
+    """Rows of up to three label lines sit one unit apart (the figure as before); a four-line label's slot grows by
+    a third, so the gap to each neighbour's centre covers both half-slots."""
+    from itr_lib.plots import charts
+    y = charts.row_positions([1, 3, 4, 2])
+    assert list(y[:2]) == [0.0, 1.0]
+    assert y[2] - y[1] == pytest.approx(0.5 + 4 / 3 / 2) and y[3] - y[2] == pytest.approx(4 / 3 / 2 + 0.5)
+    assert list(charts.row_positions([2] * 5)) == [0.0, 1.0, 2.0, 3.0, 4.0]

@@ -110,6 +110,17 @@ def _short_tta(label: str) -> str:
     return re.sub(r"tta-((?:[rf]\d+-?)+)", lambda m: f"{len([v for v in m.group(1).split('-') if v])}-view TTA", label)
 
 
+#: label lines a row's slot holds before it grows (three 7.5-pt lines fit one bar's slot at the overview's scale)
+LINES_PER_SLOT = 3
+
+
+def row_positions(n_lines: list[int]) -> np.ndarray:
+    """The y of each row's centre (top to bottom, from 0): one unit per row, or more for a label of more than
+    :data:`LINES_PER_SLOT` lines, so a long label never runs into its neighbour's."""
+    h = np.maximum(1.0, np.asarray(n_lines, dtype=float) / LINES_PER_SLOT)
+    return np.cumsum(h) - h / 2 - 0.5
+
+
 def results_overview(main: pd.DataFrame, dataset: str):
     """Every run of ``main`` (05's ``main_<ds>.csv``) as horizontal bars of test mR (mean ± std over seeds), one block
     per setting (:data:`OVERVIEW_SETTINGS`, sorted by mR inside a block) under a bold heading that says what every row
@@ -131,16 +142,16 @@ def results_overview(main: pd.DataFrame, dataset: str):
             rows.append((textwrap.fill(lab + seeds, 60), r.mr, r.mr_std, family_of(r.method), False))
     n_lines = sum(lab.count("\n") + 1 for lab, *_ in rows)
     fig, ax = plt.subplots(figsize=(11, 0.22 * n_lines + 0.14 * len(rows) + 3.0))
-    y = np.arange(len(rows))
+    y = row_positions([lab.count("\n") + 1 for lab, *_ in rows])
     bars = [(i, r) for i, r in enumerate(rows) if not r[4]]
-    ax.barh([i for i, _ in bars], [r[1] for _, r in bars], xerr=[0 if pd.isna(r[2]) else r[2] for _, r in bars],
+    ax.barh([y[i] for i, _ in bars], [r[1] for _, r in bars], xerr=[0 if pd.isna(r[2]) else r[2] for _, r in bars],
             color=[FAMILY_COLOURS.get(r[3], "#555555") for _, r in bars], edgecolor="k", lw=0.4, capsize=2)
     ax.set_yticks(y, [r[0] for r in rows], fontsize=7.5)
     for tick, r in zip(ax.get_yticklabels(), rows):
         if r[4]:
             tick.set_fontweight("bold")
             tick.set_fontsize(8)
-    ax.set_ylim(len(rows) + 4.5, -0.8)  # four empty rows at the bottom hold the legend
+    ax.set_ylim(y[-1] + 5.5, -0.8)  # four empty rows at the bottom hold the legend
     pub = main[main.published.astype(bool)]
     if len(pub):
         _published_lines(ax, pub)
