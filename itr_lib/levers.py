@@ -254,21 +254,22 @@ def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int =
                 raise RuntimeError(f"the heap timing of {variant} ({name}) failed:\n{out.stderr[-3000:]}")
             runs[name].append(json.loads(out.stdout.split("HEAP ", 1)[1]))
     rows = []
+    # per process: its median step and val score, by setting
+    step = {name: [float(np.median(r["step"])) for r in rs] for name, rs in runs.items()}
+    val = {name: [float(np.median(r["val"])) for r in rs] for name, rs in runs.items()}
     for name, rs in runs.items():
-        step = [float(np.median(r["step"])) for r in rs]
-        val = [float(np.median(r["val"])) for r in rs]
         n = rs[0]["steps_per_epoch"]
         row = {"dataset": dataset, "method": variant + (", adapted top" if adapted else ""), "heap": name,
-               "threads": threads, "repeats": repeats, "steps": steps, "step_s": round(float(np.median(step)), 4),
-               "val_s": round(float(np.median(val)), 4), "peak_rss_gb": round(max(r["peak_rss_gb"] for r in rs), 2),
+               "threads": threads, "repeats": repeats, "steps": steps,
+               "step_s": round(float(np.median(step[name])), 4), "val_s": round(float(np.median(val[name])), 4),
+               "peak_rss_gb": round(max(r["peak_rss_gb"] for r in rs), 2),
                "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
         if name == "mmap":
-            old = runs["default"]
-            sd = [float(np.median(o["step"])) for o in old]
-            vd = [float(np.median(o["val"])) for o in old]
-            row.update(step_speedup=float(np.median(np.array(sd) / np.array(step))),
-                       val_speedup=float(np.median(np.array(vd) / np.array(val))),
-                       run_speedup=float(np.median([(a * n + b) / (c * n + d) for a, b, c, d in zip(sd, vd, step, val)])))
+            sd, vd, step_m, val_m = step["default"], val["default"], step[name], val[name]
+            row.update(step_speedup=float(np.median(np.array(sd) / np.array(step_m))),
+                       val_speedup=float(np.median(np.array(vd) / np.array(val_m))),
+                       run_speedup=float(np.median([(a * n + b) / (c * n + d)
+                                                    for a, b, c, d in zip(sd, vd, step_m, val_m)])))
         rows.append(row)
     return rows
 

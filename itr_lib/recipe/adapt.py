@@ -15,7 +15,6 @@ from typing import Sequence
 
 import pandas as pd
 
-from ..config import TrainConfig
 from .levers import GreedyTrace, best_per_group, combine, greedy_train, lever_config, recipe_dir, test_mr, val_mr
 from .records import FROZEN, _change_str, _row, lever_table, operating_points  # noqa: F401 (re-exported)
 
@@ -111,6 +110,13 @@ def adapt_plan(levers_by_on: dict) -> list[tuple[str, list]]:
     return [(on, lever_names(ADAPT_LEVERS, names)) for on, names in levers_by_on.items() if names]
 
 
+def _on_recipe(change: dict, dataset: str, seed: int, base: dict | None):
+    """``config_of(adapted change)``: the recipe ``change`` without rotations plus that change (the point every
+    adapted combination trains at)."""
+    start = without_rotations(change)
+    return lambda ch: lever_config({**start, **ch}, dataset, seed, base=base)
+
+
 def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: str | Path, *, seed: int = 0,
                  base: dict | None = None) -> tuple[GreedyTrace, tuple[str, dict]]:
     """The adapted levers' stage 2, the training levers' rule (:func:`~itr_lib.recipe.levers.greedy_train`): those
@@ -129,10 +135,7 @@ def adapt_greedy(change: dict, table: pd.DataFrame, dataset: str, results_dir: s
         best = on.sort_values("val_gain").iloc[-1]
         raise ValueError(f"ADAPT_FINAL: no adapted lever raised val mR over the frozen recipe (best: {best.lever}, "
                          f"{best.val_gain:+.2f}); nothing to carry to the final runs")
-    start = without_rotations(change)
-
-    def config_of(ch: dict) -> TrainConfig:
-        return lever_config({**start, **ch}, dataset, seed, base=base)
+    config_of = _on_recipe(change, dataset, seed, base)
     ref = _grid([config_of({})], Path(results_dir), workers=1)[0]  # the recipe without rotations, frozen grid:
     # recorded by adapt_levers
     train_fn = combination_trainer(ref, config_of, Path(results_dir), f"the {dataset} adapted levers' greedy "
@@ -180,10 +183,7 @@ def adapt_lr(change: dict, lever: tuple[str, dict], factors: Sequence[float], tr
     name, ch = lever
     if not (ch.get("image_top_blocks") or ch.get("text_top_layers")):
         raise ValueError(f"ADAPT_LR_FACTORS: the chosen adapted lever {name!r} trains no backbone top")
-    start = without_rotations(change)
-
-    def config_of(c: dict) -> TrainConfig:
-        return lever_config({**start, **c}, dataset, seed, base=base)
+    config_of = _on_recipe(change, dataset, seed, base)
     ref = _grid([config_of(ch)], Path(results_dir), workers=1)[0]
     train_fn = combination_trainer(ref, config_of, Path(results_dir), f"the {dataset} adapted tops' learning-rate "
                                    f"factors (val mR against the combination at 1)")
@@ -202,7 +202,6 @@ def adapt_lr(change: dict, lever: tuple[str, dict], factors: Sequence[float], tr
                             "val_mr": round(val_mr(m), 2), "test_mr": round(test_mr(m), 2), "kept": f == kept,
                             "run": m.get("run")})
     table = lever_table(rows)
-    table["chosen"] = table["chosen"].astype(bool)
     if kept is None:
         return table, lever
     return table, (f"{name} + {lr_label(kept)}", lr_change(ch, kept))
