@@ -431,3 +431,22 @@ def test_frontier_labels_never_overlap_even_for_points_on_top_of_each_other():
     frame = ax.get_window_extent(renderer)
     assert all(frame.y0 <= b.y0 and b.y1 <= frame.y1 for b in boxes)  # no label over the title
     assert all(frame.x0 <= b.x0 and b.x1 <= frame.x1 for b in boxes)  # nor over the legend beside the axes
+
+
+def test_a_label_placed_away_from_its_point_gets_a_leader_line_and_a_near_one_none():
+    """Crowded points push labels past the first ring of slots; each such label is joined to its own point by a
+    thin line, one end on the point, the other at the label's offset."""
+    import pandas as pd
+    from matplotlib.patches import ConnectionPatch
+    from itr_lib.plots import efficiency as eff
+    t = pd.DataFrame({"method": [f"m{i}" for i in range(6)], "ms_per_query": [20.0, 20.5, 21.0, 21.5, 22.0, 900.0],
+                      "mr": [45.9, 45.8, 46.0, 45.9, 45.85, 10.0], "mr_std": [0.1] * 6,
+                      "family": ["independent"] * 6, "device": ["cpu"] * 6})
+    fig = eff.frontier_figure(t, "x")
+    ax = fig.axes[0]
+    far = [a for a in ax.texts if tuple(a.xyann) not in eff.SLOTS[:eff.NEAR_SLOTS]]
+    leaders = [c for c in ax.get_children() if isinstance(c, ConnectionPatch)]
+    assert far and len(leaders) == len(far)
+    assert sorted(tuple(c.xy1) for c in leaders) == sorted(tuple(a.xy) for a in far)  # each from its label's point
+    lone = ax.texts[-1]  # the far-away point: labelled beside it, no line
+    assert tuple(lone.xyann) in eff.SLOTS[:eff.NEAR_SLOTS] and tuple(lone.xy) not in [tuple(c.xy1) for c in leaders]

@@ -48,9 +48,25 @@ def place_labels(ax, xs, ys, texts, fontsize: int = 8, marker_pt: float = 7.0) -
             if inside and free or k == len(SLOTS) - 1:
                 break
             ann.remove()
+        if k >= NEAR_SLOTS:  # away from its point: a thin leader line says which point the label names
+            _leader(ax, x, y, dx, dy + fontsize * 0.35, marker_pt / 2)
         placed.append(box)
         out.append(ann)
     return out
+
+
+#: the first slots sit beside their point; a label placed further away gets a leader line (:func:`_leader`)
+NEAR_SLOTS = 4
+
+
+def _leader(ax, x, y, dx: float, dy: float, marker_pt: float) -> None:
+    """A thin grey line from the point ``(x, y)`` (data) to ``(dx, dy)`` points away from it: both ends follow the
+    axes through any later layout change (the label's own offset is in points too)."""
+    from matplotlib.patches import ConnectionPatch
+    from matplotlib.transforms import offset_copy
+    ax.add_artist(ConnectionPatch((x, y), (x, y), coordsA=ax.transData,
+                                  coordsB=offset_copy(ax.transData, ax.figure, dx, dy, units="points"),
+                                  color="0.55", lw=0.5, shrinkA=marker_pt, shrinkB=0, zorder=1))
 
 
 MODE_MARKERS = {"vector": ("o", "one vector per item (faiss)"), "two_stage": ("s", "two-stage (shortlist re-scored)"),
