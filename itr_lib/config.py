@@ -18,7 +18,7 @@ from .io import REPO_ROOT
 
 # fields that do not change the result of a run (excluded from its identity)
 RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size",
-                  "length_buckets", "precision")
+                  "length_buckets", "precision", "compile_scores", "score_precision")
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
@@ -171,6 +171,10 @@ class TrainConfig:
                                         # field (outside the identity), recorded in metrics.json. Default fp32
                                         # until the lever's accuracy check is complete (RSICD TGDT and 2 RSICD
                                         # LCA+CRA seeds missing: results/benchmarks/speed_levers.md)
+    compile_scores: str = "off"         # off | auto | on: SCAN's score block through torch.compile (the same
+                                        # function up to rounding; itr_lib.scorekernel). Runtime field, recorded
+    score_precision: str = "fp32"       # fp32 | bf16: SCAN's / MrSw's cosine matmul from bf16 inputs, the rest of
+                                        # the score float32 (itr_lib.scorekernel). Runtime field, recorded
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 
@@ -185,6 +189,8 @@ class TrainConfig:
                              f"{self.length_buckets!r}")
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
+        from .scorekernel import check as check_scores
+        check_scores(self.method, self.compile_scores, self.score_precision)
         if self.image_transforms is not None:
             self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
         if self.image_top_blocks:

@@ -22,6 +22,7 @@ import torch
 
 from . import checkpoints
 from . import precision as prec
+from . import scorekernel
 from .config import TrainConfig, dataset_name
 from .glove import load_glove
 from .heap import limit_heap
@@ -94,7 +95,9 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     (:mod:`itr_lib.precision`; recorded as ``metrics.json["precision"]``)."""
     used, why = prec.resolve(cfg.precision, cfg.device)
     log.info("precision %s (%s)", used, why)
-    with prec.policy(used, resolve_device(cfg.device).split(":")[0]):
+    rule = scorekernel.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, resolve_device(cfg.device))
+    log.info("score kernel: %s", rule["why"])
+    with prec.policy(used, resolve_device(cfg.device).split(":")[0]), scorekernel.policy(rule):
         return _train(cfg, stop_after_epochs)
 
 
@@ -260,6 +263,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),
         "git_commit": git_commit(), "torch": torch.__version__, "device": device,
         "threads": torch.get_num_threads(), "precision": prec.current(), "heap": limit_heap(),
+        "score_kernel": scorekernel.record(),
     }
     # the record stores run_dir relative to its results folder (the same on any clone); the caller gets it resolved
     write_json(run_dir / "metrics.json", {**out, "config": {**out["config"], "run_dir": portable_run_dir(run_dir)}})

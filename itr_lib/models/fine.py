@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import scorekernel
 from .encoders import l2norm
 
 DEFAULT_MAX_ELEMENTS = 2 ** 24
@@ -95,7 +96,11 @@ class _MrSwBlock(torch.autograd.Function):
         ct, l, _ = u.shape
         if ci * r >= 256 and not u.is_contiguous():
             u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
-        s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
+        if scorekernel.low_precision():  # bf16 inputs, float32 result (itr_lib.scorekernel.score_precision)
+            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t()).float()
+            s = s.view(ct, l, ci, r)
+        else:
+            s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
         if not bool(vm.all()):
             s.masked_fill_(~vm[None, None], float("-inf"))
         best, arg = s.max(-1)  # (ct, L, ci): best region per word
@@ -160,15 +165,23 @@ def mrsw_pair_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_local
 
 
 # ----------------------------------------------------------------------------------------------- SCAN t2i
-def _scan_block(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps=1e-8):
+def scan_block_math(v, vm, u, um, lambda_softmax: float, lambda_lse: float, leaky: float, eps: float = 1e-8,
+                    low: bool = False, branchless: bool = False):
+    """SCAN t2i of one (ci images, ct captions) block -> (ci, ct). ``low``: the cosine matmul takes bf16 inputs
+    (result cast back to float32 at once; :mod:`itr_lib.scorekernel`). ``branchless``: always apply the region
+    mask (no data-dependent branch, so ``torch.compile`` makes one graph); the same values either way."""
     ci, r, d = v.shape
     ct, l, _ = u.shape
     v, u = _clean(v, vm), _clean(u, um)
-    s = (v.reshape(ci * r, d) @ u.reshape(ct * l, d).t()).view(ci, r, ct, l)     # <v_r, u_w>
+    v2, u2 = v.reshape(ci * r, d), u.reshape(ct * l, d)
+    if low:
+        s = (v2.to(torch.bfloat16) @ u2.to(torch.bfloat16).t()).float().view(ci, r, ct, l)
+    else:
+        s = (v2 @ u2.t()).view(ci, r, ct, l)                                       # <v_r, u_w>
     a = F.leaky_relu(s, leaky).masked_fill(~um[None, None], 0.0)
     a = a / (a.norm(dim=-1, keepdim=True) + eps)                                   # l2 over words, per region
     logits = (a * lambda_softmax)
-    if not bool(vm.all()):
+    if branchless or not bool(vm.all()):
         logits = logits.masked_fill(~vm[:, :, None, None], float("-inf"))
     att = torch.softmax(logits, dim=1)                                             # over regions, per word
     num = (att * s).sum(1)                                                         # <u_w, sum_r att_r v_r>
@@ -178,6 +191,19 @@ def _scan_block(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps=1e-8):
     cos = num / (att_norm * u.norm(dim=-1)[None]).clamp_min(eps)                   # (ci, ct, l)
     cos = cos.masked_fill(~um[None], float("-inf"))
     return torch.logsumexp(lambda_lse * cos, dim=-1) / lambda_lse
+
+
+def _scan_block(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps=1e-8):
+    """One block under the active score rule (:mod:`itr_lib.scorekernel`): compiled or eager, float32 or bf16
+    score matmul."""
+    low = scorekernel.low_precision()
+    fn = scorekernel.compiled_or_none(scan_block_math)
+    if fn is not None:
+        try:
+            return fn(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps, low, True)
+        except Exception as err:  # noqa: BLE001 - a failed compile falls back to eager ('auto'), or raises ('on')
+            scorekernel.fall_back(err)
+    return scan_block_math(v, vm, u, um, lambda_softmax, lambda_lse, leaky, eps, low)
 
 
 def scan_t2i_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,

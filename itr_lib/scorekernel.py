@@ -1,0 +1,150 @@
+"""How the exhaustive fine-grained scores are computed: SCAN's block compiled, and the score matmul in bf16.
+
+Two runtime levers of issue 29 for the methods whose training step is their score (SCAN, MrSw):
+
+- ``TrainConfig.compile_scores`` (``"off"`` | ``"auto"`` | ``"on"``): SCAN's cross-attention block
+  (:func:`itr_lib.models.fine.scan_block_math`) runs through ``torch.compile`` (TorchInductor's C++ kernels), which
+  fuses its dozen elementwise passes over the (images x regions x captions x words) tensor, forward and backward.
+  The same function up to float rounding (``tests/test_scorekernel.py``: scores and gradients against the eager
+  block, max difference ~1e-6). ``"auto"`` compiles where a C++ compiler is found and falls back to the eager block
+  (with the reason logged and recorded) if it is missing or compilation fails; ``"on"`` makes either an error.
+  Only SCAN has a block to compile: ``"on"`` for another method is a config error, ``"auto"`` leaves it eager.
+- ``TrainConfig.score_precision`` (``"fp32"`` | ``"bf16"``): the (regions x words) cosine matmul of SCAN's block and
+  of MrSw's block takes bf16 inputs (AMX / AVX512-BF16: ~3x the float32 matmul at these sizes) and its result is
+  cast back to float32 before anything else: the LeakyReLU, the softmax over regions, the max over regions, the
+  pooling, the loss and the metrics stay float32. The scores move by ~1e-3 (bf16 has 8 significant bits), so this
+  is a lever that needs the accuracy check of :mod:`itr_lib.levers` (old float32 records vs reruns, paired
+  bootstrap of test mR). Honoured by ``scan`` and ``mrsw`` only (the exhaustive models); another method with
+  ``"bf16"`` is a config error, so TGDT's and ALADIN's MrSw terms are never touched. Used only where
+  :func:`itr_lib.precision.bf16_support` says bf16 is native; elsewhere it falls back to float32 (logged, recorded).
+
+Both are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
+the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that
+:func:`itr_lib.train.train` sets once per run, so the training step and the per-epoch and final scoring read it.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+
+import torch
+
+log = logging.getLogger(__name__)
+
+COMPILE_SETTINGS = ("off", "auto", "on")
+SCORE_PRECISIONS = ("fp32", "bf16")
+COMPILED_METHODS = ("scan",)          # the methods with a block to compile
+LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16
+_state = threading.local()
+_compiled: dict = {}                  # process-wide: the compiled function, or the reason it failed
+
+
+def check(method: str, compile_scores: str, score_precision: str) -> None:
+    """Config validation: allowed values, and no setting a method cannot honour."""
+    if compile_scores not in COMPILE_SETTINGS:
+        raise ValueError(f"TrainConfig.compile_scores must be one of {COMPILE_SETTINGS}, got {compile_scores!r}")
+    if score_precision not in SCORE_PRECISIONS:
+        raise ValueError(f"TrainConfig.score_precision must be one of {SCORE_PRECISIONS}, got {score_precision!r}")
+    if compile_scores == "on" and method not in COMPILED_METHODS:
+        raise ValueError(f"TrainConfig.compile_scores='on' has nothing to compile for method {method!r} (only "
+                         f"{', '.join(COMPILED_METHODS)}). Fix: set compile_scores='off' or 'auto'.")
+    if score_precision == "bf16" and method not in LOW_PRECISION_METHODS:
+        raise ValueError(f"TrainConfig.score_precision='bf16' is honoured by {', '.join(LOW_PRECISION_METHODS)} only, "
+                         f"not {method!r}. Fix: set score_precision='fp32'.")
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler TorchInductor would use ($CXX, else c++ / g++ / clang++ on PATH), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def resolve(method: str, compile_scores: str, score_precision: str, device: str = "cpu") -> dict:
+    """What a run of ``method`` will use: ``{"compiled": bool, "matmul": "fp32"|"bf16", "why": str}``."""
+    check(method, compile_scores, score_precision)
+    why = []
+    compiled = False
+    if method in COMPILED_METHODS and compile_scores != "off":
+        if not str(device).startswith("cpu"):
+            reason = f"compile_scores is for the CPU path, device is {device}"
+        elif cxx_compiler() is None:
+            reason = "no C++ compiler ($CXX, c++, g++, clang++) for TorchInductor"
+        else:
+            reason = None
+        if reason and compile_scores == "on":
+            raise RuntimeError(f"compile_scores='on' but {reason}. Fix: install g++ (apt-get install g++) or set "
+                               f"compile_scores='auto' / 'off'.")
+        if reason:
+            log.warning("compile_scores=%r: SCAN's block stays eager (%s)", compile_scores, reason)
+            why.append(f"eager: {reason}")
+        else:
+            compiled = True
+            why.append("SCAN block compiled (TorchInductor)")
+    matmul = "fp32"
+    if score_precision == "bf16":
+        from .precision import bf16_support
+        ok, reason = bf16_support(device)
+        if ok:
+            matmul = "bf16"
+            why.append(f"bf16 score matmul ({reason})")
+        else:
+            log.warning("score_precision='bf16': falling back to float32 (%s)", reason)
+            why.append(f"fp32 score matmul: {reason}")
+    return {"compiled": compiled, "matmul": matmul, "strict": compile_scores == "on",
+            "why": "; ".join(why) or "eager, float32 score matmul"}
+
+
+def current() -> dict:
+    """The active rule (eager, float32 outside any :func:`policy`)."""
+    return getattr(_state, "rule", {"compiled": False, "matmul": "fp32", "strict": False, "why": "default"})
+
+
+def low_precision() -> bool:
+    return current()["matmul"] == "bf16"
+
+
+@contextlib.contextmanager
+def policy(rule: dict) -> Iterator[dict]:
+    """Make a resolved rule (:func:`resolve`) the active one inside the block (nestable)."""
+    prev = current()
+    _state.rule = dict(rule)
+    try:
+        yield _state.rule
+    finally:
+        _state.rule = prev
+
+
+def compiled_or_none(fn):
+    """``torch.compile(fn)`` (dynamic shapes, one graph) when the active rule says compiled, else None. A compile
+    that fails turns the rule eager for the rest of the process (logged and recorded in the rule's ``why``), unless
+    the setting was ``"on"`` (then :func:`resolve` already vouched for the compiler and the error propagates)."""
+    rule = current()
+    if not rule["compiled"]:
+        return None
+    key = fn.__qualname__
+    if key not in _compiled:
+        _compiled[key] = torch.compile(fn, dynamic=True, fullgraph=True)
+    return _compiled[key]
+
+
+def fall_back(err: Exception) -> None:
+    """Record that compilation failed: the active rule becomes eager (what the run then did); with
+    ``compile_scores='on'`` the error is raised instead."""
+    rule = current()
+    if rule.get("strict"):
+        raise err
+    rule["compiled"] = False
+    rule["why"] = f"eager: compilation failed ({type(err).__name__}: {str(err)[:200]})"
+    log.warning("SCAN's compiled block failed, running eager: %s", rule["why"])
+
+
+def record() -> dict:
+    """What the active rule did, for ``metrics.json["score_kernel"]``."""
+    rule = current()
+    return {"compiled": rule["compiled"], "matmul": rule["matmul"], "why": rule["why"]}
