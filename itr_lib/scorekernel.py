@@ -14,8 +14,8 @@ Two runtime levers of issue 29 for the methods whose training step is their scor
   cast back to float32 before anything else: the LeakyReLU, the softmax over regions, the max over regions, the
   pooling, the loss and the metrics stay float32. The scores move by ~1e-3 (bf16 has 8 significant bits), so this
   is a lever that needs the accuracy check of :mod:`itr_lib.levers` (old float32 records vs reruns, paired
-  bootstrap of test mR). Honoured by ``scan`` and ``mrsw`` only (the exhaustive models); another method with
-  ``"bf16"`` is a config error, so TGDT's and ALADIN's MrSw terms are never touched. Used only where
+  bootstrap of test mR). Honoured by ``scan`` and ``mrsw`` only (the exhaustive models; the model registry's
+  ``uses``): another method with ``"bf16"`` is a config error, so TGDT's and ALADIN's MrSw terms are never touched. Used only where
   :func:`itr_lib.precision.bf16_support` says bf16 is native; elsewhere it falls back to float32 (logged, recorded).
 
 Both are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
@@ -52,9 +52,6 @@ def check(method: str, compile_scores: str, score_precision: str) -> None:
     if compile_scores == "on" and method not in COMPILED_METHODS:
         raise ValueError(f"TrainConfig.compile_scores='on' has nothing to compile for method {method!r} (only "
                          f"{', '.join(COMPILED_METHODS)}). Fix: set compile_scores='off' or 'auto'.")
-    if score_precision == "bf16" and method not in LOW_PRECISION_METHODS:
-        raise ValueError(f"TrainConfig.score_precision='bf16' is honoured by {', '.join(LOW_PRECISION_METHODS)} only, "
-                         f"not {method!r}. Fix: set score_precision='fp32'.")
 
 
 def cxx_compiler() -> str | None:

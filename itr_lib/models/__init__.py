@@ -21,7 +21,7 @@ COMMON_FIELDS = frozenset({
     "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress",
     "image_top_blocks", "image_top_lr_factor",  # the top: every model routes its grid through it (models.adapt)
     "text_top_layers", "text_top_lr_factor",  # and its token states through the text top (models.text_top)
-    "precision"})
+    "precision", "compile_scores"})  # compile_scores: 'auto' applies where there is a block to compile (scorekernel)
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}
 
 

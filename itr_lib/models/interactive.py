@@ -86,14 +86,14 @@ class MrSwModel(_FineModel):
         return per_word(s, txt["mask"], self.hp["local_score"])
 
 
-@register("scan", uses=("mlp",))
+@register("scan", uses=("mlp", "score_precision"))
 def _scan(cfg, glove):
     hp = {**loss_defaults(cfg), **extra_get(cfg.extra, dict(lambda_softmax=9.0, lambda_lse=6.0, leaky=0.1))}
     hp.pop("local_score")  # SCAN pools its words by LogSumExp, on the cosine scale already
     return SCANModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, mlp=cfg.mlp, **hp)
 
 
-@register("mrsw", uses=("mlp",))
+@register("mrsw", uses=("mlp", "score_precision"))
 def _mrsw(cfg, glove):
     hp = {**loss_defaults(cfg), **extra_get(cfg.extra, dict(local_score=loss_defaults(cfg)["local_score"]))}
     return MrSwModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, mlp=cfg.mlp, **hp)
