@@ -160,12 +160,13 @@ def comparison_plan(datasets, seeds, methods, authors_seeds=(), loss_ablation_se
 
 
 def runtime_fields(p: dict) -> dict:
-    """The runtime TrainConfig fields of 02's parameters ``p`` (subset, data root, cache, device, precision; not
-    identity)."""
+    """The runtime TrainConfig fields of 02's parameters ``p`` (subset, data root, cache, device, precision, score
+    kernel; not identity). A method that does not read ``score_precision`` gets the default (:func:`make_config`)."""
     from .io import repo_path
     return dict(max_train_images=p["MAX_TRAIN_IMAGES"] or None,
                 data_root=str(repo_path(p["DATA_ROOT"])) if p["DATA_ROOT"] else None,
                 cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], precision=p["PRECISION"],
+                compile_scores=p.get("COMPILE_SCORES", "off"), score_precision=p.get("SCORE_PRECISION", "fp32"),
                 progress=False)
 
 

@@ -30,16 +30,30 @@ from .io import REPO_ROOT, atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
 BUCKETS = 8
+COMPILED = ("scan",)           # a score block to compile (TrainConfig.compile_scores, itr_lib.scorekernel)
+SCORED = ("scan", "mrsw")      # a score matmul that may take bf16 inputs (TrainConfig.score_precision)
+SCORE_LEVER = "bf16+scores"    # bf16 encoders + the score kernel levers (compiled where it applies, bf16 matmul)
 BAR_HALF_WIDTH = 1.0
 
 
 def lever_configs(variant: str, dataset: str) -> dict:
-    """name -> config: ``fp32`` (the study's, old), ``bf16``, and for TGDT / ALADIN ``bf16+buckets``."""
+    """name -> config: ``fp32`` (the study's, old), ``bf16``; for TGDT / ALADIN ``bf16+buckets``; for SCAN
+    ``bf16+compiled`` (its score block compiled: the same function up to rounding); for SCAN / MrSw
+    :data:`SCORE_LEVER` (bf16 + compiled where it applies + the bf16 score matmul)."""
     out = {"fp32": study_config(variant, dataset, 0, precision="fp32"),
            "bf16": study_config(variant, dataset, 0, precision="bf16")}
     if variant in BUCKETED:
         out["bf16+buckets"] = study_config(variant, dataset, 0, precision="bf16", length_buckets=BUCKETS)
+    if variant in COMPILED:
+        out["bf16+compiled"] = study_config(variant, dataset, 0, precision="bf16", compile_scores="auto")
+    if variant in SCORED:
+        out[SCORE_LEVER] = score_lever_config(variant, dataset, 0)
     return out
+
+
+def score_lever_config(variant: str, dataset: str, seed: int, **kw):
+    """The study config of ``variant`` under :data:`SCORE_LEVER` (what its accuracy reruns train)."""
+    return study_config(variant, dataset, seed, precision="bf16", compile_scores="auto", score_precision="bf16", **kw)
 
 
 def _val_data(cfg):
@@ -53,6 +67,7 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
     per-step ratios are what :func:`time_levers` reports). Each config trains its own copy of one initial model."""
     import copy
     import torch
+    from . import scorekernel as sk
     from .scoring import evaluate
     from .splits import load_split_tensors
     from .train import make_model, make_optimizer, multi_caption, train_step
@@ -65,7 +80,8 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
     for name, cfg in cfgs.items():
         model = make_model(cfg)
         model.load_state_dict(model0.state_dict())
-        state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0])
+        state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0],
+                       sk.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, cfg.device))
     multi = multi_caption(first, model0)
     rng = np.random.default_rng(0)
     order = rng.permutation(tr.n_images)
@@ -76,18 +92,22 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
         b = s % n_batches
         ii = torch.from_numpy(order[b * first.batch_size:(b + 1) * first.batch_size])
         batch = tr.train_batch(ii, first, multi, cap_choice, torch.Generator().manual_seed(s))
-        for name, (cfg, model, opt, used) in state.items():
+        for name, (cfg, model, opt, used, rule) in state.items():
             t0 = time.perf_counter()
-            with prec.policy(used):
+            with prec.policy(used), sk.policy(rule):
                 train_step(model, opt, batch, epoch=1, grad_clip=cfg.grad_clip)
             if s >= warmup:
                 out[name]["step"].append(time.perf_counter() - t0)
                 out[name]["texts"].append(batch.text.shape[0])
     va = _val_data(first)
+    for name, (cfg, model, _, used, rule) in state.items():
+        if rule["compiled"]:  # compile the scoring graph before timing (a run compiles it once, at its first val)
+            with prec.policy(used), sk.policy(rule):
+                evaluate(copy.deepcopy(model0), va, cfg.device, cfg.eval_batch_size, selection=True)
     for _ in range(val_repeats):
-        for name, (cfg, model, _, used) in state.items():
+        for name, (cfg, model, _, used, rule) in state.items():
             m = copy.deepcopy(model0)  # the same weights for every config: the same scoring work
-            with prec.policy(used):
+            with prec.policy(used), sk.policy(rule):
                 t0 = time.perf_counter()
                 evaluate(m, va, cfg.device, cfg.eval_batch_size, selection=True)
                 out[name]["val"].append(time.perf_counter() - t0)
@@ -161,14 +181,18 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
 
 
 REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
+# a lever that changes only some methods is checked on those (the others' numbers cannot change: the model registry
+# resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
+LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED]}
 MIN_SEEDS = 3
 
 
 def adoptable(table: pd.DataFrame, lever: str) -> bool:
-    """The bar of a speed lever: each of :data:`REQUIRED_CHECKS` has an accuracy check of ``lever`` that ran on at
-    least :data:`MIN_SEEDS` seeds and passes (a missing or partial check keeps the lever off by default)."""
+    """The bar of a speed lever: each of its required checks (:data:`LEVER_CHECKS`, else :data:`REQUIRED_CHECKS`) has
+    an accuracy check of ``lever`` that ran on at least :data:`MIN_SEEDS` seeds and passes (a missing or partial
+    check keeps the lever off by default)."""
     t = table[table.lever == lever]
-    for ds, m in REQUIRED_CHECKS:
+    for ds, m in LEVER_CHECKS.get(lever, REQUIRED_CHECKS):
         row = t[(t.dataset == ds) & (t.method == m)]
         if row.empty or row.verdict.iloc[0] != "passes" or not (row.n_seeds.fillna(0).iloc[0] >= MIN_SEEDS):
             return False
@@ -211,19 +235,26 @@ process with old and new alternating (`python -m itr_lib.bench levers`); `load_1
 timing (a shared 2-core machine: absolute seconds are not comparable between rows, ratios within a row are).
 The accuracy check compares the committed float32 records with reruns of the same configs (same run names) under
 the lever: paired bootstrap of test mR over seeds and queries; the bar is an interval that includes 0 with a
-half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16: the same function up to rounding
-(tests), not trained for an accuracy check of its own here."""
+half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16, and `bf16+compiled` SCAN's score
+block through torch.compile: the same functions up to rounding (tests), not trained for accuracy checks of their own.
+`bf16+scores` (SCAN, MrSw; `itr_lib.scorekernel`) adds the compiled block (SCAN) and a bf16 cosine matmul in the
+score: checked on SCAN and MrSw, the only methods it changes."""
 
 
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
-                  out_dir: str | Path = "results/benchmarks", n_boot: int = 2000) -> pd.DataFrame:
+                  out_dir: str | Path = "results/benchmarks", n_boot: int = 2000,
+                  score_dir: str | Path | None = None) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
-    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records). The study's cost with the adopted
-    levers is RESULTS.md's cost section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from
-    this table."""
+    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
+    its :data:`SCORE_LEVER` runs of SCAN and MrSw). The study's cost with the adopted levers is RESULTS.md's cost
+    section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table."""
     out_dir = Path(out_dir)
     steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
-    acc = pd.DataFrame([r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)])
+    acc = [r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)]
+    if score_dir is not None:
+        acc += [r for ds in datasets for r in accuracy_check(old_dir, score_dir, ds, SCORED, lever=SCORE_LEVER,
+                                                             n_boot=n_boot)]
+    acc = pd.DataFrame(acc)
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
     return table

@@ -41,7 +41,25 @@ def test_lever_configs_keep_the_run_identity():
     assert set(cfgs) == {"fp32", "bf16", "bf16+buckets"}
     assert len({c.run_name() for c in cfgs.values()}) == 1  # runtime fields only
     assert cfgs["bf16+buckets"].length_buckets == 8 and cfgs["fp32"].precision == "fp32"
-    assert set(lever_configs("scan", "ucm")) == {"fp32", "bf16"}  # no text transformer to bucket
+    scan = lever_configs("scan", "ucm")
+    assert set(scan) == {"fp32", "bf16", "bf16+compiled", "bf16+scores"}  # no text transformer to bucket
+    assert len({c.run_name() for c in scan.values()}) == 1
+    assert scan["bf16+scores"].score_precision == "bf16" and scan["bf16+compiled"].score_precision == "fp32"
+    assert set(lever_configs("mrsw", "ucm")) == {"fp32", "bf16", "bf16+scores"}  # nothing to compile
+
+
+def test_a_lever_of_some_methods_is_adopted_on_their_checks_only():
+    import pandas as pd
+    from itr_lib.levers import adoptable
+    rows = [{"dataset": ds, "method": m, "lever": "bf16+scores", "verdict": "passes", "n_seeds": 3}
+            for ds in ("ucm", "rsicd") for m in ("scan", "mrsw")]
+    t = pd.DataFrame(rows)
+    assert adoptable(t, "bf16+scores")
+    assert not adoptable(t.iloc[1:], "bf16+scores")  # RSICD or UCM missing: not adopted
+    t2 = t.copy()
+    t2.loc[0, "verdict"] = "fails: interval excludes 0"
+    assert not adoptable(t2, "bf16+scores")
+    assert not adoptable(t.assign(lever="bf16"), "bf16")  # bf16 needs baseline, LCA+CRA and TGDT
 
 
 class _TinyEncoder(torch.nn.Module):

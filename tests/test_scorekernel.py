@@ -1,0 +1,130 @@
+"""The score kernels of issue 29 (itr_lib.scorekernel): SCAN's block compiled (the same function up to rounding) and
+the bf16 cosine matmul of SCAN / MrSw (scores within bf16 rounding, everything else float32); settings a method cannot
+honour are errors; the run records what it used, outside its identity."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from itr_lib import precision as prec
+from itr_lib import scorekernel as sk
+from itr_lib.config import TrainConfig
+from itr_lib.models import build_model
+from itr_lib.models.fine import mrsw_scores, scan_block_math, scan_t2i_scores
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _locals(seed=0, bi=5, bt=7, r=9, l=6, d=16):
+    g = torch.Generator().manual_seed(seed)
+    v = F.normalize(torch.randn(bi, r, d, generator=g), dim=-1).requires_grad_()
+    u = F.normalize(torch.randn(bt, l, d, generator=g), dim=-1).requires_grad_()
+    vm = torch.ones(bi, r, dtype=torch.bool)
+    vm[1, 6:] = False  # an image with padded regions
+    um = torch.arange(l)[None] < torch.tensor([6, 2, 4, 5, 1, 3, 6])[:bt, None]
+    return v, vm, u, um
+
+
+def _scores_and_grads(fn, rule, seed=0, **kw):
+    v, vm, u, um = _locals(seed)
+    with sk.policy(rule):
+        s = fn(v, vm, u, um, **kw)
+        w = torch.randn(s.shape, generator=torch.Generator().manual_seed(1))
+        (s * w).sum().backward()
+    return s.detach(), v.grad, u.grad
+
+
+EAGER = {"compiled": False, "matmul": "fp32", "strict": False, "why": "test"}
+
+
+def test_compiled_scan_block_equals_eager():
+    if sk.cxx_compiler() is None:
+        pytest.skip("no C++ compiler for TorchInductor here")
+    rule = sk.resolve("scan", "on", "fp32")
+    assert rule["compiled"] and rule["matmul"] == "fp32"
+    ref = _scores_and_grads(scan_t2i_scores, EAGER)
+    got = _scores_and_grads(scan_t2i_scores, rule)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+    # the rule stayed compiled (no silent fallback), and chunked blocks (two caption blocks) agree too
+    assert rule["compiled"]
+    ref = _scores_and_grads(scan_t2i_scores, EAGER, max_elements=200)
+    got = _scores_and_grads(scan_t2i_scores, rule, max_elements=200)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_branchless_block_has_the_same_values():
+    v, vm, u, um = _locals()
+    with torch.no_grad():
+        a = scan_block_math(v, vm, u, um, 9.0, 6.0, 0.1)
+        b = scan_block_math(v, vm, u, um, 9.0, 6.0, 0.1, branchless=True)
+        vm1 = torch.ones_like(vm)
+        c, d = (scan_block_math(v, vm1, u, um, 9.0, 6.0, 0.1, branchless=x) for x in (False, True))
+    assert torch.equal(a, b) and torch.equal(c, d)
+
+
+@pytest.mark.parametrize("fn", [scan_t2i_scores, mrsw_scores])
+def test_bf16_score_matmul_within_rounding_and_gradients_flow(fn):
+    ok, why = prec.bf16_support()
+    if not ok:
+        pytest.skip(f"no native bf16 here: {why}")
+    low = {**EAGER, "matmul": "bf16"}
+    ref = _scores_and_grads(fn, EAGER)
+    got = _scores_and_grads(fn, low)
+    assert got[0].dtype == torch.float32
+    diff = (got[0] - ref[0]).abs().max().item()
+    # bf16 inputs of unit-norm 16-d vectors: each cosine moves by < 2**-8 (8 significant bits, |cos| <= 1); the
+    # scores add or pool at most 6 words' terms
+    assert 0 < diff < 6 * 2 ** -8
+    for g in got[1:]:
+        assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+    # outside the policy the float32 path is bitwise what it was
+    again = _scores_and_grads(fn, EAGER)
+    assert all(torch.equal(a, b) for a, b in zip(ref, again))
+
+
+def test_settings_a_method_cannot_honour_are_errors(monkeypatch):
+    with pytest.raises(ValueError, match="nothing to compile"):
+        TrainConfig(method="tgdt", compile_scores="on")
+    with pytest.raises(ValueError, match="compile_scores"):
+        TrainConfig(method="scan", compile_scores="yes")
+    with pytest.raises(ValueError, match="score_precision"):
+        TrainConfig(method="scan", score_precision="fp16")
+    with pytest.raises(ValueError, match="score_precision='bf16'"):
+        build_model(TrainConfig(method="tgdt", score_precision="bf16", extra={"dropout": 0.0}))
+    build_model(TrainConfig(method="mrsw", score_precision="bf16"))  # honoured
+    # 'auto' is allowed everywhere and compiles only SCAN
+    assert sk.resolve("baseline", "auto", "fp32")["compiled"] is False
+    # no compiler: 'auto' stays eager with the reason, 'on' is an error naming the fix
+    monkeypatch.setattr(sk, "cxx_compiler", lambda: None)
+    rule = sk.resolve("scan", "auto", "fp32")
+    assert rule["compiled"] is False and "no C++ compiler" in rule["why"]
+    with pytest.raises(RuntimeError, match="install g\\+\\+"):
+        sk.resolve("scan", "on", "fp32")
+
+
+def test_a_failed_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("inductor exploded")
+    monkeypatch.setattr(sk, "compiled_or_none", lambda fn: broken if sk.current()["compiled"] else None)
+    rule = {"compiled": True, "matmul": "fp32", "strict": False, "why": "SCAN block compiled"}
+    got = _scores_and_grads(scan_t2i_scores, rule)
+    ref = _scores_and_grads(scan_t2i_scores, EAGER)
+    assert all(torch.equal(a, b) for a, b in zip(ref, got))
+    with sk.policy(rule):
+        pass
+    strict = {**rule, "strict": True}
+    with pytest.raises(RuntimeError, match="exploded"):
+        _scores_and_grads(scan_t2i_scores, strict)
+
+
+def test_score_kernel_is_runtime_and_recorded(mini_cfg):
+    from itr_lib.bench import study_config
+    assert study_config("scan", "ucm", 0).run_name() == "ucm-scan-minilm-s0-af43955e"  # a committed record
+    assert study_config("scan", "ucm", 0, compile_scores="auto",
+                        score_precision="bf16").run_name() == "ucm-scan-minilm-s0-af43955e"
+    from itr_lib.train import train
+    m = train(mini_cfg(method="mrsw", pooling=TrainConfig.pooling, score_precision="bf16", epochs=1))
+    want = "bf16" if prec.bf16_support()[0] else "fp32"
+    assert m["score_kernel"]["matmul"] == want and m["score_kernel"]["compiled"] is False
+    assert "score_precision" not in m["config_identity"] and m["config"]["score_precision"] == "bf16"
