@@ -23,23 +23,80 @@ from __future__ import annotations
 import copy
 import time
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-VARIANTS = ("fp32", "int8", "bf16")
+VARIANTS = ("fp32", "int8", "bf16", "lean-fp32", "lean-bf16mm")
 AGREEMENT_BAR = 0.99
+
+
+class LeanMiniLM(torch.nn.Module):
+    """MiniLM's (BERT's) forward for ONE query whose tokens are all valid (batch 1, no padding, so no attention mask),
+    in plain torch ops: the query, key and value projections fused into one matmul, PyTorch's scaled-dot-product
+    attention, exact GELU, post-LayerNorm, as ``transformers``' BertModel computes it (eval mode: no dropout).
+    ``mm`` is the dtype of the matmul inputs: float32 (``lean-fp32``: the same function, ~1e-6 apart) or bfloat16
+    (``lean-bf16mm``: weights cast once, each activation cast at the matmul and its result back to float32; the
+    residual stream, biases, LayerNorm, softmax and GELU stay float32 (unlike ``bf16``, which runs everything in
+    bf16)). ``layer``: return the states after that many layers (None: all; the text top's cut)."""
+
+    def __init__(self, bert, mm: torch.dtype = torch.float32):
+        super().__init__()
+        e = bert.embeddings
+        self.word, self.pos = e.word_embeddings.weight, e.position_embeddings.weight
+        self.typ = e.token_type_embeddings.weight[0]
+        self.eln = (e.LayerNorm.weight, e.LayerNorm.bias, e.LayerNorm.eps)
+        self.mm, self.h = mm, bert.config.num_attention_heads
+        self.layers = []
+        for blk in bert.encoder.layer:
+            a, ao, out = blk.attention.self, blk.attention.output, blk.output
+            self.layers.append(dict(
+                qkv=(torch.cat([a.query.weight, a.key.weight, a.value.weight]).to(mm).contiguous(),
+                     torch.cat([a.query.bias, a.key.bias, a.value.bias])),
+                o=(ao.dense.weight.to(mm), ao.dense.bias), ln1=(ao.LayerNorm.weight, ao.LayerNorm.bias, ao.LayerNorm.eps),
+                f1=(blk.intermediate.dense.weight.to(mm), blk.intermediate.dense.bias),
+                f2=(out.dense.weight.to(mm), out.dense.bias), ln2=(out.LayerNorm.weight, out.LayerNorm.bias,
+                                                                   out.LayerNorm.eps)))
+
+    def _lin(self, x, wb):
+        w, b = wb
+        if self.mm is torch.float32:
+            return F.linear(x, w, b)
+        return F.linear(x.to(self.mm), w).float() + b
+
+    def forward(self, input_ids, attention_mask=None, layer: int | None = None):
+        if input_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
+            raise ValueError("LeanMiniLM encodes one query without padding (batch 1, every token valid); use the "
+                             "transformers model for padded batches")
+        ids = input_ids[0]
+        n = ids.shape[0]
+        x = self.word[ids] + self.pos[:n] + self.typ
+        d, h = x.shape[-1], self.h
+        x = F.layer_norm(x, (d,), self.eln[0], self.eln[1], self.eln[2])
+        for blk in self.layers[:layer]:
+            q, k, v = self._lin(x, blk["qkv"]).view(n, 3, h, d // h).permute(1, 2, 0, 3)
+            a = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, d)
+            x = F.layer_norm(self._lin(a, blk["o"]) + x, (d,), *blk["ln1"])
+            f = F.gelu(self._lin(x, blk["f1"]))
+            x = F.layer_norm(self._lin(f, blk["f2"]) + x, (d,), *blk["ln2"])
+        return SimpleNamespace(last_hidden_state=x[None])
 
 
 def variant_model(model: torch.nn.Module, kind: str) -> torch.nn.Module:
     """The MiniLM ``model`` for a variant: itself (fp32), a copy with bfloat16 weights (bf16: autocast would cast
-    every weight again at each batch-1 call, which costs more than the matmuls it speeds up), or an int8
-    dynamically quantised copy of its ``nn.Linear`` layers."""
+    every weight again at each batch-1 call, which costs more than the matmuls it speeds up), an int8
+    dynamically quantised copy of its ``nn.Linear`` layers, or :class:`LeanMiniLM` (``lean-fp32``,
+    ``lean-bf16mm``)."""
     if kind not in VARIANTS:
         raise ValueError(f"unknown query-encoder variant {kind!r}; choose from {VARIANTS}")
     if kind == "fp32":
         return model
     if kind == "bf16":
         return copy.deepcopy(model).eval().to(torch.bfloat16)
+    if kind.startswith("lean-"):
+        return LeanMiniLM(model.eval(), torch.float32 if kind == "lean-fp32" else torch.bfloat16).eval()
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
@@ -147,5 +204,5 @@ def query_encoder_rows(checkpoint, split: str = "test", threads: int = 1, noise_
                   "ms_p90": round(1e3 * float(np.percentile(secs, 90)), 3) if secs is not None else np.nan,
                   "load_1min": os.getloadavg()[0], "git_commit": git_commit()})
         r["speedup_vs_fp32"] = (np.median(timing["fp32"]) / np.median(secs)) if secs is not None else np.nan
-        r["adopt"] = r["variant"] in ("int8", "bf16") and adoptable(r, noise_mr)
+        r["adopt"] = r["variant"] in VARIANTS[1:] and adoptable(r, noise_mr)
     return rows

@@ -58,12 +58,15 @@ def _blocked(block_fn, img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Ten
     order = _lengths_order(txt_mask) if bt > ct else None  # several caption chunks: group similar lengths
     if order is not None:
         txt, txt_mask = txt[order], txt_mask[order]
+    # torch.split, not a slice per block: the backward of a slice is a zero-filled tensor of the whole input per
+    # block (then summed), the backward of a split one concatenation -- the same gradients, ~0.2 s less per step
+    txt_blocks = list(zip(torch.split(txt, ct), torch.split(txt_mask, ct)))
     rows = []
-    for a in range(0, bi, ci):
-        v, vm = _trim(img[a:a + ci], img_mask[a:a + ci])
+    for v, vm in zip(torch.split(img, ci), torch.split(img_mask, ci)):
+        v, vm = _trim(v, vm)
         cols = []
-        for c in range(0, bt, ct):
-            u, um = _trim(txt[c:c + ct], txt_mask[c:c + ct])
+        for u, um in txt_blocks:
+            u, um = _trim(u, um)
             cols.append(block_fn(v, vm, u, um))
         rows.append(torch.cat(cols, 1))
     out = torch.cat(rows, 0)
@@ -81,7 +84,7 @@ def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _MrSwBlock(torch.autograd.Function):
     """MrSw of one block with a sparse backward.
 
-    Only the best region of each (image, caption, word) receives gradient, so the backward is two sparse-dense
+    Only the best region of each (image, caption, word) receives gradient, so the backward is two sparse (CSR)-dense
     products with ci*ct*L non-zeros instead of the dense (ci*R) x (ct*L) x D products autograd would run through
     ``amax`` (about 50x fewer operations), and only the argmax indices are kept for it, not the score tensor.
     Ties between regions send the whole gradient to the first of them (``amax`` would split it)."""
@@ -96,14 +99,15 @@ class _MrSwBlock(torch.autograd.Function):
         ct, l, _ = u.shape
         if ci * r >= 256 and not u.is_contiguous():
             u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
-        if scorekernel.low_precision():  # bf16 inputs, float32 result (itr_lib.scorekernel.score_precision)
-            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t()).float()
-            s = s.view(ct, l, ci, r)
+        if scorekernel.low_precision():  # bf16 inputs (itr_lib.scorekernel.score_precision); the max over regions
+            # runs on the bf16 products and only the maxima are cast to float32: the same values as casting first
+            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t()).view(ct, l, ci, r)
         else:
             s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
         if not bool(vm.all()):
             s.masked_fill_(~vm[None, None], float("-inf"))
         best, arg = s.max(-1)  # (ct, L, ci): best region per word
+        best = best.float()
         del s
         valid = um[:, :, None] & vm.any(1)[None, None, :]
         ctx.save_for_backward(v, u, arg, valid)
@@ -115,17 +119,31 @@ class _MrSwBlock(torch.autograd.Function):
         ci, r, d = v.shape
         ct, l, _ = u.shape
         gv = gu = None
-        # entry (i*R + best region, t*L + w) = dL/dS[i, t], for the valid (t, w, i) only
-        rows = (torch.arange(ci, device=v.device)[None, None, :] * r + arg)[valid]
-        cols = torch.arange(ct * l, device=v.device).view(ct, l, 1).expand(ct, l, ci)[valid]
-        w = grad.t()[:, None, :].expand(ct, l, ci)[valid]
-        a = torch.sparse_coo_tensor(torch.stack([rows, cols]), w.to(v.dtype), (ci * r, ct * l),
-                                    check_invariants=False)
-        if ctx.needs_input_grad[0]:
-            gv = torch.sparse.mm(a, u.reshape(ct * l, d)).view(ci, r, d)
+        # A^T (ct*L, ci*R): row t*L + w holds dL/dS[i, t] at column i*R + (best region), for its valid images i.
+        # The valid entries of the (ct, L, ci) layout come out row by row, images in order: CSR needs no sort
+        # (a COO matrix would be coalesced -- sorted -- by every sparse product: ~1.7x slower, same sums).
+        cols = (torch.arange(ci, device=v.device)[None, None, :] * r + arg)[valid]
+        w = grad.t()[:, None, :].expand(ct, l, ci)[valid].to(v.dtype)
+        crow = torch.zeros(ct * l + 1, dtype=torch.int64, device=v.device)
+        torch.cumsum(valid.view(ct * l, ci).sum(1), 0, out=crow[1:])
         if ctx.needs_input_grad[2]:
-            gu = torch.sparse.mm(a.t(), v.reshape(ci * r, d)).view(ct, l, d)
+            at = _csr(crow, cols, w, (ct * l, ci * r))
+            gu = (at @ v.reshape(ci * r, d)).view(ct, l, d)
+        if ctx.needs_input_grad[0]:
+            # A (ci*R, ct*L): the same entries sorted by their row (stable: within a row, captions in order)
+            order = torch.argsort(cols, stable=True)
+            text_pos = torch.arange(ct * l, device=v.device).view(ct, l, 1).expand(ct, l, ci)[valid][order]
+            crow_a = torch.zeros(ci * r + 1, dtype=torch.int64, device=v.device)
+            torch.cumsum(torch.bincount(cols, minlength=ci * r), 0, out=crow_a[1:])
+            gv = (_csr(crow_a, text_pos, w[order], (ci * r, ct * l)) @ u.reshape(ct * l, d)).view(ci, r, d)
         return gv, None, gu, None
+
+
+def _csr(crow, col, val, size):
+    import warnings
+    with warnings.catch_warnings():  # "sparse CSR tensor support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, val, size)
 
 
 def _mrsw_block(v, vm, u, um):
