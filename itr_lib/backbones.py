@@ -111,6 +111,30 @@ class TextEncoder:
                              return_tensors="np")
         return enc["input_ids"].astype(np.int32), enc["attention_mask"].sum(1).astype(np.int32)
 
+    def encode_query(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
+        """One query (``ids`` (1, L), ``lengths`` (1,)) as :meth:`encode_ids` returns it, through the query kernel
+        the query-encoder check adopted (``results/benchmarks/query_encoder.csv``): on a CPU with native bf16,
+        :class:`itr_lib.efficiency.query_encoder.LeanMiniLM` with bf16 matmul inputs (everything else float32;
+        top-10 agreement with float32 99.8% of UCM's test queries); elsewhere the same plain-torch forward in
+        float32 (the transformers model's function, ~1e-6 apart). Batches go through :meth:`encode_ids`."""
+        import torch
+        if len(ids) != 1 or self.device != "cpu":
+            return self.encode_ids(ids, lengths, layer)
+        n = self.model.config.num_hidden_layers
+        if layer is not None and not 0 <= layer <= n:
+            raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
+        if getattr(self, "_lean", None) is None:
+            from .efficiency.query_encoder import LeanMiniLM
+            from .precision import bf16_support
+            self.query_kernel = "lean-bf16mm" if bf16_support("cpu")[0] else "lean-fp32"
+            self._lean = LeanMiniLM(self.model, torch.bfloat16 if self.query_kernel == "lean-bf16mm" else torch.float32)
+        width = int(lengths[0])
+        with torch.inference_mode():
+            h = self._lean(torch.from_numpy(ids[:, :width].astype(np.int64)), layer=layer).last_hidden_state
+        arr = np.zeros((1, ids.shape[1], h.shape[-1]), dtype=np.float32)
+        arr[:, :width] = h.float().numpy()
+        return arr
+
     def encode_ids(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
         """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L:
         ``last_hidden_state``, or with ``layer`` MiniLM's ``hidden_states[layer]`` (the input of layers

@@ -293,6 +293,15 @@ def main(argv=None) -> int:
     hp.add_argument("--threads", type=int, default=1)
     hp.add_argument("--steps", type=int, default=6)
     hp.add_argument("--repeats", type=int, default=2)
+    vs = sub.add_parser("versions", help="the study's training old code + recorded config (float32) vs this code + "
+                                         "the new defaults, each in its own process, alternating: step, val and "
+                                         "epoch ratios -> versions_<dataset>.csv")
+    vs.add_argument("--old-commit", required=True, help="the commit of the old code (git archive of its itr_lib)")
+    vs.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt", "aladin", "scan", "mrsw"],
+                    choices=sorted(METHOD_VARIANTS))
+    vs.add_argument("--threads", type=int, nargs="+", default=[1])
+    vs.add_argument("--steps", type=int, default=4)
+    vs.add_argument("--repeats", type=int, default=2)
     qe = sub.add_parser("query-encoder", help="MiniLM query encoder fp32 vs int8 vs bf16 at batch 1: latency, top-10 "
                                               "agreement, test mR (efficiency.query_encoder) -> query_encoder.csv")
     qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
@@ -310,7 +319,7 @@ def main(argv=None) -> int:
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp, lev, hp, qe, rep):
+    for s in (step, run, enc, dk, exp, lev, hp, vs, qe, rep):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -362,6 +371,20 @@ def main(argv=None) -> int:
             path = write_benchmark(rows, "heap", a.dataset, ["method", "heap", "threads"], a.out_dir)
         cols = ["method", "heap", "threads", "step_s", "val_s", "peak_rss_gb", "step_speedup", "val_speedup",
                 "run_speedup", "load_1min"]
+    elif a.kind == "versions":
+        import tempfile
+        from .levers import source_tree, time_versions
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            old = source_tree(a.old_commit, tmp)
+            for th in a.threads:
+                for v in a.variants:  # written after each method: an interrupted timing keeps what it measured
+                    rows.append({**time_versions(v, a.dataset, old, steps=a.steps, repeats=a.repeats, threads=th),
+                                 "old_commit": a.old_commit})
+                    print(rows[-1], flush=True)
+                    path = write_benchmark(rows, "versions", a.dataset, ["method", "threads"], a.out_dir)
+        cols = ["method", "threads", "step_s_old", "step_s_new", "step_speedup", "val_speedup", "run_speedup",
+                "load_1min"]
     elif a.kind == "query-encoder":
         from .efficiency.query_encoder import query_encoder_rows
         try:

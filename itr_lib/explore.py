@@ -243,7 +243,7 @@ class Explorer:
             enc = self.text_encoder()
             ids, lengths = enc.tokenize([query])
             # as the cache stores them; a trainable text top: MiniLM to its cut, the model's top runs the rest
-            states = enc.encode_ids(ids, lengths, layer=e.cfg.text_cut).astype(np.float16)
+            states = enc.encode_query(ids, lengths, layer=e.cfg.text_cut).astype(np.float16)
             width = int(lengths.max())
             text = torch.from_numpy(states[:, :width])
             pos = torch.arange(width)[None, :]

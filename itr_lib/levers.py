@@ -314,3 +314,73 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
     t = interleaved_timings({"x": cfg}, threads, steps)
     return {"heap": heap, "step": t["x"]["step"], "val": t["x"]["val"], "steps_per_epoch": t["_steps_per_epoch"],
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}
+
+
+# ----------------------------------------------------------------------------------------------- old code vs new
+def new_default_kw(variant: str) -> dict:
+    """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
+    defaults PRECISION, COMPILE_SCORES and, for SCAN / MrSw, SCORE_PRECISION."""
+    from .cost import notebook_defaults
+    p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
+    kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
+    return {**kw, "score_precision": p["SCORE_PRECISION"]} if variant in SCORED else kw
+
+
+def source_tree(commit: str, dest: str | Path) -> Path:
+    """``itr_lib`` of ``commit`` (git archive of this repository) under ``dest``; returns ``dest``."""
+    import subprocess
+    import tarfile
+    import io as _io
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    data = subprocess.run(["git", "-C", str(REPO_ROOT), "archive", commit, "itr_lib"], capture_output=True, check=True)
+    with tarfile.open(fileobj=_io.BytesIO(data.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+_TIME_CODE = ("import json, sys; from itr_lib.levers import interleaved_timings; "
+              "from itr_lib.experiments import study_config; v, ds, steps, threads, kw = json.loads(sys.argv[1]); "
+              "t = interleaved_timings({'x': study_config(v, ds, 0, **kw)}, threads, steps); "
+              "print('TIMING ' + json.dumps({'step': t['x']['step'], 'val': t['x']['val'], "
+              "'steps_per_epoch': t['_steps_per_epoch']}))")
+
+
+def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: int = 4, repeats: int = 2,
+                  threads: int = 1) -> dict:
+    """The study's training of ``variant`` with the OLD code (``old_tree``, e.g. :func:`source_tree` of the commit the
+    records were trained with) and its recorded config (float32, the old defaults) against THIS code with the study's
+    new defaults (:func:`new_default_kw`): each timing in a process of its own (a different ``itr_lib`` per process),
+    old and new alternating ``repeats`` times, each process training ``steps`` steps after a warm-up step and
+    scoring val twice (:func:`interleaved_timings`; a compiled block is compiled before timing). This is what a
+    rerun of the study gains, the exact code changes included (which ``time_levers`` cannot see: it times both
+    configs with the current code). Returns the per-process medians and the paired ratios (old / new)."""
+    import json
+    import subprocess
+    import sys
+    from .cachestore import cache_root
+    from .data import data_root
+    trees = {"old": (Path(old_tree), {"precision": "fp32"}), "new": (REPO_ROOT, new_default_kw(variant))}
+    runs = {"old": [], "new": []}
+    for _ in range(repeats):
+        for name, (tree, kw) in trees.items():
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(tree),
+                       ITR_DATA_ROOT=str(data_root()), ITR_CACHE_DIR=str(cache_root()))  # the old tree's own
+            # defaults would be relative to wherever it was unpacked
+            env.pop("MALLOC_MMAP_THRESHOLD_", None)
+            out = subprocess.run([sys.executable, "-c", _TIME_CODE, json.dumps([variant, dataset, steps, threads, kw])],
+                                 capture_output=True, text=True, env=env, cwd=str(tree))
+            if out.returncode:
+                raise RuntimeError(f"timing {variant} with the {name} code ({tree}) failed:\n{out.stderr[-3000:]}")
+            runs[name].append(json.loads(out.stdout.split("TIMING ", 1)[1]))
+    step = {k: np.array([np.median(r["step"]) for r in rs]) for k, rs in runs.items()}
+    val = {k: np.array([np.median(r["val"]) for r in rs]) for k, rs in runs.items()}
+    n = runs["old"][0]["steps_per_epoch"]
+    return {"dataset": dataset, "method": variant, "threads": threads, "repeats": repeats, "steps": steps,
+            "new_fields": ", ".join(f"{k}={v}" for k, v in new_default_kw(variant).items()),
+            "step_s_old": round(float(np.median(step["old"])), 4), "step_s_new": round(float(np.median(step["new"])), 4),
+            "val_s_old": round(float(np.median(val["old"])), 4), "val_s_new": round(float(np.median(val["new"])), 4),
+            "step_speedup": float(np.median(step["old"] / step["new"])),
+            "val_speedup": float(np.median(val["old"] / val["new"])),
+            "run_speedup": float(np.median((step["old"] * n + val["old"]) / (step["new"] * n + val["new"]))),
+            "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}

@@ -83,7 +83,7 @@ def test_query_encoder_variants():
     with pytest.raises(ValueError, match="variant"):
         qe.variant_model(m, "fp8")
     ids, lengths = np.array([[1, 5, 7, 2, 0], [1, 9, 2, 0, 0]]), np.array([4, 3])
-    models = {k: qe.variant_model(m, k) for k in qe.VARIANTS}
+    models = {k: qe.variant_model(m, k) for k in ("fp32", "int8", "bf16")}  # the lean ones need a BERT (below)
     states, secs = qe.encode_queries(models, ids, lengths, warmup=1)
     assert states["fp32"].shape == (2, 5, 384) and states["fp32"].dtype == np.float16
     assert not states["fp32"][1, 3:].any() and states["fp32"][1, :3].any()  # zero padding after the query
@@ -113,3 +113,49 @@ def test_a_lever_is_adopted_only_when_every_required_check_ran_on_three_seeds_an
     failing = full.copy()
     failing.loc[0, "verdict"] = "fails"
     assert not adoptable(failing, "bf16")
+
+
+def _tiny_bert():
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+                     intermediate_size=128, max_position_embeddings=32)
+    cfg._attn_implementation = "eager"
+    return BertModel(cfg).eval()
+
+
+def test_lean_minilm_is_the_transformers_forward_for_one_query():
+    from itr_lib.efficiency.query_encoder import LeanMiniLM
+    bert = _tiny_bert()
+    ids = torch.tensor([[2, 17, 45, 9, 88, 3]])
+    with torch.inference_mode():
+        ref = bert(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+        lean = LeanMiniLM(bert)
+        torch.testing.assert_close(lean(ids, torch.ones_like(ids)).last_hidden_state, ref.last_hidden_state,
+                                   rtol=1e-5, atol=1e-5)
+        for k in range(4):  # the text top's cut: the states after k layers
+            torch.testing.assert_close(lean(ids, layer=k).last_hidden_state, ref.hidden_states[k], rtol=1e-5,
+                                       atol=1e-5)
+        mixed = LeanMiniLM(bert, torch.bfloat16)(ids).last_hidden_state
+    # bf16 matmul inputs only: float32 out, within bf16 rounding of the float32 forward, not equal to it
+    assert mixed.dtype == torch.float32
+    diff = (mixed - ref.last_hidden_state).abs().max().item()
+    assert 0 < diff < 0.1
+    with pytest.raises(ValueError, match="one query"):
+        lean(torch.tensor([[2, 17, 0]]), torch.tensor([[1, 1, 0]]))
+
+
+def test_text_encoder_query_path_agrees_with_the_batch_path():
+    """The explorer's query path (TextEncoder.encode_query: the adopted query kernel) against the transformers
+    forward the feature cache was built with, on the real MiniLM: same layout, states within bf16 rounding."""
+    from itr_lib.backbones import TextEncoder
+    enc = TextEncoder("cpu")
+    ids, lengths = enc.tokenize(["a river passes through a green forest near some buildings"])
+    for layer in (None, 4):
+        a, b = enc.encode_ids(ids, lengths, layer), enc.encode_query(ids, lengths, layer)
+        n = int(lengths[0])
+        assert a.shape == b.shape == (1, ids.shape[1], 384) and not b[0, n:].any()
+        cos = (a[0, :n] * b[0, :n]).sum(-1) / np.linalg.norm(a[0, :n], axis=-1) / np.linalg.norm(b[0, :n], axis=-1)
+        assert cos.min() > 0.999, (layer, cos.min())
+        tol = 1e-4 if enc.query_kernel == "lean-fp32" else 0.25
+        assert np.abs(a - b).max() < tol
