@@ -12,7 +12,8 @@ seconds are their sum times its threads. A run is attributed to the notebook tha
 Notebooks that train nothing are costed at the wall seconds ``study.json`` recorded for their executions (one
 process each); ``00_data_prep`` adds the frozen feature extraction (``results/benchmarks/feature_extraction.csv``,
 seconds x cores). The estimate with the speed levers divides each method's training seconds by its measured step
-speed-up (``results/benchmarks/speed_levers.csv``, column ``train_speedup``; 1 where a method has none).
+speed-up: this code with the study's defaults over the old code (``results/benchmarks/versions_<dataset>.csv``)
+where timed, else its adopted levers' (``speed_levers.csv``, column ``train_speedup``); 1 where a method has none.
 """
 from __future__ import annotations
 
@@ -95,7 +96,20 @@ def lever_speedups(path: str | Path | None) -> dict[str, float]:
         return {}
     t = t.dropna(subset=["train_speedup"])
     per_lever = t.groupby(["method", "lever"] if "lever" in t else ["method"]).train_speedup.mean()
-    return per_lever.groupby(level="method").max().to_dict()
+    out = per_lever.groupby(level="method").max().to_dict()
+    return {**out, **version_speedups(Path(path).parent)}
+
+
+def version_speedups(bench_dir: str | Path) -> dict[str, float]:
+    """method -> the 1-thread step speed-up of this code with the study's defaults over the old code with the recorded
+    config (``versions_<dataset>.csv`` of ``python -m itr_lib.bench versions``, mean over the datasets timed): what
+    a rerun gains, exact code changes included; it replaces the adopted levers' figure where measured."""
+    frames = [pd.read_csv(p) for p in sorted(Path(bench_dir).glob("versions_*.csv"))]
+    if not frames:
+        return {}
+    t = pd.concat(frames, ignore_index=True)
+    t = t[t.threads == 1].dropna(subset=["step_speedup"])
+    return t.groupby("method").step_speedup.mean().to_dict()
 
 
 def _notebook_seconds(results_dir: Path) -> dict[str, float]:
@@ -229,7 +243,8 @@ def format_estimate(res: dict) -> str:
     if not res.get("estimates"):
         return "no run records to estimate the cost from (results/<profile>/metrics is empty)"
     lines = [f"estimated cost from scratch (core-hours, from the records in {res['estimate_from']}; "
-             f"'levers': training divided by the measured speed-ups of results/benchmarks/speed_levers.csv):",
+             f"'levers': training divided by the measured step speed-ups of results/benchmarks/versions_*.csv, "
+             f"else speed_levers.csv):",
              f"  {'execution':<48} {'core-h':>8} {'levers':>8}"]
     import math
     tot, unknown = [0.0, 0.0], []
@@ -278,8 +293,9 @@ def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = Non
             f"Every recorded run's train + val + test + load seconds times its threads, attributed to the notebook "
             f"that trains it; notebooks that train nothing at their last full execution in `study.json` (a rerun "
             f"with `-p` overrides keeps the full one's seconds); `00_data_prep` adds the feature extraction. "
-            f"`core_h_levers`: each method's training divided by the adopted speed levers' measured step speed-up "
-            f"(`speed_levers.csv`, column `adopted`; none adopted: equal"
+            f"`core_h_levers`: each method's training divided by its measured step speed-up: this code with the "
+            f"study's defaults against the old code (`versions_<dataset>.csv`, `python -m itr_lib.bench versions`) "
+            f"where timed, else the adopted speed levers' (`speed_levers.csv`, column `adopted`; none: equal"
             + (f"; never timed under a lever, so counted at their recorded cost: {', '.join(untimed)}" if untimed else "")
             + f"). From scratch: **{total.core_h:.1f} "
             f"core-hours** ({int(total.runs)} runs; with the adopted levers {total.core_h_levers:.1f})"

@@ -159,3 +159,19 @@ def test_results_md_cost_section_is_the_cost_tables(results, tmp_path):
     untimed = timed.split("counted at their recorded cost: ")[1].split(")")[0].split(", ")
     assert untimed and "tgdt" not in untimed and set(untimed) <= set(rows)  # rows of the per-method table
     assert cost_markdown(tmp_path / "empty") == []
+
+
+def test_version_speedups_replace_the_lever_figure_where_timed(tmp_path):
+    import pandas as pd
+    from itr_lib.cost import lever_speedups
+    pd.DataFrame([{"method": "scan", "lever": "bf16", "train_speedup": 1.1, "adopted": True},
+                  {"method": "tgdt", "lever": "bf16", "train_speedup": 1.5, "adopted": True}]
+                 ).to_csv(tmp_path / "speed_levers.csv", index=False)
+    assert lever_speedups(tmp_path / "speed_levers.csv") == {"scan": 1.1, "tgdt": 1.5}
+    pd.DataFrame([{"method": "scan", "threads": 1, "step_speedup": 2.0}, {"method": "scan", "threads": 2,
+                                                                          "step_speedup": 9.0}]
+                 ).to_csv(tmp_path / "versions_ucm.csv", index=False)
+    pd.DataFrame([{"method": "scan", "threads": 1, "step_speedup": 3.0}]).to_csv(tmp_path / "versions_rsicd.csv",
+                                                                                 index=False)
+    # scan: the mean of the datasets' 1-thread figures; tgdt (not timed across versions): its lever's
+    assert lever_speedups(tmp_path / "speed_levers.csv") == {"scan": 2.5, "tgdt": 1.5}
