@@ -114,7 +114,7 @@ class TextEncoder:
     def encode_query(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
         """One query (``ids`` (1, L), ``lengths`` (1,)) as :meth:`encode_ids` returns it, through the query kernel
         the query-encoder check adopted (``results/benchmarks/query_encoder.csv``): on a CPU with native bf16,
-        :class:`itr_lib.efficiency.query_encoder.LeanMiniLM` with bf16 matmul inputs (everything else float32;
+        :class:`itr_lib.lean_minilm.LeanMiniLM` with bf16 matmul inputs (everything else float32;
         top-10 agreement with float32 99.8% of UCM's test queries); elsewhere the same plain-torch forward in
         float32 (the transformers model's function, ~1e-6 apart). Batches go through :meth:`encode_ids`."""
         import torch
@@ -124,7 +124,7 @@ class TextEncoder:
         if layer is not None and not 0 <= layer <= n:
             raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
         if getattr(self, "_lean", None) is None:
-            from .efficiency.query_encoder import LeanMiniLM
+            from .lean_minilm import LeanMiniLM
             from .precision import bf16_support
             self.query_kernel = "lean-bf16mm" if bf16_support("cpu")[0] else "lean-fp32"
             self._lean = LeanMiniLM(self.model, torch.bfloat16 if self.query_kernel == "lean-bf16mm" else torch.float32)
