@@ -32,7 +32,6 @@ VARIANTS = ("fp32", "int8", "bf16", "lean-fp32", "lean-bf16mm")
 AGREEMENT_BAR = 0.99
 
 
-
 def variant_model(model: torch.nn.Module, kind: str) -> torch.nn.Module:
     """The MiniLM ``model`` for a variant: itself (fp32), a copy with bfloat16 weights (bf16: autocast would cast
     every weight again at each batch-1 call, which costs more than the matmuls it speeds up), an int8
