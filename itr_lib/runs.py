@@ -339,9 +339,13 @@ def mode_mr(metrics: dict, key: str = "test", protocol: str = "standard", extra:
 
 
 def matches(cfg: dict, query: dict) -> bool:
-    """Whether a recorded config matches a query (field -> value; ``dataset`` by its short name)."""
-    for k, v in query.items():
-        got = dataset_name(cfg.get("dataset", "")) if k == "dataset" else cfg.get(k)
+    """Whether a recorded config matches a query (field -> value; ``dataset`` by its short name). The fields added
+    later with a default (:data:`itr_lib.config.ADDED_LATER_DEFAULTS`: the trained image / text tops) must be at the
+    query's value, their default when the query does not name them: a query for a run on the frozen backbones (a
+    config's identity leaves those fields out at their defaults) must not find a run with a trained top."""
+    from .config import ADDED_LATER_DEFAULTS
+    for k, v in {**ADDED_LATER_DEFAULTS, **query}.items():
+        got = dataset_name(cfg.get("dataset", "")) if k == "dataset" else cfg.get(k, ADDED_LATER_DEFAULTS.get(k))
         if got != v:
             return False
     return True

@@ -36,6 +36,11 @@ def test_find_checkpoint_by_query(tmp_path):
     assert runs.find_checkpoint(tmp_path, dataset="ucm", method="selfalign", cra=True) == new != s1
     assert runs.find_checkpoint(tmp_path, dataset="ucm", method="selfalign", seed=1) == s1
     assert runs.find_checkpoint(tmp_path, dataset="ucm", method="baseline", text_encoder="minilm") == base
+    # a newer run with a trained image top is not the frozen-backbone run a query (or a config's identity, which
+    # leaves image_top_blocks=0 out) asks for; naming the field finds it
+    top = _record(tmp_path, "g", 6000, dataset="ucm", method="baseline", image_top_blocks=6)
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="baseline", text_encoder="minilm") == base
+    assert runs.find_checkpoint(tmp_path, dataset="ucm", method="baseline", image_top_blocks=6) == top
     with pytest.raises(FileNotFoundError, match=r"no finished run matching .*'rsicd'.*Fix: train it first"):
         runs.find_checkpoint(tmp_path, dataset="rsicd", method="baseline")
     # a run recorded in metrics/ without its checkpoint: the error says how to retrain it
