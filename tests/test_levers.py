@@ -159,3 +159,18 @@ def test_text_encoder_query_path_agrees_with_the_batch_path():
         assert cos.min() > 0.999, (layer, cos.min())
         tol = 1e-4 if enc.query_kernel == "lean-fp32" else 0.25
         assert np.abs(a - b).max() < tol
+
+
+def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
+    from itr_lib.levers import new_default_kw, source_tree
+    # the new side trains with 02's parameter defaults (what a rerun of the study does)
+    assert new_default_kw("scan") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16"}
+    assert new_default_kw("tgdt") == {"precision": "auto", "compile_scores": "auto"}  # no score matmul to lower
+    # the old side is a commit's itr_lib, unpacked on its own
+    tree = source_tree("HEAD", tmp_path / "old")
+    import subprocess
+    from itr_lib.io import REPO_ROOT
+    head = subprocess.run(["git", "show", "HEAD:itr_lib/levers.py"], capture_output=True, text=True,
+                          cwd=str(REPO_ROOT), check=True).stdout
+    assert (tree / "itr_lib" / "levers.py").read_text() == head
+    assert (tree / "itr_lib" / "__init__.py").is_file() and not (tree / "tests").exists()
