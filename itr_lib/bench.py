@@ -373,7 +373,7 @@ def main(argv=None) -> int:
                 "run_speedup", "load_1min"]
     elif a.kind == "versions":
         import tempfile
-        from .levers import source_tree, time_versions
+        from .levers import source_tree, time_versions, write_versions_markdown
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             old = source_tree(a.old_commit, tmp)
@@ -383,6 +383,7 @@ def main(argv=None) -> int:
                                  "old_commit": a.old_commit})
                     print(rows[-1], flush=True)
                     path = write_benchmark(rows, "versions", a.dataset, ["method", "threads"], a.out_dir)
+                    write_versions_markdown(path)
         cols = ["method", "threads", "step_s_old", "step_s_new", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
     elif a.kind == "query-encoder":

@@ -384,3 +384,21 @@ def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: in
             "val_speedup": float(np.median(val["old"] / val["new"])),
             "run_speedup": float(np.median((step["old"] * n + val["old"]) / (step["new"] * n + val["new"]))),
             "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
+
+
+VERSIONS_NOTES = """Each method's study training with the old code (`old_commit`, float32 as recorded) against this code with the
+study's notebook defaults (`new_fields`), one process per timing, old and new alternating (`repeats` each), `steps`
+training steps after a warm-up plus the per-epoch val score twice; ratios are medians of the paired per-process
+ratios (`python -m itr_lib.bench versions`); `load_1min` is the machine's load at the end of the method's timing."""
+
+
+def write_versions_markdown(csv: str | Path) -> Path:
+    """``versions_<dataset>.md`` beside the CSV: its table under a title and :data:`VERSIONS_NOTES`."""
+    csv = Path(csv)
+    t = pd.read_csv(csv).sort_values(["threads", "method"])
+    cols = ["method", "threads", "new_fields", "step_s_old", "step_s_new", "step_speedup", "val_speedup",
+            "run_speedup", "load_1min", "old_commit"]
+    title = f"# Old code vs this code ({csv.stem.split('_', 1)[1]}): what a rerun of the study gains"
+    atomic_write_text(csv.with_suffix(".md"), f"{title}\n\n{VERSIONS_NOTES}\n\n"
+                      + t[[c for c in cols if c in t]].to_markdown(index=False, floatfmt=".3g") + "\n")
+    return csv.with_suffix(".md")
