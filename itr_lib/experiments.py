@@ -38,6 +38,11 @@ VSE_BASE = dict(pooling="meanmax", codebook_size=1024)
 LOSS_ABLATION = ("triplet-all", "infonce-nomask", "infonce-1cap")  # the reference is the STUDY_LOSS baseline
 
 
+# runtime settings a notebook applies to every run it plans, honoured by the methods that read them (the others keep
+# the default, so their records say what they did): SCAN / MrSw's score matmul
+STUDY_WIDE_RUNTIME = ("score_precision",)
+
+
 def make_config(base: dict, **overrides) -> TrainConfig:
     """A grid's config: ``base`` (shared by every variant of the grid) with the variant's ``overrides``. A field of
     ``base`` the variant's method does not read (the LCA rows' K on the baseline) stays at its default, so the
@@ -45,7 +50,8 @@ def make_config(base: dict, **overrides) -> TrainConfig:
     import dataclasses
     from .models import unused_fields
     cfg = TrainConfig.from_dict({**base, **overrides})
-    reset = {name: default for name, _, default in unused_fields(cfg) if name not in overrides}
+    reset = {name: default for name, _, default in unused_fields(cfg)
+             if name not in overrides or name in STUDY_WIDE_RUNTIME}
     return dataclasses.replace(cfg, **reset) if reset else cfg
 
 
