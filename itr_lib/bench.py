@@ -311,6 +311,8 @@ def main(argv=None) -> int:
                                                "cost tables with the adopted levers")
     rep.add_argument("--new-dir", required=True, help="results folder of the lever's reruns (metrics/)")
     rep.add_argument("--old-dir", default=str(REPO_ROOT / "results" / "full"), help="the float32 records")
+    rep.add_argument("--buckets-dir", default=None,
+                     help="results folder of the bf16+buckets reruns of TGDT and ALADIN (metrics/), checked too")
     rep.add_argument("--score-dir", default=None,
                      help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/), checked too")
     rep.add_argument("--datasets", nargs="+", default=["ucm"])
@@ -402,7 +404,8 @@ def main(argv=None) -> int:
         from .levers import levers_report
         out = Path(a.out_dir)
         rows = levers_report([out / f"speed_levers_steps_{d}.csv" for d in a.datasets], a.old_dir, a.new_dir,
-                             a.datasets, a.variants, out, score_dir=a.score_dir).to_dict("records")
+                             a.datasets, a.variants, out, score_dir=a.score_dir,
+                             buckets_dir=a.buckets_dir).to_dict("records")
         path = out / "speed_levers.csv"
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
                 "verdict"]

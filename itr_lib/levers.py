@@ -183,7 +183,8 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
 REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
 # a lever that changes only some methods is checked on those (the others' numbers cannot change: the model registry
 # resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
-LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED]}
+LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED],
+                "bf16+buckets": [(ds, m) for ds in ("ucm", "rsicd") for m in BUCKETED]}
 MIN_SEEDS = 3
 
 
@@ -235,24 +236,29 @@ process with old and new alternating (`python -m itr_lib.bench levers`); `load_1
 timing (a shared 2-core machine: absolute seconds are not comparable between rows, ratios within a row are).
 The accuracy check compares the committed float32 records with reruns of the same configs (same run names) under
 the lever: paired bootstrap of test mR over seeds and queries; the bar is an interval that includes 0 with a
-half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16, and `bf16+compiled` SCAN's score
-block through torch.compile: the same functions up to rounding (tests), not trained for accuracy checks of their own.
+half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16 (checked on those two methods where
+its reruns exist), and `bf16+compiled` SCAN's score block through torch.compile (the same function up to rounding,
+tests; not trained for a check of its own: `bf16+scores` includes it).
 `bf16+scores` (SCAN, MrSw; `itr_lib.scorekernel`) adds the compiled block (SCAN) and a bf16 cosine matmul in the
 score: checked on SCAN and MrSw, the only methods it changes."""
 
 
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
                   out_dir: str | Path = "results/benchmarks", n_boot: int = 2000,
-                  score_dir: str | Path | None = None) -> pd.DataFrame:
+                  score_dir: str | Path | None = None, buckets_dir: str | Path | None = None) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
     accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
-    its :data:`SCORE_LEVER` runs of SCAN and MrSw). The study's cost with the adopted levers is RESULTS.md's cost
+    its :data:`SCORE_LEVER` runs of SCAN and MrSw; with ``buckets_dir``, of its ``bf16+buckets`` runs of TGDT and
+    ALADIN). The study's cost with the adopted levers is RESULTS.md's cost
     section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table."""
     out_dir = Path(out_dir)
     steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
     acc = [r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)]
     if score_dir is not None:
         acc += [r for ds in datasets for r in accuracy_check(old_dir, score_dir, ds, SCORED, lever=SCORE_LEVER,
+                                                             n_boot=n_boot)]
+    if buckets_dir is not None:
+        acc += [r for ds in datasets for r in accuracy_check(old_dir, buckets_dir, ds, BUCKETED, lever="bf16+buckets",
                                                              n_boot=n_boot)]
     acc = pd.DataFrame(acc)
     table = levers_table(steps, acc)
