@@ -25,13 +25,14 @@ import numpy as np
 import pandas as pd
 
 from . import precision as prec
+from .scorekernel import COMPILED_METHODS, LOW_PRECISION_METHODS
 from .experiments import study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
 BUCKETS = 8
-COMPILED = ("scan",)           # a score block to compile (TrainConfig.compile_scores, itr_lib.scorekernel)
-SCORED = ("scan", "mrsw")      # a score matmul that may take bf16 inputs (TrainConfig.score_precision)
+COMPILED = COMPILED_METHODS    # a score block to compile (TrainConfig.compile_scores, itr_lib.scorekernel)
+SCORED = LOW_PRECISION_METHODS  # a score matmul that may take bf16 inputs (TrainConfig.score_precision)
 SCORE_LEVER = "bf16+scores"    # bf16 encoders + the score kernel levers (compiled where it applies, bf16 matmul)
 BAR_HALF_WIDTH = 1.0
 

@@ -38,9 +38,9 @@ log = logging.getLogger(__name__)
 COMPILE_SETTINGS = ("off", "auto", "on")
 SCORE_PRECISIONS = ("fp32", "bf16")
 COMPILED_METHODS = ("scan",)          # the methods with a block to compile
-LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16
+LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16 (models: uses=)
 _state = threading.local()
-_compiled: dict = {}                  # process-wide: the compiled function, or the reason it failed
+_compiled: dict = {}                  # process-wide: function name -> its torch.compile wrapper
 
 
 def check(method: str, compile_scores: str, score_precision: str) -> None:
