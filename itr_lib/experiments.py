@@ -39,8 +39,8 @@ LOSS_ABLATION = ("triplet-all", "infonce-nomask", "infonce-1cap")  # the referen
 
 
 # runtime settings a notebook applies to every run it plans, honoured by the methods that read them (the others keep
-# the default, so their records say what they did): SCAN / MrSw's score matmul
-STUDY_WIDE_RUNTIME = ("score_precision",)
+# the default, so their records say what they did): SCAN / MrSw's score matmul, TGDT / ALADIN's length buckets
+STUDY_WIDE_RUNTIME = ("score_precision", "length_buckets")
 
 
 def make_config(base: dict, **overrides) -> TrainConfig:
@@ -173,6 +173,7 @@ def runtime_fields(p: dict) -> dict:
                 data_root=str(repo_path(p["DATA_ROOT"])) if p["DATA_ROOT"] else None,
                 cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], precision=p["PRECISION"],
                 compile_scores=p.get("COMPILE_SCORES", "off"), score_precision=p.get("SCORE_PRECISION", "fp32"),
+                length_buckets=p.get("LENGTH_BUCKETS") or None,
                 progress=False)
 
 

@@ -130,13 +130,15 @@ def test_score_kernel_is_runtime_and_recorded(mini_cfg):
     assert "score_precision" not in m["config_identity"] and m["config"]["score_precision"] == "bf16"
 
 
-def test_the_study_wide_score_precision_reaches_scan_and_mrsw_only():
-    """02's SCORE_PRECISION goes to every planned run; the methods that do not read it keep the default (their
-    records say what they did) and every planned config builds."""
+def test_the_study_wide_runtime_settings_reach_the_methods_that_read_them():
+    """02's SCORE_PRECISION and LENGTH_BUCKETS go to every planned run; the methods that do not read them keep the
+    defaults (their records say what they did) and every planned config builds."""
     from itr_lib.experiments import comparison_configs
-    cfgs = comparison_configs(["ucm"], [0], ["baseline", "tgdt", "scan", "mrsw", "lca+cra"],
-                              base={"score_precision": "bf16", "compile_scores": "auto", "dim": 32})
-    got = {c.method if c.method != "selfalign" else "lca+cra": c.score_precision for c in cfgs}
-    assert got == {"baseline": "fp32", "tgdt": "fp32", "scan": "bf16", "mrsw": "bf16", "lca+cra": "fp32"}
+    cfgs = comparison_configs(["ucm"], [0], ["baseline", "tgdt", "scan", "mrsw", "lca+cra", "aladin"],
+                              base={"score_precision": "bf16", "compile_scores": "auto", "dim": 32,
+                                    "length_buckets": 8})
+    got = {c.method if c.method != "selfalign" else "lca+cra": (c.score_precision, c.length_buckets) for c in cfgs}
+    assert got == {"baseline": ("fp32", None), "tgdt": ("fp32", 8), "scan": ("bf16", None), "mrsw": ("bf16", None),
+                   "lca+cra": ("fp32", None), "aladin": ("fp32", 8)}
     for c in cfgs:
         build_model(c)  # check_config: nothing a method cannot honour
