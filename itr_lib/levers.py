@@ -326,11 +326,15 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
 # ----------------------------------------------------------------------------------------------- old code vs new
 def new_default_kw(variant: str) -> dict:
     """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
-    defaults PRECISION, COMPILE_SCORES and, for SCAN / MrSw, SCORE_PRECISION."""
+    defaults PRECISION, COMPILE_SCORES, for SCAN / MrSw SCORE_PRECISION, for TGDT / ALADIN LENGTH_BUCKETS (when on)."""
     from .cost import notebook_defaults
     p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
     kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
-    return {**kw, "score_precision": p["SCORE_PRECISION"]} if variant in SCORED else kw
+    if variant in SCORED:
+        kw["score_precision"] = p["SCORE_PRECISION"]
+    if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1:
+        kw["length_buckets"] = p["LENGTH_BUCKETS"]
+    return kw
 
 
 def source_tree(commit: str, dest: str | Path) -> Path:
