@@ -168,9 +168,9 @@ class TrainConfig:
                                         # out, not the method. None or 1: off
     precision: str = "fp32"             # fp32 | bf16 | auto: bf16 autocast of the encoders where the CPU has native
                                         # bf16 (itr_lib.precision; else float32 with a logged reason). Runtime
-                                        # field (outside the identity), recorded in metrics.json. Default fp32
-                                        # until the lever's accuracy check is complete (RSICD TGDT and 2 RSICD
-                                        # LCA+CRA seeds missing: results/benchmarks/speed_levers.md)
+                                        # field (outside the identity), recorded in metrics.json. The library's
+                                        # default stays fp32; the study's notebooks default to auto since its
+                                        # accuracy check passed (results/benchmarks/speed_levers.md)
     compile_scores: str = "off"         # off | auto | on: SCAN's score block through torch.compile (the same
                                         # function up to rounding; itr_lib.scorekernel). Runtime field, recorded
     score_precision: str = "fp32"       # fp32 | bf16: SCAN's / MrSw's cosine matmul from bf16 inputs, the rest of
