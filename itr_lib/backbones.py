@@ -121,9 +121,7 @@ class TextEncoder:
         import torch
         if len(ids) != 1 or self.device != "cpu":
             return self.encode_ids(ids, lengths, layer)
-        n = self.model.config.num_hidden_layers
-        if layer is not None and not 0 <= layer <= n:
-            raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
+        self._check_layers([layer])
         if getattr(self, "_lean", None) is None:
             from .lean_minilm import LeanMiniLM
             self.query_kernel = "lean-fp32"
@@ -134,6 +132,12 @@ class TextEncoder:
         arr = np.zeros((1, ids.shape[1], h.shape[-1]), dtype=np.float32)
         arr[:, :width] = h.float().numpy()
         return arr
+
+    def _check_layers(self, layers) -> None:
+        n = self.model.config.num_hidden_layers
+        for layer in layers:
+            if layer is not None and not 0 <= layer <= n:
+                raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
 
     def encode_ids(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
         """Token states for pre-tokenised rows, computed at the batch's own max length, zero-padded to L:
@@ -148,10 +152,7 @@ class TextEncoder:
         width = int(lengths.max())
         t_ids = torch.from_numpy(ids[:, :width].astype(np.int64)).to(self.device)
         mask = (torch.arange(width)[None, :] < torch.from_numpy(lengths)[:, None]).long().to(self.device)
-        n = self.model.config.num_hidden_layers
-        for layer in layers:
-            if layer is not None and not 0 <= layer <= n:
-                raise ValueError(f"MiniLM has hidden states 0..{n}, not {layer}")
+        self._check_layers(layers)
         with torch.inference_mode():
             out = self.model(input_ids=t_ids, attention_mask=mask,
                              output_hidden_states=any(la is not None for la in layers))

@@ -9,7 +9,7 @@ authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives ma
 """
 from __future__ import annotations
 
-from .config import TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig
 
 VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
             "lca": dict(method="selfalign", lca=True, cra=False),
@@ -38,11 +38,6 @@ VSE_BASE = dict(pooling="meanmax", codebook_size=1024)
 LOSS_ABLATION = ("triplet-all", "infonce-nomask", "infonce-1cap")  # the reference is the STUDY_LOSS baseline
 
 
-# runtime settings a notebook applies to every run it plans, honoured by the methods that read them (the others keep
-# the default, so their records say what they did): SCAN / MrSw's score matmul, TGDT / ALADIN's length buckets
-STUDY_WIDE_RUNTIME = ("score_precision", "length_buckets")
-
-
 def make_config(base: dict, **overrides) -> TrainConfig:
     """A grid's config: ``base`` (shared by every variant of the grid) with the variant's ``overrides``. A field of
     ``base`` the variant's method does not read (the LCA rows' K on the baseline) stays at its default, so the
@@ -50,8 +45,11 @@ def make_config(base: dict, **overrides) -> TrainConfig:
     import dataclasses
     from .models import unused_fields
     cfg = TrainConfig.from_dict({**base, **overrides})
+    # a runtime field (it cannot change a result) the method does not read is reset even when given as an override:
+    # a notebook applies such settings to every run it plans (SCORE_PRECISION, LENGTH_BUCKETS), the methods that read
+    # them honour them, the others keep the default so their records say what they did
     reset = {name: default for name, _, default in unused_fields(cfg)
-             if name not in overrides or name in STUDY_WIDE_RUNTIME}
+             if name not in overrides or name in RUNTIME_FIELDS}
     return dataclasses.replace(cfg, **reset) if reset else cfg
 
 

@@ -292,24 +292,35 @@ def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int =
                 raise RuntimeError(f"the heap timing of {variant} ({name}) failed:\n{out.stderr[-3000:]}")
             runs[name].append(json.loads(out.stdout.split("HEAP ", 1)[1]))
     rows = []
-    # per process: its median step and val score, by setting
-    step = {name: [float(np.median(r["step"])) for r in rs] for name, rs in runs.items()}
-    val = {name: [float(np.median(r["val"])) for r in rs] for name, rs in runs.items()}
+    paired = _process_ratios(runs["default"], runs["mmap"])
     for name, rs in runs.items():
-        n = rs[0]["steps_per_epoch"]
         row = {"dataset": dataset, "method": variant + (", adapted top" if adapted else ""), "heap": name,
                "threads": threads, "repeats": repeats, "steps": steps,
-               "step_s": round(float(np.median(step[name])), 4), "val_s": round(float(np.median(val[name])), 4),
+               "step_s": paired[f"step_s_{'old' if name == 'default' else 'new'}"],
+               "val_s": paired[f"val_s_{'old' if name == 'default' else 'new'}"],
                "peak_rss_gb": round(max(r["peak_rss_gb"] for r in rs), 2),
-               "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
+               "steps_per_epoch": paired["steps_per_epoch"], "load_1min": os.getloadavg()[0],
+               "git_commit": git_commit()}
         if name == "mmap":
-            sd, vd, step_m, val_m = step["default"], val["default"], step[name], val[name]
-            row.update(step_speedup=float(np.median(np.array(sd) / np.array(step_m))),
-                       val_speedup=float(np.median(np.array(vd) / np.array(val_m))),
-                       run_speedup=float(np.median([(a * n + b) / (c * n + d)
-                                                    for a, b, c, d in zip(sd, vd, step_m, val_m)])))
+            row.update({k: paired[k] for k in ("step_speedup", "val_speedup", "run_speedup")})
         rows.append(row)
     return rows
+
+
+def _process_ratios(old: list[dict], new: list[dict]) -> dict:
+    """Timings made one process each, old and new alternating (``{"step": [s...], "val": [s...],
+    "steps_per_epoch": n}`` per process): the medians over processes of each process's median step and val seconds
+    (``step_s_old`` ...), and the medians of the paired per-process ratios old / new of the step, the val score and
+    one epoch (steps x step + val)."""
+    step = {k: np.array([np.median(r["step"]) for r in rs]) for k, rs in (("old", old), ("new", new))}
+    val = {k: np.array([np.median(r["val"]) for r in rs]) for k, rs in (("old", old), ("new", new))}
+    n = old[0]["steps_per_epoch"]
+    return {"step_s_old": round(float(np.median(step["old"])), 4), "step_s_new": round(float(np.median(step["new"])), 4),
+            "val_s_old": round(float(np.median(val["old"])), 4), "val_s_new": round(float(np.median(val["new"])), 4),
+            "step_speedup": float(np.median(step["old"] / step["new"])),
+            "val_speedup": float(np.median(val["old"] / val["new"])),
+            "run_speedup": float(np.median((step["old"] * n + val["old"]) / (step["new"] * n + val["new"]))),
+            "steps_per_epoch": n}
 
 
 def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: int) -> dict:
@@ -371,7 +382,8 @@ def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: in
     import sys
     from .cachestore import cache_root
     from .data import data_root
-    trees = {"old": (Path(old_tree), {"precision": "fp32"}), "new": (REPO_ROOT, new_default_kw(variant))}
+    new_kw = new_default_kw(variant)
+    trees = {"old": (Path(old_tree), {"precision": "fp32"}), "new": (REPO_ROOT, new_kw)}
     runs = {"old": [], "new": []}
     for _ in range(repeats):
         for name, (tree, kw) in trees.items():
@@ -384,17 +396,9 @@ def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: in
             if out.returncode:
                 raise RuntimeError(f"timing {variant} with the {name} code ({tree}) failed:\n{out.stderr[-3000:]}")
             runs[name].append(json.loads(out.stdout.split("TIMING ", 1)[1]))
-    step = {k: np.array([np.median(r["step"]) for r in rs]) for k, rs in runs.items()}
-    val = {k: np.array([np.median(r["val"]) for r in rs]) for k, rs in runs.items()}
-    n = runs["old"][0]["steps_per_epoch"]
     return {"dataset": dataset, "method": variant, "threads": threads, "repeats": repeats, "steps": steps,
-            "new_fields": ", ".join(f"{k}={v}" for k, v in new_default_kw(variant).items()),
-            "step_s_old": round(float(np.median(step["old"])), 4), "step_s_new": round(float(np.median(step["new"])), 4),
-            "val_s_old": round(float(np.median(val["old"])), 4), "val_s_new": round(float(np.median(val["new"])), 4),
-            "step_speedup": float(np.median(step["old"] / step["new"])),
-            "val_speedup": float(np.median(val["old"] / val["new"])),
-            "run_speedup": float(np.median((step["old"] * n + val["old"]) / (step["new"] * n + val["new"]))),
-            "steps_per_epoch": n, "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
+            "new_fields": ", ".join(f"{k}={v}" for k, v in new_kw.items()),
+            **_process_ratios(runs["old"], runs["new"]), "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
 
 
 VERSIONS_NOTES = """Each method's study training with the old code (`old_commit`, float32 as recorded) against this code with the

@@ -173,3 +173,17 @@ def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
                           cwd=str(REPO_ROOT), check=True).stdout
     assert (tree / "itr_lib" / "levers.py").read_text() == head
     assert (tree / "itr_lib" / "__init__.py").is_file() and not (tree / "tests").exists()
+
+
+def test_process_ratios_are_paired_medians():
+    from itr_lib.levers import _process_ratios
+    old = [{"step": [1.0, 1.2, 1.1], "val": [2.0, 2.2], "steps_per_epoch": 14},
+           {"step": [0.9, 1.3, 1.0], "val": [2.1, 2.0], "steps_per_epoch": 14}]
+    new = [{"step": [1.5, 1.4, 1.6], "val": [2.5, 2.9], "steps_per_epoch": 14},
+           {"step": [1.2, 1.7, 1.3], "val": [2.4, 2.6], "steps_per_epoch": 14}]
+    r = _process_ratios(old, new)
+    # per process: step medians old 1.1, 1.0 / new 1.5, 1.3; val medians old 2.1, 2.05 / new 2.7, 2.5
+    assert r["step_s_old"] == 1.05 and r["step_s_new"] == 1.4 and r["val_s_new"] == 2.6
+    assert r["step_speedup"] == pytest.approx((1.1 / 1.5 + 1.0 / 1.3) / 2)
+    assert r["val_speedup"] == pytest.approx((2.1 / 2.7 + 2.05 / 2.5) / 2)
+    assert r["run_speedup"] == pytest.approx(((14 * 1.1 + 2.1) / (14 * 1.5 + 2.7) + (14 * 1.0 + 2.05) / (14 * 1.3 + 2.5)) / 2)
