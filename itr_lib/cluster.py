@@ -260,7 +260,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
                                  env=env)
         client = Client(local, set_as_default=False)
     client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
-    client.register_plugin(QuietWorker(), name=QuietWorker.name)
+    client.register_plugin(QuietWorker(local=local is not None and not jobqueue), name=QuietWorker.name)
     return Cluster(client, local)
 
 

@@ -52,13 +52,28 @@ class _DropComputeFailed(logging.Filter):
         return not str(record.msg).startswith("Compute Failed")
 
 
+class _DropHeartbeatToGoneScheduler(logging.Filter):
+    """A local cluster's scheduler lives in the runner's process: a worker whose heartbeat finds it gone is watching
+    the runner stop (Ctrl-C, SIGTERM, the end of a study), which the runner reports in its own one line. Without this
+    filter such a worker, between the scheduler closing and its nanny stopping it, logs a 30-line
+    ``CommClosedError`` traceback (seen in CI on a Ctrl-C)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+
+
 class QuietWorker(WorkerPlugin):
     """A worker that reports a task's error once, and stops quietly: it drops its "Compute Failed" log block (key,
     task, exception, traceback, full of the kernel's ANSI codes; the error goes back to whoever submitted the task,
     which reports it once), and its progress bars hold no multiprocessing semaphore that a worker stopped mid-run
-    would leak (the resource tracker's "leaked semaphore" warning)."""
+    would leak (the resource tracker's "leaked semaphore" warning). A worker of a local cluster (``local=True``)
+    also drops the heartbeat traceback it logs when the runner, and with it the scheduler, stops; a remote worker
+    keeps it (its scheduler going away is news to whoever reads that worker's log)."""
 
     name = "itr-quiet-worker"
+
+    def __init__(self, local: bool = False):
+        self.local = local
 
     def setup(self, worker):
         import threading
@@ -69,3 +84,5 @@ class QuietWorker(WorkerPlugin):
         logger = logging.getLogger("distributed.worker")
         if not any(isinstance(f, _DropComputeFailed) for f in logger.filters):
             logger.addFilter(_DropComputeFailed())
+        if self.local and not any(isinstance(f, _DropHeartbeatToGoneScheduler) for f in logger.filters):
+            logger.addFilter(_DropHeartbeatToGoneScheduler())

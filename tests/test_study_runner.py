@@ -81,6 +81,33 @@ def test_failure_messages_are_one_clean_line():
     assert not worker_lost(OSError(errno.ENOSPC, "No space left"))
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_a_local_worker_drops_the_heartbeat_traceback_of_a_stopping_runner(local):
+    """CI once saw a Ctrl-C end with a worker's 30-line heartbeat traceback after the runner's one line: the worker
+    of a local cluster drops that record (and a task's "Compute Failed" block); a remote worker keeps the heartbeat."""
+    import logging
+    from itr_lib.failures import QuietWorker
+    logger = logging.getLogger("distributed.worker")
+    before = list(logger.filters)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        QuietWorker(local=local).setup(worker=None)
+        logger.error("Failed to communicate with scheduler during heartbeat.")
+        logger.error("Compute Failed\nKey: x")
+        logger.error("some other worker error")
+    finally:
+        logger.removeHandler(handler)
+        logger.filters[:] = before
+    assert seen == (["some other worker error"] if local else
+                    ["Failed to communicate with scheduler during heartbeat.", "some other worker error"])
+
+
 # ----------------------------------------------------------------------------------------------- values up front
 @pytest.mark.parametrize("field, value", [("epochs", 0), ("epochs", -1), ("seed", -1), ("batch_size", 0),
                                           ("lr", 0.0), ("lr_decay_frac", 1.5), ("region_drop", 1.0),
