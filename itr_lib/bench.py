@@ -317,11 +317,19 @@ def main(argv=None) -> int:
                      help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/), checked too")
     rep.add_argument("--datasets", nargs="+", default=["ucm"])
     rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
+    lr = sub.add_parser("lever-reruns", help="train a speed lever's accuracy reruns (the study configs with the lever "
+                                             "on, seed-matched to the float32 records) into --results-dir")
+    lr.add_argument("--lever", required=True, choices=["bf16", "bf16+scores", "bf16+buckets"])
+    lr.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
+    lr.add_argument("--variants", nargs="+", default=None, help="default: the methods the lever changes")
+    lr.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    lr.add_argument("--results-dir", required=True, help="where the runs train (runs/, metrics/); resumable")
+    lr.add_argument("--workers", type=int, default=2, help="single-threaded runs side by side")
     exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
     exp.add_argument("--profile", default="full", help="results/<profile>/runs holds the checkpoints")
-    for s in (step, run, enc, dk, exp, lev, hp, vs, qe, rep):
+    for s in (step, run, enc, dk, exp, lev, hp, vs, qe, rep, lr):
         s.add_argument("--dataset", default="rsicd")
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--out-dir", default=str(BENCH_DIR), help="folder of the benchmark CSVs")
@@ -409,6 +417,15 @@ def main(argv=None) -> int:
         path = out / "speed_levers.csv"
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
                 "verdict"]
+    elif a.kind == "lever-reruns":
+        from .levers import LEVER_METHODS, LEVER_RECORDS, lever_reruns
+        recs = lever_reruns(a.lever, a.datasets, a.variants or LEVER_METHODS[a.lever], a.seeds, a.results_dir,
+                            workers=a.workers)
+        rows = [{"run": m["run"], "test_mr": m["test"]["standard"]["mr"], "train_s": m.get("train_seconds")}
+                for m in recs]
+        print(f"records: {Path(a.results_dir) / 'metrics'}; to commit the check, copy them to "
+              f"results/benchmarks/{LEVER_RECORDS[a.lever]}/metrics", flush=True)
+        path, cols = None, ["run", "test_mr", "train_s"]
     elif a.kind == "explore":
         from .explore import ExploreError
         try:
@@ -430,7 +447,8 @@ def main(argv=None) -> int:
         cols = ["variant", "threads", "n_images", "n_texts", "vector_dim", "encode_s_median"]
     df = pd.DataFrame(rows)
     print(df[[c for c in cols if c in df]].to_string(index=False))
-    print("->", path)
+    if path is not None:
+        print("->", path)
     return 0
 
 

@@ -57,6 +57,38 @@ def score_lever_config(variant: str, dataset: str, seed: int, **kw):
     return study_config(variant, dataset, seed, precision="bf16", compile_scores="auto", score_precision="bf16", **kw)
 
 
+# where each lever's accuracy reruns keep their records (metrics/: the run's JSON and its test ranks), so the check
+# is recomputed from a clone (levers-report's defaults); the checkpoints stay in the reruns' own results folder
+LEVER_RECORDS = {"bf16": "precision_bf16", SCORE_LEVER: "lever_bf16+scores", "bf16+buckets": "lever_bf16+buckets"}
+LEVER_METHODS = {"bf16": ("baseline", "lca+cra", "tgdt"), SCORE_LEVER: SCORED, "bf16+buckets": BUCKETED}
+
+
+def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
+    """The study config of ``variant`` with ``lever`` on: what the lever's accuracy reruns train (the same run name
+    as the float32 record, since precision and the kernels are runtime fields)."""
+    if lever not in LEVER_METHODS:
+        raise ValueError(f"unknown lever {lever!r}; choose from {sorted(LEVER_METHODS)}")
+    if variant not in LEVER_METHODS[lever]:
+        raise ValueError(f"the lever {lever!r} is checked on {', '.join(LEVER_METHODS[lever])}, not {variant!r}: "
+                         f"it changes nothing else")
+    if lever == SCORE_LEVER:
+        return score_lever_config(variant, dataset, seed, **kw)
+    if lever == "bf16+buckets":
+        kw["length_buckets"] = BUCKETS
+    return study_config(variant, dataset, seed, precision="bf16", **kw)
+
+
+def lever_reruns(lever: str, datasets, variants, seeds, results_dir: str | Path, workers: int = 2,
+                 threads: int = 1) -> list[dict]:
+    """Train the accuracy reruns of ``lever`` (:func:`lever_config`) into ``results_dir`` through
+    :func:`itr_lib.runs.run_grid` (``workers`` single-threaded runs side by side; resumable, a recorded run is
+    reused). Per dataset, the seeds in order, the methods alternating within a seed. Copy ``results_dir/metrics`` to
+    ``results/benchmarks/<LEVER_RECORDS[lever]>/metrics`` to commit the check's records."""
+    from .runs import run_grid
+    cfgs = [lever_config(lever, v, ds, s) for ds in datasets for s in seeds for v in variants]
+    return run_grid(cfgs, results_dir, workers=workers, threads=threads)
+
+
 def _val_data(cfg):
     from .splits import load_split_tensors
     return load_split_tensors(cfg, "val", cfg.val_images_per_epoch or cfg.max_eval_images)

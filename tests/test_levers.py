@@ -9,7 +9,7 @@ import torch
 
 from itr_lib.bench import study_config
 from itr_lib.efficiency import query_encoder as qe
-from itr_lib.levers import accuracy_check, lever_configs
+from itr_lib.levers import accuracy_check, lever_config, lever_configs
 
 
 def _write(d, name, mr, i2t, t2i, seed, precision):
@@ -46,6 +46,20 @@ def test_lever_configs_keep_the_run_identity():
     assert len({c.run_name() for c in scan.values()}) == 1
     assert scan["bf16+scores"].score_precision == "bf16" and scan["bf16+compiled"].score_precision == "fp32"
     assert set(lever_configs("mrsw", "ucm")) == {"fp32", "bf16", "bf16+scores"}  # nothing to compile
+
+
+def test_a_levers_reruns_are_the_seed_matched_records_with_the_lever_on():
+    for lever, variant, field, value in [("bf16+buckets", "aladin", "length_buckets", 8),
+                                         ("bf16+scores", "mrsw", "score_precision", "bf16"),
+                                         ("bf16", "baseline", "precision", "bf16")]:
+        for seed in (0, 2):
+            cfg, record = lever_config(lever, variant, "rsicd", seed), study_config(variant, "rsicd", seed)
+            assert cfg.run_name() == record.run_name() and cfg.seed == seed  # found beside its float32 record
+            assert getattr(cfg, field) == value != getattr(record, field)
+    with pytest.raises(ValueError, match="checked on tgdt, aladin"):
+        lever_config("bf16+buckets", "scan", "ucm", 0)  # it would change nothing: refused, not run as a no-op
+    with pytest.raises(ValueError, match="unknown lever"):
+        lever_config("int8", "tgdt", "ucm", 0)
 
 
 def test_a_lever_of_some_methods_is_adopted_on_their_checks_only():
