@@ -309,13 +309,14 @@ def main(argv=None) -> int:
     qe.add_argument("--threads", type=int, default=1)
     rep = sub.add_parser("levers-report", help="speed_levers.csv/.md (timings + accuracy check) and the study's "
                                                "cost tables with the adopted levers")
-    rep.add_argument("--new-dir", required=True, help="results folder of the lever's reruns (metrics/)")
+    rep.add_argument("--new-dir", default=str(BENCH_DIR / "precision_bf16"),
+                     help="results folder of the bf16 reruns (metrics/); default: the committed ones")
     rep.add_argument("--old-dir", default=str(REPO_ROOT / "results" / "full"), help="the float32 records")
-    rep.add_argument("--buckets-dir", default=None,
-                     help="results folder of the bf16+buckets reruns of TGDT and ALADIN (metrics/), checked too")
-    rep.add_argument("--score-dir", default=None,
-                     help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/), checked too")
-    rep.add_argument("--datasets", nargs="+", default=["ucm"])
+    rep.add_argument("--buckets-dir", default=str(BENCH_DIR / "lever_bf16+buckets"),
+                     help="results folder of the bf16+buckets reruns of TGDT and ALADIN (metrics/)")
+    rep.add_argument("--score-dir", default=str(BENCH_DIR / "lever_bf16+scores"),
+                     help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/)")
+    rep.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
     rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     lr = sub.add_parser("lever-reruns", help="train a speed lever's accuracy reruns (the study configs with the lever "
                                              "on, seed-matched to the float32 records) into --results-dir")
@@ -416,7 +417,7 @@ def main(argv=None) -> int:
                              buckets_dir=a.buckets_dir).to_dict("records")
         path = out / "speed_levers.csv"
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
-                "verdict"]
+                "verdict", "records"]
     elif a.kind == "lever-reruns":
         from .levers import LEVER_METHODS, LEVER_RECORDS, lever_reruns
         recs = lever_reruns(a.lever, a.datasets, a.variants or LEVER_METHODS[a.lever], a.seeds, a.results_dir,

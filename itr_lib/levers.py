@@ -283,20 +283,58 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
     accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
     its :data:`SCORE_LEVER` runs of SCAN and MrSw; with ``buckets_dir``, of its ``bf16+buckets`` runs of TGDT and
     ALADIN). The study's cost with the adopted levers is RESULTS.md's cost
-    section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table."""
+    section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table.
+
+    Column ``records``: the folder whose reruns a check was computed from. A check whose reruns are in none of the
+    folders given, but that the previous ``speed_levers.csv`` holds, keeps its previous row, marked ``previous table
+    (reruns' records not kept)``: an earlier session's reruns whose records were not committed (so the table does
+    not silently drop a check, and says which rows cannot be recomputed from the repository)."""
     out_dir = Path(out_dir)
     steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
-    acc = [r for ds in datasets for r in accuracy_check(old_dir, new_dir, ds, variants, n_boot=n_boot)]
+
+    def checked(folder, vs, lever) -> list[dict]:
+        rows = [r for ds in datasets for r in accuracy_check(old_dir, folder, ds, vs, lever=lever, n_boot=n_boot)]
+        return [{**r, "records": _shown(folder)} if r["verdict"] != "not run" else r for r in rows]
+    acc = checked(new_dir, variants, "bf16")
     if score_dir is not None:
-        acc += [r for ds in datasets for r in accuracy_check(old_dir, score_dir, ds, SCORED, lever=SCORE_LEVER,
-                                                             n_boot=n_boot)]
+        acc += checked(score_dir, SCORED, SCORE_LEVER)
     if buckets_dir is not None:
-        acc += [r for ds in datasets for r in accuracy_check(old_dir, buckets_dir, ds, BUCKETED, lever="bf16+buckets",
-                                                             n_boot=n_boot)]
-    acc = pd.DataFrame(acc)
+        acc += checked(buckets_dir, BUCKETED, "bf16+buckets")
+    acc = _keep_previous_checks(pd.DataFrame(acc), out_dir / "speed_levers.csv")
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
     return table
+
+
+KEPT = "previous table (reruns' records not kept)"
+_ACC_COLS = ("n_seeds", "seeds", "mr_old", "mr_new", "delta_mr", "ci_lo_mr", "ci_hi_mr", "half_width_mr",
+             "seed_std_mr_old", "precision_new", "verdict")
+
+
+def _shown(folder) -> str:
+    path = Path(folder).resolve()
+    try:
+        return str(path.relative_to(REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _keep_previous_checks(acc: pd.DataFrame, previous_csv: Path) -> pd.DataFrame:
+    """``acc`` with each "not run" check replaced by the previous table's row of that (dataset, method, lever) where
+    that row had a verdict (see :func:`levers_report`); rows the previous table lacks stay "not run"."""
+    if not previous_csv.is_file() or acc.empty:
+        return acc
+    prev = pd.read_csv(previous_csv, dtype={"seeds": str})
+    prev = prev[~prev.verdict.isin(["not run", "not checked"]) & prev.verdict.notna()]
+    rows = []
+    for r in acc.to_dict("records"):
+        if r["verdict"] == "not run":
+            hit = prev[(prev.dataset == r["dataset"]) & (prev.method == r["method"]) & (prev.lever == r["lever"])]
+            if len(hit):
+                h = hit.iloc[0]
+                r = {**r, **{c: h[c] for c in _ACC_COLS if c in h}, "records": KEPT}
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 
 def time_heap(variant: str, dataset: str, *, adapted: bool = False, steps: int = 6, repeats: int = 2,

@@ -201,3 +201,23 @@ def test_process_ratios_are_paired_medians():
     assert r["step_speedup"] == pytest.approx((1.1 / 1.5 + 1.0 / 1.3) / 2)
     assert r["val_speedup"] == pytest.approx((2.1 / 2.7 + 2.05 / 2.5) / 2)
     assert r["run_speedup"] == pytest.approx(((14 * 1.1 + 2.1) / (14 * 1.5 + 2.7) + (14 * 1.0 + 2.05) / (14 * 1.3 + 2.5)) / 2)
+
+
+def test_a_check_whose_reruns_are_gone_keeps_its_previous_row_marked(tmp_path):
+    import pandas as pd
+    from itr_lib.levers import KEPT, _keep_previous_checks
+    prev = pd.DataFrame([{"dataset": "ucm", "method": "scan", "lever": "bf16+scores", "n_seeds": 3, "seeds": "0,1,2",
+                          "delta_mr": -0.06, "verdict": "passes", "records": "results/benchmarks/x"},
+                         {"dataset": "ucm", "method": "mrsw", "lever": "bf16+scores", "n_seeds": 0,
+                          "verdict": "not run"}])
+    prev.to_csv(tmp_path / "speed_levers.csv", index=False)
+    acc = pd.DataFrame([{"dataset": "ucm", "method": "scan", "lever": "bf16+scores", "n_seeds": 0, "verdict": "not run"},
+                        {"dataset": "ucm", "method": "mrsw", "lever": "bf16+scores", "n_seeds": 0, "verdict": "not run"},
+                        {"dataset": "ucm", "method": "tgdt", "lever": "bf16", "n_seeds": 3, "delta_mr": 0.1,
+                         "verdict": "passes", "records": "results/benchmarks/precision_bf16"}])
+    out = _keep_previous_checks(acc, tmp_path / "speed_levers.csv").set_index("method")
+    assert out.loc["scan", "verdict"] == "passes" and out.loc["scan", "delta_mr"] == -0.06
+    assert out.loc["scan", "records"] == KEPT and out.loc["scan", "seeds"] == "0,1,2"  # never the old folder's name
+    assert out.loc["mrsw", "verdict"] == "not run"  # nothing to keep: still not run
+    assert out.loc["tgdt", "delta_mr"] == 0.1 and out.loc["tgdt", "records"] == "results/benchmarks/precision_bf16"
+    assert _keep_previous_checks(acc, tmp_path / "missing.csv").equals(acc)
