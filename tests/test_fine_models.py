@@ -467,3 +467,45 @@ def test_evaluate_two_stage_modes(method):
         img, txt = encode_split(m, data, batch_size=4)
         assert set(img) == {"vec"}
         assert out["global"]["standard"] == retrieval_metrics(score_matrix(m, img, txt), data.img2txt, data.txt2img)
+
+
+def test_length_buckets_cut_by_split_equal_a_per_group_index_exactly():
+    """encode_by_length permutes its inputs once and splits them (one zero-filled gradient instead of one per group):
+    outputs and input gradients are bit-identical to indexing each group, with dropout on (same draws, same order)."""
+    import torch.nn.functional as F
+    from itr_lib.models.fine import encode_by_length
+
+    def reference(fn, x, attn_mask, buckets, token_keys):  # the previous implementation: x[idx, :w] per group
+        width = attn_mask.shape[1]
+        last = (attn_mask.long() * torch.arange(1, width + 1)).amax(1)
+        order = torch.argsort(last, stable=True)
+        parts = {}
+        for idx in torch.tensor_split(order, buckets):
+            if len(idx) == 0:
+                continue
+            w = max(1, int(last[idx].max()))
+            for k, v in fn(x[idx, :w], attn_mask[idx, :w]).items():
+                if k in token_keys:
+                    v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, width - w))
+                parts.setdefault(k, []).append(v)
+        inv = torch.argsort(order)
+        return {k: torch.cat(v)[inv] for k, v in parts.items()}
+
+    g = torch.Generator().manual_seed(0)
+    n, l, d = 21, 11, 16
+    mask = torch.arange(l)[None] < torch.randint(1, l + 1, (n,), generator=g)[:, None]
+    layer = torch.nn.TransformerEncoderLayer(d, 2, 32, dropout=0.3, batch_first=True).train()
+
+    def fn(x, m):
+        h = layer(x, src_key_padding_mask=~m)
+        return {"g": h[:, 0], "h": h}
+    results = []
+    for impl in ("reference", "split"):
+        x = torch.randn(n, l, d, generator=torch.Generator().manual_seed(1), requires_grad=True)
+        torch.manual_seed(5)
+        out = reference(fn, x, mask, 4, ("h",)) if impl == "reference" else encode_by_length(fn, (x, mask), mask, 4,
+                                                                                            ("h",))
+        (out["g"].square().sum() + (out["h"] * torch.linspace(-1, 1, d)).sum()).backward()
+        results.append((out["g"].detach(), out["h"].detach(), x.grad.clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

@@ -95,10 +95,10 @@ class ALADINModel(RetrievalModel):
         x = self.txt_enc(gather_tokens(text, order), order) + self.modality[1]
         align = gather_tokens(word_mask & text_mask, order)
         if use_buckets(self.length_buckets, x.shape[0]):  # encode_by_length: the same outputs, less padding
-            def part(i, w):
-                out = self._encode(x[i, :w], mask[i, :w], align[i, :w])
+            def part(xi, mi, ai):
+                out = self._encode(xi, mi, ai)
                 return {"emb": out["emb"], "tokens": out["tokens"]}
-            out = encode_by_length(part, mask, self.length_buckets, token_keys=("tokens",))
+            out = encode_by_length(part, (x, mask, align), mask, self.length_buckets, token_keys=("tokens",))
             return {"emb": out["emb"], "tokens": out["tokens"], "mask": align}
         return self._encode(x, mask, align)
 

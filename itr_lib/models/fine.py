@@ -323,21 +323,29 @@ class CLSTransformer(nn.Module):
         return h[:, 0], h[:, 1:]
 
 
-def encode_by_length(fn, attn_mask: torch.Tensor, buckets: int, token_keys: tuple[str, ...]) -> dict:
-    """Length buckets: ``fn(idx, w) -> dict`` encodes the sequences ``idx`` cut to width ``w``; it is called on
-    ``buckets`` groups of sequences sorted by their last valid position, each group cut after its own last valid
-    position (a transformer's outputs for a sequence do not depend on the padding after it: the key-padding mask
-    hides it), and the outputs are put back in order, the ``token_keys`` ones (n, w, ...) zero-padded to the batch
-    width. The same function of every sequence as one padded group, at the cost of the real lengths."""
+def encode_by_length(fn, inputs: tuple[torch.Tensor, ...], attn_mask: torch.Tensor, buckets: int,
+                     token_keys: tuple[str, ...]) -> dict:
+    """Length buckets: ``fn(*cut) -> dict`` encodes one group of sequences, ``cut`` being ``inputs`` (tensors of
+    shape (n, width, ...)) restricted to the group and cut to its width. The groups: ``buckets`` sets of sequences
+    sorted by their last valid position, each cut after its own last valid position (a transformer's outputs for a
+    sequence do not depend on the padding after it: the key-padding mask hides it); the outputs are put back in
+    order, the ``token_keys`` ones (n, w, ...) zero-padded to the batch width. The same function of every sequence
+    as one padded group, at the cost of the real lengths.
+
+    The inputs are permuted once and split into the groups (not indexed per group): the backward of a per-group
+    index is a zero-filled tensor of the whole input per group, summed; of one permutation and a split, one
+    (the same gradients: the groups are disjoint, tested)."""
     width = attn_mask.shape[1]
     last = (attn_mask.long() * torch.arange(1, width + 1, device=attn_mask.device)).amax(1)
     order = torch.argsort(last, stable=True)
+    sizes = [len(idx) for idx in torch.tensor_split(order, buckets)]
+    groups = list(zip(*(torch.split(t.index_select(0, order), sizes) for t in inputs)))
     parts: dict[str, list] = {}
-    for idx in torch.tensor_split(order, buckets):
+    for idx, cut in zip(torch.split(order, sizes), groups):
         if len(idx) == 0:
             continue
         w = max(1, int(last[idx].max()))
-        for k, v in fn(idx, w).items():
+        for k, v in fn(*(t[:, :w] for t in cut)).items():
             if k in token_keys:
                 v = F.pad(v, (0, 0) * (v.dim() - 2) + (0, width - w))
             parts.setdefault(k, []).append(v)

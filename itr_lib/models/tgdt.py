@@ -86,7 +86,7 @@ class TGDTModel(RetrievalModel):
         words = gather_tokens(word_mask & text_mask, order)
         x = self.txt_enc(gather_tokens(text, order), order)
         if use_buckets(self.length_buckets, x.shape[0]):
-            out = encode_by_length(lambda i, w: dict(zip("gh", self.txt_tf(x[i, :w], mask[i, :w]))), mask,
+            out = encode_by_length(lambda xi, mi: dict(zip("gh", self.txt_tf(xi, mi))), (x, mask), mask,
                                    self.length_buckets, token_keys=("h",))
             g, h = out["g"], out["h"]
         else:
