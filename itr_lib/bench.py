@@ -316,11 +316,13 @@ def main(argv=None) -> int:
                      help="results folder of the bf16+buckets reruns of TGDT and ALADIN (metrics/)")
     rep.add_argument("--score-dir", default=str(BENCH_DIR / "lever_bf16+scores"),
                      help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/)")
+    rep.add_argument("--losses-dir", default=str(BENCH_DIR / "lever_bf16+losses"),
+                     help="results folder of the bf16+losses reruns of LCA+CRA (metrics/)")
     rep.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
     rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     lr = sub.add_parser("lever-reruns", help="train a speed lever's accuracy reruns (the study configs with the lever "
                                              "on, seed-matched to the float32 records) into --results-dir")
-    lr.add_argument("--lever", required=True, choices=["bf16", "bf16+scores", "bf16+buckets"])
+    lr.add_argument("--lever", required=True, choices=["bf16", "bf16+scores", "bf16+buckets", "bf16+losses"])
     lr.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
     lr.add_argument("--variants", nargs="+", default=None, help="default: the methods the lever changes")
     lr.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -414,7 +416,7 @@ def main(argv=None) -> int:
         out = Path(a.out_dir)
         rows = levers_report([out / f"speed_levers_steps_{d}.csv" for d in a.datasets], a.old_dir, a.new_dir,
                              a.datasets, a.variants, out, score_dir=a.score_dir,
-                             buckets_dir=a.buckets_dir).to_dict("records")
+                             buckets_dir=a.buckets_dir, losses_dir=a.losses_dir).to_dict("records")
         path = out / "speed_levers.csv"
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
                 "verdict", "records"]

@@ -18,7 +18,7 @@ from .io import REPO_ROOT
 
 # fields that do not change the result of a run (excluded from its identity)
 RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size",
-                  "length_buckets", "precision", "compile_scores", "score_precision")
+                  "length_buckets", "precision", "compile_scores", "score_precision", "loss_precision")
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
@@ -175,6 +175,8 @@ class TrainConfig:
                                         # function up to rounding; itr_lib.scorekernel). Runtime field, recorded
     score_precision: str = "fp32"       # fp32 | bf16: SCAN's / MrSw's cosine matmul from bf16 inputs, the rest of
                                         # the score float32 (itr_lib.scorekernel). Runtime field, recorded
+    loss_precision: str = "fp32"        # fp32 | bf16: SelfAlign's LCA/CRA loss matmuls from bf16 inputs, the rest
+                                        # of the loss float32 (itr_lib.scorekernel.loss_mm). Runtime field, recorded
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 
@@ -190,7 +192,7 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         from .scorekernel import check as check_scores
-        check_scores(self.method, self.compile_scores, self.score_precision)
+        check_scores(self.method, self.compile_scores, self.score_precision, self.loss_precision)
         if self.image_transforms is not None:
             self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
         if self.image_top_blocks:

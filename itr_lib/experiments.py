@@ -171,6 +171,7 @@ def runtime_fields(p: dict) -> dict:
                 data_root=str(repo_path(p["DATA_ROOT"])) if p["DATA_ROOT"] else None,
                 cache_dir=p["CACHE_DIR"] or None, device=p["DEVICE"], precision=p["PRECISION"],
                 compile_scores=p.get("COMPILE_SCORES", "off"), score_precision=p.get("SCORE_PRECISION", "fp32"),
+                loss_precision=p.get("LOSS_PRECISION", "fp32"),
                 length_buckets=p.get("LENGTH_BUCKETS") or None,
                 progress=False)
 

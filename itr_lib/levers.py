@@ -34,6 +34,8 @@ BUCKETS = 8
 COMPILED = COMPILED_METHODS    # a score block to compile (TrainConfig.compile_scores, itr_lib.scorekernel)
 SCORED = LOW_PRECISION_METHODS  # a score matmul that may take bf16 inputs (TrainConfig.score_precision)
 SCORE_LEVER = "bf16+scores"    # bf16 encoders + the score kernel levers (compiled where it applies, bf16 matmul)
+LOSS_LEVER = "bf16+losses"     # bf16 encoders + SelfAlign's loss matmuls from bf16 inputs (TrainConfig.loss_precision)
+LOSSED = ("lca+cra",)          # the SelfAlign variant its check trains (it holds both losses the lever changes)
 BAR_HALF_WIDTH = 1.0
 
 
@@ -49,6 +51,8 @@ def lever_configs(variant: str, dataset: str) -> dict:
         out["bf16+compiled"] = study_config(variant, dataset, 0, precision="bf16", compile_scores="auto")
     if variant in SCORED:
         out[SCORE_LEVER] = score_lever_config(variant, dataset, 0)
+    if out["fp32"].method == "selfalign":
+        out[LOSS_LEVER] = study_config(variant, dataset, 0, precision="bf16", loss_precision="bf16")
     return out
 
 
@@ -59,8 +63,10 @@ def score_lever_config(variant: str, dataset: str, seed: int, **kw):
 
 # where each lever's accuracy reruns keep their records (metrics/: the run's JSON and its test ranks), so the check
 # is recomputed from a clone (levers-report's defaults); the checkpoints stay in the reruns' own results folder
-LEVER_RECORDS = {"bf16": "precision_bf16", SCORE_LEVER: "lever_bf16+scores", "bf16+buckets": "lever_bf16+buckets"}
-LEVER_METHODS = {"bf16": ("baseline", "lca+cra", "tgdt"), SCORE_LEVER: SCORED, "bf16+buckets": BUCKETED}
+LEVER_RECORDS = {"bf16": "precision_bf16", SCORE_LEVER: "lever_bf16+scores", "bf16+buckets": "lever_bf16+buckets",
+                 LOSS_LEVER: "lever_bf16+losses"}
+LEVER_METHODS = {"bf16": ("baseline", "lca+cra", "tgdt"), SCORE_LEVER: SCORED, "bf16+buckets": BUCKETED,
+                 LOSS_LEVER: LOSSED}
 
 
 def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
@@ -75,6 +81,8 @@ def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
         return score_lever_config(variant, dataset, seed, **kw)
     if lever == "bf16+buckets":
         kw["length_buckets"] = BUCKETS
+    if lever == LOSS_LEVER:
+        kw["loss_precision"] = "bf16"
     return study_config(variant, dataset, seed, precision="bf16", **kw)
 
 
@@ -114,7 +122,8 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
         model = make_model(cfg)
         model.load_state_dict(model0.state_dict())
         state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0],
-                       sk.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, cfg.device))
+                       sk.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, cfg.device,
+                                  cfg.loss_precision))
     multi = multi_caption(first, model0)
     rng = np.random.default_rng(0)
     order = rng.permutation(tr.n_images)
@@ -217,7 +226,8 @@ REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca
 # a lever that changes only some methods is checked on those (the others' numbers cannot change: the model registry
 # resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
 LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED],
-                "bf16+buckets": [(ds, m) for ds in ("ucm", "rsicd") for m in BUCKETED]}
+                "bf16+buckets": [(ds, m) for ds in ("ucm", "rsicd") for m in BUCKETED],
+                LOSS_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in LOSSED]}
 MIN_SEEDS = 3
 
 
@@ -273,16 +283,18 @@ half-width under 1 mR. `bf16+buckets` adds length buckets (TGDT, ALADIN) to bf16
 its reruns exist), and `bf16+compiled` SCAN's score block through torch.compile (the same function up to rounding,
 tests; not trained for a check of its own: `bf16+scores` includes it).
 `bf16+scores` (SCAN, MrSw; `itr_lib.scorekernel`) adds the compiled block (SCAN) and a bf16 cosine matmul in the
-score: checked on SCAN and MrSw, the only methods it changes."""
+score: checked on SCAN and MrSw, the only methods it changes. `bf16+losses` (SelfAlign; `TrainConfig.loss_precision`)
+adds bf16 inputs to the LCA codebook and CRA score matmuls of the loss: checked on LCA+CRA."""
 
 
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
                   out_dir: str | Path = "results/benchmarks", n_boot: int = 2000,
-                  score_dir: str | Path | None = None, buckets_dir: str | Path | None = None) -> pd.DataFrame:
+                  score_dir: str | Path | None = None, buckets_dir: str | Path | None = None,
+                  losses_dir: str | Path | None = None) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
     accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
     its :data:`SCORE_LEVER` runs of SCAN and MrSw; with ``buckets_dir``, of its ``bf16+buckets`` runs of TGDT and
-    ALADIN). The study's cost with the adopted levers is RESULTS.md's cost
+    ALADIN; with ``losses_dir``, of its :data:`LOSS_LEVER` runs of LCA+CRA). The study's cost with the adopted levers is RESULTS.md's cost
     section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table.
 
     Column ``records``: the folder whose reruns a check was computed from. A check whose reruns are in none of the
@@ -300,6 +312,8 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
         acc += checked(score_dir, SCORED, SCORE_LEVER)
     if buckets_dir is not None:
         acc += checked(buckets_dir, BUCKETED, "bf16+buckets")
+    if losses_dir is not None:
+        acc += checked(losses_dir, LOSSED, LOSS_LEVER)
     acc = _keep_previous_checks(pd.DataFrame(acc), out_dir / "speed_levers.csv")
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)
@@ -407,7 +421,8 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
 # ----------------------------------------------------------------------------------------------- old code vs new
 def new_default_kw(variant: str) -> dict:
     """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
-    defaults PRECISION, COMPILE_SCORES, for SCAN / MrSw SCORE_PRECISION, for TGDT / ALADIN LENGTH_BUCKETS (when on)."""
+    defaults PRECISION, COMPILE_SCORES, for SCAN / MrSw SCORE_PRECISION, for TGDT / ALADIN LENGTH_BUCKETS (when on),
+    for SelfAlign LOSS_PRECISION."""
     from .cost import notebook_defaults
     p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
     kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
@@ -415,6 +430,8 @@ def new_default_kw(variant: str) -> dict:
         kw["score_precision"] = p["SCORE_PRECISION"]
     if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1:
         kw["length_buckets"] = p["LENGTH_BUCKETS"]
+    if study_config(variant, "ucm").method == "selfalign":
+        kw["loss_precision"] = p["LOSS_PRECISION"]
     return kw
 
 

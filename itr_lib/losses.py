@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .scorekernel import loss_mm  # SelfAlign's loss matmuls: float32, or bf16 inputs (TrainConfig.loss_precision)
+
 
 def _neg_mask(scores: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
     eye = torch.eye(scores.size(0), scores.size(1), dtype=torch.bool, device=scores.device)
@@ -123,7 +125,7 @@ def lca_loss_packed(regions: torch.Tensor, region_mask: torch.Tensor, words: tor
     b = region_mask.shape[0]
     with torch.no_grad():
         v = regions.detach()
-        codes = sinkhorn(v @ codebook.detach().t(), eps, iters)  # (valid regions, K)
+        codes = sinkhorn(loss_mm(v, codebook.detach().t()), eps, iters)  # (valid regions, K)
         flat = torch.full(region_mask.shape, -1, dtype=torch.long, device=v.device)
         flat[region_mask] = torch.arange(v.shape[0], device=v.device)
         vpad = v.new_zeros(*region_mask.shape, v.shape[-1])
@@ -139,7 +141,7 @@ def lca_loss_packed(regions: torch.Tensor, region_mask: torch.Tensor, words: tor
         r_star = torch.empty_like(word_img)
         r_star[order] = sim.argmax(-1)[img_sorted, slot]
         target = codes[flat[word_img, r_star]]  # (words, K): the codes of their regions
-    logp = F.log_softmax((words @ codebook.t()) / temperature, dim=-1)
+    logp = F.log_softmax(loss_mm(words, codebook.t()) / temperature, dim=-1)
     return -(target * logp).sum(-1).mean()
 
 
@@ -162,7 +164,7 @@ def cra_loss_packed(query: torch.Tensor, flat: torch.Tensor, owner: torch.Tensor
     q = query.shape[0]
     if pos is None:
         pos = torch.eye(q, dtype=torch.bool, device=query.device)
-    s = (query @ flat.t()) / temperature  # (Q, V)
+    s = loss_mm(query, flat.t()) / temperature  # (Q, V)
     pos_tok = pos[:, owner]  # (Q, V): the query's own locals
     k = min(topk, int((~pos_tok).sum(1).min().item()))
     if k == 0:

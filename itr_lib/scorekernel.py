@@ -18,7 +18,13 @@ Two runtime levers of issue 29 for the methods whose training step is their scor
   ``uses``): another method with ``"bf16"`` is a config error, so TGDT's and ALADIN's MrSw terms are never touched. Used only where
   :func:`itr_lib.precision.bf16_support` says bf16 is native; elsewhere it falls back to float32 (logged, recorded).
 
-Both are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
+- ``TrainConfig.loss_precision`` (``"fp32"`` | ``"bf16"``): SelfAlign's loss matmuls (the LCA codebook scores of
+  regions and words, the CRA global-to-local scores; :func:`loss_mm`) from bf16 inputs, their products cast to
+  float32: the Sinkhorn codes, log-softmax, top-k and the loss stay float32. ~1.5x a SelfAlign (LCA+CRA) step, one
+  thread. Honoured by ``selfalign`` only (the registry's ``uses``); a lever with its own accuracy check
+  (``bf16+losses`` in :mod:`itr_lib.levers`), off by default until it passes.
+
+All three are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
 the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that
 :func:`itr_lib.train.train` sets once per run, so the training step and the per-epoch and final scoring read it.
 """
@@ -39,12 +45,16 @@ COMPILE_SETTINGS = ("off", "auto", "on")
 SCORE_PRECISIONS = ("fp32", "bf16")
 COMPILED_METHODS = ("scan",)          # the methods with a block to compile
 LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16 (models: uses=)
+LOSS_PRECISION_METHODS = ("selfalign",)   # the methods whose loss matmuls may run in bf16 (TrainConfig.loss_precision)
 _state = threading.local()
 _compiled: dict = {}                  # process-wide: function name -> its torch.compile wrapper
 
 
-def check(method: str, compile_scores: str, score_precision: str) -> None:
-    """Config validation: allowed values, and no setting a method cannot honour."""
+def check(method: str, compile_scores: str, score_precision: str, loss_precision: str = "fp32") -> None:
+    """Config validation: allowed values, and no setting a method cannot honour (``score_precision`` and
+    ``loss_precision`` for another method are refused by the model registry's ``uses``)."""
+    if loss_precision not in SCORE_PRECISIONS:
+        raise ValueError(f"TrainConfig.loss_precision must be one of {SCORE_PRECISIONS}, got {loss_precision!r}")
     if compile_scores not in COMPILE_SETTINGS:
         raise ValueError(f"TrainConfig.compile_scores must be one of {COMPILE_SETTINGS}, got {compile_scores!r}")
     if score_precision not in SCORE_PRECISIONS:
@@ -62,9 +72,11 @@ def cxx_compiler() -> str | None:
     return None
 
 
-def resolve(method: str, compile_scores: str, score_precision: str, device: str = "cpu") -> dict:
-    """What a run of ``method`` will use: ``{"compiled": bool, "matmul": "fp32"|"bf16", "why": str}``."""
-    check(method, compile_scores, score_precision)
+def resolve(method: str, compile_scores: str, score_precision: str, device: str = "cpu",
+            loss_precision: str = "fp32") -> dict:
+    """What a run of ``method`` will use: ``{"compiled": bool, "matmul": "fp32"|"bf16", "loss_matmul":
+    "fp32"|"bf16", "why": str}``."""
+    check(method, compile_scores, score_precision, loss_precision)
     why = []
     compiled = False
     if method in COMPILED_METHODS and compile_scores != "off":
@@ -93,17 +105,38 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
         else:
             log.warning("score_precision='bf16': falling back to float32 (%s)", reason)
             why.append(f"fp32 score matmul: {reason}")
-    return {"compiled": compiled, "matmul": matmul, "strict": compile_scores == "on",
+    loss_matmul = "fp32"
+    if loss_precision == "bf16":
+        from .precision import bf16_support
+        ok, reason = bf16_support(device)
+        if ok:
+            loss_matmul = "bf16"
+            why.append(f"bf16 LCA/CRA loss matmuls ({reason})")
+        else:
+            log.warning("loss_precision='bf16': falling back to float32 (%s)", reason)
+            why.append(f"fp32 loss matmuls: {reason}")
+    return {"compiled": compiled, "matmul": matmul, "loss_matmul": loss_matmul, "strict": compile_scores == "on",
             "why": "; ".join(why) or "eager, float32 score matmul"}
 
 
 def current() -> dict:
     """The active rule (eager, float32 outside any :func:`policy`)."""
-    return getattr(_state, "rule", {"compiled": False, "matmul": "fp32", "strict": False, "why": "default"})
+    return getattr(_state, "rule", {"compiled": False, "matmul": "fp32", "loss_matmul": "fp32", "strict": False,
+                                    "why": "default"})
 
 
 def low_precision() -> bool:
     return current()["matmul"] == "bf16"
+
+
+def loss_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` of SelfAlign's loss matmuls (:func:`itr_lib.losses.lca_loss_packed`, ``cra_loss_packed``): from
+    bf16 inputs, the product cast to float32 before anything else, when the active rule says so
+    (``TrainConfig.loss_precision='bf16'``); else float32. Gradients flow through the casts (float32 for the
+    inputs, the backward matmuls from bf16 inputs too)."""
+    if current().get("loss_matmul") == "bf16":
+        return torch.matmul(a.to(torch.bfloat16), b.to(torch.bfloat16)).float()
+    return a @ b
 
 
 @contextlib.contextmanager
@@ -144,4 +177,5 @@ def fall_back(err: Exception) -> None:
 def record() -> dict:
     """What the active rule did, for ``metrics.json["score_kernel"]``."""
     rule = current()
-    return {"compiled": rule["compiled"], "matmul": rule["matmul"], "why": rule["why"]}
+    return {"compiled": rule["compiled"], "matmul": rule["matmul"], "loss_matmul": rule.get("loss_matmul", "fp32"),
+            "why": rule["why"]}

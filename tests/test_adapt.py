@@ -80,7 +80,7 @@ def test_zero_blocks_is_todays_path(mini_cfg):
     from itr_lib.train import make_optimizer
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
         "image_top_blocks", "image_top_lr_factor", "precision", "text_top_layers", "text_top_lr_factor",
-        "compile_scores", "score_precision"}
+        "compile_scores", "score_precision", "loss_precision"}
     recorded = [r for r in (json.loads(p.read_text()) for p in sorted((REPO / "results" / "full").glob(
         "**/metrics/rsicd-baseline-*.json"))) if set(r["config"]) == fields]  # records of the current schema
     assert len(recorded) >= 3

@@ -136,9 +136,58 @@ def test_the_study_wide_runtime_settings_reach_the_methods_that_read_them():
     from itr_lib.experiments import comparison_configs
     cfgs = comparison_configs(["ucm"], [0], ["baseline", "tgdt", "scan", "mrsw", "lca+cra", "aladin"],
                               base={"score_precision": "bf16", "compile_scores": "auto", "dim": 32,
-                                    "length_buckets": 8})
-    got = {c.method if c.method != "selfalign" else "lca+cra": (c.score_precision, c.length_buckets) for c in cfgs}
-    assert got == {"baseline": ("fp32", None), "tgdt": ("fp32", 8), "scan": ("bf16", None), "mrsw": ("bf16", None),
-                   "lca+cra": ("fp32", None), "aladin": ("fp32", 8)}
+                                    "length_buckets": 8, "loss_precision": "bf16"})
+    got = {c.method if c.method != "selfalign" else "lca+cra": (c.score_precision, c.length_buckets, c.loss_precision)
+           for c in cfgs}
+    assert got == {"baseline": ("fp32", None, "fp32"), "tgdt": ("fp32", 8, "fp32"), "scan": ("bf16", None, "fp32"),
+                   "mrsw": ("bf16", None, "fp32"), "lca+cra": ("fp32", None, "bf16"), "aladin": ("fp32", 8, "fp32")}
     for c in cfgs:
         build_model(c)  # check_config: nothing a method cannot honour
+
+
+def test_selfalign_loss_matmuls_in_bf16_move_the_loss_by_rounding_only_and_keep_gradients(mini_cfg):
+    """TrainConfig.loss_precision='bf16' (the bf16+losses lever): LCA's and CRA's matmuls take bf16 inputs, their
+    products are float32; the losses move by bf16 rounding only (not by nothing: the lever is real), gradients reach
+    words, regions and codebook in float32; only selfalign honours it, outside the run identity, recorded."""
+    from itr_lib import losses as L
+    g = torch.Generator().manual_seed(0)
+    b, r, m, d, k = 6, 5, 6, 16, 12
+    regions = F.normalize(torch.randn(b * r, d, generator=g), dim=-1).requires_grad_()
+    region_mask = torch.ones(b, r, dtype=torch.bool)
+    words = F.normalize(torch.randn(20, d, generator=g), dim=-1).requires_grad_()
+    word_img = torch.randint(0, b, (20,), generator=g)
+    codebook = F.normalize(torch.randn(k, d, generator=g), dim=-1).requires_grad_()
+    query = F.normalize(torch.randn(m, d, generator=g), dim=-1).requires_grad_()
+    owner = torch.randint(0, m, (30,), generator=g)
+    flat = F.normalize(torch.randn(30, d, generator=g), dim=-1).requires_grad_()
+    out = {}
+    for name, rule in (("fp32", EAGER), ("bf16", {**EAGER, "loss_matmul": "bf16"})):
+        for t in (regions, words, codebook, query, flat):
+            t.grad = None
+        with sk.policy(rule):
+            lca = L.lca_loss_packed(regions, region_mask, words, word_img, codebook)
+            cra = L.cra_loss_packed(query, flat, owner, topk=8)
+        (lca + cra).backward()
+        assert lca.dtype == cra.dtype == torch.float32
+        out[name] = (lca.detach(), cra.detach(), words.grad.clone(), codebook.grad.clone(), query.grad.clone(),
+                     flat.grad.clone())
+    for a, b_ in zip(out["fp32"], out["bf16"]):
+        assert b_.dtype == torch.float32 and torch.isfinite(b_).all()
+        torch.testing.assert_close(b_, a, atol=0.05, rtol=0.05)
+    assert not all(torch.equal(a, b_) for a, b_ in zip(out["fp32"], out["bf16"]))
+    x, y = torch.randn(7, 16, generator=g), torch.randn(16, 5, generator=g)
+    with sk.policy({**EAGER, "loss_matmul": "bf16"}):
+        torch.testing.assert_close(sk.loss_mm(x, y), (x.bfloat16() @ y.bfloat16()).float())
+    assert torch.equal(sk.loss_mm(x, y), x @ y)  # outside the rule: float32
+    # the config: selfalign only, runtime, values checked
+    with pytest.raises(ValueError, match="loss_precision"):
+        build_model(TrainConfig(method="baseline", loss_precision="bf16"))
+    with pytest.raises(ValueError, match="loss_precision must be one of"):
+        TrainConfig(method="selfalign", lca=True, loss_precision="fp16")
+    from itr_lib.bench import study_config
+    assert study_config("lca+cra", "ucm", 0, loss_precision="bf16").run_name() == \
+        study_config("lca+cra", "ucm", 0).run_name() == "ucm-selfalign-lca-cra-k1024-minilm-s0-c83d959f"
+    from itr_lib.train import train
+    rec = train(mini_cfg(method="selfalign", lca=True, cra=True, loss_precision="bf16", epochs=1))
+    assert rec["score_kernel"]["loss_matmul"] == ("bf16" if prec.bf16_support()[0] else "fp32")
+    assert rec["config"]["loss_precision"] == "bf16" and "loss_precision" not in rec["config_identity"]

@@ -74,8 +74,8 @@ def _baseline(cfg, glove):
     return VSEModel(**_vse_kwargs(cfg, glove))
 
 
-@register("selfalign", uses=lambda cfg: ("pooling", "mlp", "lca", "cra") + (_LCA_FIELDS if cfg.lca else ())
-          + (_CRA_FIELDS if cfg.cra else ()))
+@register("selfalign", uses=lambda cfg: ("pooling", "mlp", "lca", "cra", "loss_precision")
+          + (_LCA_FIELDS if cfg.lca else ()) + (_CRA_FIELDS if cfg.cra else ()))
 def _selfalign(cfg, glove):
     if not (cfg.lca or cfg.cra):
         raise ValueError("method 'selfalign' needs lca=True and/or cra=True (use method 'baseline' for neither)")
