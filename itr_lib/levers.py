@@ -231,12 +231,19 @@ LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED
 MIN_SEEDS = 3
 
 
-def adoptable(table: pd.DataFrame, lever: str) -> bool:
+def adoptable(table: pd.DataFrame, lever: str, method: str | None = None) -> bool:
     """The bar of a speed lever: each of its required checks (:data:`LEVER_CHECKS`, else :data:`REQUIRED_CHECKS`) has
     an accuracy check of ``lever`` that ran on at least :data:`MIN_SEEDS` seeds and passes (a missing or partial
-    check keeps the lever off by default)."""
+    check keeps the lever off by default). A lever that changes only some methods (:data:`LEVER_CHECKS`) is judged
+    per ``method`` when one is given: that method's checks on every dataset (each method's numbers are changed by
+    its own setting only, so one method's missing check need not hold back another's)."""
     t = table[table.lever == lever]
-    for ds, m in LEVER_CHECKS.get(lever, REQUIRED_CHECKS):
+    checks = LEVER_CHECKS.get(lever, REQUIRED_CHECKS)
+    if method is not None and lever in LEVER_CHECKS:
+        checks = [(ds, m) for ds, m in checks if m == method]
+        if not checks:
+            return False
+    for ds, m in checks:
         row = t[(t.dataset == ds) & (t.method == m)]
         if row.empty or row.verdict.iloc[0] != "passes" or not (row.n_seeds.fillna(0).iloc[0] >= MIN_SEEDS):
             return False
@@ -247,8 +254,9 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
     """speed_levers.csv: per (dataset, method, lever) the step / validation / epoch speed-ups over float32 at each
     thread count measured (columns ``*_speedup_<n>t``), the load average during the timing, and the accuracy check
     of that lever (``accuracy`` rows of :func:`accuracy_check`, matched on dataset, method and lever; a lever without
-    its own check is ``not checked``); ``adopted``: :func:`adoptable` (baseline, LCA+CRA and TGDT on both datasets, 3 seeds
-    each, all passing; an adopted lever becomes every method's default); ``train_speedup`` = the 1-thread
+    its own check is ``not checked``); ``adopted``: :func:`adoptable` (bf16: baseline, LCA+CRA and TGDT on both datasets, 3 seeds
+    each, all passing, then every method's default; a lever of some methods: per method, its own checks on both
+    datasets); ``train_speedup`` = the 1-thread
     step speed-up (what :mod:`itr_lib.cost` applies)."""
     new = steps[steps.lever != "fp32"]
     wide = new.pivot_table(index=["dataset", "method", "lever"], columns="threads",
@@ -261,9 +269,9 @@ def levers_table(steps: pd.DataFrame, accuracy: pd.DataFrame) -> pd.DataFrame:
         pd.DataFrame(columns=["dataset", "method", "lever", "verdict"])
     out = wide.merge(acc, on=["dataset", "method", "lever"], how="outer")
     out["verdict"] = out.verdict.fillna("not checked")
-    # a lever is adopted (for every method: it becomes the default) only when the issue's whole bar is met: every
-    # required (dataset, method) check ran on MIN_SEEDS seeds and passes; a check not run blocks adoption
-    out["adopted"] = [adoptable(out, lv) for lv in out.lever]
+    # a lever is adopted only when the issue's bar is met: every required (dataset, method) check ran on MIN_SEEDS
+    # seeds and passes (per method for a lever that changes only some methods); a check not run blocks adoption
+    out["adopted"] = [adoptable(out, lv, m) for lv, m in zip(out.lever, out.method)]
     out["train_speedup"] = out.get("step_speedup_1t", np.nan)
     return out
 

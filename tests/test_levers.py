@@ -74,6 +74,12 @@ def test_a_lever_of_some_methods_is_adopted_on_their_checks_only():
     t2.loc[0, "verdict"] = "fails: interval excludes 0"
     assert not adoptable(t2, "bf16+scores")
     assert not adoptable(t.assign(lever="bf16"), "bf16")  # bf16 needs baseline, LCA+CRA and TGDT
+    # per method: SCAN's two checks pass while MrSw's RSICD check is missing -> SCAN adopted, MrSw not
+    no_mrsw_rsicd = t[~((t.dataset == "rsicd") & (t.method == "mrsw"))]
+    assert adoptable(no_mrsw_rsicd, "bf16+scores", "scan") and not adoptable(no_mrsw_rsicd, "bf16+scores", "mrsw")
+    assert not adoptable(no_mrsw_rsicd, "bf16+scores")  # the lever as a whole: not yet
+    assert not adoptable(t, "bf16+scores", "tgdt")  # a method the lever does not change is never "adopted"
+    assert not adoptable(t.assign(lever="bf16"), "bf16", "scan")  # bf16 stays all-or-nothing
 
 
 class _TinyEncoder(torch.nn.Module):
