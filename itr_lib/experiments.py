@@ -9,6 +9,8 @@ authors' loss), ``triplet-fnmask`` (the authors' triplet with false negatives ma
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .config import RUNTIME_FIELDS, TrainConfig
 
 VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
@@ -191,7 +193,12 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
                            authors_seeds=p["AUTHORS_SEEDS"], loss_ablation_seeds=p["LOSS_ABLATION_SEEDS"],
                            loss_ablation_datasets=p["LOSS_ABLATION_DATASETS"],
                            base=dict(runtime, **p["COMPARISON_OVERRIDES"]), adapted=p["ADAPTED_COMPARISON"])
-    return cfgs, plan
+    # LENGTH_BUCKETS reaches only the methods listed in LENGTH_BUCKETS_METHODS (those whose check passed)
+    keep = set(p.get("LENGTH_BUCKETS_METHODS", ("tgdt", "aladin")))
+
+    def buckets(c: TrainConfig) -> TrainConfig:
+        return c if c.method in keep or c.length_buckets is None else replace(c, length_buckets=None)
+    return [buckets(c) for c in cfgs], [(a, b, buckets(c)) for a, b, c in plan]
 
 
 def comparison_configs(*args, **kw) -> list[TrainConfig]:

@@ -88,6 +88,8 @@ RANGES = {
     **{n: _ints_at_least(0) for n in ("SEEDS", "SWEEP_SEEDS", "COMPARISON_SEEDS", "AUTHORS_SEEDS",
                                       "LOSS_ABLATION_SEEDS", "LOSS_SEEDS", "PROBE_CONFIRM_SEEDS")},
     "CODEBOOK_SIZES": _ints_at_least(1),
+    "LENGTH_BUCKETS_METHODS": ((lambda v: isinstance(v, list) and all(x in ("tgdt", "aladin") for x in v)),
+                               'a list of "tgdt" / "aladin" (the methods with a text transformer)'),
     "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -191,3 +191,21 @@ def test_selfalign_loss_matmuls_in_bf16_move_the_loss_by_rounding_only_and_keep_
     rec = train(mini_cfg(method="selfalign", lca=True, cra=True, loss_precision="bf16", epochs=1))
     assert rec["score_kernel"]["loss_matmul"] == ("bf16" if prec.bf16_support()[0] else "fp32")
     assert rec["config"]["loss_precision"] == "bf16" and "loss_precision" not in rec["config_identity"]
+
+
+def test_length_buckets_reach_only_the_methods_listed():
+    """02's LENGTH_BUCKETS_METHODS: the buckets lever is adopted per method (its own check on both datasets), so
+    LENGTH_BUCKETS reaches the listed methods only; a method without a text transformer cannot be listed."""
+    from pathlib import Path
+    from itr_lib.cost import notebook_defaults
+    from itr_lib.experiments import notebook_grids
+    from itr_lib.params import range_errors
+    p = notebook_defaults(Path(__file__).resolve().parents[1] / "notebooks" / "02_ablations.ipynb")
+    p.update(LENGTH_BUCKETS=8, COMPARISON_DATASETS=["ucm"], COMPARISON_SEEDS=[0],
+             COMPARISON_METHODS=["tgdt", "aladin", "scan"])
+    for listed, want in ((["aladin"], {"tgdt": None, "aladin": 8, "scan": None}),
+                         (["tgdt", "aladin"], {"tgdt": 8, "aladin": 8, "scan": None}),
+                         ([], {"tgdt": None, "aladin": None, "scan": None})):
+        _, plan = notebook_grids({**p, "LENGTH_BUCKETS_METHODS": listed})
+        assert {c.method: c.length_buckets for _, _, c in plan} == want
+    assert range_errors({"LENGTH_BUCKETS_METHODS": ["scan"]}) and not range_errors({"LENGTH_BUCKETS_METHODS": []})
