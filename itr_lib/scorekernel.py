@@ -95,28 +95,25 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
         else:
             compiled = True
             why.append("SCAN block compiled (TorchInductor)")
-    matmul = "fp32"
-    if score_precision == "bf16":
-        from .precision import bf16_support
-        ok, reason = bf16_support(device)
-        if ok:
-            matmul = "bf16"
-            why.append(f"bf16 score matmul ({reason})")
-        else:
-            log.warning("score_precision='bf16': falling back to float32 (%s)", reason)
-            why.append(f"fp32 score matmul: {reason}")
-    loss_matmul = "fp32"
-    if loss_precision == "bf16":
-        from .precision import bf16_support
-        ok, reason = bf16_support(device)
-        if ok:
-            loss_matmul = "bf16"
-            why.append(f"bf16 LCA/CRA loss matmuls ({reason})")
-        else:
-            log.warning("loss_precision='bf16': falling back to float32 (%s)", reason)
-            why.append(f"fp32 loss matmuls: {reason}")
+    matmul = _matmul_dtype("score_precision", score_precision, device, "score matmul", why)
+    loss_matmul = _matmul_dtype("loss_precision", loss_precision, device, "LCA/CRA loss matmuls", why)
     return {"compiled": compiled, "matmul": matmul, "loss_matmul": loss_matmul, "strict": compile_scores == "on",
             "why": "; ".join(why) or "eager, float32 score matmul"}
+
+
+def _matmul_dtype(field: str, setting: str, device: str, what: str, why: list) -> str:
+    """``"bf16"`` where ``setting`` asks for it and the device has native bf16, else ``"fp32"`` (logged); the reason
+    is appended to ``why``."""
+    if setting != "bf16":
+        return "fp32"
+    from .precision import bf16_support
+    ok, reason = bf16_support(device)
+    if ok:
+        why.append(f"bf16 {what} ({reason})")
+        return "bf16"
+    log.warning("%s='bf16': falling back to float32 (%s)", field, reason)
+    why.append(f"fp32 {what}: {reason}")
+    return "fp32"
 
 
 def current() -> dict:
