@@ -129,10 +129,14 @@ def _notebook_seconds(results_dir: Path) -> dict[str, float]:
 TRAINING_NOTEBOOKS = ("01_train", "02_ablations", "07_recipe")
 
 
+ADAPTED = ", adapted top"  # the cost tables' method name of a run at the adapted point (and of its versions timing)
+
+
 def cost_tables(results_dir: str | Path, speedups: dict[str, float] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(per notebook, per method)`` core-hours of a rerun from scratch, from the records (module docstring).
     Columns: ``core_h`` (as recorded), ``core_h_levers`` (training seconds divided by the method's speed-up from
-    ``speedups``), ``runs``; the per-notebook table adds the non-training notebooks (``study.json`` seconds) and a
+    ``speedups``; a run at the adapted point is method ``<method>, adapted top``, credited only with a speed-up timed
+    there), ``runs``; the per-notebook table adds the non-training notebooks (``study.json`` seconds) and a
     ``total`` row; history runs are listed apart (``notebook`` = HISTORY) and left out of the total."""
     results_dir = Path(results_dir)
     speedups = speedups or {}
@@ -140,6 +144,9 @@ def cost_tables(results_dir: str | Path, speedups: dict[str, float] | None = Non
     if rec.empty:
         raise ValueError(f"no run records under {results_dir} (metrics/, probe/, recipe/). Fix: pass the results "
                          f"folder of a study profile, e.g. results/full.")
+    # a run at the adapted point (the image top trained) is its own operating point: the frozen path's speed-up is not
+    # its speed-up (the top runs in float32), so it is credited only where it was timed there (ADAPTED)
+    rec["method"] = [m + ADAPTED if a else m for m, a in zip(rec.method, rec.adapted)]
     sp = rec.method.map(lambda m: speedups.get(m, 1.0))
     rec["core_seconds_levers"] = rec.core_seconds - rec.train_seconds * rec.threads * (1 - 1 / sp)
     agg = dict(runs=("run", "size"), core_h=("core_seconds", "sum"), core_h_levers=("core_seconds_levers", "sum"),
@@ -296,7 +303,9 @@ def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = Non
             f"`core_h_levers`: each method's training divided by its measured step speed-up: this code with the "
             f"study's defaults against the old code (`versions_<dataset>.csv`, `python -m itr_lib.bench versions`) "
             f"where timed, else the adopted speed levers' (`speed_levers.csv`, column `adopted`; none: equal"
-            + (f"; never timed under a lever, so counted at their recorded cost: {', '.join(untimed)}" if untimed else "")
+            + (f"; never timed under a lever, so counted at their recorded cost: {'; '.join(untimed)}" if untimed else "")
+            + "; a run at the adapted point (`, adapted top`: the image top trained, in float32) is its own operating "
+              "point, credited only with a speed-up timed there"
             + f"). From scratch: **{total.core_h:.1f} "
             f"core-hours** ({int(total.runs)} runs; with the adopted levers {total.core_h_levers:.1f})"
             + (f"; history runs the profile no longer trains, not counted: {float(hist.core_h.sum()):.1f} core-hours"

@@ -55,6 +55,14 @@ def test_cost_tables_from_records(results, tmp_path):
                   "train_speedup": [1.4, 1.6], "adopted": [True, True]}).to_csv(csv, index=False)
     assert lever_speedups(csv) == {"tgdt": pytest.approx(1.5)}  # one lever timed on two datasets: their mean
     assert lever_speedups(tmp_path / "missing.csv") == {}
+    # a run at the adapted point is its own method in the tables, never credited with the frozen path's speed-up
+    ad = TrainConfig(method="tgdt", dataset="ucm", image_top_blocks=6)
+    _record(results / "recipe" / "metrics" / f"{ad.run_name()}.json", ad, 3580.0)  # 07_recipe
+    by_m = cost_tables(results, {"tgdt": 2.0})[1].set_index("method")
+    assert by_m.loc["tgdt, adapted top", "core_h_levers"] == pytest.approx(1.0)  # 3580 + 20 s: not divided
+    assert by_m.loc["tgdt", "core_h_levers"] == pytest.approx((3580 / 2 + 20) / 3600)
+    assert cost_tables(results, {"tgdt": 2.0, "tgdt, adapted top": 1.25})[1].set_index("method").loc[
+        "tgdt, adapted top", "core_h_levers"] == pytest.approx((3580 / 1.25 + 20) / 3600)
     with pytest.raises(ValueError, match="no run records"):
         cost_tables(tmp_path / "empty")
 
