@@ -302,10 +302,10 @@ def cost_markdown(results_dir: str | Path, speedups_csv: str | Path | None = Non
             f"with `-p` overrides keeps the full one's seconds); `00_data_prep` adds the feature extraction. "
             f"`core_h_levers`: each method's training divided by its measured step speed-up: this code with the "
             f"study's defaults against the old code (`versions_<dataset>.csv`, `python -m itr_lib.bench versions`) "
-            f"where timed, else the adopted speed levers' (`speed_levers.csv`, column `adopted`; none: equal"
-            + (f"; never timed under a lever, so counted at their recorded cost: {'; '.join(untimed)}" if untimed else "")
-            + "; a run at the adapted point (`, adapted top`: the image top trained, in float32) is its own operating "
-              "point, credited only with a speed-up timed there"
+            f"where timed, else the adopted speed levers' (`speed_levers.csv`, column `adopted`; none: equal; a run at "
+            f"the adapted point (`, adapted top`: the image top trained, in float32) is its own operating point, "
+            f"credited only with a speed-up timed there"
+            + (f"; never timed, so counted at their recorded cost: {'; '.join(untimed)}" if untimed else "")
             + f"). From scratch: **{total.core_h:.1f} "
             f"core-hours** ({int(total.runs)} runs; with the adopted levers {total.core_h_levers:.1f})"
             + (f"; history runs the profile no longer trains, not counted: {float(hist.core_h.sum()):.1f} core-hours"

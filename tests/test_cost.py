@@ -164,7 +164,7 @@ def test_results_md_cost_section_is_the_cost_tables(results, tmp_path):
     pd.DataFrame({"method": ["tgdt"], "train_speedup": [2.0], "adopted": [True]}).to_csv(csv, index=False)
     timed = "\n".join(cost_markdown(results, csv))
     assert f"with the adopted levers {2.5 - 3580 / 2 / 3600:.1f}" in timed
-    untimed = timed.split("counted at their recorded cost: ")[1].split(")")[0].split(", ")
+    untimed = timed.split("counted at their recorded cost: ")[1].split(")")[0].split("; ")
     assert untimed and "tgdt" not in untimed and set(untimed) <= set(rows)  # rows of the per-method table
     assert cost_markdown(tmp_path / "empty") == []
 
