@@ -302,6 +302,9 @@ def main(argv=None) -> int:
     vs.add_argument("--threads", type=int, nargs="+", default=[1])
     vs.add_argument("--steps", type=int, default=4)
     vs.add_argument("--repeats", type=int, default=2)
+    vs.add_argument("--adapted", action="store_true",
+                    help="at the adapted operating point (experiments.ADAPTED_CHANGE, the image top trained, both "
+                         "codes); rows named '<variant>, adapted top' (what the cost estimate credits adapted runs with)")
     qe = sub.add_parser("query-encoder", help="MiniLM query encoder fp32 vs int8 vs bf16 at batch 1: latency, top-10 "
                                               "agreement, test mR (efficiency.query_encoder) -> query_encoder.csv")
     qe.add_argument("--results-dir", default=str(REPO_ROOT / "results" / "full"),
@@ -392,8 +395,8 @@ def main(argv=None) -> int:
             old = source_tree(a.old_commit, tmp)
             for th in a.threads:
                 for v in a.variants:  # written after each method: an interrupted timing keeps what it measured
-                    rows.append({**time_versions(v, a.dataset, old, steps=a.steps, repeats=a.repeats, threads=th),
-                                 "old_commit": a.old_commit})
+                    rows.append({**time_versions(v, a.dataset, old, steps=a.steps, repeats=a.repeats, threads=th,
+                                                 adapted=a.adapted), "old_commit": a.old_commit})
                     print(rows[-1], flush=True)
                     path = write_benchmark(rows, "versions", a.dataset, ["method", "threads"], a.out_dir)
                     write_versions_markdown(path)

@@ -465,21 +465,26 @@ _TIME_CODE = ("import json, sys; from itr_lib.levers import interleaved_timings;
 
 
 def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: int = 4, repeats: int = 2,
-                  threads: int = 1) -> dict:
+                  threads: int = 1, adapted: bool = False) -> dict:
     """The study's training of ``variant`` with the OLD code (``old_tree``, e.g. :func:`source_tree` of the commit the
     records were trained with) and its recorded config (float32, the old defaults) against THIS code with the study's
     new defaults (:func:`new_default_kw`): each timing in a process of its own (a different ``itr_lib`` per process),
     old and new alternating ``repeats`` times, each process training ``steps`` steps after a warm-up step and
     scoring val twice (:func:`interleaved_timings`; a compiled block is compiled before timing). This is what a
     rerun of the study gains, the exact code changes included (which ``time_levers`` cannot see: it times both
-    configs with the current code). Returns the per-process medians and the paired ratios (old / new)."""
+    configs with the current code). Returns the per-process medians and the paired ratios (old / new).
+    ``adapted``: both at the adapted operating point (:data:`itr_lib.experiments.ADAPTED_CHANGE`), the row's method
+    named ``<variant>, adapted top`` (:data:`itr_lib.cost.ADAPTED`: what the cost estimate credits those runs with)."""
     import json
     import subprocess
     import sys
     from .cachestore import cache_root
     from .data import data_root
-    new_kw = new_default_kw(variant)
-    trees = {"old": (Path(old_tree), {"precision": "fp32"}), "new": (REPO_ROOT, new_kw)}
+    from .cost import ADAPTED
+    from .experiments import ADAPTED_CHANGE
+    point = dict(ADAPTED_CHANGE) if adapted else {}
+    new_kw = {**new_default_kw(variant), **point}
+    trees = {"old": (Path(old_tree), {"precision": "fp32", **point}), "new": (REPO_ROOT, new_kw)}
     runs = {"old": [], "new": []}
     for _ in range(repeats):
         for name, (tree, kw) in trees.items():
@@ -492,7 +497,8 @@ def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: in
             if out.returncode:
                 raise RuntimeError(f"timing {variant} with the {name} code ({tree}) failed:\n{out.stderr[-3000:]}")
             runs[name].append(json.loads(out.stdout.split("TIMING ", 1)[1]))
-    return {"dataset": dataset, "method": variant, "threads": threads, "repeats": repeats, "steps": steps,
+    return {"dataset": dataset, "method": variant + (ADAPTED if adapted else ""), "threads": threads,
+            "repeats": repeats, "steps": steps,
             "new_fields": ", ".join(f"{k}={v}" for k, v in new_kw.items()),
             **_process_ratios(runs["old"], runs["new"]), "load_1min": os.getloadavg()[0], "git_commit": git_commit()}
 
