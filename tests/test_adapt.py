@@ -75,6 +75,34 @@ def test_cached_activation_forward_equals_full_backbone(cut_cache, fixture_root,
     assert np.linalg.norm(grid - full) / np.linalg.norm(full) < 1e-3
 
 
+@pytest.mark.parametrize("blocks", [6, 1])
+def test_the_tops_symmetric_padding_is_bit_identical_to_the_explicit_pad(blocks):
+    """ImageTop gives its stride-1 'same' convolutions their own zero padding instead of the EfficientNet code's
+    F.pad on every call: outputs, input gradients and parameter gradients bit-identical to the original forward."""
+    import copy
+    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
+    top = ImageTop(blocks)
+    # one depthwise convolution per block; the stage's first block (block 15) has stride 2: it keeps its explicit pad
+    assert top.symmetric_convs == {6: 5, 1: 1}[blocks]
+    orig = copy.deepcopy(top)
+    for m in orig.modules():
+        if isinstance(m, Conv2dDynamicSamePadding):
+            m.__class__ = Conv2dDynamicSamePadding  # back to the explicit pad
+    assert not any(hasattr(m, "same_pad") and type(m) is not Conv2dDynamicSamePadding for m in orig.modules())
+    g = torch.Generator().manual_seed(0)
+    side = 14 if blocks == 6 else 7
+    x0 = torch.randn(3, side * side, top.in_channels, generator=g)
+    w = torch.randn(3, 49, 1280, generator=g)
+    out = []
+    for t in (top, orig):
+        x = x0.clone().requires_grad_()
+        y = t(x)
+        (y * w).sum().backward()
+        out.append([y.detach(), x.grad] + [p.grad for p in t.parameters()])
+    assert len(out[0]) > 10 and all(torch.equal(a, b) for a, b in zip(*out))
+    assert list(top.state_dict()) == list(orig.state_dict())  # checkpoints keep their keys
+
+
 def test_zero_blocks_is_todays_path(mini_cfg):
     """0 trainable blocks: identity, run name, model and optimiser of today's frozen path."""
     from itr_lib.train import make_optimizer
