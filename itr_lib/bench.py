@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Sequence
@@ -39,14 +38,10 @@ from . import precision as prec
 from .config import TrainConfig, variant_label
 from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
+from .timings import _machine
 
 PARTS = ("batch", "encode", "loss", "backward", "optimizer")
 BENCH_DIR = REPO_ROOT / "results" / "benchmarks"
-
-
-def _machine() -> dict:
-    return {"load_1min": os.getloadavg()[0], "cpus": os.cpu_count(), "torch": torch.__version__,
-            "machine": platform.processor() or platform.machine()}
 
 
 def time_train_step(cfg: TrainConfig, threads: int, steps: int = 8, warmup: int = 2, name: str | None = None) -> dict:
@@ -138,66 +133,6 @@ def checkpoint_for(cfg: TrainConfig, results_dir: str | os.PathLike) -> Path:
     """The ``best.pt`` of the finished run of ``cfg`` under ``<results_dir>/runs`` (looked up by its identity)."""
     from .runs import find_checkpoint
     return find_checkpoint(results_dir, **cfg.identity())
-
-
-def _noop(i: int) -> int:
-    return i
-
-
-def time_dask_grid(configs: list[TrainConfig], workers: Sequence[int] = (1, 2), pool: int = 2,
-                   overhead_tasks: int = 200, compare_default: Sequence[int] = ()) -> list[dict]:
-    """Wall time of training ``configs`` (fresh temporary results folders, nothing kept): serially in this process
-    (1 torch thread), in a spawn process pool of ``pool`` processes (the runner's pools before Dask), and on a local
-    Dask cluster of each of ``workers`` processes (cluster start included and also reported apart). Each row: mode,
-    workers, runs, wall_s, speedup over serial, efficiency (speedup / workers); the Dask rows add the cluster start
-    and the scheduler's overhead per task (round trip of ``overhead_tasks`` no-op tasks, divided by their number).
-    ``compare_default``: also time these worker counts under Dask's own nanny setting MALLOC_TRIM_THRESHOLD_=65536
-    (which the study's cluster removes: :func:`itr_lib.cluster.training_worker_config`)."""
-    import dataclasses
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-    from .cluster import connect
-    from .runs import _train_one, run_grid
-
-    def fresh(tmp):
-        return [dataclasses.replace(c, run_dir=None, progress=False) for c in configs], Path(tmp)
-
-    rows, machine = [], _machine()
-    with tempfile.TemporaryDirectory() as tmp:
-        cfgs, out = fresh(tmp)
-        t0 = time.perf_counter()
-        run_grid(cfgs, out, progress=False, workers=1, threads=1)
-        serial = time.perf_counter() - t0
-    rows.append({"mode": "serial", "workers": 1, "wall_s": serial})
-    if pool > 1:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfgs, out = fresh(tmp)
-            for c in cfgs:
-                c.run_dir = str(out / "runs" / c.run_name())
-            t0 = time.perf_counter()
-            with ProcessPoolExecutor(max_workers=pool, mp_context=mp.get_context("spawn")) as ex:
-                list(ex.map(_train_one, [dataclasses.asdict(c) for c in cfgs], [1] * len(cfgs), [str(out)] * len(cfgs)))
-            rows.append({"mode": "process pool", "workers": pool, "wall_s": time.perf_counter() - t0})
-    nanny_default = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}  # Dask's own, for comparison
-    for n, mode, cfg in [(n, "dask local", None) for n in workers] + \
-            [(n, "dask local (nanny default MALLOC_TRIM_THRESHOLD_=65536)", nanny_default) for n in compare_default]:
-        with tempfile.TemporaryDirectory() as tmp:
-            cfgs, out = fresh(tmp)
-            t0 = time.perf_counter()
-            with connect(n_workers=n, threads=1, worker_config=cfg) as cluster:
-                start = time.perf_counter() - t0
-                run_grid(cfgs, out, progress=False, client=cluster.client)
-                wall = time.perf_counter() - t0
-                t1 = time.perf_counter()
-                cluster.client.gather(cluster.client.map(_noop, range(overhead_tasks), pure=False))
-                per_task = (time.perf_counter() - t1) / overhead_tasks
-        rows.append({"mode": mode, "workers": n, "wall_s": wall, "cluster_start_s": start,
-                     "overhead_per_task_ms": 1000 * per_task})
-    for r in rows:
-        r.update(runs=len(configs), speedup=serial / r["wall_s"], efficiency=serial / r["wall_s"] / r["workers"],
-                 epochs=configs[0].epochs if configs else None, git_commit=git_commit(), **machine)
-        r["wall_s"] = round(r["wall_s"], 2)
-    return rows
 
 
 def time_explore(results_dir: str | os.PathLike, dataset: str, n_queries: int = 20, k: int = 8,
@@ -360,6 +295,7 @@ def main(argv=None) -> int:
         paths = {k: v for k, v in (("data_root", a.data_root), ("cache_dir", a.cache_dir)) if v}
         cfgs = [study_config(v, a.dataset, s, epochs=a.epochs, **paths) for v in a.variants for s in a.seeds]
         rows = []
+        from .timings import time_dask_grid
         for rep in range(a.repeats):  # the whole sequence again: this machine's run-to-run noise is ~20%
             for r in time_dask_grid(cfgs, a.workers, a.pool, compare_default=a.compare_default):
                 rows.append({"repeat": rep, **r})
@@ -379,7 +315,7 @@ def main(argv=None) -> int:
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",
                 "load_1min"]
     elif a.kind == "heap":
-        from .levers import time_heap
+        from .timings import time_heap
         rows = []
         for v in a.variants:  # written after each method: an interrupted timing keeps what it measured
             rows += time_heap(v, a.dataset, adapted=a.adapted, steps=a.steps, repeats=a.repeats, threads=a.threads)
@@ -389,7 +325,7 @@ def main(argv=None) -> int:
                 "run_speedup", "load_1min"]
     elif a.kind == "versions":
         import tempfile
-        from .levers import source_tree, time_versions, write_versions_markdown
+        from .timings import source_tree, time_versions, write_versions_markdown
         rows = []
         with tempfile.TemporaryDirectory() as tmp:
             old = source_tree(a.old_commit, tmp)

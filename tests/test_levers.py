@@ -181,7 +181,7 @@ def test_text_encoder_query_path_agrees_with_the_batch_path():
 
 
 def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
-    from itr_lib.levers import new_default_kw, source_tree
+    from itr_lib.timings import new_default_kw, source_tree
     # the new side trains with 02's parameter defaults (what a rerun of the study does)
     assert new_default_kw("scan") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16"}
     assert new_default_kw("tgdt") == {"precision": "auto", "compile_scores": "auto"}  # no score matmul to lower
@@ -196,7 +196,7 @@ def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
 
 
 def test_process_ratios_are_paired_medians():
-    from itr_lib.levers import _process_ratios
+    from itr_lib.timings import _process_ratios
     old = [{"step": [1.0, 1.2, 1.1], "val": [2.0, 2.2], "steps_per_epoch": 14},
            {"step": [0.9, 1.3, 1.0], "val": [2.1, 2.0], "steps_per_epoch": 14}]
     new = [{"step": [1.5, 1.4, 1.6], "val": [2.5, 2.9], "steps_per_epoch": 14},
