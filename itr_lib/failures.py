@@ -47,19 +47,22 @@ def one_line(err: BaseException) -> str:
     return strip_ansi(text).strip()
 
 
-class _DropComputeFailed(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Compute Failed")
+class _DropPrefixed(logging.Filter):
+    """Drops the log records whose message starts with ``prefix``."""
 
-
-class _DropHeartbeatToGoneScheduler(logging.Filter):
-    """A local cluster's scheduler lives in the runner's process: a worker whose heartbeat finds it gone is watching
-    the runner stop (Ctrl-C, SIGTERM, the end of a study), which the runner reports in its own one line. Without this
-    filter such a worker, between the scheduler closing and its nanny stopping it, logs a 30-line
-    ``CommClosedError`` traceback (seen in CI on a Ctrl-C)."""
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Failed to communicate with scheduler during heartbeat")
+        return not str(record.msg).startswith(self.prefix)
+
+
+COMPUTE_FAILED = "Compute Failed"
+# a local cluster's scheduler lives in the runner's process: a worker whose heartbeat finds it gone is watching the
+# runner stop (Ctrl-C, SIGTERM, the end of a study), which the runner reports in its own one line; between the
+# scheduler closing and its nanny stopping it, such a worker logs a 30-line CommClosedError traceback (seen in CI)
+HEARTBEAT_TO_GONE_SCHEDULER = "Failed to communicate with scheduler during heartbeat"
 
 
 class QuietWorker(WorkerPlugin):
@@ -82,7 +85,6 @@ class QuietWorker(WorkerPlugin):
         # it behind, and the resource tracker warns about it at exit; the worker's bars need a thread lock only
         tqdm.set_lock(threading.RLock())
         logger = logging.getLogger("distributed.worker")
-        if not any(isinstance(f, _DropComputeFailed) for f in logger.filters):
-            logger.addFilter(_DropComputeFailed())
-        if self.local and not any(isinstance(f, _DropHeartbeatToGoneScheduler) for f in logger.filters):
-            logger.addFilter(_DropHeartbeatToGoneScheduler())
+        for prefix in (COMPUTE_FAILED,) + ((HEARTBEAT_TO_GONE_SCHEDULER,) if self.local else ()):
+            if not any(isinstance(f, _DropPrefixed) and f.prefix == prefix for f in logger.filters):
+                logger.addFilter(_DropPrefixed(prefix))

@@ -22,7 +22,8 @@ Two runtime levers of issue 29 for the methods whose training step is their scor
   regions and words, the CRA global-to-local scores; :func:`loss_mm`) from bf16 inputs, their products cast to
   float32: the Sinkhorn codes, log-softmax, top-k and the loss stay float32. ~1.5x a SelfAlign (LCA+CRA) step, one
   thread. Honoured by ``selfalign`` only (the registry's ``uses``); a lever with its own accuracy check
-  (``bf16+losses`` in :mod:`itr_lib.levers`), off by default until it passes.
+  (``bf16+losses`` in :mod:`itr_lib.levers`), which passed: the study's notebooks (01, 02, 07) default to
+  ``LOSS_PRECISION = "bf16"``; the library's default stays ``"fp32"``.
 
 All three are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
 the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that
@@ -45,7 +46,6 @@ COMPILE_SETTINGS = ("off", "auto", "on")
 SCORE_PRECISIONS = ("fp32", "bf16")
 COMPILED_METHODS = ("scan",)          # the methods with a block to compile
 LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16 (models: uses=)
-LOSS_PRECISION_METHODS = ("selfalign",)   # the methods whose loss matmuls may run in bf16 (TrainConfig.loss_precision)
 _state = threading.local()
 _compiled: dict = {}                  # process-wide: function name -> its torch.compile wrapper
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .config import TrainConfig
-from .experiments import study_config
+from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
 from .levers import BUCKETED, SCORED, interleaved_timings
 
@@ -108,7 +108,7 @@ def new_default_kw(variant: str) -> dict:
         kw["score_precision"] = p["SCORE_PRECISION"]
     if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1 and variant in p["LENGTH_BUCKETS_METHODS"]:
         kw["length_buckets"] = p["LENGTH_BUCKETS"]
-    if study_config(variant, "ucm").method == "selfalign":
+    if METHOD_VARIANTS[variant]["method"] == "selfalign":
         kw["loss_precision"] = p["LOSS_PRECISION"]
     return kw
 

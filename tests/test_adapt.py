@@ -101,6 +101,9 @@ def test_the_tops_symmetric_padding_is_bit_identical_to_the_explicit_pad(blocks)
         out.append([y.detach(), x.grad] + [p.grad for p in t.parameters()])
     assert len(out[0]) > 10 and all(torch.equal(a, b) for a, b in zip(*out))
     assert list(top.state_dict()) == list(orig.state_dict())  # checkpoints keep their keys
+    import pickle
+    again = pickle.loads(pickle.dumps(top))  # a model holding the top still pickles (a module-level class)
+    assert torch.equal(again(x0), top(x0))
 
 
 def test_zero_blocks_is_todays_path(mini_cfg):

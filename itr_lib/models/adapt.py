@@ -24,9 +24,22 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
 LITE2_BLOCKS = 21
 MODEL = "efficientnet-lite2"
+
+
+class SymmetricSamePadding(Conv2dDynamicSamePadding):
+    """A stride-1 'same' convolution whose TensorFlow padding is symmetric (odd kernel), given as the convolution's own
+    zero padding ``same_pad`` instead of the EfficientNet code's ``F.pad`` on every call (:func:`_symmetric_same_padding`).
+    A module-level class, so a model holding the top still pickles."""
+
+    same_pad: tuple[int, int]
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.same_pad, self.dilation, self.groups)
 
 
 def _symmetric_same_padding(top: nn.Module) -> int:
@@ -35,13 +48,6 @@ def _symmetric_same_padding(top: nn.Module) -> int:
     zero padding instead, where TensorFlow's 'same' rule pads symmetrically (stride 1, odd kernel). The same
     arithmetic: outputs and gradients are bit-identical (``tests/test_adapt.py``), about 1.15x faster forward +
     backward of the top (one thread). The parameters and their checkpoint keys are unchanged. Returns the count."""
-    import torch.nn.functional as F
-    from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
-
-    class SymmetricSamePadding(Conv2dDynamicSamePadding):
-        def forward(self, x):
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.same_pad, self.dilation, self.groups)
-
     n = 0
     for m in top.modules():
         if type(m) is not Conv2dDynamicSamePadding or tuple(m.stride) != (1, 1):
