@@ -114,18 +114,19 @@ class TextEncoder:
     def encode_query(self, ids: np.ndarray, lengths: np.ndarray, layer: int | None = None) -> np.ndarray:
         """One query (``ids`` (1, L), ``lengths`` (1,)) as :meth:`encode_ids` returns it, through the query kernel
         the query-encoder check adopted (``results/benchmarks/query_encoder.csv``): the plain-torch forward
-        :class:`itr_lib.lean_minilm.LeanMiniLM` in float32 (``lean-fp32``: the transformers model's function ~1e-6
-        apart, top-10 identical on every test query of UCM and RSICD, ~1.15x faster). Its bf16-matmul variant
-        (``lean-bf16mm``, ~1.8x) is not used: it agreed on 99.7% of UCM's test queries but 96.2% of RSICD's, under the
-        99% bar. Batches go through :meth:`encode_ids`."""
+        :class:`itr_lib.lean_minilm.LeanMiniLM` in float32 with its weights pre-packed for oneDNN (``packed-fp32``:
+        the transformers model's function ~1e-6 apart, top-10 identical to it on the test queries of UCM and RSICD);
+        ``lean-fp32`` (unpacked) where this PyTorch has no oneDNN (:func:`itr_lib.lean_minilm.query_kernel`;
+        ``self.query_kernel`` says which ran). The bf16-matmul variants are not used: they agreed on 99.7% of UCM's
+        test queries but 96.2% of RSICD's, under the 99% bar. Batches go through :meth:`encode_ids`."""
         import torch
         if len(ids) != 1 or self.device != "cpu":
             return self.encode_ids(ids, lengths, layer)
         self._check_layers([layer])
         if getattr(self, "_lean", None) is None:
-            from .lean_minilm import LeanMiniLM
-            self.query_kernel = "lean-fp32"
-            self._lean = LeanMiniLM(self.model, torch.float32)
+            from .lean_minilm import LeanMiniLM, query_kernel
+            self.query_kernel, self.query_kernel_reason = query_kernel()
+            self._lean = LeanMiniLM(self.model, torch.float32, packed=self.query_kernel == "packed-fp32")
         width = int(lengths[0])
         with torch.inference_mode():
             h = self._lean(torch.from_numpy(ids[:, :width].astype(np.int64)), layer=layer).last_hidden_state

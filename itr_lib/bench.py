@@ -38,6 +38,7 @@ from . import precision as prec
 from .config import TrainConfig, variant_label
 from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
+from .levers import LEVER_METHODS
 from .timings import _machine
 
 PARTS = ("batch", "encode", "loss", "backward", "optimizer")
@@ -260,7 +261,7 @@ def main(argv=None) -> int:
     rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     lr = sub.add_parser("lever-reruns", help="train a speed lever's accuracy reruns (the study configs with the lever "
                                              "on, seed-matched to the float32 records) into --results-dir")
-    lr.add_argument("--lever", required=True, choices=["bf16", "bf16+scores", "bf16+buckets", "bf16+losses"])
+    lr.add_argument("--lever", required=True, choices=sorted(LEVER_METHODS))
     lr.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
     lr.add_argument("--variants", nargs="+", default=None, help="default: the methods the lever changes")
     lr.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -360,7 +361,7 @@ def main(argv=None) -> int:
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
                 "verdict", "records"]
     elif a.kind == "lever-reruns":
-        from .levers import LEVER_METHODS, LEVER_RECORDS, lever_reruns
+        from .levers import LEVER_RECORDS, lever_reruns
         recs = lever_reruns(a.lever, a.datasets, a.variants or LEVER_METHODS[a.lever], a.seeds, a.results_dir,
                             workers=a.workers)
         rows = [{"run": m["run"], "test_mr": m["test"]["standard"]["mr"], "train_s": m.get("train_seconds")}

@@ -193,12 +193,18 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
                            authors_seeds=p["AUTHORS_SEEDS"], loss_ablation_seeds=p["LOSS_ABLATION_SEEDS"],
                            loss_ablation_datasets=p["LOSS_ABLATION_DATASETS"],
                            base=dict(runtime, **p["COMPARISON_OVERRIDES"]), adapted=p["ADAPTED_COMPARISON"])
-    # LENGTH_BUCKETS reaches only the methods listed in LENGTH_BUCKETS_METHODS (those whose check passed)
+    # LENGTH_BUCKETS and SCORE_PRECISION reach only the methods listed in LENGTH_BUCKETS_METHODS /
+    # SCORE_PRECISION_METHODS (those whose check passed); the others keep the field's default
     keep = set(p.get("LENGTH_BUCKETS_METHODS", ("tgdt", "aladin")))
+    scored = set(p.get("SCORE_PRECISION_METHODS", ("scan", "mrsw", "tgdt")))
 
-    def buckets(c: TrainConfig) -> TrainConfig:
-        return c if c.method in keep or c.length_buckets is None else replace(c, length_buckets=None)
-    return [buckets(c) for c in cfgs], [(a, b, buckets(c)) for a, b, c in plan]
+    def per_method(c: TrainConfig) -> TrainConfig:
+        if c.method not in keep and c.length_buckets is not None:
+            c = replace(c, length_buckets=None)
+        if c.method not in scored and c.score_precision != "fp32":
+            c = replace(c, score_precision="fp32")
+        return c
+    return [per_method(c) for c in cfgs], [(a, b, per_method(c)) for a, b, c in plan]
 
 
 def comparison_configs(*args, **kw) -> list[TrainConfig]:

@@ -36,6 +36,8 @@ SCORED = LOW_PRECISION_METHODS  # a score matmul that may take bf16 inputs (Trai
 SCORE_LEVER = "bf16+scores"    # bf16 encoders + the score kernel levers (compiled where it applies, bf16 matmul)
 LOSS_LEVER = "bf16+losses"     # bf16 encoders + SelfAlign's loss matmuls from bf16 inputs (TrainConfig.loss_precision)
 LOSSED = ("lca+cra",)          # the SelfAlign variant its check trains (it holds both losses the lever changes)
+TGDT_LEVER = "bf16+buckets+scores"  # TGDT: bf16 encoders + length buckets + its MrSw term's score matmul in bf16
+TGDT_SCORED = ("tgdt",)
 BAR_HALF_WIDTH = 1.0
 
 
@@ -64,9 +66,9 @@ def score_lever_config(variant: str, dataset: str, seed: int, **kw):
 # where each lever's accuracy reruns keep their records (metrics/: the run's JSON and its test ranks), so the check
 # is recomputed from a clone (levers-report's defaults); the checkpoints stay in the reruns' own results folder
 LEVER_RECORDS = {"bf16": "precision_bf16", SCORE_LEVER: "lever_bf16+scores", "bf16+buckets": "lever_bf16+buckets",
-                 LOSS_LEVER: "lever_bf16+losses"}
+                 LOSS_LEVER: "lever_bf16+losses", TGDT_LEVER: "lever_bf16+buckets+scores"}
 LEVER_METHODS = {"bf16": ("baseline", "lca+cra", "tgdt"), SCORE_LEVER: SCORED, "bf16+buckets": BUCKETED,
-                 LOSS_LEVER: LOSSED}
+                 LOSS_LEVER: LOSSED, TGDT_LEVER: TGDT_SCORED}
 
 
 def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
@@ -79,8 +81,10 @@ def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
                          f"it changes nothing else")
     if lever == SCORE_LEVER:
         return score_lever_config(variant, dataset, seed, **kw)
-    if lever == "bf16+buckets":
+    if lever in ("bf16+buckets", TGDT_LEVER):
         kw["length_buckets"] = BUCKETS
+    if lever == TGDT_LEVER:
+        kw["score_precision"] = "bf16"
     if lever == LOSS_LEVER:
         kw["loss_precision"] = "bf16"
     return study_config(variant, dataset, seed, precision="bf16", **kw)
@@ -227,7 +231,8 @@ REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca
 # resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
 LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED],
                 "bf16+buckets": [(ds, m) for ds in ("ucm", "rsicd") for m in BUCKETED],
-                LOSS_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in LOSSED]}
+                LOSS_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in LOSSED],
+                TGDT_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in TGDT_SCORED]}
 MIN_SEEDS = 3
 
 

@@ -90,6 +90,8 @@ RANGES = {
     "CODEBOOK_SIZES": _ints_at_least(1),
     "LENGTH_BUCKETS_METHODS": ((lambda v: isinstance(v, list) and all(x in ("tgdt", "aladin") for x in v)),
                                'a list of "tgdt" / "aladin" (the methods with a text transformer)'),
+    "SCORE_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in ("scan", "mrsw", "tgdt") for x in v)),
+                                'a list of "scan" / "mrsw" / "tgdt" (the methods with an MrSw / SCAN score matmul)'),
     "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -14,8 +14,10 @@ Two runtime levers of issue 29 for the methods whose training step is their scor
   cast back to float32 before anything else: the LeakyReLU, the softmax over regions, the max over regions, the
   pooling, the loss and the metrics stay float32. The scores move by ~1e-3 (bf16 has 8 significant bits), so this
   is a lever that needs the accuracy check of :mod:`itr_lib.levers` (old float32 records vs reruns, paired
-  bootstrap of test mR). Honoured by ``scan`` and ``mrsw`` only (the exhaustive models; the model registry's
-  ``uses``): another method with ``"bf16"`` is a config error, so TGDT's and ALADIN's MrSw terms are never touched. Used only where
+  bootstrap of test mR). Honoured by ``scan``, ``mrsw`` and ``tgdt`` (TGDT's local term is MrSw: the same block, in
+  its training loss and its two-stage re-scoring; the model registry's ``uses``): another method with ``"bf16"`` is
+  a config error, so ALADIN's MrSw teacher is never touched. TGDT's use has its own check (``bf16+buckets+scores``
+  in :mod:`itr_lib.levers`); the notebooks apply the field to the methods in ``SCORE_PRECISION_METHODS``. Used only where
   :func:`itr_lib.precision.bf16_support` says bf16 is native; elsewhere it falls back to float32 (logged, recorded).
 
 - ``TrainConfig.loss_precision`` (``"fp32"`` | ``"bf16"``): SelfAlign's loss matmuls (the LCA codebook scores of
@@ -45,7 +47,8 @@ log = logging.getLogger(__name__)
 COMPILE_SETTINGS = ("off", "auto", "on")
 SCORE_PRECISIONS = ("fp32", "bf16")
 COMPILED_METHODS = ("scan",)          # the methods with a block to compile
-LOW_PRECISION_METHODS = ("scan", "mrsw")  # the methods whose score matmul may run in bf16 (models: uses=)
+LOW_PRECISION_METHODS = ("scan", "mrsw")  # the exhaustive methods whose score matmul may run in bf16 (bf16+scores;
+# TGDT's MrSw term reads the field too: models' uses=, its own lever bf16+buckets+scores)
 _state = threading.local()
 _compiled: dict = {}                  # process-wide: function name -> its torch.compile wrapper
 

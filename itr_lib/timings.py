@@ -17,7 +17,7 @@ import pandas as pd
 from .config import TrainConfig
 from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
-from .levers import BUCKETED, SCORED, interleaved_timings
+from .levers import BUCKETED, interleaved_timings
 
 
 def _machine() -> dict:
@@ -98,13 +98,13 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
 # ----------------------------------------------------------------------------------------------- old code vs new
 def new_default_kw(variant: str) -> dict:
     """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
-    defaults PRECISION, COMPILE_SCORES, for SCAN / MrSw SCORE_PRECISION, for TGDT / ALADIN LENGTH_BUCKETS (when on and
-    the method is in LENGTH_BUCKETS_METHODS),
+    defaults PRECISION, COMPILE_SCORES, SCORE_PRECISION (for the methods in SCORE_PRECISION_METHODS), for TGDT /
+    ALADIN LENGTH_BUCKETS (when on and the method is in LENGTH_BUCKETS_METHODS),
     for SelfAlign LOSS_PRECISION."""
     from .cost import notebook_defaults
     p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
     kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
-    if variant in SCORED:
+    if variant in p["SCORE_PRECISION_METHODS"]:
         kw["score_precision"] = p["SCORE_PRECISION"]
     if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1 and variant in p["LENGTH_BUCKETS_METHODS"]:
         kw["length_buckets"] = p["LENGTH_BUCKETS"]

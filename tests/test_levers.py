@@ -156,7 +156,14 @@ def test_lean_minilm_is_the_transformers_forward_for_one_query():
         for k in range(4):  # the text top's cut: the states after k layers
             torch.testing.assert_close(lean(ids, layer=k).last_hidden_state, ref.hidden_states[k], rtol=1e-5,
                                        atol=1e-5)
+        from itr_lib.lean_minilm import packed_available
+        if packed_available():  # oneDNN with pre-packed weights: the same function up to summation order
+            torch.testing.assert_close(LeanMiniLM(bert, packed=True)(ids, layer=2).last_hidden_state,
+                                       ref.hidden_states[2], rtol=1e-5, atol=1e-5)
+            packed_mixed = LeanMiniLM(bert, torch.bfloat16, packed=True)(ids).last_hidden_state
         mixed = LeanMiniLM(bert, torch.bfloat16)(ids).last_hidden_state
+        if packed_available():  # the same bf16 products, packed or not
+            torch.testing.assert_close(packed_mixed, mixed, rtol=1e-5, atol=1e-5)
     # bf16 matmul inputs only: float32 out, within bf16 rounding of the float32 forward, not equal to it
     assert mixed.dtype == torch.float32
     diff = (mixed - ref.last_hidden_state).abs().max().item()
@@ -169,6 +176,7 @@ def test_text_encoder_query_path_agrees_with_the_batch_path():
     """The explorer's query path (TextEncoder.encode_query: the adopted query kernel) against the transformers
     forward the feature cache was built with, on the real MiniLM: same layout, the same states up to rounding."""
     from itr_lib.backbones import TextEncoder
+    from itr_lib.lean_minilm import query_kernel
     enc = TextEncoder("cpu")
     ids, lengths = enc.tokenize(["a river passes through a green forest near some buildings"])
     for layer in (None, 4):
@@ -177,7 +185,17 @@ def test_text_encoder_query_path_agrees_with_the_batch_path():
         assert a.shape == b.shape == (1, ids.shape[1], 384) and not b[0, n:].any()
         cos = (a[0, :n] * b[0, :n]).sum(-1) / np.linalg.norm(a[0, :n], axis=-1) / np.linalg.norm(b[0, :n], axis=-1)
         assert cos.min() > 0.999, (layer, cos.min())
-        assert enc.query_kernel == "lean-fp32" and np.abs(a - b).max() < 1e-4
+        assert enc.query_kernel == query_kernel()[0] and np.abs(a - b).max() < 1e-4
+
+
+def test_query_kernel_falls_back_without_onednn(monkeypatch):
+    """Without oneDNN the query path runs the unpacked kernel, says so, and a packed LeanMiniLM is a clear error."""
+    import itr_lib.lean_minilm as lm
+    monkeypatch.setattr(lm, "packed_available", lambda: False)
+    kernel, reason = lm.query_kernel()
+    assert kernel == "lean-fp32" and "oneDNN" in reason
+    with pytest.raises(RuntimeError, match="packed=False"):
+        lm.LeanMiniLM(_tiny_bert(), packed=True)
 
 
 def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):

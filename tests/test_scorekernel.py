@@ -91,8 +91,9 @@ def test_settings_a_method_cannot_honour_are_errors(monkeypatch):
     with pytest.raises(ValueError, match="score_precision"):
         TrainConfig(method="scan", score_precision="fp16")
     with pytest.raises(ValueError, match="score_precision='bf16'"):
-        build_model(TrainConfig(method="tgdt", score_precision="bf16", extra={"dropout": 0.0}))
+        build_model(TrainConfig(method="aladin", score_precision="bf16"))
     build_model(TrainConfig(method="mrsw", score_precision="bf16"))  # honoured
+    build_model(TrainConfig(method="tgdt", score_precision="bf16"))  # honoured: its MrSw term
     # 'auto' is allowed everywhere and compiles only SCAN
     assert sk.resolve("baseline", "auto", "fp32")["compiled"] is False
     # no compiler: 'auto' stays eager with the reason, 'on' is an error naming the fix
@@ -139,7 +140,7 @@ def test_the_study_wide_runtime_settings_reach_the_methods_that_read_them():
                                     "length_buckets": 8, "loss_precision": "bf16"})
     got = {c.method if c.method != "selfalign" else "lca+cra": (c.score_precision, c.length_buckets, c.loss_precision)
            for c in cfgs}
-    assert got == {"baseline": ("fp32", None, "fp32"), "tgdt": ("fp32", 8, "fp32"), "scan": ("bf16", None, "fp32"),
+    assert got == {"baseline": ("fp32", None, "fp32"), "tgdt": ("bf16", 8, "fp32"), "scan": ("bf16", None, "fp32"),
                    "mrsw": ("bf16", None, "fp32"), "lca+cra": ("fp32", None, "bf16"), "aladin": ("fp32", 8, "fp32")}
     for c in cfgs:
         build_model(c)  # check_config: nothing a method cannot honour
@@ -209,3 +210,11 @@ def test_length_buckets_reach_only_the_methods_listed():
         _, plan = notebook_grids({**p, "LENGTH_BUCKETS_METHODS": listed})
         assert {c.method: c.length_buckets for _, _, c in plan} == want
     assert range_errors({"LENGTH_BUCKETS_METHODS": ["scan"]}) and not range_errors({"LENGTH_BUCKETS_METHODS": []})
+    # SCORE_PRECISION the same way: TGDT reads the field (its MrSw term) but gets it only once listed
+    p.update(SCORE_PRECISION="bf16")
+    for listed, want in ((["scan", "mrsw"], {"tgdt": "fp32", "aladin": "fp32", "scan": "bf16"}),
+                         (["scan", "mrsw", "tgdt"], {"tgdt": "bf16", "aladin": "fp32", "scan": "bf16"})):
+        _, plan = notebook_grids({**p, "SCORE_PRECISION_METHODS": listed})
+        assert {c.method: c.score_precision for _, _, c in plan} == want
+    assert p["SCORE_PRECISION_METHODS"] == ["scan", "mrsw"]  # 02's default: TGDT's check has not passed
+    assert range_errors({"SCORE_PRECISION_METHODS": ["aladin"]})

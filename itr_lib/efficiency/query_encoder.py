@@ -28,23 +28,24 @@ import torch
 
 from ..lean_minilm import LeanMiniLM
 
-VARIANTS = ("fp32", "int8", "bf16", "lean-fp32", "lean-bf16mm")
+VARIANTS = ("fp32", "int8", "bf16", "lean-fp32", "lean-bf16mm", "packed-fp32", "packed-bf16mm")
 AGREEMENT_BAR = 0.99
 
 
 def variant_model(model: torch.nn.Module, kind: str) -> torch.nn.Module:
     """The MiniLM ``model`` for a variant: itself (fp32), a copy with bfloat16 weights (bf16: autocast would cast
     every weight again at each batch-1 call, which costs more than the matmuls it speeds up), an int8
-    dynamically quantised copy of its ``nn.Linear`` layers, or :class:`LeanMiniLM` (``lean-fp32``,
-    ``lean-bf16mm``)."""
+    dynamically quantised copy of its ``nn.Linear`` layers, or :class:`LeanMiniLM` (``lean-*``; ``packed-*``: its
+    weights pre-packed for oneDNN)."""
     if kind not in VARIANTS:
         raise ValueError(f"unknown query-encoder variant {kind!r}; choose from {VARIANTS}")
     if kind == "fp32":
         return model
     if kind == "bf16":
         return copy.deepcopy(model).eval().to(torch.bfloat16)
-    if kind.startswith("lean-"):
-        return LeanMiniLM(model.eval(), torch.float32 if kind == "lean-fp32" else torch.bfloat16).eval()
+    if kind.startswith(("lean-", "packed-")):
+        return LeanMiniLM(model.eval(), torch.float32 if kind.endswith("fp32") else torch.bfloat16,
+                          packed=kind.startswith("packed-")).eval()
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 

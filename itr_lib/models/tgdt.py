@@ -134,7 +134,7 @@ class TGDTModel(RetrievalModel):
         return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
-@register("tgdt", uses=("length_buckets",))
+@register("tgdt", uses=("length_buckets", "score_precision"))
 def _tgdt(cfg, glove):
     hp = {**loss_defaults(cfg), **extra_get(cfg.extra, tgdt_defaults(cfg))}
     return TGDTModel(dim=cfg.dim, text_encoder=cfg.text_encoder, glove=glove, length_buckets=cfg.length_buckets,
