@@ -55,6 +55,8 @@ def lever_configs(variant: str, dataset: str) -> dict:
         out[SCORE_LEVER] = score_lever_config(variant, dataset, 0)
     if out["fp32"].method == "selfalign":
         out[LOSS_LEVER] = study_config(variant, dataset, 0, precision="bf16", loss_precision="bf16")
+    if variant in TGDT_SCORED:
+        out[TGDT_LEVER] = lever_config(TGDT_LEVER, variant, dataset, 0)
     return out
 
 
@@ -297,17 +299,20 @@ its reruns exist), and `bf16+compiled` SCAN's score block through torch.compile 
 tests; not trained for a check of its own: `bf16+scores` includes it).
 `bf16+scores` (SCAN, MrSw; `itr_lib.scorekernel`) adds the compiled block (SCAN) and a bf16 cosine matmul in the
 score: checked on SCAN and MrSw, the only methods it changes. `bf16+losses` (SelfAlign; `TrainConfig.loss_precision`)
-adds bf16 inputs to the LCA codebook and CRA score matmuls of the loss: checked on LCA+CRA."""
+adds bf16 inputs to the LCA codebook and CRA score matmuls of the loss: checked on LCA+CRA. `bf16+buckets+scores`
+(TGDT) adds length buckets and the bf16 cosine matmul of its MrSw term (training loss and two-stage re-score) to bf16:
+checked on TGDT."""
 
 
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
                   out_dir: str | Path = "results/benchmarks", n_boot: int = 2000,
                   score_dir: str | Path | None = None, buckets_dir: str | Path | None = None,
-                  losses_dir: str | Path | None = None) -> pd.DataFrame:
+                  losses_dir: str | Path | None = None, tgdt_dir: str | Path | None = None) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
     accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
     its :data:`SCORE_LEVER` runs of SCAN and MrSw; with ``buckets_dir``, of its ``bf16+buckets`` runs of TGDT and
-    ALADIN; with ``losses_dir``, of its :data:`LOSS_LEVER` runs of LCA+CRA). The study's cost with the adopted levers is RESULTS.md's cost
+    ALADIN; with ``losses_dir``, of its :data:`LOSS_LEVER` runs of LCA+CRA; with ``tgdt_dir``, of its
+    :data:`TGDT_LEVER` runs of TGDT). The study's cost with the adopted levers is RESULTS.md's cost
     section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table.
 
     Column ``records``: the folder whose reruns a check was computed from. A check whose reruns are in none of the
@@ -327,6 +332,8 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
         acc += checked(buckets_dir, BUCKETED, "bf16+buckets")
     if losses_dir is not None:
         acc += checked(losses_dir, LOSSED, LOSS_LEVER)
+    if tgdt_dir is not None:
+        acc += checked(tgdt_dir, TGDT_SCORED, TGDT_LEVER)
     acc = _keep_previous_checks(pd.DataFrame(acc), out_dir / "speed_levers.csv")
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)

@@ -218,3 +218,32 @@ def test_length_buckets_reach_only_the_methods_listed():
         assert {c.method: c.score_precision for _, _, c in plan} == want
     assert p["SCORE_PRECISION_METHODS"] == ["scan", "mrsw"]  # 02's default: TGDT's check has not passed
     assert range_errors({"SCORE_PRECISION_METHODS": ["aladin"]})
+
+
+def test_tgdt_local_term_takes_the_bf16_score_matmul_and_records_it(mini_cfg):
+    """TGDT's local term is MrSw: under score_precision='bf16' its scores (training loss and the two-stage re-score)
+    move by bf16 rounding only, the global term not at all; a TGDT run records the rule it used."""
+    ok, why = prec.bf16_support()
+    if not ok:
+        pytest.skip(f"no native bf16 here: {why}")
+    torch.manual_seed(0)
+    model = build_model(TrainConfig(method="tgdt", dim=32, score_precision="bf16", extra={"dropout": 0.0})).eval()
+    g = torch.Generator().manual_seed(0)
+    regions, rmask = torch.randn(3, 49, 1280, generator=g), torch.ones(3, 49, dtype=torch.bool)
+    text = torch.randn(4, 6, 384, generator=g)
+    tmask = torch.arange(6)[None] < torch.tensor([6, 3, 4, 2])[:, None]
+    with torch.no_grad():
+        img, txt = model.encode_grid(regions, rmask), model.encode_tokens(text, tmask, tmask)
+        out = {}
+        for name, rule in (("fp32", EAGER), ("bf16", {**EAGER, "matmul": "bf16"})):
+            with sk.policy(rule):
+                out[name] = (model.global_similarity(img, txt), model.local_similarity(img, txt),
+                             model.rescore_similarity(img, txt))
+    assert torch.equal(out["fp32"][0], out["bf16"][0])
+    for a, b in zip(out["fp32"][1:], out["bf16"][1:]):
+        diff = (a - b).abs().max().item()
+        assert b.dtype == torch.float32 and 0 < diff < 0.05
+    from itr_lib.train import train
+    rec = train(mini_cfg(method="tgdt", score_precision="bf16", epochs=1, extra={"dropout": 0.0}))
+    assert rec["score_kernel"]["matmul"] == "bf16" and rec["config"]["score_precision"] == "bf16"
+    assert "score_precision" not in rec["config_identity"]
