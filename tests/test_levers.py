@@ -245,3 +245,20 @@ def test_a_check_whose_reruns_are_gone_keeps_its_previous_row_marked(tmp_path):
     assert out.loc["mrsw", "verdict"] == "not run"  # nothing to keep: still not run
     assert out.loc["tgdt", "delta_mr"] == 0.1 and out.loc["tgdt", "records"] == "results/benchmarks/precision_bf16"
     assert _keep_previous_checks(acc, tmp_path / "missing.csv").equals(acc)
+
+
+def test_the_notebooks_apply_a_per_method_lever_exactly_where_its_committed_check_passed():
+    """01's and 02's LENGTH_BUCKETS_METHODS and SCORE_PRECISION_METHODS list the methods whose accuracy check passed
+    in the committed speed_levers.csv (levers.adoptable), no more and no fewer: the stated rule is the applied one."""
+    import pandas as pd
+    from itr_lib.cost import notebook_defaults
+    from itr_lib.io import REPO_ROOT as REPO
+    from itr_lib.levers import TGDT_LEVER, adoptable
+    table = pd.read_csv(REPO / "results" / "benchmarks" / "speed_levers.csv", dtype={"seeds": str})
+    tgdt = adoptable(table, TGDT_LEVER, "tgdt")
+    want_buckets = {m for m in ("aladin", "tgdt") if adoptable(table, "bf16+buckets", m)} | ({"tgdt"} if tgdt else set())
+    want_scores = {m for m in ("scan", "mrsw") if adoptable(table, "bf16+scores", m)} | ({"tgdt"} if tgdt else set())
+    for nb in ("01_train.ipynb", "02_ablations.ipynb"):
+        p = notebook_defaults(REPO / "notebooks" / nb)
+        assert set(p["LENGTH_BUCKETS_METHODS"]) == want_buckets, nb
+        assert set(p["SCORE_PRECISION_METHODS"]) == want_scores, nb
