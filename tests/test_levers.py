@@ -38,9 +38,13 @@ def test_accuracy_check_passes_equal_runs_and_fails_a_worse_lever(tmp_path):
 
 def test_lever_configs_keep_the_run_identity():
     cfgs = lever_configs("tgdt", "ucm")
-    assert set(cfgs) == {"fp32", "bf16", "bf16+buckets"}
+    assert set(cfgs) == {"fp32", "bf16", "bf16+buckets", "bf16+buckets+scores"}
     assert len({c.run_name() for c in cfgs.values()}) == 1  # runtime fields only
     assert cfgs["bf16+buckets"].length_buckets == 8 and cfgs["fp32"].precision == "fp32"
+    both = cfgs["bf16+buckets+scores"]
+    assert (both.precision, both.length_buckets, both.score_precision) == ("bf16", 8, "bf16")
+    assert cfgs["bf16+buckets"].score_precision == "fp32"
+    assert set(lever_configs("aladin", "ucm")) == {"fp32", "bf16", "bf16+buckets"}  # its MrSw teacher: untouched
     scan = lever_configs("scan", "ucm")
     assert set(scan) == {"fp32", "bf16", "bf16+compiled", "bf16+scores"}  # no text transformer to bucket
     assert len({c.run_name() for c in scan.values()}) == 1
@@ -51,6 +55,7 @@ def test_lever_configs_keep_the_run_identity():
 def test_a_levers_reruns_are_the_seed_matched_records_with_the_lever_on():
     for lever, variant, field, value in [("bf16+buckets", "aladin", "length_buckets", 8),
                                          ("bf16+scores", "mrsw", "score_precision", "bf16"),
+                                         ("bf16+buckets+scores", "tgdt", "score_precision", "bf16"),
                                          ("bf16", "baseline", "precision", "bf16")]:
         for seed in (0, 2):
             cfg, record = lever_config(lever, variant, "rsicd", seed), study_config(variant, "rsicd", seed)
