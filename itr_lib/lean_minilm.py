@@ -1,6 +1,7 @@
 """MiniLM's forward for one query in plain torch ops (the query kernel of issue 29; see :class:`LeanMiniLM`)."""
 from __future__ import annotations
 
+import functools
 from types import SimpleNamespace
 
 import torch
@@ -20,8 +21,8 @@ class LeanMiniLM(torch.nn.Module):
     oneDNN's linear (``packed-fp32`` / ``packed-bf16mm``). At batch 1 a query's matmuls are a few rows against 10.6M
     weights (42 MB in float32); on these shapes oneDNN's linear with pre-packed weights took ~0.65x the time of the
     plain GEMM (one thread, the 18 weight matrices of MiniLM, 16 rows). The packed float32 kernel is the same
-    function up to summation order (~1e-6, like ``lean-fp32``). Needs PyTorch built with oneDNN (``torch.backends.mkldnn.is_available()``): an
-    error otherwise (:func:`query_kernel` picks the unpacked kernel there)."""
+    function up to summation order (~1e-6, like ``lean-fp32``). Needs PyTorch built with oneDNN
+    (:func:`packed_available`): an error otherwise (:func:`query_kernel` picks the unpacked kernel there)."""
 
     def __init__(self, bert, mm: torch.dtype = torch.float32, packed: bool = False):
         super().__init__()
@@ -77,14 +78,31 @@ class LeanMiniLM(torch.nn.Module):
         return SimpleNamespace(last_hidden_state=x[None])
 
 
+@functools.lru_cache(maxsize=1)
 def packed_available() -> bool:
-    """Whether this PyTorch has oneDNN's linear with pre-packed weights (LeanMiniLM(packed=True))."""
-    return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    """Whether this PyTorch runs oneDNN's linear with pre-packed weights (LeanMiniLM(packed=True)): oneDNN present
+    and a 2 x 3 trial product equal to ``F.linear``'s."""
+    return _packed_trial() is None
+
+
+def _packed_trial() -> str | None:
+    """None when the packed linear works here, else why not."""
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch has no oneDNN (torch.backends.mkldnn)"
+    try:
+        w, x = torch.arange(6.0).view(2, 3), torch.ones(1, 3)
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 1), None, "none", [],
+                                               "")
+    except (AttributeError, RuntimeError) as err:
+        return f"oneDNN's packed linear failed here ({type(err).__name__}: {err})"
+    if not torch.equal(y, F.linear(x, w)):
+        return "oneDNN's packed linear disagreed with F.linear on a trial product"
+    return None
 
 
 def query_kernel() -> tuple[str, str]:
-    """The float32 query kernel this machine gets and why: ``packed-fp32`` where oneDNN is available (adopted by the
-    query-encoder check, ``results/benchmarks/query_encoder.csv``), else ``lean-fp32``."""
+    """The float32 query kernel this machine gets and why: ``packed-fp32`` where oneDNN's packed linear works
+    (adopted by the query-encoder check, ``results/benchmarks/query_encoder.csv``), else ``lean-fp32``."""
     if packed_available():
-        return "packed-fp32", "oneDNN available"
-    return "lean-fp32", "this PyTorch has no oneDNN (torch.backends.mkldnn), so the unpacked plain-torch forward"
+        return "packed-fp32", "oneDNN's packed linear available"
+    return "lean-fp32", f"{_packed_trial()}, so the unpacked plain-torch forward"
