@@ -60,6 +60,12 @@ class LeanMiniLM(torch.nn.Module):
             return F.linear(x, w, b)
         return F.linear(x.to(self.mm), w).float() + b
 
+    def _lin_gelu(self, x, wb):
+        """GELU(linear): fused into oneDNN's linear (its exact-erf post-op) for the packed float32 kernel."""
+        if self.packed and self.mm is torch.float32:
+            return torch.ops.mkldnn._linear_pointwise(x, wb[0], wb[1], "gelu", [], "none")
+        return F.gelu(self._lin(x, wb))
+
     def forward(self, input_ids, attention_mask=None, layer: int | None = None):
         if input_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
             raise ValueError("LeanMiniLM encodes one query without padding (batch 1, every token valid); use the "
@@ -70,10 +76,11 @@ class LeanMiniLM(torch.nn.Module):
         d, h = x.shape[-1], self.h
         x = F.layer_norm(x, (d,), self.eln[0], self.eln[1], self.eln[2])
         for blk in self.layers[:layer]:
-            q, k, v = self._lin(x, blk["qkv"]).view(n, 3, h, d // h).permute(1, 2, 0, 3)
-            a = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(n, d)
+            # (1, heads, n, head dim): the 4-d layout PyTorch's fused CPU attention takes (3-d ran its math path)
+            q, k, v = self._lin(x, blk["qkv"]).view(1, n, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            a = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1).reshape(n, d)
             x = F.layer_norm(self._lin(a, blk["o"]) + x, (d,), *blk["ln1"])
-            f = F.gelu(self._lin(x, blk["f1"]))
+            f = self._lin_gelu(x, blk["f1"])
             x = F.layer_norm(self._lin(f, blk["f2"]) + x, (d,), *blk["ln2"])
         return SimpleNamespace(last_hidden_state=x[None])
 
