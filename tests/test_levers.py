@@ -208,7 +208,9 @@ def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
     from itr_lib.timings import new_default_kw, source_tree
     # the new side trains with 02's parameter defaults (what a rerun of the study does)
     assert new_default_kw("scan") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16"}
-    assert new_default_kw("tgdt") == {"precision": "auto", "compile_scores": "auto"}  # no score matmul to lower
+    assert new_default_kw("tgdt") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16",
+                                      "length_buckets": 8}  # its bf16+buckets+scores check passed
+    assert new_default_kw("baseline") == {"precision": "auto", "compile_scores": "auto"}  # no score matmul to lower
     # the old side is a commit's itr_lib, unpacked on its own
     tree = source_tree("HEAD", tmp_path / "old")
     import subprocess

@@ -216,7 +216,6 @@ def test_length_buckets_reach_only_the_methods_listed():
                          (["scan", "mrsw", "tgdt"], {"tgdt": "bf16", "aladin": "fp32", "scan": "bf16"})):
         _, plan = notebook_grids({**p, "SCORE_PRECISION_METHODS": listed})
         assert {c.method: c.score_precision for _, _, c in plan} == want
-    assert p["SCORE_PRECISION_METHODS"] == ["scan", "mrsw"]  # 02's default: TGDT's check has not passed
     assert range_errors({"SCORE_PRECISION_METHODS": ["aladin"]})
 
 
