@@ -221,6 +221,8 @@ def main(argv=None) -> int:
                      choices=sorted(METHOD_VARIANTS))
     lev.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     lev.add_argument("--steps", type=int, default=4)
+    lev.add_argument("--adapted", action="store_true", help="at the adapted operating point (experiments."
+                     "ADAPTED_CHANGE): fp32, bf16 and bf16+top (the image top's 1 x 1 convolutions in bf16)")
     hp = sub.add_parser("heap", help="the heap setting (itr_lib.heap) old vs new per method, each in its own "
                                      "process, alternating: step, val and epoch ratios, peak memory -> heap_<dataset>.csv")
     hp.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt", "scan", "mrsw", "aladin"],
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
         rows = []
         for th in a.threads:  # written after each method: a long timing interrupted keeps what it measured
             for v in a.variants:
-                rows += time_levers([v], a.dataset, [th], a.steps)
+                rows += time_levers([v], a.dataset, [th], a.steps, adapted=a.adapted)
                 path = write_benchmark(rows, "speed_levers_steps", a.dataset, ["method", "lever", "threads"],
                                        a.out_dir)
         cols = ["method", "lever", "threads", "step_s", "val_s", "step_speedup", "val_speedup", "run_speedup",

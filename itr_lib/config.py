@@ -18,7 +18,8 @@ from .io import REPO_ROOT
 
 # fields that do not change the result of a run (excluded from its identity)
 RUNTIME_FIELDS = ("data_root", "cache_dir", "device", "threads", "run_dir", "progress", "eval_batch_size",
-                  "length_buckets", "precision", "compile_scores", "score_precision", "loss_precision")
+                  "length_buckets", "precision", "compile_scores", "score_precision", "loss_precision",
+                  "top_precision")
 # fields added after runs were first recorded: they enter the identity only when set, so the names (and
 # resumability) of earlier runs stay valid
 ADDED_LATER = ("val_images_per_epoch", "image_transforms")
@@ -177,6 +178,9 @@ class TrainConfig:
                                         # the score float32 (itr_lib.scorekernel). Runtime field, recorded
     loss_precision: str = "fp32"        # fp32 | bf16: SelfAlign's LCA/CRA loss matmuls from bf16 inputs, the rest
                                         # of the loss float32 (itr_lib.scorekernel.loss_mm). Runtime field, recorded
+    top_precision: str = "fp32"         # fp32 | bf16: the trainable image top's 1 x 1 convolutions from bf16 inputs
+                                        # (itr_lib.models.adapt.PointwiseConv; needs image_top_blocks). Runtime
+                                        # field, recorded; not adopted (its check at the adapted point has not run)
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 
@@ -192,7 +196,8 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"TrainConfig.precision must be 'fp32', 'bf16' or 'auto', got {self.precision!r}")
         from .scorekernel import check as check_scores
-        check_scores(self.method, self.compile_scores, self.score_precision, self.loss_precision)
+        check_scores(self.method, self.compile_scores, self.score_precision, self.loss_precision, self.top_precision,
+                     self.image_top_blocks)
         if self.image_transforms is not None:
             self.image_transforms = dihedral.validate(self.image_transforms, "TrainConfig.image_transforms")
         if self.image_top_blocks:

@@ -38,13 +38,21 @@ LOSS_LEVER = "bf16+losses"     # bf16 encoders + SelfAlign's loss matmuls from b
 LOSSED = ("lca+cra",)          # the SelfAlign variant its check trains (it holds both losses the lever changes)
 TGDT_LEVER = "bf16+buckets+scores"  # TGDT: bf16 encoders + length buckets + its MrSw term's score matmul in bf16
 TGDT_SCORED = ("tgdt",)
+TOP_LEVER = "bf16+top"         # the adapted point: bf16 heads + the image top's 1 x 1 convolutions in bf16 (timed only)
 BAR_HALF_WIDTH = 1.0
 
 
-def lever_configs(variant: str, dataset: str) -> dict:
+def lever_configs(variant: str, dataset: str, adapted: bool = False) -> dict:
     """name -> config: ``fp32`` (the study's, old), ``bf16``; for TGDT / ALADIN ``bf16+buckets``; for SCAN
     ``bf16+compiled`` (its score block compiled: the same function up to rounding); for SCAN / MrSw
-    :data:`SCORE_LEVER` (bf16 + compiled where it applies + the bf16 score matmul)."""
+    :data:`SCORE_LEVER` (bf16 + compiled where it applies + the bf16 score matmul). ``adapted``: at the adapted
+    operating point (:data:`itr_lib.experiments.ADAPTED_CHANGE`): ``fp32``, ``bf16`` and :data:`TOP_LEVER` (bf16 +
+    the image top's 1 x 1 convolutions in bf16, ``TrainConfig.top_precision``)."""
+    if adapted:
+        from .experiments import ADAPTED_CHANGE
+        return {"fp32": study_config(variant, dataset, 0, precision="fp32", **ADAPTED_CHANGE),
+                "bf16": study_config(variant, dataset, 0, precision="bf16", **ADAPTED_CHANGE),
+                TOP_LEVER: study_config(variant, dataset, 0, precision="bf16", top_precision="bf16", **ADAPTED_CHANGE)}
     out = {"fp32": study_config(variant, dataset, 0, precision="fp32"),
            "bf16": study_config(variant, dataset, 0, precision="bf16")}
     if variant in BUCKETED:
@@ -129,7 +137,7 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
         model.load_state_dict(model0.state_dict())
         state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0],
                        sk.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, cfg.device,
-                                  cfg.loss_precision))
+                                  cfg.loss_precision, cfg.top_precision, cfg.image_top_blocks))
     multi = multi_caption(first, model0)
     rng = np.random.default_rng(0)
     order = rng.permutation(tr.n_images)
@@ -163,21 +171,22 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
     return out
 
 
-def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4) -> list[dict]:
+def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4, adapted: bool = False) -> list[dict]:
     """One row per (method, threads, lever config): median step and validation seconds, and the speed-ups over
     ``fp32`` of the same method and thread count: medians of the paired per-step (per-repeat) ratios
-    (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score."""
+    (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score.
+    ``adapted``: at the adapted operating point (:func:`lever_configs`), rows named ``<method>, adapted top``."""
     rows = []
     for th in threads:
         for v in variants:
-            cfgs = lever_configs(v, dataset)
+            cfgs = lever_configs(v, dataset, adapted)
             t = interleaved_timings(cfgs, th, steps)
             n = t.pop("_steps_per_epoch")
             base = t["fp32"]
             for name, r in t.items():
                 step, val = float(np.median(r["step"])), float(np.median(r["val"]))
                 b_step, b_val = float(np.median(base["step"])), float(np.median(base["val"]))
-                rows.append({"dataset": dataset, "method": v, "lever": name, "threads": th, "steps": len(r["step"]),
+                rows.append({"dataset": dataset, "method": f"{v}, adapted top" if adapted else v, "lever": name, "threads": th, "steps": len(r["step"]),
                              "texts_per_step": float(np.mean(r["texts"])), "step_s": round(step, 4),
                              "val_s": round(val, 4),
                              "step_speedup": float(np.median(np.array(base["step"]) / np.array(r["step"]))),

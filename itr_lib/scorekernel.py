@@ -27,7 +27,14 @@ Two runtime levers of issue 29 for the methods whose training step is their scor
   (``bf16+losses`` in :mod:`itr_lib.levers`), which passed: the study's notebooks (01, 02, 07) default to
   ``LOSS_PRECISION = "bf16"``; the library's default stays ``"fp32"``.
 
-All three are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
+- ``TrainConfig.top_precision`` (``"fp32"`` | ``"bf16"``): the trainable image top's 1 x 1 convolutions (expand,
+  project, head; :class:`itr_lib.models.adapt.PointwiseConv`) from bf16 inputs, their outputs float32; depthwise
+  convolutions, BatchNorm and ReLU6 stay float32 (the top runs outside the encoders' autocast: its depthwise
+  convolutions were slower in bf16). Needs ``image_top_blocks > 0`` (an error otherwise). **Not adopted**: a lever
+  at the adapted point whose accuracy check (old float32 records vs reruns at that point) has not run; no notebook
+  sets it.
+
+All four are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
 the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that
 :func:`itr_lib.train.train` sets once per run, so the training step and the per-epoch and final scoring read it.
 """
@@ -53,11 +60,19 @@ _state = threading.local()
 _compiled: dict = {}                  # process-wide: function name -> its torch.compile wrapper
 
 
-def check(method: str, compile_scores: str, score_precision: str, loss_precision: str = "fp32") -> None:
+def check(method: str, compile_scores: str, score_precision: str, loss_precision: str = "fp32",
+          top_precision: str = "fp32", image_top_blocks: int = 0) -> None:
     """Config validation: allowed values, and no setting a method cannot honour (``score_precision`` and
-    ``loss_precision`` for another method are refused by the model registry's ``uses``)."""
+    ``loss_precision`` for another method are refused by the model registry's ``uses``; ``top_precision`` needs a
+    trainable image top)."""
     if loss_precision not in SCORE_PRECISIONS:
         raise ValueError(f"TrainConfig.loss_precision must be one of {SCORE_PRECISIONS}, got {loss_precision!r}")
+    if top_precision not in SCORE_PRECISIONS:
+        raise ValueError(f"TrainConfig.top_precision must be one of {SCORE_PRECISIONS}, got {top_precision!r}")
+    if top_precision != "fp32" and not image_top_blocks:
+        raise ValueError(f"TrainConfig.top_precision={top_precision!r} sets the trainable image top's 1 x 1 "
+                         f"convolutions, but image_top_blocks=0 (the frozen grid) has none. Fix: leave it at "
+                         f"'fp32' or set image_top_blocks.")
     if compile_scores not in COMPILE_SETTINGS:
         raise ValueError(f"TrainConfig.compile_scores must be one of {COMPILE_SETTINGS}, got {compile_scores!r}")
     if score_precision not in SCORE_PRECISIONS:
@@ -76,10 +91,10 @@ def cxx_compiler() -> str | None:
 
 
 def resolve(method: str, compile_scores: str, score_precision: str, device: str = "cpu",
-            loss_precision: str = "fp32") -> dict:
+            loss_precision: str = "fp32", top_precision: str = "fp32", image_top_blocks: int = 0) -> dict:
     """What a run of ``method`` will use: ``{"compiled": bool, "matmul": "fp32"|"bf16", "loss_matmul":
-    "fp32"|"bf16", "why": str}``."""
-    check(method, compile_scores, score_precision, loss_precision)
+    "fp32"|"bf16", "top_matmul": "fp32"|"bf16", "why": str}``."""
+    check(method, compile_scores, score_precision, loss_precision, top_precision, image_top_blocks)
     why = []
     compiled = False
     if method in COMPILED_METHODS and compile_scores != "off":
@@ -100,8 +115,9 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
             why.append("SCAN block compiled (TorchInductor)")
     matmul = _matmul_dtype("score_precision", score_precision, device, "score matmul", why)
     loss_matmul = _matmul_dtype("loss_precision", loss_precision, device, "LCA/CRA loss matmuls", why)
-    return {"compiled": compiled, "matmul": matmul, "loss_matmul": loss_matmul, "strict": compile_scores == "on",
-            "why": "; ".join(why) or "eager, float32 score matmul"}
+    top_matmul = _matmul_dtype("top_precision", top_precision, device, "image top 1 x 1 convolutions", why)
+    return {"compiled": compiled, "matmul": matmul, "loss_matmul": loss_matmul, "top_matmul": top_matmul,
+            "strict": compile_scores == "on", "why": "; ".join(why) or "eager, float32 score matmul"}
 
 
 def _matmul_dtype(field: str, setting: str, device: str, what: str, why: list) -> str:
@@ -121,8 +137,8 @@ def _matmul_dtype(field: str, setting: str, device: str, what: str, why: list) -
 
 def current() -> dict:
     """The active rule (eager, float32 outside any :func:`policy`)."""
-    return getattr(_state, "rule", {"compiled": False, "matmul": "fp32", "loss_matmul": "fp32", "strict": False,
-                                    "why": "default"})
+    return getattr(_state, "rule", {"compiled": False, "matmul": "fp32", "loss_matmul": "fp32", "top_matmul": "fp32",
+                                    "strict": False, "why": "default"})
 
 
 def low_precision() -> bool:

@@ -96,7 +96,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     used, why = prec.resolve(cfg.precision, cfg.device)
     log.info("precision %s (%s)", used, why)
     rule = scorekernel.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, resolve_device(cfg.device),
-                               cfg.loss_precision)
+                               cfg.loss_precision, cfg.top_precision, cfg.image_top_blocks)
     log.info("score kernel: %s", rule["why"])
     with prec.policy(used, resolve_device(cfg.device).split(":")[0]), scorekernel.policy(rule):
         return _train(cfg, stop_after_epochs)

@@ -84,7 +84,8 @@ def test_the_tops_symmetric_padding_is_bit_identical_to_the_explicit_pad(blocks)
     top = ImageTop(blocks)
     # one depthwise convolution per block; the stage's first block (block 15) has stride 2: it keeps its explicit pad
     assert top.symmetric_convs == {6: 5, 1: 1}[blocks]
-    orig = copy.deepcopy(top)
+    assert top.pointwise_convs == {6: 13, 1: 3}[blocks]  # expand + project per block, and the head (default rule:
+    orig = copy.deepcopy(top)                            # the same call as the EfficientNet code's, compared below)
     for m in orig.modules():
         if isinstance(m, Conv2dDynamicSamePadding):
             m.__class__ = Conv2dDynamicSamePadding  # back to the explicit pad
@@ -111,7 +112,7 @@ def test_zero_blocks_is_todays_path(mini_cfg):
     from itr_lib.train import make_optimizer
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {
         "image_top_blocks", "image_top_lr_factor", "precision", "text_top_layers", "text_top_lr_factor",
-        "compile_scores", "score_precision", "loss_precision"}
+        "compile_scores", "score_precision", "loss_precision", "top_precision"}
     recorded = [r for r in (json.loads(p.read_text()) for p in sorted((REPO / "results" / "full").glob(
         "**/metrics/rsicd-baseline-*.json"))) if set(r["config"]) == fields]  # records of the current schema
     assert len(recorded) >= 3
@@ -474,3 +475,32 @@ def test_the_tops_learning_rate_factor_is_kept_only_when_val_rises_over_the_comb
             recipe.adapt_lr(change, lever, bad, recipe.GreedyTrace(), "mini", "unused")
     with pytest.raises(ValueError, match="trains no backbone top"):
         recipe.adapt_lr(change, ("10 epochs", {"epochs": 10}), [2.0], recipe.GreedyTrace(), "mini", "unused")
+
+
+def test_top_precision_bf16_moves_the_top_by_rounding_only_and_needs_a_top(top_cfg):
+    """TrainConfig.top_precision='bf16' (not adopted): the top's 1 x 1 convolutions take bf16 inputs under the run's
+    rule, so the grid moves by bf16 rounding only (not by nothing), gradients reach every top parameter in float32;
+    the frozen grid (image_top_blocks=0) cannot honour it; outside the run identity."""
+    from itr_lib import precision as prec
+    from itr_lib import scorekernel as sk
+    if not prec.bf16_support()[0]:
+        pytest.skip("no native bf16 here")
+    top = ImageTop(1)
+    x = torch.randn(2, 49, top.in_channels, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name in ("fp32", "bf16"):
+        top.zero_grad()
+        with sk.policy(sk.resolve("baseline", "off", "fp32", top_precision=name, image_top_blocks=1)):
+            y = top(x)
+        y.square().mean().backward()
+        out[name] = (y.detach(), [p.grad.clone() for p in top.parameters()])
+    diff = (out["bf16"][0] - out["fp32"][0]).abs().max().item()
+    assert out["bf16"][0].dtype == torch.float32 and 0 < diff < 0.1 * out["fp32"][0].abs().max().item()
+    assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in out["bf16"][1])
+    assert sum(int(g.abs().sum() > 0) for g in out["bf16"][1]) == sum(int(g.abs().sum() > 0) for g in out["fp32"][1])
+    with pytest.raises(ValueError, match="image_top_blocks=0"):
+        TrainConfig(method="baseline", top_precision="bf16")
+    with pytest.raises(ValueError, match="top_precision must be one of"):
+        TrainConfig(method="baseline", image_top_blocks=1, top_precision="fp16")
+    cfg = top_cfg(image_top_blocks=1)
+    assert dataclasses.replace(cfg, top_precision="bf16").run_name() == cfg.run_name()

@@ -20,6 +20,7 @@ COMMON_FIELDS = frozenset({
     "token_drop", "image_transforms", "extra", "data_root", "cache_dir", "max_train_images", "max_eval_images",
     "val_images_per_epoch", "eval_batch_size", "device", "threads", "run_dir", "progress",
     "image_top_blocks", "image_top_lr_factor",  # the top: every model routes its grid through it (models.adapt)
+    "top_precision",  # the top's 1 x 1 convolutions (its config check needs image_top_blocks > 0)
     "text_top_layers", "text_top_lr_factor",  # and its token states through the text top (models.text_top)
     "precision", "compile_scores"})  # compile_scores: 'auto' applies where there is a block to compile (scorekernel)
 LOSS_FIELDS = {"triplet": ("margin", "warmup_epochs"), "infonce": ("infonce_temperature",)}

@@ -42,6 +42,33 @@ class SymmetricSamePadding(Conv2dDynamicSamePadding):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.same_pad, self.dilation, self.groups)
 
 
+class PointwiseConv(Conv2dDynamicSamePadding):
+    """A 1 x 1, stride-1 convolution of the top (no padding either way) that takes bf16 inputs when the active score
+    rule says so (``TrainConfig.top_precision = "bf16"``, :mod:`itr_lib.scorekernel`'s ``top_matmul``): input,
+    weight and bias cast to bf16, the output cast back to float32 at once; the depthwise convolutions, BatchNorm and
+    ReLU6 stay float32. Under the default rule it is the EfficientNet code's convolution (zero padding: the same
+    call, bit-identical). A module-level class, so a model holding the top still pickles."""
+
+    def forward(self, x):
+        from .. import scorekernel
+        if scorekernel.current().get("top_matmul") == "bf16":
+            b = None if self.bias is None else self.bias.to(torch.bfloat16)
+            return F.conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), b, self.stride, 0, self.dilation,
+                            self.groups).float()
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _pointwise(top: nn.Module) -> int:
+    """Make each 1 x 1, stride-1 convolution of ``top`` a :class:`PointwiseConv` (parameters and checkpoint keys
+    unchanged). Returns the count."""
+    n = 0
+    for m in top.modules():
+        if type(m) is Conv2dDynamicSamePadding and tuple(m.weight.shape[-2:]) == (1, 1) and tuple(m.stride) == (1, 1):
+            m.__class__ = PointwiseConv
+            n += 1
+    return n
+
+
 def _symmetric_same_padding(top: nn.Module) -> int:
     """Give each stride-1 'same'-padded convolution of ``top`` (the EfficientNet code pads its input with ``F.pad``
     on every call: a zero-filled copy of the activations, and a slice of its gradient back) the convolution's own
@@ -84,6 +111,7 @@ class ImageTop(nn.Module):
         self.conv_head, self.bn1, self.act = net._conv_head, net._bn1, net._swish
         self.in_channels = self.blocks[0]._block_args.input_filters
         self.symmetric_convs = _symmetric_same_padding(self)
+        self.pointwise_convs = _pointwise(self)
         super().train(False)
 
     def train(self, mode: bool = True) -> "ImageTop":
