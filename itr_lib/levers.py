@@ -136,8 +136,7 @@ def interleaved_timings(cfgs: dict, threads: int, steps: int = 4, warmup: int = 
         model = make_model(cfg)
         model.load_state_dict(model0.state_dict())
         state[name] = (cfg, model.train(), make_optimizer(cfg, model)[0], prec.resolve(cfg.precision, cfg.device)[0],
-                       sk.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, cfg.device,
-                                  cfg.loss_precision, cfg.top_precision, cfg.image_top_blocks))
+                       sk.resolve_config(cfg))
     multi = multi_caption(first, model0)
     rng = np.random.default_rng(0)
     order = rng.permutation(tr.n_images)
@@ -176,6 +175,7 @@ def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4, adapted:
     ``fp32`` of the same method and thread count: medians of the paired per-step (per-repeat) ratios
     (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score.
     ``adapted``: at the adapted operating point (:func:`lever_configs`), rows named ``<method>, adapted top``."""
+    from .cost import ADAPTED
     rows = []
     for th in threads:
         for v in variants:
@@ -186,7 +186,8 @@ def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4, adapted:
             for name, r in t.items():
                 step, val = float(np.median(r["step"])), float(np.median(r["val"]))
                 b_step, b_val = float(np.median(base["step"])), float(np.median(base["val"]))
-                rows.append({"dataset": dataset, "method": f"{v}, adapted top" if adapted else v, "lever": name, "threads": th, "steps": len(r["step"]),
+                rows.append({"dataset": dataset, "method": v + (ADAPTED if adapted else ""), "lever": name,
+                             "threads": th, "steps": len(r["step"]),
                              "texts_per_step": float(np.mean(r["texts"])), "step_s": round(step, 4),
                              "val_s": round(val, 4),
                              "step_speedup": float(np.median(np.array(base["step"]) / np.array(r["step"]))),
@@ -240,10 +241,8 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
 REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
 # a lever that changes only some methods is checked on those (the others' numbers cannot change: the model registry
 # resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
-LEVER_CHECKS = {SCORE_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in SCORED],
-                "bf16+buckets": [(ds, m) for ds in ("ucm", "rsicd") for m in BUCKETED],
-                LOSS_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in LOSSED],
-                TGDT_LEVER: [(ds, m) for ds in ("ucm", "rsicd") for m in TGDT_SCORED]}
+LEVER_CHECKS = {lv: [(ds, m) for ds in ("ucm", "rsicd") for m in LEVER_METHODS[lv]]
+                for lv in (SCORE_LEVER, "bf16+buckets", LOSS_LEVER, TGDT_LEVER)}
 MIN_SEEDS = 3
 
 

@@ -1,6 +1,7 @@
 """How the exhaustive fine-grained scores are computed: SCAN's block compiled, and the score matmul in bf16.
 
-Two runtime levers of issue 29 for the methods whose training step is their score (SCAN, MrSw):
+Runtime levers of issue 29: the first two for the methods whose training step is their score (SCAN, MrSw; the
+second also reaches TGDT's MrSw term), then SelfAlign's loss matmuls and the adapted image top's 1 x 1 convolutions:
 
 - ``TrainConfig.compile_scores`` (``"off"`` | ``"auto"`` | ``"on"``): SCAN's cross-attention block
   (:func:`itr_lib.models.fine.scan_block_math`) runs through ``torch.compile`` (TorchInductor's C++ kernels), which
@@ -118,6 +119,12 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
     top_matmul = _matmul_dtype("top_precision", top_precision, device, "image top 1 x 1 convolutions", why)
     return {"compiled": compiled, "matmul": matmul, "loss_matmul": loss_matmul, "top_matmul": top_matmul,
             "strict": compile_scores == "on", "why": "; ".join(why) or "eager, float32 score matmul"}
+
+
+def resolve_config(cfg, device: str | None = None) -> dict:
+    """:func:`resolve` of a TrainConfig's fields (``device``: the resolved device, default ``cfg.device``)."""
+    return resolve(cfg.method, cfg.compile_scores, cfg.score_precision, device or cfg.device, cfg.loss_precision,
+                   cfg.top_precision, cfg.image_top_blocks)
 
 
 def _matmul_dtype(field: str, setting: str, device: str, what: str, why: list) -> str:

@@ -95,8 +95,7 @@ def train(cfg: TrainConfig, stop_after_epochs: int | None = None) -> dict:
     (:mod:`itr_lib.precision`; recorded as ``metrics.json["precision"]``)."""
     used, why = prec.resolve(cfg.precision, cfg.device)
     log.info("precision %s (%s)", used, why)
-    rule = scorekernel.resolve(cfg.method, cfg.compile_scores, cfg.score_precision, resolve_device(cfg.device),
-                               cfg.loss_precision, cfg.top_precision, cfg.image_top_blocks)
+    rule = scorekernel.resolve_config(cfg, resolve_device(cfg.device))
     log.info("score kernel: %s", rule["why"])
     with prec.policy(used, resolve_device(cfg.device).split(":")[0]), scorekernel.policy(rule):
         return _train(cfg, stop_after_epochs)

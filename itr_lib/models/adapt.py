@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
 
+from .. import scorekernel
+
 LITE2_BLOCKS = 21
 MODEL = "efficientnet-lite2"
 
@@ -50,7 +52,6 @@ class PointwiseConv(Conv2dDynamicSamePadding):
     call, bit-identical). A module-level class, so a model holding the top still pickles."""
 
     def forward(self, x):
-        from .. import scorekernel
         if scorekernel.current().get("top_matmul") == "bf16":
             b = None if self.bias is None else self.bias.to(torch.bfloat16)
             return F.conv2d(x.to(torch.bfloat16), self.weight.to(torch.bfloat16), b, self.stride, 0, self.dilation,
