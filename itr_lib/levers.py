@@ -38,7 +38,9 @@ LOSS_LEVER = "bf16+losses"     # bf16 encoders + SelfAlign's loss matmuls from b
 LOSSED = ("lca+cra",)          # the SelfAlign variant its check trains (it holds both losses the lever changes)
 TGDT_LEVER = "bf16+buckets+scores"  # TGDT: bf16 encoders + length buckets + its MrSw term's score matmul in bf16
 TGDT_SCORED = ("tgdt",)
-TOP_LEVER = "bf16+top"         # the adapted point: bf16 heads + the image top's 1 x 1 convolutions in bf16 (timed only)
+TOP_LEVER = "bf16+top"         # the adapted point: the study's adopted levers + the image top's 1 x 1 convolutions
+TOPPED = ("baseline", "lca+cra", "tgdt")  # in bf16 (TrainConfig.top_precision), checked there on these methods
+ADAPTED_LEVERS = (TOP_LEVER,)  # levers checked at the adapted operating point (experiments.ADAPTED_CHANGE)
 BAR_HALF_WIDTH = 1.0
 
 
@@ -50,9 +52,11 @@ def lever_configs(variant: str, dataset: str, adapted: bool = False) -> dict:
     the image top's 1 x 1 convolutions in bf16, ``TrainConfig.top_precision``)."""
     if adapted:
         from .experiments import ADAPTED_CHANGE
-        return {"fp32": study_config(variant, dataset, 0, precision="fp32", **ADAPTED_CHANGE),
-                "bf16": study_config(variant, dataset, 0, precision="bf16", **ADAPTED_CHANGE),
-                TOP_LEVER: study_config(variant, dataset, 0, precision="bf16", top_precision="bf16", **ADAPTED_CHANGE)}
+        out = {"fp32": study_config(variant, dataset, 0, precision="fp32", **ADAPTED_CHANGE),
+               "bf16": study_config(variant, dataset, 0, precision="bf16", **ADAPTED_CHANGE)}
+        out[TOP_LEVER] = (lever_config(TOP_LEVER, variant, dataset, 0) if variant in TOPPED else
+                          study_config(variant, dataset, 0, precision="bf16", top_precision="bf16", **ADAPTED_CHANGE))
+        return out
     out = {"fp32": study_config(variant, dataset, 0, precision="fp32"),
            "bf16": study_config(variant, dataset, 0, precision="bf16")}
     if variant in BUCKETED:
@@ -76,9 +80,9 @@ def score_lever_config(variant: str, dataset: str, seed: int, **kw):
 # where each lever's accuracy reruns keep their records (metrics/: the run's JSON and its test ranks), so the check
 # is recomputed from a clone (levers-report's defaults); the checkpoints stay in the reruns' own results folder
 LEVER_RECORDS = {"bf16": "precision_bf16", SCORE_LEVER: "lever_bf16+scores", "bf16+buckets": "lever_bf16+buckets",
-                 LOSS_LEVER: "lever_bf16+losses", TGDT_LEVER: "lever_bf16+buckets+scores"}
+                 LOSS_LEVER: "lever_bf16+losses", TGDT_LEVER: "lever_bf16+buckets+scores", TOP_LEVER: "lever_bf16+top"}
 LEVER_METHODS = {"bf16": ("baseline", "lca+cra", "tgdt"), SCORE_LEVER: SCORED, "bf16+buckets": BUCKETED,
-                 LOSS_LEVER: LOSSED, TGDT_LEVER: TGDT_SCORED}
+                 LOSS_LEVER: LOSSED, TGDT_LEVER: TGDT_SCORED, TOP_LEVER: TOPPED}
 
 
 def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
@@ -91,6 +95,11 @@ def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
                          f"it changes nothing else")
     if lever == SCORE_LEVER:
         return score_lever_config(variant, dataset, seed, **kw)
+    if lever == TOP_LEVER:  # at the adapted point, on top of what 02 trains the method with today (its adopted levers)
+        from .experiments import ADAPTED_CHANGE
+        from .timings import new_default_kw
+        kw = {**new_default_kw(variant), "precision": "bf16", "top_precision": "bf16", **ADAPTED_CHANGE, **kw}
+        return study_config(variant, dataset, seed, **kw)
     if lever in ("bf16+buckets", TGDT_LEVER):
         kw["length_buckets"] = BUCKETS
     if lever == TGDT_LEVER:

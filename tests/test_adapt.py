@@ -75,10 +75,22 @@ def test_cached_activation_forward_equals_full_backbone(cut_cache, fixture_root,
     assert np.linalg.norm(grid - full) / np.linalg.norm(full) < 1e-3
 
 
+def _nchw_forward(top, x):
+    """The top's forward as the EfficientNet code lays it out: NCHW activations (ImageTop runs channels-last)."""
+    b, r, c = x.shape
+    side = int(round(r ** 0.5))
+    x = x.float().transpose(1, 2).reshape(b, c, side, side)
+    for block in top.blocks:
+        x = block(x)
+    x = top.act(top.bn1(top.conv_head(x)))
+    return x.flatten(2).transpose(1, 2)
+
+
 @pytest.mark.parametrize("blocks", [6, 1])
-def test_the_tops_symmetric_padding_is_bit_identical_to_the_explicit_pad(blocks):
+def test_the_tops_padding_and_layout_are_bit_identical_to_the_efficientnet_forward(blocks):
     """ImageTop gives its stride-1 'same' convolutions their own zero padding instead of the EfficientNet code's
-    F.pad on every call: outputs, input gradients and parameter gradients bit-identical to the original forward."""
+    F.pad on every call, and runs its activations channels-last instead of NCHW: outputs, input gradients and
+    parameter gradients bit-identical to the original forward (NCHW, explicit pads)."""
     import copy
     from efficientnet_lite_pytorch.utils import Conv2dDynamicSamePadding
     top = ImageTop(blocks)
@@ -97,7 +109,8 @@ def test_the_tops_symmetric_padding_is_bit_identical_to_the_explicit_pad(blocks)
     out = []
     for t in (top, orig):
         x = x0.clone().requires_grad_()
-        y = t(x)
+        y = t(x) if t is top else _nchw_forward(t, x)
+        assert y.shape == (3, 49, 1280)
         (y * w).sum().backward()
         out.append([y.detach(), x.grad] + [p.grad for p in t.parameters()])
     assert len(out[0]) > 10 and all(torch.equal(a, b) for a, b in zip(*out))
