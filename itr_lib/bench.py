@@ -253,14 +253,9 @@ def main(argv=None) -> int:
     rep.add_argument("--new-dir", default=str(BENCH_DIR / "precision_bf16"),
                      help="results folder of the bf16 reruns (metrics/); default: the committed ones")
     rep.add_argument("--old-dir", default=str(REPO_ROOT / "results" / "full"), help="the float32 records")
-    rep.add_argument("--buckets-dir", default=str(BENCH_DIR / "lever_bf16+buckets"),
-                     help="results folder of the bf16+buckets reruns of TGDT and ALADIN (metrics/)")
-    rep.add_argument("--score-dir", default=str(BENCH_DIR / "lever_bf16+scores"),
-                     help="results folder of the bf16+scores reruns of SCAN and MrSw (metrics/)")
-    rep.add_argument("--losses-dir", default=str(BENCH_DIR / "lever_bf16+losses"),
-                     help="results folder of the bf16+losses reruns of LCA+CRA (metrics/)")
-    rep.add_argument("--tgdt-dir", default=str(BENCH_DIR / "lever_bf16+buckets+scores"),
-                     help="results folder of the bf16+buckets+scores reruns of TGDT (metrics/)")
+    rep.add_argument("--lever-dir", nargs=2, action="append", default=[], metavar=("LEVER", "DIR"),
+                     help="results folder (metrics/) of a lever's reruns, e.g. --lever-dir bf16+top runs/top; default "
+                          "per lever: results/benchmarks/<its records folder> (levers.LEVER_RECORDS), the committed ones")
     rep.add_argument("--datasets", nargs="+", default=["ucm", "rsicd"])
     rep.add_argument("--variants", nargs="+", default=["baseline", "lca+cra", "tgdt"], choices=sorted(METHOD_VARIANTS))
     lr = sub.add_parser("lever-reruns", help="train a speed lever's accuracy reruns (the study configs with the lever "
@@ -359,8 +354,7 @@ def main(argv=None) -> int:
         from .levers import levers_report
         out = Path(a.out_dir)
         rows = levers_report([out / f"speed_levers_steps_{d}.csv" for d in a.datasets], a.old_dir, a.new_dir,
-                             a.datasets, a.variants, out, score_dir=a.score_dir,
-                             buckets_dir=a.buckets_dir, losses_dir=a.losses_dir, tgdt_dir=a.tgdt_dir).to_dict("records")
+                             a.datasets, a.variants, out, lever_dirs=dict(a.lever_dir)).to_dict("records")
         path = out / "speed_levers.csv"
         cols = ["dataset", "method", "lever", "step_speedup_1t", "run_speedup_1t", "delta_mr", "half_width_mr",
                 "verdict", "records"]

@@ -197,12 +197,15 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
     # SCORE_PRECISION_METHODS (those whose check passed); the others keep the field's default
     keep = set(p.get("LENGTH_BUCKETS_METHODS", ("tgdt", "aladin")))
     scored = set(p.get("SCORE_PRECISION_METHODS", ("scan", "mrsw", "tgdt")))
+    top = p.get("TOP_PRECISION", "fp32")  # reaches the runs that train the image top (the adapted point) only
 
     def per_method(c: TrainConfig) -> TrainConfig:
         if c.method not in keep and c.length_buckets is not None:
             c = replace(c, length_buckets=None)
         if c.method not in scored and c.score_precision != "fp32":
             c = replace(c, score_precision="fp32")
+        if c.image_top_blocks and c.top_precision != top:
+            c = replace(c, top_precision=top)
         return c
     return [per_method(c) for c in cfgs], [(a, b, per_method(c)) for a, b, c in plan]
 

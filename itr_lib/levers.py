@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from . import precision as prec
+from .cost import ADAPTED
 from .scorekernel import COMPILED_METHODS, LOW_PRECISION_METHODS
 from .experiments import study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
@@ -184,7 +185,6 @@ def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4, adapted:
     ``fp32`` of the same method and thread count: medians of the paired per-step (per-repeat) ratios
     (:func:`interleaved_timings`); ``run_speedup``: one epoch, steps x step time + the validation score.
     ``adapted``: at the adapted operating point (:func:`lever_configs`), rows named ``<method>, adapted top``."""
-    from .cost import ADAPTED
     rows = []
     for th in threads:
         for v in variants:
@@ -217,13 +217,15 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
     from .recordio import read_record
     from .metrics import paired_bootstrap
     from .runs import load_hits
+    from .experiments import ADAPTED_CHANGE
+    point, label = (ADAPTED_CHANGE, ADAPTED) if lever in ADAPTED_LEVERS else ({}, "")
     rows = []
     for v in variants:
-        names = [study_config(v, dataset, s).run_name() for s in seeds]
+        names = [study_config(v, dataset, s, **point).run_name() for s in seeds]
         have = [n for n in names if (Path(old_dir) / "metrics" / f"{n}.json").is_file()
                 and (Path(new_dir) / "metrics" / f"{n}.json").is_file()]
         if not have:
-            rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": 0, "verdict": "not run"})
+            rows.append({"dataset": dataset, "method": v + label, "lever": lever, "n_seeds": 0, "verdict": "not run"})
             continue
         old = [read_record(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
         new = [read_record(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
@@ -232,7 +234,7 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
         lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
         half = (hi - lo) / 2
         passed = lo <= 0 <= hi and half < BAR_HALF_WIDTH
-        rows.append({"dataset": dataset, "method": v, "lever": lever, "n_seeds": len(have),
+        rows.append({"dataset": dataset, "method": v + label, "lever": lever, "n_seeds": len(have),
                      "seeds": ",".join(str(m["seed"]) for m in new),
                      "mr_old": float(np.mean([m["test"]["standard"]["mr"] for m in old])),
                      "mr_new": float(np.mean([m["test"]["standard"]["mr"] for m in new])),
@@ -250,8 +252,10 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
 REQUIRED_CHECKS = [(ds, m) for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
 # a lever that changes only some methods is checked on those (the others' numbers cannot change: the model registry
 # resets or refuses the field for them); every other lever needs REQUIRED_CHECKS
-LEVER_CHECKS = {lv: [(ds, m) for ds in ("ucm", "rsicd") for m in LEVER_METHODS[lv]]
-                for lv in (SCORE_LEVER, "bf16+buckets", LOSS_LEVER, TGDT_LEVER)}
+# (a lever of the adapted point is checked there: its methods' rows are named "<method>, adapted top")
+LEVER_CHECKS = {lv: [(ds, m + (ADAPTED if lv in ADAPTED_LEVERS else "")) for ds in ("ucm", "rsicd")
+                     for m in LEVER_METHODS[lv]]
+                for lv in (SCORE_LEVER, "bf16+buckets", LOSS_LEVER, TGDT_LEVER, TOP_LEVER)}
 MIN_SEEDS = 3
 
 
@@ -318,39 +322,39 @@ tests; not trained for a check of its own: `bf16+scores` includes it).
 score: checked on SCAN and MrSw, the only methods it changes. `bf16+losses` (SelfAlign; `TrainConfig.loss_precision`)
 adds bf16 inputs to the LCA codebook and CRA score matmuls of the loss: checked on LCA+CRA. `bf16+buckets+scores`
 (TGDT) adds length buckets and the bf16 cosine matmul of its MrSw term (training loss and two-stage re-score) to bf16:
-checked on TGDT."""
+checked on TGDT. `bf16+top` (the adapted point: the image top trained, `experiments.ADAPTED_CHANGE`) adds the image
+top's 1 x 1 convolutions from bf16 inputs (`TrainConfig.top_precision`) to the levers 02 trains each method with:
+checked there on baseline, LCA+CRA and TGDT against the float32 records of that point (rows `<method>, adapted top`)."""
 
 
 def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", "lca+cra", "tgdt"),
                   out_dir: str | Path = "results/benchmarks", n_boot: int = 2000,
-                  score_dir: str | Path | None = None, buckets_dir: str | Path | None = None,
-                  losses_dir: str | Path | None = None, tgdt_dir: str | Path | None = None) -> pd.DataFrame:
+                  lever_dirs: dict | None = None) -> pd.DataFrame:
     """Write ``speed_levers.csv`` / ``.md`` (:func:`levers_table` of the step timings in ``steps_csvs`` and the
-    accuracy check of ``new_dir``'s bf16 runs against ``old_dir``'s records; with ``score_dir``, also the check of
-    its :data:`SCORE_LEVER` runs of SCAN and MrSw; with ``buckets_dir``, of its ``bf16+buckets`` runs of TGDT and
-    ALADIN; with ``losses_dir``, of its :data:`LOSS_LEVER` runs of LCA+CRA; with ``tgdt_dir``, of its
-    :data:`TGDT_LEVER` runs of TGDT). The study's cost with the adopted levers is RESULTS.md's cost
-    section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table.
+    accuracy check of ``new_dir``'s bf16 runs of ``variants`` against ``old_dir``'s records, and of each other
+    lever's reruns of the methods it changes (:data:`LEVER_METHODS`) in ``lever_dirs[lever]``, default
+    ``out_dir / LEVER_RECORDS[lever]``, the committed records; a lever checked at the adapted point,
+    :data:`ADAPTED_LEVERS`, against the records of that point). The study's cost with the adopted levers is
+    RESULTS.md's cost section and the dry run's estimate (:func:`itr_lib.cost.cost_markdown`), read from this table.
 
     Column ``records``: the folder whose reruns a check was computed from. A check whose reruns are in none of the
     folders given, but that the previous ``speed_levers.csv`` holds, keeps its previous row, marked ``previous table
     (reruns' records not kept)``: an earlier session's reruns whose records were not committed (so the table does
     not silently drop a check, and says which rows cannot be recomputed from the repository)."""
     out_dir = Path(out_dir)
+    unknown = sorted(set(lever_dirs or {}) - set(LEVER_RECORDS) | ({"bf16"} & set(lever_dirs or {})))
+    if unknown:
+        raise ValueError(f"lever_dirs: unknown lever(s) {unknown} (bf16's reruns are new_dir); choose from "
+                         f"{sorted(set(LEVER_RECORDS) - {'bf16'})}")
+    dirs = {lv: Path((lever_dirs or {}).get(lv, out_dir / rec)) for lv, rec in LEVER_RECORDS.items() if lv != "bf16"}
     steps = pd.concat([pd.read_csv(p) for p in steps_csvs if Path(p).is_file()], ignore_index=True)
 
     def checked(folder, vs, lever) -> list[dict]:
         rows = [r for ds in datasets for r in accuracy_check(old_dir, folder, ds, vs, lever=lever, n_boot=n_boot)]
         return [{**r, "records": _shown(folder)} if r["verdict"] != "not run" else r for r in rows]
     acc = checked(new_dir, variants, "bf16")
-    if score_dir is not None:
-        acc += checked(score_dir, SCORED, SCORE_LEVER)
-    if buckets_dir is not None:
-        acc += checked(buckets_dir, BUCKETED, "bf16+buckets")
-    if losses_dir is not None:
-        acc += checked(losses_dir, LOSSED, LOSS_LEVER)
-    if tgdt_dir is not None:
-        acc += checked(tgdt_dir, TGDT_SCORED, TGDT_LEVER)
+    for lever, folder in dirs.items():
+        acc += checked(folder, LEVER_METHODS[lever], lever)
     acc = _keep_previous_checks(pd.DataFrame(acc), out_dir / "speed_levers.csv")
     table = levers_table(steps, acc)
     write_table(table, out_dir / "speed_levers", "# Speed levers (issue 29): speed-ups and accuracy check\n\n" + NOTES)

@@ -92,6 +92,7 @@ RANGES = {
                                'a list of "tgdt" / "aladin" (the methods with a text transformer)'),
     "SCORE_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in ("scan", "mrsw", "tgdt") for x in v)),
                                 'a list of "scan" / "mrsw" / "tgdt" (the methods with an MrSw / SCAN score matmul)'),
+    "TOP_PRECISION": ((lambda v: v in ("fp32", "bf16")), '"fp32" or "bf16" (TrainConfig.top_precision)'),
     "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -96,11 +96,11 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
 
 
 # ----------------------------------------------------------------------------------------------- old code vs new
-def new_default_kw(variant: str) -> dict:
+def new_default_kw(variant: str, adapted: bool = False) -> dict:
     """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
     defaults PRECISION, COMPILE_SCORES, SCORE_PRECISION (for the methods in SCORE_PRECISION_METHODS), for TGDT /
     ALADIN LENGTH_BUCKETS (when on and the method is in LENGTH_BUCKETS_METHODS),
-    for SelfAlign LOSS_PRECISION."""
+    for SelfAlign LOSS_PRECISION; ``adapted`` (a run that trains the image top): TOP_PRECISION too."""
     from .cost import notebook_defaults
     p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
     kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
@@ -110,6 +110,8 @@ def new_default_kw(variant: str) -> dict:
         kw["length_buckets"] = p["LENGTH_BUCKETS"]
     if METHOD_VARIANTS[variant]["method"] == "selfalign":
         kw["loss_precision"] = p["LOSS_PRECISION"]
+    if adapted:
+        kw["top_precision"] = p["TOP_PRECISION"]
     return kw
 
 
@@ -152,7 +154,7 @@ def time_versions(variant: str, dataset: str, old_tree: str | Path, *, steps: in
     from .cost import ADAPTED
     from .experiments import ADAPTED_CHANGE
     point = dict(ADAPTED_CHANGE) if adapted else {}
-    new_kw = {**new_default_kw(variant), **point}
+    new_kw = {**new_default_kw(variant, adapted), **point}
     trees = {"old": (Path(old_tree), {"precision": "fp32", **point}), "new": (REPO_ROOT, new_kw)}
     runs = {"old": [], "new": []}
     for _ in range(repeats):

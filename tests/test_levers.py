@@ -87,6 +87,64 @@ def test_a_lever_of_some_methods_is_adopted_on_their_checks_only():
     assert not adoptable(t.assign(lever="bf16"), "bf16", "scan")  # bf16 stays all-or-nothing
 
 
+def test_the_top_lever_is_checked_against_the_adapted_points_records_on_top_of_the_adopted_levers(tmp_path):
+    """bf16+top's reruns are the adapted point's runs (same names as its float32 records) with the levers 02 trains
+    each method with and the top's 1 x 1 convolutions in bf16; its check reads those records, its rows are named
+    '<method>, adapted top', and it is adopted per method on both datasets' checks."""
+    import pandas as pd
+    from itr_lib.experiments import ADAPTED_CHANGE
+    from itr_lib.levers import TOP_LEVER, adoptable
+    from itr_lib.timings import new_default_kw
+    for v in ("baseline", "lca+cra", "tgdt"):
+        cfg, record = lever_config(TOP_LEVER, v, "ucm", 1), study_config(v, "ucm", 1, **ADAPTED_CHANGE)
+        assert cfg.run_name() == record.run_name() != study_config(v, "ucm", 1).run_name()
+        assert (cfg.top_precision, cfg.precision, cfg.image_top_blocks) == ("bf16", "bf16", 6)
+        for k, val in new_default_kw(v).items():  # on top of what 02 trains the method with today
+            assert getattr(cfg, k) == ("bf16" if k == "precision" else val), (v, k)
+    assert lever_config(TOP_LEVER, "tgdt", "ucm", 0).length_buckets == 8
+    with pytest.raises(ValueError, match="checked on baseline, lca\\+cra, tgdt"):
+        lever_config(TOP_LEVER, "scan", "ucm", 0)
+    rng = np.random.default_rng(0)
+    old, new = tmp_path / "old", tmp_path / "new"
+    for s in (0, 1, 2):
+        i2t, t2i = rng.integers(0, 20, 400), rng.integers(0, 20, 2000)
+        _write(old, study_config("baseline", "ucm", s).run_name(), 30.0, i2t + 9, t2i + 9, s, "fp32")  # frozen point
+        name = study_config("baseline", "ucm", s, **ADAPTED_CHANGE).run_name()
+        _write(old, name, 40.0, i2t, t2i, s, "fp32")
+        _write(new, name, 40.0, i2t, t2i, s, "bf16")
+    row = accuracy_check(old, new, "ucm", ["baseline"], lever=TOP_LEVER, n_boot=200)[0]
+    assert row["method"] == "baseline, adapted top" and row["delta_mr"] == 0 and row["verdict"] == "passes"
+    rows = [{"dataset": ds, "method": f"{m}, adapted top", "lever": TOP_LEVER, "verdict": "passes", "n_seeds": 3}
+            for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
+    t = pd.DataFrame(rows)
+    assert adoptable(t, TOP_LEVER) and adoptable(t, TOP_LEVER, "tgdt, adapted top")
+    assert not adoptable(t.iloc[1:], TOP_LEVER, "baseline, adapted top") and adoptable(t.iloc[1:], TOP_LEVER, "tgdt, adapted top")
+    assert not adoptable(t.assign(method=[r["method"].split(",")[0] for r in rows]), TOP_LEVER)  # frozen-point rows
+
+
+def test_top_precision_reaches_only_the_runs_that_train_the_image_top():
+    """02's and 07's TOP_PRECISION: the adapted point's configs get it; the frozen grid's keep the default (the field
+    is an error without a top); a value outside fp32 / bf16 is refused by the parameter check."""
+    from itr_lib.cost import notebook_defaults
+    from itr_lib.experiments import notebook_grids
+    from itr_lib.io import REPO_ROOT as REPO
+    from itr_lib.params import range_errors
+    from itr_lib.recipe.levers import lever_config as recipe_config
+    p = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")
+    p = {**p, "TOP_PRECISION": "bf16", "COMPARISON_SEEDS": [0], "COMPARISON_DATASETS": ["ucm"],
+         "COMPARISON_METHODS": ["baseline", "tgdt"],
+         "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0], "methods": ["baseline", "tgdt"]}]}
+    cfgs, plan = notebook_grids(p)
+    tops = {(c.method, bool(c.image_top_blocks)): c.top_precision for _, _, c in plan}
+    assert tops == {("baseline", False): "fp32", ("tgdt", False): "fp32", ("baseline", True): "bf16",
+                    ("tgdt", True): "bf16"}
+    assert all(c.top_precision == "fp32" for c in cfgs)
+    base = {"top_precision": "bf16"}
+    assert recipe_config({"image_top_blocks": 6}, "ucm", 0, base=base).top_precision == "bf16"
+    assert recipe_config({}, "ucm", 0, base=base).top_precision == "fp32"
+    assert range_errors({"TOP_PRECISION": "int8"}) and not range_errors({"TOP_PRECISION": "bf16"})
+
+
 class _TinyEncoder(torch.nn.Module):
     """A stand-in for the HF MiniLM: ids -> embedding -> two linear layers (what int8 quantises)."""
 
@@ -261,7 +319,7 @@ def test_the_notebooks_apply_a_per_method_lever_exactly_where_its_committed_chec
     import pandas as pd
     from itr_lib.cost import notebook_defaults
     from itr_lib.io import REPO_ROOT as REPO
-    from itr_lib.levers import TGDT_LEVER, adoptable
+    from itr_lib.levers import TGDT_LEVER, TOP_LEVER, adoptable
     table = pd.read_csv(REPO / "results" / "benchmarks" / "speed_levers.csv", dtype={"seeds": str})
     tgdt = adoptable(table, TGDT_LEVER, "tgdt")
     want_buckets = {m for m in ("aladin", "tgdt") if adoptable(table, "bf16+buckets", m)} | ({"tgdt"} if tgdt else set())
@@ -270,3 +328,7 @@ def test_the_notebooks_apply_a_per_method_lever_exactly_where_its_committed_chec
         p = notebook_defaults(REPO / "notebooks" / nb)
         assert set(p["LENGTH_BUCKETS_METHODS"]) == want_buckets, nb
         assert set(p["SCORE_PRECISION_METHODS"]) == want_scores, nb
+    # TOP_PRECISION (02, 07: every adapted run, whatever its method) is bf16 only once bf16+top passed on all three
+    want_top = "bf16" if adoptable(table, TOP_LEVER) else "fp32"
+    for nb in ("02_ablations.ipynb", "07_recipe.ipynb"):
+        assert notebook_defaults(REPO / "notebooks" / nb)["TOP_PRECISION"] == want_top, nb

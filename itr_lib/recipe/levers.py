@@ -87,9 +87,12 @@ TRANSDUCTIVE_LEVERS = [("dual softmax (transductive: whole test query set)", "tr
 def lever_config(change: dict, dataset: str, seed: int, variant: str = "baseline", base: dict | None = None
                  ) -> TrainConfig:
     """The reference with ``change`` for ``variant`` under the study loss (``base``: runtime fields and overrides
-    of the reference, e.g. a shorter schedule in tests; the lever's ``change`` wins over them)."""
-    return make_config({**REFERENCE, "progress": False, **(base or {}), **change, "dataset": dataset, "seed": seed},
-                       **VARIANTS[variant], **LOSSES["infonce"])
+    of the reference, e.g. a shorter schedule in tests; the lever's ``change`` wins over them). A ``top_precision``
+    in ``base`` (07's ``TOP_PRECISION``) reaches only the configs that train the image top."""
+    kw = {**REFERENCE, "progress": False, **(base or {}), **change, "dataset": dataset, "seed": seed}
+    if not kw.get("image_top_blocks"):
+        kw.pop("top_precision", None)
+    return make_config(kw, **VARIANTS[variant], **LOSSES["infonce"])
 
 
 def combine(changes: Sequence[dict]) -> dict:
