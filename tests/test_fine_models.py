@@ -227,6 +227,78 @@ def test_mrsw_sparse_backward_equals_autograd_reference():
     assert gv[~vm].abs().max() == 0 and gu[~um].abs().max() == 0
 
 
+class _PaddedMrSwBlock(torch.autograd.Function):
+    """The MrSw block before its words were packed (the study's records up to issue 29's last lever): the word x
+    region product over every padded position of the trimmed block, the sum over L with padding zeroed, and the
+    same CSR backward over padded rows. The reference the packed block must equal bit for bit."""
+
+    @staticmethod
+    def forward(ctx, v, vm, u, um):
+        from itr_lib import scorekernel
+        ci, r, d = v.shape
+        ct, l, _ = u.shape
+        if scorekernel.low_precision():
+            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t()).view(ct, l, ci, r)
+        else:
+            s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
+        if not bool(vm.all()):
+            s.masked_fill_(~vm[None, None], float("-inf"))
+        best, arg = s.max(-1)
+        best = best.float()
+        valid = um[:, :, None] & vm.any(1)[None, None, :]
+        ctx.save_for_backward(v, u, arg, valid)
+        return torch.where(valid, best, best.new_zeros(())).sum(1).t()
+
+    @staticmethod
+    def backward(ctx, grad):
+        from itr_lib.models.fine import _csr
+        v, u, arg, valid = ctx.saved_tensors
+        ci, r, d = v.shape
+        ct, l, _ = u.shape
+        cols = (torch.arange(ci)[None, None, :] * r + arg)[valid]
+        w = grad.t()[:, None, :].expand(ct, l, ci)[valid].to(v.dtype)
+        crow = torch.zeros(ct * l + 1, dtype=torch.int64)
+        torch.cumsum(valid.view(ct * l, ci).sum(1), 0, out=crow[1:])
+        gu = (_csr(crow, cols, w, (ct * l, ci * r)) @ v.reshape(ci * r, d)).view(ct, l, d)
+        order = torch.argsort(cols, stable=True)
+        text_pos = torch.arange(ct * l).view(ct, l, 1).expand(ct, l, ci)[valid][order]
+        crow_a = torch.zeros(ci * r + 1, dtype=torch.int64)
+        torch.cumsum(torch.bincount(cols, minlength=ci * r), 0, out=crow_a[1:])
+        gv = (_csr(crow_a, text_pos, w[order], (ci * r, ct * l)) @ u.reshape(ct * l, d)).view(ci, r, d)
+        return gv, None, gu, None
+
+
+@pytest.mark.parametrize("score_precision", ["fp32", "bf16"])
+def test_the_packed_mrsw_block_is_bit_identical_to_the_padded_one(score_precision):
+    """Packing each block's captions to their valid words changes no bit of the scores or the gradients (both score
+    precisions; a training-like batch: ragged captions with dropped words, images with dropped regions, one image
+    without any, one caption without a word), so the records trained with the padded block stay valid."""
+    from itr_lib import scorekernel as sk
+    from itr_lib.models.fine import DEFAULT_MAX_ELEMENTS, _blocked, _mrsw_block
+    g = torch.Generator().manual_seed(3)
+    lens = torch.randint(3, 26, (90,), generator=g)
+    um = (torch.arange(25)[None] < lens[:, None]) & (torch.rand(90, 25, generator=g) > 0.2)
+    um[:, 0] = False
+    um[7] = False
+    vm = torch.rand(24, 49, generator=g) > 0.2
+    vm[3] = False
+    u0 = F.normalize(torch.randn(90, 25, 64, generator=g), dim=-1)
+    v0 = F.normalize(torch.randn(24, 49, 64, generator=g), dim=-1)
+    w = torch.randn(24, 90, generator=g)
+    rule = sk.resolve("mrsw", "off", score_precision, "cpu")
+    out = []
+    for block in (_mrsw_block, _PaddedMrSwBlock.apply):
+        for budget in (DEFAULT_MAX_ELEMENTS, 20000):  # one block; several length-sorted caption blocks
+            v, u = v0.clone().requires_grad_(), u0.clone().requires_grad_()
+            with sk.policy(rule):
+                sc = _blocked(block, v, vm, u, um, budget)
+                (sc * w).sum().backward()
+            out.append((sc.detach(), v.grad, u.grad))
+    for a, b in zip(out[:2], out[2:]):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert out[0][0][:, 7].abs().max() == 0 and out[0][0][3].abs().max() == 0 and out[0][0].abs().max() > 1
+
+
 def _scan_reference(vi, ut, lambda_softmax=9.0, lambda_lse=6.0):
     """SCAN's func_attention (t2i, clipped_l2norm) + LSE, for one image and one caption (valid rows only)."""
     attn = F.leaky_relu(vi @ ut.t(), 0.1)                      # (regions, words)

@@ -82,60 +82,77 @@ def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- MrSw
 class _MrSwBlock(torch.autograd.Function):
-    """MrSw of one block with a sparse backward.
+    """MrSw of one block with a sparse backward; under the bf16 score rule, on the block's valid words only.
 
-    Only the best region of each (image, caption, word) receives gradient, so the backward is two sparse (CSR)-dense
-    products with ci*ct*L non-zeros instead of the dense (ci*R) x (ct*L) x D products autograd would run through
-    ``amax`` (about 50x fewer operations), and only the argmax indices are kept for it, not the score tensor.
-    Ties between regions send the whole gradient to the first of them (``amax`` would split it)."""
+    bf16 (the study's rule for MrSw and TGDT): the block's captions are packed to their valid words (the word mask:
+    padding, dropped tokens and CLS / SEP out) before the word x region product, so the score matrix, its mask fill
+    and its max hold no padded rows (about a third of the rows of a length-sorted, trimmed block of training
+    captions); the words' maxima go back to the padded layout for the sum over words, so the additions run in the
+    same order: outputs and gradients bit-identical to the padded block (tests). float32 (ALADIN's teacher) keeps
+    every position, the product as its records ran it. Only the best region of each (image,
+    caption, word) receives gradient, so the backward is two sparse (CSR)-dense products with ci x words non-zeros
+    instead of the dense products autograd would run through ``amax`` (about 50x fewer operations), and only the
+    argmax indices are kept for it, not the score tensor. Ties between regions send the whole gradient to the
+    first of them (``amax`` would split it)."""
 
     @staticmethod
     def forward(ctx, v, vm, u, um):
-        # no input cleaning needed: garbage in a padded region / word only reaches its own row / column of s,
-        # which the -inf fill / the word mask discard; the backward only reads valid (word, best region) pairs.
-        # Layout (ct, L, ci*R): the max over regions runs over the contiguous last axis; for one image (two-stage
-        # re-scoring) a trimmed caption block stays a strided view that the batched matmul reads without a copy.
+        # no input cleaning needed: garbage in a padded region only reaches its own column of s, which the -inf fill
+        # discards, and a padded word's row is never summed; the backward only reads valid (word, best region) pairs.
+        # Layout (rows, ci*R): the max over regions runs over the contiguous last axis.
         ci, r, d = v.shape
         ct, l, _ = u.shape
-        if ci * r >= 256 and not u.is_contiguous():
-            u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
-        if scorekernel.low_precision():  # bf16 inputs (itr_lib.scorekernel.score_precision); the max over regions
-            # runs on the bf16 products and only the maxima are cast to float32: the same values as casting first
-            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t()).view(ct, l, ci, r)
-        else:
-            s = torch.matmul(u, v.reshape(ci * r, d).t()).view(ct, l, ci, r)
+        if scorekernel.low_precision():  # bf16 inputs (itr_lib.scorekernel.score_precision), the valid words only;
+            # the max over regions runs on the bf16 products and only the maxima are cast to float32: the same
+            # values as casting first
+            pos = um.reshape(-1).nonzero().squeeze(1)  # caption-major, words in order
+            u = u[um]  # (words, d), gathered straight from a strided (trimmed) block
+            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t())
+        else:  # float32 (ALADIN's teacher, the fp32 rule): every position of the block, the product as it always ran
+            pos = None
+            if ci * r >= 256 and not u.is_contiguous():
+                u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
+            s = torch.matmul(u, v.reshape(ci * r, d).t())  # a strided block of one image: a batch, no copy
+        s = s.view(-1, ci, r)
         if not bool(vm.all()):
-            s.masked_fill_(~vm[None, None], float("-inf"))
-        best, arg = s.max(-1)  # (ct, L, ci): best region per word
-        best = best.float()
+            s.masked_fill_(~vm[None], float("-inf"))
+        best, arg = s.max(-1)  # (rows, ci): best region per word
         del s
-        valid = um[:, :, None] & vm.any(1)[None, None, :]
-        ctx.save_for_backward(v, u, arg, valid)
-        return torch.where(valid, best, best.new_zeros(())).sum(1).t()
+        valid = um.reshape(-1, 1) if pos is None else um.reshape(-1)[pos, None]
+        valid = valid & vm.any(1)[None, :]
+        best = torch.where(valid, best.float(), best.new_zeros((), dtype=torch.float32))
+        if pos is not None:  # the padded layout again for the sum over words: the same order of additions
+            best = best.new_zeros(ct * l, ci).index_copy_(0, pos, best)
+        ctx.save_for_backward(v, u, arg, valid, pos)
+        ctx.text_shape = (ct, l)
+        return best.view(ct, l, ci).sum(1).t()
 
     @staticmethod
     def backward(ctx, grad):
-        v, u, arg, valid = ctx.saved_tensors
+        v, uw, arg, valid, pos = ctx.saved_tensors
+        ct, l = ctx.text_shape
         ci, r, d = v.shape
-        ct, l, _ = u.shape
+        uw = uw.reshape(-1, d)  # the product's rows: the valid words (bf16), or every position (float32)
+        rows = uw.shape[0]
         gv = gu = None
-        # A^T (ct*L, ci*R): row t*L + w holds dL/dS[i, t] at column i*R + (best region), for its valid images i.
-        # The valid entries of the (ct, L, ci) layout come out row by row, images in order: CSR needs no sort
+        cap = torch.arange(ct * l, device=v.device) // l if pos is None else torch.div(pos, l, rounding_mode="floor")
+        # A^T (rows, ci*R): row w holds dL/dS[i, caption of w] at column i*R + (best region), for its valid images
+        # i. The valid entries of the (rows, ci) layout come out row by row, images in order: CSR needs no sort
         # (a COO matrix would be coalesced -- sorted -- by every sparse product: ~1.7x slower, same sums).
-        cols = (torch.arange(ci, device=v.device)[None, None, :] * r + arg)[valid]
-        w = grad.t()[:, None, :].expand(ct, l, ci)[valid].to(v.dtype)
-        crow = torch.zeros(ct * l + 1, dtype=torch.int64, device=v.device)
-        torch.cumsum(valid.view(ct * l, ci).sum(1), 0, out=crow[1:])
+        cols = (torch.arange(ci, device=v.device)[None, :] * r + arg)[valid]
+        w = grad.t().index_select(0, cap)[valid].to(v.dtype)
+        crow = torch.zeros(rows + 1, dtype=torch.int64, device=v.device)
+        torch.cumsum(valid.sum(1), 0, out=crow[1:])
         if ctx.needs_input_grad[2]:
-            at = _csr(crow, cols, w, (ct * l, ci * r))
-            gu = (at @ v.reshape(ci * r, d)).view(ct, l, d)
+            g = _csr(crow, cols, w, (rows, ci * r)) @ v.reshape(ci * r, d) if rows else uw.new_zeros(0, d)
+            gu = (g if pos is None else uw.new_zeros(ct * l, d).index_copy_(0, pos, g)).view(ct, l, d)
         if ctx.needs_input_grad[0]:
-            # A (ci*R, ct*L): the same entries sorted by their row (stable: within a row, captions in order)
+            # A (ci*R, rows): the same entries sorted by their row (stable: within a row, words in order)
             order = torch.argsort(cols, stable=True)
-            text_pos = torch.arange(ct * l, device=v.device).view(ct, l, 1).expand(ct, l, ci)[valid][order]
+            word = torch.arange(rows, device=v.device).view(rows, 1).expand(rows, ci)[valid][order]
             crow_a = torch.zeros(ci * r + 1, dtype=torch.int64, device=v.device)
             torch.cumsum(torch.bincount(cols, minlength=ci * r), 0, out=crow_a[1:])
-            gv = (_csr(crow_a, text_pos, w[order], (ci * r, ct * l)) @ u.reshape(ct * l, d)).view(ci, r, d)
+            gv = (_csr(crow_a, word, w[order], (ci * r, rows)) @ uw).view(ci, r, d) if rows else torch.zeros_like(v)
         return gv, None, gu, None
 
 
