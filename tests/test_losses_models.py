@@ -388,6 +388,29 @@ def test_packed_pooling_equals_padded_pooling_in_value_and_gradient(kind):
     assert torch.count_nonzero(grads[1][1][~mask]) == 0  # padding gets no gradient
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_max_is_bit_identical_to_the_padded_max_with_ties(dtype):
+    """packed_max (Pool's max on packed rows) gives the padded max's values and gradients bit for bit, each maximum's
+    gradient to the first row of its item that reaches it, also where rows tie (small integers: many ties) and for
+    an item without rows (-inf, no gradient)."""
+    from itr_lib.models.encoders import packed_max, unpack
+    g = torch.Generator().manual_seed(0)
+    mask = torch.rand(64, 25, generator=g) > 0.4
+    mask[5] = False
+    mask[6] = True
+    owner = mask.nonzero(as_tuple=True)[0]
+    flat0 = torch.randint(-3, 4, (int(mask.sum()), 32), generator=g).to(dtype)
+    w = torch.randn(64, 32, generator=g).to(dtype)
+    out = []
+    for f in (lambda x: packed_max(x, owner, 64), lambda x: unpack(x, mask, float("-inf")).max(1).values):
+        x = flat0.clone().requires_grad_()
+        y = f(x)
+        (torch.where(torch.isfinite(y), y, 0) * w).sum().backward()
+        out.append((y.detach(), x.grad))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert torch.isinf(out[0][0][5]).all() and (out[0][1] != 0).sum() == (63 * 32)  # one row per maximum
+
+
 def test_model_lca_and_cra_terms_equal_the_direct_forms_on_a_multi_caption_batch():
     """The model's packed wiring (valid tokens, word selection, caption -> image) gives the same LCA and CRA
     terms as the padded reference losses on a batch with dropped regions, dropped words and 1-3 captions

@@ -67,6 +67,43 @@ def packed_mean(flat: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor
     return flat.new_zeros(n, flat.shape[-1]).index_add(0, owner, flat) / counts
 
 
+class _PackedMax(torch.autograd.Function):
+    """Per-item max of packed rows: flat (V, D), owner (V,) the item of each row (non-decreasing: the rows of
+    ``mask.nonzero()``) -> (n, D), -inf for an item without rows. The values and gradients of the padded
+    ``unpack(flat, mask, -inf).max(1).values`` (each maximum's gradient to the first of its item's rows that
+    reaches it, as max over a dimension picks on CPU) without the padded (n, N, D) tensor, its fill, its indices
+    and its gradient's scatter."""
+
+    @staticmethod
+    def forward(ctx, flat, owner, n):
+        v, d = flat.shape
+        mx = flat.new_full((n, d), float("-inf")).scatter_reduce_(0, owner[:, None].expand(v, d), flat, "amax")
+        ctx.save_for_backward(flat, owner, mx)
+        return mx
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, owner, mx = ctx.saved_tensors
+        d = flat.shape[1]
+        hit = flat == mx.index_select(0, owner)  # the rows that reach their item's maximum, per column
+        hits = torch.zeros(mx.shape, device=flat.device).index_add_(0, owner, hit.float())  # exact counts
+        tied = hits > 1
+        if bool(tied.any()):  # a tie: only the first of the item's rows that reach it keeps the gradient
+            r, c = (hit & tied.index_select(0, owner)).nonzero(as_tuple=True)  # row-major: rows ascending per column
+            key = owner[r] * d + c
+            order = torch.argsort(key, stable=True)
+            later = torch.ones_like(order, dtype=torch.bool)
+            later[0] = False
+            later[1:] = key[order][1:] == key[order][:-1]
+            hit[r[order[later]], c[order[later]]] = False
+        return torch.where(hit, grad.index_select(0, owner), grad.new_zeros(())), None, None
+
+
+def packed_max(flat: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Per-item max of packed rows (see :class:`_PackedMax`): flat (V, D), owner (V,) non-decreasing -> (n, D)."""
+    return _PackedMax.apply(flat, owner, n)
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
@@ -156,13 +193,14 @@ class Pool(nn.Module):
 
     def packed(self, flat: torch.Tensor, owner: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The same pooling of packed valid positions: flat (V, D) = x[mask], owner (V,) the row of each.
-        Mean pooling sums the packed rows (no padded tensor); max and GPO read a padded view."""
+        Mean and max pool the packed rows (no padded tensor; max: :func:`packed_max`, the padded max's values and
+        gradients); GPO reads a padded view."""
         if self.kind in ("mean", "meanmax"):
             mean = packed_mean(flat, owner, mask.shape[0])
             if self.kind == "mean":
                 return mean
         if self.kind in ("max", "meanmax"):
-            mx = unpack(flat, mask, float("-inf")).max(1).values
+            mx = packed_max(flat, owner, mask.shape[0])
             return mx if self.kind == "max" else mean + mx
         return self.gpo(unpack(flat, mask), mask)
 
