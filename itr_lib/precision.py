@@ -115,6 +115,17 @@ def autocast() -> Iterator[None]:
         yield
 
 
+def linear_input(x: torch.Tensor) -> torch.Tensor:
+    """Cached features (float16) made the input of a linear layer: float32, or inside an autocast region its dtype
+    at once (bf16), which autocast's cast of the float32 copy would give bit for bit (float16 -> float32 is exact;
+    both then round the same way) with one pass over the features less. Only for a tensor whose consumers are
+    autocast-cast ops (``nn.Linear``)."""
+    dev = x.device.type
+    if torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x.float()
+
+
 def float32(out: dict) -> dict:
     """An encoder's output dict with every reduced-precision floating tensor cast to float32."""
     return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() and v.dtype != torch.float32 else v

@@ -151,3 +151,29 @@ def test_fp32_path_is_bitwise_the_old_one(method):
         for new, old in ((img, img0), (txt, txt0)):
             assert all(torch.equal(new[k], old[k]) for k in old if torch.is_tensor(old[k]))
         assert torch.equal(m.similarity(img, txt), m.similarity(img0, txt0))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_cached_features_enter_the_bf16_linear_without_a_float32_copy_bit_identically(method, monkeypatch):
+    """precision.linear_input casts the float16 caches straight to autocast's bf16: a bf16 training step's losses
+    and gradients are bit-identical to the float32 copy that autocast then cast (every float16 value converts the
+    same way, checked exhaustively)."""
+    _needs_bf16()
+    from itr_lib.models import encoders, fine, interactive, vse
+    from itr_lib.train import train_step
+    h = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.float16)
+    h = h[torch.isfinite(h)]
+    assert torch.equal(h.bfloat16().view(torch.int16), h.float().bfloat16().view(torch.int16))
+    b = _batch()
+    b = Batch(b.regions.half(), b.region_mask, b.text.half(), b.text_mask, b.word_mask)  # as the caches hold them
+    out = []
+    for cast in (prec.linear_input, lambda x: x.float()):
+        for mod in (vse, interactive, fine):
+            monkeypatch.setattr(mod, "linear_input", cast, raising=False)
+        m = _model(method).train()
+        opt = torch.optim.SGD(m.parameters(), lr=0.0)
+        with prec.policy("bf16"):
+            terms = train_step(m, opt, b, epoch=1, grad_clip=0.0)
+        out.append((terms, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}))
+    assert out[0][0] == out[1][0] and out[0][1].keys() == out[1][1].keys() and out[0][1]
+    assert all(torch.equal(out[0][1][k], out[1][1][k]) for k in out[0][1])

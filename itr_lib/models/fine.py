@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import scorekernel
+from ..precision import linear_input
 from .encoders import l2norm
 
 DEFAULT_MAX_ELEMENTS = 2 ** 24
@@ -280,7 +281,7 @@ class SequenceInput(nn.Module):
     def forward(self, x: torch.Tensor, pos_index: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, N, d_in) features or (B, N) ids; ``pos_index`` (B, N): the original position of each token when
         the sequence was packed (:func:`pack_valid`), else positions 0..N-1."""
-        x = self.embed(x) if self.embed is not None else x.float()
+        x = self.embed(x) if self.embed is not None else linear_input(x)
         n = x.shape[1]
         if pos_index is None:
             if self.grid and n != self.grid * self.grid:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+from ..precision import linear_input
 from . import register
 from .base import Batch, RetrievalModel
 from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean
@@ -42,12 +43,12 @@ class _FineModel(RetrievalModel):
         self.txt_enc = build_text_encoder(text_encoder, dim, glove, mlp)
 
     def encode_grid(self, regions, region_mask) -> dict:
-        _, h = self.img_enc(regions.float(), region_mask)
+        _, h = self.img_enc(linear_input(regions), region_mask)
         loc = normed_locals(h, region_mask)
         return {"locals": loc, "mask": region_mask, "mean": l2norm(masked_mean(loc, region_mask))}
 
     def encode_tokens(self, text, text_mask, word_mask) -> dict:
-        text = text if self.text_kind == "gru" else text.float()
+        text = text if self.text_kind == "gru" else linear_input(text)
         _, h = self.txt_enc(text, text_mask)
         words = word_mask & text_mask
         loc = normed_locals(h, words)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import losses as L
+from ..precision import linear_input
 from .base import Batch, RetrievalModel
 from .encoders import (MaskedBatchNorm, Pool, RegionEncoder, build_text_encoder, l2norm, packed_mean, unpack,
                        valid_rows)
@@ -84,7 +85,7 @@ class VSEModel(RetrievalModel):
         return out
 
     def encode_grid(self, regions, region_mask) -> dict:
-        pre, h = self.img_enc.forward_flat(valid_rows(regions, region_mask).float())
+        pre, h = self.img_enc.forward_flat(linear_input(valid_rows(regions, region_mask)))
         return self._finish(pre, h, region_mask, self.img_pool, self.img_cra if self.use_cra else None)
 
     def encode_tokens(self, text, text_mask, word_mask) -> dict:
@@ -92,7 +93,7 @@ class VSEModel(RetrievalModel):
             pre, h = self.txt_enc(text, text_mask)
             pre, h = pre[text_mask], h[text_mask]
         else:
-            pre, h = self.txt_enc.forward_flat(valid_rows(text, text_mask).float())
+            pre, h = self.txt_enc.forward_flat(linear_input(valid_rows(text, text_mask)))
         out = self._finish(pre, h, text_mask, self.txt_pool, self.txt_cra if self.use_cra else None)
         out["word_mask"] = word_mask
         return out
