@@ -299,6 +299,49 @@ def test_the_packed_mrsw_block_is_bit_identical_to_the_padded_one(score_precisio
     assert out[0][0][:, 7].abs().max() == 0 and out[0][0][3].abs().max() == 0 and out[0][0].abs().max() > 1
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fine_models_normalise_only_the_kept_rows_bit_identically(precision):
+    """SCAN's / MrSw's locals are l2-normalised on the valid rows (interactive.packed_locals) instead of on the
+    padded tensor then masked: the same locals, means and parameter gradients bit for bit (dropped regions, ragged
+    captions, CLS / SEP outside the word mask)."""
+    from itr_lib import precision as prec
+    from itr_lib.models.fine import normed_locals
+    from itr_lib.models.encoders import masked_mean
+    from itr_lib.precision import linear_input
+    if precision == "bf16" and not prec.bf16_support()[0]:
+        pytest.skip("no native bf16 here")
+    g = torch.Generator().manual_seed(1)
+    regions, rmask = torch.randn(6, 49, 1280, generator=g).half(), torch.rand(6, 49, generator=g) > 0.2
+    text = torch.randn(9, 12, 384, generator=g).half()
+    tmask = torch.arange(12)[None] < torch.randint(3, 13, (9, 1), generator=g)
+    wmask = tmask & (torch.arange(12)[None] > 0) & (torch.rand(9, 12, generator=g) > 0.2)
+    torch.manual_seed(0)
+    m = build_model(TrainConfig(method="mrsw", dim=32))
+    w_img, w_txt = torch.randn(6, 49, 32, generator=g), torch.randn(9, 12, 32, generator=g)
+
+    def old_grid():
+        _, h = m.img_enc(linear_input(regions), rmask)
+        loc = normed_locals(h, rmask)
+        return {"locals": loc, "mean": l2norm(masked_mean(loc, rmask))}
+
+    def old_tokens():
+        _, h = m.txt_enc(linear_input(text), tmask)
+        words = wmask & tmask
+        loc = normed_locals(h, words)
+        return {"locals": loc, "mean": l2norm(masked_mean(loc, words))}
+    out = []
+    for grid, tokens in ((lambda: m.encode_grid(regions, rmask), lambda: m.encode_tokens(text, tmask, wmask)),
+                         (old_grid, old_tokens)):
+        m.zero_grad()
+        with prec.policy(precision), prec.autocast():
+            img, txt = grid(), tokens()
+        ((img["locals"] * w_img).sum() + (txt["locals"] * w_txt).sum() + img["mean"].sum() + txt["mean"].sum()
+         ).backward()
+        out.append([img["locals"].detach(), txt["locals"].detach(), img["mean"].detach(), txt["mean"].detach()]
+                   + [p.grad.clone() for p in m.parameters()])
+    assert len(out[0]) > 6 and all(torch.equal(a, b) for a, b in zip(*out))
+
+
 def _scan_reference(vi, ut, lambda_softmax=9.0, lambda_lse=6.0):
     """SCAN's func_attention (t2i, clipped_l2norm) + LSE, for one image and one caption (valid rows only)."""
     attn = F.leaky_relu(vi @ ut.t(), 0.1)                      # (regions, words)

@@ -25,9 +25,18 @@ import torch
 from ..precision import linear_input
 from . import register
 from .base import Batch, RetrievalModel
-from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean
+from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean, unpack, valid_rows
 from .fine import (extra_get, loss_defaults, loss_on, mrsw_pair_scores, mrsw_scores, normed_locals, per_word,
                    scan_t2i_scores)
+
+
+def packed_locals(flat: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`normed_locals` of the padded ``unpack(flat, mask)`` with ``keep`` (a subset of ``mask``'s positions)
+    valid, computed on the kept rows only: l2-normalised locals, zeros elsewhere (the same rows, bit for bit: the
+    normalisation is per row), without normalising and then masking the padded tensor."""
+    if not bool(mask.all()) or not bool(keep.all()):
+        flat = flat[keep[mask]]
+    return unpack(l2norm(flat), keep)
 
 
 class _FineModel(RetrievalModel):
@@ -43,15 +52,18 @@ class _FineModel(RetrievalModel):
         self.txt_enc = build_text_encoder(text_encoder, dim, glove, mlp)
 
     def encode_grid(self, regions, region_mask) -> dict:
-        _, h = self.img_enc(linear_input(regions), region_mask)
-        loc = normed_locals(h, region_mask)
+        _, h = self.img_enc.forward_flat(linear_input(valid_rows(regions, region_mask)))
+        loc = packed_locals(h, region_mask, region_mask)
         return {"locals": loc, "mask": region_mask, "mean": l2norm(masked_mean(loc, region_mask))}
 
     def encode_tokens(self, text, text_mask, word_mask) -> dict:
-        text = text if self.text_kind == "gru" else linear_input(text)
-        _, h = self.txt_enc(text, text_mask)
         words = word_mask & text_mask
-        loc = normed_locals(h, words)
+        if self.text_kind == "gru":  # the BiGRU reads the padded sequence
+            _, h = self.txt_enc(text, text_mask)
+            loc = normed_locals(h, words)
+        else:
+            _, h = self.txt_enc.forward_flat(linear_input(valid_rows(text, text_mask)))
+            loc = packed_locals(h, text_mask, words)
         return {"locals": loc, "mask": words, "mean": l2norm(masked_mean(loc, words))}
 
     def image_vectors(self, img: dict) -> torch.Tensor:
