@@ -27,7 +27,7 @@ import pandas as pd
 from . import precision as prec
 from .cost import ADAPTED
 from .scorekernel import COMPILED_METHODS, LOW_PRECISION_METHODS
-from .experiments import study_config
+from .experiments import METHOD_VARIANTS, study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
 
 BUCKETED = ("tgdt", "aladin")  # methods with a text transformer (TrainConfig.length_buckets)
@@ -73,6 +73,25 @@ def lever_configs(variant: str, dataset: str, adapted: bool = False) -> dict:
     return out
 
 
+def new_default_kw(variant: str, adapted: bool = False) -> dict:
+    """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
+    defaults PRECISION, COMPILE_SCORES, SCORE_PRECISION (for the methods in SCORE_PRECISION_METHODS), for TGDT /
+    ALADIN LENGTH_BUCKETS (when on and the method is in LENGTH_BUCKETS_METHODS),
+    for SelfAlign LOSS_PRECISION; ``adapted`` (a run that trains the image top): TOP_PRECISION too."""
+    from .cost import notebook_defaults
+    p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
+    kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
+    if variant in p["SCORE_PRECISION_METHODS"]:
+        kw["score_precision"] = p["SCORE_PRECISION"]
+    if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1 and variant in p["LENGTH_BUCKETS_METHODS"]:
+        kw["length_buckets"] = p["LENGTH_BUCKETS"]
+    if METHOD_VARIANTS[variant]["method"] == "selfalign":
+        kw["loss_precision"] = p["LOSS_PRECISION"]
+    if adapted:
+        kw["top_precision"] = p["TOP_PRECISION"]
+    return kw
+
+
 def score_lever_config(variant: str, dataset: str, seed: int, **kw):
     """The study config of ``variant`` under :data:`SCORE_LEVER` (what its accuracy reruns train)."""
     return study_config(variant, dataset, seed, precision="bf16", compile_scores="auto", score_precision="bf16", **kw)
@@ -98,7 +117,6 @@ def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
         return score_lever_config(variant, dataset, seed, **kw)
     if lever == TOP_LEVER:  # at the adapted point, on top of what 02 trains the method with today (its adopted levers)
         from .experiments import ADAPTED_CHANGE
-        from .timings import new_default_kw
         kw = {**new_default_kw(variant), "precision": "bf16", "top_precision": "bf16", **ADAPTED_CHANGE, **kw}
         return study_config(variant, dataset, seed, **kw)
     if lever in ("bf16+buckets", TGDT_LEVER):

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .config import TrainConfig
-from .experiments import METHOD_VARIANTS, study_config
+from .experiments import study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
-from .levers import BUCKETED, interleaved_timings
+from .levers import interleaved_timings, new_default_kw  # noqa: F401 (new_default_kw: re-exported)
 
 
 def _machine() -> dict:
@@ -96,25 +96,6 @@ def _time_one(variant: str, dataset: str, adapted: bool, steps: int, threads: in
 
 
 # ----------------------------------------------------------------------------------------------- old code vs new
-def new_default_kw(variant: str, adapted: bool = False) -> dict:
-    """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
-    defaults PRECISION, COMPILE_SCORES, SCORE_PRECISION (for the methods in SCORE_PRECISION_METHODS), for TGDT /
-    ALADIN LENGTH_BUCKETS (when on and the method is in LENGTH_BUCKETS_METHODS),
-    for SelfAlign LOSS_PRECISION; ``adapted`` (a run that trains the image top): TOP_PRECISION too."""
-    from .cost import notebook_defaults
-    p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
-    kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
-    if variant in p["SCORE_PRECISION_METHODS"]:
-        kw["score_precision"] = p["SCORE_PRECISION"]
-    if variant in BUCKETED and p["LENGTH_BUCKETS"] > 1 and variant in p["LENGTH_BUCKETS_METHODS"]:
-        kw["length_buckets"] = p["LENGTH_BUCKETS"]
-    if METHOD_VARIANTS[variant]["method"] == "selfalign":
-        kw["loss_precision"] = p["LOSS_PRECISION"]
-    if adapted:
-        kw["top_precision"] = p["TOP_PRECISION"]
-    return kw
-
-
 def source_tree(commit: str, dest: str | Path) -> Path:
     """``itr_lib`` of ``commit`` (git archive of this repository) under ``dest``; returns ``dest``."""
     import subprocess
