@@ -266,6 +266,9 @@ def main(argv=None) -> int:
     lr.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     lr.add_argument("--results-dir", required=True, help="where the runs train (runs/, metrics/); resumable")
     lr.add_argument("--workers", type=int, default=2, help="single-threaded runs side by side")
+    lr.add_argument("--reference", action="store_true",
+                    help="also train the float32 runs of these seeds into --results-dir/reference: the old side of "
+                         "the check for seeds the study's records lack (e.g. --seeds 3 4 5)")
     exp = sub.add_parser("explore", help="the explorer's text -> image answer time per method with a checkpoint")
     exp.add_argument("--queries", type=int, default=20)
     exp.add_argument("--threads", type=int, default=1)
@@ -361,11 +364,11 @@ def main(argv=None) -> int:
     elif a.kind == "lever-reruns":
         from .levers import LEVER_RECORDS, lever_reruns
         recs = lever_reruns(a.lever, a.datasets, a.variants or LEVER_METHODS[a.lever], a.seeds, a.results_dir,
-                            workers=a.workers)
+                            workers=a.workers, reference=a.reference)
         rows = [{"run": m["run"], "test_mr": m["test"]["standard"]["mr"], "train_s": m.get("train_seconds")}
                 for m in recs]
-        print(f"records: {Path(a.results_dir) / 'metrics'}; to commit the check, copy them to "
-              f"results/benchmarks/{LEVER_RECORDS[a.lever]}/metrics", flush=True)
+        print(f"records: {Path(a.results_dir) / 'metrics'}" + (" and reference/metrics" if a.reference else "")
+              + f"; to commit the check, copy them to results/benchmarks/{LEVER_RECORDS[a.lever]}/", flush=True)
         path, cols = None, ["run", "test_mr", "train_s"]
     elif a.kind == "explore":
         from .explore import ExploreError

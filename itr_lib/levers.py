@@ -43,6 +43,7 @@ TOP_LEVER = "bf16+top"         # the adapted point: the study's adopted levers +
 TOPPED = ("baseline", "lca+cra", "tgdt")  # in bf16 (TrainConfig.top_precision), checked there on these methods
 ADAPTED_LEVERS = (TOP_LEVER,)  # levers checked at the adapted operating point (experiments.ADAPTED_CHANGE)
 BAR_HALF_WIDTH = 1.0
+MAX_SEED = 9  # the seeds a check looks for: 0..MAX_SEED
 
 
 def lever_configs(variant: str, dataset: str, adapted: bool = False) -> dict:
@@ -128,15 +129,33 @@ def lever_config(lever: str, variant: str, dataset: str, seed: int, **kw):
     return study_config(variant, dataset, seed, precision="bf16", **kw)
 
 
+def reference_config(lever: str, variant: str, dataset: str, seed: int):
+    """The float32 config of ``lever``'s operating point as the study's records trained it (precision and every
+    kernel float32; the adapted point for :data:`ADAPTED_LEVERS`): the old side of a check for a seed the records
+    lack (the run name of :func:`lever_config`'s)."""
+    from .experiments import ADAPTED_CHANGE
+    return study_config(variant, dataset, seed, precision="fp32", **(ADAPTED_CHANGE if lever in ADAPTED_LEVERS else {}))
+
+
+REFERENCE = "reference"  # a lever's records folder: its float32 reference reruns for seeds beyond the records'
+
+
 def lever_reruns(lever: str, datasets, variants, seeds, results_dir: str | Path, workers: int = 2,
-                 threads: int = 1) -> list[dict]:
+                 threads: int = 1, reference: bool = False) -> list[dict]:
     """Train the accuracy reruns of ``lever`` (:func:`lever_config`) into ``results_dir`` through
     :func:`itr_lib.runs.run_grid` (``workers`` single-threaded runs side by side; resumable, a recorded run is
-    reused). Per dataset, the seeds in order, the methods alternating within a seed. Copy ``results_dir/metrics`` to
-    ``results/benchmarks/<LEVER_RECORDS[lever]>/metrics`` to commit the check's records."""
+    reused). Per dataset, the seeds in order, the methods alternating within a seed. ``reference``: also the float32
+    runs of those seeds (:func:`reference_config`) into ``results_dir/reference``, the old side for seeds beyond the
+    study's records (more seeds narrow a check that run-to-run noise leaves inconclusive at three). Copy
+    ``results_dir/metrics`` (and ``reference/metrics``) to ``results/benchmarks/<LEVER_RECORDS[lever]>/`` to commit
+    the check's records."""
     from .runs import run_grid
     cfgs = [lever_config(lever, v, ds, s) for ds in datasets for s in seeds for v in variants]
-    return run_grid(cfgs, results_dir, workers=workers, threads=threads)
+    out = run_grid(cfgs, results_dir, workers=workers, threads=threads)
+    if reference:
+        refs = [reference_config(lever, v, ds, s) for ds in datasets for s in seeds for v in variants]
+        out += run_grid(refs, Path(results_dir) / REFERENCE, workers=workers, threads=threads)
+    return out
 
 
 def _val_data(cfg):
@@ -227,11 +246,13 @@ def time_levers(variants, dataset: str, threads=(1, 2), steps: int = 4, adapted:
     return rows
 
 
-def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, variants, seeds=(0, 1, 2),
+def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, variants, seeds=range(MAX_SEED + 1),
                    lever: str = "bf16", n_boot: int = 2000) -> list[dict]:
-    """Per method: old records vs the lever's reruns of the same configs, seed-matched; the paired bootstrap of test
-    mR (seeds and queries resampled) and whether it passes the bar (interval includes 0, half-width < 1 mR).
-    Methods with a re-scorer are compared on their own recorded score (the run's test metrics)."""
+    """Per method: old records vs the lever's reruns of the same configs, seed-matched (every seed of ``seeds`` with
+    both; a seed the records in ``old_dir`` lack is read from the lever's float32 reference reruns in
+    ``new_dir/reference``, :func:`lever_reruns`, column ``reference_seeds``); the paired bootstrap of test mR (seeds
+    and queries resampled) and whether it passes the bar (interval includes 0, half-width < 1 mR). Methods with a
+    re-scorer are compared on their own recorded score (the run's test metrics)."""
     from .recordio import read_record
     from .metrics import paired_bootstrap
     from .runs import load_hits
@@ -239,15 +260,20 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
     point, label = (ADAPTED_CHANGE, ADAPTED) if lever in ADAPTED_LEVERS else ({}, "")
     rows = []
     for v in variants:
-        names = [study_config(v, dataset, s, **point).run_name() for s in seeds]
-        have = [n for n in names if (Path(old_dir) / "metrics" / f"{n}.json").is_file()
-                and (Path(new_dir) / "metrics" / f"{n}.json").is_file()]
+        old_dirs, have = [], []
+        for s in seeds:
+            n = study_config(v, dataset, s, **point).run_name()
+            src = next((d for d in (Path(old_dir), Path(new_dir) / REFERENCE)
+                        if (d / "metrics" / f"{n}.json").is_file()), None)
+            if src is not None and (Path(new_dir) / "metrics" / f"{n}.json").is_file():
+                old_dirs.append(src)
+                have.append(n)
         if not have:
             rows.append({"dataset": dataset, "method": v + label, "lever": lever, "n_seeds": 0, "verdict": "not run"})
             continue
-        old = [read_record(Path(old_dir) / "metrics" / f"{n}.json") for n in have]
+        old = [read_record(d / "metrics" / f"{n}.json") for d, n in zip(old_dirs, have)]
         new = [read_record(Path(new_dir) / "metrics" / f"{n}.json") for n in have]
-        bs = paired_bootstrap([load_hits(old_dir, n) for n in have], [load_hits(new_dir, n) for n in have],
+        bs = paired_bootstrap([load_hits(d, n) for d, n in zip(old_dirs, have)], [load_hits(new_dir, n) for n in have],
                               n_boot=n_boot)
         lo, hi, d = bs["ci_lo"] / 6, bs["ci_hi"] / 6, bs["delta_rsum"] / 6
         half = (hi - lo) / 2
@@ -262,6 +288,7 @@ def accuracy_check(old_dir: str | Path, new_dir: str | Path, dataset: str, varia
                      "train_s_old": float(np.mean([m["train_seconds"] for m in old])),
                      "train_s_new": float(np.mean([m["train_seconds"] for m in new])),
                      "precision_new": ",".join(sorted({str(m.get("precision")) for m in new})),
+                     "reference_seeds": ",".join(str(m["seed"]) for d, m in zip(old_dirs, old) if d != Path(old_dir)),
                      "verdict": "passes" if passed else ("fails: interval excludes 0" if not lo <= 0 <= hi
                                                          else "inconclusive: half-width >= 1 mR")})
     return rows
@@ -381,7 +408,7 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
 
 KEPT = "previous table (reruns' records not kept)"
 _ACC_COLS = ("n_seeds", "seeds", "mr_old", "mr_new", "delta_mr", "ci_lo_mr", "ci_hi_mr", "half_width_mr",
-             "seed_std_mr_old", "precision_new", "verdict")
+             "seed_std_mr_old", "precision_new", "reference_seeds", "verdict")
 
 
 def _shown(folder) -> str:

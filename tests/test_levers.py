@@ -114,6 +114,19 @@ def test_the_top_lever_is_checked_against_the_adapted_points_records_on_top_of_t
         _write(new, name, 40.0, i2t, t2i, s, "bf16")
     row = accuracy_check(old, new, "ucm", ["baseline"], lever=TOP_LEVER, n_boot=200)[0]
     assert row["method"] == "baseline, adapted top" and row["delta_mr"] == 0 and row["verdict"] == "passes"
+    assert row["n_seeds"] == 3 and row["reference_seeds"] == ""
+    # seeds beyond the records: the old side from the lever's float32 reference reruns (new/reference)
+    from itr_lib.levers import reference_config
+    for s in (3, 4):
+        ref = reference_config(TOP_LEVER, "baseline", "ucm", s)
+        assert (ref.precision, ref.top_precision, ref.image_top_blocks) == ("fp32", "fp32", 6)
+        assert ref.run_name() == lever_config(TOP_LEVER, "baseline", "ucm", s).run_name()
+        i2t, t2i = rng.integers(0, 20, 400), rng.integers(0, 20, 2000)
+        _write(new / "reference", ref.run_name(), 40.0, i2t, t2i, s, "fp32")
+        _write(new, ref.run_name(), 40.0, i2t + (s == 4), t2i, s, "bf16")
+    row = accuracy_check(old, new, "ucm", ["baseline"], lever=TOP_LEVER, n_boot=200)[0]
+    assert row["n_seeds"] == 5 and row["seeds"] == "0,1,2,3,4" and row["reference_seeds"] == "3,4"
+    assert row["delta_mr"] < 0  # seed 4's reruns rank every image query one lower
     rows = [{"dataset": ds, "method": f"{m}, adapted top", "lever": TOP_LEVER, "verdict": "passes", "n_seeds": 3}
             for ds in ("ucm", "rsicd") for m in ("baseline", "lca+cra", "tgdt")]
     t = pd.DataFrame(rows)
