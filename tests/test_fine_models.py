@@ -330,8 +330,15 @@ def test_fine_models_normalise_only_the_kept_rows_bit_identically(precision):
         loc = normed_locals(h, words)
         return {"locals": loc, "mean": l2norm(masked_mean(loc, words))}
     out = []
-    for grid, tokens in ((lambda: m.encode_grid(regions, rmask), lambda: m.encode_tokens(text, tmask, wmask)),
-                         (old_grid, old_tokens)):
+    def new_grid():  # training mode: "mean" is left out and computed by image_vectors where asked for
+        img = m.encode_grid(regions, rmask)
+        return {**img, "mean": m.image_vectors(img)}
+
+    def new_tokens():
+        txt = m.encode_tokens(text, tmask, wmask)
+        return {**txt, "mean": m.text_vectors(txt)}
+    assert m.training and "mean" not in m.encode_grid(regions, rmask)
+    for grid, tokens in ((new_grid, new_tokens), (old_grid, old_tokens)):
         m.zero_grad()
         with prec.policy(precision), prec.autocast():
             img, txt = grid(), tokens()

@@ -54,7 +54,7 @@ class _FineModel(RetrievalModel):
     def encode_grid(self, regions, region_mask) -> dict:
         _, h = self.img_enc.forward_flat(linear_input(valid_rows(regions, region_mask)))
         loc = packed_locals(h, region_mask, region_mask)
-        return {"locals": loc, "mask": region_mask, "mean": l2norm(masked_mean(loc, region_mask))}
+        return self._with_mean({"locals": loc, "mask": region_mask})
 
     def encode_tokens(self, text, text_mask, word_mask) -> dict:
         words = word_mask & text_mask
@@ -64,15 +64,23 @@ class _FineModel(RetrievalModel):
         else:
             _, h = self.txt_enc.forward_flat(linear_input(valid_rows(text, text_mask)))
             loc = packed_locals(h, text_mask, words)
-        return {"locals": loc, "mask": words, "mean": l2norm(masked_mean(loc, words))}
+        return self._with_mean({"locals": loc, "mask": words})
+
+    def _with_mean(self, out: dict) -> dict:
+        """``out`` with "mean", the l2-normalised mean of its locals (the two-stage shortlist's vector), outside
+        training only: the training loss never reads it (a pass over the padded locals saved per step);
+        :meth:`image_vectors` / :meth:`text_vectors` compute it where it is missing."""
+        if not self.training:
+            out["mean"] = l2norm(masked_mean(out["locals"], out["mask"]))
+        return out
 
     def image_vectors(self, img: dict) -> torch.Tensor:
         """Mean-pooled locals: NOT this model's score (see the module docstring)."""
-        return img["mean"]
+        return img["mean"] if "mean" in img else l2norm(masked_mean(img["locals"], img["mask"]))
 
     def text_vectors(self, txt: dict) -> torch.Tensor:
         """Mean-pooled locals: NOT this model's score (see the module docstring)."""
-        return txt["mean"]
+        return txt["mean"] if "mean" in txt else l2norm(masked_mean(txt["locals"], txt["mask"]))
 
     def compute_loss(self, img: dict, txt: dict, batch: Batch, epoch: int) -> tuple[torch.Tensor, dict]:
         loss = loss_on(self.hp, self.similarity(img, txt), batch, epoch)
