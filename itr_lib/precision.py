@@ -50,6 +50,24 @@ def cpu_flags(path: str | Path = "/proc/cpuinfo") -> set[str] | None:
     return set()
 
 
+def cpu_id(path: str | Path = "/proc/cpuinfo") -> str:
+    """The CPU a run trained on, as recorded in ``metrics.json["cpu"]``: model name, family / model / stepping and
+    the native bf16 flags (reduced-precision kernels, hence a bf16 run's last bits, differ between CPU kinds: a
+    record reproduces bit for bit on the kind it names). "unknown" where ``/proc/cpuinfo`` does not exist."""
+    p = Path(path)
+    if not p.is_file():
+        return "unknown"
+    info: dict[str, str] = {}
+    for line in p.read_text(errors="replace").splitlines():
+        if not line.strip():
+            break  # the first processor's block only
+        k, _, v = line.partition(":")
+        info.setdefault(k.strip(), v.strip())
+    native = sorted(set(NATIVE_BF16_FLAGS) & set(info.get("flags", "").split()))
+    return (f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model "
+            f"{info.get('model', '?')}, stepping {info.get('stepping', '?')}; bf16: {', '.join(native) or 'none'})")
+
+
 def bf16_support(device: str = "cpu") -> tuple[bool, str]:
     """Whether bf16 autocast is native (fast) on ``device``, and why (a sentence for the log)."""
     if str(device).startswith("cuda"):

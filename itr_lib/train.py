@@ -262,7 +262,7 @@ def finalize(cfg: TrainConfig, model: RetrievalModel, history: list, t_load: flo
         "val_eval_seconds": round(sum(h["eval_seconds"] for h in history), 2),
         "test_eval_seconds": round(eval_secs, 2), "load_seconds": round(t_load, 2),
         "git_commit": git_commit(), "torch": torch.__version__, "device": device,
-        "threads": torch.get_num_threads(), "precision": prec.current(), "heap": limit_heap(),
+        "threads": torch.get_num_threads(), "precision": prec.current(), "cpu": prec.cpu_id(), "heap": limit_heap(),
         "score_kernel": scorekernel.record(),
     }
     # the record stores run_dir relative to its results folder (the same on any clone); the caller gets it resolved

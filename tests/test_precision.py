@@ -126,6 +126,10 @@ def test_cpu_flags_parsed(tmp_path):
     f.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
     assert prec.cpu_flags(f) == {"fpu", "avx512f", "avx512_bf16", "amx_bf16"}
     assert prec.cpu_flags(tmp_path / "missing") is None
+    f.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+                 "flags\t\t: fpu avx512_bf16\n\nprocessor\t: 1\nmodel name\t: other\n")
+    assert prec.cpu_id(f) == "AMD EPYC (family 25, model 17, stepping 1; bf16: avx512_bf16)"
+    assert prec.cpu_id(tmp_path / "missing") == "unknown"
 
 
 def test_precision_is_runtime_and_recorded(mini_cfg):
