@@ -180,7 +180,7 @@ class TrainConfig:
                                         # of the loss float32 (itr_lib.scorekernel.loss_mm). Runtime field, recorded
     top_precision: str = "fp32"         # fp32 | bf16: the trainable image top's 1 x 1 convolutions from bf16 inputs
                                         # (itr_lib.models.adapt.PointwiseConv; needs image_top_blocks). Runtime
-                                        # field, recorded; not adopted (its check at the adapted point has not run)
+                                        # field, recorded; not adopted (its check at the adapted point: speed_levers.md)
     run_dir: str | None = None          # default results/runs/<run_name>
     progress: bool | None = None
 
