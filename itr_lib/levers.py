@@ -387,7 +387,7 @@ def levers_report(steps_csvs, old_dir, new_dir, datasets, variants=("baseline", 
     (reruns' records not kept)``: an earlier session's reruns whose records were not committed (so the table does
     not silently drop a check, and says which rows cannot be recomputed from the repository)."""
     out_dir = Path(out_dir)
-    unknown = sorted(set(lever_dirs or {}) - set(LEVER_RECORDS) | ({"bf16"} & set(lever_dirs or {})))
+    unknown = sorted(set(lever_dirs or {}) - (set(LEVER_RECORDS) - {"bf16"}))
     if unknown:
         raise ValueError(f"lever_dirs: unknown lever(s) {unknown} (bf16's reruns are new_dir); choose from "
                          f"{sorted(set(LEVER_RECORDS) - {'bf16'})}")

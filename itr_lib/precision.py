@@ -63,7 +63,7 @@ def cpu_id(path: str | Path = "/proc/cpuinfo") -> str:
             break  # the first processor's block only
         k, _, v = line.partition(":")
         info.setdefault(k.strip(), v.strip())
-    native = sorted(set(NATIVE_BF16_FLAGS) & set(info.get("flags", "").split()))
+    native = sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags(p) or set()))
     return (f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model "
             f"{info.get('model', '?')}, stepping {info.get('stepping', '?')}; bf16: {', '.join(native) or 'none'})")
 

@@ -121,8 +121,8 @@ class _MrSwBlock(torch.autograd.Function):
             s.masked_fill_(~vm[None], float("-inf"))
         best, arg = s.max(-1)  # (rows, ci): best region per word
         del s
-        valid = um.reshape(-1, 1) if pos is None else um.reshape(-1)[pos, None]
-        valid = valid & vm.any(1)[None, :]
+        # a product row's word is valid (every packed row is), and its image has a region
+        valid = (um.reshape(-1, 1) if pos is None else um.new_ones(len(pos), 1)) & vm.any(1)[None, :]
         best = torch.where(valid, best.float(), best.new_zeros((), dtype=torch.float32))
         if pos is not None:  # the padded layout again for the sum over words: the same order of additions
             best = best.new_zeros(ct * l, ci).index_copy_(0, pos, best)
