@@ -17,7 +17,7 @@ import pandas as pd
 from .config import TrainConfig
 from .experiments import study_config
 from .io import REPO_ROOT, atomic_write_text, git_commit
-from .levers import interleaved_timings, new_default_kw  # noqa: F401 (new_default_kw: re-exported)
+from .levers import interleaved_timings, new_default_kw
 
 
 def _machine() -> dict:

@@ -94,7 +94,7 @@ def test_the_top_lever_is_checked_against_the_adapted_points_records_on_top_of_t
     import pandas as pd
     from itr_lib.experiments import ADAPTED_CHANGE
     from itr_lib.levers import TOP_LEVER, adoptable
-    from itr_lib.timings import new_default_kw
+    from itr_lib.levers import new_default_kw
     for v in ("baseline", "lca+cra", "tgdt"):
         cfg, record = lever_config(TOP_LEVER, v, "ucm", 1), study_config(v, "ucm", 1, **ADAPTED_CHANGE)
         assert cfg.run_name() == record.run_name() != study_config(v, "ucm", 1).run_name()
@@ -276,7 +276,8 @@ def test_query_kernel_falls_back_without_onednn(monkeypatch):
 
 
 def test_versions_compare_the_old_tree_with_the_notebooks_defaults(tmp_path):
-    from itr_lib.timings import new_default_kw, source_tree
+    from itr_lib.levers import new_default_kw
+    from itr_lib.timings import source_tree
     # the new side trains with 02's parameter defaults (what a rerun of the study does)
     assert new_default_kw("scan") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16"}
     assert new_default_kw("tgdt") == {"precision": "auto", "compile_scores": "auto", "score_precision": "bf16",
