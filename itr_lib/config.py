@@ -173,7 +173,8 @@ class TrainConfig:
                                         # default stays fp32; the study's notebooks default to auto since its
                                         # accuracy check passed (results/benchmarks/speed_levers.md)
     compile_scores: str = "off"         # off | auto | on: SCAN's score block through torch.compile (the same
-                                        # function up to rounding; itr_lib.scorekernel). Runtime field, recorded
+                                        # function up to rounding); MrSw's max over regions (MrSw, TGDT, ALADIN) as
+                                        # a C++ kernel (bit-identical; itr_lib.scorekernel). Runtime field, recorded
     score_precision: str = "fp32"       # fp32 | bf16: SCAN's / MrSw's cosine matmul from bf16 inputs, the rest of
                                         # the score float32 (itr_lib.scorekernel). Runtime field, recorded
     loss_precision: str = "fp32"        # fp32 | bf16: SelfAlign's LCA/CRA loss matmuls from bf16 inputs, the rest

@@ -9,7 +9,9 @@ second also reaches TGDT's MrSw term), then SelfAlign's loss matmuls and the ada
   The same function up to float rounding (``tests/test_scorekernel.py``: scores and gradients against the eager
   block, max difference ~1e-6). ``"auto"`` compiles where a C++ compiler is found and falls back to the eager block
   (with the reason logged and recorded) if it is missing or compilation fails; ``"on"`` makes either an error.
-  Only SCAN has a block to compile: ``"on"`` for another method is a config error, ``"auto"`` leaves it eager.
+  MrSw, TGDT (its MrSw term) and ALADIN (its MrSw teacher) compile their masked max over regions instead, a C++
+  loop built once per machine (:mod:`itr_lib.maxkernel`): bit for bit the eager values, so no accuracy check.
+  The other methods have nothing to compile: ``"on"`` is a config error there, ``"auto"`` leaves them eager.
 - ``TrainConfig.score_precision`` (``"fp32"`` | ``"bf16"``): the (regions x words) cosine matmul of SCAN's block and
   of MrSw's block takes bf16 inputs (AMX / AVX512-BF16: ~3x the float32 matmul at these sizes) and its result is
   cast back to float32 before anything else: the LeakyReLU, the softmax over regions, the max over regions, the
@@ -55,7 +57,8 @@ log = logging.getLogger(__name__)
 
 COMPILE_SETTINGS = ("off", "auto", "on")
 SCORE_PRECISIONS = ("fp32", "bf16")
-COMPILED_METHODS = ("scan",)          # the methods with a block to compile
+COMPILED_METHODS = ("scan",)          # the methods with a block to compile (torch.compile)
+KERNEL_METHODS = ("mrsw", "tgdt", "aladin")  # the methods whose MrSw max runs in the C++ kernel (itr_lib.maxkernel)
 LOW_PRECISION_METHODS = ("scan", "mrsw")  # the exhaustive methods whose score matmul may run in bf16 (bf16+scores;
 # TGDT's MrSw term reads the field too: models' uses=, its own lever bf16+buckets+scores)
 _state = threading.local()
@@ -79,9 +82,9 @@ def check(method: str, compile_scores: str, score_precision: str, loss_precision
         raise ValueError(f"TrainConfig.compile_scores must be one of {COMPILE_SETTINGS}, got {compile_scores!r}")
     if score_precision not in SCORE_PRECISIONS:
         raise ValueError(f"TrainConfig.score_precision must be one of {SCORE_PRECISIONS}, got {score_precision!r}")
-    if compile_scores == "on" and method not in COMPILED_METHODS:
+    if compile_scores == "on" and method not in COMPILED_METHODS + KERNEL_METHODS:
         raise ValueError(f"TrainConfig.compile_scores='on' has nothing to compile for method {method!r} (only "
-                         f"{', '.join(COMPILED_METHODS)}). Fix: set compile_scores='off' or 'auto'.")
+                         f"{', '.join(COMPILED_METHODS + KERNEL_METHODS)}). Fix: set compile_scores='off' or 'auto'.")
 
 
 def cxx_compiler() -> str | None:
@@ -99,22 +102,26 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
     check(method, compile_scores, score_precision, loss_precision, top_precision, image_top_blocks)
     why = []
     compiled = False
-    if method in COMPILED_METHODS and compile_scores != "off":
+    if method in COMPILED_METHODS + KERNEL_METHODS and compile_scores != "off":
+        scan = method in COMPILED_METHODS
+        what = "SCAN's block" if scan else "MrSw's max over regions"
         if not str(device).startswith("cpu"):
             reason = f"compile_scores is for the CPU path, device is {device}"
-        elif cxx_compiler() is None:
-            reason = "no C++ compiler ($CXX, c++, g++, clang++) for TorchInductor"
+        elif scan:
+            reason = None if cxx_compiler() else "no C++ compiler ($CXX, c++, g++, clang++) for TorchInductor"
         else:
-            reason = None
+            from .maxkernel import unavailable
+            reason = unavailable()
         if reason and compile_scores == "on":
-            raise RuntimeError(f"compile_scores='on' but {reason}. Fix: install g++ (apt-get install g++) or set "
-                               f"compile_scores='auto' / 'off'.")
+            raise RuntimeError(f"compile_scores='on' but {reason}. Fix: install g++ and python3-dev (apt-get install "
+                               f"g++ python3-dev) and ninja (pip install ninja), or set compile_scores='auto' / 'off'.")
         if reason:
-            log.warning("compile_scores=%r: SCAN's block stays eager (%s)", compile_scores, reason)
+            log.warning("compile_scores=%r: %s stays eager (%s)", compile_scores, what, reason)
             why.append(f"eager: {reason}")
         else:
             compiled = True
-            why.append("SCAN block compiled (TorchInductor)")
+            why.append("SCAN block compiled (TorchInductor)" if scan else
+                       "MrSw max over regions: C++ kernel (itr_lib.maxkernel)")
     matmul = _matmul_dtype("score_precision", score_precision, device, "score matmul", why)
     loss_matmul = _matmul_dtype("loss_precision", loss_precision, device, "LCA/CRA loss matmuls", why)
     top_matmul = _matmul_dtype("top_precision", top_precision, device, "image top 1 x 1 convolutions", why)
@@ -195,7 +202,7 @@ def fall_back(err: Exception) -> None:
         raise err
     rule["compiled"] = False
     rule["why"] = f"eager: compilation failed ({type(err).__name__}: {str(err)[:200]})"
-    log.warning("SCAN's compiled block failed, running eager: %s", rule["why"])
+    log.warning("the compiled score kernel failed, running eager: %s", rule["why"])
 
 
 def record() -> dict:

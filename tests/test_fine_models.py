@@ -270,11 +270,13 @@ class _PaddedMrSwBlock(torch.autograd.Function):
 
 @pytest.mark.parametrize("score_precision", ["fp32", "bf16"])
 def test_the_packed_mrsw_block_is_bit_identical_to_the_padded_one(score_precision):
-    """Packing each block's captions to their valid words changes no bit of the scores or the gradients (both score
-    precisions; a training-like batch: ragged captions with dropped words, images with dropped regions, one image
-    without any, one caption without a word), so the records trained with the padded block stay valid."""
+    """Packing the captions to their valid words (bf16: one gather of the padded text for all blocks, each image
+    block cast once) changes no bit of the scores or the gradients (both score precisions; a training-like batch:
+    ragged captions with dropped words, images with dropped regions, one image without any, one caption without a
+    word; one block, several length-sorted caption blocks, several image blocks), so the records trained with the
+    padded block stay valid."""
     from itr_lib import scorekernel as sk
-    from itr_lib.models.fine import DEFAULT_MAX_ELEMENTS, _blocked, _mrsw_block
+    from itr_lib.models.fine import DEFAULT_MAX_ELEMENTS, _blocked
     g = torch.Generator().manual_seed(3)
     lens = torch.randint(3, 26, (90,), generator=g)
     um = (torch.arange(25)[None] < lens[:, None]) & (torch.rand(90, 25, generator=g) > 0.2)
@@ -286,17 +288,19 @@ def test_the_packed_mrsw_block_is_bit_identical_to_the_padded_one(score_precisio
     v0 = F.normalize(torch.randn(24, 49, 64, generator=g), dim=-1)
     w = torch.randn(24, 90, generator=g)
     rule = sk.resolve("mrsw", "off", score_precision, "cpu")
+    budgets = (DEFAULT_MAX_ELEMENTS, 150000, 5000)  # one block; 18 caption blocks; image and caption blocks
     out = []
-    for block in (_mrsw_block, _PaddedMrSwBlock.apply):
-        for budget in (DEFAULT_MAX_ELEMENTS, 20000):  # one block; several length-sorted caption blocks
+    for fn in (mrsw_scores, lambda *a: _blocked(_PaddedMrSwBlock.apply, *a)):
+        for budget in budgets:
             v, u = v0.clone().requires_grad_(), u0.clone().requires_grad_()
             with sk.policy(rule):
-                sc = _blocked(block, v, vm, u, um, budget)
+                sc = fn(v, vm, u, um, budget)
                 (sc * w).sum().backward()
             out.append((sc.detach(), v.grad, u.grad))
-    for a, b in zip(out[:2], out[2:]):
+    for a, b in zip(out[:len(budgets)], out[len(budgets):]):
         assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert out[0][0][:, 7].abs().max() == 0 and out[0][0][3].abs().max() == 0 and out[0][0].abs().max() > 1
+    assert out[0][2][~um].abs().max() == 0 and out[0][2][um].abs().max() > 0  # only valid words get gradient
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

@@ -85,7 +85,9 @@ def test_bf16_score_matmul_within_rounding_and_gradients_flow(fn):
 
 def test_settings_a_method_cannot_honour_are_errors(monkeypatch):
     with pytest.raises(ValueError, match="nothing to compile"):
-        TrainConfig(method="tgdt", compile_scores="on")
+        TrainConfig(method="baseline", compile_scores="on")
+    with pytest.raises(ValueError, match="nothing to compile"):
+        TrainConfig(method="selfalign", compile_scores="on")
     with pytest.raises(ValueError, match="compile_scores"):
         TrainConfig(method="scan", compile_scores="yes")
     with pytest.raises(ValueError, match="score_precision"):
@@ -94,7 +96,7 @@ def test_settings_a_method_cannot_honour_are_errors(monkeypatch):
         build_model(TrainConfig(method="aladin", score_precision="bf16"))
     build_model(TrainConfig(method="mrsw", score_precision="bf16"))  # honoured
     build_model(TrainConfig(method="tgdt", score_precision="bf16"))  # honoured: its MrSw term
-    # 'auto' is allowed everywhere and compiles only SCAN
+    # 'auto' is allowed everywhere and compiles only SCAN's block and the MrSw max (MrSw, TGDT, ALADIN)
     assert sk.resolve("baseline", "auto", "fp32")["compiled"] is False
     # no compiler: 'auto' stays eager with the reason, 'on' is an error naming the fix
     monkeypatch.setattr(sk, "cxx_compiler", lambda: None)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import scorekernel
+from .. import maxkernel, scorekernel
 from ..precision import linear_input
 from .encoders import l2norm
 
@@ -41,9 +41,14 @@ def _lengths_order(mask: torch.Tensor) -> torch.Tensor:
 
 def _trim(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut the sequence dimension after the last valid position of the block (at least 1 position)."""
-    any_valid = mask.any(0)
-    n = int(any_valid.nonzero().max()) + 1 if bool(any_valid.any()) else 1
+    n = _trim_len(mask)
     return x[:, :n], mask[:, :n]
+
+
+def _trim_len(mask: torch.Tensor) -> int:
+    """:func:`_trim`'s length: one past the block's last valid position (at least 1)."""
+    any_valid = mask.any(0)
+    return int(any_valid.nonzero().max()) + 1 if bool(any_valid.any()) else 1
 
 
 def _blocked(block_fn, img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Tensor, txt_mask: torch.Tensor,
@@ -85,45 +90,38 @@ def _clean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class _MrSwBlock(torch.autograd.Function):
     """MrSw of one block with a sparse backward; under the bf16 score rule, on the block's valid words only.
 
-    bf16 (the study's rule for MrSw and TGDT): the block's captions are packed to their valid words (the word mask:
-    padding, dropped tokens and CLS / SEP out) before the word x region product, so the score matrix, its mask fill
-    and its max hold no padded rows (about a third of the rows of a length-sorted, trimmed block of training
-    captions); the words' maxima go back to the padded layout for the sum over words, so the additions run in the
-    same order: outputs and gradients bit-identical to the padded block (tests). float32 (ALADIN's teacher) keeps
-    every position, the product as its records ran it. Only the best region of each (image,
-    caption, word) receives gradient, so the backward is two sparse (CSR)-dense products with ci x words non-zeros
-    instead of the dense products autograd would run through ``amax`` (about 50x fewer operations), and only the
-    argmax indices are kept for it, not the score tensor. Ties between regions send the whole gradient to the
-    first of them (``amax`` would split it)."""
+    bf16 (the study's rule for MrSw and TGDT, driven by :func:`_mrsw_packed`): ``u`` holds the block's valid words
+    only (the word mask: padding, dropped tokens and CLS / SEP out), packed caption-major, and ``pos`` their
+    positions in the block's trimmed (ct, l) layout; so the score matrix, its mask fill and its max hold no padded
+    rows (about a third of the rows of a length-sorted, trimmed block of training captions); the words' maxima go
+    back to the padded layout for the sum over words, so the additions run in the same order: outputs and gradients
+    bit-identical to the padded block (tests). ``v16``: the image block in bf16, converted once for all its caption
+    blocks. float32 (ALADIN's teacher; ``pos`` None) keeps every position of the padded ``u`` (ct, l, d), the
+    product as its records ran it. Only the best region of each (image, caption, word) receives gradient, so the
+    backward is two sparse (CSR)-dense products with ci x words non-zeros instead of the dense products autograd
+    would run through ``amax`` (about 50x fewer operations), and only the argmax indices are kept for it, not the
+    score tensor. Ties between regions send the whole gradient to the first of them (``amax`` would split it)."""
 
     @staticmethod
-    def forward(ctx, v, vm, u, um):
+    def forward(ctx, v, vm, u, um, pos=None, v16=None):
         # no input cleaning needed: garbage in a padded region only reaches its own column of s, which the -inf fill
         # discards, and a padded word's row is never summed; the backward only reads valid (word, best region) pairs.
         # Layout (rows, ci*R): the max over regions runs over the contiguous last axis.
         ci, r, d = v.shape
-        ct, l, _ = u.shape
-        if scorekernel.low_precision():  # bf16 inputs (itr_lib.scorekernel.score_precision), the valid words only;
-            # the max over regions runs on the bf16 products and only the maxima are cast to float32: the same
-            # values as casting first
-            pos = um.reshape(-1).nonzero().squeeze(1)  # caption-major, words in order
-            # (words, d): from a contiguous block by its row numbers (2.5x faster than a boolean mask), from a
-            # strided (trimmed) one by the mask, straight from the view
-            u = u.reshape(ct * l, d).index_select(0, pos) if u.is_contiguous() else u[um]
-            s = torch.matmul(u.to(torch.bfloat16), v.reshape(ci * r, d).to(torch.bfloat16).t())
+        ct, l = um.shape
+        if pos is not None:  # bf16 inputs (itr_lib.scorekernel.score_precision), the packed valid words; the max over
+            # regions runs on the bf16 products and only the maxima are cast to float32: the same values as casting
+            # first
+            s = torch.matmul(u.to(torch.bfloat16), v16.reshape(ci * r, d).t())
         else:  # float32 (ALADIN's teacher, the fp32 rule): every position of the block, the product as it always ran
-            pos = None
             if ci * r >= 256 and not u.is_contiguous():
                 u = u.contiguous()  # many images: one large matmul beats a batch that re-reads them per caption
             s = torch.matmul(u, v.reshape(ci * r, d).t())  # a strided block of one image: a batch, no copy
-        s = s.view(-1, ci, r)
-        if not bool(vm.all()):
-            s.masked_fill_(~vm[None], float("-inf"))
-        best, arg = s.max(-1)  # (rows, ci): best region per word
+        best, arg = _masked_max(s.view(-1, ci, r), vm)  # (rows, ci), float32: best region per word
         del s
         # a product row's word is valid (every packed row is), and its image has a region
         valid = (um.reshape(-1, 1) if pos is None else um.new_ones(len(pos), 1)) & vm.any(1)[None, :]
-        best = torch.where(valid, best.float(), best.new_zeros((), dtype=torch.float32))
+        best = torch.where(valid, best, best.new_zeros(()))
         if pos is not None:  # the padded layout again for the sum over words: the same order of additions
             best = best.new_zeros(ct * l, ci).index_copy_(0, pos, best)
         ctx.save_for_backward(v, u, arg, valid, pos)
@@ -148,7 +146,7 @@ class _MrSwBlock(torch.autograd.Function):
         torch.cumsum(valid.sum(1), 0, out=crow[1:])
         if ctx.needs_input_grad[2]:
             g = _csr(crow, cols, w, (rows, ci * r)) @ v.reshape(ci * r, d) if rows else uw.new_zeros(0, d)
-            gu = (g if pos is None else uw.new_zeros(ct * l, d).index_copy_(0, pos, g)).view(ct, l, d)
+            gu = g if pos is not None else g.view(ct, l, d)  # packed rows, as ``u`` came
         if ctx.needs_input_grad[0]:
             # A (ci*R, rows): the same entries sorted by their row (stable: within a row, words in order)
             order = torch.argsort(cols, stable=True)
@@ -156,7 +154,19 @@ class _MrSwBlock(torch.autograd.Function):
             crow_a = torch.zeros(ci * r + 1, dtype=torch.int64, device=v.device)
             torch.cumsum(torch.bincount(cols, minlength=ci * r), 0, out=crow_a[1:])
             gv = (_csr(crow_a, word, w[order], (ci * r, rows)) @ uw).view(ci, r, d) if rows else torch.zeros_like(v)
-        return gv, None, gu, None
+        return gv, None, gu, None, None, None
+
+
+def _masked_max(s: torch.Tensor, vm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The max over regions of s (rows, ci, r) with the invalid regions at -inf, as float32, and its first index:
+    the C++ kernel where the rule says compiled (``compile_scores``; :mod:`itr_lib.maxkernel`), else eager (fills
+    ``s`` in place); the same values either way. A kernel that fails to build turns the rule eager (recorded)."""
+    if scorekernel.current()["compiled"]:
+        try:
+            return maxkernel.masked_max(s, vm)
+        except Exception as err:  # noqa: BLE001 - 'auto' falls back to eager (recorded), 'on' raises
+            scorekernel.fall_back(err)
+    return maxkernel.eager_masked_max(s, vm)
 
 
 def _csr(crow, col, val, size):
@@ -167,7 +177,47 @@ def _csr(crow, col, val, size):
 
 
 def _mrsw_block(v, vm, u, um):
+    """The float32 block of :func:`_blocked` (padded words; the bf16 rule goes through :func:`_mrsw_packed`)."""
     return _MrSwBlock.apply(v, vm, u, um)
+
+
+def _mrsw_packed(img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Tensor, txt_mask: torch.Tensor,
+                 max_elements: int) -> torch.Tensor:
+    """MrSw under the bf16 score rule: :func:`_blocked`'s blocks (the same image and caption blocks, captions sorted
+    by length, each block trimmed), but every block's valid words come from ONE gather of the padded ``txt`` (its
+    valid positions, in block order), split per block, and each image block is cast to bf16 once for all its
+    caption blocks. The padded text is neither sorted nor split nor trimmed (a copy of the whole padded tensor
+    forward, and its zero-filled gradient backward, per step); every block multiplies the same rows in the same
+    order, so scores and gradients are bit-identical to :func:`_blocked` over the packed block (tests)."""
+    bi, r = img.shape[:2]
+    bt, l = txt.shape[:2]
+    if bi == 0 or bt == 0:
+        return img.new_zeros(bi, bt)
+    per_pair = max(1, r * l)
+    ci = bi if bi * per_pair <= max_elements else max(1, max_elements // per_pair)
+    ct = max(1, max_elements // (ci * per_pair))
+    order = _lengths_order(txt_mask) if bt > ct else None  # the blocks of _blocked
+    caps = torch.arange(bt, device=txt.device) if order is None else order
+    blocks, src = [], []
+    for c0 in range(0, bt, ct):
+        ids = caps[c0:c0 + ct]
+        um = txt_mask.index_select(0, ids)
+        um = um[:, :_trim_len(um)]
+        pos = um.reshape(-1).nonzero().squeeze(1)  # caption-major, words in order, in the trimmed layout
+        lb = um.shape[1]
+        src.append(ids.index_select(0, torch.div(pos, lb, rounding_mode="floor")) * l + pos % lb)
+        blocks.append((um, pos))
+    src = torch.cat(src)
+    words = torch.split(txt.reshape(bt * l, -1).index_select(0, src), [len(p) for _, p in blocks])
+    rows = []
+    for v, vm in zip(torch.split(img, ci), torch.split(img_mask, ci)):
+        v, vm = _trim(v, vm)
+        v16 = v.detach().to(torch.bfloat16)
+        rows.append(torch.cat([_MrSwBlock.apply(v, vm, u, um, pos, v16) for u, (um, pos) in zip(words, blocks)], 1))
+    out = torch.cat(rows, 0)
+    if order is not None:
+        out = out[:, torch.argsort(order)]
+    return out
 
 
 def mrsw_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: torch.Tensor,
@@ -177,6 +227,8 @@ def mrsw_scores(img_locals: torch.Tensor, img_mask: torch.Tensor, txt_locals: to
     img_locals (Bi, R, D), img_mask (Bi, R) bool; txt_locals (Bt, L, D), txt_mask (Bt, L) bool (the words to sum
     over: exclude CLS/SEP and padding there). Pass l2-normalised locals for cosine. Returns (Bi, Bt); differentiable.
     An image without any valid region scores 0."""
+    if scorekernel.low_precision():
+        return _mrsw_packed(img_locals, img_mask, txt_locals, txt_mask, max_elements)
     return _blocked(_mrsw_block, img_locals, img_mask, txt_locals, txt_mask, max_elements)
 
 
