@@ -11,11 +11,12 @@ TORCH_INDEX ?=
 .PHONY: setup test test-timing test-fast nbval features smoke study bench bench-train-step bench-train bench-encode probe \
 	clean-smoke strip chromium explore explore-check explore-screenshot
 
-setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel
+setup: $(VENV)/bin/python  ## create .venv, install CPU torch, the package with its tooling, register the kernel, build the MrSw max kernel
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	$(PYTHON) -m itr_lib.maxkernel
 	@$(MAKE) --no-print-directory chromium
 	@echo "ready: . $(VENV)/bin/activate (or prefix commands with $(PYTHON))"
 

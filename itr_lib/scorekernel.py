@@ -13,7 +13,7 @@ second also reaches TGDT's MrSw term), then SelfAlign's loss matmuls and the ada
   loop built once per machine (:mod:`itr_lib.maxkernel`): bit for bit the eager values, so no accuracy check.
   The other methods have nothing to compile: ``"on"`` is a config error there, ``"auto"`` leaves them eager.
 - ``TrainConfig.score_precision`` (``"fp32"`` | ``"bf16"``): the (regions x words) cosine matmul of SCAN's block and
-  of MrSw's block takes bf16 inputs (AMX / AVX512-BF16: ~3x the float32 matmul at these sizes) and its result is
+  of MrSw's block takes bf16 inputs (AMX / AVX512-BF16: 2.3x the float32 matmul here) and its result is
   cast back to float32 before anything else: the LeakyReLU, the softmax over regions, the max over regions, the
   pooling, the loss and the metrics stay float32. The scores move by ~1e-3 (bf16 has 8 significant bits), so this
   is a lever that needs the accuracy check of :mod:`itr_lib.levers` (old float32 records vs reruns, paired

@@ -67,6 +67,29 @@ def test_cost_tables_from_records(results, tmp_path):
         cost_tables(tmp_path / "empty")
 
 
+def test_a_run_recorded_with_levers_on_is_counted_and_bounded(results):
+    """A record that ran with bf16 encoders (or buckets, a bf16 / compiled kernel) is flagged: the bound credits it
+    no speed-up (part of it came before the record), the estimate credits the method's full one."""
+    from itr_lib.cost import trained_with_levers
+    assert not trained_with_levers({"precision": "fp32", "config": {}, "score_kernel": {"matmul": "fp32"}})
+    assert trained_with_levers({"precision": "bf16", "config": {}})
+    assert trained_with_levers({"config": {"length_buckets": 8}})
+    assert trained_with_levers({"config": {}, "score_kernel": {"compiled": True}})
+    assert trained_with_levers({"config": {}, "score_kernel": {"matmul": "fp32", "loss_matmul": "bf16"}})
+    a = TrainConfig(method="tgdt", dataset="ucm")
+    f = results / "metrics" / f"{a.run_name()}.json"
+    m = json.loads(f.read_text())
+    nb = cost_tables(results, {"tgdt": 2.0})[0].set_index("notebook")
+    assert nb.loc["02_ablations", "levered_runs"] == 0
+    assert nb.loc["02_ablations", "core_h_bound"] == pytest.approx(nb.loc["02_ablations", "core_h_levers"])
+    f.write_text(json.dumps({**m, "precision": "bf16"}))
+    nb = cost_tables(results, {"tgdt": 2.0})[0].set_index("notebook")
+    assert nb.loc["02_ablations", "levered_runs"] == 1 and nb.loc["02_ablations", "levered_core_h"] == 1.0
+    assert nb.loc["02_ablations", "core_h_levers"] == pytest.approx((3580 / 2 + 20) / 3600)
+    assert nb.loc["02_ablations", "core_h_bound"] == pytest.approx(1.0)
+    assert nb.loc["total (from scratch)", "core_h_bound"] == pytest.approx(1.0 + 1.0 + 0.5)
+
+
 def test_dry_run_estimate_per_execution(results, tmp_path):
     todo = [{"notebook": tmp_path / "02_ablations.ipynb", "output": tmp_path / "02_ablations.ipynb"},
             {"notebook": tmp_path / "04_efficiency.ipynb", "output": tmp_path / "04_efficiency.ipynb"},

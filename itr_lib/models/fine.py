@@ -51,6 +51,13 @@ def _trim_len(mask: torch.Tensor) -> int:
     return int(any_valid.nonzero().max()) + 1 if bool(any_valid.any()) else 1
 
 
+def _block_sizes(bi: int, r: int, l: int, max_elements: int) -> tuple[int, int]:
+    """(images, captions) per block: ``ci * r * ct * l`` scores stay under ``max_elements``."""
+    per_pair = max(1, r * l)
+    ci = bi if bi * per_pair <= max_elements else max(1, max_elements // per_pair)
+    return ci, max(1, max_elements // (ci * per_pair))
+
+
 def _blocked(block_fn, img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Tensor, txt_mask: torch.Tensor,
              max_elements: int) -> torch.Tensor:
     """Apply ``block_fn(v, vm, u, um) -> (ci, ct)`` over image x caption blocks; returns (Bi, Bt)."""
@@ -58,9 +65,7 @@ def _blocked(block_fn, img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Ten
     bt, l = txt.shape[:2]
     if bi == 0 or bt == 0:
         return img.new_zeros(bi, bt)
-    per_pair = max(1, r * l)
-    ci = bi if bi * per_pair <= max_elements else max(1, max_elements // per_pair)
-    ct = max(1, max_elements // (ci * per_pair))
+    ci, ct = _block_sizes(bi, r, l, max_elements)
     order = _lengths_order(txt_mask) if bt > ct else None  # several caption chunks: group similar lengths
     if order is not None:
         txt, txt_mask = txt[order], txt_mask[order]
@@ -193,9 +198,7 @@ def _mrsw_packed(img: torch.Tensor, img_mask: torch.Tensor, txt: torch.Tensor, t
     bt, l = txt.shape[:2]
     if bi == 0 or bt == 0:
         return img.new_zeros(bi, bt)
-    per_pair = max(1, r * l)
-    ci = bi if bi * per_pair <= max_elements else max(1, max_elements // per_pair)
-    ct = max(1, max_elements // (ci * per_pair))
+    ci, ct = _block_sizes(bi, r, l, max_elements)
     order = _lengths_order(txt_mask) if bt > ct else None  # the blocks of _blocked
     caps = torch.arange(bt, device=txt.device) if order is None else order
     blocks, src = [], []
