@@ -89,6 +89,14 @@ std::vector<torch::Tensor> masked_max(torch::Tensor s, torch::Tensor vm) {
 _module = None
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler TorchInductor and this kernel's build use ($CXX, else c++ / g++ / clang++ on PATH), or None."""
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
 def _ninja_on_path() -> bool:
     """Whether ninja runs; the PyPI wheel's binary is put on PATH when the venv's bin folder is not there."""
     if shutil.which("ninja"):
@@ -105,7 +113,6 @@ def unavailable() -> str | None:
     """Why the kernel cannot be built here (None: it can, or it is built)."""
     if _module is not None:
         return None
-    from .scorekernel import cxx_compiler
     if cxx_compiler() is None:
         return "no C++ compiler ($CXX, c++, g++, clang++) for the MrSw max kernel"
     if not _ninja_on_path():

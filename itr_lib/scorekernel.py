@@ -46,12 +46,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import shutil
 import threading
 from collections.abc import Iterator
 
 import torch
+
+from . import maxkernel
+from .maxkernel import cxx_compiler  # SCAN's check uses it here (tests patch scorekernel.cxx_compiler)
 
 log = logging.getLogger(__name__)
 
@@ -87,14 +88,6 @@ def check(method: str, compile_scores: str, score_precision: str, loss_precision
                          f"{', '.join(COMPILED_METHODS + KERNEL_METHODS)}). Fix: set compile_scores='off' or 'auto'.")
 
 
-def cxx_compiler() -> str | None:
-    """The C++ compiler TorchInductor would use ($CXX, else c++ / g++ / clang++ on PATH), or None."""
-    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def resolve(method: str, compile_scores: str, score_precision: str, device: str = "cpu",
             loss_precision: str = "fp32", top_precision: str = "fp32", image_top_blocks: int = 0) -> dict:
     """What a run of ``method`` will use: ``{"compiled": bool, "matmul": "fp32"|"bf16", "loss_matmul":
@@ -110,8 +103,7 @@ def resolve(method: str, compile_scores: str, score_precision: str, device: str 
         elif scan:
             reason = None if cxx_compiler() else "no C++ compiler ($CXX, c++, g++, clang++) for TorchInductor"
         else:
-            from .maxkernel import unavailable
-            reason = unavailable()
+            reason = maxkernel.unavailable()
         if reason and compile_scores == "on":
             raise RuntimeError(f"compile_scores='on' but {reason}. Fix: install g++ and python3-dev (apt-get install "
                                f"g++ python3-dev) and ninja (pip install ninja), or set compile_scores='auto' / 'off'.")

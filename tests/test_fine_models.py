@@ -10,7 +10,8 @@ from itr_lib import losses as L
 from itr_lib.metrics import metrics_from_ranks, rank_arrays, retrieval_metrics
 from itr_lib.models import build_model
 from itr_lib.models.encoders import l2norm
-from itr_lib.models.fine import mrsw_pair_scores, mrsw_scores, scan_t2i_scores
+from itr_lib.models.fine import scan_t2i_scores
+from itr_lib.models.mrsw import mrsw_pair_scores, mrsw_scores
 from itr_lib.rerank import matrix_rescorer, two_stage_ranks
 from itr_lib.scoring import evaluate_two_stage
 from itr_lib.config import TrainConfig
@@ -251,7 +252,7 @@ class _PaddedMrSwBlock(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        from itr_lib.models.fine import _csr
+        from itr_lib.models.mrsw import _csr
         v, u, arg, valid = ctx.saved_tensors
         ci, r, d = v.shape
         ct, l, _ = u.shape

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from itr_lib import maxkernel
 from itr_lib import scorekernel as sk
-from itr_lib.models.fine import mrsw_scores
+from itr_lib.models.mrsw import mrsw_scores
 
 needs_kernel = pytest.mark.skipif(maxkernel.unavailable() is not None,
                                   reason=f"MrSw max kernel cannot be built here: {maxkernel.unavailable()}")

@@ -9,7 +9,8 @@ from itr_lib import precision as prec
 from itr_lib import scorekernel as sk
 from itr_lib.config import TrainConfig
 from itr_lib.models import build_model
-from itr_lib.models.fine import mrsw_scores, scan_block_math, scan_t2i_scores
+from itr_lib.models.fine import scan_block_math, scan_t2i_scores
+from itr_lib.models.mrsw import mrsw_scores
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -46,8 +46,8 @@ from . import register
 from .base import Batch, RetrievalModel
 from .encoders import l2norm
 from .fine import (CLSTransformer, encode_by_length, extra_get, gather_tokens, loss_defaults, loss_on,
-                   mrsw_pair_scores, mrsw_scores, normed_locals, pack_valid, per_word, sequence_inputs,
-                   transformer_encoder, use_buckets)
+                   normed_locals, pack_valid, sequence_inputs, transformer_encoder, use_buckets)
+from .mrsw import mrsw_pair_scores, mrsw_scores, per_word
 
 
 def aladin_defaults(cfg) -> dict:

@@ -26,8 +26,8 @@ from ..precision import linear_input
 from . import register
 from .base import Batch, RetrievalModel
 from .encoders import RegionEncoder, build_text_encoder, l2norm, masked_mean, unpack, valid_rows
-from .fine import (extra_get, loss_defaults, loss_on, mrsw_pair_scores, mrsw_scores, normed_locals, per_word,
-                   scan_t2i_scores)
+from .fine import extra_get, loss_defaults, loss_on, normed_locals, scan_t2i_scores
+from .mrsw import mrsw_pair_scores, mrsw_scores, per_word
 
 
 def packed_locals(flat: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,8 @@ from .. import losses as L
 from . import register
 from .base import Batch, RetrievalModel
 from .fine import (CLSTransformer, encode_by_length, extra_get, gather_tokens, loss_defaults, loss_on,
-                   mrsw_pair_scores, mrsw_scores, normed_locals, pack_valid, per_word, sequence_inputs, use_buckets)
+                   normed_locals, pack_valid, sequence_inputs, use_buckets)
+from .mrsw import mrsw_pair_scores, mrsw_scores, per_word
 from .encoders import l2norm
 
 
