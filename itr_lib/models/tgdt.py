@@ -33,7 +33,7 @@ negatives) is honoured by the global and local terms.
 The triplet's margin and warm-up are the TrainConfig's ``margin`` and ``warmup_epochs`` (the authors: hardest
 negative from the start, max_violation=True: ``warmup_epochs=0``).
 Cost (B=128, D=512, 1 layer, 49 regions + 20 tokens): ~60 GMAC per step, forward + backward; the MrSw backward
-is sparse (see models/fine.py).
+is sparse (see models/mrsw.py).
 Text encoder: 'minilm' (frozen token states, 384-d) or 'gru' (trainable GloVe word embeddings feed the text
 transformer directly; no GRU: the transformer is the context model).
 """
