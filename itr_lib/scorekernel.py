@@ -34,9 +34,8 @@ second also reaches TGDT's MrSw term), then SelfAlign's loss matmuls and the ada
   project, head; :class:`itr_lib.models.adapt.PointwiseConv`) from bf16 inputs, their outputs float32; depthwise
   convolutions, BatchNorm and ReLU6 stay float32 (the top runs outside the encoders' autocast: its depthwise
   convolutions were slower in bf16). Needs ``image_top_blocks > 0`` (an error otherwise). **Not adopted**: its
-  accuracy check at the adapted point (``bf16+top`` in ``speed_levers.md``) passes on UCM for the baseline only
-  (LCA+CRA and TGDT inconclusive over 6 seeds) and has not run on RSICD; 02's and 07's ``TOP_PRECISION`` stay
-  ``"fp32"``.
+  accuracy check at the adapted point (``bf16+top`` in ``speed_levers.md``) passes on UCM (the baseline over 6
+  seeds, LCA+CRA and TGDT over 9) and has not finished on RSICD; 02's and 07's ``TOP_PRECISION`` stay ``"fp32"``.
 
 All four are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
 the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that
