@@ -10,7 +10,7 @@ region, a NaN propagated like ``max``'s -- bit for bit (``tests/test_maxkernel.p
 gradient and needs no accuracy check.
 
 It is built on first use with ``torch.utils.cpp_extension.load_inline`` (a C++ compiler, ninja -- a dependency --
-and Python's headers; ~40 s once per machine, cached under torch's extensions folder, ``$TORCH_EXTENSIONS_DIR``);
+and Python's headers; ~30 s once per machine, cached under torch's extensions folder, ``$TORCH_EXTENSIONS_DIR``);
 ``make setup`` builds it (``python -m itr_lib.maxkernel``). :func:`unavailable` says why it cannot be built here;
 ``compile_scores='auto'`` then stays eager with that reason recorded, ``'on'`` is an error naming the fix.
 """
@@ -140,8 +140,7 @@ def load():
 def masked_max(s: torch.Tensor, vm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(best, arg)``: for s (rows, ci, r) bf16 / float32 and vm (ci, r) bool, the max over r of s with the invalid
     regions at -inf, as float32, and its first index (:func:`eager_masked_max`'s values bit for bit)."""
-    best, arg = load().masked_max(s, vm)
-    return best, arg
+    return tuple(load().masked_max(s, vm))
 
 
 def eager_masked_max(s: torch.Tensor, vm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
