@@ -223,8 +223,8 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
     :func:`training_worker_config`, from ``configs/dask/study.yaml``). The local cluster's scheduler and dashboard
     listen on 127.0.0.1 only. A ``tls://`` scheduler needs ``security`` (a distributed ``Security``; default
     :func:`tls_security`, from Dask's configuration): docs/cluster.md."""
-    from distributed import Client, LocalCluster
-    from .failures import QuietWorker
+    from distributed import LocalCluster
+    from .failures import QuietWorker, new_client
     timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
     address = scheduler_address(scheduler)
     if jobqueue and not address:
@@ -234,18 +234,18 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
         security = security if security is not None else tls_security()
         local = slurm_cluster(jobs=jobs, threads=threads,
                               **({"protocol": "tls://", "security": security} if security is not None else {}))
-        client = Client(local, set_as_default=False)
+        client = new_client(local, set_as_default=False)
     elif address:
         security = security if security is not None else tls_security()
         if address.startswith("tls://") and security is None:
             raise ClusterError(f"the scheduler {address} speaks TLS, and no TLS credentials are set. Fix: pass "
                                f"--tls-ca-file, --tls-cert and --tls-key (the files its workers use; docs/cluster.md).")
         try:
-            client = Client(address, timeout=f"{timeout}s", set_as_default=False,
-                            **({"security": security} if security is not None else {}))
+            client = new_client(address, timeout=f"{timeout}s", set_as_default=False,
+                                **({"security": security} if security is not None else {}))
         except (OSError, TimeoutError) as err:
             raise ClusterError(
-                f"cannot reach the Dask scheduler at {address} within {timeout:.0f}s ({type(err).__name__}). "
+                f"cannot reach the Dask scheduler at {address} within {timeout:.0f}s ({type(err).__name__}: {err}). "
                 f"Fix: start it (`dask scheduler`, then `dask worker {address}` on each machine) and check the address "
                 f"and port{', and the TLS files' if address.startswith('tls://') else ''}, or drop --scheduler and "
                 f"unset ${SCHEDULER_ENV} to run on a local cluster.") from err
@@ -258,7 +258,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None, threads:
             local = LocalCluster(n_workers=n_workers or default_workers(), threads_per_worker=threads, processes=True,
                                  host="127.0.0.1", dashboard_address=dashboard_address, silence_logs=logging.ERROR,
                                  env=env)
-        client = Client(local, set_as_default=False)
+        client = new_client(local, set_as_default=False)
     client.register_plugin(TorchThreads(threads), name=TorchThreads.name)
     client.register_plugin(QuietWorker(local=local is not None and not jobqueue), name=QuietWorker.name)
     return Cluster(client, local)

@@ -88,3 +88,26 @@ class QuietWorker(WorkerPlugin):
         for prefix in (COMPUTE_FAILED,) + ((HEARTBEAT_TO_GONE_SCHEDULER,) if self.local else ()):
             if not any(isinstance(f, _DropPrefixed) and f.prefix == prefix for f in logger.filters):
                 logger.addFilter(_DropPrefixed(prefix))
+
+
+def new_client(*args, **kw):
+    """``distributed.Client(*args, **kw)``, where a Client that fails to start (a refused or unreachable scheduler)
+    is finalised here, before the error is raised, not later by the garbage collector. distributed's
+    ``Client.__del__`` stops the client's loop under ``LoopRunner._lock``, one lock for the whole process; run by a
+    collection that starts inside the next Client's start (which holds that lock), it deadlocks that thread, and
+    every Client after it waits on the same lock. Seen in this repository's TLS test: after a refused client, the
+    next client and the test cluster's shutdown hung until CI's time ran out. The error is re-raised without the
+    traceback of the failed start (its frames hold the half-built client); its type and message are kept."""
+    import gc
+    from distributed import Client
+    try:
+        return Client(*args, **kw)
+    except BaseException as err:  # noqa: BLE001 - re-raised below, once the half-built client is gone
+        failure = err
+    seen, e = set(), failure
+    while e is not None and id(e) not in seen:  # the chain's tracebacks hold the same frames
+        seen.add(id(e))
+        e.__traceback__ = None
+        e = e.__cause__ or e.__context__
+    gc.collect()
+    raise failure
