@@ -281,7 +281,7 @@ def test_the_by_hand_recipe_of_docs_cluster_md(tmp_path, serial, mini_cache, fix
     """docs/cluster.md's two-machine commands, on one machine: `dask scheduler`, `dask worker ADDRESS --nworkers 2
     --nthreads 1` with DASK_CONFIG=configs/dask, then a grid on that scheduler: the serial metrics, and workers
     started without Dask's MALLOC_TRIM_THRESHOLD_."""
-    from distributed import Client
+    from itr_lib.failures import new_client
     root = Path(__file__).resolve().parents[1]
     dask_cli = str(Path(sys.executable).parent / "dask")
     env = dict(os.environ, DASK_CONFIG=str(root / "configs" / "dask"))
@@ -294,7 +294,7 @@ def test_the_by_hand_recipe_of_docs_cluster_md(tmp_path, serial, mini_cache, fix
     try:
         procs.append(subprocess.Popen([dask_cli, "worker", address, "--nworkers", "2", "--nthreads", "1"], env=env,
                                       cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        with Client(address, timeout="30s", set_as_default=False) as client:
+        with new_client(address, timeout="30s", set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
             trim = client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
             assert set(trim.values()) == {None}, trim  # configs/dask/study.yaml reached the nannies
