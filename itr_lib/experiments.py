@@ -197,17 +197,30 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
     # SCORE_PRECISION_METHODS (those whose check passed); the others keep the field's default
     keep = set(p.get("LENGTH_BUCKETS_METHODS", ("tgdt", "aladin")))
     scored = set(p.get("SCORE_PRECISION_METHODS", ("scan", "mrsw", "tgdt")))
-    top = p.get("TOP_PRECISION", "fp32")  # reaches the runs that train the image top (the adapted point) only
+    # TOP_PRECISION reaches the runs that train the image top (the adapted point) of the variants in
+    # TOP_PRECISION_METHODS only (keys of METHOD_VARIANTS: lca+cra, not every SelfAlign variant)
+    top = p.get("TOP_PRECISION", "fp32")
+    topped = set(p.get("TOP_PRECISION_METHODS", ("baseline", "lca+cra")))
 
-    def per_method(c: TrainConfig) -> TrainConfig:
+    def per_method(c: TrainConfig, variant: str | None = None) -> TrainConfig:
         if c.method not in keep and c.length_buckets is not None:
             c = replace(c, length_buckets=None)
         if c.method not in scored and c.score_precision != "fp32":
             c = replace(c, score_precision="fp32")
-        if c.image_top_blocks and c.top_precision != top:
-            c = replace(c, top_precision=top)
+        if c.image_top_blocks:
+            want = top if variant_key(c) in topped else "fp32"
+            if c.top_precision != want:
+                c = replace(c, top_precision=want)
         return c
     return [per_method(c) for c in cfgs], [(a, b, per_method(c)) for a, b, c in plan]
+
+
+def variant_key(cfg: TrainConfig) -> str:
+    """The key of :data:`METHOD_VARIANTS` a config trains: its method, or for SelfAlign which losses it adds
+    (``lca``, ``cra``, ``lca+cra``)."""
+    if cfg.method != "selfalign":
+        return cfg.method
+    return "+".join(n for n, on in (("lca", cfg.lca), ("cra", cfg.cra)) if on) or "selfalign"
 
 
 def comparison_configs(*args, **kw) -> list[TrainConfig]:

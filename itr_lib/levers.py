@@ -78,7 +78,8 @@ def new_default_kw(variant: str, adapted: bool = False) -> dict:
     """The runtime fields 02_ablations (the study's comparison) now trains ``variant`` with: its parameters'
     defaults PRECISION, COMPILE_SCORES, SCORE_PRECISION (for the methods in SCORE_PRECISION_METHODS), for TGDT /
     ALADIN LENGTH_BUCKETS (when on and the method is in LENGTH_BUCKETS_METHODS),
-    for SelfAlign LOSS_PRECISION; ``adapted`` (a run that trains the image top): TOP_PRECISION too."""
+    for SelfAlign LOSS_PRECISION; ``adapted`` (a run that trains the image top): TOP_PRECISION too (for the variants
+    in TOP_PRECISION_METHODS; float32 for the others)."""
     from .cost import notebook_defaults
     p = notebook_defaults(REPO_ROOT / "notebooks" / "02_ablations.ipynb")
     kw = {"precision": p["PRECISION"], "compile_scores": p["COMPILE_SCORES"]}
@@ -89,7 +90,7 @@ def new_default_kw(variant: str, adapted: bool = False) -> dict:
     if METHOD_VARIANTS[variant]["method"] == "selfalign":
         kw["loss_precision"] = p["LOSS_PRECISION"]
     if adapted:
-        kw["top_precision"] = p["TOP_PRECISION"]
+        kw["top_precision"] = p["TOP_PRECISION"] if variant in p["TOP_PRECISION_METHODS"] else "fp32"
     return kw
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import difflib
 
+# the variants (experiments.METHOD_VARIANTS keys) whose runs can train the image top (TOP_PRECISION_METHODS)
+TOP_VARIANTS = ("baseline", "lca", "cra", "lca+cra", "tgdt", "aladin", "scan", "mrsw")
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
 
 
@@ -93,6 +95,8 @@ RANGES = {
     "SCORE_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in ("scan", "mrsw", "tgdt") for x in v)),
                                 'a list of "scan" / "mrsw" / "tgdt" (the methods with an MrSw / SCAN score matmul)'),
     "TOP_PRECISION": ((lambda v: v in ("fp32", "bf16")), '"fp32" or "bf16" (TrainConfig.top_precision)'),
+    "TOP_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in TOP_VARIANTS for x in v)),
+                              f"a list of {' / '.join(TOP_VARIANTS)} (variants that can train the image top)"),
     "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)

@@ -33,9 +33,11 @@ second also reaches TGDT's MrSw term), then SelfAlign's loss matmuls and the ada
 - ``TrainConfig.top_precision`` (``"fp32"`` | ``"bf16"``): the trainable image top's 1 x 1 convolutions (expand,
   project, head; :class:`itr_lib.models.adapt.PointwiseConv`) from bf16 inputs, their outputs float32; depthwise
   convolutions, BatchNorm and ReLU6 stay float32 (the top runs outside the encoders' autocast: its depthwise
-  convolutions were slower in bf16). Needs ``image_top_blocks > 0`` (an error otherwise). **Not adopted**: its
-  accuracy check at the adapted point (``bf16+top`` in ``speed_levers.md``) passes on UCM (the baseline over 6
-  seeds, LCA+CRA and TGDT over 9) and has not finished on RSICD; 02's and 07's ``TOP_PRECISION`` stay ``"fp32"``.
+  convolutions were slower in bf16). Needs ``image_top_blocks > 0`` (an error otherwise). Its accuracy check at the
+  adapted point (``bf16+top`` in ``speed_levers.md``) passes for the baseline and LCA+CRA on both datasets; TGDT
+  passes on UCM (9 seeds) and is inconclusive on RSICD (3 seeds, half-width 1.06 mR). 02 and 07 default to
+  ``TOP_PRECISION = "bf16"`` for the variants in ``TOP_PRECISION_METHODS`` (baseline, LCA+CRA); the library's
+  default stays ``"fp32"``.
 
 All four are *runtime* fields (``itr_lib.config.RUNTIME_FIELDS``), recorded in ``metrics.json["score_kernel"]`` as what
 the run used. Like :mod:`itr_lib.precision`, the active rule is a thread-local context (:func:`policy`) that

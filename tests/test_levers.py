@@ -136,26 +136,43 @@ def test_the_top_lever_is_checked_against_the_adapted_points_records_on_top_of_t
 
 
 def test_top_precision_reaches_only_the_runs_that_train_the_image_top():
-    """02's and 07's TOP_PRECISION: the adapted point's configs get it; the frozen grid's keep the default (the field
-    is an error without a top); a value outside fp32 / bf16 is refused by the parameter check."""
+    """02's and 07's TOP_PRECISION: the adapted point's configs of the variants in TOP_PRECISION_METHODS get it; the
+    frozen grid's and the other variants' keep the default (the field is an error without a top); a value outside
+    fp32 / bf16, or an unknown variant, is refused by the parameter check."""
     from itr_lib.cost import notebook_defaults
     from itr_lib.experiments import notebook_grids
     from itr_lib.io import REPO_ROOT as REPO
     from itr_lib.params import range_errors
     from itr_lib.recipe.levers import lever_config as recipe_config
     p = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")
-    p = {**p, "TOP_PRECISION": "bf16", "COMPARISON_SEEDS": [0], "COMPARISON_DATASETS": ["ucm"],
-         "COMPARISON_METHODS": ["baseline", "tgdt"],
-         "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0], "methods": ["baseline", "tgdt"]}]}
+    from itr_lib.experiments import variant_key
+    from itr_lib.levers import new_default_kw
+    p = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")
+    variants = ["baseline", "cra", "lca+cra", "tgdt"]
+    p = {**p, "TOP_PRECISION": "bf16", "TOP_PRECISION_METHODS": ["baseline", "lca+cra"], "COMPARISON_SEEDS": [0],
+         "COMPARISON_DATASETS": ["ucm"], "COMPARISON_METHODS": variants,
+         "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0], "methods": variants}]}
     cfgs, plan = notebook_grids(p)
-    tops = {(c.method, bool(c.image_top_blocks)): c.top_precision for _, _, c in plan}
-    assert tops == {("baseline", False): "fp32", ("tgdt", False): "fp32", ("baseline", True): "bf16",
-                    ("tgdt", True): "bf16"}
+    tops = {(v, bool(c.image_top_blocks)): c.top_precision for _, v, c in plan}
+    assert all(variant_key(c) == v for _, v, c in plan)
+    assert tops == {**{(v, False): "fp32" for v in variants}, ("baseline", True): "bf16", ("cra", True): "fp32",
+                    ("lca+cra", True): "bf16", ("tgdt", True): "fp32"}
     assert all(c.top_precision == "fp32" for c in cfgs)
+    _, plan = notebook_grids({**p, "TOP_PRECISION_METHODS": []})
+    assert all(c.top_precision == "fp32" for _, _, c in plan)
+    # the bench's "new code" side of an adapted row follows the same lists
+    listed = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")["TOP_PRECISION_METHODS"]
+    for v in variants:
+        assert new_default_kw(v, adapted=True)["top_precision"] == ("bf16" if v in listed else "fp32"), v
     base = {"top_precision": "bf16"}
     assert recipe_config({"image_top_blocks": 6}, "ucm", 0, base=base).top_precision == "bf16"
     assert recipe_config({}, "ucm", 0, base=base).top_precision == "fp32"
+    base = {"top_precision": "bf16", "top_precision_methods": ["lca+cra"]}
+    assert recipe_config({"image_top_blocks": 6}, "ucm", 0, "lca+cra", base=base).top_precision == "bf16"
+    assert recipe_config({"image_top_blocks": 6}, "ucm", 0, "baseline", base=base).top_precision == "fp32"
     assert range_errors({"TOP_PRECISION": "int8"}) and not range_errors({"TOP_PRECISION": "bf16"})
+    assert range_errors({"TOP_PRECISION_METHODS": ["lca-cra"]})
+    assert not range_errors({"TOP_PRECISION_METHODS": ["baseline", "lca+cra"]})
 
 
 class _TinyEncoder(torch.nn.Module):
@@ -333,7 +350,8 @@ def test_the_notebooks_apply_a_per_method_lever_exactly_where_its_committed_chec
     import pandas as pd
     from itr_lib.cost import notebook_defaults
     from itr_lib.io import REPO_ROOT as REPO
-    from itr_lib.levers import TGDT_LEVER, TOP_LEVER, adoptable
+    from itr_lib.cost import ADAPTED
+    from itr_lib.levers import TGDT_LEVER, TOP_LEVER, TOPPED, adoptable
     table = pd.read_csv(REPO / "results" / "benchmarks" / "speed_levers.csv", dtype={"seeds": str})
     tgdt = adoptable(table, TGDT_LEVER, "tgdt")
     want_buckets = {m for m in ("aladin", "tgdt") if adoptable(table, "bf16+buckets", m)} | ({"tgdt"} if tgdt else set())
@@ -342,7 +360,10 @@ def test_the_notebooks_apply_a_per_method_lever_exactly_where_its_committed_chec
         p = notebook_defaults(REPO / "notebooks" / nb)
         assert set(p["LENGTH_BUCKETS_METHODS"]) == want_buckets, nb
         assert set(p["SCORE_PRECISION_METHODS"]) == want_scores, nb
-    # TOP_PRECISION (02, 07: every adapted run, whatever its method) is bf16 only once bf16+top passed on all three
-    want_top = "bf16" if adoptable(table, TOP_LEVER) else "fp32"
+    # TOP_PRECISION (02, 07: the adapted runs of the variants in TOP_PRECISION_METHODS) is bf16, and a variant is
+    # listed exactly when its bf16+top check passed on both datasets
+    want_top = {m for m in TOPPED if adoptable(table, TOP_LEVER, m + ADAPTED)}
     for nb in ("02_ablations.ipynb", "07_recipe.ipynb"):
-        assert notebook_defaults(REPO / "notebooks" / nb)["TOP_PRECISION"] == want_top, nb
+        p = notebook_defaults(REPO / "notebooks" / nb)
+        assert set(p["TOP_PRECISION_METHODS"]) == want_top, nb
+        assert p["TOP_PRECISION"] == ("bf16" if want_top else "fp32"), nb

@@ -88,9 +88,12 @@ def lever_config(change: dict, dataset: str, seed: int, variant: str = "baseline
                  ) -> TrainConfig:
     """The reference with ``change`` for ``variant`` under the study loss (``base``: runtime fields and overrides
     of the reference, e.g. a shorter schedule in tests; the lever's ``change`` wins over them). A ``top_precision``
-    in ``base`` (07's ``TOP_PRECISION``) reaches only the configs that train the image top."""
+    in ``base`` (07's ``TOP_PRECISION``) reaches only the configs that train the image top, and with
+    ``top_precision_methods`` in ``base`` (07's ``TOP_PRECISION_METHODS``, not a config field) only those of the
+    variants listed."""
     kw = {**REFERENCE, "progress": False, **(base or {}), **change, "dataset": dataset, "seed": seed}
-    if not kw.get("image_top_blocks"):
+    topped = kw.pop("top_precision_methods", None)
+    if not kw.get("image_top_blocks") or (topped is not None and variant not in topped):
         kw.pop("top_precision", None)
     return make_config(kw, **VARIANTS[variant], **LOSSES["infonce"])
 
