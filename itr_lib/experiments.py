@@ -202,7 +202,7 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
     top = p.get("TOP_PRECISION", "fp32")
     topped = set(p.get("TOP_PRECISION_METHODS", ("baseline", "lca+cra")))
 
-    def per_method(c: TrainConfig, variant: str | None = None) -> TrainConfig:
+    def per_method(c: TrainConfig) -> TrainConfig:
         if c.method not in keep and c.length_buckets is not None:
             c = replace(c, length_buckets=None)
         if c.method not in scored and c.score_precision != "fp32":
