@@ -262,6 +262,14 @@ class TrainConfig:
 # ----------------------------------------------------------------------------------------------- training
 
 
+def method_key(cfg: dict) -> str:
+    """The method of a config (a dict, or ``vars(cfg)``) as the cost tables and the notebooks' per-method lists
+    name it, the keys of ``experiments.METHOD_VARIANTS``: SelfAlign by its modules (lca, cra, lca+cra)."""
+    if cfg.get("method") == "selfalign":
+        return "+".join(m for m in ("lca", "cra") if cfg.get(m)) or "selfalign"
+    return cfg.get("method", "?")
+
+
 def variant_label(cfg: dict) -> str:
     """Human-readable variant of a run's config (a table's row label): the method's own settings, the loss (as it
     was trained: ``| infonce +FN-mask`` ...), the schedule (``| 6 ep``), and every setting off its default, so runs

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import dataset_name, variant_label
+from .config import dataset_name, method_key, variant_label
 from .io import REPO_ROOT
 from .recordio import read_record
 
@@ -45,13 +45,6 @@ def _planned_runs(results_dir: Path) -> set[str]:
         if p.is_file():
             names |= set(pd.read_csv(p, usecols=["run"]).run)
     return names
-
-
-def method_key(cfg: dict) -> str:
-    """The method of a config as the cost tables name it (SelfAlign by its modules: lca, cra, lca+cra)."""
-    if cfg.get("method") == "selfalign":
-        return "+".join(m for m in ("lca", "cra") if cfg.get(m)) or "selfalign"
-    return cfg.get("method", "?")
 
 
 def record_costs(results_dir: str | Path) -> pd.DataFrame:
@@ -238,7 +231,7 @@ def missing_runs(todo: list[dict], results_dir: str | Path) -> pd.DataFrame:
             if name in seen or recorded(cfg, results_dir) is not None:
                 continue
             seen.add(name)
-            key = (dataset_name(cfg.dataset), method_key({"method": cfg.method, "lca": cfg.lca, "cra": cfg.cra}),
+            key = (dataset_name(cfg.dataset), method_key(vars(cfg)),
                    bool(cfg.image_top_blocks))
             rows.append({"setting": setting, "dataset": key[0], "method": key[1], "seed": cfg.seed, "run": name,
                          "est_core_h": mean_h.get(key, np.nan)})

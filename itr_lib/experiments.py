@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .config import RUNTIME_FIELDS, TrainConfig
+from .config import RUNTIME_FIELDS, TrainConfig, method_key
 
 VARIANTS = {"baseline": dict(method="baseline", lca=False, cra=False),
             "lca": dict(method="selfalign", lca=True, cra=False),
@@ -208,19 +208,11 @@ def notebook_grids(p: dict) -> tuple[list[TrainConfig], list[tuple[str, str, Tra
         if c.method not in scored and c.score_precision != "fp32":
             c = replace(c, score_precision="fp32")
         if c.image_top_blocks:
-            want = top if variant_key(c) in topped else "fp32"
+            want = top if method_key(vars(c)) in topped else "fp32"
             if c.top_precision != want:
                 c = replace(c, top_precision=want)
         return c
     return [per_method(c) for c in cfgs], [(a, b, per_method(c)) for a, b, c in plan]
-
-
-def variant_key(cfg: TrainConfig) -> str:
-    """The key of :data:`METHOD_VARIANTS` a config trains: its method, or for SelfAlign which losses it adds
-    (``lca``, ``cra``, ``lca+cra``)."""
-    if cfg.method != "selfalign":
-        return cfg.method
-    return "+".join(n for n, on in (("lca", cfg.lca), ("cra", cfg.cra)) if on) or "selfalign"
 
 
 def comparison_configs(*args, **kw) -> list[TrainConfig]:

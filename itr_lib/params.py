@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import difflib
 
-# the variants (experiments.METHOD_VARIANTS keys) whose runs can train the image top (TOP_PRECISION_METHODS)
-TOP_VARIANTS = ("baseline", "lca", "cra", "lca+cra", "tgdt", "aladin", "scan", "mrsw")
 _TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "list": list, "dict": dict}
 
 
@@ -95,8 +93,6 @@ RANGES = {
     "SCORE_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in ("scan", "mrsw", "tgdt") for x in v)),
                                 'a list of "scan" / "mrsw" / "tgdt" (the methods with an MrSw / SCAN score matmul)'),
     "TOP_PRECISION": ((lambda v: v in ("fp32", "bf16")), '"fp32" or "bf16" (TrainConfig.top_precision)'),
-    "TOP_PRECISION_METHODS": ((lambda v: isinstance(v, list) and all(x in TOP_VARIANTS for x in v)),
-                              f"a list of {' / '.join(TOP_VARIANTS)} (variants that can train the image top)"),
     "LR": _positive_number(), "SCALING_BUDGET_S": _positive_number(), "MAX_MEASURE_S": _positive_number(),
     "TARGET_RECALL": _fraction(),
     "BETAS": ((lambda v: isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool)
@@ -126,9 +122,16 @@ def _field_rule(field: str):
     return FIELD_RANGES[field]
 
 
+def _variants_rule():
+    """TOP_PRECISION_METHODS: a list of the study's variants (:data:`itr_lib.experiments.METHOD_VARIANTS`)."""
+    from .experiments import METHOD_VARIANTS
+    known = sorted(METHOD_VARIANTS)
+    return (lambda v: isinstance(v, list) and all(x in known for x in v)), "a list of " + " / ".join(known)
+
+
 # parameters whose allowed values live elsewhere (read when checked)
 LATE_RULES = {"METHOD": _method_rule, "BASE_LOSS": lambda: _field_rule("base_loss"),
-              "TEXT_ENCODER": lambda: _field_rule("text_encoder")}
+              "TEXT_ENCODER": lambda: _field_rule("text_encoder"), "TOP_PRECISION_METHODS": _variants_rule}
 
 
 def range_errors(values: dict) -> list[str]:

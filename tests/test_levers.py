@@ -145,7 +145,7 @@ def test_top_precision_reaches_only_the_runs_that_train_the_image_top():
     from itr_lib.params import range_errors
     from itr_lib.recipe.levers import lever_config as recipe_config
     p = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")
-    from itr_lib.experiments import variant_key
+    from itr_lib.config import method_key
     from itr_lib.levers import new_default_kw
     p = notebook_defaults(REPO / "notebooks" / "02_ablations.ipynb")
     variants = ["baseline", "cra", "lca+cra", "tgdt"]
@@ -154,7 +154,7 @@ def test_top_precision_reaches_only_the_runs_that_train_the_image_top():
          "ADAPTED_COMPARISON": [{"dataset": "ucm", "seeds": [0], "methods": variants}]}
     cfgs, plan = notebook_grids(p)
     tops = {(v, bool(c.image_top_blocks)): c.top_precision for _, v, c in plan}
-    assert all(variant_key(c) == v for _, v, c in plan)
+    assert all(method_key(vars(c)) == v for _, v, c in plan)
     assert tops == {**{(v, False): "fp32" for v in variants}, ("baseline", True): "bf16", ("cra", True): "fp32",
                     ("lca+cra", True): "bf16", ("tgdt", True): "fp32"}
     assert all(c.top_precision == "fp32" for c in cfgs)
